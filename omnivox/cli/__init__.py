@@ -1,0 +1,14 @@
+"""The `omnivox` command line. Each topic registers its commands on `app` from its own module."""
+
+import typer
+
+app = typer.Typer(
+    name="omnivox",
+    help="TRELLIS.2 in pure Python + PyTorch: O-Voxel conversion, 3D generation and training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command modules: importing one registers its commands on `app`. Keep their top-level imports light.
+from omnivox.cli import ovoxel_commands  # noqa: E402,F401
