@@ -1,0 +1,673 @@
+"""CPU kernels (numba) for mesh -> flexible dual grid.
+
+Everything here follows ovoxel.md section 2 to the arithmetic: the scan conversion (2.2) runs in float64 on the
+float32 shifted vertices, and the quadric sums are float32 in the reference's order (crossings in scan order, then
+the face term in triangle order, then boundary edges in sorted order, then regularisation). Only the final solve
+differs from the reference (float64 closed forms instead of Eigen's float32 QR), which the spec bounds at ~1e-3 voxel.
+
+Layout of a quadric: the 10 unique entries of the symmetric 4x4 matrix, row-major upper triangle:
+``Q00 Q01 Q02 Q03 Q11 Q12 Q13 Q22 Q23 Q33``.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_EMPTY = np.int64(-1)
+
+
+@nb.njit(cache=True, inline="always")
+def _lerp(x0, x1, x, y0, y1):
+    if x0 == x1:
+        return y0
+    alpha = (x - x0) / (x1 - x0)
+    return (1.0 - alpha) * y0 + alpha * y1
+
+
+@nb.njit(cache=True, inline="always")
+def _clamped_cell(x, size, n):
+    # trunc(x / size) clamped to [0, n-1]; clamping before the cast keeps huge values defined.
+    y = x / size
+    if not (y > -1.0):  # also catches NaN
+        return 0
+    if y >= n:
+        return n - 1
+    k = int(y)
+    return min(max(k, 0), n - 1)
+
+
+@nb.njit(cache=True)
+def _scan_triangle(P, res, vs, out_tri, out_axis, out_owner, out_point, tri, start, write):
+    """Scan one triangle for lattice-edge crossings (spec 2.2). Returns the number of crossings.
+
+    With ``write`` False only counts; with True also stores them from index ``start`` on.
+    """
+    count = 0
+    for c in range(3):
+        a = (c + 1) % 3
+        b = (c + 2) % 3
+        # (u, w, h) triples, stably sorted by w (3-element insertion sort is stable).
+        u0, w0, h0 = np.float64(P[0, a]), np.float64(P[0, b]), np.float64(P[0, c])
+        u1, w1, h1 = np.float64(P[1, a]), np.float64(P[1, b]), np.float64(P[1, c])
+        u2, w2, h2 = np.float64(P[2, a]), np.float64(P[2, b]), np.float64(P[2, c])
+        if w1 < w0:
+            u0, w0, h0, u1, w1, h1 = u1, w1, h1, u0, w0, h0
+        if w2 < w1:
+            u1, w1, h1, u2, w2, h2 = u2, w2, h2, u1, w1, h1
+            if w1 < w0:
+                u0, w0, h0, u1, w1, h1 = u1, w1, h1, u0, w0, h0
+        vsa, vsb, vsc = np.float64(vs[a]), np.float64(vs[b]), np.float64(vs[c])
+        ga, gb, gc = res[a], res[b], res[c]
+        r0 = _clamped_cell(w0, vsb, gb)
+        r1 = _clamped_cell(w1, vsb, gb)
+        r2 = _clamped_cell(w2, vsb, gb)
+        for half in range(2):
+            if half == 0:
+                rs, re = r0, r1
+                au, aw, ah, nu, nw, nh, fu, fw, fh = u0, w0, h0, u1, w1, h1, u2, w2, h2
+            else:
+                rs, re = r1, r2
+                au, aw, ah, nu, nw, nh, fu, fw, fh = u2, w2, h2, u1, w1, h1, u0, w0, h0
+            for J in range(rs, re):
+                wl = (J + 1) * vsb
+                lu = _lerp(aw, nw, wl, au, nu)
+                lh = _lerp(aw, nw, wl, ah, nh)
+                ru = _lerp(aw, fw, wl, au, fu)
+                rh = _lerp(aw, fw, wl, ah, fh)
+                if lu > ru:
+                    lu, lh, ru, rh = ru, rh, lu, lh
+                c0 = _clamped_cell(lu, vsa, ga)
+                c1 = _clamped_cell(ru, vsa, ga)
+                for I in range(c0, c1):
+                    ul = (I + 1) * vsa
+                    h = _lerp(lu, ru, ul, lh, rh)
+                    y = h / vsc
+                    if not (y > -1.0 and y < gc):
+                        continue
+                    K = int(y)
+                    if write:
+                        m = start + count
+                        out_tri[m] = tri
+                        out_axis[m] = c
+                        out_owner[m, a] = I
+                        out_owner[m, b] = J
+                        out_owner[m, c] = K
+                        out_point[m, a] = np.float32(ul)
+                        out_point[m, b] = np.float32(wl)
+                        out_point[m, c] = np.float32(h)
+                    count += 1
+    return count
+
+
+@nb.njit(cache=True, parallel=True)
+def scan_crossings(triangles, res, vs):
+    """All lattice-edge crossings of all triangles, in the reference's scan order.
+
+    Args:
+        triangles: (T, 3, 3) float32, shifted frame (world - lo).
+        res: (3,) int64 grid resolution.
+        vs: (3,) float32 voxel size.
+
+    Returns:
+        tri (M,) int32, axis (M,) int8, owner (M, 3) int32 (the voxel owning the crossed edge),
+        point (M, 3) float32 (the crossing point, shifted frame).
+    """
+    T = triangles.shape[0]
+    counts = np.zeros(T + 1, dtype=np.int64)
+    dummy_i = np.zeros(1, dtype=np.int32)
+    dummy_a = np.zeros(1, dtype=np.int8)
+    dummy_o = np.zeros((1, 3), dtype=np.int32)
+    dummy_p = np.zeros((1, 3), dtype=np.float32)
+    for t in nb.prange(T):
+        counts[t + 1] = _scan_triangle(triangles[t], res, vs, dummy_i, dummy_a, dummy_o, dummy_p, t, 0, False)
+    offsets = np.cumsum(counts)
+    M = offsets[T]
+    tri = np.empty(M, dtype=np.int32)
+    axis = np.empty(M, dtype=np.int8)
+    owner = np.empty((M, 3), dtype=np.int32)
+    point = np.empty((M, 3), dtype=np.float32)
+    for t in nb.prange(T):
+        _scan_triangle(triangles[t], res, vs, tri, axis, owner, point, t, offsets[t], True)
+    return tri, axis, owner, point
+
+
+@nb.njit(cache=True, parallel=True)
+def plane_quadrics(triangles):
+    """Per-triangle unit normal (T, 3) float32 and plane quadric (T, 10) float32 (spec 2.2).
+
+    The normal is ``normalize((P1 - P0) x (P2 - P1))`` in float32; a zero normal stays zero (degenerate triangle).
+    """
+    T = triangles.shape[0]
+    normals = np.zeros((T, 3), dtype=np.float32)
+    quadrics = np.zeros((T, 10), dtype=np.float32)
+    for t in nb.prange(T):
+        p0 = triangles[t, 0]
+        p1 = triangles[t, 1]
+        p2 = triangles[t, 2]
+        ax, ay, az = p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]
+        bx, by, bz = p2[0] - p1[0], p2[1] - p1[1], p2[2] - p1[2]
+        nx = ay * bz - az * by
+        ny = az * bx - ax * bz
+        nz = ax * by - ay * bx
+        sq = nx * nx + ny * ny + nz * nz
+        if sq > 0:
+            norm = np.sqrt(sq)
+            nx, ny, nz = nx / norm, ny / norm, nz / norm
+        d = -(nx * p0[0] + ny * p0[1] + nz * p0[2])
+        normals[t, 0], normals[t, 1], normals[t, 2] = nx, ny, nz
+        pi = (nx, ny, nz, d)
+        k = 0
+        for i in range(4):
+            for j in range(i, 4):
+                quadrics[t, k] = pi[i] * pi[j]
+                k += 1
+    return normals, quadrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Voxel table: open addressing on int64 keys, values = voxel index in first-touch order.
+
+
+@nb.njit(cache=True, inline="always")
+def _slot(key, mask):
+    h = np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)
+    return np.int64(h >> np.uint64(20)) & mask
+
+
+@nb.njit(cache=True)
+def _lookup(table_keys, table_vals, key):
+    mask = table_keys.shape[0] - 1
+    s = _slot(key, mask)
+    while True:
+        k = table_keys[s]
+        if k == key:
+            return table_vals[s]
+        if k == _EMPTY:
+            return -1
+        s = (s + 1) & mask
+
+
+@nb.njit(cache=True)
+def _insert(table_keys, table_vals, key, value):
+    mask = table_keys.shape[0] - 1
+    s = _slot(key, mask)
+    while True:
+        k = table_keys[s]
+        if k == key:
+            return table_vals[s]
+        if k == _EMPTY:
+            table_keys[s] = key
+            table_vals[s] = value
+            return value
+        s = (s + 1) & mask
+
+
+@nb.njit(cache=True)
+def _table_capacity(n):
+    cap = 16
+    while cap < 2 * n:
+        cap *= 2
+    return cap
+
+
+@nb.njit(cache=True)
+def accumulate_crossings(tri, axis, owner, point, quadrics, res):
+    """Stage A accumulation (spec 2.2 table): voxel set in first-touch order, flags, crossing sums, quadrics.
+
+    Returns coords (N,3) int32, point_sum (N,3) float32, count (N,) float32, flags (N,) uint8 (bit c = axis c),
+    Q (N,10) float32, and the voxel table (keys, values) for later look-ups.
+    """
+    M = tri.shape[0]
+    gy, gz = np.int64(res[1]), np.int64(res[2])
+    # Every voxel is touched by at least one crossing, and a crossing touches 4 voxels: N <= 4M.
+    cap = max(16, M + 16)
+    coords = np.empty((cap, 3), dtype=np.int32)
+    psum = np.empty((cap, 3), dtype=np.float32)
+    cnt = np.empty(cap, dtype=np.float32)
+    flags = np.empty(cap, dtype=np.uint8)
+    Q = np.empty((cap, 10), dtype=np.float32)
+    tk = np.full(_table_capacity(cap), _EMPTY, dtype=np.int64)
+    tv = np.empty(tk.shape[0], dtype=np.int32)
+    n = 0
+    for m in range(M):
+        c = axis[m]
+        a = (c + 1) % 3
+        b = (c + 2) % 3
+        t = tri[m]
+        for da in range(2):
+            for db in range(2):
+                q0, q1, q2 = owner[m, 0], owner[m, 1], owner[m, 2]
+                if da == 1:
+                    if a == 0:
+                        q0 += 1
+                    elif a == 1:
+                        q1 += 1
+                    else:
+                        q2 += 1
+                if db == 1:
+                    if b == 0:
+                        q0 += 1
+                    elif b == 1:
+                        q1 += 1
+                    else:
+                        q2 += 1
+                key = (np.int64(q0) * gy + q1) * gz + q2
+                v = _insert(tk, tv, key, n)
+                if v == n:
+                    if n == cap:  # grow every per-voxel array, then the table
+                        cap *= 2
+                        coords = _grow2(coords, cap)
+                        psum = _grow2f(psum, cap)
+                        cnt = _grow1f(cnt, cap)
+                        flags = _grow1u(flags, cap)
+                        Q = _grow2f(Q, cap)
+                    if 2 * (n + 1) > tk.shape[0]:
+                        tk, tv = _rehash(tk, tv, 2 * tk.shape[0])
+                    coords[n, 0], coords[n, 1], coords[n, 2] = q0, q1, q2
+                    psum[n, 0], psum[n, 1], psum[n, 2] = point[m, 0], point[m, 1], point[m, 2]
+                    cnt[n] = 1.0
+                    flags[n] = 0
+                    for k in range(10):
+                        Q[n, k] = quadrics[t, k]
+                    n += 1
+                else:
+                    psum[v, 0] += point[m, 0]
+                    psum[v, 1] += point[m, 1]
+                    psum[v, 2] += point[m, 2]
+                    cnt[v] += 1.0
+                    for k in range(10):
+                        Q[v, k] += quadrics[t, k]
+                if da == 0 and db == 0:
+                    flags[v] |= np.uint8(1 << c)
+    return coords[:n].copy(), psum[:n].copy(), cnt[:n].copy(), flags[:n].copy(), Q[:n].copy(), tk, tv
+
+
+@nb.njit(cache=True)
+def _rehash(tk, tv, new_cap):
+    nk = np.full(new_cap, _EMPTY, dtype=np.int64)
+    nv = np.empty(new_cap, dtype=np.int32)
+    for s in range(tk.shape[0]):
+        if tk[s] != _EMPTY:
+            _insert(nk, nv, tk[s], tv[s])
+    return nk, nv
+
+
+@nb.njit(cache=True)
+def _grow2(x, cap):
+    y = np.empty((cap, x.shape[1]), dtype=x.dtype)
+    y[: x.shape[0]] = x
+    return y
+
+
+@nb.njit(cache=True)
+def _grow2f(x, cap):
+    y = np.empty((cap, x.shape[1]), dtype=x.dtype)
+    y[: x.shape[0]] = x
+    return y
+
+
+@nb.njit(cache=True)
+def _grow1f(x, cap):
+    y = np.empty(cap, dtype=x.dtype)
+    y[: x.shape[0]] = x
+    return y
+
+
+@nb.njit(cache=True)
+def _grow1u(x, cap):
+    y = np.empty(cap, dtype=x.dtype)
+    y[: x.shape[0]] = x
+    return y
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage B: face term.
+
+
+@nb.njit(cache=True)
+def _overlaps(P, n, vs, x, y, z):
+    """Conservative triangle/box overlap test of spec 2.3 (Schwarz & Seidel), float32 arithmetic."""
+    px, py, pz = np.float32(x) * vs[0], np.float32(y) * vs[1], np.float32(z) * vs[2]
+    c0 = vs[0] if n[0] > 0 else np.float32(0.0)
+    c1 = vs[1] if n[1] > 0 else np.float32(0.0)
+    c2 = vs[2] if n[2] > 0 else np.float32(0.0)
+    d1 = n[0] * (c0 - P[0, 0]) + n[1] * (c1 - P[0, 1]) + n[2] * (c2 - P[0, 2])
+    d2 = n[0] * ((vs[0] - c0) - P[0, 0]) + n[1] * ((vs[1] - c1) - P[0, 1]) + n[2] * ((vs[2] - c2) - P[0, 2])
+    npd = n[0] * px + n[1] * py + n[2] * pz
+    if (npd + d1) * (npd + d2) > 0:
+        return False
+    p = (px, py, pz)
+    for proj in range(3):
+        # (i, j, k): XY -> z, YZ -> x, ZX -> y
+        if proj == 0:
+            i, j, k = 0, 1, 2
+        elif proj == 1:
+            i, j, k = 1, 2, 0
+        else:
+            i, j, k = 2, 0, 1
+        s = np.float32(-1.0) if n[k] < 0 else np.float32(1.0)
+        for e in range(3):
+            st = e
+            en = (e + 1) % 3
+            ei = P[en, i] - P[st, i]
+            ej = P[en, j] - P[st, j]
+            mi = -s * ej
+            mj = s * ei
+            d = -(mi * P[st, i] + mj * P[st, j]) + (max(mi, np.float32(0.0)) * vs[i] + max(mj, np.float32(0.0)) * vs[j])
+            if mi * p[i] + mj * p[j] + d < 0:
+                return False
+    return True
+
+
+@nb.njit(cache=True)
+def _face_candidates(P, n, vs, res, tk, tv, out, start, write):
+    """Existing voxels overlapping triangle P. Counts, and with ``write`` stores their indices from ``start``.
+
+    The reference tests every voxel of the triangle's bounding box; we test only the columns' slabs around the
+    triangle's plane (along its dominant normal axis, with a one-voxel margin), which contain every voxel that can pass
+    the plane test, so the accepted set is the same at a fraction of the work.
+    """
+    lo = np.empty(3, dtype=np.int64)
+    hi = np.empty(3, dtype=np.int64)
+    for i in range(3):
+        mn = min(P[0, i], min(P[1, i], P[2, i]))
+        mx = max(P[0, i], max(P[1, i], P[2, i]))
+        a = mn / vs[i]
+        b = mx / vs[i] + np.float32(1.0)
+        lo[i] = max(int(max(a, np.float32(-1.0))), 0)
+        hi[i] = min(int(min(b, np.float32(res[i] + 1))), res[i])
+    gy, gz = np.int64(res[1]), np.int64(res[2])
+    ax = 0
+    if abs(n[1]) > abs(n[ax]):
+        ax = 1
+    if abs(n[2]) > abs(n[ax]):
+        ax = 2
+    u = (ax + 1) % 3
+    w = (ax + 2) % 3
+    count = 0
+    nk = np.float64(n[ax]) * np.float64(vs[ax])
+    c = np.empty(3, dtype=np.float64)
+    for i in range(3):
+        c[i] = vs[i] if n[i] > 0 else 0.0
+    for iu in range(lo[u], hi[u]):
+        for iw in range(lo[w], hi[w]):
+            if nk != 0.0:
+                # Roots in the column coordinate of the two extreme-corner plane distances.
+                base = np.float64(n[u]) * iu * vs[u] + np.float64(n[w]) * iw * vs[w]
+                r1 = base + np.float64(n[0]) * (c[0] - P[0, 0]) + np.float64(n[1]) * (c[1] - P[0, 1]) + np.float64(n[2]) * (c[2] - P[0, 2])
+                r2 = base + np.float64(n[0]) * ((vs[0] - c[0]) - P[0, 0]) + np.float64(n[1]) * ((vs[1] - c[1]) - P[0, 1]) + np.float64(n[2]) * ((vs[2] - c[2]) - P[0, 2])
+                k1 = -r1 / nk
+                k2 = -r2 / nk
+                kmin = min(k1, k2) - 1.0
+                kmax = max(k1, k2) + 1.0
+                ks = lo[ax] if kmin < lo[ax] else max(lo[ax], np.int64(np.floor(kmin)))
+                ke = hi[ax] if kmax >= hi[ax] else min(hi[ax], np.int64(np.floor(kmax)) + 1)
+            else:
+                ks, ke = lo[ax], hi[ax]
+            for k in range(ks, ke):
+                q = (0, 0, 0)
+                if ax == 0:
+                    q = (k, iu, iw)
+                elif ax == 1:
+                    q = (iw, k, iu)
+                else:
+                    q = (iu, iw, k)
+                key = (np.int64(q[0]) * gy + q[1]) * gz + q[2]
+                v = _lookup(tk, tv, key)
+                if v < 0:
+                    continue
+                if not _overlaps(P, n, vs, q[0], q[1], q[2]):
+                    continue
+                if write:
+                    out[start + count] = v
+                count += 1
+    return count
+
+
+@nb.njit(cache=True, parallel=True)
+def face_term(triangles, normals, quadrics, vs, res, tk, tv, Q):
+    """Stage B (spec 2.3): add each triangle's plane quadric to every existing voxel it overlaps, in triangle order."""
+    T = triangles.shape[0]
+    counts = np.zeros(T + 1, dtype=np.int64)
+    dummy = np.zeros(1, dtype=np.int32)
+    live = np.zeros(T, dtype=np.bool_)
+    for t in range(T):
+        live[t] = normals[t, 0] != 0 or normals[t, 1] != 0 or normals[t, 2] != 0
+    for t in nb.prange(T):
+        if live[t]:  # a degenerate triangle's quadric is zero: nothing to add
+            counts[t + 1] = _face_candidates(triangles[t], normals[t], vs, res, tk, tv, dummy, 0, False)
+    offsets = np.cumsum(counts)
+    hits = np.empty(offsets[T], dtype=np.int32)
+    for t in nb.prange(T):
+        if live[t]:
+            _face_candidates(triangles[t], normals[t], vs, res, tk, tv, hits, offsets[t], True)
+    # Sequential in triangle order so every voxel's float32 sum has the reference's order.
+    for t in range(T):
+        for h in range(offsets[t], offsets[t + 1]):
+            v = hits[h]
+            for k in range(10):
+                Q[v, k] += quadrics[t, k]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage C: boundary term.
+
+
+@nb.njit(cache=True)
+def boundary_term(vertices, edges, weight, vs, res, tk, tv, Q):
+    """Stage C (spec 2.4): add ``weight`` x the squared distance to each boundary edge's infinite line to every
+    existing voxel that a 3-D DDA along the edge visits. ``edges`` (E, 2) int64 sorted, s < e per row."""
+    gy, gz = np.int64(res[1]), np.int64(res[2])
+    w32 = np.float32(weight)
+    Qb = np.empty(10, dtype=np.float32)
+    for e in range(edges.shape[0]):
+        ps = vertices[edges[e, 0]]
+        pe = vertices[edges[e, 1]]
+        d0 = np.float64(pe[0]) - np.float64(ps[0])
+        d1 = np.float64(pe[1]) - np.float64(ps[1])
+        d2 = np.float64(pe[2]) - np.float64(ps[2])
+        length = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+        if length < 1e-6:
+            continue
+        d = (d0 / length, d1 / length, d2 / length)
+        p = (np.float64(ps[0]), np.float64(ps[1]), np.float64(ps[2]))
+        A = np.empty((3, 3), dtype=np.float64)
+        for i in range(3):
+            for j in range(3):
+                A[i, j] = (1.0 if i == j else 0.0) - d[i] * d[j]
+        bvec = np.empty(3, dtype=np.float64)
+        for i in range(3):
+            bvec[i] = -(A[i, 0] * p[0] + A[i, 1] * p[1] + A[i, 2] * p[2])
+        cval = -(p[0] * bvec[0] + p[1] * bvec[1] + p[2] * bvec[2])
+        Qb[0], Qb[1], Qb[2], Qb[3] = A[0, 0], A[0, 1], A[0, 2], bvec[0]
+        Qb[4], Qb[5], Qb[6] = A[1, 1], A[1, 2], bvec[1]
+        Qb[7], Qb[8] = A[2, 2], bvec[2]
+        Qb[9] = cval
+        # Amanatides-Woo traversal from P_s.
+        cur = np.empty(3, dtype=np.int64)
+        step = np.empty(3, dtype=np.int64)
+        tmax = np.empty(3, dtype=np.float64)
+        tdelta = np.empty(3, dtype=np.float64)
+        for i in range(3):
+            cur[i] = np.int64(np.floor(np.float64(ps[i] / vs[i])))
+            step[i] = 1 if d[i] > 0 else -1
+            if d[i] == 0:
+                tmax[i] = np.inf
+                tdelta[i] = np.inf
+            else:
+                border = vs[i] * np.float32(cur[i] + (1 if step[i] > 0 else 0))
+                tmax[i] = np.float64(border - ps[i]) / d[i]
+                tdelta[i] = np.float64(vs[i]) / abs(d[i])
+        while True:
+            if 0 <= cur[0] < res[0] and 0 <= cur[1] < res[1] and 0 <= cur[2] < res[2]:
+                v = _lookup(tk, tv, (cur[0] * gy + cur[1]) * gz + cur[2])
+                if v >= 0:
+                    for k in range(10):
+                        Q[v, k] += w32 * Qb[k]
+            if tmax[0] < tmax[1]:
+                ax = 0 if tmax[0] < tmax[2] else 2
+            else:
+                ax = 1 if tmax[1] < tmax[2] else 2
+            if tmax[ax] > length:
+                break
+            cur[ax] += step[ax]
+            tmax[ax] += tdelta[ax]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage D: regularisation and constrained solve.
+
+
+@nb.njit(cache=True, inline="always")
+def _energy(Qd, x0, x1, x2):
+    return (
+        Qd[0] * x0 * x0 + Qd[4] * x1 * x1 + Qd[7] * x2 * x2 + Qd[9]
+        + 2.0 * (Qd[1] * x0 * x1 + Qd[2] * x0 * x2 + Qd[5] * x1 * x2 + Qd[3] * x0 + Qd[6] * x1 + Qd[8] * x2)
+    )
+
+
+@nb.njit(cache=True, parallel=True)
+def solve_dual_vertices(coords, psum, cnt, Q, reg_weight, vs):
+    """Stage D (spec 2.5): regularise each quadric towards the mean crossing point, then minimise it inside the
+    closed voxel box: the unconstrained minimum if inside, else the best of 6 faces, 12 edges, 8 corners (first
+    strict minimum in the reference's candidate order). Float64 solve. Returns (N,3) float32, shifted frame."""
+    N = coords.shape[0]
+    out = np.empty((N, 3), dtype=np.float32)
+    rw = np.float32(reg_weight)
+    for v in nb.prange(N):
+        q = Q[v].copy()
+        if rw > 0:
+            m0, m1, m2 = psum[v, 0] / cnt[v], psum[v, 1] / cnt[v], psum[v, 2] / cnt[v]
+            s = rw * cnt[v]
+            q[0] += s * np.float32(1.0)
+            q[4] += s * np.float32(1.0)
+            q[7] += s * np.float32(1.0)
+            q[3] += s * -m0
+            q[6] += s * -m1
+            q[8] += s * -m2
+            q[9] += s * (m0 * m0 + m1 * m1 + m2 * m2)
+        Qd = q.astype(np.float64)
+        lo0 = np.float64(vs[0] * np.float32(coords[v, 0]))
+        lo1 = np.float64(vs[1] * np.float32(coords[v, 1]))
+        lo2 = np.float64(vs[2] * np.float32(coords[v, 2]))
+        hi0 = np.float64(vs[0] * np.float32(coords[v, 0] + 1))
+        hi1 = np.float64(vs[1] * np.float32(coords[v, 1] + 1))
+        hi2 = np.float64(vs[2] * np.float32(coords[v, 2] + 1))
+        lo = (lo0, lo1, lo2)
+        hi = (hi0, hi1, hi2)
+        # Unconstrained: A x = r with A = Q[:3,:3], r = -Q[:3,3] (Cramer's rule in float64).
+        a00, a01, a02, a11, a12, a22 = Qd[0], Qd[1], Qd[2], Qd[4], Qd[5], Qd[7]
+        r0, r1, r2 = -Qd[3], -Qd[6], -Qd[8]
+        c00 = a11 * a22 - a12 * a12
+        c01 = a02 * a12 - a01 * a22
+        c02 = a01 * a12 - a02 * a11
+        det = a00 * c00 + a01 * c01 + a02 * c02
+        x0 = x1 = x2 = np.nan
+        if det != 0.0:
+            c11 = a00 * a22 - a02 * a02
+            c12 = a01 * a02 - a00 * a12
+            c22 = a00 * a11 - a01 * a01
+            x0 = (c00 * r0 + c01 * r1 + c02 * r2) / det
+            x1 = (c01 * r0 + c11 * r1 + c12 * r2) / det
+            x2 = (c02 * r0 + c12 * r1 + c22 * r2) / det
+        if lo0 <= x0 <= hi0 and lo1 <= x1 <= hi1 and lo2 <= x2 <= hi2:
+            out[v, 0], out[v, 1], out[v, 2] = x0, x1, x2
+            continue
+        if np.isnan(Qd).any():
+            out[v, 0], out[v, 1], out[v, 2] = x0, x1, x2
+            continue
+        best = np.inf
+        b0, b1, b2 = lo0, lo1, lo2
+        A = np.empty((3, 3), dtype=np.float64)
+        A[0, 0], A[0, 1], A[0, 2] = a00, a01, a02
+        A[1, 0], A[1, 1], A[1, 2] = a01, a11, a12
+        A[2, 0], A[2, 1], A[2, 2] = a02, a12, a22
+        bq = (Qd[3], Qd[6], Qd[8])
+        p = np.empty(3, dtype=np.float64)
+        # 1. faces
+        for f in range(3):
+            g = (f + 1) % 3
+            h = (f + 2) % 3
+            for side in range(2):
+                beta = lo[f] if side == 0 else hi[f]
+                rg = -(A[g, f] * beta + bq[g])
+                rh = -(A[h, f] * beta + bq[h])
+                dd = A[g, g] * A[h, h] - A[g, h] * A[g, h]
+                if dd == 0.0:
+                    continue
+                yg = (A[h, h] * rg - A[g, h] * rh) / dd
+                yh = (A[g, g] * rh - A[g, h] * rg) / dd
+                if lo[g] <= yg <= hi[g] and lo[h] <= yh <= hi[h]:
+                    p[f], p[g], p[h] = beta, yg, yh
+                    e = _energy(Qd, p[0], p[1], p[2])
+                    if e < best:
+                        best, b0, b1, b2 = e, p[0], p[1], p[2]
+        # 2. edges
+        for f in range(3):
+            g = (f + 1) % 3
+            h = (f + 2) % 3
+            for combo in range(4):
+                bg = lo[g] if combo < 2 else hi[g]
+                bh = lo[h] if combo % 2 == 0 else hi[h]
+                if A[f, f] == 0.0:
+                    continue
+                xf = -(A[f, g] * bg + A[f, h] * bh + bq[f]) / A[f, f]
+                if lo[f] <= xf <= hi[f]:
+                    p[f], p[g], p[h] = xf, bg, bh
+                    e = _energy(Qd, p[0], p[1], p[2])
+                    if e < best:
+                        best, b0, b1, b2 = e, p[0], p[1], p[2]
+        # 3. corners, x slowest, hi before lo
+        for corner in range(8):
+            p[0] = hi0 if (corner & 4) == 0 else lo0
+            p[1] = hi1 if (corner & 2) == 0 else lo1
+            p[2] = hi2 if (corner & 1) == 0 else lo2
+            e = _energy(Qd, p[0], p[1], p[2])
+            if e < best:
+                best, b0, b1, b2 = e, p[0], p[1], p[2]
+        out[v, 0], out[v, 1], out[v, 2] = b0, b1, b2
+    return out
+
+
+@nb.njit(cache=True)
+def first_touch_pairs(tri, axis, owner, res):
+    """Every (triangle, voxel) incidence of the scan, de-duplicated per triangle, in scan order.
+
+    Returns tri_index (P,) int64 and coords (P,3) int32.
+    """
+    M = tri.shape[0]
+    out_t = np.empty(4 * M, dtype=np.int64)
+    out_c = np.empty((4 * M, 3), dtype=np.int32)
+    gy, gz = np.int64(res[1]), np.int64(res[2])
+    tk = np.full(_table_capacity(max(16, M + 16)), _EMPTY, dtype=np.int64)
+    tv = np.empty(tk.shape[0], dtype=np.int32)
+    last_tri = np.full(max(16, M + 16), -1, dtype=np.int64)  # per voxel: the last triangle that emitted it
+    n_vox = 0
+    n = 0
+    for m in range(M):
+        t = tri[m]
+        c = axis[m]
+        a = (c + 1) % 3
+        b = (c + 2) % 3
+        for da in range(2):
+            for db in range(2):
+                q = owner[m].copy()
+                q[a] += da
+                q[b] += db
+                key = (np.int64(q[0]) * gy + q[1]) * gz + q[2]
+                v = _insert(tk, tv, key, n_vox)
+                if v == n_vox:
+                    n_vox += 1
+                    if n_vox == last_tri.shape[0]:
+                        grown = np.full(2 * n_vox, -1, dtype=np.int64)
+                        grown[:n_vox] = last_tri
+                        last_tri = grown
+                    if 2 * n_vox > tk.shape[0]:
+                        tk, tv = _rehash(tk, tv, 2 * tk.shape[0])
+                if last_tri[v] != t:
+                    last_tri[v] = t
+                    out_t[n] = t
+                    out_c[n, 0], out_c[n, 1], out_c[n, 2] = q[0], q[1], q[2]
+                    n += 1
+    return out_t[:n].copy(), out_c[:n].copy()
