@@ -1,0 +1,1 @@
+"""Sparse voxel tensors and the operations the SC-VAEs and sparse flow transformers run on them."""

@@ -1,0 +1,111 @@
+"""Backend dispatch and autograd glue for the sparse kernels (internal; the public API is
+`omnivox.sparse.functional`).
+
+Backends: ``"torch"`` runs `kernels.reference` (any device), ``"triton"`` runs `kernels.triton` (CUDA only),
+``"auto"`` picks Triton for CUDA tensors when Triton imports and the dtype is supported, else torch.
+Triton is imported only when a Triton backend is actually used.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from omnivox.sparse.kernels.reference import (
+    neighbor_map_reference,
+    neighbor_pairs_reference,
+    submanifold_conv3d_backward_reference,
+    submanifold_conv3d_reference,
+)
+
+__all__ = [
+    "BACKENDS",
+    "resolve_backend",
+    "neighbor_map_reference",
+    "neighbor_pairs_reference",
+    "submanifold_conv3d_reference",
+    "submanifold_conv3d_backward_reference",
+    "SubmanifoldConv3dFunction",
+]
+
+BACKENDS = ("auto", "triton", "torch")
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """Whether `triton` imports (checked once; the answer cannot change within a process)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Turn ``backend`` into ``"triton"`` or ``"torch"`` for tensors on ``device`` with ``dtype``.
+
+    Raises:
+        ValueError: unknown backend, or ``"triton"`` requested where it cannot run.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    usable = device.type == "cuda" and dtype in TRITON_DTYPES
+    if backend == "auto":
+        return "triton" if usable and triton_available() else "torch"
+    if backend == "triton":
+        if not usable:
+            raise ValueError(f"backend='triton' needs CUDA tensors of dtype {TRITON_DTYPES}, got {device} {dtype}")
+        if not triton_available():
+            raise ValueError("backend='triton' needs the triton package (pip install triton)")
+    return backend
+
+
+def _pairs(neighbor_map) -> list:
+    return neighbor_map.derived(("pairs",), lambda: neighbor_pairs_reference(neighbor_map.table))
+
+
+def conv_forward(feats, neighbor_map, weight, bias, backend: str):
+    """Forward submanifold conv with ``weight (Co, 27, Ci)`` on an already resolved backend."""
+    if backend == "triton":
+        from omnivox.sparse.kernels.triton.submconv import submanifold_conv3d_triton
+        return submanifold_conv3d_triton(feats, neighbor_map, weight, bias)
+    return submanifold_conv3d_reference(feats, _pairs(neighbor_map), weight, bias)
+
+
+def conv_backward(grad_out, feats, neighbor_map, weight, needs_input_grad, needs_weight_grad, backend: str):
+    """Input and weight gradients of `conv_forward` on an already resolved backend."""
+    if backend == "triton":
+        from omnivox.sparse.kernels.triton.submconv import submanifold_conv3d_backward_triton
+        return submanifold_conv3d_backward_triton(grad_out, feats, neighbor_map, weight,
+                                                  needs_input_grad, needs_weight_grad)
+    return submanifold_conv3d_backward_reference(grad_out, feats, _pairs(neighbor_map), weight,
+                                                 needs_input_grad, needs_weight_grad)
+
+
+class SubmanifoldConv3dFunction(torch.autograd.Function):
+    """Autograd wrapper: ``out = conv(feats, weight, bias)`` on a fixed neighbour map and backend.
+
+    Inputs: ``feats (N, Ci)``, ``weight (Co, 27, Ci)``, ``bias (Co,)`` or None, a `NeighborMap`, and a
+    resolved backend name. The backward pass uses the same backend as the forward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, feats, weight, bias, neighbor_map, backend):
+        ctx.save_for_backward(feats, weight)
+        ctx.neighbor_map = neighbor_map
+        ctx.backend = backend
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return conv_forward(feats, neighbor_map, weight, bias, backend)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        feats, weight = ctx.saved_tensors
+        need_in, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_in, grad_w = conv_backward(grad_out, feats, ctx.neighbor_map, weight, need_in, need_w, ctx.backend)
+        grad_b = None
+        if ctx.bias_dtype is not None and need_b:
+            acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+            grad_b = grad_out.sum(0, dtype=acc).to(ctx.bias_dtype)
+        return grad_in, grad_w, grad_b, None, None
