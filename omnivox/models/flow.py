@@ -1,0 +1,441 @@
+"""Flow-matching transformers: the dense sparse-structure DiT and the sparse structured-latent DiT.
+
+All five released flow checkpoints share one architecture (spec models.md 6): a timestep MLP, one
+shared adaLN projection plus a learned per-block offset, and 30 blocks of
+``self-attention (RMS-normalised q/k, 3-D RoPE) -> cross-attention to image tokens -> MLP``.
+The two model classes differ only in how tokens are laid out:
+
+* `SparseStructureFlowModel`: a dense ``(B, 8, 16, 16, 16)`` latent, 4096 tokens per sample.
+* `SLatFlowModel`: a `SparseTensor` of active voxels, a variable number of tokens per sample, packed
+  row-wise; attention never crosses batch items. The texture variant takes ``in_channels=64``: the
+  32-channel noisy latent concatenated with the 32-channel normalised shape latent (``concat_cond``).
+
+Dtype policy (spec models.md 11, ``dtype="bfloat16"`` in the released JSONs): the Linear layers inside
+blocks hold ``dtype``; the timestep MLP, the adaLN projection, the per-block ``modulation`` vectors, the
+input/output layers, every norm parameter and the RMS gammas stay float32. Norms, RMSNorm and RoPE compute
+in float32 and round back; the residual stream is ``dtype``.
+
+Checkpoint keys (640 per model at 30 blocks; the tables of spec 6.9 are reproduced by the tests):
+``t_embedder.mlp.{0,2}.*``, ``adaLN_modulation.1.*``, ``input_layer.*``, ``out_layer.*`` and per block
+``blocks.{i}.{modulation, norm2.*, self_attn.{to_qkv, q_rms_norm, k_rms_norm, to_out}.*,
+cross_attn.{to_q, to_kv, q_rms_norm, k_rms_norm, to_out}.*, mlp.mlp.{0,2}.*}``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omnivox.models.layers import LayerNorm32, dtype_from_name
+from omnivox.sparse.tensor import SparseTensor
+
+
+@dataclass
+class FlowConfig:
+    """Constructor arguments of a flow transformer; field names are the checkpoint JSON's ``args`` keys.
+
+    The defaults are the released 1.3B configuration except for ``resolution``/``in_channels``/
+    ``out_channels`` (dense SS model: 16/8/8) and ``dtype`` (the released JSONs say ``"bfloat16"``).
+    """
+
+    resolution: int = 16
+    in_channels: int = 8
+    out_channels: int = 8
+    model_channels: int = 1536
+    cond_channels: int = 1024
+    num_blocks: int = 30
+    num_heads: Optional[int] = 12
+    num_head_channels: int = 64
+    mlp_ratio: float = 5.3334
+    pe_mode: str = "rope"
+    rope_freq: Tuple[float, float] = (1.0, 10000.0)
+    dtype: str = "float32"
+    share_mod: bool = True
+    qk_rms_norm: bool = True
+    qk_rms_norm_cross: bool = True
+    initialization: str = "scaled"
+
+    def __post_init__(self) -> None:
+        if self.num_heads is None:
+            self.num_heads = self.model_channels // self.num_head_channels
+        if self.model_channels % self.num_heads:
+            raise ValueError(f"model_channels={self.model_channels} is not divisible by num_heads={self.num_heads}")
+        if self.pe_mode != "rope":
+            raise ValueError(f"pe_mode={self.pe_mode!r} is not supported (every released flow model uses 'rope')")
+        if not self.share_mod:
+            raise ValueError("share_mod=False is not supported (every released flow model shares adaLN)")
+        if self.head_dim // 2 // 3 < 1:
+            raise ValueError(f"head dim {self.head_dim} is too small for 3-D RoPE (needs at least 6)")
+        self.rope_freq = tuple(float(f) for f in self.rope_freq)
+        dtype_from_name(self.dtype, "FlowConfig.dtype")
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_channels // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        # int(1536 * 5.3334) = 8192: the odd ratio is the reference's way of asking for 8192.
+        return int(self.model_channels * self.mlp_ratio)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return dtype_from_name(self.dtype)
+
+
+# ----------------------------------------------------------------------------------------------- pieces
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding of ``1000 * t`` followed by a two-layer MLP, all float32 (spec 6.1).
+
+    Keys: ``mlp.0.weight (C, 256)``, ``mlp.0.bias``, ``mlp.2.weight (C, C)``, ``mlp.2.bias``.
+    """
+
+    frequency_dim = 256
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, channels), nn.SiLU(), nn.Linear(channels, channels))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:  # (B,) float32 -> (B, C) float32
+        half = self.frequency_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        angles = t.float()[:, None] * freqs[None]
+        # The order [cos, sin] is part of the checkpoint's contract (spec 6.1).
+        return self.mlp(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1))
+
+
+class MultiHeadRMSNorm(nn.Module):
+    """Per-head RMS normalisation: ``x / max(|x|, 1e-12) * gamma * sqrt(D)``, float32 compute.
+
+    Keys: ``gamma (H, D)`` float32.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(num_heads, head_dim, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., H, D) -> same shape and dtype
+        scale = math.sqrt(x.shape[-1])
+        return (F.normalize(x.float(), dim=-1) * self.gamma.float() * scale).to(x.dtype)
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, rope_freq: Tuple[float, float]) -> torch.Tensor:
+    """Rotation angles of 3-D RoPE for integer grid positions (spec 6.4).
+
+    The ``head_dim / 2`` channel pairs are split into three equal groups of ``head_dim // 6`` frequencies
+    for x, y, z (in that order); leftover pairs (one at ``head_dim = 128``) get angle 0, the identity.
+
+    Args:
+        positions: ``(N, 3)`` integer or float ``(x, y, z)``.
+        head_dim: channels per head ``D``.
+        rope_freq: ``(base_scale, theta)``: frequency ``j`` is ``base_scale / theta ** (j / F)``.
+
+    Returns:
+        ``(N, D / 2) float32`` angles.
+    """
+    per_axis = head_dim // 2 // 3
+    exponents = torch.arange(per_axis, dtype=torch.float32, device=positions.device) / per_axis
+    freqs = rope_freq[0] / (rope_freq[1] ** exponents)
+    angles = (positions.float()[:, :, None] * freqs).reshape(positions.shape[0], 3 * per_axis)
+    return F.pad(angles, (0, head_dim // 2 - 3 * per_axis))
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs ``(2p, 2p+1)`` of every head by the per-token angles, float32 compute.
+
+    Args:
+        x: ``(..., T, H, D)`` queries or keys, any float dtype.
+        cos, sin: ``(T, D / 2) float32``.
+
+    Returns:
+        Same shape and dtype as ``x``.
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
+    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------- token layouts
+class DenseTokens:
+    """Token layout of the dense model: features ``(B, L, C)``, every sample has the same ``L`` tokens."""
+
+    def __init__(self, positions: torch.Tensor, head_dim: int, rope_freq: Tuple[float, float]) -> None:
+        angles = rope_angles(positions, head_dim, rope_freq)
+        self.cos, self.sin = torch.cos(angles), torch.sin(angles)
+
+    def per_sample(self, values: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, 1, C)
+        return values[:, None, :]
+
+    def self_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # (B, L, H, D) each -> (B, L, H, D)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+
+    def cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q (B, L, H, D), k/v (B, M, H, D) -> (B, L, H, D)
+        return self.self_attention(q, k, v)
+
+
+class SparseTokens:
+    """Token layout of the sparse model: features ``(N, C)`` packed batch-major, ``B`` variable-length items.
+
+    Attention is block-diagonal: each item attends only to its own rows (spec 6.7). It is computed one
+    batch item at a time with PyTorch's fused attention, which is exact and keeps memory at one item's
+    attention; the flow models run with one or two items (CFG) per call.
+    """
+
+    def __init__(self, x: SparseTensor, head_dim: int, rope_freq: Tuple[float, float]) -> None:
+        angles = rope_angles(x.coords[:, 1:], head_dim, rope_freq)
+        self.cos, self.sin = torch.cos(angles), torch.sin(angles)
+        self.batch_index = x.batch_index
+        self.layout = x.layout
+
+    def per_sample(self, values: torch.Tensor) -> torch.Tensor:  # (B, C) -> (N, C)
+        return values.index_select(0, self.batch_index)
+
+    def self_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # (N, H, D) each -> (N, H, D)
+        out = torch.empty_like(q)
+        for rows in self.layout:
+            item = [t[rows].transpose(0, 1)[None] for t in (q, k, v)]  # (1, H, n, D)
+            out[rows] = F.scaled_dot_product_attention(*item)[0].transpose(0, 1)
+        return out
+
+    def cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q (N, H, D), k/v (B, M, H, D) -> (N, H, D)
+        out = torch.empty_like(q)
+        for b, rows in enumerate(self.layout):
+            out[rows] = F.scaled_dot_product_attention(
+                q[rows].transpose(0, 1)[None], k[b].transpose(0, 1)[None], v[b].transpose(0, 1)[None]
+            )[0].transpose(0, 1)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- block
+class SelfAttention(nn.Module):
+    """Self-attention with per-head RMS-normalised q/k and 3-D RoPE (spec 6.3)."""
+
+    def __init__(self, cfg: FlowConfig) -> None:
+        super().__init__()
+        c, h, d, dt = cfg.model_channels, cfg.num_heads, cfg.head_dim, cfg.torch_dtype
+        self.num_heads = h
+        self.to_qkv = nn.Linear(c, 3 * c, dtype=dt)
+        self.q_rms_norm = MultiHeadRMSNorm(h, d) if cfg.qk_rms_norm else None
+        self.k_rms_norm = MultiHeadRMSNorm(h, d) if cfg.qk_rms_norm else None
+        self.to_out = nn.Linear(c, c, dtype=dt)
+
+    def forward(self, x: torch.Tensor, tokens) -> torch.Tensor:  # (..., T, C) -> (..., T, C)
+        q, k, v = self.to_qkv(x).unflatten(-1, (3, self.num_heads, -1)).unbind(-3)
+        if self.q_rms_norm is not None:
+            q, k = self.q_rms_norm(q), self.k_rms_norm(k)
+        q, k = apply_rope(q, tokens.cos, tokens.sin), apply_rope(k, tokens.cos, tokens.sin)
+        return self.to_out(tokens.self_attention(q, k, v).flatten(-2))
+
+
+class CrossAttention(nn.Module):
+    """Attention from tokens to the image-condition tokens; q/k RMS-normalised, no RoPE (spec 6.3)."""
+
+    def __init__(self, cfg: FlowConfig) -> None:
+        super().__init__()
+        c, h, d, dt = cfg.model_channels, cfg.num_heads, cfg.head_dim, cfg.torch_dtype
+        self.num_heads = h
+        self.to_q = nn.Linear(c, c, dtype=dt)
+        self.to_kv = nn.Linear(cfg.cond_channels, 2 * c, dtype=dt)
+        self.q_rms_norm = MultiHeadRMSNorm(h, d) if cfg.qk_rms_norm_cross else None
+        self.k_rms_norm = MultiHeadRMSNorm(h, d) if cfg.qk_rms_norm_cross else None
+        self.to_out = nn.Linear(c, c, dtype=dt)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
+        # x (..., T, C), cond (B, M, Cc) -> (..., T, C)
+        q = self.to_q(x).unflatten(-1, (self.num_heads, -1))
+        k, v = self.to_kv(cond).unflatten(-1, (2, self.num_heads, -1)).unbind(-3)  # k first
+        if self.q_rms_norm is not None:
+            q, k = self.q_rms_norm(q), self.k_rms_norm(k)
+        return self.to_out(tokens.cross_attention(q, k, v).flatten(-2))
+
+
+class FeedForward(nn.Module):
+    """``Linear -> GELU(tanh) -> Linear``; keys ``mlp.0.*`` and ``mlp.2.*``."""
+
+    def __init__(self, cfg: FlowConfig) -> None:
+        super().__init__()
+        dt = cfg.torch_dtype
+        self.mlp = nn.Sequential(nn.Linear(cfg.model_channels, cfg.mlp_hidden, dtype=dt),
+                                 nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.mlp_hidden, cfg.model_channels, dtype=dt))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class FlowBlock(nn.Module):
+    """One modulated transformer block (spec 6.3); the residual stream stays in ``cfg.dtype``."""
+
+    def __init__(self, cfg: FlowConfig) -> None:
+        super().__init__()
+        c = cfg.model_channels
+        self.norm1 = LayerNorm32(c, eps=1e-6, affine=False)
+        self.self_attn = SelfAttention(cfg)
+        self.norm2 = LayerNorm32(c, eps=1e-6, affine=True)  # the only affine norm of a block
+        self.cross_attn = CrossAttention(cfg)
+        self.norm3 = LayerNorm32(c, eps=1e-6, affine=False)
+        self.mlp = FeedForward(cfg)
+        # Learned offset added to the shared adaLN output; float32, like the reference.
+        self.modulation = nn.Parameter(torch.randn(6 * c, dtype=torch.float32) / c ** 0.5)
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
+        # The sum runs in float32 (the parameter is float32) and is rounded once to the stream dtype.
+        m = (self.modulation + mod).to(x.dtype)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            tokens.per_sample(chunk) for chunk in m.chunk(6, dim=-1))
+        h = self.norm1(x) * (1 + scale_msa) + shift_msa
+        x = x + self.self_attn(h, tokens) * gate_msa
+        x = x + self.cross_attn(self.norm2(x), cond, tokens)
+        h = self.norm3(x) * (1 + scale_mlp) + shift_mlp
+        return x + self.mlp(h) * gate_mlp
+
+
+# ---------------------------------------------------------------------------------------------- models
+class _FlowTransformer(nn.Module):
+    """Parameters and the token-independent parts shared by the dense and the sparse model."""
+
+    config_class = FlowConfig
+
+    def __init__(self, config: FlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config.model_channels
+        self.t_embedder = TimestepEmbedder(c)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 6 * c))
+        self.input_layer = nn.Linear(config.in_channels, c)
+        self.blocks = nn.ModuleList(FlowBlock(config) for _ in range(config.num_blocks))
+        self.out_layer = nn.Linear(c, config.out_channels)
+        self.initialize_weights()  # a no-op cost on the meta device, where the loader builds models
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def in_channels(self) -> int:
+        return self.config.in_channels
+
+    def initialize_weights(self) -> None:
+        """The reference's "scaled" initialisation (spec 6.8); loading a checkpoint overwrites it."""
+        c, n = self.config.model_channels, self.config.num_blocks
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=math.sqrt(2.0 / (5.0 * c)))
+                nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for out in (block.self_attn.to_out, block.cross_attn.to_out, block.mlp.mlp[2]):
+                nn.init.normal_(out.weight, std=1.0 / math.sqrt(5.0 * n * c))
+        nn.init.normal_(self.input_layer.weight, std=1.0 / math.sqrt(self.config.in_channels))
+        for linear in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(linear.weight, std=0.02)
+        # Zero adaLN projection and output layer: a fresh model predicts zero velocity.
+        for linear in (self.adaLN_modulation[1], self.out_layer):
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def _check_inputs(self, batch: int, t: torch.Tensor, cond: torch.Tensor) -> None:
+        if not isinstance(t, torch.Tensor) or t.shape != (batch,):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"t must be a ({batch},) tensor of 1000*t values, got {got}")
+        cc = self.config.cond_channels
+        if not isinstance(cond, torch.Tensor) or cond.dim() != 3 or cond.shape[0] != batch or cond.shape[2] != cc:
+            got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+            raise ValueError(f"cond must have shape ({batch}, M, {cc}), got {got}")
+
+    def _run_blocks(self, h: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
+        """``h`` float32 tokens after the input layer -> float32 output-layer values."""
+        dtype = self.config.torch_dtype
+        mod = self.adaLN_modulation(self.t_embedder(t)).to(dtype)
+        h, cond = h.to(dtype), cond.to(dtype)
+        for block in self.blocks:
+            h = block(h, mod, cond, tokens)
+        h = F.layer_norm(h.float(), h.shape[-1:], eps=1e-5)
+        return self.out_layer(h)
+
+
+class SparseStructureFlowModel(_FlowTransformer):
+    """Dense DiT over the ``16^3`` sparse-structure latent (checkpoint ``ss_flow_img_dit_1_3B_64_bf16``).
+
+    Token ``n`` is grid position ``(X, Y, Z)`` with ``n = X*R*R + Y*R + Z`` (dims 2, 3, 4 of the input),
+    which is also its RoPE position. The reference registers the RoPE table as a buffer
+    ``rope_phases`` absent from the released file; here it is recomputed each call and never loaded.
+    """
+
+    ignored_checkpoint_keys = ("rope_phases",)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Predict the flow velocity.
+
+        Args:
+            x: ``(B, in_channels, R, R, R)`` float noisy latent, ``R = config.resolution``.
+            t: ``(B,)`` float timesteps already multiplied by 1000.
+            cond: ``(B, M, cond_channels)`` image tokens (M = 1029 for DINOv3 at 512 px).
+
+        Returns:
+            ``(B, out_channels, R, R, R) float32``.
+        """
+        r, cin = self.config.resolution, self.config.in_channels
+        if not isinstance(x, torch.Tensor) or x.dim() != 5 or x.shape[1:] != (cin, r, r, r):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (B, {cin}, {r}, {r}, {r}), got {got}")
+        batch = x.shape[0]
+        self._check_inputs(batch, t, cond)
+        axis = torch.arange(r, device=x.device)
+        positions = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+        tokens = DenseTokens(positions, self.config.head_dim, self.config.rope_freq)
+        h = self.input_layer(x.float().reshape(batch, cin, -1).transpose(1, 2))
+        h = self._run_blocks(h, t, cond, tokens)
+        return h.transpose(1, 2).reshape(batch, self.config.out_channels, r, r, r)
+
+
+class SLatFlowModel(_FlowTransformer):
+    """Sparse DiT over structured latents (shape: ``in_channels=32``; texture: ``in_channels=64``).
+
+    The texture model sees ``[x_t (in_channels - 32) | normalised shape latent (32)]`` per voxel: pass the
+    shape latent as ``concat_cond`` on the same coordinates and row order as ``x``.
+    """
+
+    ignored_checkpoint_keys = ()
+
+    def forward(self, x: SparseTensor, t: torch.Tensor, cond: torch.Tensor,
+                concat_cond: Optional[SparseTensor] = None) -> SparseTensor:
+        """Predict the flow velocity on the active voxels of ``x``.
+
+        Args:
+            x: `SparseTensor` with ``(N, C_x)`` float features, ``C_x = in_channels`` or, with
+                ``concat_cond``, ``in_channels - concat_cond channels``.
+            t: ``(B,)`` float timesteps already multiplied by 1000.
+            cond: ``(B, M, cond_channels)`` image tokens.
+            concat_cond: optional `SparseTensor` with the same coords (same rows, same order) as ``x``.
+
+        Returns:
+            `SparseTensor` on ``x``'s coordinates with ``(N, out_channels) float32`` features.
+        """
+        if not isinstance(x, SparseTensor):
+            raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
+        feats = x.feats
+        if concat_cond is not None:
+            if not isinstance(concat_cond, SparseTensor):
+                raise TypeError(f"concat_cond must be a SparseTensor, got {type(concat_cond).__name__}")
+            if concat_cond.coords is not x.coords and not torch.equal(concat_cond.coords, x.coords):
+                raise ValueError("concat_cond must have the same coords, in the same row order, as x")
+            feats = torch.cat([feats, concat_cond.feats.to(feats.dtype)], dim=1)
+        if feats.dim() != 2 or feats.shape[1] != self.config.in_channels:
+            raise ValueError(f"x features (with concat_cond) must be (N, {self.config.in_channels}), "
+                             f"got {tuple(feats.shape)}")
+        self._check_inputs(x.batch_size, t, cond)
+        tokens = SparseTokens(x, self.config.head_dim, self.config.rope_freq)
+        h = self._run_blocks(self.input_layer(feats.float()), t, cond, tokens)
+        return x.replace(h)
