@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnivox.models.layers import LayerNorm32, dtype_from_name
+from omnivox.sparse.attention import apply_rope, rope_3d_phases, varlen_attention
+from omnivox.sparse.modules import MultiHeadRMSNorm
 from omnivox.sparse.tensor import SparseTensor
 
 
@@ -109,69 +111,24 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1))
 
 
-class MultiHeadRMSNorm(nn.Module):
-    """Per-head RMS normalisation: ``x / max(|x|, 1e-12) * gamma * sqrt(D)``, float32 compute.
-
-    Keys: ``gamma (H, D)`` float32.
-    """
-
-    def __init__(self, num_heads: int, head_dim: int) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(num_heads, head_dim, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., H, D) -> same shape and dtype
-        scale = math.sqrt(x.shape[-1])
-        return (F.normalize(x.float(), dim=-1) * self.gamma.float() * scale).to(x.dtype)
-
-
-def rope_angles(positions: torch.Tensor, head_dim: int, rope_freq: Tuple[float, float]) -> torch.Tensor:
-    """Rotation angles of 3-D RoPE for integer grid positions (spec 6.4).
-
-    The ``head_dim / 2`` channel pairs are split into three equal groups of ``head_dim // 6`` frequencies
-    for x, y, z (in that order); leftover pairs (one at ``head_dim = 128``) get angle 0, the identity.
-
-    Args:
-        positions: ``(N, 3)`` integer or float ``(x, y, z)``.
-        head_dim: channels per head ``D``.
-        rope_freq: ``(base_scale, theta)``: frequency ``j`` is ``base_scale / theta ** (j / F)``.
-
-    Returns:
-        ``(N, D / 2) float32`` angles.
-    """
-    per_axis = head_dim // 2 // 3
-    exponents = torch.arange(per_axis, dtype=torch.float32, device=positions.device) / per_axis
-    freqs = rope_freq[0] / (rope_freq[1] ** exponents)
-    angles = (positions.float()[:, :, None] * freqs).reshape(positions.shape[0], 3 * per_axis)
-    return F.pad(angles, (0, head_dim // 2 - 3 * per_axis))
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs ``(2p, 2p+1)`` of every head by the per-token angles, float32 compute.
-
-    Args:
-        x: ``(..., T, H, D)`` queries or keys, any float dtype.
-        cos, sin: ``(T, D / 2) float32``.
-
-    Returns:
-        Same shape and dtype as ``x``.
-    """
-    pairs = x.float().unflatten(-1, (-1, 2))
-    real, imag = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over heads
-    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
-
-
 # ----------------------------------------------------------------------------------------- token layouts
 class DenseTokens:
-    """Token layout of the dense model: features ``(B, L, C)``, every sample has the same ``L`` tokens."""
+    """Token layout of the dense model: features ``(B, L, C)``, every sample has the same ``L`` tokens.
 
-    def __init__(self, positions: torch.Tensor, head_dim: int, rope_freq: Tuple[float, float]) -> None:
-        angles = rope_angles(positions, head_dim, rope_freq)
-        self.cos, self.sin = torch.cos(angles), torch.sin(angles)
+    Args:
+        positions: ``(L, 3)`` integer RoPE positions of the tokens.
+        batch_size: ``B``.
+    """
+
+    def __init__(self, positions: torch.Tensor, batch_size: int, head_dim: int,
+                 rope_freq: Tuple[float, float]) -> None:
+        self.phases = rope_3d_phases(positions, head_dim, rope_freq).repeat(batch_size, 1)  # (B*L, D/2)
 
     def per_sample(self, values: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, 1, C)
         return values[:, None, :]
+
+    def rope(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, H, D) -> same
+        return apply_rope(x.flatten(0, 1), self.phases).view_as(x)
 
     def self_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # (B, L, H, D) each -> (B, L, H, D)
@@ -186,36 +143,29 @@ class DenseTokens:
 class SparseTokens:
     """Token layout of the sparse model: features ``(N, C)`` packed batch-major, ``B`` variable-length items.
 
-    Attention is block-diagonal: each item attends only to its own rows (spec 6.7). It is computed one
-    batch item at a time with PyTorch's fused attention, which is exact and keeps memory at one item's
-    attention; the flow models run with one or two items (CFG) per call.
+    Self-attention is block-diagonal (each item attends only to its own rows) and cross-attention reaches
+    only the item's own condition tokens (spec 6.7), via `omnivox.sparse.attention.varlen_attention`.
     """
 
     def __init__(self, x: SparseTensor, head_dim: int, rope_freq: Tuple[float, float]) -> None:
-        angles = rope_angles(x.coords[:, 1:], head_dim, rope_freq)
-        self.cos, self.sin = torch.cos(angles), torch.sin(angles)
+        self.phases = rope_3d_phases(x.coords[:, 1:], head_dim, rope_freq)  # (N, D/2)
         self.batch_index = x.batch_index
-        self.layout = x.layout
+        self.seq_lens = x.seq_lens.tolist()
 
     def per_sample(self, values: torch.Tensor) -> torch.Tensor:  # (B, C) -> (N, C)
         return values.index_select(0, self.batch_index)
 
+    def rope(self, x: torch.Tensor) -> torch.Tensor:  # (N, H, D) -> same
+        return apply_rope(x, self.phases)
+
     def self_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # (N, H, D) each -> (N, H, D)
-        out = torch.empty_like(q)
-        for rows in self.layout:
-            item = [t[rows].transpose(0, 1)[None] for t in (q, k, v)]  # (1, H, n, D)
-            out[rows] = F.scaled_dot_product_attention(*item)[0].transpose(0, 1)
-        return out
+        return varlen_attention(q, k, v, self.seq_lens, self.seq_lens)
 
     def cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q (N, H, D), k/v (B, M, H, D) -> (N, H, D)
-        out = torch.empty_like(q)
-        for b, rows in enumerate(self.layout):
-            out[rows] = F.scaled_dot_product_attention(
-                q[rows].transpose(0, 1)[None], k[b].transpose(0, 1)[None], v[b].transpose(0, 1)[None]
-            )[0].transpose(0, 1)
-        return out
+        batch, length = k.shape[:2]
+        return varlen_attention(q, k.flatten(0, 1), v.flatten(0, 1), self.seq_lens, [length] * batch)
 
 
 # ----------------------------------------------------------------------------------------------- block
@@ -235,7 +185,7 @@ class SelfAttention(nn.Module):
         q, k, v = self.to_qkv(x).unflatten(-1, (3, self.num_heads, -1)).unbind(-3)
         if self.q_rms_norm is not None:
             q, k = self.q_rms_norm(q), self.k_rms_norm(k)
-        q, k = apply_rope(q, tokens.cos, tokens.sin), apply_rope(k, tokens.cos, tokens.sin)
+        q, k = tokens.rope(q), tokens.rope(k)
         return self.to_out(tokens.self_attention(q, k, v).flatten(-2))
 
 
@@ -394,7 +344,7 @@ class SparseStructureFlowModel(_FlowTransformer):
         self._check_inputs(batch, t, cond)
         axis = torch.arange(r, device=x.device)
         positions = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-        tokens = DenseTokens(positions, self.config.head_dim, self.config.rope_freq)
+        tokens = DenseTokens(positions, batch, self.config.head_dim, self.config.rope_freq)
         h = self.input_layer(x.float().reshape(batch, cin, -1).transpose(1, 2))
         h = self._run_blocks(h, t, cond, tokens)
         return h.transpose(1, 2).reshape(batch, self.config.out_channels, r, r, r)
