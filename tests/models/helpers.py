@@ -66,5 +66,5 @@ def sparse_from(coords: torch.Tensor, channels: int, seed: int = 0, dtype=torch.
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """``||actual - expected|| / ||expected||`` in float64."""
-    actual, expected = actual.double(), expected.double()
+    actual, expected = actual.detach().double(), expected.detach().double()
     return float((actual - expected).norm() / expected.norm())
