@@ -28,7 +28,7 @@ class NeighborMap:
         self._derived: dict = {}
 
     def derived(self, key: tuple, compute: Callable[[], object]):
-        """A value computed from ``table`` once and kept (row pairs, kernel schedules)."""
+        """A value computed from ``table`` once and kept (kernel schedules)."""
         if key not in self._derived:
             self._derived[key] = compute()
         return self._derived[key]

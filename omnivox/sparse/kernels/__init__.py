@@ -14,7 +14,6 @@ import torch
 
 from omnivox.sparse.kernels.reference import (
     neighbor_map_reference,
-    neighbor_pairs_reference,
     submanifold_conv3d_backward_reference,
     submanifold_conv3d_reference,
 )
@@ -23,7 +22,6 @@ __all__ = [
     "BACKENDS",
     "resolve_backend",
     "neighbor_map_reference",
-    "neighbor_pairs_reference",
     "submanifold_conv3d_reference",
     "submanifold_conv3d_backward_reference",
     "SubmanifoldConv3dFunction",
@@ -62,16 +60,12 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     return backend
 
 
-def _pairs(neighbor_map) -> list:
-    return neighbor_map.derived(("pairs",), lambda: neighbor_pairs_reference(neighbor_map.table))
-
-
 def conv_forward(feats, neighbor_map, weight, bias, backend: str):
     """Forward submanifold conv with ``weight (Co, 27, Ci)`` on an already resolved backend."""
     if backend == "triton":
         from omnivox.sparse.kernels.triton.submconv import submanifold_conv3d_triton
         return submanifold_conv3d_triton(feats, neighbor_map, weight, bias)
-    return submanifold_conv3d_reference(feats, _pairs(neighbor_map), weight, bias)
+    return submanifold_conv3d_reference(feats, neighbor_map.table, weight, bias)
 
 
 def conv_backward(grad_out, feats, neighbor_map, weight, needs_input_grad, needs_weight_grad, backend: str):
@@ -80,7 +74,7 @@ def conv_backward(grad_out, feats, neighbor_map, weight, needs_input_grad, needs
         from omnivox.sparse.kernels.triton.submconv import submanifold_conv3d_backward_triton
         return submanifold_conv3d_backward_triton(grad_out, feats, neighbor_map, weight,
                                                   needs_input_grad, needs_weight_grad)
-    return submanifold_conv3d_backward_reference(grad_out, feats, _pairs(neighbor_map), weight,
+    return submanifold_conv3d_backward_reference(grad_out, feats, neighbor_map.table, weight,
                                                  needs_input_grad, needs_weight_grad)
 
 

@@ -67,38 +67,43 @@ def neighbor_map_reference(coords: torch.Tensor) -> torch.Tensor:
     return table
 
 
-def neighbor_pairs_reference(table: torch.Tensor) -> list:
-    """Split a neighbour map into per-tap row pairs for gather-GEMM-scatter.
-
-    Args:
-        table: ``(N, 27) int32`` neighbour map.
-
-    Returns:
-        27 tuples ``(out_rows, in_rows)`` of ``(P_v,) int64``: ``table[out_rows, v] == in_rows``.
-    """
-    pairs = []
-    for v in range(KERNEL_VOLUME):
-        out_rows = torch.nonzero(table[:, v] >= 0).flatten()
-        pairs.append((out_rows, table[out_rows, v].long()))
-    return pairs
-
-
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     # 16-bit inputs accumulate in fp32 and round once at the end, as the reference kernel does.
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# Bytes of gathered neighbour features per chunk of rows: bounds the (rows, 27 * Ci) gather buffer.
+_GATHER_CHUNK_BYTES = 1 << 28
+
+
+def _row_chunks(n: int, row_bytes: int):
+    step = max(1, _GATHER_CHUNK_BYTES // max(row_bytes, 1))
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _gather_neighbors(padded: torch.Tensor, table: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """``(rows, 27 * Ci)``: the 27 neighbour rows of rows ``start:end``, zeros (the padding row) if absent."""
+    n = padded.shape[0] - 1
+    rows = table[start:end].long()
+    rows = torch.where(rows >= 0, rows, n)
+    return padded.index_select(0, rows.flatten()).reshape(end - start, -1)
+
+
 def submanifold_conv3d_reference(
     feats: torch.Tensor,  # (N, Ci)
-    pairs: list,  # 27 x ((P_v,), (P_v,)) int64
+    table: torch.Tensor,  # (N, 27) int32
     weight: torch.Tensor,  # (Co, 27, Ci)
     bias: torch.Tensor | None,  # (Co,)
 ) -> torch.Tensor:
-    """Submanifold 3x3x3 convolution by 27 gather-GEMM-scatter steps.
+    """Submanifold 3x3x3 convolution as gather + one GEMM per chunk of rows.
+
+    For a chunk of rows, the 27 neighbour feature rows of each row (zeros where absent) are gathered into
+    ``(rows, 27 * Ci)`` and multiplied by ``weight.reshape(Co, 27 * Ci).T``: a single large GEMM, which is
+    what a CPU does fastest, and no scatter.
 
     Args:
         feats: ``(N, Ci)`` input features.
-        pairs: output of `neighbor_pairs_reference` for the input's coordinates.
+        table: ``(N, 27) int32`` neighbour map of the input coordinates.
         weight: ``(Co, 27, Ci)`` kernel, tap index ``v = 9a + 3b + c``.
         bias: optional ``(Co,)``.
 
@@ -106,46 +111,47 @@ def submanifold_conv3d_reference(
         ``(N, Co)`` in the dtype of ``feats``; products accumulate in fp32 (fp64 for fp64 inputs).
     """
     acc_dtype = _accumulation_dtype(feats.dtype)
-    x = feats.to(acc_dtype)
-    w = weight.to(acc_dtype)
-    out = torch.zeros(feats.shape[0], weight.shape[0], dtype=acc_dtype, device=feats.device)
-    for v, (out_rows, in_rows) in enumerate(pairs):
-        if out_rows.numel():
-            out.index_add_(0, out_rows, x.index_select(0, in_rows) @ w[:, v, :].T)
-    if bias is not None:
-        out += bias.to(acc_dtype)
-    return out.to(feats.dtype)
+    n, c_in = feats.shape
+    c_out = weight.shape[0]
+    padded = torch.cat([feats.to(acc_dtype), feats.new_zeros(1, c_in, dtype=acc_dtype)])
+    w = weight.to(acc_dtype).reshape(c_out, KERNEL_VOLUME * c_in).T
+    out = torch.empty(n, c_out, dtype=feats.dtype, device=feats.device)
+    b = bias.to(acc_dtype) if bias is not None else None
+    for start, end in _row_chunks(n, KERNEL_VOLUME * c_in * padded.element_size()):
+        gathered = _gather_neighbors(padded, table, start, end)
+        chunk = torch.addmm(b, gathered, w) if b is not None else gathered @ w
+        out[start:end] = chunk.to(feats.dtype)
+    return out
 
 
 def submanifold_conv3d_backward_reference(
     grad_out: torch.Tensor,  # (N, Co)
     feats: torch.Tensor,  # (N, Ci)
-    pairs: list,
+    table: torch.Tensor,  # (N, 27) int32
     weight: torch.Tensor,  # (Co, 27, Ci)
     needs_input_grad: bool = True,
     needs_weight_grad: bool = True,
 ):
     """Gradients of `submanifold_conv3d_reference` with respect to its input and weight.
 
-    ``grad_in[j] = sum over pairs (i, j) of tap v of grad_out[i] @ W_v`` and
-    ``grad_W_v = sum over the same pairs of grad_out[i]^T feats[j]``.
+    The map is symmetric (``table[i, v] = j  <=>  table[j, 26 - v] = i``), so the input gradient is the same
+    convolution applied to ``grad_out`` with the mirrored, transposed kernel ``W'[ci, u, co] = W[co, 26 - u, ci]``.
+    The weight gradient is ``grad_out^T @ gathered`` summed over row chunks.
 
     Returns:
         ``(grad_feats (N, Ci) or None, grad_weight (Co, 27, Ci) or None)`` in the input / weight dtypes.
     """
-    acc_dtype = _accumulation_dtype(feats.dtype)
-    g = grad_out.to(acc_dtype)
-    x = feats.to(acc_dtype)
-    w = weight.to(acc_dtype)
-    grad_in = torch.zeros_like(x) if needs_input_grad else None
-    grad_w = torch.zeros_like(w) if needs_weight_grad else None
-    for v, (out_rows, in_rows) in enumerate(pairs):
-        if out_rows.numel() == 0:
-            continue
-        g_rows = g.index_select(0, out_rows)
-        if needs_input_grad:
-            grad_in.index_add_(0, in_rows, g_rows @ w[:, v, :])
-        if needs_weight_grad:
-            grad_w[:, v, :] = g_rows.T @ x.index_select(0, in_rows)
-    return (grad_in.to(feats.dtype) if needs_input_grad else None,
-            grad_w.to(weight.dtype) if needs_weight_grad else None)
+    grad_in = grad_w = None
+    if needs_input_grad:
+        mirrored = weight.flip(1).permute(2, 1, 0)  # (Ci, 27, Co)
+        grad_in = submanifold_conv3d_reference(grad_out.to(feats.dtype), table, mirrored, None)
+    if needs_weight_grad:
+        acc_dtype = _accumulation_dtype(feats.dtype)
+        n, c_in = feats.shape
+        padded = torch.cat([feats.to(acc_dtype), feats.new_zeros(1, c_in, dtype=acc_dtype)])
+        g = grad_out.to(acc_dtype)
+        acc = torch.zeros(grad_out.shape[1], KERNEL_VOLUME * c_in, dtype=acc_dtype, device=feats.device)
+        for start, end in _row_chunks(n, KERNEL_VOLUME * c_in * padded.element_size()):
+            acc.addmm_(g[start:end].T, _gather_neighbors(padded, table, start, end))
+        grad_w = acc.reshape(-1, KERNEL_VOLUME, c_in).to(weight.dtype)
+    return grad_in, grad_w

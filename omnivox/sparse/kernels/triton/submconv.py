@@ -51,7 +51,7 @@ def _submconv_fwd_kernel(
     taps = tl.load(block_mask_ptr + pid_n)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for v in range(27):
-        if (taps >> v) & 1:
+        if ((taps >> v) & 1) != 0:
             nb = tl.load(table_ptr + rows * 27 + v, mask=row_ok, other=-1)
             nb_ok = nb >= 0
             nb_row = tl.where(nb_ok, nb, 0).to(tl.int64)
@@ -95,7 +95,7 @@ def _submconv_bwd_weight_kernel(
     last = tl.minimum(first + blocks_per_split, num_blocks)
     for block in range(first, last):
         taps = tl.load(block_mask_ptr + block)
-        if (taps >> v) & 1:
+        if ((taps >> v) & 1) != 0:
             offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
             row_ok = offs_n < N
             rows = tl.load(order_ptr + offs_n, mask=row_ok, other=0).to(tl.int64)

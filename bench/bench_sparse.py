@@ -1,0 +1,279 @@
+"""Benchmark of omnivox.sparse: submanifold conv (Triton vs plain PyTorch), and varlen attention.
+
+Needs torch only (triton on GPU). Run on a CUDA machine:
+
+    PYTHONUNBUFFERED=1 python bench/bench_sparse.py --coords bench/.sparse_data/bunny_1024.npy --out results.md
+
+and on a CPU machine (plain PyTorch path at N ~ 100K, C = 64):
+
+    python bench/bench_sparse.py --cpu --coords bench/.sparse_data/bunny_1024.npy
+
+Coordinates: ``--coords`` is a ``(N, 3)`` integer ``.npy`` of active voxels on a 1024 grid (made from a real
+mesh with ``omnivox.ovoxel.mesh_to_dual_grid``; see docs/benchmarks/sparse.md). The coarser levels of the
+SC-VAE (512, 256, 128, 64) are the parents of the previous level, as space-to-channel produces them.
+Without ``--coords`` a one-voxel-thick sphere shell (radius 0.4 R) is used, the reference's benchmark shape.
+
+Reported per shape: neighbour-map build time, bf16 forward and forward+backward times, "valid" TFLOP/s
+(2 x real neighbour pairs x Ci x Co per forward; backward counts twice that) against the measured bf16
+matmul rate, the bytes a forward must move (features in and out, the int32 neighbour map, the weights)
+against the measured copy bandwidth, the speed-up over the plain PyTorch path, and the first-call time
+(Triton compilation). Timings are medians of ``triton.testing.do_bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import time
+
+import numpy as np
+import torch
+
+from omnivox.sparse import SparseTensor, attention as SA, functional as SF
+
+LEVELS = [(1024, 64), (512, 128), (256, 256), (128, 512), (64, 1024)]  # (grid resolution, channels)
+
+
+def shell_coords(resolution: int, device) -> torch.Tensor:
+    r = resolution
+    ax = torch.arange(r, device=device, dtype=torch.float32) - (r - 1) / 2
+    xyz = []
+    for x0 in range(0, r, 64):  # slab by slab to bound memory at R = 1024
+        xs = ax[x0:x0 + 64]
+        d = (xs[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2).sqrt()
+        idx = ((d - 0.4 * r).abs() < 0.5).nonzero()
+        idx[:, 0] += x0
+        xyz.append(idx)
+    return torch.cat(xyz).int()
+
+
+def level_coords(xyz: torch.Tensor, levels: int) -> list:
+    """Coordinates of the finest level and of ``levels - 1`` successive 2x parent levels, (N, 4) int32."""
+    coords = torch.cat([torch.zeros_like(xyz[:, :1]), xyz], 1).int()
+    out = [coords]
+    for _ in range(levels - 1):
+        coarse, _ = SF.space_to_channel(SparseTensor.from_coords(out[-1], torch.zeros(out[-1].shape[0], 1,
+                                                                                         device=coords.device)))
+        out.append(coarse.coords)
+    return out
+
+
+def measure_ceilings(bench):
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    t = bench(lambda: a @ b)
+    matmul_tflops = 2 * n ** 3 / t / 1e9
+    src = torch.randn(2 ** 30 // 4, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    t = bench(lambda: dst.copy_(src))
+    copy_tbps = 2 * src.numel() * 4 / t / 1e9
+    return matmul_tflops, copy_tbps
+
+
+def rel_err(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def bench_conv_gpu(coords, c, bench, matmul_tflops, copy_tbps, windows, log):
+    from omnivox.sparse.kernels.triton import submconv as T
+
+    n = coords.shape[0]
+    g = torch.Generator(device="cuda").manual_seed(n)
+    feats = torch.randn(n, c, device="cuda", generator=g).bfloat16()
+    weight = (torch.randn(c, 3, 3, 3, c, device="cuda", generator=g) / (27 * c) ** 0.5).bfloat16()
+    bias = torch.randn(c, device="cuda", generator=g).bfloat16()
+    x = SparseTensor.from_coords(coords, feats)
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    nmap = SF.neighbor_map(x)
+    torch.cuda.synchronize()
+    map_first_ms = (time.perf_counter() - t0) * 1e3
+    map_ms = bench(lambda: SF.neighbor_map(x.without_cache()))
+    pairs = int((nmap.table >= 0).sum())
+    fwd_flop = 2 * pairs * c * c
+    fwd_bytes = n * c * 2 * 2 + n * 27 * 4 + 27 * c * c * 2
+    w27 = weight.reshape(c, 27, c)
+
+    row = {"N": n, "C": c, "neighbours/voxel": pairs / n, "map_ms": map_ms, "map_first_ms": map_first_ms}
+
+    # First call = Triton compilation (cold cache on a fresh machine) + row schedule.
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out_t = SF.submanifold_conv3d(x, weight, bias, backend="triton").feats
+    torch.cuda.synchronize()
+    row["first_fwd_s"] = time.perf_counter() - t0
+    out_r = SF.submanifold_conv3d(x, weight, bias, backend="torch").feats
+    row["rel_err_vs_torch"] = rel_err(out_t, out_r)
+
+    # Row-ordering variants of the Triton forward (sort window), to pick the default.
+    for window in windows:
+        w = min(window, n)
+        T.submanifold_conv3d_triton(feats, nmap, w27, bias, sort_window=w)  # schedule + warm
+        row[f"fwd_ms_window{window}"] = bench(lambda: T.submanifold_conv3d_triton(feats, nmap, w27, bias,
+                                                                                   sort_window=w))
+    fwd_ms = bench(lambda: SF.submanifold_conv3d(x, weight, bias, backend="triton"))
+    torch_fwd_ms = bench(lambda: SF.submanifold_conv3d(x, weight, bias, backend="torch"))
+
+    xf = x.replace(feats.clone().requires_grad_(True))
+    wr = weight.clone().requires_grad_(True)
+    br = bias.clone().requires_grad_(True)
+    cot = torch.randn(n, c, device="cuda", generator=g).bfloat16()
+
+    def fwd_bwd(backend):
+        def run():
+            out = SF.submanifold_conv3d(xf, wr, br, backend=backend).feats
+            out.backward(cot)
+        return run
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fwd_bwd("triton")()
+    torch.cuda.synchronize()
+    row["first_fwd_bwd_s"] = time.perf_counter() - t0
+    fwd_bwd_ms = bench(fwd_bwd("triton"))
+    torch_fwd_bwd_ms = bench(fwd_bwd("torch"))
+
+    row.update(fwd_ms=fwd_ms, fwd_bwd_ms=fwd_bwd_ms, torch_fwd_ms=torch_fwd_ms, torch_fwd_bwd_ms=torch_fwd_bwd_ms)
+    row["fwd_tflops"] = fwd_flop / fwd_ms / 1e9
+    row["fwd_frac_matmul"] = row["fwd_tflops"] / matmul_tflops
+    row["fwd_bwd_tflops"] = 3 * fwd_flop / fwd_bwd_ms / 1e9
+    row["fwd_bwd_frac_matmul"] = row["fwd_bwd_tflops"] / matmul_tflops
+    row["fwd_bytes_MB"] = fwd_bytes / 1e6
+    row["fwd_frac_copy_bw"] = fwd_bytes / fwd_ms / 1e9 / copy_tbps
+    row["speedup_fwd"] = torch_fwd_ms / fwd_ms
+    row["speedup_fwd_bwd"] = torch_fwd_bwd_ms / fwd_bwd_ms
+    log(str({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+    return row
+
+
+def bench_attention_gpu(bench, matmul_tflops, log):
+    rows = []
+    heads, head_dim = 12, 128
+    for lens in ([9600], [32768], [4800, 4800]):
+        n = sum(lens)
+        coords = torch.cat([torch.cat([torch.full((m, 1), b), torch.zeros(m, 1), torch.arange(m)[:, None] // 1024,
+                                       torch.arange(m)[:, None] % 1024], 1) for b, m in enumerate(lens)]).int().cuda()
+        qkv = torch.randn(n, 3, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+        x = SparseTensor.from_coords(coords, qkv)
+        SA.sparse_self_attention(x)
+        ms = bench(lambda: SA.sparse_self_attention(x))
+        flop = sum(4 * m * m * head_dim * heads for m in lens)
+        row = {"tokens": "x".join(map(str, lens)), "ms": ms, "tokens_per_s": n / ms * 1e3,
+               "tflops": flop / ms / 1e9, "frac_matmul": flop / ms / 1e9 / matmul_tflops}
+        log(str(row))
+        rows.append(row)
+    return rows
+
+
+def bench_cpu(coords_list, log):
+    """Plain PyTorch path on CPU at the level closest to N = 100K, C = 64."""
+    coords = min(coords_list, key=lambda c: abs(c.shape[0] - 100_000))
+    n, c = coords.shape[0], 64
+    g = torch.Generator().manual_seed(0)
+    x = SparseTensor.from_coords(coords, torch.randn(n, c, generator=g))
+    weight = torch.randn(c, 3, 3, 3, c, generator=g) / (27 * c) ** 0.5
+    t0 = time.perf_counter()
+    SF.neighbor_map(x)
+    map_s = time.perf_counter() - t0
+    rows = {"N": n, "C": c, "threads": torch.get_num_threads(), "map_s": map_s}
+    SF.submanifold_conv3d(x, weight, backend="torch")  # also builds the per-tap row pairs
+    for dtype in (torch.float32, torch.bfloat16):
+        xd, wd = x.to(dtype), weight.to(dtype)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            SF.submanifold_conv3d(xd, wd, backend="torch")
+            times.append(time.perf_counter() - t0)
+        rows[f"fwd_s_{str(dtype).split('.')[-1]}"] = sorted(times)[1]
+    xf = x.replace(x.feats.clone().requires_grad_(True))
+    wf = weight.clone().requires_grad_(True)
+    t0 = time.perf_counter()
+    SF.submanifold_conv3d(xf, wf, backend="torch").feats.sum().backward()
+    rows["fwd_bwd_s_float32"] = time.perf_counter() - t0
+    log(str(rows))
+    return rows
+
+
+def markdown(conv_rows, attn_rows, matmul_tflops, copy_tbps, device_name, windows) -> str:
+    lines = [f"Machine: {device_name}; torch {torch.__version__}; {datetime.date.today()}",
+             f"Measured ceilings (same run): bf16 matmul 8192^3 {matmul_tflops:.0f} TFLOP/s, "
+             f"device copy {copy_tbps:.2f} TB/s (read + write)", "",
+             "| N | C | nbrs/voxel | map ms | fwd ms | valid TFLOP/s (of matmul) | fwd bytes MB (of copy BW) "
+             "| fwd+bwd ms | fwd+bwd TFLOP/s (of matmul) | torch fwd ms | torch fwd+bwd ms | speed-up fwd / fwd+bwd "
+             "| first fwd s | first fwd+bwd s | rel err vs torch |",
+             "|" + "---|" * 15]
+    for r in conv_rows:
+        lines.append(
+            f"| {r['N']:,} | {r['C']} | {r['neighbours/voxel']:.1f} | {r['map_ms']:.2f} | {r['fwd_ms']:.3f} | "
+            f"{r['fwd_tflops']:.0f} ({r['fwd_frac_matmul']:.2f}) | {r['fwd_bytes_MB']:.0f} ({r['fwd_frac_copy_bw']:.2f}) | "
+            f"{r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_tflops']:.0f} ({r['fwd_bwd_frac_matmul']:.2f}) | "
+            f"{r['torch_fwd_ms']:.2f} | {r['torch_fwd_bwd_ms']:.2f} | {r['speedup_fwd']:.1f} / {r['speedup_fwd_bwd']:.1f} | "
+            f"{r['first_fwd_s']:.2f} | {r['first_fwd_bwd_s']:.2f} | {r['rel_err_vs_torch']:.1e} |")
+    lines += ["", "Forward ms by sort window (rows sorted by neighbour pattern inside windows of this many rows):", "",
+              "| N | C | " + " | ".join(f"window {w}" for w in windows) + " |", "|" + "---|" * (2 + len(windows))]
+    for r in conv_rows:
+        lines.append(f"| {r['N']:,} | {r['C']} | " + " | ".join(f"{r[f'fwd_ms_window{w}']:.3f}" for w in windows) + " |")
+    lines += ["", "| attention tokens | ms | tokens/s | TFLOP/s (of matmul) |", "|---|---|---|---|"]
+    for r in attn_rows:
+        lines.append(f"| {r['tokens']} | {r['ms']:.2f} | {r['tokens_per_s']:,.0f} | {r['tflops']:.0f} ({r['frac_matmul']:.2f}) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--coords", help="(N, 3) integer .npy of voxels on a 1024 grid")
+    parser.add_argument("--cpu", action="store_true", help="time the plain PyTorch path on the CPU only")
+    parser.add_argument("--out", help="write the markdown tables here")
+    parser.add_argument("--levels", type=int, default=5)
+    args = parser.parse_args()
+    lines = []
+
+    def log(s):
+        print(s, flush=True)
+        lines.append(s)
+
+    device = "cpu" if args.cpu else "cuda"
+    if args.coords:
+        xyz = torch.from_numpy(np.load(args.coords).astype(np.int32)).to(device)
+        source = args.coords
+    else:
+        xyz = shell_coords(1024, device)
+        source = "sphere shell r = 0.4 R"
+    coords_list = level_coords(xyz, args.levels)
+    log(f"coords: {source}; levels N = {[c.shape[0] for c in coords_list]}")
+
+    if args.cpu:
+        log(f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, {datetime.date.today()}")
+        bench_cpu(coords_list, log)
+        return
+
+    import triton.testing
+
+    def bench(fn):
+        return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+    device_name = torch.cuda.get_device_name()
+    matmul_tflops, copy_tbps = measure_ceilings(bench)
+    log(f"{device_name}: matmul {matmul_tflops:.0f} TFLOP/s, copy {copy_tbps:.2f} TB/s")
+    windows = [1, 512, 4096, 1 << 30]
+    conv_rows = []
+    for coords, (_, c) in zip(coords_list, LEVELS):
+        try:
+            conv_rows.append(bench_conv_gpu(coords, c, bench, matmul_tflops, copy_tbps, windows, log))
+        except Exception as exc:  # keep the other shapes' numbers when one fails
+            log(f"conv N={coords.shape[0]} C={c} failed: {exc!r}")
+        torch.cuda.empty_cache()
+    attn_rows = bench_attention_gpu(bench, matmul_tflops, log)
+    table = markdown(conv_rows, attn_rows, matmul_tflops, copy_tbps, device_name, windows)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
