@@ -48,6 +48,11 @@ class DINOv3Config:
     proj_bias: bool = True
     mlp_bias: bool = True
 
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads or (self.hidden_size // self.num_attention_heads) % 4:
+            raise ValueError(f"hidden_size={self.hidden_size} / num_attention_heads={self.num_attention_heads} "
+                             "must give a head dim divisible by 4 (2-D RoPE splits it into y and x halves)")
+
     @classmethod
     def from_hf_config(cls, hf: dict, source: str = "config.json") -> "DINOv3Config":
         """Read an HF ``config.json`` dict; other ViT variants (gated MLP, other activations) are rejected.
