@@ -8,8 +8,8 @@ operand (rows without a neighbour load zeros), so the ``(N, 27, Ci)`` gathered t
 Skipping empty taps. Surface-like voxel sets have about 10 of 27 neighbours per voxel. Rows are processed
 in a schedule (`row_schedule`) that groups rows with similar neighbour patterns, and each block of
 ``BLOCK_N`` rows carries a 27-bit mask of the taps any of its rows uses; taps absent from the whole block
-are skipped. Sorting rows by pattern helps skipping but scatters the gathers, so rows are sorted only
-inside windows of consecutive rows, which keeps gathered rows close in memory (see design.md).
+are skipped. Rows can be sorted inside windows of consecutive rows (keeps gathers local) or globally
+(skips the most taps); the global sort measured fastest and is the default (see design.md).
 
 Weight gradient: one program owns a ``(tap, Co tile, Ci tile)`` block of ``grad_W`` and a range of row
 blocks (split-K over rows); partial sums are added atomically into an fp32 buffer.
@@ -205,9 +205,12 @@ def weight_grad_triton(
     grad_w = torch.zeros(KERNEL_VOLUME, m, k, dtype=torch.float32, device=feats.device)
     if n == 0:
         return grad_w
+    # Each (tap, Co tile, Ci tile) program re-reads its rows of grad_out and feats, so large tiles cut the
+    # operand traffic for wide layers.
     block_n = 64
-    block_m = _pow2_between(m, 16, 64)
-    block_k = _pow2_between(k, 16, 64)
+    block_m = _pow2_between(m, 16, 128)
+    block_k = _pow2_between(k, 16, 128)
+    num_warps = 8 if block_m * block_k >= 128 * 128 else 4
     order, block_taps = schedule(block_n)
     num_blocks = triton.cdiv(n, block_n)
     tiles = KERNEL_VOLUME * triton.cdiv(m, block_m) * triton.cdiv(k, block_k)
@@ -219,14 +222,15 @@ def weight_grad_triton(
         n, k, m, num_blocks, blocks_per_split,
         PRECISION=_precision(feats.dtype),
         BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=block_m,
-        num_warps=4, num_stages=2 if feats.dtype == torch.float32 else 3,
+        num_warps=num_warps, num_stages=2 if feats.dtype == torch.float32 else 3,
     )
     return grad_w
 
 
-# Rows per window when sorting by neighbour pattern. A window of this many rows of a surface-like set spans
-# a few slabs of the grid, so gathered neighbours stay within a small, cache-resident stretch of memory.
-DEFAULT_SORT_WINDOW = 4096
+# Rows are sorted by neighbour pattern over the whole set by default: on the H100 a global sort was fastest at
+# every SC-VAE shape (docs/benchmarks/sparse.md, windows 1 / 512 / 4096 / all), because it skips the most
+# taps and the scattered gathers still move whole 128-byte rows.
+DEFAULT_SORT_WINDOW = 1 << 62
 
 
 def _schedule_for(neighbor_map, sort_window: int):
