@@ -120,6 +120,50 @@ def voxelize_materials(
     return coords, _weighted_means(values, samples.weight, voxel_of_pair, coords.shape[0], names)
 
 
+def scene_to_ovoxel(
+    scene: Scene,
+    resolution: Resolution,
+    aabb: AABB = UNIT_AABB,
+    mip_level_offset: float = 0.0,
+    emissive: bool = False,
+    device: Union[str, torch.device, None] = None,
+) -> Dict[str, np.ndarray]:
+    """Geometry and material of a scene as one aligned O-Voxel record, ready for ``write_vxz``.
+
+    Runs ``mesh_to_dual_grid`` (weights 1.0 / 0.2 / 1e-2) and `voxelize_materials` on the same triangles;
+    both emit the scan's first-touch voxel order, so rows line up without sorting.
+
+    Args:
+        scene: already placed in ``aabb`` (e.g. ``load_asset(path).normalized()``).
+        resolution, aabb, mip_level_offset, emissive, device: as for `voxelize_materials`.
+
+    Returns:
+        ``coords`` (N, 3) int32 and uint8 arrays: ``vertices`` (N, 3) = ``trunc(clamp(v_local, 0, 1) * 255)``,
+        ``intersected`` (N, 1) = ``x + 2y + 4z`` edge flags, ``base_color`` (N, 3), ``metallic``,
+        ``roughness``, ``alpha`` (N, 1) each, and ``emissive`` (N, 3) if requested. NumPy, on the CPU.
+    """
+    from omnivox.ovoxel.dual_grid import mesh_to_dual_grid, to_local
+
+    if not isinstance(scene, Scene):
+        raise TypeError(f"scene_to_ovoxel: scene must be an omnivox.assets.Scene, got {type(scene).__name__}")
+    grid = Grid.make(resolution, aabb)
+    coords, dual_vertices, flags = mesh_to_dual_grid(
+        scene.vertices, scene.faces, resolution, aabb, device=device
+    )
+    coords, dual_vertices, flags = (np.asarray(torch.as_tensor(a).cpu()) for a in (coords, dual_vertices, flags))
+    material_coords, attributes = voxelize_materials(scene, resolution, aabb, mip_level_offset, emissive, device)
+    if not np.array_equal(material_coords.cpu().numpy(), coords):
+        raise RuntimeError("internal error: geometry and material voxels differ; please report this asset")
+    local = to_local(coords, dual_vertices, grid.voxel_size)
+    record = {
+        "coords": coords,
+        "vertices": (np.clip(local, 0, 1) * 255).astype(np.uint8),
+        "intersected": (flags.astype(np.uint8) @ np.array([1, 2, 4], np.uint8))[:, None].astype(np.uint8),
+    }
+    record.update({name: value.cpu().numpy() for name, value in attributes.items()})
+    return record
+
+
 def _numbered_pairs_numba(triangles: np.ndarray, grid: Grid):
     """CPU: the scan's (triangle, voxel) pairs with voxels numbered in first-touch order, in one hash pass.
 
