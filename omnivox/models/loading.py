@@ -170,8 +170,11 @@ def load_state_dict_strict(model: nn.Module, weights_path: PathLike, device: Uni
     _check_not_lfs_pointer(weights_path)
     expected = model.state_dict()
     ignored = set(getattr(model, "ignored_checkpoint_keys", ()))
+    target = torch.device(device)
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())  # safetensors wants an explicit index
     try:
-        handle = safe_open(str(weights_path), framework="pt", device=str(torch.device(device)))
+        handle = safe_open(str(weights_path), framework="pt", device=str(target))
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{weights_path} is not a readable safetensors file: {error}") from error
     with handle:
