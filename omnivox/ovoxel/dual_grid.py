@@ -107,6 +107,7 @@ def mesh_to_dual_grid(
     regularization_weight: float = 1e-2,
     weld: bool = False,
     device: Union[str, torch.device, None] = None,
+    backend: str = "auto",
 ) -> tuple[ArrayLike, ArrayLike, ArrayLike]:
     """Convert a triangle mesh into a flexible dual grid (spec ovoxel.md section 2).
 
@@ -125,7 +126,9 @@ def mesh_to_dual_grid(
         regularization_weight: weight of the pull to the mean crossing point (scaled by the crossing count).
         weld: merge coincident vertex positions before finding boundary edges.
         device: ``None`` picks the CPU (numba) path for numpy input and the tensor's device for torch input; a CUDA
-            device runs the vectorized torch path on the GPU; ``"cpu"`` with torch input runs the numba path.
+            device runs the vectorized torch path on the GPU.
+        backend: ``"auto"`` (numba on CPU, torch on GPU), ``"numba"`` (CPU only) or ``"torch"`` (any device). Both
+            give the same voxel set, order and flags; dual vertices agree to ~1e-4 voxel (float32 vs float64 sums).
 
     Returns:
         coords: (N, 3) int32 voxel indices, in the reference's first-touch order.
@@ -140,16 +143,20 @@ def mesh_to_dual_grid(
     """
     is_torch = isinstance(vertices, torch.Tensor)
     target = torch.device(device) if device is not None else (vertices.device if is_torch else torch.device("cpu"))
+    if backend not in ("auto", "numba", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    if backend == "numba" and target.type != "cpu":
+        raise ValueError(f"backend='numba' runs on the CPU only, but device is {target}")
     grid = Grid.make(resolution, aabb)
     _check_weights(face_weight, boundary_weight, regularization_weight)
     v, f = validate_mesh(vertices, faces)
     _check_overlaps_box(v, f, grid)
 
-    if target.type == "cpu":
+    if backend == "numba" or (backend == "auto" and target.type == "cpu"):
         coords, dual, flags = _mesh_to_dual_grid_numba(v, f, grid, face_weight, boundary_weight,
                                                        regularization_weight, weld)
         if is_torch:
-            return torch.from_numpy(coords), torch.from_numpy(dual), torch.from_numpy(flags)
+            return tuple(torch.from_numpy(x).to(target) for x in (coords, dual, flags))
         return coords, dual, flags
 
     from omnivox.ovoxel.kernels import scan_torch
@@ -191,12 +198,12 @@ def _mesh_to_dual_grid_numba(v, f, grid, face_weight, boundary_weight, regulariz
     if tri.shape[0] == 0:
         return np.zeros((0, 3), np.int32), np.zeros((0, 3), np.float32), np.zeros((0, 3), bool)
     normals, quadrics = k.plane_quadrics(triangles)
-    coords, psum, cnt, flags, Q, tk, tv = k.accumulate_crossings(tri, axis, owner, point, quadrics, res)
+    coords, psum, cnt, flags, Q, *index = k.accumulate_crossings(tri, axis, owner, point, quadrics, res)
     if face_weight > 0:
-        k.face_term(triangles, normals, quadrics, vs, res, tk, tv, Q)
+        k.face_term(triangles, normals, quadrics, vs, res, *index, Q)
     if boundary_weight > 0:
         edges = boundary_edges(f, v.shape[0])
-        k.boundary_term(shifted, edges, boundary_weight, vs, res, tk, tv, Q)
+        k.boundary_term(shifted, edges, boundary_weight, vs, res, *index, Q)
     dual = k.solve_dual_vertices(coords, psum, cnt, Q, regularization_weight, vs)
     intersected = (flags[:, None] >> np.arange(3, dtype=np.uint8)) & 1
     return coords, dual, intersected.astype(bool)

@@ -110,7 +110,15 @@ def dual_grid_to_mesh(
     vertices = (c.to(d.dtype) + d) * vs.to(d.dtype) + lo.to(d.dtype)
     if not torch.is_grad_enabled() or not vertices.requires_grad:
         vertices = vertices.float()
-    quads, quad_axis = _quads(c, flags.bool(), res)
+    on_cpu = dev.type == "cpu"
+    if on_cpu:
+        from omnivox.ovoxel.kernels import orient_numba
+
+        q_np, axis_np = orient_numba.assemble_quads(c.numpy(), flags.bool().numpy(), grid.resolution,
+                                                     orient_numba.QUAD_OFFSETS)
+        quads, quad_axis = torch.from_numpy(q_np), torch.from_numpy(axis_np)
+    else:
+        quads, quad_axis = _quads(c, flags.bool(), res)
     if quads.shape[0] == 0:
         faces = torch.zeros((0, 3), dtype=torch.int64, device=dev)
         return _out(vertices, faces, is_torch)
@@ -128,7 +136,10 @@ def dual_grid_to_mesh(
         ], 1).reshape(-1, 3)
         return _out(torch.cat([vertices, mid], 0), faces, is_torch)
 
-    first = _first_diagonal(quads, vertices.detach(), gamma, split)
+    if on_cpu and gamma is None and split == "angle":
+        first = torch.from_numpy(orient_numba.first_diagonal_by_angle(q_np, vertices.detach().numpy()))
+    else:
+        first = _first_diagonal(quads, vertices.detach(), gamma, split)
     q = quads
     tri_a = torch.where(first[:, None], q[:, [0, 1, 2]], q[:, [0, 1, 3]])
     tri_b = torch.where(first[:, None], q[:, [0, 2, 3]], q[:, [3, 1, 2]])
@@ -214,39 +225,13 @@ def orient_faces(faces: torch.Tensor, vertices: torch.Tensor, hint_flip: Optiona
     side on which the larger area agrees with ``hint_flip`` (per face: True = flip is suggested), or keep their first
     face's winding without a hint. Runs on the CPU (numba); the result is returned on ``faces``' device.
     """
-    from omnivox.ovoxel.kernels.orient_numba import propagate_winding
+    from omnivox.ovoxel.kernels.orient_numba import orient_components
 
-    dev = faces.device
-    f = faces.cpu().numpy().astype(np.int64)
-    v = vertices.detach().cpu().double().numpy()
-    F = f.shape[0]
-    if F == 0:
+    if faces.shape[0] == 0:
         return faces
-    corner_edges = np.stack([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]], 1)  # (F, 3, 2)
-    direction = np.where(corner_edges[..., 0] < corner_edges[..., 1], 1, -1).astype(np.int8)
-    lo_hi = np.sort(corner_edges, axis=-1)
-    keys = lo_hi[..., 0] * np.int64(v.shape[0]) + lo_hi[..., 1]
-    unique, edge_id, counts = np.unique(keys.reshape(-1), return_inverse=True, return_counts=True)
-    edge_id = edge_id.reshape(F, 3)
-    order = np.argsort(edge_id.reshape(-1), kind="stable")
-    edge_face = (order // 3).astype(np.int64)
-    edge_start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    flip, comp = propagate_winding(f, edge_face, edge_start, counts.astype(np.int64), edge_id, direction)
+    f = faces.cpu().numpy().astype(np.int64)
+    v = vertices.detach().cpu().numpy().astype(np.float64)
+    hint = np.zeros(len(f), bool) if hint_flip is None else hint_flip.cpu().numpy().astype(bool)
+    flip = orient_components(f, v, hint)
     f = np.where(flip[:, None], f[:, ::-1], f)
-
-    n_comp = int(comp.max()) + 1
-    tri = v[f]
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    volume = np.bincount(comp, weights=np.einsum("ij,ij->i", tri[:, 0], cross), minlength=n_comp)
-    closed = np.ones(n_comp, dtype=bool)
-    open_faces = (counts[edge_id] != 2).any(1)
-    closed[np.unique(comp[open_faces])] = False
-    flip_comp = closed & (volume < 0)
-    if hint_flip is not None:
-        hint = hint_flip.cpu().numpy() ^ flip  # True where the face now disagrees with the hint
-        area = np.linalg.norm(cross, axis=1)
-        disagree = np.bincount(comp, weights=area * hint, minlength=n_comp)
-        total = np.bincount(comp, weights=area, minlength=n_comp)
-        flip_comp |= ~closed & (disagree > total / 2)
-    f = np.where(flip_comp[comp][:, None], f[:, ::-1], f)
-    return torch.from_numpy(np.ascontiguousarray(f)).to(dev)
+    return torch.from_numpy(np.ascontiguousarray(f)).to(faces.device)

@@ -166,6 +166,64 @@ def plane_quadrics(triangles):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Voxel index: a dense directory of 8x8x8 bricks, each brick a dense block of voxel indices. Surface voxels cluster,
+# so look-ups touch few cache lines (a hash table scatters neighbours across memory and was the bottleneck).
+
+BRICK = 8
+BRICK_SHIFT = 3
+BRICK_VOLUME = 512
+
+
+@nb.njit(cache=True)
+def brick_directory(res):
+    dims = np.empty(3, dtype=np.int64)
+    for i in range(3):
+        dims[i] = (res[i] + BRICK - 1) >> BRICK_SHIFT
+    return np.full(dims[0] * dims[1] * dims[2], -1, dtype=np.int32), dims
+
+
+@nb.njit(cache=True, inline="always")
+def _brick_of(dims, x, y, z):
+    return ((x >> BRICK_SHIFT) * dims[1] + (y >> BRICK_SHIFT)) * dims[2] + (z >> BRICK_SHIFT)
+
+
+@nb.njit(cache=True, inline="always")
+def _slot_in_brick(x, y, z):
+    return (((x & 7) << 6) | ((y & 7) << 3) | (z & 7))
+
+
+@nb.njit(cache=True, inline="always")
+def brick_lookup(directory, dims, bricks, x, y, z):
+    """Voxel index at (x, y, z) (inside the grid), or -1."""
+    b = directory[_brick_of(dims, x, y, z)]
+    if b < 0:
+        return -1
+    return bricks[np.int64(b) * BRICK_VOLUME + _slot_in_brick(x, y, z)]
+
+
+@nb.njit(cache=True)
+def allocate_bricks(directory, dims, owner, axis):
+    """Give every brick touched by a crossing's 4 voxels a block of voxel slots (all -1)."""
+    count = 0
+    for m in range(owner.shape[0]):
+        c = axis[m]
+        a = (c + 1) % 3
+        b = (c + 2) % 3
+        for da in range(2):
+            for db in range(2):
+                q0, q1, q2 = owner[m, 0], owner[m, 1], owner[m, 2]
+                if da == 1:
+                    q0, q1, q2 = (q0 + 1, q1, q2) if a == 0 else ((q0, q1 + 1, q2) if a == 1 else (q0, q1, q2 + 1))
+                if db == 1:
+                    q0, q1, q2 = (q0 + 1, q1, q2) if b == 0 else ((q0, q1 + 1, q2) if b == 1 else (q0, q1, q2 + 1))
+                k = _brick_of(dims, q0, q1, q2)
+                if directory[k] < 0:
+                    directory[k] = count
+                    count += 1
+    return np.full(count * BRICK_VOLUME, -1, dtype=np.int32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Voxel table: open addressing on int64 keys, values = voxel index in first-touch order.
 
 
@@ -216,19 +274,17 @@ def accumulate_crossings(tri, axis, owner, point, quadrics, res):
     """Stage A accumulation (spec 2.2 table): voxel set in first-touch order, flags, crossing sums, quadrics.
 
     Returns coords (N,3) int32, point_sum (N,3) float32, count (N,) float32, flags (N,) uint8 (bit c = axis c),
-    Q (N,10) float32, and the voxel table (keys, values) for later look-ups.
+    Q (N,10) float32, and the voxel index (directory, dims, bricks) for later look-ups.
     """
     M = tri.shape[0]
-    gy, gz = np.int64(res[1]), np.int64(res[2])
-    # Every voxel is touched by at least one crossing, and a crossing touches 4 voxels: N <= 4M.
-    cap = max(16, M + 16)
+    directory, dims = brick_directory(res)
+    bricks = allocate_bricks(directory, dims, owner, axis)
+    cap = max(16, M + 16)  # every voxel is touched by a crossing, each crossing touches 4: N <= 4M
     coords = np.empty((cap, 3), dtype=np.int32)
     psum = np.empty((cap, 3), dtype=np.float32)
     cnt = np.empty(cap, dtype=np.float32)
     flags = np.empty(cap, dtype=np.uint8)
     Q = np.empty((cap, 10), dtype=np.float32)
-    tk = np.full(_table_capacity(cap), _EMPTY, dtype=np.int64)
-    tv = np.empty(tk.shape[0], dtype=np.int32)
     n = 0
     for m in range(M):
         c = axis[m]
@@ -239,31 +295,21 @@ def accumulate_crossings(tri, axis, owner, point, quadrics, res):
             for db in range(2):
                 q0, q1, q2 = owner[m, 0], owner[m, 1], owner[m, 2]
                 if da == 1:
-                    if a == 0:
-                        q0 += 1
-                    elif a == 1:
-                        q1 += 1
-                    else:
-                        q2 += 1
+                    q0, q1, q2 = (q0 + 1, q1, q2) if a == 0 else ((q0, q1 + 1, q2) if a == 1 else (q0, q1, q2 + 1))
                 if db == 1:
-                    if b == 0:
-                        q0 += 1
-                    elif b == 1:
-                        q1 += 1
-                    else:
-                        q2 += 1
-                key = (np.int64(q0) * gy + q1) * gz + q2
-                v = _insert(tk, tv, key, n)
-                if v == n:
-                    if n == cap:  # grow every per-voxel array, then the table
+                    q0, q1, q2 = (q0 + 1, q1, q2) if b == 0 else ((q0, q1 + 1, q2) if b == 1 else (q0, q1, q2 + 1))
+                slot = np.int64(directory[_brick_of(dims, q0, q1, q2)]) * BRICK_VOLUME + _slot_in_brick(q0, q1, q2)
+                v = bricks[slot]
+                if v < 0:
+                    if n == cap:  # grow every per-voxel array
                         cap *= 2
-                        coords = _grow2(coords, cap)
-                        psum = _grow2f(psum, cap)
-                        cnt = _grow1f(cnt, cap)
-                        flags = _grow1u(flags, cap)
-                        Q = _grow2f(Q, cap)
-                    if 2 * (n + 1) > tk.shape[0]:
-                        tk, tv = _rehash(tk, tv, 2 * tk.shape[0])
+                        coords = _grow(coords, cap)
+                        psum = _grow(psum, cap)
+                        cnt = _grow1(cnt, cap)
+                        flags = _grow1(flags, cap)
+                        Q = _grow(Q, cap)
+                    v = n
+                    bricks[slot] = v
                     coords[n, 0], coords[n, 1], coords[n, 2] = q0, q1, q2
                     psum[n, 0], psum[n, 1], psum[n, 2] = point[m, 0], point[m, 1], point[m, 2]
                     cnt[n] = 1.0
@@ -280,7 +326,7 @@ def accumulate_crossings(tri, axis, owner, point, quadrics, res):
                         Q[v, k] += quadrics[t, k]
                 if da == 0 and db == 0:
                     flags[v] |= np.uint8(1 << c)
-    return coords[:n].copy(), psum[:n].copy(), cnt[:n].copy(), flags[:n].copy(), Q[:n].copy(), tk, tv
+    return coords[:n].copy(), psum[:n].copy(), cnt[:n].copy(), flags[:n].copy(), Q[:n].copy(), directory, dims, bricks
 
 
 @nb.njit(cache=True)
@@ -294,28 +340,14 @@ def _rehash(tk, tv, new_cap):
 
 
 @nb.njit(cache=True)
-def _grow2(x, cap):
+def _grow(x, cap):
     y = np.empty((cap, x.shape[1]), dtype=x.dtype)
     y[: x.shape[0]] = x
     return y
 
 
 @nb.njit(cache=True)
-def _grow2f(x, cap):
-    y = np.empty((cap, x.shape[1]), dtype=x.dtype)
-    y[: x.shape[0]] = x
-    return y
-
-
-@nb.njit(cache=True)
-def _grow1f(x, cap):
-    y = np.empty(cap, dtype=x.dtype)
-    y[: x.shape[0]] = x
-    return y
-
-
-@nb.njit(cache=True)
-def _grow1u(x, cap):
+def _grow1(x, cap):
     y = np.empty(cap, dtype=x.dtype)
     y[: x.shape[0]] = x
     return y
@@ -361,7 +393,7 @@ def _overlaps(P, n, vs, x, y, z):
 
 
 @nb.njit(cache=True)
-def _face_candidates(P, n, vs, res, tk, tv, out, start, write):
+def _face_candidates(P, n, vs, res, directory, dims, bricks, out, start, write):
     """Existing voxels overlapping triangle P. Counts, and with ``write`` stores their indices from ``start``.
 
     The reference tests every voxel of the triangle's bounding box; we test only the columns' slabs around the
@@ -413,8 +445,7 @@ def _face_candidates(P, n, vs, res, tk, tv, out, start, write):
                     q = (iw, k, iu)
                 else:
                     q = (iu, iw, k)
-                key = (np.int64(q[0]) * gy + q[1]) * gz + q[2]
-                v = _lookup(tk, tv, key)
+                v = brick_lookup(directory, dims, bricks, q[0], q[1], q[2])
                 if v < 0:
                     continue
                 if not _overlaps(P, n, vs, q[0], q[1], q[2]):
@@ -426,7 +457,7 @@ def _face_candidates(P, n, vs, res, tk, tv, out, start, write):
 
 
 @nb.njit(cache=True, parallel=True)
-def face_term(triangles, normals, quadrics, vs, res, tk, tv, Q):
+def face_term(triangles, normals, quadrics, vs, res, directory, dims, bricks, Q):
     """Stage B (spec 2.3): add each triangle's plane quadric to every existing voxel it overlaps, in triangle order."""
     T = triangles.shape[0]
     counts = np.zeros(T + 1, dtype=np.int64)
@@ -436,12 +467,12 @@ def face_term(triangles, normals, quadrics, vs, res, tk, tv, Q):
         live[t] = normals[t, 0] != 0 or normals[t, 1] != 0 or normals[t, 2] != 0
     for t in nb.prange(T):
         if live[t]:  # a degenerate triangle's quadric is zero: nothing to add
-            counts[t + 1] = _face_candidates(triangles[t], normals[t], vs, res, tk, tv, dummy, 0, False)
+            counts[t + 1] = _face_candidates(triangles[t], normals[t], vs, res, directory, dims, bricks, dummy, 0, False)
     offsets = np.cumsum(counts)
     hits = np.empty(offsets[T], dtype=np.int32)
     for t in nb.prange(T):
         if live[t]:
-            _face_candidates(triangles[t], normals[t], vs, res, tk, tv, hits, offsets[t], True)
+            _face_candidates(triangles[t], normals[t], vs, res, directory, dims, bricks, hits, offsets[t], True)
     # Sequential in triangle order so every voxel's float32 sum has the reference's order.
     for t in range(T):
         for h in range(offsets[t], offsets[t + 1]):
@@ -455,7 +486,7 @@ def face_term(triangles, normals, quadrics, vs, res, tk, tv, Q):
 
 
 @nb.njit(cache=True)
-def boundary_term(vertices, edges, weight, vs, res, tk, tv, Q):
+def boundary_term(vertices, edges, weight, vs, res, directory, dims, bricks, Q):
     """Stage C (spec 2.4): add ``weight`` x the squared distance to each boundary edge's infinite line to every
     existing voxel that a 3-D DDA along the edge visits. ``edges`` (E, 2) int64 sorted, s < e per row."""
     gy, gz = np.int64(res[1]), np.int64(res[2])
@@ -501,7 +532,7 @@ def boundary_term(vertices, edges, weight, vs, res, tk, tv, Q):
                 tdelta[i] = np.float64(vs[i]) / abs(d[i])
         while True:
             if 0 <= cur[0] < res[0] and 0 <= cur[1] < res[1] and 0 <= cur[2] < res[2]:
-                v = _lookup(tk, tv, (cur[0] * gy + cur[1]) * gz + cur[2])
+                v = brick_lookup(directory, dims, bricks, cur[0], cur[1], cur[2])
                 if v >= 0:
                     for k in range(10):
                         Q[v, k] += w32 * Qb[k]
