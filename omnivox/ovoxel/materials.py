@@ -51,7 +51,7 @@ _DEGENERATE_UV_DET = 1e-6
 class _PreparedTexture:
     """A texture ready for sampling: all mip levels of an (S x S) or (H x W) image in one flat buffer."""
 
-    texels: torch.Tensor  # (sum of level areas, 4) uint8, level 0 first, rows top to bottom
+    texels: torch.Tensor  # (sum of level areas, C) uint8, level 0 first, rows top to bottom
     offsets: torch.Tensor  # (L,) int64 start row of each level in ``texels``
     widths: torch.Tensor  # (L,) int64
     heights: torch.Tensor  # (L,) int64
@@ -349,18 +349,21 @@ def _sample_channels(scene, triangles, samples, tri_index, names, mip_level_offs
         pair_tris = tri_index if pairs is None else tri_index[pairs]
         select = slice(None) if pairs is None else pairs
 
-        def read(texture: Texture) -> torch.Tensor:
-            return _sample_texture(texture, scene, triangles, pair_samples, pair_tris, mip_level_offset, grid,
-                                   prepared, device)
+        def read(texture: Texture, channels: Tuple[int, ...]) -> torch.Tensor:
+            return _sample_texture(texture, channels, scene, triangles, pair_samples, pair_tris, mip_level_offset,
+                                   grid, prepared, device)
 
         if material.base_color_texture is not None:
-            rgba[select] = rgba[select] * read(material.base_color_texture)
+            if material.alpha_mode == AlphaMode.OPAQUE:  # texture alpha is ignored: read RGB only
+                rgba[select, :3] = rgba[select, :3] * read(material.base_color_texture, (0, 1, 2))
+            else:
+                rgba[select] = rgba[select] * read(material.base_color_texture, (0, 1, 2, 3))
         if material.metallic_roughness_texture is not None:
-            texel = read(material.metallic_roughness_texture)
-            metallic[select] = metallic[select] * texel[:, 2]
-            roughness[select] = roughness[select] * texel[:, 1]
+            texel = read(material.metallic_roughness_texture, (1, 2))  # glTF: G = roughness, B = metallic
+            metallic[select] = metallic[select] * texel[:, 1]
+            roughness[select] = roughness[select] * texel[:, 0]
         if emission is not None and material.emissive_texture is not None:
-            emission[select] = emission[select] * read(material.emissive_texture)[:, :3]
+            emission[select] = emission[select] * read(material.emissive_texture, (0, 1, 2))
 
     mode = scalar[material_of_pair, 2]
     cutoff = scalar[material_of_pair, 3]
@@ -390,8 +393,11 @@ def _weighted_means(values, weight, voxel_of_pair, num_voxels, names) -> Dict[st
 
 
 # ---------------------------------------------------------------------------------------------- textures
-def _sample_texture(texture, scene, triangles, samples, tris, mip_level_offset, grid, prepared, device):
-    """Texel values (K, 4) float32 in [0, 1] for the K sampled pairs of one material (triangles ``tris``)."""
+def _sample_texture(texture, channels, scene, triangles, samples, tris, mip_level_offset, grid, prepared, device):
+    """Texel values (K, len(channels)) float32 in [0, 1] for the K sampled pairs of one material.
+
+    Only the requested RGBA ``channels`` are prepared and read (the cost is proportional to them).
+    """
     if texture.uv_set < len(scene.uvs):
         triangle_uv = torch.from_numpy(scene.uvs[texture.uv_set]).to(device)  # (T, 3, 2)
     else:
@@ -402,9 +408,9 @@ def _sample_texture(texture, scene, triangles, samples, tris, mip_level_offset, 
         triangle_uv = triangle_uv @ matrix.T + torch.from_numpy(np.ascontiguousarray(transform[:2, 2])).to(device)
     uv = samples.interpolate(triangle_uv[tris])
 
-    key = (id(texture.image), int(texture.filter))
+    key = (id(texture.image), int(texture.filter), channels)
     if key not in prepared:
-        prepared[key] = _prepare_texture(texture.image, texture.filter, device)
+        prepared[key] = _prepare_texture(texture.image[..., list(channels)], texture.filter, device)
     levels = prepared[key]
     wrap_s, wrap_t = int(texture.wrap_s), int(texture.wrap_t)
     if texture.filter == FilterMode.NEAREST:
@@ -420,7 +426,7 @@ def _sample_texture(texture, scene, triangles, samples, tris, mip_level_offset, 
     if levels.num_mips == 0:
         return first
     second = _bilinear(levels, (lower + 1).clamp(max=levels.num_mips), uv[:, 0], uv[:, 1], wrap_s, wrap_t)
-    return first * (1 - fraction) + second * fraction
+    return torch.lerp(first, second, fraction)
 
 
 def _level_of_detail(corners, corner_uv, grid, levels, mip_level_offset) -> torch.Tensor:
@@ -471,7 +477,7 @@ def _nearest(levels: _PreparedTexture, u, v, wrap_s, wrap_t) -> torch.Tensor:
 
 
 def _bilinear(levels: _PreparedTexture, level, u, v, wrap_s, wrap_t) -> torch.Tensor:
-    """Bilinear read with texel centres at +0.5 on per-sample mip ``level`` (K,) int64 -> (K, 4) in [0, 1].
+    """Bilinear read with texel centres at +0.5 on per-sample mip ``level`` (K,) int64 -> (K, C) in [0, 1].
 
     Only for power-of-two square levels (LINEAR textures are resized to those).
     """
@@ -488,9 +494,7 @@ def _bilinear(levels: _PreparedTexture, level, u, v, wrap_s, wrap_t) -> torch.Te
     c10 = texels.index_select(0, rows[0] + xs[1]).float()
     c01 = texels.index_select(0, rows[1] + xs[0]).float()
     c11 = texels.index_select(0, rows[1] + xs[1]).float()
-    top = c00 * (1 - fx) + c10 * fx
-    bottom = c01 * (1 - fx) + c11 * fx
-    return (top * (1 - fy) + bottom * fy) / 255
+    return torch.lerp(torch.lerp(c00, c10, fx), torch.lerp(c01, c11, fx), fy) / 255
 
 
 def _pot_side(width: int, height: int) -> int:
@@ -502,7 +506,7 @@ def _pot_side(width: int, height: int) -> int:
 
 
 def resize_to_pot_square(image: np.ndarray) -> np.ndarray:
-    """(H, W, 4) uint8 -> (S, S, 4) uint8 with Lanczos per channel, S from `_pot_side` (identity if POT square)."""
+    """(H, W, C) uint8 -> (S, S, C) uint8 with Lanczos per channel, S from `_pot_side` (identity if POT square)."""
     height, width = image.shape[:2]
     side = _pot_side(width, height)
     if height == width == side:
@@ -517,12 +521,17 @@ def resize_to_pot_square(image: np.ndarray) -> np.ndarray:
 
 
 def build_mip_pyramid(image: torch.Tensor) -> List[torch.Tensor]:
-    """(S, S, C) uint8 square power-of-two -> [level 0, ..., 1x1], each level the truncating 2x2 mean."""
+    """(S, S, C) uint8 square power-of-two -> [level 0, ..., 1x1], each level the truncating 2x2 mean.
+
+    ``(a + b + c + d) // 4`` as in the reference; the sums fit int16 (at most 1020), which halves the memory
+    traffic compared with int32.
+    """
     levels = [image]
-    current = image.to(torch.int32)
+    current = image
     while current.shape[0] > 1:
-        current = (current[0::2, 0::2] + current[0::2, 1::2] + current[1::2, 0::2] + current[1::2, 1::2]) // 4
-        levels.append(current.to(torch.uint8))
+        total = current[0::2, 0::2].to(torch.int16) + current[0::2, 1::2] + current[1::2, 0::2] + current[1::2, 1::2]
+        current = (total >> 2).to(torch.uint8)
+        levels.append(current)
     return levels
 
 
