@@ -1,0 +1,489 @@
+"""O-Voxel -> textured GLB: mesh clean-up, UV unwrap, texture baking from the sparse voxel attributes, glTF PBR.
+
+``to_glb`` follows spec ovoxel.md section 7 with ``remesh=False`` and these deliberate differences:
+
+* **No remeshing and no hidden inner shell.** The reference's narrow-band remesh (quirk 14) builds the surface from
+  an unsigned distance and keeps an invisible inner offset shell in every closed part; here the extracted surface is
+  cleaned and decimated directly, so every exported face is visible geometry.
+* **Outward winding.** Orientation is made consistent through manifold edges and each closed part gets positive
+  signed volume (``meshops.orient_faces``). Open parts keep a consistent but heuristic side, and the material is then
+  marked double-sided; a mesh whose parts are all closed is single-sided.
+* **alphaMode** is chosen from the voxel alphas instead of always ``OPAQUE`` (see ``choose_alpha_mode``).
+* **Rounding.** Texture bytes are ``round(x * 255)`` rather than the reference's truncation, so a volume made of
+  ``byte / 255`` values bakes back to the same bytes.
+* **Texel lookup on the exported surface.** Each texel's 3-D point (on the cleaned, possibly decimated mesh) is
+  looked up directly in the voxel volume; where decimation moved it off the voxel band, the nearest active voxel
+  within 2 voxels is used, and texels with none are filled like the gutter. The reference first projects onto the
+  undecimated surface with a BVH, which needs a compiled library.
+
+Axes: O-Voxel data is Z-up (Blender); glTF is Y-up, so positions and normals are mapped ``(x, y, z) -> (x, z, -y)``
+(a rotation, so the winding is unchanged).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from omnivox.ovoxel import bake, meshops
+from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid
+
+if TYPE_CHECKING:
+    import trimesh
+
+logger = logging.getLogger(__name__)
+
+ATTRIBUTE_LAYOUT = {"base_color": slice(0, 3), "metallic": slice(3, 4), "roughness": slice(4, 5), "alpha": slice(5, 6)}
+IMAGE_FORMATS = ("png", "webp")
+ALPHA_MODES = ("auto", "OPAQUE", "MASK", "BLEND")
+
+# alphaMode rule (see choose_alpha_mode): voxels at or above OPAQUE_ALPHA count as opaque, at or below CLEAR_ALPHA
+# as fully transparent; MASK needs at most PARTIAL_FRACTION of the non-opaque voxels to be in between.
+OPAQUE_ALPHA = 0.95
+CLEAR_ALPHA = 0.05
+PARTIAL_FRACTION = 0.2
+MASK_CUTOFF = 0.5
+# No UV chart may cover more than this fraction of the surface (xatlas speed, see _xatlas_unwrap).
+MAX_CHART_AREA_DIVISOR = 256.0
+
+
+@dataclass
+class ExportReport:
+    """What ``bake_glb`` did, for logs and benchmarks.
+
+    Attributes:
+        input_faces: faces handed in.
+        faces, vertices: counts in the returned mesh (vertices include UV-seam duplicates).
+        holes_filled: boundary loops closed by hole filling.
+        texture_size: side of the square textures.
+        alpha_mode, alpha_cutoff: the material's alphaMode and (for MASK) alphaCutoff.
+        double_sided: True when open parts remain.
+        uncovered_texels: texels inside the UV charts whose point had no active voxel within reach (filled like gutter).
+        timings: seconds per stage ("clean", "decimate", "unwrap", "rasterize", "lookup", "fill", "assemble").
+    """
+
+    input_faces: int = 0
+    faces: int = 0
+    vertices: int = 0
+    holes_filled: int = 0
+    texture_size: int = 0
+    alpha_mode: str = "OPAQUE"
+    alpha_cutoff: Optional[float] = None
+    double_sided: bool = False
+    uncovered_texels: int = 0
+    timings: dict = field(default_factory=dict)
+
+
+def choose_alpha_mode(alpha: np.ndarray) -> tuple[str, Optional[float]]:
+    """Pick the glTF alphaMode from per-voxel alphas in [0, 1].
+
+    * ``OPAQUE`` when every voxel has alpha >= 0.95 (network outputs hover just below 1 on opaque objects);
+    * ``MASK`` (cutoff 0.5) when the non-opaque voxels are mostly fully transparent (alpha <= 0.05): cut-outs such
+      as leaves, where at most 20 % of them lie in between (voxels on a cut-out's edge average both sides);
+    * ``BLEND`` otherwise (glass, fades).
+
+    Args:
+        alpha: (N,) float.
+
+    Returns:
+        (mode, cutoff): cutoff is 0.5 for MASK and None otherwise.
+    """
+    alpha = np.asarray(alpha, dtype=np.float64).reshape(-1)
+    not_opaque = alpha < OPAQUE_ALPHA
+    if not not_opaque.any():
+        return "OPAQUE", None
+    partial = (alpha[not_opaque] > CLEAR_ALPHA).mean()
+    if partial <= PARTIAL_FRACTION:
+        return "MASK", MASK_CUTOFF
+    return "BLEND", None
+
+
+def z_up_to_y_up(points: np.ndarray) -> np.ndarray:
+    """(N, 3) Z-up (Blender) -> glTF Y-up: ``(x, y, z) -> (x, z, -y)``."""
+    return np.stack([points[:, 0], points[:, 2], -points[:, 1]], axis=1)
+
+
+# --------------------------------------------------------------------------------------------------- validation
+
+
+def _to_numpy(name: str, value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except Exception as error:  # noqa: BLE001 - numpy raises many types for unconvertible input
+        raise TypeError(f"{name} must be an array or tensor, got {type(value).__name__}") from error
+
+
+def _check_inputs(vertices, faces, coords, attributes, grid: Grid):
+    v = _to_numpy("vertices", vertices)
+    f = _to_numpy("faces", faces)
+    c = _to_numpy("coords", coords)
+    a = _to_numpy("attributes", attributes)
+    if v.ndim != 2 or v.shape[1] != 3 or not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype,
+                                                                                                    np.integer)):
+        raise ValueError(f"vertices must be a numeric (V, 3) array, got shape {v.shape} dtype {v.dtype}")
+    if f.ndim != 2 or f.shape[1] != 3 or not np.issubdtype(f.dtype, np.integer):
+        raise ValueError(f"faces must be an integer (F, 3) array of triangles, got shape {f.shape} dtype {f.dtype}")
+    if len(f) == 0 or len(v) == 0:
+        raise ValueError(f"the mesh is empty ({len(v)} vertices, {len(f)} faces): nothing to export")
+    v = v.astype(np.float32)
+    if not np.isfinite(v).all():
+        raise ValueError("vertices contain NaN or infinite coordinates")
+    f = f.astype(np.int64)
+    if f.min() < 0 or f.max() >= len(v):
+        raise ValueError(f"face indices must lie in [0, {len(v)}), found [{f.min()}, {f.max()}]")
+    if c.ndim != 2 or c.shape[1] != 3 or not np.issubdtype(c.dtype, np.integer):
+        raise ValueError(f"coords must be an integer (N, 3) array, got shape {c.shape} dtype {c.dtype}")
+    if len(c) == 0:
+        raise ValueError("coords is empty: there are no voxels to take the material from")
+    c = c.astype(np.int64)
+    if (c < 0).any() or (c >= grid.resolution).any():
+        raise ValueError(f"coords must lie in [0, resolution) = [0, {grid.resolution.tolist()}), "
+                         f"found min {c.min(axis=0).tolist()} max {c.max(axis=0).tolist()}")
+    keys = (c[:, 0] * grid.resolution[1] + c[:, 1]) * grid.resolution[2] + c[:, 2]
+    if len(np.unique(keys)) != len(keys):
+        raise ValueError(f"coords contains {len(keys) - len(np.unique(keys))} duplicate voxels")
+    if a.ndim != 2 or a.shape != (len(c), 6):
+        raise ValueError(f"attributes must have shape (N, 6) = ({len(c)}, 6) in the layout base_color 0:3, "
+                         f"metallic 3:4, roughness 4:5, alpha 5:6; got {a.shape}")
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    elif np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise ValueError("attributes contain NaN or infinite values")
+        if a.min() < -1e-3 or a.max() > 1 + 1e-3:
+            raise ValueError(f"float attributes must lie in [0, 1], found [{a.min():.4g}, {a.max():.4g}]")
+        a = np.clip(a, 0.0, 1.0)
+    else:
+        raise ValueError(f"attributes must be float in [0, 1] or uint8, got dtype {a.dtype}")
+    return v, f, c, a
+
+
+def _check_options(decimation_target, texture_size, image_format, alpha_mode, hole_max_perimeter,
+                   min_component_area):
+    if decimation_target is not None and (not isinstance(decimation_target, (int, np.integer))
+                                          or isinstance(decimation_target, bool) or decimation_target < 4):
+        raise ValueError(f"decimation_target must be None or an int >= 4 (a face count), got {decimation_target!r}")
+    if not isinstance(texture_size, (int, np.integer)) or isinstance(texture_size, bool) or not (
+            16 <= texture_size <= 16384):
+        raise ValueError(f"texture_size must be an int in [16, 16384], got {texture_size!r}")
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    if alpha_mode not in ALPHA_MODES:
+        raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
+    for name, value in (("hole_max_perimeter", hole_max_perimeter), ("min_component_area", min_component_area)):
+        if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _as_grid(grid: Union[Grid, int, Sequence[int]], aabb: AABB) -> Grid:
+    if isinstance(grid, Grid):
+        return grid
+    return Grid.make(grid, aabb)
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+
+
+def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = True,
+                    hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
+                    decimation_target: Optional[int] = None, timings: Optional[dict] = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Clean, orient, optionally fill small holes and decimate an extracted surface (spec 7 steps 1 and 3).
+
+    Order: clean (degenerate/duplicate faces, specks) -> orient -> fill holes -> decimate to ``3 * target`` ->
+    clean -> fill holes -> decimate to ``target`` -> clean -> orient. Orienting before decimation keeps the
+    collapses' normal-flip checks meaningful; the final orientation repairs anything decimation disturbed.
+
+    Args:
+        vertices: (V, 3) float32.
+        faces: (F, 3) int64, any winding.
+        fill_holes: close boundary loops shorter than ``hole_max_perimeter``.
+        hole_max_perimeter: world units (3 % of the unit box in the reference).
+        min_component_area: parts with less total area (world units squared) are dropped.
+        decimation_target: face count to decimate to, or None to keep every face.
+        timings: optional dict receiving seconds for "clean" and "decimate".
+
+    Returns:
+        vertices (V', 3) float32, faces (F', 3) int64 oriented, closed (F',) bool per face, holes filled count.
+    """
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    holes = 0
+
+    def fill(v, f):
+        nonlocal holes
+        if not fill_holes:
+            return v, f
+        before = len(f)
+        v, f = meshops.fill_small_holes(v, f, hole_max_perimeter)
+        holes += len(np.unique(f[before:, 2]))
+        return v, f
+
+    v, f = meshops.clean(vertices, faces, min_component_area)
+    f, _ = meshops.orient_faces(v, f)
+    v, f = fill(v, f)
+    timings["clean"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if decimation_target is not None and len(f) > decimation_target:
+        for target in (3 * decimation_target, decimation_target):
+            v, f = meshops.decimate(v, f, target)
+            v, f = meshops.clean(v, f, min_component_area)
+            if target != decimation_target:
+                v, f = fill(v, f)
+    timings["decimate"] = time.perf_counter() - start
+    f, closed = meshops.orient_faces(v, f)
+    if len(f) == 0:
+        raise ValueError("nothing is left of the mesh after removing degenerate faces and components smaller than "
+                         f"min_component_area={min_component_area}")
+    return v.astype(np.float32), f, closed, holes
+
+
+def _xatlas_unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int):
+    import xatlas
+
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(vertices, np.float32), np.ascontiguousarray(faces, np.uint32))
+    chart_options = xatlas.ChartOptions()
+    # xatlas's time is dominated by parameterising very large charts (75k faces of a sphere: 21 s as 7 charts,
+    # 2 s when no chart may exceed 1/256 of the area); a few hundred charts pack fine into one texture.
+    chart_options.max_chart_area = float(meshops.face_areas(vertices, faces).sum()) / MAX_CHART_AREA_DIVISOR
+    pack_options = xatlas.PackOptions()
+    pack_options.padding = padding
+    pack_options.resolution = texture_size
+    pack_options.bilinear = True
+    pack_options.rotate_charts = True
+    atlas.generate(chart_options, pack_options)
+    vmapping, indices, uvs = atlas[0]
+    return (np.asarray(vmapping, np.int64), np.asarray(indices, np.int64).reshape(-1, 3),
+            np.asarray(uvs, np.float32), int(atlas.atlas_count))
+
+
+def _xatlas_child(connection, vertices, faces, texture_size, padding):
+    connection.send(_xatlas_unwrap(vertices, faces, texture_size, padding))
+    connection.close()
+
+
+def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, isolate: bool = True
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """UV-unwrap with xatlas into one square atlas (spec 7 step 5).
+
+    Charts are packed with ``texture_size // 512 + 2`` texels of padding (bilinear-safe), rotated to fit; the UVs are
+    normalised to [0, 1] by the atlas size. xatlas occasionally crashes the whole process (a segmentation fault in
+    its packer on some very regular meshes), so by default it runs in a forked child process and a crash becomes a
+    ``RuntimeError``.
+
+    Args:
+        vertices: (V, 3) float32.
+        faces: (F, 3) int64.
+        texture_size: the texture side the charts are packed for.
+        isolate: run xatlas in a child process (on platforms with ``fork``).
+
+    Returns:
+        vmapping: (V',) int64, original vertex of each unwrapped vertex (vertices are split along seams).
+        faces: (F, 3) int64 into the unwrapped vertices.
+        uvs: (V', 2) float32 in [0, 1].
+
+    Raises:
+        RuntimeError: xatlas crashed or produced more than one atlas.
+    """
+    import multiprocessing
+
+    padding = texture_size // 512 + 2
+    if isolate and "fork" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_xatlas_child, args=(sender, vertices, faces, texture_size, padding))
+        child.start()
+        sender.close()
+        try:
+            result = receiver.recv()
+        except EOFError:
+            result = None
+        child.join()
+        if result is None:
+            raise RuntimeError(f"xatlas crashed (exit code {child.exitcode}) while unwrapping {len(faces)} faces; "
+                               "a different decimation_target usually avoids it")
+    else:
+        result = _xatlas_unwrap(vertices, faces, texture_size, padding)
+    vmapping, new_faces, uvs, atlas_count = result
+    if atlas_count != 1:
+        raise RuntimeError(f"xatlas packed the charts into {atlas_count} atlases; expected one")
+    return vmapping, new_faces, uvs
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(V, 3) float32 unit area-weighted vertex normals; vertices without faces get +Z."""
+    v = vertices.astype(np.float64)
+    face_normal = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])  # length = 2 * area
+    normals = np.zeros_like(v)
+    for corner in range(3):
+        np.add.at(normals, faces[:, corner], face_normal)
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    normals = np.where(length > 1e-20, normals / np.maximum(length, 1e-300), np.array([0.0, 0.0, 1.0]))
+    return normals.astype(np.float32)
+
+
+def _to_bytes(values: torch.Tensor) -> np.ndarray:
+    return torch.round(values.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------------ public
+
+
+def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[int]], *,
+             aabb: AABB = UNIT_AABB, decimation_target: Optional[int] = 500_000, texture_size: int = 2048,
+             fill_holes: bool = True, image_format: str = "png", alpha_mode: str = "auto",
+             hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
+             device: Union[str, torch.device, None] = None) -> tuple["trimesh.Trimesh", ExportReport]:
+    """``to_glb`` that also returns an ``ExportReport`` (counts, chosen alphaMode, per-stage timings)."""
+    import trimesh
+    from PIL import Image
+
+    grid = _as_grid(grid, aabb)
+    _check_options(decimation_target, texture_size, image_format, alpha_mode, hole_max_perimeter,
+                   min_component_area)
+    v, f, c, a = _check_inputs(vertices, faces, coords, attributes, grid)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    report = ExportReport(input_faces=len(f), texture_size=int(texture_size))
+    timings = report.timings
+
+    v, f, closed, report.holes_filled = prepare_surface(v, f, fill_holes, hole_max_perimeter, min_component_area,
+                                                        decimation_target, timings)
+    start = time.perf_counter()
+    vmapping, uv_faces, uvs = unwrap_uv(v, f, int(texture_size))
+    timings["unwrap"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    positions, mask = bake.rasterize_uv(torch.from_numpy(uvs).to(device), torch.from_numpy(uv_faces).to(device),
+                                        torch.from_numpy(v[vmapping]).to(device), int(texture_size))
+    timings["rasterize"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    covered = torch.nonzero(mask.view(-1)).squeeze(1)
+    values, found = bake.sample_sparse_trilinear(torch.from_numpy(c), torch.from_numpy(a), grid,
+                                                 positions.view(-1, 3)[covered])
+    texels = torch.zeros(mask.numel(), a.shape[1], dtype=torch.float32, device=device)
+    texels[covered] = values.to(device)
+    valid = torch.zeros(mask.numel(), dtype=torch.bool, device=device)
+    valid[covered] = found.to(device)
+    report.uncovered_texels = int((~found).sum())
+    timings["lookup"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    size = int(texture_size)
+    filled = bake.fill_gutter(texels.view(size, size, -1), valid.view(size, size))
+    timings["fill"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    rgba = torch.cat([filled[..., ATTRIBUTE_LAYOUT["base_color"]], filled[..., ATTRIBUTE_LAYOUT["alpha"]]], dim=-1)
+    metallic_roughness = torch.cat([torch.zeros_like(filled[..., :1]), filled[..., ATTRIBUTE_LAYOUT["roughness"]],
+                                    filled[..., ATTRIBUTE_LAYOUT["metallic"]]], dim=-1)
+    base_image = Image.fromarray(_to_bytes(rgba), mode="RGBA")
+    mr_image = Image.fromarray(_to_bytes(metallic_roughness), mode="RGB")
+    for image in (base_image, mr_image):
+        image.format = image_format.upper()  # read back by save_glb to choose PNG or EXT_texture_webp
+
+    if alpha_mode == "auto":
+        report.alpha_mode, report.alpha_cutoff = choose_alpha_mode(a[:, ATTRIBUTE_LAYOUT["alpha"]])
+    else:
+        report.alpha_mode, report.alpha_cutoff = alpha_mode, (MASK_CUTOFF if alpha_mode == "MASK" else None)
+    report.double_sided = not bool(closed.all())
+    material = trimesh.visual.material.PBRMaterial(
+        name="omnivox_material", baseColorTexture=base_image, metallicRoughnessTexture=mr_image,
+        baseColorFactor=[255, 255, 255, 255], metallicFactor=1.0, roughnessFactor=1.0,
+        alphaMode=report.alpha_mode, alphaCutoff=report.alpha_cutoff, doubleSided=report.double_sided,
+    )
+    normals = vertex_normals(v, f)[vmapping]
+    # trimesh stores v with the origin at the bottom and writes t = 1 - v to glTF; our texel rows run with v, and
+    # the image is written row 0 first (top), so hand trimesh 1 - v to end up with t = v in the file.
+    uv_trimesh = np.stack([uvs[:, 0], 1.0 - uvs[:, 1]], axis=1)
+    mesh = trimesh.Trimesh(
+        vertices=z_up_to_y_up(v[vmapping]), faces=uv_faces, vertex_normals=z_up_to_y_up(normals),
+        visual=trimesh.visual.TextureVisuals(uv=uv_trimesh, material=material), process=False,
+    )
+    report.faces, report.vertices = len(uv_faces), len(vmapping)
+    timings["assemble"] = time.perf_counter() - start
+    logger.info("to_glb: %d -> %d faces, %s, timings %s", report.input_faces, report.faces, report.alpha_mode,
+                {k: round(t, 3) for k, t in timings.items()})
+    return mesh, report
+
+
+def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[int]], *,
+           aabb: AABB = UNIT_AABB, decimation_target: Optional[int] = 500_000, texture_size: int = 2048,
+           fill_holes: bool = True, image_format: str = "png", alpha_mode: str = "auto",
+           hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
+           device: Union[str, torch.device, None] = None) -> "trimesh.Trimesh":
+    """Turn an extracted O-Voxel surface and its voxel materials into a textured, glTF-ready mesh.
+
+    Args:
+        vertices: (V, 3) float, world units, Z-up (from ``dual_grid_to_mesh``; any winding).
+        faces: (F, 3) int triangles.
+        coords: (N, 3) int voxel indices of the active voxels (unique).
+        attributes: (N, 6) float in [0, 1] (or uint8) per voxel: base_color 0:3, metallic 3:4, roughness 4:5,
+            alpha 5:6.
+        grid: an ``omnivox.ovoxel.grid.Grid``, or a resolution (int or 3 ints) used with ``aabb``.
+        aabb: box of the grid when ``grid`` is a resolution; ignored for a ``Grid``.
+        decimation_target: decimate to this many faces (None keeps all). xatlas time grows with the face count;
+            500k is the reference app's default.
+        texture_size: side of the square base-colour and metallic-roughness textures.
+        fill_holes: close boundary loops shorter than ``hole_max_perimeter`` (pin-holes of the extraction).
+        image_format: "png" or "webp" (written by ``save_glb``; WebP uses ``EXT_texture_webp``).
+        alpha_mode: "auto" (rule in ``choose_alpha_mode``) or a glTF alphaMode to force.
+        hole_max_perimeter: world units.
+        min_component_area: connected parts with less total area (world units squared) are removed.
+        device: torch device for rasterisation, lookup and gutter filling (default CPU).
+
+    Returns:
+        ``trimesh.Trimesh`` in glTF's Y-up frame, with UVs, unit vertex normals and a ``PBRMaterial``:
+        baseColorTexture RGBA (base colour, alpha), metallicRoughnessTexture RGB (0, roughness, metallic).
+
+    Raises:
+        ValueError: bad shapes, dtypes, ranges, indices, options, or nothing left after clean-up.
+        RuntimeError: xatlas failed.
+    """
+    mesh, _ = bake_glb(vertices, faces, coords, attributes, grid, aabb=aabb, decimation_target=decimation_target,
+                       texture_size=texture_size, fill_holes=fill_holes, image_format=image_format,
+                       alpha_mode=alpha_mode, hole_max_perimeter=hole_max_perimeter,
+                       min_component_area=min_component_area, device=device)
+    return mesh
+
+
+def save_glb(mesh: "trimesh.Trimesh", path: Union[str, Path]) -> Path:
+    """Write a mesh from ``to_glb`` as a binary glTF file.
+
+    Textures are written as PNG, or as WebP with the ``EXT_texture_webp`` extension when ``to_glb`` was called
+    with ``image_format="webp"``.
+
+    Args:
+        mesh: the mesh returned by ``to_glb``.
+        path: output file; must end in ``.glb``. Parent folders are created.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: the path does not end in ``.glb``, or the mesh has no texture material.
+    """
+    import trimesh
+
+    path = Path(path)
+    if path.suffix.lower() != ".glb":
+        raise ValueError(f"{path}: the output file must end in .glb")
+    if not isinstance(mesh, trimesh.Trimesh) or not isinstance(getattr(mesh.visual, "material", None),
+                                                               trimesh.visual.material.PBRMaterial):
+        raise ValueError("mesh must be the textured trimesh.Trimesh returned by to_glb")
+    textures = (mesh.visual.material.baseColorTexture, mesh.visual.material.metallicRoughnessTexture)
+    webp = any(getattr(t, "format", None) == "WEBP" for t in textures)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh), include_normals=True, extension_webp=webp)
+    path.write_bytes(data)
+    return path
