@@ -44,6 +44,8 @@ _WRAP_MODES = {10497: WrapMode.REPEAT, 33071: WrapMode.CLAMP_TO_EDGE, 33648: Wra
 _NEAREST = 9728
 _MODE_TRIANGLES, _MODE_STRIP, _MODE_FAN = 4, 5, 6
 _MAX_UV_SETS = 8
+# Compressed geometry would otherwise read as the (empty) fallback accessors: refuse it explicitly.
+_UNSUPPORTED_EXTENSIONS = {"KHR_draco_mesh_compression", "EXT_meshopt_compression"}
 
 
 def load_gltf(path: Path) -> Scene:
@@ -82,6 +84,10 @@ def _parse_document(path: Path):
     version = str(getattr(document.asset, "version", "") or "")
     if not version.startswith("2"):
         raise ValueError(f"{path}: only glTF 2.x is supported, the file declares asset.version={version!r}")
+    unsupported = sorted(set(document.extensionsRequired or []) & _UNSUPPORTED_EXTENSIONS)
+    if unsupported:
+        raise ValueError(f"{path}: requires {', '.join(unsupported)}, which this loader cannot decode "
+                         "(re-export the file without mesh compression)")
     return document, binary_chunk
 
 
@@ -448,6 +454,8 @@ class _GltfReader:
     def _primitive(self, primitive, mode, node_index, world) -> Optional[dict]:
         node = self.doc.nodes[node_index]
         attributes = primitive.attributes
+        if "KHR_draco_mesh_compression" in (primitive.extensions or {}):
+            raise self._fail("a primitive uses KHR_draco_mesh_compression, which this loader cannot decode")
         if attributes.POSITION is None:
             return None
         positions = self.accessor(attributes.POSITION, as_float=True)

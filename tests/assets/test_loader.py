@@ -278,6 +278,11 @@ def test_truncated_and_corrupt_files(tmp_path, assets):
     bad_index.write_text(json.dumps(document))
     with pytest.raises(ValueError, match=r"q\.gltf.*accessor 1"):
         load_asset(bad_index)
+    document["accessors"][1]["count"] = 4
+    document["extensionsRequired"] = ["KHR_draco_mesh_compression"]
+    bad_index.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=r"q\.gltf.*KHR_draco_mesh_compression"):
+        load_asset(bad_index)
     with pytest.raises(ValueError, match="unsupported file type"):
         (tmp_path / "x.fbx").write_bytes(b"x")
         load_asset(tmp_path / "x.fbx")

@@ -337,6 +337,29 @@ def test_scene_outside_box_gives_no_voxels():
 
 
 @pytest.mark.gpu
+def test_gpu_matches_cpu_on_textured_sphere():
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, size=(64, 48, 4), dtype=np.uint8)  # non-square: resized to 64 x 64
+    material = Material(
+        base_color_factor=np.array([0.9, 0.8, 1.0, 0.7], np.float32),
+        base_color_texture=Texture(image, wrap_t=WrapMode.MIRRORED_REPEAT),
+        metallic_roughness_texture=Texture(image[::-1].copy(), filter=FilterMode.NEAREST),
+        alpha_mode=AlphaMode.MASK,
+        alpha_cutoff=0.4,
+    )
+    scene = sphere_scene(material)
+    tri = scene.triangles()
+    # Spherical UVs that wrap beyond [0, 1].
+    scene.uvs[0] = np.stack([np.arctan2(tri[..., 1], tri[..., 0]), tri[..., 2] * 3], axis=-1).astype(np.float32)
+    cpu_coords, cpu = voxelize_materials(scene, 96)
+    gpu_coords, gpu = voxelize_materials(scene, 96, device="cuda")
+    np.testing.assert_array_equal(cpu_coords.numpy(), gpu_coords.cpu().numpy())
+    for name in cpu:
+        difference = (cpu[name].long() - gpu[name].cpu().long()).abs()
+        assert difference.max() <= 1 and (difference > 0).float().mean() < 0.01, name
+
+
+@pytest.mark.gpu
 def test_gpu_matches_cpu(assets):
     scene = load_asset(assets / "gltf" / "GlassVaseFlowers.glb").normalized()
     cpu_coords, cpu = voxelize_materials(scene, 128)
