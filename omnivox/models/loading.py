@@ -152,7 +152,10 @@ def load_state_dict_strict(model: nn.Module, weights_path: PathLike, device: Uni
     """Load a safetensors file into ``model`` strictly, casting each tensor to its parameter's dtype.
 
     ``model`` may live on the meta device: its parameters are then replaced by the loaded tensors
-    (``assign=True``), so the only memory used is the loaded weights themselves.
+    (``assign=True``), so no memory is spent on a throw-away initialisation. On the CPU, a tensor whose stored
+    dtype is already its runtime dtype stays backed by safetensors' memory map of the file (page cache, no
+    copy); only tensors that need a cast are copied. Do not rewrite the file in place while such a model is
+    in use.
 
     Args:
         model: the module; its ``state_dict()`` keys, shapes and dtypes are the contract.
