@@ -356,7 +356,12 @@ def test_gpu_matches_cpu_on_textured_sphere():
     np.testing.assert_array_equal(cpu_coords.numpy(), gpu_coords.cpu().numpy())
     for name in cpu:
         difference = (cpu[name].long() - gpu[name].cpu().long()).abs()
-        assert difference.max() <= 1 and (difference > 0).float().mean() < 0.01, name
+        if name == "base_color":  # bilinear / trilinear: continuous in the sample position
+            assert difference.max() <= 1 and (difference > 0).float().mean() < 0.01, name
+        else:
+            # NEAREST texels (metallic, roughness) and MASK thresholds (alpha) jump: a sample within float
+            # rounding of a texel edge or of the cutoff may land on the other side on the GPU.
+            assert (difference > 1).float().mean() < 0.005, name
 
 
 @pytest.mark.gpu
