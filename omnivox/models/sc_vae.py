@@ -124,8 +124,8 @@ class FlexiDualGridDecoderConfig(VaeDecoderConfig):
 def _rowwise(fn: Callable[[torch.Tensor], torch.Tensor], feats: torch.Tensor, chunk_rows: Optional[int]):
     """Apply a per-row function to ``feats (N, C)``, at most ``chunk_rows`` rows at a time.
 
-    Bounding the rows bounds the wide temporaries (the 4C ConvNeXt MLP hidden layer). Results equal the
-    unchunked ones up to GEMM rounding (a GEMM may pick another kernel for another row count).
+    Bounding the rows bounds the wide temporaries (the 4C ConvNeXt MLP hidden layer, float32 norm copies).
+    Results equal the unchunked ones up to GEMM rounding (a GEMM may pick another kernel for another row count).
     """
     if chunk_rows is None or feats.shape[0] <= chunk_rows:
         return fn(feats)
@@ -179,11 +179,11 @@ class DownsampleBlock(nn.Module):
         self.conv2 = SparseConv3d(out_channels, out_channels, dtype)
         self.out_channels = out_channels
 
-    def forward(self, x: SparseTensor) -> Tuple[SparseTensor, DownsampleMap]:
-        h = self.conv1(x.replace(F.silu(self.norm1(x.feats))))
+    def forward(self, x: SparseTensor, chunk_rows: Optional[int] = None) -> Tuple[SparseTensor, DownsampleMap]:
+        h = self.conv1(x.replace(_rowwise(lambda f: F.silu(self.norm1(f)), x.feats, chunk_rows)))
         h, down_map = space_to_channel(h)
         moved, _ = space_to_channel(x)  # same coordinates, hence the same map
-        h = self.conv2(h.replace(F.silu(self.norm2(h.feats))))
+        h = self.conv2(h.replace(_rowwise(lambda f: F.silu(self.norm2(f)), h.feats, chunk_rows)))
         skip = moved.feats.reshape(moved.num_voxels, self.out_channels, -1).mean(-1)
         return h.replace(h.feats + skip), down_map
 
@@ -210,14 +210,14 @@ class UpsampleBlock(nn.Module):
         self.repeats = 8 * out_channels // in_channels
 
     def forward(self, x: SparseTensor, subdivision: Optional[torch.Tensor] = None,
-                downsample_map: Optional[DownsampleMap] = None) -> SparseTensor:
+                downsample_map: Optional[DownsampleMap] = None, chunk_rows: Optional[int] = None) -> SparseTensor:
         """Upsample with a ``(N, 8) bool`` subdivision mask, or by inverting ``downsample_map``."""
-        h = self.conv1(x.replace(F.silu(self.norm1(x.feats))))
+        h = self.conv1(x.replace(_rowwise(lambda f: F.silu(self.norm1(f)), x.feats, chunk_rows)))
         if downsample_map is not None:
             h, moved = invert_space_to_channel(h, downsample_map), invert_space_to_channel(x, downsample_map)
         else:
             h, moved = channel_to_space(h, subdivision), channel_to_space(x, subdivision)
-        h = self.conv2(h.replace(F.silu(self.norm2(h.feats))))
+        h = self.conv2(h.replace(_rowwise(lambda f: F.silu(self.norm2(f)), h.feats, chunk_rows)))
         return h.replace(h.feats + moved.feats.repeat_interleave(self.repeats, dim=1))
 
 
@@ -271,7 +271,8 @@ class SparseUnetVaeEncoder(nn.Module):
 
         Args:
             x: `SparseTensor` with ``(N, in_channels)`` float features at the O-Voxel resolution.
-            chunk_rows: if set, run per-voxel MLPs at most this many rows at a time (lower peak memory).
+            chunk_rows: if set, run per-voxel work (norms, MLPs) at most this many rows at a time (lower
+                peak memory).
 
         Returns:
             `EncoderOutput` (latent mean, log-variance, downsampling maps).
@@ -285,7 +286,7 @@ class SparseUnetVaeEncoder(nn.Module):
         for stage in self.blocks:
             for block in stage:
                 if isinstance(block, DownsampleBlock):
-                    h, down_map = block(h)
+                    h, down_map = block(h, chunk_rows)
                     maps.append(down_map)
                 else:
                     h = block(h, chunk_rows)
@@ -395,18 +396,18 @@ class SparseUnetVaeDecoder(nn.Module):
             raise TypeError("guide_subdivisions must hold SparseTensors of (N, 8) logits")
         return list(given)
 
-    def _upsample(self, block: UpsampleBlock, h: SparseTensor, guide, stage: int):
+    def _upsample(self, block: UpsampleBlock, h: SparseTensor, guide, stage: int, chunk_rows: Optional[int]):
         """Run one upsampling block; returns ``(output, predicted logits or None)``."""
         if guide is None:
             logits = h.replace(block.to_subdiv(h.feats))
-            return block(h, subdivision=logits.feats > 0), logits
+            return block(h, subdivision=logits.feats > 0, chunk_rows=chunk_rows), logits
         if isinstance(guide, DownsampleMap):
-            return block(h, downsample_map=guide), None
+            return block(h, downsample_map=guide, chunk_rows=chunk_rows), None
         if guide.feats.shape != (h.num_voxels, 8) or (guide.coords is not h.coords
                                                         and not torch.equal(guide.coords, h.coords)):
             raise ValueError(f"guide_subdivisions[{stage}] must be (N, 8) logits on the decoder's coords at that "
                              f"stage ({h.num_voxels} voxels, same row order), got {tuple(guide.feats.shape)}")
-        return block(h, subdivision=guide.feats > 0), None
+        return block(h, subdivision=guide.feats > 0, chunk_rows=chunk_rows), None
 
     def _run_stages(self, z: SparseTensor, guides: list, num_stages: int, chunk_rows: Optional[int]):
         h = z.replace(self.from_latent(z.feats.float()).to(_blocks_dtype(self.config.use_fp16)))
@@ -414,7 +415,7 @@ class SparseUnetVaeDecoder(nn.Module):
         for s in range(num_stages):
             for block in self.blocks[s]:
                 if isinstance(block, UpsampleBlock):
-                    h, predicted = self._upsample(block, h, guides[s], s)
+                    h, predicted = self._upsample(block, h, guides[s], s, chunk_rows)
                     if predicted is not None:
                         logits.append(predicted)
                 else:
@@ -432,8 +433,9 @@ class SparseUnetVaeDecoder(nn.Module):
                 with the same coords and row order (children kept where logits > 0).
             downsample_maps: the four maps of `EncoderOutput` (finest first): upsample onto exactly the
                 encoder's voxels; the output rows are then the encoder input's rows, in order.
-            chunk_rows: if set, run per-voxel MLPs at most this many rows at a time (low-memory mode; equal
-                up to GEMM rounding).
+            chunk_rows: if set, run per-voxel work (norms, activations, MLPs, output layer) at most this many
+                rows at a time (low-memory mode; equal up to GEMM rounding). Convolutions and resampling still
+                see all rows.
 
         Returns:
             `DecoderOutput`.
@@ -441,8 +443,9 @@ class SparseUnetVaeDecoder(nn.Module):
         self._check_latent(z)
         h, logits = self._run_stages(z, self._guides(guide_subdivisions, downsample_maps),
                                      len(self.blocks), chunk_rows)
-        feats = F.layer_norm(h.feats.float(), h.feats.shape[-1:], eps=1e-5)
-        return DecoderOutput(voxels=h.replace(self.output_layer(feats)), subdivision_logits=logits)
+        feats = _rowwise(lambda f: self.output_layer(F.layer_norm(f.float(), f.shape[-1:], eps=1e-5)), h.feats,
+                         chunk_rows)
+        return DecoderOutput(voxels=h.replace(feats), subdivision_logits=logits)
 
     def upsample(self, z: SparseTensor, upsample_times: int, chunk_rows: Optional[int] = None) -> torch.Tensor:
         """Predicted active voxels after ``upsample_times`` stages (cascade generation, spec 4.3).
