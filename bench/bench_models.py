@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -39,8 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omnivox.models import (DINOv3Config, DINOv3ViT, SparseUnetVaeDecoder, build_model,  # noqa: E402
-                            from_pretrained, save_pretrained)
+from omnivox.models import DINOv3Config, DINOv3ViT, build_model, from_pretrained, save_pretrained  # noqa: E402
 from omnivox.models.sc_vae import SparseConv3d  # noqa: E402
 from omnivox.sparse import SparseTensor  # noqa: E402
 from omnivox.sparse.functional import neighbor_map  # noqa: E402

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from omnivox.models.dinov3 import DINOv3Config, DINOv3ViT
-from omnivox.models.flow import FlowConfig, SLatFlowModel, SparseStructureFlowModel
+from omnivox.models.flow import SLatFlowModel, SparseStructureFlowModel
 from omnivox.models.sc_vae import (FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder, SparseUnetVaeDecoder,
                                    SparseUnetVaeEncoder)
 from omnivox.models.ss_decoder import SparseStructureDecoder
