@@ -13,3 +13,4 @@ app = typer.Typer(
 # Command modules: importing one registers its commands on `app`. Keep their top-level imports light.
 from omnivox.cli import ovoxel_commands  # noqa: E402,F401
 from omnivox.cli import convert_commands  # noqa: E402,F401
+from omnivox.cli import export_commands  # noqa: E402,F401

@@ -264,7 +264,8 @@ def fill_small_holes(vertices: np.ndarray, faces: np.ndarray, max_perimeter: flo
     length = np.linalg.norm(vertices[end].astype(np.float64) - vertices[start].astype(np.float64), axis=1)
     perimeter = np.bincount(loop, weights=length, minlength=num_loops)
     simple = np.bincount(loop, weights=(degree[start] != 2), minlength=num_loops) == 0
-    fill = simple & (perimeter < max_perimeter)
+    edges_in_loop = np.bincount(loop, minlength=num_loops)  # labels of vertices off the boundary have none
+    fill = simple & (edges_in_loop > 0) & (perimeter < max_perimeter)
     if not fill.any():
         return vertices, faces
 
@@ -275,7 +276,7 @@ def fill_small_holes(vertices: np.ndarray, faces: np.ndarray, max_perimeter: flo
     # On a simple loop every vertex starts exactly one boundary edge, so the mean of the starts is the centroid.
     centre_sum = np.zeros((num_loops, 3))
     np.add.at(centre_sum, loop[chosen], vertices[start[chosen]].astype(np.float64))
-    centres = centre_sum[filled_loops] / np.bincount(loop[chosen], minlength=num_loops)[filled_loops, None]
+    centres = centre_sum[filled_loops] / edges_in_loop[filled_loops, None]
     fan = np.stack([end[chosen], start[chosen], new_index[loop[chosen]]], axis=1)
     return (np.concatenate([vertices, centres.astype(vertices.dtype)]),
             np.concatenate([faces, fan]).astype(np.int64))

@@ -1,0 +1,120 @@
+"""Mesh clean-up for the GLB exporter: components, duplicates, orientation, hole filling, decimation."""
+
+import numpy as np
+import pytest
+import trimesh
+
+from omnivox.ovoxel import meshops
+
+
+def _sphere(radius=0.3, subdivisions=3, centre=(0.0, 0.0, 0.0)):
+    mesh = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
+    return mesh.vertices + np.asarray(centre), mesh.faces.astype(np.int64)
+
+
+def _scramble_winding(faces, seed):
+    rng = np.random.default_rng(seed)
+    flip = rng.random(len(faces)) < 0.5
+    out = faces.copy()
+    out[flip] = out[flip][:, [0, 2, 1]]
+    return out
+
+
+def _is_consistent(faces):
+    """Every manifold edge is traversed once in each direction."""
+    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    _, counts = np.unique(directed, axis=0, return_counts=True)
+    return counts.max() == 1
+
+
+def test_connected_components_labels_groups():
+    labels = meshops.connected_components(6, np.array([[0, 1], [1, 2], [4, 5]]))
+    assert labels[0] == labels[1] == labels[2]
+    assert labels[4] == labels[5]
+    assert len({labels[0], labels[3], labels[4]}) == 3
+
+
+def test_duplicate_faces_with_either_winding_are_removed():
+    faces = np.array([[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 2, 3]])
+    assert meshops.remove_duplicate_faces(faces).tolist() == [[0, 1, 2], [0, 2, 3]]
+
+
+def test_degenerate_faces_are_removed():
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [2, 0, 0]], np.float32)
+    faces = np.array([[0, 1, 2], [0, 0, 1], [0, 1, 3]])  # repeated index; collinear
+    assert meshops.remove_degenerate_faces(vertices, faces).tolist() == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_orientation_makes_closed_parts_outward(seed):
+    va, fa = _sphere(0.2, centre=(-0.25, 0, 0))
+    vb, fb = _sphere(0.1, centre=(0.25, 0, 0))
+    vertices = np.concatenate([va, vb])
+    faces = _scramble_winding(np.concatenate([fa, fb + len(va)]), seed)
+    oriented, closed = meshops.orient_faces(vertices, faces)
+    assert closed.all()
+    assert _is_consistent(oriented)
+    expected = 4 / 3 * np.pi * (0.2 ** 3 + 0.1 ** 3)
+    assert meshops.signed_volume(vertices, oriented) == pytest.approx(expected, rel=0.05)
+    # Each part on its own is outward, not just the sum.
+    assert meshops.signed_volume(vertices, oriented[: len(fa)]) > 0
+    assert meshops.signed_volume(vertices, oriented[len(fa):]) > 0
+
+
+def test_orientation_of_open_part_is_consistent_and_reported_open():
+    vertices, faces = _sphere(0.3)
+    centroids = vertices[faces].mean(axis=1)
+    cup = _scramble_winding(faces[centroids[:, 2] < 0.1], 3)  # a sphere with its cap cut off
+    oriented, closed = meshops.orient_faces(vertices, cup)
+    assert not closed.any()
+    assert _is_consistent(oriented)
+    # Nearly closed: the centroid rule points the normals away from the centre.
+    normals = np.cross(vertices[oriented[:, 1]] - vertices[oriented[:, 0]],
+                       vertices[oriented[:, 2]] - vertices[oriented[:, 0]])
+    assert (np.einsum("ij,ij->i", normals, vertices[oriented].mean(axis=1)) > 0).all()
+
+
+def test_fill_small_holes_closes_pin_holes_with_neighbour_winding():
+    vertices, faces = _sphere(0.3, subdivisions=3)
+    holed = np.delete(faces, [5, 100], axis=0)  # two separate one-triangle holes
+    assert meshops.boundary_edge_count(holed) == 6
+    new_vertices, filled = meshops.fill_small_holes(vertices, holed, max_perimeter=0.5)
+    assert meshops.boundary_edge_count(filled) == 0
+    assert len(new_vertices) == len(vertices) + 2
+    assert _is_consistent(filled)  # the patch continues the (outward) winding of its neighbours
+    assert meshops.signed_volume(new_vertices, filled) > 0
+
+
+def test_fill_small_holes_leaves_large_openings():
+    vertices, faces = _sphere(0.3, subdivisions=3)
+    centroids = vertices[faces].mean(axis=1)
+    cup = faces[centroids[:, 2] < 0.2]
+    before = meshops.boundary_edge_count(cup)
+    _, filled = meshops.fill_small_holes(vertices, cup, max_perimeter=3e-2)
+    assert before > 0 and meshops.boundary_edge_count(filled) == before
+
+
+def test_small_components_are_removed():
+    vertices, faces = _sphere(0.3)
+    speck = np.array([[0.4, 0.4, 0.4], [0.401, 0.4, 0.4], [0.4, 0.401, 0.4]])
+    all_vertices = np.concatenate([vertices, speck])
+    all_faces = np.concatenate([faces, [[len(vertices), len(vertices) + 1, len(vertices) + 2]]])
+    kept = meshops.remove_small_components(all_vertices, all_faces, min_area=1e-5)
+    assert len(kept) == len(faces) and kept.max() < len(vertices)
+
+
+def test_decimate_reaches_target_and_keeps_shape():
+    vertices, faces = _sphere(0.3, subdivisions=5)
+    out_vertices, out_faces = meshops.decimate(vertices, faces, 2000)
+    assert len(out_faces) <= 2000
+    assert meshops.signed_volume(out_vertices, out_faces) == pytest.approx(
+        meshops.signed_volume(vertices, faces), rel=0.03)
+    radius = np.linalg.norm(out_vertices, axis=1)
+    assert np.abs(radius - 0.3).max() < 0.01
+
+
+def test_clean_compacts_vertices():
+    vertices, faces = _sphere(0.3)
+    extra = np.concatenate([vertices, [[9.0, 9.0, 9.0]]])  # an unused vertex
+    out_vertices, out_faces = meshops.clean(extra, np.concatenate([faces, faces[:3]]), 1e-5)
+    assert len(out_vertices) == len(vertices) and len(out_faces) == len(faces)
