@@ -30,7 +30,6 @@ import numba
 import numpy as np
 
 from omnivox.ovoxel.io.svo import svo_encode
-from omnivox.ovoxel.serialize import decode_seq, encode_seq
 
 FILTERS = ("none", "parent", "neighbor")
 
@@ -107,21 +106,67 @@ def _plan(name: str, codes: np.ndarray, depth: int):
 
 
 def _neighbor_plan(codes: np.ndarray):
-    count = codes.shape[0]
-    coords = decode_seq(codes).astype(np.int64)
+    offsets = -np.asarray(NEIGHBOR_OFFSETS, dtype=np.int64)  # 1 where an axis steps back
+    predictors = _neighbor_predictors(np.ascontiguousarray(codes, dtype=np.int64), offsets)
+    return np.arange(codes.shape[0], dtype=np.int64), predictors
+
+
+# Bits of each axis in a Z-order code: x at 3k + 2, y at 3k + 1, z at 3k.
+_AXIS_MASKS = np.array([0o4444444444, 0o2222222222, 0o1111111111], dtype=np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _neighbor_predictors(codes, steps_back):
+    count = codes.size
     predictors = np.full(count, -1, dtype=np.int64)
-    for offset in NEIGHBOR_OFFSETS:
-        neighbour = coords + np.asarray(offset, dtype=np.int64)
-        inside = (neighbour >= 0).all(axis=1)
-        candidates = np.flatnonzero(inside)
-        if candidates.size == 0:
-            continue
-        neighbour_codes = encode_seq(neighbour[candidates]).astype(np.int64)
-        position = np.searchsorted(codes, neighbour_codes)
-        position = np.minimum(position, count - 1)
-        found = codes[position] == neighbour_codes
-        predictors[candidates[found]] = position[found]
-    return np.arange(count, dtype=np.int64), predictors
+    for i in range(count):
+        code = codes[i]
+        # The last existing neighbour of the list wins, so search the list backwards and stop at the first hit.
+        for k in range(steps_back.shape[0] - 1, -1, -1):
+            query = code
+            inside = True
+            for axis in range(3):
+                if steps_back[k, axis]:
+                    mask = _AXIS_MASKS[axis]
+                    if query & mask == 0:  # coordinate 0: the neighbour is outside the chunk
+                        inside = False
+                        break
+                    # Subtract 1 from the axis while it stays spread over its bits ("dilated" arithmetic).
+                    query = (((query & mask) - 1) & mask) | (query & ~mask)
+            if not inside:
+                continue
+            found = _find_before(codes, query, i)
+            if found >= 0:
+                predictors[i] = found
+                break
+    return predictors
+
+
+@numba.njit(cache=True, nogil=True)
+def _find_before(codes, query, stop):
+    """Index of ``query`` in ``codes[:stop]`` (ascending), or -1. Neighbours tend to sit just before ``stop`` in
+    Z-order, so gallop backwards before bisecting."""
+    if stop == 0:
+        return -1
+    high = stop
+    step = 1
+    low = stop - 1
+    while low > 0 and codes[low] > query:
+        high = low
+        step *= 2
+        low = stop - step
+        if low < 0:
+            low = 0
+    # Invariant: codes[high:stop] > query; bisect [low, high).
+    while low < high:
+        middle = (low + high) // 2
+        if codes[middle] < query:
+            low = middle + 1
+        else:
+            high = middle
+    if low < stop and codes[low] == query:
+        return low
+    return -1
 
 
 @numba.njit(cache=True, nogil=True)

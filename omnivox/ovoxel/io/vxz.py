@@ -132,7 +132,7 @@ def encode_vxz(
     stream_layout = _stream_layout(channels, attr_interleave)
     compress = codecs.make_compressor(compression, level)
 
-    order, chunk_of_voxel, local_codes = _sort_into_chunks(points, depth)
+    order, local_codes, chunks = _sort_into_chunks(points, depth)
     num_voxels = points.shape[0]
     if attributes:
         rows = np.concatenate(list(attributes.values()), axis=1)[order]
@@ -142,12 +142,12 @@ def encode_vxz(
     chunk_entries = []
     blobs = []
     binary_size = 0
-    for start, stop in _chunk_bounds(chunk_of_voxel):
+    for start, stop, chunk_index in chunks:
         codes = local_codes[start:stop]
         streams = [("svo", compress(svo_encode(codes, depth).tobytes()))]
         filtered = encode_filter(filter, codes, rows[start:stop], depth)
         streams += [(name, compress(_stream_bytes(filtered, columns))) for name, columns in stream_layout]
-        entry = {"idx": [int(v) for v in chunk_of_voxel[start]]}
+        entry = {"idx": chunk_index}
         offset = 0
         for name, blob in streams:
             entry[name] = [offset, len(blob)]
@@ -221,41 +221,51 @@ def _sort_into_chunks(points: np.ndarray, depth: int):
 
     Returns:
         order: (N,) int64 permutation of the input rows.
-        chunk_of_voxel: (N, 3) int64 chunk index of each voxel, in file order.
         local_codes: (N,) int64 local Z-order code of each voxel, in file order.
+        chunks: list of (start, stop, [cx, cy, cz]) row ranges of the chunks, in file order.
 
     Raises:
         ValueError: duplicate coordinates.
     """
+    count = points.shape[0]
+    if count == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), []
     chunk = points >> depth
     local_codes = encode_seq(points & ((1 << depth) - 1)).astype(np.int64)
-    chunk_bits = int(chunk.max()).bit_length() if chunk.size else 0
-    if 3 * chunk_bits + 3 * depth <= 62:
-        # One int64 key sorts much faster than a 4-key lexsort and orders the same way.
-        key = (chunk[:, 0] << (2 * chunk_bits)) | (chunk[:, 1] << chunk_bits) | chunk[:, 2]
-        order = np.argsort((key << (3 * depth)) | local_codes, kind="stable")
+    chunk_bits = int(chunk.max()).bit_length()
+    code_bits = 3 * depth
+    index_bits = max(1, (count - 1).bit_length())
+    if 3 * chunk_bits + code_bits + index_bits <= 63:
+        # Fast path: pack (chunk, code, row) into one int64 and sort the values; np.sort is several times faster
+        # than argsort or a 4-key lexsort, and the row index comes back from the low bits.
+        chunk_key = (chunk[:, 0] << (2 * chunk_bits)) | (chunk[:, 1] << chunk_bits) | chunk[:, 2]
+        key = (chunk_key << code_bits) | local_codes
+        packed = np.sort((key << index_bits) | np.arange(count, dtype=np.int64))
+        order = packed & ((1 << index_bits) - 1)
+        key = packed >> index_bits
+        local_codes = key & ((1 << code_bits) - 1)
+        chunk_key = key >> code_bits
+        same_voxel = key[1:] == key[:-1]
+        starts = np.flatnonzero(np.concatenate([[True], chunk_key[1:] != chunk_key[:-1]]))
+        # Only the first voxel of each chunk needs its chunk index spelled out.
+        chunk_indices = chunk[order[starts]]
     else:
         order = np.lexsort((local_codes, chunk[:, 2], chunk[:, 1], chunk[:, 0]))
-    chunk = chunk[order]
-    local_codes = local_codes[order]
-    same = (chunk[1:] == chunk[:-1]).all(axis=1) & (local_codes[1:] == local_codes[:-1])
-    if same.any():
-        first = int(order[np.flatnonzero(same)[0] + 1])
+        chunk = chunk[order]
+        local_codes = local_codes[order]
+        new_chunk = (chunk[1:] != chunk[:-1]).any(axis=1)
+        same_voxel = ~new_chunk & (local_codes[1:] == local_codes[:-1])
+        starts = np.flatnonzero(np.concatenate([[True], new_chunk]))
+        chunk_indices = chunk[starts]
+    if same_voxel.any():
+        first = int(order[np.flatnonzero(same_voxel)[0] + 1])
         raise ValueError(
             f"coords must be unique, but {points[first].tolist()} appears more than once "
-            f"({int(same.sum())} duplicate rows)"
+            f"({int(same_voxel.sum())} duplicate rows)"
         )
-    return order, chunk, local_codes
-
-
-def _chunk_bounds(chunk_of_voxel: np.ndarray):
-    """(start, stop) row ranges of consecutive equal chunk indices."""
-    if chunk_of_voxel.shape[0] == 0:
-        return []
-    change = np.flatnonzero((chunk_of_voxel[1:] != chunk_of_voxel[:-1]).any(axis=1)) + 1
-    starts = np.concatenate([[0], change])
-    stops = np.concatenate([change, [chunk_of_voxel.shape[0]]])
-    return list(zip(starts.tolist(), stops.tolist()))
+    stops = np.append(starts[1:], count)
+    chunks = [(int(a), int(b), index.tolist()) for a, b, index in zip(starts, stops, chunk_indices)]
+    return order, local_codes, chunks
 
 
 # --------------------------------------------------------------------------------------------------------------
