@@ -332,6 +332,13 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return normals.astype(np.float32)
 
 
+def _elapsed(start: float, device: torch.device) -> float:
+    """Seconds since ``start``, after the device's queued work has finished (honest per-stage GPU timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def _to_bytes(values: torch.Tensor) -> np.ndarray:
     return torch.round(values.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
 
@@ -365,7 +372,7 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
     start = time.perf_counter()
     positions, mask = bake.rasterize_uv(torch.from_numpy(uvs).to(device), torch.from_numpy(uv_faces).to(device),
                                         torch.from_numpy(v[vmapping]).to(device), int(texture_size))
-    timings["rasterize"] = time.perf_counter() - start
+    timings["rasterize"] = _elapsed(start, device)
 
     start = time.perf_counter()
     covered = torch.nonzero(mask.view(-1)).squeeze(1)
@@ -376,12 +383,12 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
     valid = torch.zeros(mask.numel(), dtype=torch.bool, device=device)
     valid[covered] = found.to(device)
     report.uncovered_texels = int((~found).sum())
-    timings["lookup"] = time.perf_counter() - start
+    timings["lookup"] = _elapsed(start, device)
 
     start = time.perf_counter()
     size = int(texture_size)
     filled = bake.fill_gutter(texels.view(size, size, -1), valid.view(size, size))
-    timings["fill"] = time.perf_counter() - start
+    timings["fill"] = _elapsed(start, device)
 
     start = time.perf_counter()
     rgba = torch.cat([filled[..., ATTRIBUTE_LAYOUT["base_color"]], filled[..., ATTRIBUTE_LAYOUT["alpha"]]], dim=-1)
