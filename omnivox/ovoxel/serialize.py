@@ -134,8 +134,11 @@ def _interleave(x, y, z):
 
 
 def _swap_or_invert(axes, axis: int, level_bit: int) -> None:
-    """One step of Skilling's loop at bit ``level_bit``: if ``axes[axis]`` has that bit set, invert the lower bits
-    of axis 0, otherwise exchange the lower bits of axis 0 and ``axes[axis]`` (in place on the list)."""
+    """One step of Skilling's loop at bit ``level_bit``, in place on the list ``axes``.
+
+    If ``axes[axis]`` has that bit set, invert the lower bits of axis 0, otherwise exchange the lower bits of axis 0
+    and ``axes[axis]``.
+    """
     low_mask = (1 << level_bit) - 1
     is_set = (axes[axis] >> level_bit) & 1
     invert = is_set * low_mask

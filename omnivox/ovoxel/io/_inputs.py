@@ -78,6 +78,8 @@ def check_attrs(attrs: Mapping, num_voxels: int, uint8_only: bool) -> dict:
         if uint8_only and array.dtype != np.uint8:
             raise TypeError(f"attrs[{name!r}] must be uint8, got dtype {array.dtype}")
         if array.ndim not in (1, 2) or array.shape[0] != num_voxels or (array.ndim == 2 and array.shape[1] == 0):
-            raise ValueError(f"attrs[{name!r}] must have shape ({num_voxels},) or ({num_voxels}, C>0), got {array.shape}")
+            raise ValueError(
+                f"attrs[{name!r}] must have shape ({num_voxels},) or ({num_voxels}, C>0), got {array.shape}"
+            )
         checked[name] = array
     return checked

@@ -31,9 +31,10 @@ def read(path: PathLike) -> tuple[np.ndarray, dict]:
 
 
 def write(path: PathLike, coords, attrs: Mapping, **options) -> None:
-    """Write voxels to a `.vxz`, `.npz` or `.ply` file; ``options`` go to the format's writer
-    (:func:`write_vxz`: chunk_size, filter, compression, compression_level, attr_interleave;
-    :func:`write_npz`: compressed).
+    """Write voxels to a `.vxz`, `.npz` or `.ply` file.
+
+    ``options`` go to the format's writer (:func:`write_vxz`: chunk_size, filter, compression, compression_level,
+    attr_interleave; :func:`write_npz`: compressed).
 
     Raises:
         ValueError: unknown extension, or inputs the format's writer rejects.

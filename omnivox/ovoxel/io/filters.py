@@ -144,8 +144,10 @@ def _neighbor_predictors(codes, steps_back):
 
 @numba.njit(cache=True, nogil=True)
 def _find_before(codes, query, stop):
-    """Index of ``query`` in ``codes[:stop]`` (ascending), or -1. Neighbours tend to sit just before ``stop`` in
-    Z-order, so gallop backwards before bisecting."""
+    """Index of ``query`` in ``codes[:stop]`` (ascending), or -1.
+
+    Neighbours tend to sit just before ``stop`` in Z-order, so gallop backwards before bisecting.
+    """
     if stop == 0:
         return -1
     high = stop

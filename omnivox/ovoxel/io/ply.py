@@ -67,7 +67,7 @@ def write_ply(path: PathLike, coords, attrs: Mapping) -> None:
     if len(set(names)) != len(names):
         raise ValueError(f"PLY property names clash: {names}")
     table = np.empty(points.shape[0], dtype=fields)
-    for (field, _), column in zip(fields, columns):
+    for (field, _), column in zip(fields, columns, strict=True):
         table[field] = column
     with open(path, "wb") as handle:
         PlyData([PlyElement.describe(table, "vertex")], text=False, byte_order="<").write(handle)

@@ -264,7 +264,7 @@ def _sort_into_chunks(points: np.ndarray, depth: int):
             f"({int(same_voxel.sum())} duplicate rows)"
         )
     stops = np.append(starts[1:], count)
-    chunks = [(int(a), int(b), index.tolist()) for a, b, index in zip(starts, stops, chunk_indices)]
+    chunks = [(int(a), int(b), index.tolist()) for a, b, index in zip(starts, stops, chunk_indices, strict=True)]
     return order, local_codes, chunks
 
 
@@ -313,50 +313,23 @@ def read_vxz_info(path: PathLike) -> dict:
 
 def decode_vxz(data: bytes, source: str = "<bytes>") -> tuple[np.ndarray, dict]:
     """Decode the bytes of a `.vxz` file; :func:`read_vxz` without the file. ``source`` names it in errors."""
-    data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-    binary_start = _parse_preamble(bytes(data[:PREAMBLE_SIZE]), len(data), source)
-    header = _parse_header(bytes(data[PREAMBLE_SIZE:binary_start]), len(data) - binary_start, source)
+    data = bytes(data)
+    binary_start = _parse_preamble(data[:PREAMBLE_SIZE], len(data), source)
+    header = _parse_header(data[PREAMBLE_SIZE:binary_start], len(data) - binary_start, source)
     binary = memoryview(data)[binary_start:]
-
-    chunk_size = header["chunk_size"]
-    depth = chunk_size.bit_length() - 1
-    channels = [count for _, count in header["attr"]]
-    total_channels = sum(channels)
-    layout = _stream_layout([tuple(pair) for pair in header["attr"]], header["attr_interleave"])
-    codec, level, filter_name = header["compression"], header["compression_level"], header["filter"]
+    total_channels = sum(count for _, count in header["attr"])
 
     coord_parts, row_parts = [], []
     decoded = 0
     for number, entry in enumerate(header["chunks"]):
-        where = f"{source}: chunk {number} {entry['idx']}"
         blob_start, blob_size = entry["ptr"]
-        blob = binary[blob_start:blob_start + blob_size]
-
-        def stream(name: str, max_size: int) -> bytes:
-            offset, size = entry[name]
-            return codecs.decompress(blob[offset:offset + size], codec, level, max_size, f"{where} stream {name!r}")
-
-        room = header["num_voxel"] - decoded  # voxels this chunk may still hold
-        octree = stream("svo", max(1, min(room, chunk_size**3) * depth))
-        try:
-            codes = svo_decode(np.frombuffer(octree, dtype=np.uint8), depth, room)
-        except ValueError as error:
-            raise ValueError(f"{where}: {error}") from None
-        count = codes.shape[0]
-        rows = np.empty((count, total_channels), dtype=np.uint8)
-        for name, columns in layout:
-            width = columns.stop - columns.start
-            content = stream(name, count * width)
-            if len(content) != count * width:
-                raise ValueError(
-                    f"{where} stream {name!r}: holds {len(content)} bytes, but {count} voxels x {width} channels "
-                    f"need {count * width}"
-                )
-            rows[:, columns] = np.frombuffer(content, dtype=np.uint8).reshape(count, width)
-        row_parts.append(decode_filter(filter_name, codes, rows, depth))
-        origin = np.asarray(entry["idx"], dtype=np.int64) * chunk_size
-        coord_parts.append(decode_seq(codes) + origin)
-        decoded += count
+        coords, rows = _decode_chunk(
+            binary[blob_start:blob_start + blob_size], entry, header, header["num_voxel"] - decoded,
+            f"{source}: chunk {number} {entry['idx']}",
+        )
+        coord_parts.append(coords)
+        row_parts.append(rows)
+        decoded += coords.shape[0]
 
     if decoded != header["num_voxel"]:
         raise ValueError(f"{source}: header says {header['num_voxel']} voxels, the chunks hold {decoded}")
@@ -368,6 +341,39 @@ def decode_vxz(data: bytes, source: str = "<bytes>") -> tuple[np.ndarray, dict]:
         attrs[name] = np.ascontiguousarray(rows[:, first:first + count])
         first += count
     return coords, attrs
+
+
+def _decode_chunk(blob: memoryview, entry: dict, header: dict, room: int, where: str):
+    """Decode one chunk blob into ((n, 3) int64 coords, (n, C) uint8 rows); ``room`` bounds n."""
+    chunk_size = header["chunk_size"]
+    depth = chunk_size.bit_length() - 1
+    total_channels = sum(count for _, count in header["attr"])
+
+    def stream(name: str, max_size: int) -> bytes:
+        offset, size = entry[name]
+        return codecs.decompress(blob[offset:offset + size], header["compression"], header["compression_level"],
+                                 max_size, f"{where} stream {name!r}")
+
+    # An octree stores at most `depth` bytes per voxel.
+    octree = stream("svo", max(1, min(room, chunk_size**3) * depth))
+    try:
+        codes = svo_decode(np.frombuffer(octree, dtype=np.uint8), depth, room)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    count = codes.shape[0]
+    rows = np.empty((count, total_channels), dtype=np.uint8)
+    for name, columns in _stream_layout([tuple(pair) for pair in header["attr"]], header["attr_interleave"]):
+        width = columns.stop - columns.start
+        content = stream(name, count * width)
+        if len(content) != count * width:
+            raise ValueError(
+                f"{where} stream {name!r}: holds {len(content)} bytes, but {count} voxels x {width} channels "
+                f"need {count * width}"
+            )
+        rows[:, columns] = np.frombuffer(content, dtype=np.uint8).reshape(count, width)
+    rows = decode_filter(header["filter"], codes, rows, depth)
+    coords = decode_seq(codes) + np.asarray(entry["idx"], dtype=np.int64) * chunk_size
+    return coords, rows
 
 
 def _parse_preamble(preamble: bytes, file_size: int, source: str) -> int:
