@@ -351,7 +351,7 @@ def test_vxz_compression_level_zero_means_default():
     default = io.encode_vxz(coords, attrs, chunk_size=8, compression="deflate")
     assert io.encode_vxz(coords, attrs, chunk_size=8, compression="deflate", compression_level=0) == default
     assert io.encode_vxz(coords, attrs, chunk_size=8, compression="deflate", compression_level=9) == default
-    fast = io.encode_vxz(coords, attrs, chunk_size=8, compression="lzma", compression_level=1)
+    fast = io.encode_vxz(coords, attrs, chunk_size=np.int64(8), compression="lzma", compression_level=1)
     assert split_file(fast)[0]["compression_level"] == 1
     assert np.array_equal(io.decode_vxz(fast)[0], coords[file_order(coords, 8)])
 
@@ -508,10 +508,10 @@ def test_vxz_reader_rejects_lying_headers(tmp_path, sample_file, lie, message):
 
 def test_vxz_reader_rejects_bad_json(tmp_path):
     path = tmp_path / "json.vxz"
-    text = b"{not json"
-    path.write_bytes(b"VXZ\x00" + struct.pack(">I", 8 + len(text)) + text)
-    with pytest.raises(ValueError, match="corrupt .vxz header"):
-        io.read_vxz(path)
+    for text in (b"{not json", b"[" * 100_000, b"\xff\xfe", b"[1, 2]"):
+        path.write_bytes(b"VXZ\x00" + struct.pack(">I", 8 + len(text)) + text)
+        with pytest.raises(ValueError, match="corrupt .vxz header"):
+            io.read_vxz(path)
 
 
 def test_vxz_lzma_bomb_is_bounded(tmp_path):

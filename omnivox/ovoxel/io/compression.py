@@ -15,6 +15,7 @@ every codec error becomes a ``ValueError`` that says which stream failed.
 from __future__ import annotations
 
 import lzma
+import numbers
 import zlib
 from typing import Callable
 
@@ -37,10 +38,13 @@ def resolve_level(codec: str, level) -> int:
     """
     if codec not in CODECS:
         raise ValueError(f"compression must be one of {CODECS}, got {codec!r}")
-    if level is None or (not isinstance(level, bool) and isinstance(level, int) and level == 0):
+    if level is None:
         return DEFAULT_LEVELS[codec]
-    if isinstance(level, bool) or not isinstance(level, int):
+    if isinstance(level, bool) or not isinstance(level, numbers.Integral):
         raise ValueError(f"compression_level must be an int or None, got {level!r}")
+    level = int(level)  # NumPy integers would not serialise to JSON
+    if level == 0:
+        return DEFAULT_LEVELS[codec]
     low, high = LEVEL_RANGES[codec]
     if not low <= level <= high:
         raise ValueError(f"compression_level for {codec!r} must be in [{low}, {high}], got {level}")

@@ -93,6 +93,9 @@ def encode_vxz(
 ) -> bytes:
     """The bytes of a `.vxz` file.
 
+    An empty voxel set is written as a file with no chunks and ``compress_ratio`` 1.0 (the reference would
+    divide 0 by 0); the reference reader cannot read such a file, ours can.
+
     Args:
         coords: (N, 3) non-negative integer voxel coordinates, unique, in any order (NumPy or torch).
         attrs: name -> (N, C) or (N,) uint8 array/tensor, rows aligned with ``coords``. A (N,) attribute is
@@ -107,15 +110,13 @@ def encode_vxz(
     Returns:
         The file content.
 
-    An empty voxel set is written as a file with no chunks and ``compress_ratio`` 1.0 (the reference would
-    divide 0 by 0); the reference reader cannot read such a file, ours can.
-
     Raises:
         TypeError: non-integer coordinates, a non-uint8 attribute, ``attrs`` not a dict.
         ValueError: bad shapes, negative or duplicate coordinates, a bad option, or an attribute name that
             clashes with a chunk-entry key.
     """
     depth = _check_chunk_size(chunk_size)
+    chunk_size = int(chunk_size)  # a NumPy integer would not serialise to JSON
     if filter not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, got {filter!r}")
     if attr_interleave not in INTERLEAVES:
@@ -397,8 +398,8 @@ def _parse_header(header_bytes: bytes, binary_size: int, source: str) -> dict:
     """Parse the JSON header and check everything the reader relies on, before any data is decoded."""
     try:
         header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{source}: corrupt .vxz header ({error})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"{source}: corrupt .vxz header ({type(error).__name__}: {error})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{source}: corrupt .vxz header (not a JSON object)")
 
