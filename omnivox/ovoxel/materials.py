@@ -30,7 +30,6 @@ Decisions on the reference's quirks (spec 4.1-4.6, 12), each tested in tests/ovo
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
@@ -65,6 +64,7 @@ def voxelize_materials(
     mip_level_offset: float = 0.0,
     emissive: bool = False,
     device: Union[str, torch.device, None] = None,
+    backend: str = "auto",
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Voxelize a scene's PBR material onto the voxels of its geometry (spec ovoxel.md section 4).
 
@@ -76,6 +76,8 @@ def voxelize_materials(
         mip_level_offset: added to every texture's level of detail (negative = sharper).
         emissive: also return ``emissive`` (3 channels).
         device: where to compute (``"cuda"`` for the GPU path); default CPU.
+        backend: ``"torch"`` (vectorized PyTorch, any device; the reference path), ``"numba"`` (fused CPU
+            kernel, same arithmetic) or ``"auto"`` (numba on the CPU, torch elsewhere).
 
     Returns:
         coords: (N, 3) int32 voxel indices, in the order of ``mesh_to_dual_grid``'s coords.
@@ -84,10 +86,12 @@ def voxelize_materials(
 
     Raises:
         TypeError: ``scene`` is not a Scene.
-        ValueError: bad resolution / aabb / offset, or voxels too large for the ``1 - d`` weight.
+        ValueError: bad resolution / aabb / offset / backend, or voxels too large for the ``1 - d`` weight.
     """
     if not isinstance(scene, Scene):
         raise TypeError(f"voxelize_materials: scene must be an omnivox.assets.Scene, got {type(scene).__name__}")
+    if backend not in ("auto", "torch", "numba"):
+        raise ValueError(f"voxelize_materials: backend must be 'auto', 'torch' or 'numba', got {backend!r}")
     if isinstance(mip_level_offset, bool) or not isinstance(mip_level_offset, (int, float)) or not math.isfinite(
         mip_level_offset
     ):
@@ -100,6 +104,9 @@ def voxelize_materials(
             "sample weight 1 - distance (it must stay positive); normalise the scene into a smaller box"
         )
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if backend == "numba" and device.type != "cpu":
+        raise ValueError(f"voxelize_materials: backend 'numba' runs on the CPU only, got device {device}")
+    use_numba = device.type == "cpu" and backend != "torch"
     names = ["base_color", "metallic", "roughness", "alpha"] + (["emissive"] if emissive else [])
 
     shifted = (scene.vertices.astype(np.float32) - grid.lo).astype(np.float32)
@@ -115,6 +122,10 @@ def voxelize_materials(
         empty = {name: torch.zeros((0, ATTRIBUTE_CHANNELS[name]), dtype=torch.uint8, device=device) for name in names}
         return torch.zeros((0, 3), dtype=torch.int32, device=device), empty
 
+    if use_numba:
+        sums = _voxelize_numba(scene, triangles_np, tri_index.numpy(), voxel_of_pair.numpy(), coords.numpy(), grid,
+                               float(mip_level_offset), emissive)
+        return coords, _quantize(torch.from_numpy(sums), names)
     samples = _PairSamples.compute(triangles, tri_index, coords[voxel_of_pair], grid)
     values = _sample_channels(scene, triangles, samples, tri_index, names, float(mip_level_offset), grid, device)
     return coords, _weighted_means(values, samples.weight, voxel_of_pair, coords.shape[0], names)
@@ -172,80 +183,86 @@ def _numbered_pairs_numba(triangles: np.ndarray, grid: Grid):
     Returns:
         tri_index (P,) int64, voxel_of_pair (P,) int64, coords (N, 3) int32.
     """
-    from omnivox.ovoxel.kernels import scan_numba
+    from omnivox.ovoxel.kernels import materials_numba, scan_numba
 
     tri, axis, owner, _ = scan_numba.scan_crossings(triangles, grid.resolution, grid.voxel_size)
-    return _numbering_kernel()(tri, axis, owner, grid.resolution.astype(np.int64))
+    return materials_numba.number_pairs(tri, axis, owner, grid.resolution.astype(np.int64))
 
 
-def _number_pairs(tri, axis, owner, res):
-    """Numba kernel body (compiled by `_numbering_kernel`); see `_numbered_pairs_numba`.
+def _voxelize_numba(scene, triangles, tri_index, voxel_of_pair, coords, grid, mip_level_offset, emissive):
+    """CPU fast path: the fused numba kernel -> (N, 7 or 10) float32 weighted sums (last column: sum of w)."""
+    from omnivox.ovoxel.kernels import materials_numba
 
-    Each crossing touches the 4 voxels around its edge, outer loop over the first perpendicular axis,
-    inner over the second (spec 2.2); a triangle's crossings are contiguous, so remembering the last
-    triangle per voxel de-duplicates per triangle. Voxel keys live in an open-addressing table.
-    """
-    num_crossings = tri.shape[0]
-    capacity_bits = 4
-    while (1 << capacity_bits) < 4 * num_crossings + 16:  # load factor <= 0.5 even if every voxel is new
-        capacity_bits += 1
-    capacity = 1 << capacity_bits
-    shift = np.uint64(64 - capacity_bits)
-    table_keys = np.full(capacity, -1, dtype=np.int64)
-    table_values = np.empty(capacity, dtype=np.int64)
-    pair_tri = np.empty(4 * num_crossings, dtype=np.int64)
-    pair_voxel = np.empty(4 * num_crossings, dtype=np.int64)
-    coords = np.empty((4 * num_crossings, 3), dtype=np.int32)
-    last_tri = np.empty(4 * num_crossings, dtype=np.int64)
-    gy, gz = np.int64(res[1]), np.int64(res[2])
-    num_voxels = 0
-    num_pairs = 0
-    for m in range(num_crossings):
-        t = np.int64(tri[m])
-        c = axis[m]
-        for da in range(2):
-            for db in range(2):
-                q0, q1, q2 = owner[m, 0], owner[m, 1], owner[m, 2]
-                # q[a] += da and q[(c + 2) % 3] += db, spelled out per axis.
-                if c == 0:
-                    q1 += da
-                    q2 += db
-                elif c == 1:
-                    q2 += da
-                    q0 += db
+    tables = _texture_tables(scene.materials, emissive)
+    num_sets = max([len(scene.uvs)] + [int(t.uv_set) + 1 for m in scene.materials for t in m.textures()])
+    uvs = np.zeros((num_sets, scene.num_faces, 3, 2), dtype=np.float32)
+    for index, uv in enumerate(scene.uvs):
+        uvs[index] = uv
+    colors = scene.colors if scene.colors is not None else np.zeros((0, 3, 4), np.float32)
+    return materials_numba.accumulate_pairs(
+        triangles, tri_index, voxel_of_pair, coords, grid.voxel_size.astype(np.float32),
+        scene.material_ids.astype(np.int64), uvs, np.ascontiguousarray(colors, dtype=np.float32), *tables,
+        np.float32(mip_level_offset), bool(emissive), num_voxels=len(coords),
+    )
+
+
+def _texture_tables(materials, emissive: bool):
+    """Flatten every texture the materials use into the arrays `materials_numba` reads (see its docstring)."""
+    from omnivox.ovoxel.kernels import materials_numba
+
+    slots = [(m.base_color_texture, m.metallic_roughness_texture, m.emissive_texture if emissive else None)
+             for m in materials]
+    storage: Dict[Tuple[int, int], int] = {}  # (image id, filter) -> index into `prepared`
+    prepared: List[Tuple[np.ndarray, np.ndarray, List[int]]] = []  # (texels, level offsets, level sides/dims)
+    references: List[Texture] = []
+    material_textures = np.full((len(materials), 3), -1, dtype=np.int64)
+    for material_id, textures in enumerate(slots):
+        for slot, texture in enumerate(textures):
+            if texture is None:
+                continue
+            key = (id(texture.image), int(texture.filter))
+            if key not in storage:
+                storage[key] = len(prepared)
+                if texture.filter == FilterMode.NEAREST:
+                    image = np.ascontiguousarray(texture.image)
+                    prepared.append((image.reshape(-1, 4), np.zeros(1, np.int64), [image.shape[:2]]))
                 else:
-                    q0 += da
-                    q1 += db
-                key = (np.int64(q0) * gy + q1) * gz + q2
-                slot = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
-                while True:
-                    stored = table_keys[slot]
-                    if stored == key:
-                        voxel = table_values[slot]
-                        break
-                    if stored == -1:
-                        table_keys[slot] = key
-                        table_values[slot] = num_voxels
-                        voxel = num_voxels
-                        coords[voxel, 0], coords[voxel, 1], coords[voxel, 2] = q0, q1, q2
-                        last_tri[voxel] = -1
-                        num_voxels += 1
-                        break
-                    slot = (slot + 1) & (capacity - 1)
-                if last_tri[voxel] != t:
-                    last_tri[voxel] = t
-                    pair_tri[num_pairs] = t
-                    pair_voxel[num_pairs] = voxel
-                    num_pairs += 1
-    return pair_tri[:num_pairs].copy(), pair_voxel[:num_pairs].copy(), coords[:num_voxels].copy()
-
-
-@functools.lru_cache(maxsize=None)
-def _numbering_kernel():
-    """Compile `_number_pairs` on first use (numba is imported lazily; the on-disk cache keeps it fast)."""
-    import numba
-
-    return numba.njit(cache=True)(_number_pairs)
+                    square = np.ascontiguousarray(resize_to_pot_square(texture.image))
+                    texels, offsets = materials_numba.mip_pyramid(square)
+                    sides = [(square.shape[0] >> k, square.shape[0] >> k) for k in range(len(offsets))]
+                    prepared.append((texels, offsets, sides))
+            material_textures[material_id, slot] = len(references)
+            references.append(texture)
+    max_levels = max([len(p[1]) for p in prepared], default=1)
+    starts = np.cumsum([0] + [p[0].shape[0] for p in prepared])
+    if len(prepared) == 1:
+        texels = prepared[0][0]
+    else:
+        texels = np.concatenate([p[0] for p in prepared]) if prepared else np.zeros((1, 4), np.uint8)
+    count = max(len(references), 1)
+    level_offset = np.zeros((count, max_levels), np.int64)
+    level_width = np.ones((count, max_levels), np.int64)
+    level_height = np.ones((count, max_levels), np.int64)
+    texture_info = np.zeros((count, 5), np.int64)
+    texture_transform = np.zeros((count, 6), np.float32)
+    for index, texture in enumerate(references):
+        source = storage[(id(texture.image), int(texture.filter))]
+        _, offsets, sides = prepared[source]
+        used = len(offsets)
+        level_offset[index, :used] = offsets + starts[source]
+        level_height[index, :used] = [height for height, _ in sides]
+        level_width[index, :used] = [width for _, width in sides]
+        texture_info[index] = (used - 1, int(texture.filter), int(texture.wrap_s), int(texture.wrap_t),
+                               texture.uv_set)
+        texture_transform[index] = np.asarray(texture.uv_transform, np.float32)[:2].reshape(-1)
+    factors = np.array(
+        [[*m.base_color_factor, m.metallic_factor, m.roughness_factor, *m.emissive_factor, m.alpha_cutoff]
+         for m in materials],
+        dtype=np.float32,
+    )
+    alpha_modes = np.array([int(m.alpha_mode) for m in materials], dtype=np.int64)
+    return (material_textures, factors, alpha_modes, texels, level_offset, level_width, level_height, texture_info,
+            texture_transform)
 
 
 def _first_touch_voxels(pair_coords: torch.Tensor, grid: Grid) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -382,6 +399,11 @@ def _weighted_means(values, weight, voxel_of_pair, num_voxels, names) -> Dict[st
     stacked = torch.cat([values[name] * weight[:, None] for name in names] + [weight[:, None]], dim=1)
     sums = torch.zeros((num_voxels, stacked.shape[1]), dtype=torch.float32, device=stacked.device)
     sums.index_add_(0, voxel_of_pair, stacked)
+    return _quantize(sums, names)
+
+
+def _quantize(sums: torch.Tensor, names) -> Dict[str, torch.Tensor]:
+    """(N, C + 1) weighted sums (last column: sum of weights) -> name -> (N, c) uint8."""
     means = sums[:, :-1] / sums[:, -1:]
     quantized = (means * 255).clamp(0, 255).to(torch.uint8)
     out, start = {}, 0
