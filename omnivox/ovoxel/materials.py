@@ -1,4 +1,8 @@
-"""Textured mesh -> per-voxel PBR attributes (spec ovoxel.md section 4), vectorized in PyTorch (CPU or CUDA).
+"""Textured mesh -> per-voxel PBR attributes (spec ovoxel.md section 4).
+
+Two implementations of the same float32 arithmetic: a vectorized PyTorch path (any device, the GPU path and
+the reference) and a fused numba kernel for the CPU (``kernels/materials_numba.py``); ``backend="auto"``
+picks numba on the CPU and PyTorch elsewhere, and the tests compare the two.
 
 Every (triangle, voxel) incidence of the geometry scan (``triangle_voxel_pairs``) is one sample: the voxel
 centre is projected onto the triangle's plane, its **unclamped** barycentrics interpolate UVs and vertex
