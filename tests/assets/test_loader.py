@@ -302,3 +302,20 @@ def test_size_limits(tmp_path, monkeypatch):
     monkeypatch.setattr(gltf_module, "MAX_TRIANGLES", 1)
     with pytest.raises(ValueError, match=r"q\.gltf.*more than"):
         load_asset(write_gltf(tmp_path))
+
+
+def test_ply_vertex_colors_and_truncation(tmp_path):
+    import trimesh
+
+    mesh = trimesh.creation.icosphere(subdivisions=1)
+    mesh.visual.vertex_colors = np.tile([255, 0, 0, 255], (len(mesh.vertices), 1))
+    path = tmp_path / "red.ply"
+    mesh.export(path)
+    scene = load_asset(path)
+    assert scene.num_faces == len(mesh.faces)
+    np.testing.assert_allclose(scene.colors[..., :3].reshape(-1, 3), np.tile([1, 0, 0], (scene.num_faces * 3, 1)))
+    np.testing.assert_allclose(scene.materials[0].base_color_factor, 1.0)  # colours show unchanged
+    data = path.read_bytes()
+    (tmp_path / "cut.ply").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.ply.*cannot parse"):
+        load_asset(tmp_path / "cut.ply")
