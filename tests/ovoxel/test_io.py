@@ -218,6 +218,18 @@ def test_filters_match_spec_definitions_and_invert(depth):
             assert np.array_equal(io.decode_filter(name, codes, filtered, depth), values)
 
 
+def test_filters_reject_bad_inputs():
+    values = np.zeros((3, 2), np.uint8)
+    with pytest.raises(ValueError, match="filter must be one of"):
+        io.encode_filter("median", np.array([0, 1, 2]), values, 2)
+    with pytest.raises(ValueError, match="strictly ascending"):
+        io.encode_filter("neighbor", np.array([0, 2, 1]), values, 2)
+    with pytest.raises(ValueError, match="strictly ascending"):
+        io.decode_filter("parent", np.array([0, 1, 1]), values, 2)
+    with pytest.raises(ValueError, match=r"\(3, C\) uint8"):
+        io.encode_filter("parent", np.array([0, 1, 2]), values.astype(np.int16), 2)
+
+
 def test_filters_reduce_smooth_data_to_small_residuals():
     rng = np.random.default_rng(5)
     coords, attrs = smooth_voxels(rng, 16)

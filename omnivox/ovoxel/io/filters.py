@@ -29,7 +29,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from omnivox.ovoxel.io.svo import svo_encode
+from omnivox.ovoxel.io.svo import check_codes, svo_encode
 
 FILTERS = ("none", "parent", "neighbor")
 
@@ -57,6 +57,8 @@ def encode_filter(name: str, codes: np.ndarray, values: np.ndarray, depth: int) 
     Returns:
         (n, C) uint8 filtered rows.
     """
+    if name not in FILTERS:
+        raise ValueError(f"filter must be one of {FILTERS}, got {name!r}")
     values = _check_values(values, codes)
     if name == "none":
         return values
@@ -81,6 +83,8 @@ def decode_filter(name: str, codes: np.ndarray, filtered: np.ndarray, depth: int
     Returns:
         (n, C) uint8 attribute rows in the order of ``codes``.
     """
+    if name not in FILTERS:
+        raise ValueError(f"filter must be one of {FILTERS}, got {name!r}")
     filtered = _check_values(filtered, codes)
     if name == "none":
         return filtered
@@ -97,6 +101,7 @@ def _check_values(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 
 def _plan(name: str, codes: np.ndarray, depth: int):
+    codes = check_codes(codes, depth)
     if name == "parent":
         node_bytes = svo_encode(codes, depth)
         return _parent_plan(codes, depth, node_bytes)

@@ -38,17 +38,31 @@ def svo_encode(codes: np.ndarray, depth: int) -> np.ndarray:
     Raises:
         ValueError: ``depth`` out of range, codes out of range or not strictly ascending.
     """
-    _check_depth(depth)
-    codes = np.ascontiguousarray(codes, dtype=np.int64)
-    if codes.ndim != 1:
-        raise ValueError(f"codes must have shape (n,), got {codes.shape}")
+    codes = check_codes(codes, depth)
     if codes.size == 0:
         return np.zeros(1, dtype=np.uint8)
-    if codes[0] < 0 or codes[-1] >= 8**depth:
-        raise ValueError(f"codes must lie in [0, 8**{depth}), got [{codes[0]}, {codes[-1]}]")
-    if codes.size > 1 and not (np.diff(codes) > 0).all():
-        raise ValueError("codes must be strictly ascending (sorted, no duplicate voxels)")
     return _svo_encode_kernel(codes, depth)
+
+
+def check_codes(codes: np.ndarray, depth: int) -> np.ndarray:
+    """Validate chunk-local Z-order codes: (n,) integers, strictly ascending, in ``[0, 8**depth)``.
+
+    Returns:
+        (n,) int64 contiguous copy or view.
+
+    Raises:
+        ValueError: any of the above does not hold, or ``depth`` is not in [1, 10].
+    """
+    _check_depth(depth)
+    array = np.asarray(codes)
+    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+        raise ValueError(f"codes must be a 1-D integer array, got shape {array.shape} dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.int64)
+    if array.size and (array[0] < 0 or array[-1] >= 8**depth):
+        raise ValueError(f"codes must lie in [0, 8**{depth}), got [{array[0]}, {array[-1]}]")
+    if array.size > 1 and not (np.diff(array) > 0).all():
+        raise ValueError("codes must be strictly ascending (sorted, no duplicate voxels)")
+    return array
 
 
 def svo_decode(data: np.ndarray, depth: int, max_voxels: int) -> np.ndarray:

@@ -274,7 +274,10 @@ def _sort_into_chunks(points: np.ndarray, depth: int):
 
 
 def read_vxz(path: PathLike) -> tuple[np.ndarray, dict]:
-    """Read a `.vxz` file, whatever its filter, compression and interleave (including ``"all"``).
+    """Read a `.vxz` file, whatever its filter, compression and interleave.
+
+    **[quirk 12, fixed]** The reference reader fails on files written with ``attr_interleave="all"``; this one
+    reads them like the other layouts.
 
     Args:
         path: the file.
