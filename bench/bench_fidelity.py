@@ -174,7 +174,7 @@ def table(lines: list[dict]) -> str:
         export = sum(v for k, v in s.items() if k in ("clean", "decimate", "unwrap", "rasterize", "lookup", "fill",
                                                       "assemble", "save"))
         rows.append(
-            f"| {r['asset']} | {r['resolution']} | {r['voxels']:,} | {r['faces']:,} | {r['chamfer_x1e6']:.2f} | "
+            f"| {r['asset']} | {r['resolution']} | {r['voxels']:,} | {r['faces']:,} | {r['chamfer_x1e6']:.4g} | "
             f"{r['normal_consistency']:.4f} | {r['psnr_base_color']:.1f} | {r['psnr_metallic']:.1f} | "
             f"{r['psnr_roughness']:.1f} | {r['psnr_alpha']:.1f} | {r['alpha_mode']} | {r['validator_errors']} | "
             f"{s['convert']:.1f} | {s['extract']:.1f} | {export:.1f} | {s['unwrap']:.1f} |")
