@@ -79,11 +79,9 @@ def weld_vertices(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, 
 
 def boundary_edges(faces: np.ndarray, num_vertices: int) -> np.ndarray:
     """Edges used by exactly one face, by vertex index, as (E,2) int64 rows (s < e) in ascending order."""
-    pairs = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], axis=0)
-    pairs.sort(axis=1)
-    keys = pairs[:, 0] * np.int64(num_vertices) + pairs[:, 1]
-    unique, counts = np.unique(keys, return_counts=True)
-    single = unique[counts == 1]
+    from omnivox.ovoxel.kernels.scan_numba import boundary_edge_keys
+
+    single = np.sort(boundary_edge_keys(np.ascontiguousarray(faces, dtype=np.int64), num_vertices))
     return np.stack([single // num_vertices, single % num_vertices], axis=1)
 
 
@@ -174,7 +172,9 @@ def mesh_to_dual_grid(
 
 
 def _check_overlaps_box(v: np.ndarray, f: np.ndarray, grid: Grid) -> None:
-    used = v[np.unique(f)]
+    referenced = np.zeros(len(v), dtype=bool)
+    referenced[f.reshape(-1)] = True
+    used = v[referenced]
     lo, hi = used.min(axis=0), used.max(axis=0)
     if (hi < grid.lo).any() or (lo > grid.hi).any():
         raise ValueError(

@@ -702,3 +702,31 @@ def first_touch_pairs(tri, axis, owner, res):
                     out_c[n, 0], out_c[n, 1], out_c[n, 2] = q[0], q[1], q[2]
                     n += 1
     return out_t[:n].copy(), out_c[:n].copy()
+
+
+@nb.njit(cache=True)
+def boundary_edge_keys(faces, num_vertices):
+    """Keys ``min * V + max`` of the undirected edges used by exactly one face (unsorted), by counting in a hash."""
+    F = faces.shape[0]
+    nv = np.int64(num_vertices)
+    tk = np.full(_table_capacity(3 * F + 8), _EMPTY, dtype=np.int64)
+    tv = np.empty(tk.shape[0], dtype=np.int32)
+    counts = np.zeros(3 * F + 1, dtype=np.int32)
+    keys = np.empty(3 * F + 1, dtype=np.int64)
+    n = 0
+    for f in range(F):
+        for c in range(3):
+            a, b = faces[f, c], faces[f, (c + 1) % 3]
+            key = min(a, b) * nv + max(a, b)
+            e = _insert(tk, tv, key, n)
+            if e == n:
+                keys[n] = key
+                n += 1
+            counts[e] += 1
+    out = np.empty(n, dtype=np.int64)
+    m = 0
+    for e in range(n):
+        if counts[e] == 1:
+            out[m] = keys[e]
+            m += 1
+    return out[:m].copy()
