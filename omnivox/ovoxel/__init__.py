@@ -14,11 +14,14 @@ from omnivox.ovoxel.extract import dual_grid_to_mesh
 from omnivox.ovoxel.grid import UNIT_AABB, Grid
 from omnivox.ovoxel.materials import voxelize_materials
 from omnivox.ovoxel.scan import triangle_voxel_pairs
+from omnivox.ovoxel.serialize import decode_seq, encode_seq
 
 __all__ = [
     "Grid",
     "UNIT_AABB",
+    "decode_seq",
     "dual_grid_to_mesh",
+    "encode_seq",
     "mesh_to_dual_grid",
     "to_local",
     "triangle_voxel_pairs",
