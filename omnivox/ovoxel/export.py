@@ -272,51 +272,89 @@ def _xatlas_child(connection, vertices, faces, texture_size, padding):
     connection.close()
 
 
-def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, isolate: bool = True
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """UV-unwrap with xatlas into one square atlas (spec 7 step 5).
+def triangle_atlas(faces: np.ndarray, texture_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A chart per triangle, two triangles per square cell of a regular grid: the fallback when xatlas fails.
+
+    Always valid and fast, but every triangle becomes a right isosceles UV triangle (texel density follows the face
+    count, not the area) and every edge is a seam. Each corner moves up to 0.75 texel inwards so that the two
+    triangles of a cell do not share texels.
+
+    Returns:
+        vmapping (3F,) int64, faces (F, 3) int64, uvs (3F, 2) float32, like ``unwrap_uv``.
+    """
+    count = len(faces)
+    cells = int(np.ceil(np.sqrt((count + 1) // 2)))
+    cell = texture_size / cells  # texels per cell side
+    shift = min(0.75, cell / 8) / texture_size  # inward move of each corner
+    pair = np.arange(count) // 2
+    origin = np.stack([pair % cells, pair // cells], axis=1) / cells
+    size = 1.0 / cells
+    lower = np.array([[0, 0], [1, 0], [0, 1]], np.float64)  # the cell's lower-left half
+    upper = np.array([[1, 1], [0, 1], [1, 0]], np.float64)  # and its upper-right half
+    corners = np.where((np.arange(count) % 2 == 0)[:, None, None], lower, upper)  # (F, 3, 2) in cell units
+    centre = corners.mean(axis=1, keepdims=True)
+    direction = centre - corners
+    direction /= np.linalg.norm(direction, axis=2, keepdims=True)
+    uvs = origin[:, None, :] + corners * size + direction * shift
+    return faces.reshape(-1).astype(np.int64), np.arange(3 * count).reshape(count, 3), uvs.reshape(-1, 2).astype(
+        np.float32)
+
+
+def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, isolate: bool = True,
+              timeout: Optional[float] = 300.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """UV-unwrap with xatlas into one square atlas (spec 7 step 5), falling back to ``triangle_atlas``.
 
     Charts are packed with ``texture_size // 512 + 2`` texels of padding (bilinear-safe), rotated to fit; the UVs are
     normalised to [0, 1] by the atlas size. xatlas occasionally crashes the whole process (a segmentation fault in
-    its packer on some very regular meshes), so by default it runs in a forked child process and a crash becomes a
-    ``RuntimeError``.
+    its packer on some very regular meshes) and can take very long on thousands of tiny disconnected pieces, so by
+    default it runs in a forked child process; a crash, a run longer than ``timeout`` seconds or a multi-atlas result
+    falls back to one chart per triangle with a warning.
 
     Args:
         vertices: (V, 3) float32.
         faces: (F, 3) int64.
         texture_size: the texture side the charts are packed for.
-        isolate: run xatlas in a child process (on platforms with ``fork``).
+        isolate: run xatlas in a child process (on platforms with ``fork``); without it there is no timeout.
+        timeout: seconds to wait for xatlas in the child process (None waits forever).
 
     Returns:
         vmapping: (V',) int64, original vertex of each unwrapped vertex (vertices are split along seams).
         faces: (F, 3) int64 into the unwrapped vertices.
         uvs: (V', 2) float32 in [0, 1].
-
-    Raises:
-        RuntimeError: xatlas crashed or produced more than one atlas.
     """
     import multiprocessing
+    import warnings
 
     padding = texture_size // 512 + 2
+    problem = None
     if isolate and "fork" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("fork")
         receiver, sender = context.Pipe(duplex=False)
         child = context.Process(target=_xatlas_child, args=(sender, vertices, faces, texture_size, padding))
         child.start()
         sender.close()
+        result = None
         try:
-            result = receiver.recv()
+            if receiver.poll(timeout):
+                result = receiver.recv()
+            else:
+                problem = f"took longer than {timeout} s"
         except EOFError:
-            result = None
+            pass
+        if child.is_alive():
+            child.terminate()
         child.join()
-        if result is None:
-            raise RuntimeError(f"xatlas crashed (exit code {child.exitcode}) while unwrapping {len(faces)} faces; "
-                               "a different decimation_target usually avoids it")
+        if result is None and problem is None:
+            problem = f"crashed (exit code {child.exitcode})"
     else:
         result = _xatlas_unwrap(vertices, faces, texture_size, padding)
-    vmapping, new_faces, uvs, atlas_count = result
-    if atlas_count != 1:
-        raise RuntimeError(f"xatlas packed the charts into {atlas_count} atlases; expected one")
+    if result is not None and result[3] != 1:
+        problem, result = f"packed the charts into {result[3]} atlases", None
+    if result is None:
+        warnings.warn(f"xatlas {problem} while unwrapping {len(faces)} faces; using one UV chart per triangle "
+                      "(lower texture detail)", RuntimeWarning, stacklevel=2)
+        return triangle_atlas(faces, texture_size)
+    vmapping, new_faces, uvs, _ = result
     return vmapping, new_faces, uvs
 
 
@@ -455,7 +493,6 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
 
     Raises:
         ValueError: bad shapes, dtypes, ranges, indices, options, or nothing left after clean-up.
-        RuntimeError: xatlas failed.
     """
     mesh, _ = bake_glb(vertices, faces, coords, attributes, grid, aabb=aabb, decimation_target=decimation_target,
                        texture_size=texture_size, fill_holes=fill_holes, image_format=image_format,

@@ -270,6 +270,21 @@ def test_alpha_mode_reaches_the_material(sphere):
     assert forced.visual.material.alphaMode == "MASK" and forced.visual.material.alphaCutoff == 0.5
 
 
+def test_unwrap_falls_back_to_triangle_atlas(sphere, monkeypatch, tmp_path):
+    from omnivox.ovoxel import export
+
+    grid, coords, vertices, faces = sphere
+    value = np.random.default_rng().uniform(0.1, 0.9, 6).astype(np.float32)
+    original = export.unwrap_uv
+    monkeypatch.setattr(export, "unwrap_uv", lambda *a, **k: original(*a, **k, timeout=0.0))
+    with pytest.warns(RuntimeWarning, match="one UV chart per triangle"):
+        mesh, report = bake_glb(vertices, faces, coords, np.tile(value, (len(coords), 1)), grid, texture_size=256)
+    uv = np.asarray(mesh.visual.uv)
+    assert len(uv) == 3 * report.faces and uv.min() > 0 and uv.max() < 1
+    assert (_texture(mesh, "baseColorTexture")[..., :3] == np.round(value[:3] * 255)).all()
+    assert _validate(save_glb(mesh, tmp_path / "fallback.glb"))["issues"]["numErrors"] == 0
+
+
 def test_decimation_reaches_face_target(sphere):
     grid, coords, vertices, faces = sphere
     mesh, report = bake_glb(vertices, faces, coords, _position_colours(coords, grid), grid, texture_size=64,
