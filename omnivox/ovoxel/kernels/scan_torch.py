@@ -109,14 +109,19 @@ def scan_crossings(triangles: torch.Tensor, grid: Grid):
     return tri, jc, owner, point.float()
 
 
+# Row-major upper triangle of a symmetric 4x4: Q00 Q01 Q02 Q03 Q11 Q12 Q13 Q22 Q23 Q33 (as in scan_numba).
+_UPPER = torch.triu_indices(4, 4)
+
+
 def plane_quadrics(triangles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-triangle float32 unit normal (T,3) and plane quadric as a 4x4 (T,4,4) (spec 2.2)."""
+    """Per-triangle float32 unit normal (T,3) and plane quadric, 10 unique entries (T,10) (spec 2.2)."""
     p0, p1, p2 = triangles[:, 0], triangles[:, 1], triangles[:, 2]
     n = torch.linalg.cross(p1 - p0, p2 - p1)
     sq = (n * n).sum(-1, keepdim=True)
     n = torch.where(sq > 0, n / sq.sqrt().clamp_min(1e-30), n)
     plane = torch.cat([n, -(n * p0).sum(-1, keepdim=True)], -1)
-    return n, plane[:, :, None] * plane[:, None, :]
+    i, j = _UPPER.to(plane.device)
+    return n, plane[:, i] * plane[:, j]
 
 
 def _incidences(owner: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
@@ -149,14 +154,16 @@ def segment_sum(values: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Te
     if len(segment) == 0:
         return torch.zeros(out_shape, dtype=_F64, device=values.device)
     order = torch.argsort(segment, stable=True)
-    v = values[order].to(_F64).reshape(len(order), -1)
-    cs = torch.cumsum(v, 0)
+    # Scan along the contiguous last dimension: CUDA's scan over an outer dimension of a narrow tensor is ~100x slower.
+    v = values[order].to(_F64).reshape(len(order), -1).t().contiguous()
+    cs = torch.cumsum(v, 1)
     counts = torch.bincount(segment, minlength=n)
     ends = torch.cumsum(counts, 0)
-    total_at_end = torch.where((ends > 0)[:, None], cs[(ends - 1).clamp_min(0)], torch.zeros_like(cs[:1]))
     starts = ends - counts
-    total_before = torch.where((starts > 0)[:, None], cs[(starts - 1).clamp_min(0)], torch.zeros_like(cs[:1]))
-    return (total_at_end - total_before).reshape(out_shape)
+    zero = torch.zeros_like(cs[:, :1])
+    padded = torch.cat([zero, cs], 1)  # padded[:, i] = sum of the first i sorted values
+    sums = padded[:, ends] - padded[:, starts]
+    return sums.t().reshape(out_shape)
 
 
 def _lookup(sorted_keys: torch.Tensor, index_of_sorted: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -237,7 +244,7 @@ def _overlaps(P: torch.Tensor, n: torch.Tensor, vs: torch.Tensor, q: torch.Tenso
 
 
 def _boundary_pairs(shifted: torch.Tensor, edges: torch.Tensor, grid: Grid, sorted_keys, index_of_sorted):
-    """Voxels visited by the 3-D DDA along each boundary edge (spec 2.4), and each edge's line quadric (E,4,4)."""
+    """Voxels visited by the 3-D DDA along each boundary edge (spec 2.4), and each edge's line quadric (E,10)."""
     dev = shifted.device
     res = torch.as_tensor(grid.resolution, device=dev)
     vs32 = torch.as_tensor(grid.voxel_size, device=dev)
@@ -253,7 +260,8 @@ def _boundary_pairs(shifted: torch.Tensor, edges: torch.Tensor, grid: Grid, sort
     c = -(p * b).sum(-1)
     Qb = torch.zeros((len(p), 4, 4), dtype=_F64, device=dev)
     Qb[:, :3, :3], Qb[:, :3, 3], Qb[:, 3, :3], Qb[:, 3, 3] = A, b, b, c
-    Qb = Qb.float()
+    i, j = _UPPER.to(dev)
+    Qb = Qb[:, i, j].float()
     start = torch.floor((ps32 / vs32).to(_F64)).long()
     step = torch.where(dh > 0, 1, -1)
     border = vs32 * (start + (step > 0).long()).float()
@@ -285,13 +293,17 @@ def _boundary_pairs(shifted: torch.Tensor, edges: torch.Tensor, grid: Grid, sort
     return visited_edge[hit], vox[hit], Qb
 
 
-def solve(Q: torch.Tensor, coords: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Stage D solve (spec 2.5), batched in float64. Q: (N,4,4) regularised. Returns (N,3) float32 shifted frame."""
-    dev = Q.device
+def solve(q: torch.Tensor, coords: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Stage D solve (spec 2.5), batched in float64. q: (N,10) regularised quadric entries. Returns (N,3) float32
+    dual vertices in the shifted frame."""
+    dev = q.device
+    q00, q01, q02, q03, q11, q12, q13, q22, q23, q33 = q.unbind(1)
+    A = torch.stack([torch.stack([q00, q01, q02], -1), torch.stack([q01, q11, q12], -1),
+                     torch.stack([q02, q12, q22], -1)], 1)
     vs = torch.as_tensor(grid.voxel_size, device=dev)
     lo = (vs * coords.float()).to(_F64)
     hi = (vs * (coords + 1).float()).to(_F64)
-    A, bq = Q[:, :3, :3], Q[:, :3, 3]
+    bq = torch.stack([q03, q13, q23], -1)
     # Closed-form inverse (adjugate / determinant): elementwise, far faster than batched LU for 3x3 systems.
     a00, a01, a02, a11, a12, a22 = A[:, 0, 0], A[:, 0, 1], A[:, 0, 2], A[:, 1, 1], A[:, 1, 2], A[:, 2, 2]
     c00, c01, c02 = a11 * a22 - a12 * a12, a02 * a12 - a01 * a22, a01 * a12 - a02 * a11
@@ -304,8 +316,9 @@ def solve(Q: torch.Tensor, coords: torch.Tensor, grid: Grid) -> torch.Tensor:
     inside = ((x >= lo) & (x <= hi)).all(-1)
 
     def energy(p):
-        ph = torch.cat([p, torch.ones_like(p[..., :1])], -1)
-        return ((Q @ ph[:, :, None]).squeeze(-1) * ph).sum(-1)
+        x, y, z = p[:, 0], p[:, 1], p[:, 2]
+        return (q00 * x * x + q11 * y * y + q22 * z * z + q33
+                + 2 * (q01 * x * y + q02 * x * z + q12 * y * z + q03 * x + q13 * y + q23 * z))
 
     cands, energies = [], []
     inf = torch.tensor(float("inf"), dtype=_F64, device=dev)
@@ -338,7 +351,7 @@ def solve(Q: torch.Tensor, coords: torch.Tensor, grid: Grid) -> torch.Tensor:
         energies.append(energy(p))
     E = torch.stack(energies, 1)
     best = torch.argmin(E, 1)  # first minimum: earlier candidates win ties
-    constrained = torch.stack(cands, 1)[torch.arange(len(Q), device=dev), best]
+    constrained = torch.stack(cands, 1)[torch.arange(len(q), device=dev), best]
     return torch.where(inside[:, None], x, constrained).float()
 
 
@@ -362,30 +375,30 @@ def mesh_to_dual_grid(vertices, faces, edges, grid: Grid, face_term: bool, bound
     flags = torch.zeros((n, 3), dtype=torch.bool, device=dev)
     owner_vox = vox.reshape(-1, 4)[:, 0]
     flags[owner_vox, axis] = True
+    # One sorted segment sum for everything accumulated per voxel: 10 quadric entries, crossing point, count.
     inc_tri = tri.repeat_interleave(4)
-    psum = segment_sum(point.repeat_interleave(4, 0), vox, n).float()
-    cnt = torch.bincount(vox, minlength=n).float()
-    seg_vals, seg_ids = [Qt[inc_tri]], [vox]
+    rows = [torch.cat([Qt[inc_tri], point.repeat_interleave(4, 0), torch.ones_like(point[:, :1]).repeat_interleave(4, 0)], 1)]
+    ids = [vox]
     sorted_keys, sort_idx = torch.sort(_keys(coords, res))
     if face_term:
         ft, fv = _face_pairs(tris, normals, grid, sorted_keys, sort_idx)
-        seg_vals.append(Qt[ft])
-        seg_ids.append(fv)
+        rows.append(torch.nn.functional.pad(Qt[ft], (0, 4)))
+        ids.append(fv)
     if boundary_weight > 0 and len(edges):
         be, bv, Qb = _boundary_pairs(shifted, edges, grid, sorted_keys, sort_idx)
-        seg_vals.append(Qb[be] * boundary_weight)
-        seg_ids.append(bv)
-    Q = segment_sum(torch.cat([v.to(_F64) for v in seg_vals], 0), torch.cat(seg_ids), n)
+        rows.append(torch.nn.functional.pad(Qb[be] * boundary_weight, (0, 4)))
+        ids.append(bv)
+    sums = segment_sum(torch.cat(rows, 0), torch.cat(ids), n)
+    q, psum, cnt = sums[:, :10], sums[:, 10:13].float(), sums[:, 13].float()
     if regularization_weight > 0:
         mean = psum / cnt[:, None]
-        s = (regularization_weight * cnt).to(_F64)
-        Qr = torch.zeros_like(Q)
-        Qr[:, :3, :3] = torch.eye(3, dtype=_F64, device=dev)
-        Qr[:, :3, 3] = -mean
-        Qr[:, 3, :3] = -mean
-        Qr[:, 3, 3] = (mean * mean).sum(-1)
-        Q = Q + s[:, None, None] * Qr
-    dual = solve(Q, coords, grid)
+        s = (regularization_weight * cnt).to(_F64)[:, None]
+        m = mean.to(_F64)
+        reg = torch.stack([torch.ones_like(m[:, 0]), torch.zeros_like(m[:, 0]), torch.zeros_like(m[:, 0]), -m[:, 0],
+                           torch.ones_like(m[:, 0]), torch.zeros_like(m[:, 0]), -m[:, 1], torch.ones_like(m[:, 0]),
+                           -m[:, 2], (m * m).sum(-1)], 1)
+        q = q + s * reg
+    dual = solve(q, coords, grid)
     return coords.int(), dual, flags
 
 
