@@ -197,7 +197,7 @@ def _face_pairs(tris: torch.Tensor, normals: torch.Tensor, grid: Grid, sorted_ke
     t, k = _expand(nu_ * nw_)
     iu = g(lo, u)[t] + k // nw_[t]
     iw = g(lo, w)[t] + k % nw_[t]
-    # Column slab [ks, ke) along ax, from the roots of the two extreme-corner plane distances (float64).
+    # Column slab [ks, ke) along ax: between the roots of the two extreme-corner plane distances (float64).
     nd, vd, Pd = n.to(_F64), vs.to(_F64), P.to(_F64)
     cc = torch.where(nd > 0, vd, torch.zeros_like(nd))
     d1 = (nd * (cc - Pd[:, 0])).sum(-1)
@@ -207,8 +207,9 @@ def _face_pairs(tris: torch.Tensor, normals: torch.Tensor, grid: Grid, sorted_ke
     nk = g(nd[t], tax) * vd[tax]
     k1, k2 = -(base + d1[t]) / nk, -(base + d2[t]) / nk
     lo_ax, hi_ax = g(lo[t], tax), g(hi[t], tax)
-    ks = torch.maximum(torch.floor(torch.clamp(torch.minimum(k1, k2) - 1, -1.0, 1e9)).long(), lo_ax)
-    ke = torch.minimum(torch.floor(torch.clamp(torch.maximum(k1, k2) + 1, -1.0, 1e9)).long() + 1, hi_ax)
+    margin = 0.01  # float32 rounding of the exact test stays far inside this (see scan_numba._SLAB_MARGIN)
+    ks = torch.maximum(torch.ceil(torch.clamp(torch.minimum(k1, k2) - margin, -1.0, 1e9)).long(), lo_ax)
+    ke = torch.minimum(torch.floor(torch.clamp(torch.maximum(k1, k2) + margin, -1.0, 1e9)).long() + 1, hi_ax)
     col, kk = _expand((ke - ks).clamp_min(0))
     tt = t[col]
     q = torch.empty((len(col), 3), dtype=torch.long, device=dev)
