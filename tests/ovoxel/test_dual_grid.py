@@ -235,3 +235,58 @@ def test_torch_backend_matches_numba_on_cpu(maker, G):
     a = mesh_to_dual_grid(mesh.vertices, mesh.faces, G)
     b = mesh_to_dual_grid(mesh.vertices, mesh.faces, G, backend="torch")
     assert_backends_agree(a, b, G)
+
+
+def test_split_rules():
+    mesh = shapes.icosphere()
+    coords, dual, inter = mesh_to_dual_grid(mesh.vertices, mesh.faces, 32)
+    local = to_local(coords, dual, 1 / 32)
+    v, f_ref = dual_grid_to_mesh(coords, local, inter, 32, split="reference", orient=False)
+    _, f_angle = dual_grid_to_mesh(coords, local, inter, 32, split="angle", orient=False)
+    quads_ref, quads_angle = f_ref.reshape(-1, 2, 3), f_angle.reshape(-1, 2, 3)
+    # Reference quirk: always diagonal q0-q2, i.e. triangles (q0,q1,q2), (q0,q2,q3) sharing their first vertex.
+    assert (quads_ref[:, 0, 0] == quads_ref[:, 1, 0]).all()
+    changed = (quads_ref != quads_angle).any((1, 2))
+    assert 0 < changed.mean() < 0.6
+
+    def bend(quads):  # 1 - cos between the two triangles' normals
+        t = v[quads].astype(np.float64)
+        n = np.cross(t[:, :, 1] - t[:, :, 0], t[:, :, 2] - t[:, :, 0])
+        n /= np.linalg.norm(n, axis=-1, keepdims=True)
+        return 1 - (n[:, 0] * n[:, 1]).sum(-1)
+
+    assert (bend(quads_angle) <= bend(quads_ref) + 1e-6).all()
+    # With split weights: g0*g2 > g1*g3 -> q0-q2.
+    gamma = np.random.default_rng().uniform(0.5, 2.0, len(coords))
+    _, f_w = dual_grid_to_mesh(coords, local, inter, 32, split_weight=gamma, orient=False)
+    qw = f_w.reshape(-1, 2, 3)
+    first = qw[:, 0, 0] == qw[:, 1, 0]
+    q0, q1, q2 = quads_ref[:, 0, 0], quads_ref[:, 0, 1], quads_ref[:, 0, 2]
+    q3 = quads_ref[:, 1, 2]
+    assert np.array_equal(first, gamma[q0] * gamma[q2] > gamma[q1] * gamma[q3])
+
+
+def test_train_mode_adds_a_weighted_midpoint_per_quad():
+    mesh = shapes.icosphere()
+    coords, dual, inter = mesh_to_dual_grid(mesh.vertices, mesh.faces, 16)
+    local = torch.from_numpy(to_local(coords, dual, 1 / 16))
+    gamma = torch.rand(len(coords), dtype=torch.float32) + 0.5
+    gamma.requires_grad_(True)
+    v, f = dual_grid_to_mesh(torch.from_numpy(coords), local, torch.from_numpy(inter), 16, split_weight=gamma,
+                             train=True)
+    n_quads = int(inter.sum())
+    assert v.shape == (len(coords) + n_quads, 3) and f.shape == (4 * n_quads, 3)
+    v[len(coords):].sum().backward()  # the mid-points are differentiable in the split weights
+    assert gamma.grad is not None and gamma.grad.abs().sum() > 0
+
+
+def test_surfaces_on_the_box_faces_lo_kept_hi_dropped():
+    # Quirk 6: a crossing at h in (-1 voxel, 0] is kept in layer 0, one at h = G is dropped.
+    sq = shapes.square()
+    lo_v = sq.vertices.copy()
+    lo_v[:, 2] = -0.5
+    hi_v = sq.vertices.copy()
+    hi_v[:, 2] = 0.5
+    assert len(mesh_to_dual_grid(lo_v, sq.faces, 16)[0]) > 0
+    coords, _, _ = mesh_to_dual_grid(hi_v, sq.faces, 16)
+    assert len(coords) == 0
