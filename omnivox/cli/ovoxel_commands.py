@@ -15,19 +15,19 @@ def demo(
     out: Path = typer.Option(Path("omnivox-demo"), "--out", "-o", help="Output folder."),
     resolution: int = typer.Option(256, "--resolution", "-r", help="Grid resolution per axis."),
 ) -> None:
-    """Build textured shapes in code, convert them to O-Voxel and back, and report round-trip fidelity."""
+    """Build textured shapes in code, convert them to O-Voxel and back (.vxz, .ply, textured .glb), report fidelity."""
     from omnivox.demo import run_demo
 
     results = run_demo(out, resolution)
     typer.echo(f"O-Voxel round trip at {resolution}^3 (mesh -> O-Voxel -> .vxz -> mesh), outputs in {out}/")
     header = (f"{'shape':<8} {'tris':>6} {'voxels':>9} {'Chamfer x1e6':>13} {'normal cons.':>13} "
-              f"{'.vxz KiB':>9} {'geom s':>7} {'mat s':>7} {'io s':>6} {'mesh s':>7}")
+              f"{'.vxz KiB':>9} {'geom s':>7} {'mat s':>7} {'io s':>6} {'mesh s':>7} {'glb s':>6}")
     typer.echo(header)
     typer.echo("-" * len(header))
     for r in results:
         typer.echo(f"{r.name:<8} {r.triangles:>6} {r.voxels:>9,} {r.chamfer_x1e6:>13.4f} {r.normal_consistency:>13.5f} "
                    f"{r.vxz_bytes / 1024:>9.1f} {r.seconds_geometry:>7.3f} {r.seconds_materials:>7.3f} "
-                   f"{r.seconds_write_read:>6.3f} {r.seconds_extract:>7.3f}")
+                   f"{r.seconds_write_read:>6.3f} {r.seconds_extract:>7.3f} {r.seconds_export:>6.2f}")
     typer.echo(f"metrics: {out / 'metrics.json'}")
 
 

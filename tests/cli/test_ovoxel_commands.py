@@ -18,6 +18,8 @@ def test_demo_writes_outputs_and_reports_fidelity(tmp_path):
     for shape in metrics["shapes"]:
         assert (tmp_path / f"{shape['name']}.vxz").stat().st_size > 0
         assert (tmp_path / f"{shape['name']}.ply").stat().st_size > 0
+        glb = tmp_path / f"{shape['name']}.glb"
+        assert glb.read_bytes()[:4] == b"glTF" and shape["glb_bytes"] == glb.stat().st_size
         assert shape["voxels"] > 0
         # Round trip within a fraction of a voxel (1/64): Chamfer (squared) well below one voxel squared.
         assert shape["chamfer_x1e6"] < 0.05 * (1e6 / 64**2)
