@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from omnivox.ovoxel.grid import Grid
+from omnivox.ovoxel.kernels import hashtable
 
 BACKENDS = ("auto", "numba", "torch")
 
@@ -245,45 +246,6 @@ def _push_pull(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- numba CPU path (hash table)
 
 
-@numba.njit(inline="always")
-def _slot(key, mask):
-    # splitmix64 finaliser: neighbouring voxel keys land in unrelated slots.
-    x = np.uint64(key)
-    x ^= x >> np.uint64(33)
-    x *= np.uint64(0xFF51AFD7ED558CCD)
-    x ^= x >> np.uint64(33)
-    return np.int64(x & np.uint64(mask))
-
-
-@numba.njit(cache=True)
-def _build_table(keys):
-    capacity = 16
-    while capacity < 2 * keys.shape[0]:
-        capacity *= 2
-    slot_keys = np.full(capacity, -1, np.int64)
-    slot_rows = np.zeros(capacity, np.int64)
-    for row in range(keys.shape[0]):
-        h = _slot(keys[row], capacity - 1)
-        while slot_keys[h] != -1:
-            h = (h + 1) & (capacity - 1)
-        slot_keys[h] = keys[row]
-        slot_rows[h] = row
-    return slot_keys, slot_rows
-
-
-@numba.njit(inline="always")
-def _probe(slot_keys, slot_rows, key):
-    mask = slot_keys.shape[0] - 1
-    h = _slot(key, mask)
-    while True:
-        k = slot_keys[h]
-        if k == key:
-            return slot_rows[h]
-        if k == -1:
-            return -1
-        h = (h + 1) & mask
-
-
 @numba.njit(parallel=True, cache=True)
 def _trilinear_kernel(g, resolution, slot_keys, slot_rows, table, radius, out, found):
     channels = table.shape[1]
@@ -306,7 +268,7 @@ def _trilinear_kernel(g, resolution, slot_keys, slot_rows, table, radius, out, f
             cz = np.int64(bz) + dz
             if cx < 0 or cy < 0 or cz < 0 or cx >= rx or cy >= ry or cz >= rz:
                 continue
-            row = _probe(slot_keys, slot_rows, (cx * ry + cy) * rz + cz)
+            row = hashtable.lookup(slot_keys, slot_rows, (cx * ry + cy) * rz + cz)
             if row < 0:
                 continue
             w = (fx if dx else 1.0 - fx) * (fy if dy else 1.0 - fy) * (fz if dz else 1.0 - fz)
@@ -330,7 +292,7 @@ def _trilinear_kernel(g, resolution, slot_keys, slot_rows, table, radius, out, f
                     cx, cy, cz = hx + ox, hy + oy, hz + oz
                     if cx < 0 or cy < 0 or cz < 0 or cx >= rx or cy >= ry or cz >= rz:
                         continue
-                    row = _probe(slot_keys, slot_rows, (cx * ry + cy) * rz + cz)
+                    row = hashtable.lookup(slot_keys, slot_rows, (cx * ry + cy) * rz + cz)
                     if row < 0:
                         continue
                     d = (cx + 0.5 - g[p, 0]) ** 2 + (cy + 0.5 - g[p, 1]) ** 2 + (cz + 0.5 - g[p, 2]) ** 2
@@ -347,7 +309,7 @@ def _sample_sparse_trilinear_numba(coords, attributes, grid, points, fallback_ra
     resolution = np.asarray(grid.resolution, np.int64)
     c = coords.detach().cpu().numpy().astype(np.int64)
     keys = (c[:, 0] * resolution[1] + c[:, 1]) * resolution[2] + c[:, 2]
-    slot_keys, slot_rows = _build_table(keys)
+    slot_keys, slot_rows = hashtable.build(keys)
     table = np.ascontiguousarray(attributes.detach().cpu().numpy(), dtype=np.float32)
     g = (points.detach().cpu().numpy().astype(np.float64) - grid.lo.astype(np.float64)) / grid.voxel_size.astype(
         np.float64)

@@ -290,3 +290,20 @@ def test_surfaces_on_the_box_faces_lo_kept_hi_dropped():
     assert len(mesh_to_dual_grid(lo_v, sq.faces, 16)[0]) > 0
     coords, _, _ = mesh_to_dual_grid(hi_v, sq.faces, 16)
     assert len(coords) == 0
+
+
+def test_triangle_voxel_pairs_follow_the_geometry_order():
+    from omnivox.ovoxel import triangle_voxel_pairs
+    from omnivox.ovoxel.kernels import scan_torch
+
+    mesh = shapes.open_hemisphere()
+    grid = Grid.make(48)
+    tris = (mesh.vertices.astype(np.float32) - grid.lo)[mesh.faces].astype(np.float32)
+    tri, pair_coords = triangle_voxel_pairs(tris, grid)
+    coords, _, _ = mesh_to_dual_grid(mesh.vertices, mesh.faces, 48)
+    _, first = np.unique(pair_coords, axis=0, return_index=True)
+    assert np.array_equal(pair_coords[np.sort(first)], coords)  # first appearance order == geometry order
+    assert len(np.unique(np.concatenate([tri[:, None], pair_coords], 1), axis=0)) == len(tri)  # unique per triangle
+    assert (np.diff(tri) >= 0).all()  # scan order: triangle by triangle
+    t2, c2 = scan_torch.triangle_voxel_pairs(torch.from_numpy(tris), grid)
+    assert np.array_equal(tri, t2.numpy()) and np.array_equal(pair_coords, c2.numpy())

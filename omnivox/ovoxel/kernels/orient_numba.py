@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from omnivox.ovoxel.kernels.scan_numba import _EMPTY, _insert, _lookup, _table_capacity
+from omnivox.ovoxel.kernels import hashtable
 
 # Corner offsets per axis (spec ovoxel.md section 3 table): [axis, corner, xyz].
 QUAD_OFFSETS = np.array(
@@ -23,10 +23,9 @@ def assemble_quads(coords, flags, res, offsets):
     """(Q, 4) int64 voxel indices of every complete quad (voxel order, then axis x, y, z) and (Q,) its axis."""
     n = coords.shape[0]
     gy, gz = np.int64(res[1]), np.int64(res[2])
-    tk = np.full(_table_capacity(max(n, 8)), _EMPTY, dtype=np.int64)
-    tv = np.empty(tk.shape[0], dtype=np.int32)
+    tk, tv = hashtable.new_table(n)
     for i in range(n):
-        _insert(tk, tv, (np.int64(coords[i, 0]) * gy + coords[i, 1]) * gz + coords[i, 2], i)
+        hashtable.insert(tk, tv, (np.int64(coords[i, 0]) * gy + coords[i, 1]) * gz + coords[i, 2], i)
     total = 0
     for i in range(n):
         for a in range(3):
@@ -47,7 +46,7 @@ def assemble_quads(coords, flags, res, offsets):
                 if x >= res[0] or y >= res[1] or z >= res[2]:
                     ok = False
                     break
-                v = _lookup(tk, tv, (np.int64(x) * gy + y) * gz + z)
+                v = hashtable.lookup(tk, tv, (np.int64(x) * gy + y) * gz + z)
                 if v < 0:
                     ok = False
                     break
@@ -97,8 +96,7 @@ def orient_components(faces, vertices, hint_flip):
     F = faces.shape[0]
     nv = np.int64(vertices.shape[0])
     # Undirected edge table: key -> edge id; per edge its face count and first two faces.
-    tk = np.full(_table_capacity(3 * F + 8), _EMPTY, dtype=np.int64)
-    tv = np.empty(tk.shape[0], dtype=np.int32)
+    tk, tv = hashtable.new_table(3 * F)
     edge_of = np.empty((F, 3), dtype=np.int64)
     count = np.zeros(3 * F, dtype=np.int32)
     first = np.full((3 * F, 2), -1, dtype=np.int64)
@@ -107,7 +105,7 @@ def orient_components(faces, vertices, hint_flip):
         for c in range(3):
             a, b = faces[f, c], faces[f, (c + 1) % 3]
             key = min(a, b) * nv + max(a, b)
-            e = _insert(tk, tv, key, n_edges)
+            e = hashtable.insert(tk, tv, key, n_edges)
             if e == n_edges:
                 n_edges += 1
             edge_of[f, c] = e

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-_EMPTY = np.int64(-1)
+from omnivox.ovoxel.kernels import hashtable
+
 
 
 @nb.njit(cache=True, inline="always")
@@ -201,6 +202,17 @@ def brick_lookup(directory, dims, bricks, x, y, z):
     return bricks[np.int64(b) * BRICK_VOLUME + _slot_in_brick(x, y, z)]
 
 
+@nb.njit(cache=True, inline="always")
+def _around_edge(owner, m, a, b, da, db):
+    """Voxel (da, db) of the 4 around crossing m's edge: owner + da * e_a + db * e_b."""
+    q0, q1, q2 = owner[m, 0], owner[m, 1], owner[m, 2]
+    if da == 1:
+        q0, q1, q2 = (q0 + 1, q1, q2) if a == 0 else ((q0, q1 + 1, q2) if a == 1 else (q0, q1, q2 + 1))
+    if db == 1:
+        q0, q1, q2 = (q0 + 1, q1, q2) if b == 0 else ((q0, q1 + 1, q2) if b == 1 else (q0, q1, q2 + 1))
+    return q0, q1, q2
+
+
 @nb.njit(cache=True)
 def allocate_bricks(directory, dims, owner, axis):
     """Give every brick touched by a crossing's 4 voxels a block of voxel slots (all -1)."""
@@ -211,62 +223,12 @@ def allocate_bricks(directory, dims, owner, axis):
         b = (c + 2) % 3
         for da in range(2):
             for db in range(2):
-                q0, q1, q2 = owner[m, 0], owner[m, 1], owner[m, 2]
-                if da == 1:
-                    q0, q1, q2 = (q0 + 1, q1, q2) if a == 0 else ((q0, q1 + 1, q2) if a == 1 else (q0, q1, q2 + 1))
-                if db == 1:
-                    q0, q1, q2 = (q0 + 1, q1, q2) if b == 0 else ((q0, q1 + 1, q2) if b == 1 else (q0, q1, q2 + 1))
+                q0, q1, q2 = _around_edge(owner, m, a, b, da, db)
                 k = _brick_of(dims, q0, q1, q2)
                 if directory[k] < 0:
                     directory[k] = count
                     count += 1
     return np.full(count * BRICK_VOLUME, -1, dtype=np.int32)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Voxel table: open addressing on int64 keys, values = voxel index in first-touch order.
-
-
-@nb.njit(cache=True, inline="always")
-def _slot(key, mask):
-    h = np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)
-    return np.int64(h >> np.uint64(20)) & mask
-
-
-@nb.njit(cache=True)
-def _lookup(table_keys, table_vals, key):
-    mask = table_keys.shape[0] - 1
-    s = _slot(key, mask)
-    while True:
-        k = table_keys[s]
-        if k == key:
-            return table_vals[s]
-        if k == _EMPTY:
-            return -1
-        s = (s + 1) & mask
-
-
-@nb.njit(cache=True)
-def _insert(table_keys, table_vals, key, value):
-    mask = table_keys.shape[0] - 1
-    s = _slot(key, mask)
-    while True:
-        k = table_keys[s]
-        if k == key:
-            return table_vals[s]
-        if k == _EMPTY:
-            table_keys[s] = key
-            table_vals[s] = value
-            return value
-        s = (s + 1) & mask
-
-
-@nb.njit(cache=True)
-def _table_capacity(n):
-    cap = 16
-    while cap < 2 * n:
-        cap *= 2
-    return cap
 
 
 @nb.njit(cache=True)
@@ -293,11 +255,7 @@ def accumulate_crossings(tri, axis, owner, point, quadrics, res):
         t = tri[m]
         for da in range(2):
             for db in range(2):
-                q0, q1, q2 = owner[m, 0], owner[m, 1], owner[m, 2]
-                if da == 1:
-                    q0, q1, q2 = (q0 + 1, q1, q2) if a == 0 else ((q0, q1 + 1, q2) if a == 1 else (q0, q1, q2 + 1))
-                if db == 1:
-                    q0, q1, q2 = (q0 + 1, q1, q2) if b == 0 else ((q0, q1 + 1, q2) if b == 1 else (q0, q1, q2 + 1))
+                q0, q1, q2 = _around_edge(owner, m, a, b, da, db)
                 slot = np.int64(directory[_brick_of(dims, q0, q1, q2)]) * BRICK_VOLUME + _slot_in_brick(q0, q1, q2)
                 v = bricks[slot]
                 if v < 0:
@@ -327,16 +285,6 @@ def accumulate_crossings(tri, axis, owner, point, quadrics, res):
                 if da == 0 and db == 0:
                     flags[v] |= np.uint8(1 << c)
     return coords[:n].copy(), psum[:n].copy(), cnt[:n].copy(), flags[:n].copy(), Q[:n].copy(), directory, dims, bricks
-
-
-@nb.njit(cache=True)
-def _rehash(tk, tv, new_cap):
-    nk = np.full(new_cap, _EMPTY, dtype=np.int64)
-    nv = np.empty(new_cap, dtype=np.int32)
-    for s in range(tk.shape[0]):
-        if tk[s] != _EMPTY:
-            _insert(nk, nv, tk[s], tv[s])
-    return nk, nv
 
 
 @nb.njit(cache=True)
@@ -676,8 +624,8 @@ def first_touch_pairs(tri, axis, owner, res):
     out_t = np.empty(4 * M, dtype=np.int64)
     out_c = np.empty((4 * M, 3), dtype=np.int32)
     gy, gz = np.int64(res[1]), np.int64(res[2])
-    tk = np.full(_table_capacity(max(16, M + 16)), _EMPTY, dtype=np.int64)
-    tv = np.empty(tk.shape[0], dtype=np.int32)
+    # At most 4M voxels; size the table once so it never needs to grow.
+    tk, tv = hashtable.new_table(4 * M + 16)
     last_tri = np.full(max(16, M + 16), -1, dtype=np.int64)  # per voxel: the last triangle that emitted it
     n_vox = 0
     n = 0
@@ -688,19 +636,15 @@ def first_touch_pairs(tri, axis, owner, res):
         b = (c + 2) % 3
         for da in range(2):
             for db in range(2):
-                q = owner[m].copy()
-                q[a] += da
-                q[b] += db
+                q = _around_edge(owner, m, a, b, da, db)
                 key = (np.int64(q[0]) * gy + q[1]) * gz + q[2]
-                v = _insert(tk, tv, key, n_vox)
+                v = hashtable.insert(tk, tv, key, n_vox)
                 if v == n_vox:
                     n_vox += 1
                     if n_vox == last_tri.shape[0]:
                         grown = np.full(2 * n_vox, -1, dtype=np.int64)
                         grown[:n_vox] = last_tri
                         last_tri = grown
-                    if 2 * n_vox > tk.shape[0]:
-                        tk, tv = _rehash(tk, tv, 2 * tk.shape[0])
                 if last_tri[v] != t:
                     last_tri[v] = t
                     out_t[n] = t
@@ -714,8 +658,7 @@ def boundary_edge_keys(faces, num_vertices):
     """Keys ``min * V + max`` of the undirected edges used by exactly one face (unsorted), by counting in a hash."""
     F = faces.shape[0]
     nv = np.int64(num_vertices)
-    tk = np.full(_table_capacity(3 * F + 8), _EMPTY, dtype=np.int64)
-    tv = np.empty(tk.shape[0], dtype=np.int32)
+    tk, tv = hashtable.new_table(3 * F)
     counts = np.zeros(3 * F + 1, dtype=np.int32)
     keys = np.empty(3 * F + 1, dtype=np.int64)
     n = 0
@@ -723,7 +666,7 @@ def boundary_edge_keys(faces, num_vertices):
         for c in range(3):
             a, b = faces[f, c], faces[f, (c + 1) % 3]
             key = min(a, b) * nv + max(a, b)
-            e = _insert(tk, tv, key, n)
+            e = hashtable.insert(tk, tv, key, n)
             if e == n:
                 keys[n] = key
                 n += 1
