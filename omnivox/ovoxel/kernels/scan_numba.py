@@ -343,6 +343,16 @@ def _overlaps(P, n, vs, x, y, z):
 _SLAB_MARGIN = 0.01
 
 
+@nb.njit(cache=True, inline="always")
+def _bbox_cells(P, vs, res, i):
+    """Voxel range [lo, hi) of a triangle's bounding box along axis i (spec 2.3: trunc, +1, clamped)."""
+    mn = min(P[0, i], min(P[1, i], P[2, i]))
+    mx = max(P[0, i], max(P[1, i], P[2, i]))
+    a = mn / vs[i]
+    b = mx / vs[i] + np.float32(1.0)
+    return max(int(max(a, np.float32(-1.0))), 0), min(int(min(b, np.float32(res[i] + 1))), res[i])
+
+
 @nb.njit(cache=True)
 def _face_candidates(P, n, vs, res, directory, dims, bricks, out, start, write):
     """Existing voxels overlapping triangle P. Counts, and with ``write`` stores their indices from ``start``.
@@ -351,16 +361,12 @@ def _face_candidates(P, n, vs, res, directory, dims, bricks, out, start, write):
     dominant normal axis, the voxels between the roots of the plane test, which contain every voxel that can pass it,
     so the accepted set is the same at a fraction of the work.
     """
-    lo = np.empty(3, dtype=np.int64)
-    hi = np.empty(3, dtype=np.int64)
-    for i in range(3):
-        mn = min(P[0, i], min(P[1, i], P[2, i]))
-        mx = max(P[0, i], max(P[1, i], P[2, i]))
-        a = mn / vs[i]
-        b = mx / vs[i] + np.float32(1.0)
-        lo[i] = max(int(max(a, np.float32(-1.0))), 0)
-        hi[i] = min(int(min(b, np.float32(res[i] + 1))), res[i])
-    gy, gz = np.int64(res[1]), np.int64(res[2])
+    # Scalars and tuples only: this runs twice per triangle, and heap allocations here dominated its cost.
+    l0, h0 = _bbox_cells(P, vs, res, 0)
+    l1, h1 = _bbox_cells(P, vs, res, 1)
+    l2, h2 = _bbox_cells(P, vs, res, 2)
+    lo = (l0, l1, l2)
+    hi = (h0, h1, h2)
     ax = 0
     if abs(n[1]) > abs(n[ax]):
         ax = 1
@@ -370,9 +376,8 @@ def _face_candidates(P, n, vs, res, directory, dims, bricks, out, start, write):
     w = (ax + 2) % 3
     count = 0
     nk = np.float64(n[ax]) * np.float64(vs[ax])
-    c = np.empty(3, dtype=np.float64)
-    for i in range(3):
-        c[i] = vs[i] if n[i] > 0 else 0.0
+    c = (np.float64(vs[0]) if n[0] > 0 else 0.0, np.float64(vs[1]) if n[1] > 0 else 0.0,
+         np.float64(vs[2]) if n[2] > 0 else 0.0)
     for iu in range(lo[u], hi[u]):
         for iw in range(lo[w], hi[w]):
             if nk != 0.0:
