@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnivox.models.layers import LayerNorm32
+from omnivox.models.sc_vae_chunks import check_chunk_voxels, decode_tail_in_chunks
 from omnivox.sparse.functional import (channel_to_space, invert_space_to_channel, space_to_channel,
                                        submanifold_conv3d)
 from omnivox.sparse.maps import DownsampleMap
@@ -396,6 +397,20 @@ class SparseUnetVaeDecoder(nn.Module):
             raise TypeError("guide_subdivisions must hold SparseTensors of (N, 8) logits")
         return list(given)
 
+    @staticmethod
+    def _check_guide(h: SparseTensor, guide, stage: int) -> None:
+        """Raise ValueError unless a logits or map guide belongs to ``h``'s voxels (None passes)."""
+        if isinstance(guide, DownsampleMap):
+            coarse = guide.coarse_coords
+            if coarse.shape != h.coords.shape or (coarse is not h.coords and not torch.equal(coarse, h.coords)):
+                raise ValueError(f"downsample_maps: the map for upsampling stage {stage} expects "
+                                 f"{coarse.shape[0]} coarse voxels that differ from the decoder's "
+                                 f"{h.num_voxels} voxels at that stage: the map belongs to another voxel set")
+        elif guide is not None and (guide.feats.shape != (h.num_voxels, 8)
+                                    or (guide.coords is not h.coords and not torch.equal(guide.coords, h.coords))):
+            raise ValueError(f"guide_subdivisions[{stage}] must be (N, 8) logits on the decoder's coords at that "
+                             f"stage ({h.num_voxels} voxels, same row order), got {tuple(guide.feats.shape)}")
+
     def _upsample(self, block: UpsampleBlock, h: SparseTensor, guide, stage: int, chunk_rows: Optional[int]):
         """Run one upsampling block; returns ``(output, predicted logits or None)``."""
         if guide is None:
@@ -403,16 +418,23 @@ class SparseUnetVaeDecoder(nn.Module):
             return block(h, subdivision=logits.feats > 0, chunk_rows=chunk_rows), logits
         if isinstance(guide, DownsampleMap):
             return block(h, downsample_map=guide, chunk_rows=chunk_rows), None
-        if guide.feats.shape != (h.num_voxels, 8) or (guide.coords is not h.coords
-                                                        and not torch.equal(guide.coords, h.coords)):
-            raise ValueError(f"guide_subdivisions[{stage}] must be (N, 8) logits on the decoder's coords at that "
-                             f"stage ({h.num_voxels} voxels, same row order), got {tuple(guide.feats.shape)}")
+        self._check_guide(h, guide, stage)
         return block(h, subdivision=guide.feats > 0, chunk_rows=chunk_rows), None
+
+    def _head(self, feats: torch.Tensor, chunk_rows: Optional[int]) -> torch.Tensor:
+        """Final non-affine LayerNorm and ``output_layer``: ``(M, C)`` -> ``(M, out_channels) float32``."""
+        return _rowwise(lambda f: self.output_layer(F.layer_norm(f.float(), f.shape[-1:], eps=1e-5)), feats,
+                        chunk_rows)
 
     def _run_stages(self, z: SparseTensor, guides: list, num_stages: int, chunk_rows: Optional[int]):
         h = z.replace(self.from_latent(z.feats.float()).to(_blocks_dtype(self.config.use_fp16)))
+        return self._run_stages_from(h, guides, 0, chunk_rows, stop=num_stages)
+
+    def _run_stages_from(self, h: SparseTensor, guides: list, start: int, chunk_rows: Optional[int],
+                         stop: Optional[int] = None):
+        """Run stages ``start .. stop - 1`` (default: to the end); returns ``(h, predicted logits tuple)``."""
         logits = []
-        for s in range(num_stages):
+        for s in range(start, len(self.blocks) if stop is None else stop):
             for block in self.blocks[s]:
                 if isinstance(block, UpsampleBlock):
                     h, predicted = self._upsample(block, h, guides[s], s, chunk_rows)
@@ -424,7 +446,7 @@ class SparseUnetVaeDecoder(nn.Module):
 
     def forward(self, z: SparseTensor, guide_subdivisions: Optional[Sequence[SparseTensor]] = None,
                 downsample_maps: Optional[Sequence[DownsampleMap]] = None,
-                chunk_rows: Optional[int] = None) -> DecoderOutput:
+                chunk_rows: Optional[int] = None, chunk_voxels: Optional[int] = None) -> DecoderOutput:
         """Decode a structured latent to full-resolution voxels.
 
         Args:
@@ -434,18 +456,34 @@ class SparseUnetVaeDecoder(nn.Module):
             downsample_maps: the four maps of `EncoderOutput` (finest first): upsample onto exactly the
                 encoder's voxels; the output rows are then the encoder input's rows, in order.
             chunk_rows: if set, run per-voxel work (norms, activations, MLPs, output layer) at most this many
-                rows at a time (low-memory mode; equal up to GEMM rounding). Convolutions and resampling still
-                see all rows.
+                rows at a time (bounds the wide per-voxel temporaries; equal up to GEMM rounding).
+                Convolutions and resampling still see all rows.
+            chunk_voxels: low-memory mode. If set, the last two stages (where most voxels live: the blocks
+                of the second-to-last stage, the last upsampling, the last stage and the output head) run on
+                spatial groups of this many voxels of the second-to-last level, each with the halo of
+                neighbours that makes it exact (`omnivox.models.sc_vae_chunks`). Same voxels, same row
+                order and same values up to GEMM rounding; lower peak memory, some halo work repeated.
+                Combine with ``chunk_rows`` for the lowest peak.
 
         Returns:
             `DecoderOutput`.
         """
         self._check_latent(z)
-        h, logits = self._run_stages(z, self._guides(guide_subdivisions, downsample_maps),
-                                     len(self.blocks), chunk_rows)
-        feats = _rowwise(lambda f: self.output_layer(F.layer_norm(f.float(), f.shape[-1:], eps=1e-5)), h.feats,
-                         chunk_rows)
-        return DecoderOutput(voxels=h.replace(feats), subdivision_logits=logits)
+        check_chunk_voxels(chunk_voxels, len(self.blocks))
+        guides = self._guides(guide_subdivisions, downsample_maps)
+        if chunk_voxels is None:
+            h, logits = self._run_stages(z, guides, len(self.blocks), chunk_rows)
+            return DecoderOutput(voxels=h.replace(self._head(h.feats, chunk_rows)), subdivision_logits=logits)
+        tail_stage = len(self.blocks) - 2
+        h, logits = self._run_stages(z, guides, tail_stage, chunk_rows)
+        self._check_guide(h, guides[tail_stage], tail_stage)
+        if h.num_voxels <= chunk_voxels:  # one group would be the whole set: the plain path is the same
+            h, last = self._run_stages_from(h, guides, tail_stage, chunk_rows)
+            return DecoderOutput(voxels=h.replace(self._head(h.feats, chunk_rows)), subdivision_logits=logits + last)
+        voxels, last_logits = decode_tail_in_chunks(self, h, guides[tail_stage], chunk_voxels, chunk_rows)
+        if last_logits is not None:
+            logits = logits + (last_logits,)
+        return DecoderOutput(voxels=voxels, subdivision_logits=logits)
 
     def upsample(self, z: SparseTensor, upsample_times: int, chunk_rows: Optional[int] = None) -> torch.Tensor:
         """Predicted active voxels after ``upsample_times`` stages (cascade generation, spec 4.3).
@@ -501,17 +539,19 @@ class FlexiDualGridVaeDecoder(SparseUnetVaeDecoder):
             raise ValueError(f"resolution must be a positive int, got {resolution!r}")
         self.resolution = resolution
 
-    def forward(self, z: SparseTensor, chunk_rows: Optional[int] = None) -> FlexiDualGridOutput:
+    def forward(self, z: SparseTensor, chunk_rows: Optional[int] = None,
+                chunk_voxels: Optional[int] = None) -> FlexiDualGridOutput:
         """Decode a (denormalised) shape latent.
 
         Args:
             z: `SparseTensor` ``(N, 32)`` float on the latent grid.
             chunk_rows: see `SparseUnetVaeDecoder.forward`.
+            chunk_voxels: low-memory mode, see `SparseUnetVaeDecoder.forward`.
 
         Returns:
             `FlexiDualGridOutput`.
         """
-        out = super().forward(z, chunk_rows=chunk_rows)
+        out = super().forward(z, chunk_rows=chunk_rows, chunk_voxels=chunk_voxels)
         h, margin = out.voxels.feats, self.config.voxel_margin
         return FlexiDualGridOutput(
             coords=out.voxels.coords,
