@@ -10,12 +10,15 @@ What it measures (see docs/benchmarks/models.md for results):
 * the shape encoder (O-Voxel 1024 -> latent), the shape decoder (latent -> 1024, predicted subdivisions), the
   material decoder (guided by the shape decoder, and through the encoder's maps), fp16 as released, with
   float32-vs-fp16 errors; the sparse-structure decoder; DINOv3 ViT-L/16 at 512 and 1024 px;
+* the decoders' low-memory mode (``chunk_voxels``, section ``lowmem``, not run by default): peak memory and
+  time against the plain decoding, and that the outputs agree;
 * load time of each checkpoint written by `save_pretrained` (to the GPU and to host memory, with the peak
   host memory that loading added).
 
 Usage:
     python bench/bench_models.py prepare            # once, on a machine with numba + trimesh: real voxel data
     PYTHONUNBUFFERED=1 python bench/bench_models.py run --out results/   # on the GPU machine
+    python bench/bench_models.py run --sections lowmem --out results/  # decoders' low-memory mode only
     python bench/bench_models.py run --smoke --out /tmp/smoke            # tiny models on CPU (checks the script)
 
 Weights are random: timings and memory do not depend on the values, but subdivision predictions do; the
@@ -395,6 +398,61 @@ def bench_vaes(report: Report, args, voxels, flags, rates, workdir: Path) -> Non
     del material, fp32, ref, out
 
 
+def bench_low_memory(report: Report, args, voxels, flags) -> None:
+    """Peak memory and time of the decoders with and without ``chunk_voxels`` (low-memory mode, issue #5).
+
+    Every low-memory output is compared with the plain output of the same model: same voxels (in the same
+    order) and the relative error of the features.
+    """
+    device = args.device
+    vae_args = VAE_SMOKE if args.smoke else {}
+    sizes = [64, 256] if args.smoke else [262144, 131072, 65536]
+    gen = torch.Generator().manual_seed(4)
+    coords = torch.cat([torch.zeros(len(voxels), 1, dtype=torch.int64), voxels], 1).to(torch.int32).to(device)
+    vertices = SparseTensor.from_coords(coords, (0.5 + 0.25 * torch.randn(len(coords), 3, generator=gen)).to(device))
+    with torch.no_grad():
+        encoder = build_model("FlexiDualGridVaeEncoder", dict(vae_args), device=device)
+        latent = encoder(vertices, vertices.replace(flags.to(device)))
+        del encoder
+        z, maps = latent.mean, latent.downsample_maps
+        decoder = build_model("FlexiDualGridVaeDecoder", dict(resolution=1024, **vae_args), device=device)
+        make_informative(decoder, 5)
+        material = build_model("SparseUnetVaeDecoder", dict(out_channels=6, pred_subdiv=False, **vae_args),
+                               device=device)
+        make_informative(material, 6)
+        texture_z = z.replace(torch.randn(z.feats.shape, generator=gen).to(device))
+        shape = decoder(z)
+        guides = shape.subdivision_logits
+        report.add("lowmem/sizes", dict(latent_tokens=z.num_voxels, tail_input_voxels=guides[-1].num_voxels,
+                                        out_voxels=len(shape.coords), encoder_voxels=len(coords)))
+        cases = [
+            ("shape_decoder", lambda **kw: decoder(z, **kw), lambda o: (o.coords, o.vertices)),
+            ("material_guided", lambda **kw: material(texture_z, guide_subdivisions=guides, **kw),
+             lambda o: (o.voxels.coords, o.voxels.feats)),
+            ("material_maps", lambda **kw: material(texture_z, downsample_maps=maps, **kw),
+             lambda o: (o.voxels.coords, o.voxels.feats)),
+        ]
+        for name, call, unpack in cases:
+            plain, ms, peak = timed(call, device, warmup=1, iters=2)
+            plain_coords, plain_feats = unpack(plain)
+            del plain
+            report.add(f"lowmem/{name}/plain", dict(ms=ms, peak_GiB=peak))
+            options = [dict(chunk_rows=1 << 18)] + [dict(chunk_voxels=n) for n in sizes] + \
+                      [dict(chunk_voxels=n, chunk_rows=1 << 18) for n in sizes[-1:]]
+            for option in options:
+                out, ms_c, peak_c = timed(lambda: call(**option), device, warmup=1, iters=2)
+                out_coords, out_feats = unpack(out)
+                del out
+                label = ",".join(f"{k}={v}" for k, v in option.items())
+                report.add(f"lowmem/{name}/{label}", dict(
+                    ms=ms_c, peak_GiB=peak_c, peak_ratio_vs_plain=peak / peak_c if peak_c == peak_c else None,
+                    same_coords=bool(torch.equal(out_coords, plain_coords)),
+                    rel_err_vs_plain=rel_error(out_feats, plain_feats) if out_feats.shape == plain_feats.shape
+                    else None))
+                del out_coords, out_feats
+        del decoder, material
+
+
 def bench_ss_decoder_and_dino(report: Report, args, rates, workdir: Path) -> None:
     device = args.device
     small = dict(channels=[16, 8, 4], use_fp16=False) if args.smoke else {}  # CPU fp16 conv3d is very slow
@@ -458,6 +516,8 @@ def run(args) -> None:
                 bench_vaes(report, args, voxels, flags, rates, workdir)
             elif section == "dense":
                 bench_ss_decoder_and_dino(report, args, rates, workdir)
+            elif section == "lowmem":
+                bench_low_memory(report, args, voxels, flags)
         except Exception as error:  # keep going: a failed section must not lose the others' numbers
             report.add(f"error/{section}", f"{type(error).__name__}: {error}")
         if device == "cuda":
