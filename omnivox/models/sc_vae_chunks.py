@@ -15,13 +15,18 @@ head) runs on groups of the tail's input voxels instead:
 3. the grown group runs through the tail, and only the outputs that descend from own voxels are kept.
 
 The kept outputs are then put back in the order of the unchunked decoder. Results equal the unchunked ones
-up to GEMM rounding (matrix products over a different number of rows may round differently).
+up to GEMM rounding (matrix products over a different number of rows may round differently; on an H100 they
+were bit-identical, docs/benchmarks/models.md).
+
+What stays full-size: the tail's input, its neighbour map, the final outputs and everything before the tail.
+The mode is meant for inference (``torch.no_grad()``): under autograd every group's activations are kept for
+the backward pass, so the peak does not drop.
 """
 
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -186,5 +191,3 @@ def check_chunk_voxels(chunk_voxels, num_stages: int) -> None:
     if num_stages < 2:
         raise ValueError("chunk_voxels needs a decoder with at least one upsampling stage")
 
-
-__all__: Sequence[str] = ("tail_halo", "morton_order", "chunk_groups", "decode_tail_in_chunks")
