@@ -354,8 +354,10 @@ def _bbox_cells(P, vs, res, i):
 
 
 @nb.njit(cache=True)
-def _face_candidates(P, n, vs, res, directory, dims, bricks, out, start, write):
+def _face_candidates(P, n, vs, res, directory, dims, bricks, out, start, write, bound_only=False):
     """Existing voxels overlapping triangle P. Counts, and with ``write`` stores their indices from ``start``.
+
+    With ``bound_only`` returns just the number of candidate voxels (an upper bound, no look-ups or tests).
 
     The reference tests every voxel of the triangle's bounding box; we test only, per column along the triangle's
     dominant normal axis, the voxels between the roots of the plane test, which contain every voxel that can pass it,
@@ -395,6 +397,9 @@ def _face_candidates(P, n, vs, res, directory, dims, bricks, out, start, write):
                 ke = hi[ax] if kmax >= hi[ax] else min(hi[ax], np.int64(np.floor(kmax)) + 1)
             else:
                 ks, ke = lo[ax], hi[ax]
+            if bound_only:
+                count += max(ke - ks, 0)
+                continue
             for k in range(ks, ke):
                 q = (0, 0, 0)
                 if ax == 0:
@@ -423,17 +428,21 @@ def face_term(triangles, normals, quadrics, vs, res, directory, dims, bricks, Q)
     live = np.zeros(T, dtype=np.bool_)
     for t in range(T):
         live[t] = normals[t, 0] != 0 or normals[t, 1] != 0 or normals[t, 2] != 0
+    # Pass 1: a cheap upper bound per triangle (candidate count, no look-ups); pass 2: the real tests, once.
     for t in nb.prange(T):
         if live[t]:  # a degenerate triangle's quadric is zero: nothing to add
-            counts[t + 1] = _face_candidates(triangles[t], normals[t], vs, res, directory, dims, bricks, dummy, 0, False)
+            counts[t + 1] = _face_candidates(triangles[t], normals[t], vs, res, directory, dims, bricks, dummy, 0,
+                                             False, True)
     offsets = np.cumsum(counts)
     hits = np.empty(offsets[T], dtype=np.int32)
+    found = np.zeros(T, dtype=np.int64)
     for t in nb.prange(T):
         if live[t]:
-            _face_candidates(triangles[t], normals[t], vs, res, directory, dims, bricks, hits, offsets[t], True)
+            found[t] = _face_candidates(triangles[t], normals[t], vs, res, directory, dims, bricks, hits, offsets[t],
+                                        True)
     # Sequential in triangle order so every voxel's float32 sum has the reference's order.
     for t in range(T):
-        for h in range(offsets[t], offsets[t + 1]):
+        for h in range(offsets[t], offsets[t] + found[t]):
             v = hits[h]
             for k in range(10):
                 Q[v, k] += quadrics[t, k]
