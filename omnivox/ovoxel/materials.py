@@ -157,7 +157,8 @@ def scene_to_ovoxel(
         ``intersected`` (N, 1) = ``x + 2y + 4z`` edge flags, ``base_color`` (N, 3), ``metallic``,
         ``roughness``, ``alpha`` (N, 1) each, and ``emissive`` (N, 3) if requested. NumPy, on the CPU.
     """
-    from omnivox.ovoxel.dual_grid import mesh_to_dual_grid, to_local
+    from omnivox.ovoxel.dual_grid import mesh_to_dual_grid
+    from omnivox.ovoxel.packing import pack_geometry
 
     if not isinstance(scene, Scene):
         raise TypeError(f"scene_to_ovoxel: scene must be an omnivox.assets.Scene, got {type(scene).__name__}")
@@ -169,12 +170,7 @@ def scene_to_ovoxel(
     material_coords, attributes = voxelize_materials(scene, resolution, aabb, mip_level_offset, emissive, device)
     if not np.array_equal(material_coords.cpu().numpy(), coords):
         raise RuntimeError("internal error: geometry and material voxels differ; please report this asset")
-    local = to_local(coords, dual_vertices, grid.voxel_size)
-    record = {
-        "coords": coords,
-        "vertices": (np.clip(local, 0, 1) * 255).astype(np.uint8),
-        "intersected": (flags.astype(np.uint8) @ np.array([1, 2, 4], np.uint8))[:, None].astype(np.uint8),
-    }
+    record = {"coords": coords, **pack_geometry(coords, dual_vertices, flags, grid)}
     record.update({name: value.cpu().numpy() for name, value in attributes.items()})
     return record
 
