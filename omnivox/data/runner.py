@@ -1,0 +1,233 @@
+"""Running one stage over a shard of a dataset: sharding, a process pool, progress, records, crash safety.
+
+Every stage is a list of `Task`s (one per asset) and a module-level function ``work(task) -> Outcome`` that
+writes the asset's outputs and returns the rows to record. `run_stage`:
+
+* keeps only this rank's tasks (`in_shard`: a hash of the key modulo ``world_size``, so the split is
+  deterministic, covers every key exactly once, and does not move when other assets are added or finish);
+* runs them in-process (``workers=0``) or in a process pool (spawned workers, SIGINT ignored in workers,
+  numba and torch limited to one thread each so N workers use N cores), with at most ``2 * workers`` tasks in
+  flight;
+* appends each outcome's rows to per-run part files (`RecordWriter`) as soon as it arrives, so a crash loses
+  at most the assets in flight;
+* on Ctrl-C terminates its workers, closes the part files and re-raises;
+* if a worker process dies (out of memory, a segfault), restarts the pool and retries the assets that were
+  in flight; an asset in flight during two such deaths is recorded as failed.
+
+Outputs are written with `atomic_write` (a rank-tagged temp file in the same folder, then ``os.replace``), so
+a file either exists complete or not at all; `remove_stale_temps` deletes what a killed run of the same rank
+left behind.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import hashlib
+import logging
+import multiprocessing
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+
+from omnivox.data.metadata import RecordWriter
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class Task:
+    """One asset's work: ``key`` identifies it (sha256 or, before hashing, its path); ``payload`` is picklable."""
+
+    key: str
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What a worker reports: rows per stage folder (each with ``sha256``) and, if it failed, the reason."""
+
+    key: str
+    rows: Dict[str, dict] = field(default_factory=dict)
+    error: Optional[str] = None
+
+
+@dataclass
+class StageSummary:
+    """Counts of one run of a stage on one shard."""
+
+    total: int = 0  # tasks in this shard
+    skipped: int = 0  # already done (or failed earlier, without --retry-failed)
+    done: int = 0
+    failed: int = 0
+
+
+def in_shard(key: str, rank: int, world_size: int) -> bool:
+    """Whether ``key`` belongs to shard ``rank`` of ``world_size`` (stable hash of the key)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16) % world_size == rank
+
+
+def temp_path(path: Path, rank: int) -> Path:
+    return path.with_name(f".{path.name}.r{rank}.tmp")
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None], rank: int = 0) -> None:
+    """Call ``write(temp)`` then rename the temp file onto ``path`` (complete or absent, never partial)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_path(path, rank)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
+
+
+def remove_stale_temps(folders: Iterable[PathLike], rank: int) -> int:
+    """Delete temp files a killed run of this rank left in ``folders`` (other ranks' temps are untouched)."""
+    count = 0
+    suffix = f".r{rank}.tmp"
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            if entry.name.startswith(".") and entry.name.endswith(suffix):
+                os.unlink(entry.path)
+                count += 1
+            elif entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                # one level of per-asset folders (condition renders)
+                for inner in os.scandir(entry.path):
+                    if inner.name.startswith(".") and inner.name.endswith(suffix):
+                        os.unlink(inner.path)
+                        count += 1
+    return count
+
+
+def _init_worker(threads: int) -> None:
+    # The parent handles Ctrl-C and terminates the pool; workers must not die half-way through a write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # numba is a core dependency; tolerate its absence only in a stripped environment
+        pass
+
+
+def _guarded(work: Callable[[Task], Outcome], task: Task) -> Outcome:
+    try:
+        return work(task)
+    except MemoryError:
+        return Outcome(task.key, error="MemoryError: out of memory")
+    except Exception as error:  # noqa: BLE001 - a per-asset failure is recorded with its reason, never fatal
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return Outcome(task.key, error=f"{type(error).__name__}: {message}"[:500])
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="asset", smoothing=0.05, disable=not enabled, dynamic_ncols=True)
+
+
+def run_stage(tasks: Sequence[Task], work: Callable[[Task], Outcome], writers: Mapping[str, RecordWriter],
+              failure_rows: Callable[[Task, str], Dict[str, dict]], workers: int = 0, desc: str = "",
+              threads_per_worker: int = 1, progress: bool = True, mp_context: str = "spawn") -> StageSummary:
+    """Run ``work`` on every task and record the outcomes.
+
+    Args:
+        tasks: this shard's tasks that still need doing (filter with `in_shard` and the stage's records first).
+        work: module-level function (picklable) doing one task; its exceptions become failure records.
+        writers: stage folder name -> `RecordWriter` for the rows an outcome reports under that name.
+        failure_rows: rows to record for a failed task (done flags False, the reason in the error column).
+        workers: processes (0 = run in this process).
+        desc: progress bar label.
+        threads_per_worker: torch/numba threads in each worker.
+        progress: show the tqdm bar (rate and ETA) on stderr.
+        mp_context: multiprocessing start method for the pool.
+
+    Returns:
+        `StageSummary` with ``done`` and ``failed`` counts (``total``/``skipped`` are the caller's).
+    """
+    summary = StageSummary()
+    bar = _progress(len(tasks), desc, progress)
+
+    def record(task: Task, outcome: Outcome) -> None:
+        # A worker may describe its own failure (rows + error); otherwise the stage builds the failure rows.
+        rows = outcome.rows if outcome.rows or outcome.error is None else failure_rows(task, outcome.error)
+        for name, row in rows.items():
+            writers[name].write(row)
+        if outcome.error is None:
+            summary.done += 1
+        else:
+            summary.failed += 1
+            logger.info("%s failed: %s", task.key, outcome.error)
+        bar.update(1)
+        bar.set_postfix(failed=summary.failed, refresh=False)
+
+    try:
+        if workers <= 0:
+            for task in tasks:
+                record(task, _guarded(work, task))
+        else:
+            _run_pool(tasks, work, record, workers, threads_per_worker, mp_context)
+    finally:
+        bar.close()
+        for writer in writers.values():
+            writer.close()
+    return summary
+
+
+def _run_pool(tasks, work, record, workers: int, threads: int, mp_context: str) -> None:
+    pending: List[Task] = list(reversed(tasks))  # pop() from the end keeps the original order
+    crashes: Dict[str, int] = {}
+    context = multiprocessing.get_context(mp_context)
+    while pending:
+        pool = futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
+        in_flight: Dict[futures.Future, Task] = {}
+        stopped = False
+        try:
+            while pending or in_flight:
+                while pending and len(in_flight) < 2 * workers:
+                    task = pending.pop()
+                    in_flight[pool.submit(_guarded, work, task)] = task
+                finished, _ = futures.wait(in_flight, return_when=futures.FIRST_COMPLETED)
+                for future in finished:
+                    task = in_flight.pop(future)
+                    record(task, future.result())
+        except futures.process.BrokenProcessPool:
+            # A worker died without reporting; retry what was in flight, blaming repeat offenders.
+            for task in in_flight.values():
+                crashes[task.key] = crashes.get(task.key, 0) + 1
+                if crashes[task.key] >= 2:
+                    record(task, Outcome(task.key, error="worker process died twice on this asset (out of memory?)"))
+                else:
+                    pending.append(task)
+            logger.warning("a worker process died; restarting the pool (%d assets retried)", len(in_flight))
+        except BaseException:
+            stopped = True
+            _terminate(pool)
+            raise
+        finally:
+            if not stopped:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate(pool: futures.ProcessPoolExecutor) -> None:
+    """Stop the pool now (Ctrl-C): cancel queued work and terminate this process's worker children."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(timeout=5)
