@@ -1,0 +1,1 @@
+"""Triton kernels of `omnivox.render` (imported only when the Triton backend runs)."""
