@@ -1,7 +1,7 @@
 """`convert`: raw assets -> O-Voxels (geometry and material) at one or more resolutions, plus mesh dumps.
 
 Per indexed asset (``indexed`` true in ``<ROOT>/metadata.csv``) and resolution R, from one load of the file
-(``load_asset(path).normalized()``, the reference's normalisation) and one `scene_to_ovoxel` call:
+(`load_for_dataset`: Blender's axes, the reference's normalisation) and one `scene_to_ovoxel` call:
 
 * ``dual_grid_<R>/<sha>.vxz``: ``vertices`` (3 ch), ``intersected`` (1 ch); records ``dual_grid_converted``,
   ``dual_grid_size`` (voxel count), ``dual_grid_error``;
@@ -9,6 +9,11 @@ Per indexed asset (``indexed`` true in ``<ROOT>/metadata.csv``) and resolution R
   ``pbr_voxelized``, ``num_pbr_voxels``, ``pbr_voxels_error``;
 * ``mesh_dumps/<sha>.npz``: the normalised triangles (``vertices`` float32 (V, 3), ``faces`` int32 (F, 3)) the
   shape VAE's render loss compares against; records ``mesh_dumped``, ``mesh_dump_error``.
+
+Decision on axes: TRELLIS.2 data is in Blender's Z-up world, because Blender imported every asset, and its
+glTF and OBJ importers turn those formats' Y-up into Z-up with ``(x, y, z) -> (x, -z, y)`` (STL and PLY are
+imported unrotated). `load_for_dataset` applies the same mapping, so our O-Voxels, mesh dumps and condition
+renders stand upright exactly like the reference data (and the released models' outputs).
 
 An asset is redone only for the resolutions whose record is missing, false or whose file is gone.
 
@@ -39,6 +44,29 @@ PBR_COLUMNS = ["sha256", "pbr_voxelized", "num_pbr_voxels", "pbr_voxels_error"]
 MESH_COLUMNS = ["sha256", "mesh_dumped", "mesh_dump_error"]
 
 
+Y_UP_SUFFIXES = (".glb", ".gltf", ".obj")
+
+
+def to_blender_frame(scene, suffix: str):
+    """The scene as Blender's importer would place it: Y-up formats rotated to Z-up (a proper rotation)."""
+    from dataclasses import replace
+
+    if suffix.lower() not in Y_UP_SUFFIXES:
+        return scene
+
+    def rotate(points: np.ndarray) -> np.ndarray:
+        return np.stack([points[..., 0], -points[..., 2], points[..., 1]], axis=-1).astype(points.dtype)
+
+    return replace(scene, vertices=rotate(scene.vertices), normals=rotate(scene.normals))
+
+
+def load_for_dataset(path):
+    """``load_asset`` -> Blender's Z-up frame -> the reference normalisation into the unit box."""
+    from omnivox.assets import load_asset
+
+    return to_blender_frame(load_asset(path), Path(path).suffix).normalized()
+
+
 def _write_vxz(path: Path, coords: np.ndarray, attrs: Dict[str, np.ndarray]) -> None:
     from omnivox.ovoxel.io import write_vxz
 
@@ -52,11 +80,10 @@ def _write_mesh_dump(path: Path, vertices: np.ndarray, faces: np.ndarray) -> Non
 
 def convert_asset(task: Task) -> Outcome:
     """Worker: load once, convert at every requested resolution, write files atomically."""
-    from omnivox.assets import load_asset
     from omnivox.ovoxel.materials import scene_to_ovoxel
 
     root, sha, rank = Path(task.payload["root"]), task.key, task.payload["rank"]
-    scene = load_asset(task.payload["path"]).normalized()
+    scene = load_for_dataset(task.payload["path"])
     rows: Dict[str, dict] = {}
     if task.payload["mesh_dump"]:
         atomic_write(root / layout.MESH_DUMPS / f"{sha}.npz",

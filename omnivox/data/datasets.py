@@ -324,7 +324,7 @@ class SparseVoxelPbrDataset(_ToolkitDataset):
             (the size column is ``num_pbr_voxels``).
         attrs: attribute names, in channel order (default base_color, metallic, roughness, alpha = 6 ch).
         with_mesh: also return the textured source scene (`omnivox.assets.Scene`, normalised into the unit
-            box exactly as at conversion) under ``mesh``, loaded from the index's ``local_path``.
+            box and axes exactly as at conversion) under ``mesh``, loaded from the index's ``local_path``.
 
     Sample: ``coords`` (N, 3) int32, ``x`` (N, C) float32 in [-1, 1]. Pack: ``x`` `SparseTensor` (+ ``mesh``).
     """
@@ -354,9 +354,9 @@ class SparseVoxelPbrDataset(_ToolkitDataset):
         x = torch.from_numpy(values.astype(np.float32)) / 255 * 2 - 1
         sample = {"coords": torch.from_numpy(coords.astype(np.int32)), "x": x}
         if self.with_mesh:
-            from omnivox.assets import load_asset
+            from omnivox.data.convert import load_for_dataset
 
-            sample["mesh"] = load_asset(instance.row["local_path"]).normalized()
+            sample["mesh"] = load_for_dataset(instance.row["local_path"])
         return sample
 
     @classmethod

@@ -26,6 +26,8 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import queue as queue_module
+import shutil
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +67,14 @@ class StageSummary:
     failed: int = 0
 
 
-def in_shard(key: str, rank: int, world_size: int) -> bool:
-    """Whether ``key`` belongs to shard ``rank`` of ``world_size`` (stable hash of the key)."""
+def in_shard(key: str, rank: int, world_size: int, salt: str = "") -> bool:
+    """Whether ``key`` belongs to shard ``rank`` of ``world_size`` (stable hash of ``salt + key``).
+
+    A different ``salt`` gives an independent split, used to divide one rank's shard between its GPUs.
+    """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16) % world_size == rank
+    return int(hashlib.sha256((salt + key).encode("utf-8")).hexdigest()[:16], 16) % world_size == rank
 
 
 def temp_path(path: Path, rank: int) -> Path:
@@ -90,7 +95,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None], rank: int = 0) -
 
 
 def remove_stale_temps(folders: Iterable[PathLike], rank: int) -> int:
-    """Delete temp files a killed run of this rank left in ``folders`` (other ranks' temps are untouched)."""
+    """Delete temp files and folders a killed run of this rank left in ``folders`` (other ranks' are untouched)."""
     count = 0
     suffix = f".r{rank}.tmp"
     for folder in folders:
@@ -99,14 +104,11 @@ def remove_stale_temps(folders: Iterable[PathLike], rank: int) -> int:
             continue
         for entry in os.scandir(folder):
             if entry.name.startswith(".") and entry.name.endswith(suffix):
-                os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
                 count += 1
-            elif entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
-                # one level of per-asset folders (condition renders)
-                for inner in os.scandir(entry.path):
-                    if inner.name.startswith(".") and inner.name.endswith(suffix):
-                        os.unlink(inner.path)
-                        count += 1
     return count
 
 
@@ -231,3 +233,47 @@ def _terminate(pool: futures.ProcessPoolExecutor) -> None:
         child.terminate()
     for child in multiprocessing.active_children():
         child.join(timeout=5)
+
+
+def _device_main(function: Callable[..., StageSummary], kwargs: dict, queue) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    queue.put(function(**kwargs))
+
+
+def run_per_device(function: Callable[..., StageSummary], kwargs: dict, devices: Sequence[str]) -> StageSummary:
+    """GPU stages: one process per device, each running ``function(**kwargs, devices=[device], device_slot=(i, n))``.
+
+    ``function`` must take ``devices`` and ``device_slot`` and keep only the keys with
+    ``in_shard(key, i, n, salt="device")`` inside its own rank's shard. Ctrl-C terminates the processes.
+    """
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=_device_main, args=(function, {**kwargs, "devices": [device],
+                                                                        "device_slot": (i, len(devices))}, queue))
+                 for i, device in enumerate(devices)]
+    total = StageSummary()
+    try:
+        for process in processes:
+            process.start()
+        received = 0
+        while received < len(processes):
+            try:
+                part = queue.get(timeout=1.0)
+            except queue_module.Empty:
+                if not any(p.is_alive() for p in processes) and queue.empty():
+                    break  # a process died without reporting; its exit code is checked below
+                continue
+            received += 1
+            for name in ("total", "skipped", "done", "failed"):
+                setattr(total, name, getattr(total, name) + getattr(part, name))
+        for process in processes:
+            process.join()
+    except BaseException:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        raise
+    bad = [p.exitcode for p in processes if p.exitcode]
+    if bad:
+        raise RuntimeError(f"{len(bad)} device process(es) exited with codes {bad}")
+    return total

@@ -1,0 +1,176 @@
+"""`encode`: O-Voxels -> shape / material latents with SC-VAE encoder checkpoints (spec training.md 4.2-8/9).
+
+For resolution R and an encoder checkpoint ``.../NAME`` (``NAME.json`` + ``NAME.safetensors``, official
+layout, loaded with `omnivox.models.from_pretrained`):
+
+* shape: ``dual_grid_<R>/<sha>.vxz`` -> `FlexiDualGridVaeEncoder` -> posterior mean ->
+  ``shape_latents/NAME_<R>/<sha>.npz`` (``feats`` float32 (L, C), ``coords`` uint8 (L, 3) on the R/16 grid);
+  records ``shape_latent_encoded``, ``shape_latent_tokens``, ``shape_latent_error``;
+* material: ``pbr_voxels_<R>/<sha>.vxz`` (``u8 / 255 * 2 - 1``) -> `SparseUnetVaeEncoder` ->
+  ``pbr_latents/NAME_<R>/<sha>.npz``; records ``pbr_latent_encoded``, ``pbr_latent_tokens``,
+  ``pbr_latent_error``.
+
+Both latents of an asset come from the same voxels, so they share coordinates (the texture flow dataset
+checks this). Non-finite inputs or outputs are recorded as failures, as the reference skips them. Assets are
+encoded one at a time (no padding waste; the sparse engine handles any size). On a CPU the checkpoint's
+fp16 blocks run in float32 (``use_fp16`` off); on CUDA as stored. With several devices, one process per
+device takes an independent share of this rank's assets (`omnivox.data.runner.run_per_device`).
+
+Sparse-structure latents (``ss_latents``) need TRELLIS v1's dense SS encoder, which ``omnivox.models`` does
+not provide yet; the `ImageConditionedSparseStructureLatent` dataset reads such files if made elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from omnivox.data import layout
+from omnivox.data.convert import stage_status
+from omnivox.data.metadata import RecordWriter
+from omnivox.data.runner import (Outcome, StageSummary, Task, atomic_write, in_shard, remove_stale_temps,
+                                 run_per_device, run_stage)
+
+SHAPE_COLUMNS = ["sha256", "shape_latent_encoded", "shape_latent_tokens", "shape_latent_error"]
+PBR_COLUMNS = ["sha256", "pbr_latent_encoded", "pbr_latent_tokens", "pbr_latent_error"]
+PBR_ATTRIBUTES = ("base_color", "metallic", "roughness", "alpha")
+
+
+def checkpoint_name(path: Path) -> str:
+    """``.../NAME`` / ``NAME.json`` / ``NAME.safetensors`` -> ``NAME`` (names the output folder)."""
+    path = Path(path)
+    return path.stem if path.suffix in (".json", ".safetensors") else path.name
+
+
+def load_encoder(path: Path, device: torch.device):
+    from omnivox.models import FlexiDualGridVaeEncoder, SparseUnetVaeEncoder, from_pretrained
+
+    overrides = {"use_fp16": False} if device.type == "cpu" else None
+    model = from_pretrained(path, device=device, config_overrides=overrides)
+    if not isinstance(model, (FlexiDualGridVaeEncoder, SparseUnetVaeEncoder)):
+        raise ValueError(f"{path}: expected an SC-VAE encoder checkpoint, got {type(model).__name__}")
+    return model
+
+
+def _save_latent(path: Path, coords: np.ndarray, feats: np.ndarray, rank: int) -> None:
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as handle:
+            np.savez(handle, feats=feats.astype(np.float32), coords=coords.astype(np.uint8))
+
+    atomic_write(path, write, rank)
+
+
+@torch.no_grad()
+def encode_shape(encoder, vxz_path: Path, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
+    """Posterior mean of one shape O-Voxel: (coords (L, 3) int, feats (L, C) float32)."""
+    from omnivox.ovoxel.io import read_vxz
+    from omnivox.ovoxel.packing import unpack_geometry
+    from omnivox.sparse import SparseTensor
+
+    coords, attrs = read_vxz(vxz_path)
+    local, flags = unpack_geometry(attrs)
+    coords_t = torch.from_numpy(coords.astype(np.int32)).to(device)
+    vertices = SparseTensor.from_batch_list([coords_t], [torch.from_numpy(local).to(device)])
+    intersected = vertices.replace(torch.from_numpy(flags).to(device))
+    mean = encoder(vertices, intersected).mean
+    return mean.coords[:, 1:].cpu().numpy(), mean.feats.float().cpu().numpy()
+
+
+@torch.no_grad()
+def encode_pbr(encoder, vxz_path: Path, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
+    """Posterior mean of one material O-Voxel: (coords (L, 3) int, feats (L, C) float32)."""
+    from omnivox.ovoxel.io import read_vxz
+    from omnivox.sparse import SparseTensor
+
+    coords, attrs = read_vxz(vxz_path)
+    missing = [a for a in PBR_ATTRIBUTES if a not in attrs]
+    if missing:
+        raise ValueError(f"{vxz_path}: missing attributes {missing}")
+    values = np.concatenate([attrs[a].reshape(len(coords), -1) for a in PBR_ATTRIBUTES], axis=1)
+    feats = torch.from_numpy(values.astype(np.float32)).to(device) / 255 * 2 - 1
+    x = SparseTensor.from_batch_list([torch.from_numpy(coords.astype(np.int32)).to(device)], [feats])
+    mean = encoder(x).mean
+    return mean.coords[:, 1:].cpu().numpy(), mean.feats.float().cpu().numpy()
+
+
+def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None, pbr_encoder: Optional[Path] = None,
+               rank: int = 0, world_size: int = 1, devices: Sequence[str] = ("cpu",),
+               retry_failed: bool = False, progress: bool = True,
+               device_slot: Tuple[int, int] = (0, 1)) -> StageSummary:
+    """Encode this shard's converted assets; see the module docstring.
+
+    Args:
+        root: dataset root.
+        resolution: O-Voxel resolution to read (``dual_grid_<R>`` / ``pbr_voxels_<R>``); R/16 must be <= 256.
+        shape_encoder / pbr_encoder: checkpoint paths (at least one).
+        rank / world_size: this machine's shard.
+        devices: one process per entry when several (e.g. ``["cuda:0", "cuda:1"]``).
+        retry_failed: redo assets whose previous attempt failed.
+        device_slot: internal (which share of the shard a per-device process takes).
+    """
+    root = Path(root)
+    if shape_encoder is None and pbr_encoder is None:
+        raise ValueError("encode: give a shape encoder, a material encoder, or both")
+    if resolution % 16 or resolution // 16 > 256:
+        raise ValueError(f"encode: resolution must be a multiple of 16 with R/16 <= 256, got {resolution}")
+    kwargs = dict(root=root, resolution=resolution, shape_encoder=shape_encoder, pbr_encoder=pbr_encoder,
+                  rank=rank, world_size=world_size, retry_failed=retry_failed, progress=progress)
+    if len(devices) > 1:
+        return run_per_device(run_encode, kwargs, list(devices))
+    device = torch.device(devices[0])
+
+    jobs: List[Tuple[str, Path, str, str, list]] = []  # (kind, checkpoint, input folder, output folder, columns)
+    if shape_encoder is not None:
+        out = layout.shape_latents_dir(checkpoint_name(shape_encoder), resolution)
+        jobs.append(("shape", Path(shape_encoder), layout.dual_grid_dir(resolution), out, SHAPE_COLUMNS))
+    if pbr_encoder is not None:
+        out = layout.pbr_latents_dir(checkpoint_name(pbr_encoder), resolution)
+        jobs.append(("pbr", Path(pbr_encoder), layout.pbr_voxels_dir(resolution), out, PBR_COLUMNS))
+
+    summary = StageSummary()
+    for kind, checkpoint, source, out, columns in jobs:
+        flag, tokens, error_column = columns[1:]
+        source_flag = "dual_grid_converted" if kind == "shape" else "pbr_voxelized"
+        source_error = "dual_grid_error" if kind == "shape" else "pbr_voxels_error"
+        available = [sha for sha, state in stage_status(root, source, source_flag, source_error, ".vxz").items()
+                     if state == "done"]
+        remove_stale_temps([root / out], rank)
+        status = stage_status(root, out, flag, error_column, ".npz")
+        tasks = []
+        for sha in sorted(available):
+            if not in_shard(sha, rank, world_size) or not in_shard(sha, *device_slot, salt="device"):
+                continue
+            summary.total += 1
+            state = status.get(sha)
+            if state == "done" or (state == "failed" and not retry_failed):
+                summary.skipped += 1
+                continue
+            tasks.append(Task(sha))
+        if not tasks:
+            continue
+        encoder = load_encoder(checkpoint, device)
+        encode = encode_shape if kind == "shape" else encode_pbr
+
+        def work(task: Task, encoder=encoder, encode=encode, source=source, out=out, flag=flag, tokens=tokens,
+                 error_column=error_column) -> Outcome:
+            coords, feats = encode(encoder, root / source / f"{task.key}.vxz", device)
+            if not np.isfinite(feats).all():
+                raise ValueError("the encoder produced non-finite latents")
+            if coords.size and coords.max() > 255:
+                raise ValueError(f"latent coordinate {coords.max()} does not fit uint8")
+            _save_latent(root / out / f"{task.key}.npz", coords, feats, rank)
+            return Outcome(task.key, rows={out: {"sha256": task.key, flag: True, tokens: len(coords), error_column: ""}})
+
+        def failure_rows(task: Task, error: str, out=out, flag=flag, error_column=error_column) -> Dict[str, dict]:
+            return {out: {"sha256": task.key, flag: False, error_column: error}}
+
+        writers = {out: RecordWriter(root / out, columns, rank)}
+        # In-process: the model stays loaded; the device does the parallel work.
+        result = run_stage(tasks, work, writers, failure_rows, workers=0, desc=f"encode {kind} {resolution}",
+                           progress=progress)
+        summary.done += result.done
+        summary.failed += result.failed
+    return summary
