@@ -1,0 +1,17 @@
+"""Training and fine-tuning of the TRELLIS.2 networks (spec training.md 1-3).
+
+* `Trainer` (`trainer.py`): the loop every trainer shares: batches, precision, optimiser, EMA, clipping,
+  activation checkpointing, DDP / FSDP2, checkpoints, logs, snapshots.
+* `FlowMatchingTrainer` (`flow_trainers.py`): the three flow stages (sparse structure, shape latent,
+  material latent).
+* `omnivox.train.vae_trainers`: the SC-VAE trainers.
+* `build.py`: the experiment JSON's names -> classes (one table) and `build_trainer`.
+* `config.py`: the experiment JSON, read as-is into dataclasses.
+
+Command line: ``omnivox train --config C --output-dir O --data DIR_OR_JSON`` (also under ``torchrun``).
+"""
+
+from omnivox.train.config import ConfigError, ExperimentConfig, TrainerConfig, load_experiment
+from omnivox.train.trainer import Trainer
+
+__all__ = ["ConfigError", "ExperimentConfig", "TrainerConfig", "load_experiment", "Trainer"]

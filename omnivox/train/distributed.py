@@ -1,0 +1,119 @@
+"""Process groups and model wrapping for data-parallel training (spec training.md 1.2).
+
+`omnivox train` runs as one process, or as one process per device under ``torchrun`` (which sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``; the same command works across nodes). The
+environment is read only by `init_from_environment`, called from the CLI; library code receives a
+`DistInfo`. Backend: NCCL on CUDA, gloo on CPU (tests).
+
+Wrapping: DDP by default (``bucket_cap_mb=128``, like the reference); with ``parallel_mode="fsdp"`` each
+transformer block and then the model are sharded with FSDP2 ``fully_shard``, so parameters, gradients and
+optimiser states are split over the processes (the 1.3B models on smaller cards).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_from_environment(device: Optional[str] = None) -> tuple[DistInfo, torch.device]:
+    """Join the ``torchrun`` job described by the environment (or run alone); returns the info and device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30),
+                                device_id=dev if dev.type == "cuda" else None)
+    return DistInfo(rank, world, local_rank), dev
+
+
+class DataParallel(nn.parallel.DistributedDataParallel):
+    """DDP that forwards unknown attributes to the wrapped model, so trainers read ``model.config`` alike."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    device_ids = [device] if device.type == "cuda" else None
+    return DataParallel(model, device_ids=device_ids, bucket_cap_mb=128, find_unused_parameters=False)
+
+
+def shard_fsdp(model: nn.Module, mixed_dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """Shard ``model`` in place with FSDP2: every child of a ``blocks`` ModuleList first, then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.ModuleList):
+        for block in blocks:
+            fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def all_reduce_mean(values: dict, info: DistInfo, device: torch.device) -> dict:
+    """Mean of float logs over the processes (identity when alone)."""
+    if not info.distributed or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return dict(zip(keys, (tensor / info.world_size).tolist()))
+
+
+def broadcast_object(value, info: DistInfo):
+    """Rank 0's ``value`` on every process (JSON-like values only)."""
+    if not info.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_replicas_equal(params, info: DistInfo, device: torch.device) -> None:
+    """Raise if any parameter differs between processes (the reference's ``check_ddp``), bit for bit."""
+    if not info.distributed:
+        return
+    for index, p in enumerate(params):
+        local = p.detach().to(device).reshape(-1)
+        reference = local.clone()
+        dist.broadcast(reference, src=0)
+        if not torch.equal(local, reference):
+            raise RuntimeError(f"parameter {index} differs between rank {info.rank} and rank 0: replicas diverged")
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
