@@ -239,6 +239,7 @@ class FlowBlock(nn.Module):
         self.mlp = FeedForward(cfg)
         # Learned offset added to the shared adaLN output; float32, like the reference.
         self.modulation = nn.Parameter(torch.randn(6 * c, dtype=torch.float32) / c ** 0.5)
+        self.token_chunk: Optional[int] = None  # see _FlowTransformer.set_token_chunking
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
         # The sum runs in float32 (the parameter is float32) and is rounded once to the stream dtype.
@@ -248,8 +249,20 @@ class FlowBlock(nn.Module):
         h = self.norm1(x) * (1 + scale_msa) + shift_msa
         x = x + self.self_attn(h, tokens) * gate_msa
         x = x + self.cross_attn(self.norm2(x), cond, tokens)
-        h = self.norm3(x) * (1 + scale_mlp) + shift_mlp
-        return x + self.mlp(h) * gate_mlp
+        if self.token_chunk is None or x.shape[-2] <= self.token_chunk:
+            h = self.norm3(x) * (1 + scale_mlp) + shift_mlp
+            return x + self.mlp(h) * gate_mlp
+        # Token chunking (inference memory): the feed-forward is per token, so running it on slices of rows
+        # bounds its wide (T, mlp_hidden) temporaries without changing any value.
+        out = torch.empty_like(x)
+        total = x.shape[-2]
+        for start in range(0, total, self.token_chunk):
+            rows = slice(start, min(start + self.token_chunk, total))
+            shift, scale, gate = (t[..., rows, :] if t.shape[-2] == total else t
+                                  for t in (shift_mlp, scale_mlp, gate_mlp))
+            xs = x[..., rows, :]
+            out[..., rows, :] = xs + self.mlp(self.norm3(xs) * (1 + scale) + shift) * gate
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -294,6 +307,18 @@ class _FlowTransformer(nn.Module):
         for linear in (self.adaLN_modulation[1], self.out_layer):
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
+
+    def set_token_chunking(self, rows: Optional[int]) -> None:
+        """Run each block's feed-forward on at most ``rows`` tokens at a time (None: all at once).
+
+        An inference memory option chosen by the pipelines' memory planner: the ``(T, mlp_hidden)`` temporaries
+        are the largest per-token tensors of a block (attention goes through memory-efficient SDPA kernels,
+        whose memory is already linear in T). Outputs are identical up to GEMM blocking.
+        """
+        if rows is not None and (not isinstance(rows, int) or rows < 1):
+            raise ValueError(f"rows must be a positive int or None, got {rows!r}")
+        for block in self.blocks:
+            block.token_chunk = rows
 
     def _check_inputs(self, batch: int, t: torch.Tensor, cond: torch.Tensor) -> None:
         if not isinstance(t, torch.Tensor) or t.shape != (batch,):

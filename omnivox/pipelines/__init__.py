@@ -1,0 +1,28 @@
+"""TRELLIS.2 pipelines: image -> textured 3D asset, and mesh + image -> PBR material.
+
+    samplers      rectified-flow Euler sampling, CFG with rescale and interval (spec models.md 8)
+    preprocess    image preprocessing and background removal (spec 9.1)
+    image_to_3d   `ImageTo3DPipeline` (spec 9.3) returning `Generated` assets
+    texturing     `TexturingPipeline` (spec 9.6)
+    memory        the memory planner (`plan_memory`, `MemoryPlan`)
+    intermediates saving / resuming a run's stages
+    testing       `make_test_pipeline`: tiny random-weight pipelines in the official layout
+
+Example:
+    >>> from omnivox.pipelines import ImageTo3DPipeline                              # doctest: +SKIP
+    >>> pipe = ImageTo3DPipeline.from_pretrained("TRELLIS.2-4B", max_memory="16GB")   # doctest: +SKIP
+    >>> pipe.run("chair.png", seed=1)[0].to_glb("chair.glb")                          # doctest: +SKIP
+"""
+
+from omnivox.pipelines.generated import Generated
+from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
+from omnivox.pipelines.memory import MemoryPlan, StagePlan, parse_memory, plan_memory
+from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, preprocess_image
+from omnivox.pipelines.samplers import FlowEulerSampler, Guidance, SamplerParams, euler_timesteps
+from omnivox.pipelines.testing import make_test_pipeline
+
+__all__ = [
+    "Generated", "ImageTo3DPipeline", "MemoryPlan", "StagePlan", "parse_memory", "plan_memory",
+    "BackgroundRemover", "BiRefNetOnnx", "preprocess_image", "FlowEulerSampler", "Guidance", "SamplerParams",
+    "euler_timesteps", "make_test_pipeline",
+]

@@ -1,0 +1,524 @@
+"""Image -> 3D asset: `ImageTo3DPipeline` (spec models.md 9.3), for the released TRELLIS.2 weights.
+
+Stages (all noise drawn on one CPU `torch.Generator` seeded with ``seed``, in the reference's order, so a seed gives
+the reference's noise): DINOv3 condition tokens -> sparse structure (dense flow + SS decoder) -> shape latent (one
+flow, or the cascade: 512 flow, decoder upsampling, 1024 flow) -> material latent (texture flow with the shape
+latent as ``concat_cond``) -> decoding (shape decoder, material decoder guided by its subdivisions) -> `Generated`.
+
+Differences from the reference, all deliberate:
+
+* **num_samples > 1 works** (spec 12.5): the condition is repeated per sample and all samples run as one
+  batch; each sample's noise is drawn in the same order as a single run would draw it, batch first.
+* **Token limit per sample.** The cascade lowers the high-resolution grid (1536 -> 1408 -> ... -> 1024) until
+  the largest sample has fewer than ``max_num_tokens`` tokens (the reference counts the whole batch, which it
+  only ever runs at size 1).
+* **Intermediates and resume.** ``save_intermediates=DIR`` writes the condition tokens, the sparse structure,
+  the shape and material latents (safetensors, with the generator state at that point) and one ``.vxz`` per
+  sample; ``resume_from=DIR`` (or one of those files) restarts after the latest stage found there and gives
+  the same result as the uninterrupted run. Nothing is ever unpickled.
+* **Memory.** A `MemoryPlan` (``max_memory``) decides placement and chunking instead of a ``low_vram`` flag;
+  ``pipeline.plan(...)`` shows it, and ``run`` returns what it used in ``last_plan``.
+* **No global RNG.** ``torch.manual_seed`` is never called; a private generator is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from omnivox.pipelines.config import PIPELINE_TYPES, PipelineConfig, image_encoder_error, load_pipeline_config
+from omnivox.pipelines.generated import Generated
+from omnivox.pipelines.memory import (MemoryPlan, StageNeed, decoder_stage, flow_stage, image_encoder_stage,
+                                      parse_memory, plan_memory, ss_decoder_stage)
+from omnivox.pipelines.placement import ModelStore
+from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, preprocess_image
+from omnivox.pipelines.samplers import FlowEulerSampler, SamplerParams
+from omnivox.sparse.tensor import SparseTensor
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+StageCallback = Callable[[str, int, int], None]
+
+MAX_NUM_TOKENS = 49152
+SS_RESOLUTION = {"512": 32, "1024": 64, "1024_cascade": 32, "1536_cascade": 32}
+TARGET_RESOLUTION = {"512": 512, "1024": 1024, "1024_cascade": 1024, "1536_cascade": 1536}
+STAGES = ("condition", "sparse_structure", "shape_latent", "material_latent")
+LATENT_DOWNSAMPLING = 16
+# Default sampler settings of the released pipeline.json (spec 8.4), used where a JSON lacks an entry.
+DEFAULT_SAMPLERS = {
+    "sparse_structure": SamplerParams(12, 7.5, 0.7, (0.6, 1.0), 5.0),
+    "shape_slat": SamplerParams(12, 7.5, 0.5, (0.6, 1.0), 3.0),
+    "tex_slat": SamplerParams(12, 1.0, 0.0, (0.6, 0.9), 3.0),
+}
+
+
+def cpu_default_overrides(device: torch.device, dtype: Optional[torch.dtype]) -> tuple[dict, dict]:
+    """Checkpoint ``args`` overrides for (flows, VAEs): float32 on the CPU (16-bit kernels are slow there)
+    unless ``dtype`` is given; the released dtypes on GPUs unless ``dtype`` is given."""
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cpu" else None
+    if dtype is None:
+        return {}, {}
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    return {"dtype": name}, {"use_fp16": dtype == torch.float16}
+
+
+@dataclass
+class RunState:
+    """What a run has produced so far (and what `save_intermediates` writes)."""
+
+    pipeline_type: str
+    seed: int
+    num_samples: int
+    cond_512: Optional[torch.Tensor] = None
+    cond_1024: Optional[torch.Tensor] = None
+    ss_coords: Optional[torch.Tensor] = None          # (N, 4) int32 on the SS grid
+    ss_resolution: Optional[int] = None
+    shape_coords: Optional[torch.Tensor] = None       # (N, 4) int32 on the latent grid
+    shape_feats: Optional[torch.Tensor] = None        # (N, 32) denormalised
+    resolution: Optional[int] = None                  # O-Voxel resolution of the decoded result
+    tex_feats: Optional[torch.Tensor] = None          # (N, 32) denormalised, rows of shape_coords
+    rng_state: Optional[torch.Tensor] = None
+    generated: Optional[list] = None
+
+
+class ImageTo3DPipeline:
+    """TRELLIS.2 image-to-3D. Build with `from_pretrained`; call `run`.
+
+    Example:
+        >>> pipe = ImageTo3DPipeline.from_pretrained("TRELLIS.2-4B", max_memory="16GB")   # doctest: +SKIP
+        >>> asset = pipe.run(Image.open("chair.png"), seed=1)[0]                          # doctest: +SKIP
+        >>> asset.to_glb("chair.glb")                                                     # doctest: +SKIP
+    """
+
+    def __init__(self, config: PipelineConfig, *, device: Union[str, torch.device, None] = None,
+                 dtype: Optional[torch.dtype] = None, max_memory=None,
+                 background_remover: Optional[BackgroundRemover] = None) -> None:
+        self.config = config
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.max_memory = parse_memory(max_memory)
+        self.background_remover = background_remover
+        self._flow_overrides, self._vae_overrides = cpu_default_overrides(self.device, dtype)
+        self.models = ModelStore(self._load_role, self.device)
+        self.sampler = FlowEulerSampler()
+        self.last_plan: Optional[MemoryPlan] = None
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: PathLike, *, device=None, dtype: Optional[torch.dtype] = None, max_memory=None,
+                        background_model: Union[PathLike, BackgroundRemover, None] = None,
+                        image_encoder: Optional[PathLike] = None, model_paths: Optional[dict] = None
+                        ) -> "ImageTo3DPipeline":
+        """Open a weights folder holding ``pipeline.json`` (e.g. a download of ``microsoft/TRELLIS.2-4B``).
+
+        Args:
+            path: the folder.
+            device: compute device (default CUDA when available).
+            dtype: run every model in this dtype (default: the released dtypes on GPUs, float32 on the CPU).
+            max_memory: device memory budget (``"16GB"``, bytes, or None for unlimited); see `plan`.
+            background_model: an ``.onnx`` BiRefNet/RMBG export or a `BackgroundRemover`, for RGB inputs.
+            image_encoder: the DINOv3 folder, if not found beside the weights (`config` explains where it looks).
+            model_paths: role -> checkpoint path overrides.
+
+        Models are loaded when first used (memory-mapped where possible).
+        """
+        config = load_pipeline_config(path, "pipeline.json", model_paths, image_encoder)
+        remover = BiRefNetOnnx(background_model) if isinstance(background_model, (str, Path)) else background_model
+        return cls(config, device=device, dtype=dtype, max_memory=max_memory, background_remover=remover)
+
+    def _load_role(self, role: str) -> torch.nn.Module:
+        from omnivox.models.loading import from_pretrained
+
+        if role == "image_cond_model":
+            if self.config.image_encoder is None:
+                raise image_encoder_error(self.config)
+            return from_pretrained(self.config.image_encoder)
+        path = self.config.model_path(role)
+        overrides = self._flow_overrides if "flow" in role else self._vae_overrides
+        return from_pretrained(path, config_overrides=overrides or None)
+
+    # ------------------------------------------------------------------------------------------ planning
+    def stage_needs(self, pipeline_type: str, num_samples: int, ss_tokens: int, latent_tokens: int,
+                    lr_tokens: Optional[int] = None) -> list:
+        """The stages of a run with the given token counts (all samples together), for `plan_memory`."""
+        width = self._flow_width()
+        dec_width = self._decoder_width()
+        cascade = pipeline_type.endswith("cascade")
+        shape_flow = "shape_slat_flow_model_512" if pipeline_type == "512" else "shape_slat_flow_model_1024"
+        tex_flow = "tex_slat_flow_model_512" if pipeline_type == "512" else "tex_slat_flow_model_1024"
+        cond_tokens = 4101 if pipeline_type != "512" else 1029
+        needs = [image_encoder_stage(("image_cond_model",), cond_tokens, self._encoder_width()),
+                 flow_stage("sparse_structure", ("sparse_structure_flow_model",), num_samples * ss_tokens, width),
+                 ss_decoder_stage(("sparse_structure_decoder",), dec_width / 1024)]
+        if cascade:
+            lr = lr_tokens if lr_tokens is not None else latent_tokens
+            needs.append(flow_stage("shape_slat_lr", ("shape_slat_flow_model_512",), lr, width))
+            needs.append(decoder_stage("upsample", ("shape_slat_decoder",), lr, dec_width))
+        needs.append(flow_stage("shape_slat", (shape_flow,), latent_tokens, width))
+        needs.append(flow_stage("tex_slat", (tex_flow,), latent_tokens, width))
+        needs.append(decoder_stage("decode", ("shape_slat_decoder", "tex_slat_decoder"), latent_tokens, dec_width))
+        return needs
+
+    def _config_of(self, role: str):
+        try:
+            return self.models.get(role).config
+        except (FileNotFoundError, KeyError):
+            return None
+
+    def _flow_width(self) -> int:
+        config = self._config_of("sparse_structure_flow_model")
+        return config.model_channels if config is not None else 1536
+
+    def _decoder_width(self) -> int:
+        config = self._config_of("shape_slat_decoder")
+        return config.model_channels[0] if config is not None else 1024
+
+    def _encoder_width(self) -> int:
+        config = self._config_of("image_cond_model")
+        return config.hidden_size if config is not None else 1024
+
+    def plan(self, pipeline_type: Optional[str] = None, num_samples: int = 1, *, latent_tokens: int = 9600,
+             ss_tokens: int = 4096, lr_tokens: Optional[int] = None, max_memory=None) -> MemoryPlan:
+        """The memory plan for a run with these token counts (``latent_tokens`` for all samples together;
+        ~2.2K per sample at 512, ~9.6K at 1024 are typical).
+
+        Example:
+            >>> print(pipe.plan("1024_cascade", max_memory="16GB"))        # doctest: +SKIP
+        """
+        pipeline_type = self._check_type(pipeline_type)
+        budget = parse_memory(max_memory) if max_memory is not None else self.max_memory
+        needs = self.stage_needs(pipeline_type, num_samples, ss_tokens, latent_tokens, lr_tokens)
+        return self._plan(needs, budget)
+
+    def _plan(self, needs: Sequence[StageNeed], budget: Optional[int]) -> MemoryPlan:
+        weights = {}
+        for need in needs:
+            for role in need.roles:
+                weights[role] = self.models.weights_bytes(role)
+        return plan_memory(needs, weights, budget, str(self.device))
+
+    def _check_type(self, pipeline_type: Optional[str]) -> str:
+        pipeline_type = pipeline_type or self.config.default_pipeline_type
+        if pipeline_type not in PIPELINE_TYPES:
+            raise ValueError(f"pipeline_type must be one of {PIPELINE_TYPES}, got {pipeline_type!r}")
+        return pipeline_type
+
+    # ------------------------------------------------------------------------------------------ stages
+    def sampler_params(self, stage: str, overrides: Optional[dict] = None) -> SamplerParams:
+        """Defaults of ``stage`` from ``pipeline.json`` with ``overrides[stage]`` merged over them."""
+        params = self.config.samplers.get(stage, DEFAULT_SAMPLERS[stage])
+        extra = (overrides or {}).get(stage) or {}
+        return params.replace(**extra) if extra else params
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image, size: int, offload: bool = False) -> torch.Tensor:
+        """DINOv3 condition tokens ``(1, T, C) float32`` of a preprocessed RGB image at ``size`` pixels."""
+        from omnivox.models.dinov3 import normalize_images
+
+        resized = image.convert("RGB").resize((size, size), Image.LANCZOS)
+        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        with self.models.on_device(["image_cond_model"], offload) as models:
+            model = models["image_cond_model"]
+            dtype = next(model.parameters()).dtype
+            tokens = model(normalize_images(pixels.to(self.device)).to(dtype))
+        return tokens.float()
+
+    def _progress(self, callback: Optional[StageCallback], stage: str):
+        if callback is None:
+            return None
+        return lambda step, total: callback(stage, step, total)
+
+    @torch.no_grad()
+    def sample_sparse_structure(self, cond: torch.Tensor, ss_resolution: int, num_samples: int,
+                                generator: torch.Generator, params: SamplerParams, plan: MemoryPlan,
+                                callback: Optional[StageCallback] = None) -> torch.Tensor:
+        """Sparse structure: ``(N, 4) int32`` voxels ``(b, x, y, z)`` on the ``ss_resolution`` grid (spec 9.3)."""
+        roles = ("sparse_structure_flow_model", "sparse_structure_decoder")
+        flow = self.models.get(roles[0])
+        r, c = flow.config.resolution, flow.config.in_channels
+        noise = torch.randn(num_samples, c, r, r, r, generator=generator).to(self.device)
+        cond = cond.expand(num_samples, -1, -1)
+        stage = plan.stage("sparse_structure")
+        with self.models.on_device(roles[:1], plan.offload) as models:
+            model = models[roles[0]]
+            model.set_token_chunking(stage.token_chunk)
+
+            def velocity(x, t, condition):
+                return model(x, torch.full((num_samples,), 1000.0 * t, device=self.device), condition)
+
+            latent = self.sampler.sample(velocity, noise, cond, torch.zeros_like(cond), params,
+                                         callback=self._progress(callback, "sparse_structure"))
+        with self.models.on_device(roles[1:], plan.offload) as models:
+            decoder = models[roles[1]]
+            occupancy = decoder(latent) > 0
+        if ss_resolution != occupancy.shape[-1]:
+            factor = occupancy.shape[-1] // ss_resolution
+            occupancy = F.max_pool3d(occupancy.float(), factor, factor) > 0.5
+        coords = torch.argwhere(occupancy[:, 0]).to(torch.int32)
+        self._check_nonempty(coords, num_samples, "sparse structure")
+        return coords.cpu()
+
+    @staticmethod
+    def _check_nonempty(coords: torch.Tensor, num_samples: int, what: str) -> None:
+        counts = torch.bincount(coords[:, 0].long().cpu(), minlength=num_samples)
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            raise RuntimeError(f"the {what} of sample(s) {empty} is empty: nothing to generate (try another seed)")
+
+    @torch.no_grad()
+    def sample_latent(self, role: str, coords: torch.Tensor, cond: torch.Tensor, generator: torch.Generator,
+                      params: SamplerParams, token_chunk: Optional[int], offload: bool, stage: str,
+                      concat_cond: Optional[torch.Tensor] = None, callback: Optional[StageCallback] = None
+                      ) -> torch.Tensor:
+        """Sample a (normalised) structured latent on ``coords`` with the flow of ``role``; ``(N, C)`` float32."""
+        flow = self.models.get(role)
+        channels = flow.config.in_channels - (concat_cond.shape[1] if concat_cond is not None else 0)
+        num_samples = int(coords[:, 0].max()) + 1
+        noise = torch.randn(coords.shape[0], channels, generator=generator).to(self.device)
+        coords = coords.to(self.device)
+        cond = cond.expand(num_samples, -1, -1)
+        extra = None if concat_cond is None else SparseTensor.from_coords(coords, concat_cond.to(self.device),
+                                                                          num_samples)
+        template = SparseTensor.from_coords(coords, noise, num_samples)
+        with self.models.on_device([role], offload) as models:
+            model = models[role]
+            model.set_token_chunking(token_chunk)
+
+            def velocity(x, t, condition):
+                tvec = torch.full((num_samples,), 1000.0 * t, device=self.device)
+                return model(template.replace(x), tvec, condition, concat_cond=extra).feats
+
+            return self.sampler.sample(velocity, noise, cond, torch.zeros_like(cond), params,
+                                       batch_index=template.batch_index, batch_size=num_samples,
+                                       callback=self._progress(callback, stage))
+
+    @torch.no_grad()
+    def cascade_coords(self, lr_coords: torch.Tensor, lr_feats: torch.Tensor, target: int, max_num_tokens: int,
+                       offload: bool) -> tuple[torch.Tensor, int]:
+        """Upsample a low-resolution shape latent 4 times with the shape decoder and re-quantise its voxels
+        onto the ``hr_res / 16`` latent grid, lowering ``hr_res`` by 128 until every sample has fewer than
+        ``max_num_tokens`` tokens or it reaches 1024 (spec 9.3 cascade steps 2-3)."""
+        num_samples = int(lr_coords[:, 0].max()) + 1
+        with self.models.on_device(["shape_slat_decoder"], offload) as models:
+            decoder = models["shape_slat_decoder"]
+            latent = SparseTensor.from_coords(lr_coords.to(self.device), lr_feats.to(self.device), num_samples)
+            fine = decoder.upsample(latent, decoder.num_upsamplings)
+        fine_size = 32 * (1 << decoder.num_upsamplings)  # the cascade's low-resolution latent grid is 32^3 (512^3)
+        hr_res = target
+        while True:
+            q = ((fine[:, 1:].float() + 0.5) / fine_size * (hr_res // LATENT_DOWNSAMPLING)).int()
+            coords = torch.unique(torch.cat([fine[:, :1], q], dim=1), dim=0)
+            largest = int(torch.bincount(coords[:, 0].long(), minlength=num_samples).max())
+            if largest < max_num_tokens or hr_res <= 1024:
+                break
+            hr_res -= 128
+        if hr_res != target:
+            logger.warning("cascade: %d tokens at %d would exceed max_num_tokens=%d; using resolution %d",
+                           largest, target, max_num_tokens, hr_res)
+        return coords.to(torch.int32).cpu(), hr_res
+
+    @torch.no_grad()
+    def decode(self, shape_coords: torch.Tensor, shape_feats: torch.Tensor, tex_feats: torch.Tensor,
+               resolution: int, plan: MemoryPlan) -> list:
+        """Shape and material decoding into one `Generated` per sample (spec 9.3 "Decoding")."""
+        stage = plan.stage("decode")
+        roles = ("shape_slat_decoder", "tex_slat_decoder")
+        num_samples = int(shape_coords[:, 0].max()) + 1
+        coords = shape_coords.to(self.device)
+        with self.models.on_device(roles, plan.offload) as models:
+            shape_decoder, tex_decoder = models[roles[0]], models[roles[1]]
+            shape_decoder.set_resolution(int(resolution))
+            shape = shape_decoder(SparseTensor.from_coords(coords, shape_feats.to(self.device), num_samples),
+                                  chunk_voxels=stage.chunk_voxels)
+            material = tex_decoder(SparseTensor.from_coords(coords, tex_feats.to(self.device), num_samples),
+                                   guide_subdivisions=shape.subdivision_logits, chunk_voxels=stage.chunk_voxels)
+        if not torch.equal(material.voxels.coords, shape.coords):
+            raise RuntimeError("internal: the material decoder did not follow the shape decoder's voxels")
+        pbr = (material.voxels.feats.float() * 0.5 + 0.5).clamp(0, 1).cpu()
+        batch = shape.coords[:, 0].cpu()
+        results = []
+        for b in range(num_samples):
+            rows = (batch == b).nonzero().flatten()
+            attributes = {"base_color": pbr[rows, 0:3], "metallic": pbr[rows, 3:4], "roughness": pbr[rows, 4:5],
+                          "alpha": pbr[rows, 5:6]}
+            results.append(Generated.from_dual_grid(
+                shape.coords[rows.to(shape.coords.device), 1:].cpu(), shape.vertices[rows.to(self.device)].cpu(),
+                shape.intersected[rows.to(self.device)].cpu(), attributes, int(resolution),
+                shape.split_weights[rows.to(self.device)].cpu()))
+        return results
+
+    # ------------------------------------------------------------------------------------------ run
+    def run(self, image=None, *, seed: int = 0, pipeline_type: Optional[str] = None, num_samples: int = 1,
+            sampler_params: Optional[dict] = None, sparse_structure=None,
+            callback: Optional[StageCallback] = None, save_intermediates: Optional[PathLike] = None,
+            resume_from: Optional[PathLike] = None, preprocess: bool = True,
+            max_num_tokens: int = MAX_NUM_TOKENS, max_memory=None) -> list:
+        """Generate ``num_samples`` assets from one image.
+
+        Args:
+            image: PIL image or image path (RGBA with alpha, or RGB with a background remover); may be None
+                when resuming from a stage after the condition.
+            seed: seeds the private CPU generator that draws all noise.
+            pipeline_type: ``'512'``, ``'1024'``, ``'1024_cascade'`` (default of the released JSON) or
+                ``'1536_cascade'``.
+            num_samples: independent samples of the same image (one batch).
+            sampler_params: per-stage overrides, e.g. ``{"shape_slat": {"steps": 20}}`` (stages:
+                ``sparse_structure``, ``shape_slat``, ``tex_slat``).
+            sparse_structure: skip stage 1 with these voxels: ``(N, 3)`` (replicated per sample) or ``(N, 4)``
+                ``(b, x, y, z)`` ints on the sparse-structure grid (32^3 for '512' and the cascades, 64^3
+                for '1024').
+            callback: ``callback(stage, step, total)`` after every sampler step.
+            save_intermediates: folder to write the intermediates to (module docstring).
+            resume_from: folder (or one intermediate file, or a ``.vxz``) to resume from.
+            preprocess: crop/premultiply the image (spec 9.1); False feeds it to DINOv3 as it is.
+            max_num_tokens: cascade token limit per sample.
+            max_memory: overrides the pipeline's budget for this run.
+
+        Returns:
+            One `Generated` per sample.
+        """
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        state = None
+        if resume_from is not None:
+            from omnivox.pipelines.intermediates import load_intermediates
+
+            state = load_intermediates(resume_from)
+            if pipeline_type is not None and pipeline_type != state.pipeline_type and state.shape_coords is not None:
+                raise ValueError(f"{resume_from} holds a {state.pipeline_type!r} run; cannot continue it as "
+                                 f"{pipeline_type!r}")
+            if state.generated is not None:
+                return state.generated
+            pipeline_type, num_samples = state.pipeline_type, state.num_samples
+        pipeline_type = self._check_type(pipeline_type)
+        if state is None:
+            state = RunState(pipeline_type, int(seed), num_samples)
+        state.pipeline_type = pipeline_type
+        generator = torch.Generator().manual_seed(state.seed)
+        if state.rng_state is not None:
+            generator.set_state(state.rng_state)
+        budget = parse_memory(max_memory) if max_memory is not None else self.max_memory
+        writer = None
+        if save_intermediates is not None:
+            from omnivox.pipelines.intermediates import IntermediateWriter
+
+            writer = IntermediateWriter(save_intermediates, state)
+
+        # A first plan from typical counts decides placement for the condition and sparse-structure stages;
+        # each later stage is re-planned with its real token counts.
+        typical = {"512": 2200, "1024": 9600, "1024_cascade": 9600, "1536_cascade": 21000}[pipeline_type]
+        plan = self._plan(self.stage_needs(pipeline_type, num_samples, 4096, typical * num_samples,
+                                           2200 * num_samples), budget)
+        self.last_plan = plan
+
+        if state.cond_512 is None:
+            if image is None:
+                raise ValueError("run() needs an image (or resume_from a folder with the condition tokens)")
+            picture = preprocess_image(image, self.background_remover) if preprocess else (
+                image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB")
+            state.cond_512 = self.encode_image(picture, 512, plan.offload).cpu()
+            if pipeline_type != "512":
+                state.cond_1024 = self.encode_image(picture, 1024, plan.offload).cpu()
+            if writer:
+                writer.condition(generator)
+        elif pipeline_type != "512" and state.cond_1024 is None:
+            raise ValueError(f"the saved condition has no 1024-pixel tokens; {pipeline_type!r} needs them")
+        cond_512 = state.cond_512.to(self.device)
+        cond_1024 = state.cond_1024.to(self.device) if state.cond_1024 is not None else None
+
+        ss_res = SS_RESOLUTION[pipeline_type]
+        if state.ss_coords is None:
+            if sparse_structure is not None:
+                state.ss_coords = self._given_structure(sparse_structure, ss_res, num_samples)
+            else:
+                state.ss_coords = self.sample_sparse_structure(
+                    cond_512, ss_res, num_samples, generator, self.sampler_params("sparse_structure", sampler_params),
+                    plan, callback)
+            state.ss_resolution = ss_res
+            if writer:
+                writer.sparse_structure(generator)
+
+        if state.shape_coords is None:
+            shape_params = self.sampler_params("shape_slat", sampler_params)
+            norm = self._normalization("shape")
+            coords = state.ss_coords
+            if pipeline_type.endswith("cascade"):
+                role = "shape_slat_flow_model_512"
+                plan = self._replan(pipeline_type, num_samples, len(coords), len(coords), budget)
+                lr = self.sample_latent(role, coords, cond_512, generator, shape_params,
+                                        plan.stage("shape_slat_lr").token_chunk, plan.offload, "shape_slat_lr",
+                                        callback=callback)
+                lr = norm.denormalize(lr).cpu()
+                coords, resolution = self.cascade_coords(coords, lr, TARGET_RESOLUTION[pipeline_type],
+                                                         max_num_tokens, plan.offload)
+                plan = self._replan(pipeline_type, num_samples, len(coords), len(state.ss_coords), budget)
+                feats = self.sample_latent("shape_slat_flow_model_1024", coords, cond_1024, generator, shape_params,
+                                           plan.stage("shape_slat").token_chunk, plan.offload, "shape_slat",
+                                           callback=callback)
+            else:
+                role = "shape_slat_flow_model_512" if pipeline_type == "512" else "shape_slat_flow_model_1024"
+                cond = cond_512 if pipeline_type == "512" else cond_1024
+                resolution = TARGET_RESOLUTION[pipeline_type]
+                plan = self._replan(pipeline_type, num_samples, len(coords), None, budget)
+                feats = self.sample_latent(role, coords, cond, generator, shape_params,
+                                           plan.stage("shape_slat").token_chunk, plan.offload, "shape_slat",
+                                           callback=callback)
+            state.shape_coords, state.shape_feats = coords, norm.denormalize(feats).cpu()
+            state.resolution = int(resolution)
+            if writer:
+                writer.shape_latent(generator)
+
+        plan = self._replan(pipeline_type, num_samples, len(state.shape_coords), None, budget)
+        self.last_plan = plan
+        if state.tex_feats is None:
+            role = "tex_slat_flow_model_512" if pipeline_type == "512" else "tex_slat_flow_model_1024"
+            cond = cond_512 if pipeline_type == "512" else cond_1024
+            shape_norm, tex_norm = self._normalization("shape"), self._normalization("tex")
+            feats = self.sample_latent(role, state.shape_coords, cond, generator,
+                                       self.sampler_params("tex_slat", sampler_params),
+                                       plan.stage("tex_slat").token_chunk, plan.offload, "tex_slat",
+                                       concat_cond=shape_norm.normalize(state.shape_feats), callback=callback)
+            state.tex_feats = tex_norm.denormalize(feats).cpu()
+            if writer:
+                writer.material_latent(generator)
+
+        results = self.decode(state.shape_coords, state.shape_feats, state.tex_feats, state.resolution, plan)
+        if writer:
+            writer.generated(results)
+        return results
+
+    def _replan(self, pipeline_type: str, num_samples: int, latent_tokens: int, lr_tokens: Optional[int],
+                budget: Optional[int]) -> MemoryPlan:
+        return self._plan(self.stage_needs(pipeline_type, num_samples, 4096, latent_tokens, lr_tokens), budget)
+
+    def _normalization(self, which: str):
+        norm = self.config.shape_normalization if which == "shape" else self.config.tex_normalization
+        if norm is None:
+            raise ValueError(f"{self.config.root}: pipeline.json has no {which}_slat_normalization")
+        return norm
+
+    @staticmethod
+    def _given_structure(structure, ss_res: int, num_samples: int) -> torch.Tensor:
+        coords = torch.as_tensor(np.asarray(structure)).to(torch.int64)
+        if coords.dim() != 2 or coords.shape[1] not in (3, 4) or coords.shape[0] == 0:
+            raise ValueError(f"sparse_structure must be a non-empty (N, 3) or (N, 4) int array, got "
+                             f"{tuple(coords.shape)}")
+        if coords.shape[1] == 3:
+            coords = torch.cat([torch.cat([torch.full((len(coords), 1), b), coords], 1) for b in range(num_samples)])
+        xyz = coords[:, 1:]
+        if xyz.min() < 0 or xyz.max() >= ss_res:
+            raise ValueError(f"sparse_structure voxels must lie in [0, {ss_res}) for this pipeline type, got "
+                             f"[{int(xyz.min())}, {int(xyz.max())}]")
+        if int(coords[:, 0].max()) + 1 != num_samples or coords[:, 0].min() < 0:
+            raise ValueError(f"sparse_structure batch column must cover samples 0..{num_samples - 1}")
+        return torch.unique(coords, dim=0).to(torch.int32)
