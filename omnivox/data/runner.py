@@ -205,9 +205,14 @@ def _run_pool(tasks, work, record, workers: int, threads: int, mp_context: str) 
                     task = pending.pop()
                     in_flight[pool.submit(_guarded, work, task)] = task
                 finished, _ = futures.wait(in_flight, return_when=futures.FIRST_COMPLETED)
+                broken = None
                 for future in finished:
-                    task = in_flight.pop(future)
-                    record(task, future.result())
+                    if isinstance(future.exception(), futures.process.BrokenProcessPool):
+                        broken = future.exception()  # stays in flight: retried below
+                        continue
+                    record(in_flight.pop(future), future.result())
+                if broken is not None:
+                    raise broken
         except futures.process.BrokenProcessPool:
             # A worker died without reporting; retry what was in flight, blaming repeat offenders.
             for task in in_flight.values():
@@ -240,13 +245,15 @@ def _device_main(function: Callable[..., StageSummary], kwargs: dict, queue) -> 
     queue.put(function(**kwargs))
 
 
-def run_per_device(function: Callable[..., StageSummary], kwargs: dict, devices: Sequence[str]) -> StageSummary:
+def run_per_device(function: Callable[..., StageSummary], kwargs: dict, devices: Sequence[str],
+                   mp_context: str = "spawn") -> StageSummary:
     """GPU stages: one process per device, each running ``function(**kwargs, devices=[device], device_slot=(i, n))``.
 
     ``function`` must take ``devices`` and ``device_slot`` and keep only the keys with
     ``in_shard(key, i, n, salt="device")`` inside its own rank's shard. Ctrl-C terminates the processes.
+    CUDA needs the ``spawn`` start method (the default).
     """
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(mp_context)
     queue = context.Queue()
     processes = [context.Process(target=_device_main, args=(function, {**kwargs, "devices": [device],
                                                                         "device_slot": (i, len(devices))}, queue))

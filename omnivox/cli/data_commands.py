@@ -1,0 +1,159 @@
+"""`omnivox data ...`: the data toolkit stages over a dataset root (see `omnivox.data`).
+
+Every stage takes ``--rank R --world-size W`` (this machine's shard), is resumable (re-running skips what is
+done and, unless ``--retry-failed``, what failed) and shows a progress bar with rate and ETA on stderr.
+Ctrl-C stops the workers and exits with code 130; re-running then completes the stage.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from omnivox.cli import app
+
+data_app = typer.Typer(help="Prepare training data: index -> convert -> render -> encode, plus stats and merge.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+RANK = typer.Option(0, "--rank", help="This machine's shard, 0 <= rank < world size.")
+WORLD = typer.Option(1, "--world-size", help="Number of shards (machines).")
+RETRY = typer.Option(False, "--retry-failed", help="Also redo assets whose previous attempt failed.")
+QUIET = typer.Option(False, "--quiet", help="No progress bar.")
+
+
+def _local_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _workers(value: Optional[int]) -> int:
+    return _local_cores() if value is None else value
+
+
+def _devices(value: str) -> List[str]:
+    import torch
+
+    if value == "auto":
+        count = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
+    devices = [d.strip() for d in value.split(",") if d.strip()]
+    if not devices:
+        raise typer.BadParameter(f"no device in {value!r}")
+    return devices
+
+
+def _run(label: str, function, **kwargs) -> None:
+    try:
+        summary = function(**kwargs)
+    except KeyboardInterrupt:
+        typer.echo(f"omnivox data {label}: interrupted; re-run the same command to finish", err=True)
+        raise typer.Exit(code=130)
+    except (ValueError, FileNotFoundError) as error:
+        typer.echo(f"omnivox data {label}: {error}", err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo(f"{label}: {summary.total} assets in shard, {summary.skipped} already handled, "
+               f"{summary.done} done, {summary.failed} failed")
+
+
+@data_app.command("index")
+def index_command(
+    root: Path = typer.Argument(..., help="Dataset root (created if missing)."),
+    source: Optional[Path] = typer.Option(None, "--source", help="Folder of raw assets (default ROOT/raw)."),
+    rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: local cores; 0 = in-process)."),
+) -> None:
+    """Hash and describe every asset file (sizes, triangles, texture channels, licence) into ROOT/metadata.csv."""
+    from omnivox.data.index import run_index
+
+    root.mkdir(parents=True, exist_ok=True)
+    _run("index", run_index, root=root, source=source, rank=rank, world_size=world_size, workers=_workers(workers),
+         retry_failed=retry_failed, progress=not quiet)
+
+
+@data_app.command("convert")
+def convert_command(
+    root: Path = typer.Argument(..., help="Dataset root (after index)."),
+    resolution: str = typer.Option("512", "--resolution", "-r", help="One or more, comma separated: 256,512,1024."),
+    mesh_dump: bool = typer.Option(True, "--mesh-dump/--no-mesh-dump", help="Also write mesh_dumps/<sha>.npz."),
+    rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: local cores; 0 = in-process)."),
+) -> None:
+    """O-Voxels (dual_grid_<R>, pbr_voxels_<R>) of every indexed asset."""
+    from omnivox.data.convert import run_convert
+
+    try:
+        resolutions = [int(r) for r in resolution.split(",") if r.strip()]
+    except ValueError as error:
+        raise typer.BadParameter(f"--resolution must be integers separated by commas, got {resolution!r}") from error
+    _run("convert", run_convert, root=root, resolutions=resolutions, rank=rank, world_size=world_size,
+         workers=_workers(workers), retry_failed=retry_failed, mesh_dump=mesh_dump, progress=not quiet)
+
+
+@data_app.command("render")
+def render_command(
+    root: Path = typer.Argument(..., help="Dataset root (after index)."),
+    views: int = typer.Option(16, "--views", help="Condition views per asset."),
+    size: int = typer.Option(512, "--size", help="Image side in pixels (1024 for the 1024 fine-tuning stage)."),
+    devices: str = typer.Option("auto", "--devices", help="auto (every GPU, else CPU), cpu, or cuda:0,cuda:1,..."),
+    seed: int = typer.Option(0, "--seed", help="Seed mixed with each asset's hash for cameras and lights."),
+    rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
+    workers: Optional[int] = typer.Option(None, "--workers", help="CPU processes when rendering on the CPU."),
+) -> None:
+    """RGBA condition views (renders_cond/<sha>/NNN.png + transforms.json); one process per GPU."""
+    from omnivox.data.render import run_render
+
+    _run("render", run_render, root=root, num_views=views, size=size, rank=rank, world_size=world_size,
+         workers=_workers(workers), devices=_devices(devices), retry_failed=retry_failed, seed=seed,
+         progress=not quiet)
+
+
+@data_app.command("encode")
+def encode_command(
+    root: Path = typer.Argument(..., help="Dataset root (after convert)."),
+    resolution: int = typer.Option(512, "--resolution", "-r", help="O-Voxel resolution to encode."),
+    shape_encoder: Optional[Path] = typer.Option(None, "--shape-encoder", help="Shape encoder checkpoint .../NAME."),
+    pbr_encoder: Optional[Path] = typer.Option(None, "--pbr-encoder", help="Material encoder checkpoint .../NAME."),
+    devices: str = typer.Option("auto", "--devices", help="auto (every GPU, else CPU), cpu, or cuda:0,cuda:1,..."),
+    rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
+) -> None:
+    """Shape / material latents (shape_latents/NAME_<R>, pbr_latents/NAME_<R>); one process per GPU."""
+    from omnivox.data.encode import run_encode
+
+    _run("encode", run_encode, root=root, resolution=resolution, shape_encoder=shape_encoder,
+         pbr_encoder=pbr_encoder, rank=rank, world_size=world_size, devices=_devices(devices),
+         retry_failed=retry_failed, progress=not quiet)
+
+
+@data_app.command("stats")
+def stats_command(
+    root: Path = typer.Argument(..., help="Dataset root."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Per stage: assets done, failed, and the most common failure reasons (also ROOT/statistics.txt)."""
+    import json
+    from dataclasses import asdict
+
+    from omnivox.data.stats import dataset_stats, format_stats, write_statistics
+
+    if not root.is_dir():
+        typer.echo(f"omnivox data stats: no such folder {root}", err=True)
+        raise typer.Exit(code=2)
+    stats = dataset_stats(root)
+    text = format_stats(stats)
+    write_statistics(root, text)
+    typer.echo(json.dumps([asdict(s) for s in stats], indent=2) if as_json else text.rstrip("\n"))
+
+
+@data_app.command("merge")
+def merge_command(root: Path = typer.Argument(..., help="Dataset root.")) -> None:
+    """Fold every stage's new_records/ into its metadata.csv (run when no stage is writing)."""
+    from omnivox.data.stats import merge_all
+
+    for name, rows in merge_all(root).items():
+        typer.echo(f"{'index' if name == '.' else name}: {rows} rows")
