@@ -124,11 +124,12 @@ def antialias(image: torch.Tensor, fragments: Fragments, vertices: torch.Tensor,
     batch, height, width, channels = image.shape
     triangle = fragments.triangle_id[:, 0]
     depth = fragments.depth[:, 0].detach()
-    pixels, z = project(vertices.to(torch.float32), extrinsics.to(vertices.device, torch.float32),
-                        intrinsics.to(vertices.device, torch.float32), (height, width))  # (B, V, 2)
+    dtype = torch.float64 if vertices.dtype == torch.float64 else torch.float32
+    pixels, z = project(vertices.to(dtype), extrinsics.to(vertices.device, dtype),
+                        intrinsics.to(vertices.device, dtype), (height, width))  # (B, V, 2)
     faces = faces.to(device=vertices.device, dtype=torch.int64)
     flat = image.reshape(-1, channels)
-    delta = torch.zeros_like(flat)
+    delta = torch.zeros(flat.shape, dtype=torch.promote_types(flat.dtype, dtype), device=flat.device)
     for axis in (0, 1):  # 0: horizontal pairs (p, p + x), 1: vertical pairs (p, p + y)
         if axis == 0:
             a, b = triangle[:, :, :-1], triangle[:, :, 1:]
@@ -180,14 +181,14 @@ def antialias(image: torch.Tensor, fragments: Fragments, vertices: torch.Tensor,
         steep = crossing_edge[:, 1 - axis].abs() >= crossing_edge[:, axis].abs()
         keep = steep & (t_min.detach() <= 1.0) & (area.detach().abs() > 1e-12)
         t_min, pix_front, pix_back = t_min[keep].clamp(0.0, 1.0), pix_front[keep], pix_back[keep]
-        color_front, color_back = flat[pix_front], flat[pix_back]
+        color_front, color_back = flat[pix_front].to(delta.dtype), flat[pix_back].to(delta.dtype)
         # Edge beyond the midpoint: the back pixel is partly covered by the front triangle; before it: the
         # front pixel is partly uncovered.
         beyond = (t_min - 0.5).clamp(min=0.0).unsqueeze(1)
         before = (0.5 - t_min).clamp(min=0.0).unsqueeze(1)
         delta = delta.index_add(0, pix_back, beyond * (color_front - color_back))
         delta = delta.index_add(0, pix_front, before * (color_back - color_front))
-    return (flat + delta).view(batch, height, width, channels)
+    return (flat + delta).view(batch, height, width, channels).to(torch.promote_types(image.dtype, dtype))
 
 
 def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor,

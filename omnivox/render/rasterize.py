@@ -38,7 +38,7 @@ class Fragments:
 
     Attributes:
         triangle_id: (B, L, H, W) int64 index into ``faces``, -1 where the ray hits nothing.
-        bary: (B, L, H, W, 3) float32 perspective-correct barycentrics of the hit point (0 on background),
+        bary: (B, L, H, W, 3) float32 (float64 for float64 vertices) perspective-correct barycentrics of the hit point (0 on background),
             differentiable w.r.t. the vertex positions.
         depth: (B, L, H, W) float32 camera-space z of the hit point (0 on background), differentiable.
     """
@@ -152,17 +152,20 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.Ten
     extrinsics = extrinsics.to(device=device, dtype=torch.float32)
     intrinsics = intrinsics.to(device=device, dtype=torch.float32)
 
-    camera_vertices = to_camera(vertices.to(torch.float32), extrinsics)
+    # The depth test runs in float32 on every backend; the differentiable recomputation keeps float64 inputs in
+    # float64 (finite-difference tests rely on it).
+    work_dtype = torch.float64 if vertices.dtype == torch.float64 else torch.float32
+    camera_vertices = to_camera(vertices.to(work_dtype), extrinsics.to(work_dtype))
     if camera_vertices.shape[0] != num_cameras:
         camera_vertices = camera_vertices.expand(num_cameras, -1, -1)
     with torch.no_grad():
-        setup = triangle_setup(camera_vertices.detach(), faces, intrinsics, (height, width), near)
+        setup = triangle_setup(camera_vertices.detach().to(torch.float32), faces, intrinsics, (height, width), near)
         all_keys = []
         previous = None
         for _ in range(layers):
             previous = rasterize_keys(setup, num_cameras, (height, width), near, far, previous, backend)
             all_keys.append(previous)
-        triangle_id, _ = unpack_keys(torch.stack(all_keys, dim=1).view(num_cameras, layers, height, width))
+        triangle_id, _ = unpack_keys(torch.stack([k.view(num_cameras, height, width) for k in all_keys], dim=1))
 
     # Differentiable barycentrics and depth, recomputed only for covered pixels.
     covered = (triangle_id >= 0).reshape(-1).nonzero().squeeze(1)
@@ -171,7 +174,8 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.Ten
     camera = covered // (layers * height * width)
     py = (covered // width) % height
     px = covered % width
-    bary_fg, depth_fg = pixel_barycentrics(camera_vertices, faces, setup.rays, camera, flat_id, px, py)
+    rays = pixel_rays(intrinsics.to(work_dtype), (height, width)) if work_dtype == torch.float64 else setup.rays
+    bary_fg, depth_fg = pixel_barycentrics(camera_vertices, faces, rays, camera, flat_id, px, py)
     bary = torch.zeros(n_pixels, 3, dtype=bary_fg.dtype, device=device).index_copy(0, covered, bary_fg)
     depth = torch.zeros(n_pixels, dtype=depth_fg.dtype, device=device).index_copy(0, covered, depth_fg)
     shape = (num_cameras, layers, height, width)

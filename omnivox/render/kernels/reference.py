@@ -13,7 +13,7 @@ The coverage test (shared with the Triton kernel, which evaluates the same formu
   crosses the near plane shows exactly its part beyond it (the SC-VAE loss slices objects on purpose, spec
   training.md 2.4).
 * Watertight: two triangles that share an edge compute its plane normal from the same two camera-space
-  vertices in opposite order, and IEEE ``a x b`` is exactly ``-(b x a)``, so a ray on the shared edge gets
+  vertices, always in the same (lexicographic) order, negated for one of them, so a ray on the shared edge gets
   ``w = 0`` from both (the test is inclusive: both cover it; the depth test picks one) and a ray beside it
   is inside exactly one of the two. No pinholes, no cracks.
 * Depth test: candidates are packed into int64 keys ``(float32 bits of z) << 32 | face id`` (z > 0, so the
@@ -34,7 +34,7 @@ import torch
 
 EMPTY_KEY = torch.iinfo(torch.int64).max
 # Candidates evaluated at once by the CPU path (bounds the temporary memory to ~100 MB).
-CANDIDATE_CHUNK = 1 << 21
+CANDIDATE_CHUNK = 1 << 20
 # Pixel boxes are widened by this many pixels so that rounding in the projection can never drop a pixel whose
 # centre the (exact, inclusive) ray test would accept; the extra candidates just fail the test.
 BOX_SLACK = 1e-3
@@ -58,18 +58,37 @@ class TriangleSetup:
 
 
 def pixel_rays(intrinsics: torch.Tensor, resolution: Tuple[int, int]) -> torch.Tensor:
-    """(B, 4) float32 ``(sx, ox, sy, oy)``: the ray of pixel (i, j) is ``((j+0.5) sx + ox, (i+0.5) sy + oy, 1)``."""
+    """(B, 4) float32 (float64 for float64 intrinsics) ``(sx, ox, sy, oy)``: the ray of pixel (i, j) is ``((j+0.5) sx + ox, (i+0.5) sy + oy, 1)``."""
     height, width = resolution
     k = intrinsics.to(torch.float64)
     fx, fy, cx, cy = k[:, 0, 0], k[:, 1, 1], k[:, 0, 2], k[:, 1, 2]
-    return torch.stack([1 / (width * fx), -cx / fx, 1 / (height * fy), -cy / fy], dim=1).to(torch.float32)
+    rays = torch.stack([1 / (width * fx), -cx / fx, 1 / (height * fy), -cy / fy], dim=1)
+    return rays if intrinsics.dtype == torch.float64 else rays.to(torch.float32)
+
+
+def _lex_less(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(..., 3) points: a < b in lexicographic (x, y, z) order."""
+    ax, ay, az = a.unbind(-1)
+    bx, by, bz = b.unbind(-1)
+    return (ax < bx) | ((ax == bx) & ((ay < by) | ((ay == by) & (az < bz))))
 
 
 def edge_normals(corners: torch.Tensor) -> torch.Tensor:
-    """(..., 3, 3) camera-space corners -> (..., 3, 3) edge-plane normals, row k = v_{k+1} x v_{k+2}."""
-    v0, v1, v2 = corners.unbind(-2)
-    return torch.stack([torch.linalg.cross(v1, v2, dim=-1), torch.linalg.cross(v2, v0, dim=-1),
-                        torch.linalg.cross(v0, v1, dim=-1)], dim=-2)
+    """(..., 3, 3) camera-space corners -> (..., 3, 3) edge-plane normals, row k = v_{k+1} x v_{k+2}.
+
+    Each cross product is evaluated with its two points in lexicographic order and negated when they were
+    swapped, so the two triangles sharing an edge get exactly opposite normals whatever the cross-product
+    kernel does (fused multiply-adds make ``a x b`` and ``-(b x a)`` differ in the last bit), also where the
+    mesh duplicates the edge's vertices (UV seams).
+    """
+    rows = []
+    for k in range(3):
+        a, b = corners[..., (k + 1) % 3, :], corners[..., (k + 2) % 3, :]
+        ordered = _lex_less(a, b).unsqueeze(-1)
+        first, second = torch.where(ordered, a, b), torch.where(ordered, b, a)
+        n = torch.linalg.cross(first, second, dim=-1)
+        rows.append(torch.where(ordered, n, -n))
+    return torch.stack(rows, dim=-2)
 
 
 def triangle_setup(camera_vertices: torch.Tensor, faces: torch.Tensor, intrinsics: torch.Tensor,
@@ -81,47 +100,59 @@ def triangle_setup(camera_vertices: torch.Tensor, faces: torch.Tensor, intrinsic
         faces: (F, 3) int64.
         intrinsics: (B, 3, 3) normalised.
         resolution: (H, W).
-        near: near-plane depth; triangles entirely in front of it (or entirely off screen) are dropped.
+        near: near-plane depth; triangles entirely in front of it, off screen, or covering no pixel centre are
+            dropped.
     """
     height, width = resolution
-    num_cameras = camera_vertices.shape[0]
-    corners = camera_vertices[:, faces]  # (B, F, 3, 3)
-    z = corners[..., 2]
-    # The pixel box of the part of the triangle beyond the near plane: its corners there plus the points where
-    # its edges cross the plane.
-    ahead = z >= near
-    nxt = corners.roll(-1, dims=2)
-    z_next = nxt[..., 2]
-    crosses = (z >= near) != (z_next >= near)
-    t = ((near - z) / torch.where(crosses, z_next - z, torch.ones_like(z))).unsqueeze(-1)
-    crossing = corners + t * (nxt - corners)
-    points = torch.cat([corners, crossing], dim=2)  # (B, F, 6, 3)
-    usable = torch.cat([ahead, crosses], dim=2)
     k = intrinsics.to(torch.float32)
-    fx, fy = k[:, 0, 0].view(-1, 1, 1), k[:, 1, 1].view(-1, 1, 1)
-    cx, cy = k[:, 0, 2].view(-1, 1, 1), k[:, 1, 2].view(-1, 1, 1)
-    pz = torch.where(usable, points[..., 2], torch.ones_like(points[..., 2])).clamp(min=near * 0.5)
-    px = (fx * points[..., 0] / pz + cx) * width
-    py = (fy * points[..., 1] / pz + cy) * height
-    inf = torch.tensor(float("inf"), device=px.device)
-    x_lo = torch.where(usable, px, inf).amin(dim=2)
-    x_hi = torch.where(usable, px, -inf).amax(dim=2)
-    y_lo = torch.where(usable, py, inf).amin(dim=2)
-    y_hi = torch.where(usable, py, -inf).amax(dim=2)
+    fx, fy = k[:, 0, 0].view(-1, 1), k[:, 1, 1].view(-1, 1)
+    cx, cy = k[:, 0, 2].view(-1, 1), k[:, 1, 2].view(-1, 1)
+    z = camera_vertices[..., 2]
+    safe_z = torch.where(z >= near, z, torch.ones_like(z))
+    # Pixel positions of the vertices (meaningful for those beyond the near plane).
+    vx = (fx * camera_vertices[..., 0] / safe_z + cx) * width
+    vy = (fy * camera_vertices[..., 1] / safe_z + cy) * height
+    ahead = z >= near
+    corner_ahead = ahead[:, faces]  # (B, F, 3)
+    cx_, cy_ = vx[:, faces], vy[:, faces]
+    x_lo, x_hi = cx_.amin(dim=2), cx_.amax(dim=2)
+    y_lo, y_hi = cy_.amin(dim=2), cy_.amax(dim=2)
+    n_ahead = corner_ahead.sum(dim=2)
+    visible = n_ahead > 0
+    clipped = (visible & (n_ahead < 3)).nonzero(as_tuple=True)
+    if clipped[0].numel():
+        # Triangles crossing the near plane: bound the part beyond it (its corners there plus the points where
+        # its edges cross the plane).
+        corners = camera_vertices[clipped[0].unsqueeze(1), faces[clipped[1]]]  # (C, 3, 3)
+        cz = corners[..., 2]
+        nxt = corners.roll(-1, dims=1)
+        crosses = (cz >= near) != (nxt[..., 2] >= near)
+        t = ((near - cz) / torch.where(crosses, nxt[..., 2] - cz, torch.ones_like(cz))).unsqueeze(-1)
+        points = torch.cat([corners, corners + t * (nxt - corners)], dim=1)  # (C, 6, 3)
+        usable = torch.cat([cz >= near, crosses], dim=1)
+        b = clipped[0].unsqueeze(1)
+        pz = points[..., 2].clamp(min=near)
+        px = (fx[b, 0] * points[..., 0] / pz + cx[b, 0]) * width
+        py = (fy[b, 0] * points[..., 1] / pz + cy[b, 0]) * height
+        inf = torch.tensor(float("inf"), device=px.device)
+        x_lo[clipped] = torch.where(usable, px, inf).amin(dim=1)
+        x_hi[clipped] = torch.where(usable, px, -inf).amax(dim=1)
+        y_lo[clipped] = torch.where(usable, py, inf).amin(dim=1)
+        y_hi[clipped] = torch.where(usable, py, -inf).amax(dim=1)
     # Pixel j is a candidate when its centre j + 0.5 lies in [x_lo, x_hi] (widened by BOX_SLACK).
     x0 = torch.ceil(x_lo - 0.5 - BOX_SLACK).clamp(-1, width)
     x1 = torch.floor(x_hi - 0.5 + BOX_SLACK).clamp(-1, width)
     y0 = torch.ceil(y_lo - 0.5 - BOX_SLACK).clamp(-1, height)
     y1 = torch.floor(y_hi - 0.5 + BOX_SLACK).clamp(-1, height)
-    keep = usable.any(dim=2) & (x1 >= 0) & (x0 <= width - 1) & (y1 >= 0) & (y0 <= height - 1) & (x0 <= x1) \
-        & (y0 <= y1) & torch.isfinite(x_lo) & torch.isfinite(y_lo) & torch.isfinite(x_hi) & torch.isfinite(y_hi)
+    # NaN boxes fail every comparison and are dropped here too.
+    keep = visible & (x1 >= 0) & (x0 <= width - 1) & (y1 >= 0) & (y0 <= height - 1) & (x0 <= x1) & (y0 <= y1)
     camera, face = keep.nonzero(as_tuple=True)
     box = torch.stack([x0[camera, face].clamp(min=0), y0[camera, face].clamp(min=0),
                        x1[camera, face].clamp(max=width - 1), y1[camera, face].clamp(max=height - 1)], dim=1)
-    kept = corners[camera, face]
+    kept = camera_vertices[camera.unsqueeze(1), faces[face]]
     return TriangleSetup(camera=camera, face=face, normals=edge_normals(kept).contiguous(),
                          depth=kept[..., 2].contiguous(), box=box.long(),
-                         rays=pixel_rays(intrinsics, resolution).to(camera_vertices.device))
+                         rays=pixel_rays(intrinsics.to(torch.float32), resolution).to(camera_vertices.device))
 
 
 def pack_keys(depth: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
@@ -137,23 +168,26 @@ def unpack_keys(keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return face, torch.where(empty, torch.zeros_like(depth), depth)
 
 
-def coverage_keys(setup: TriangleSetup, index: torch.Tensor, px: torch.Tensor, py: torch.Tensor,
-                  near: float, far: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Ray test of candidate pixels against triangles: (valid mask, int64 keys) for each candidate.
+def coverage(setup: TriangleSetup, rows: torch.Tensor, px: torch.Tensor, py: torch.Tensor, near: float,
+             far: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Ray test of candidate pixels against triangles, broadcast over a (T, S) grid of candidates.
 
-    ``index`` (K,) selects rows of ``setup``; ``px``, ``py`` (K,) are the candidates' pixel columns and rows.
+    ``rows`` (T, 1) selects triangles of ``setup``; ``px``, ``py`` (T, S) int64 are the pixel columns and rows
+    tested against each. Returns (hit mask (T, S) bool, depth (T, S) float32). The operation order matches the
+    Triton kernel.
     """
-    rays = setup.rays[setup.camera[index]]
-    dx = (px.to(torch.float32) + 0.5) * rays[:, 0] + rays[:, 1]
-    dy = (py.to(torch.float32) + 0.5) * rays[:, 2] + rays[:, 3]
-    n = setup.normals[index]  # (K, 3, 3)
-    w = n[..., 0] * dx.unsqueeze(1) + n[..., 1] * dy.unsqueeze(1) + n[..., 2]  # (K, 3)
-    total = w.sum(dim=1)
-    inside = ((w >= 0).all(dim=1) | (w <= 0).all(dim=1)) & (total != 0)
-    z = (w * setup.depth[index]).sum(dim=1) / torch.where(total != 0, total, torch.ones_like(total))
-    valid = inside & (z >= near) & (z <= far)
-    keys = pack_keys(torch.where(valid, z, torch.ones_like(z)), setup.face[index])
-    return valid, keys
+    rays = setup.rays[setup.camera[rows]]  # (T, 1, 4)
+    dx = (px.to(torch.float32) + 0.5) * rays[..., 0] + rays[..., 1]
+    dy = (py.to(torch.float32) + 0.5) * rays[..., 2] + rays[..., 3]
+    n = setup.normals[rows.squeeze(1)]  # (T, 3, 3)
+    z = setup.depth[rows.squeeze(1)]  # (T, 3)
+    w0 = n[:, 0, 0:1] * dx + n[:, 0, 1:2] * dy + n[:, 0, 2:3]
+    w1 = n[:, 1, 0:1] * dx + n[:, 1, 1:2] * dy + n[:, 1, 2:3]
+    w2 = n[:, 2, 0:1] * dx + n[:, 2, 1:2] * dy + n[:, 2, 2:3]
+    total = w0 + w1 + w2
+    inside = (((w0 >= 0) & (w1 >= 0) & (w2 >= 0)) | ((w0 <= 0) & (w1 <= 0) & (w2 <= 0))) & (total != 0)
+    depth = (w0 * z[:, 0:1] + w1 * z[:, 1:2] + w2 * z[:, 2:3]) / torch.where(total != 0, total, 1.0)
+    return inside & (depth >= near) & (depth <= far), depth
 
 
 def rasterize_keys_reference(setup: TriangleSetup, num_cameras: int, resolution: Tuple[int, int], near: float,
@@ -175,26 +209,29 @@ def rasterize_keys_reference(setup: TriangleSetup, num_cameras: int, resolution:
     class_h = torch.ceil(torch.log2(box_h.to(torch.float32))).long()
     class_id = class_w * 32 + class_h
     order = torch.argsort(class_id)
-    sorted_class = class_id[order]
-    classes, counts = torch.unique_consecutive(sorted_class, return_counts=True)
+    classes, counts = torch.unique_consecutive(class_id[order], return_counts=True)
     start = 0
     for cls, count in zip(classes.tolist(), counts.tolist()):
         members = order[start:start + count]
         start += count
         span_w, span_h = 1 << (cls // 32), 1 << (cls % 32)
-        offsets_y, offsets_x = torch.meshgrid(torch.arange(span_h, device=device), torch.arange(span_w, device=device),
-                                              indexing="ij")
-        offsets_x, offsets_y = offsets_x.reshape(-1), offsets_y.reshape(-1)
+        offsets = torch.arange(span_w * span_h, device=device)
+        offsets_x, offsets_y = (offsets % span_w).unsqueeze(0), (offsets // span_w).unsqueeze(0)
         per_chunk = max(1, CANDIDATE_CHUNK // (span_w * span_h))
         for chunk in members.split(per_chunk):
-            px = (box[chunk, 0:1] + offsets_x).reshape(-1)
-            py = (box[chunk, 1:2] + offsets_y).reshape(-1)
-            index = chunk.repeat_interleave(span_w * span_h)
-            in_box = (px <= box[index, 2]) & (py <= box[index, 3])
-            index, px, py = index[in_box], px[in_box], py[in_box]
-            valid, keys = coverage_keys(setup, index, px, py, near, far)
-            pixel = (setup.camera[index] * height + py) * width + px
+            rows = chunk.unsqueeze(1)
+            chunk_box = box[chunk]
+            px = chunk_box[:, 0:1] + offsets_x
+            py = chunk_box[:, 1:2] + offsets_y
+            hit, depth = coverage(setup, rows, px, py, near, far)
+            if span_w > 1 or span_h > 1:
+                hit &= (px <= chunk_box[:, 2:3]) & (py <= chunk_box[:, 3:4])
+            tri, cand = hit.nonzero(as_tuple=True)
+            row = chunk[tri]
+            keys = pack_keys(depth[tri, cand], setup.face[row])
+            pixel = (setup.camera[row] * height + py[tri, cand]) * width + px[tri, cand]
             if previous is not None:
-                valid &= keys > previous[pixel]
-            keys_out.scatter_reduce_(0, pixel[valid], keys[valid], reduce="amin")
+                later = keys > previous[pixel]
+                keys, pixel = keys[later], pixel[later]
+            keys_out.scatter_reduce_(0, pixel, keys, reduce="amin")
     return keys_out
