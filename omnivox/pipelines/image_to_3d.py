@@ -23,53 +23,34 @@ Differences from the reference, all deliberate:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from omnivox.pipelines.config import PIPELINE_TYPES, PipelineConfig, image_encoder_error, load_pipeline_config
+from omnivox.pipelines.base import PipelineBase, StageCallback
+from omnivox.pipelines.config import PIPELINE_TYPES, load_pipeline_config
 from omnivox.pipelines.generated import Generated
-from omnivox.pipelines.memory import (MemoryPlan, StageNeed, decoder_stage, flow_stage, image_encoder_stage,
-                                      parse_memory, plan_memory, ss_decoder_stage)
-from omnivox.pipelines.placement import ModelStore
+from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
+                                      parse_memory, ss_decoder_stage)
 from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, preprocess_image
-from omnivox.pipelines.samplers import FlowEulerSampler, SamplerParams
+from omnivox.pipelines.samplers import SamplerParams
 from omnivox.sparse.tensor import SparseTensor
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-StageCallback = Callable[[str, int, int], None]
 
 MAX_NUM_TOKENS = 49152
 SS_RESOLUTION = {"512": 32, "1024": 64, "1024_cascade": 32, "1536_cascade": 32}
 TARGET_RESOLUTION = {"512": 512, "1024": 1024, "1024_cascade": 1024, "1536_cascade": 1536}
 STAGES = ("condition", "sparse_structure", "shape_latent", "material_latent")
 LATENT_DOWNSAMPLING = 16
-# Default sampler settings of the released pipeline.json (spec 8.4), used where a JSON lacks an entry.
-DEFAULT_SAMPLERS = {
-    "sparse_structure": SamplerParams(12, 7.5, 0.7, (0.6, 1.0), 5.0),
-    "shape_slat": SamplerParams(12, 7.5, 0.5, (0.6, 1.0), 3.0),
-    "tex_slat": SamplerParams(12, 1.0, 0.0, (0.6, 0.9), 3.0),
-}
-
-
-def cpu_default_overrides(device: torch.device, dtype: Optional[torch.dtype]) -> tuple[dict, dict]:
-    """Checkpoint ``args`` overrides for (flows, VAEs): float32 on the CPU (16-bit kernels are slow there)
-    unless ``dtype`` is given; the released dtypes on GPUs unless ``dtype`` is given."""
-    if dtype is None:
-        dtype = torch.float32 if device.type == "cpu" else None
-    if dtype is None:
-        return {}, {}
-    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
-    return {"dtype": name}, {"use_fp16": dtype == torch.float16}
 
 
 @dataclass
@@ -91,7 +72,7 @@ class RunState:
     generated: Optional[list] = None
 
 
-class ImageTo3DPipeline:
+class ImageTo3DPipeline(PipelineBase):
     """TRELLIS.2 image-to-3D. Build with `from_pretrained`; call `run`.
 
     Example:
@@ -100,20 +81,6 @@ class ImageTo3DPipeline:
         >>> asset.to_glb("chair.glb")                                                     # doctest: +SKIP
     """
 
-    def __init__(self, config: PipelineConfig, *, device: Union[str, torch.device, None] = None,
-                 dtype: Optional[torch.dtype] = None, max_memory=None,
-                 background_remover: Optional[BackgroundRemover] = None) -> None:
-        self.config = config
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
-        self.max_memory = parse_memory(max_memory)
-        self.background_remover = background_remover
-        self._flow_overrides, self._vae_overrides = cpu_default_overrides(self.device, dtype)
-        self.models = ModelStore(self._load_role, self.device)
-        self.sampler = FlowEulerSampler()
-        self.last_plan: Optional[MemoryPlan] = None
-
-    # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: PathLike, *, device=None, dtype: Optional[torch.dtype] = None, max_memory=None,
                         background_model: Union[PathLike, BackgroundRemover, None] = None,
@@ -136,18 +103,6 @@ class ImageTo3DPipeline:
         remover = BiRefNetOnnx(background_model) if isinstance(background_model, (str, Path)) else background_model
         return cls(config, device=device, dtype=dtype, max_memory=max_memory, background_remover=remover)
 
-    def _load_role(self, role: str) -> torch.nn.Module:
-        from omnivox.models.loading import from_pretrained
-
-        if role == "image_cond_model":
-            if self.config.image_encoder is None:
-                raise image_encoder_error(self.config)
-            return from_pretrained(self.config.image_encoder)
-        path = self.config.model_path(role)
-        overrides = self._flow_overrides if "flow" in role else self._vae_overrides
-        return from_pretrained(path, config_overrides=overrides or None)
-
-    # ------------------------------------------------------------------------------------------ planning
     def stage_needs(self, pipeline_type: str, num_samples: int, ss_tokens: int, latent_tokens: int,
                     lr_tokens: Optional[int] = None) -> list:
         """The stages of a run with the given token counts (all samples together), for `plan_memory`."""
@@ -168,12 +123,6 @@ class ImageTo3DPipeline:
         needs.append(flow_stage("tex_slat", (tex_flow,), latent_tokens, width))
         needs.append(decoder_stage("decode", ("shape_slat_decoder", "tex_slat_decoder"), latent_tokens, dec_width))
         return needs
-
-    def _config_of(self, role: str):
-        try:
-            return self.models.get(role).config
-        except (FileNotFoundError, KeyError):
-            return None
 
     def _flow_width(self) -> int:
         config = self._config_of("sparse_structure_flow_model")
@@ -200,13 +149,6 @@ class ImageTo3DPipeline:
         needs = self.stage_needs(pipeline_type, num_samples, ss_tokens, latent_tokens, lr_tokens)
         return self._plan(needs, budget)
 
-    def _plan(self, needs: Sequence[StageNeed], budget: Optional[int]) -> MemoryPlan:
-        weights = {}
-        for need in needs:
-            for role in need.roles:
-                weights[role] = self.models.weights_bytes(role)
-        return plan_memory(needs, weights, budget, str(self.device))
-
     def _check_type(self, pipeline_type: Optional[str]) -> str:
         pipeline_type = pipeline_type or self.config.default_pipeline_type
         if pipeline_type not in PIPELINE_TYPES:
@@ -214,30 +156,6 @@ class ImageTo3DPipeline:
         return pipeline_type
 
     # ------------------------------------------------------------------------------------------ stages
-    def sampler_params(self, stage: str, overrides: Optional[dict] = None) -> SamplerParams:
-        """Defaults of ``stage`` from ``pipeline.json`` with ``overrides[stage]`` merged over them."""
-        params = self.config.samplers.get(stage, DEFAULT_SAMPLERS[stage])
-        extra = (overrides or {}).get(stage) or {}
-        return params.replace(**extra) if extra else params
-
-    @torch.no_grad()
-    def encode_image(self, image: Image.Image, size: int, offload: bool = False) -> torch.Tensor:
-        """DINOv3 condition tokens ``(1, T, C) float32`` of a preprocessed RGB image at ``size`` pixels."""
-        from omnivox.models.dinov3 import normalize_images
-
-        resized = image.convert("RGB").resize((size, size), Image.LANCZOS)
-        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        with self.models.on_device(["image_cond_model"], offload) as models:
-            model = models["image_cond_model"]
-            dtype = next(model.parameters()).dtype
-            tokens = model(normalize_images(pixels.to(self.device)).to(dtype))
-        return tokens.float()
-
-    def _progress(self, callback: Optional[StageCallback], stage: str):
-        if callback is None:
-            return None
-        return lambda step, total: callback(stage, step, total)
-
     @torch.no_grad()
     def sample_sparse_structure(self, cond: torch.Tensor, ss_resolution: int, num_samples: int,
                                 generator: torch.Generator, params: SamplerParams, plan: MemoryPlan,
@@ -274,33 +192,6 @@ class ImageTo3DPipeline:
         empty = (counts == 0).nonzero().flatten().tolist()
         if empty:
             raise RuntimeError(f"the {what} of sample(s) {empty} is empty: nothing to generate (try another seed)")
-
-    @torch.no_grad()
-    def sample_latent(self, role: str, coords: torch.Tensor, cond: torch.Tensor, generator: torch.Generator,
-                      params: SamplerParams, token_chunk: Optional[int], offload: bool, stage: str,
-                      concat_cond: Optional[torch.Tensor] = None, callback: Optional[StageCallback] = None
-                      ) -> torch.Tensor:
-        """Sample a (normalised) structured latent on ``coords`` with the flow of ``role``; ``(N, C)`` float32."""
-        flow = self.models.get(role)
-        channels = flow.config.in_channels - (concat_cond.shape[1] if concat_cond is not None else 0)
-        num_samples = int(coords[:, 0].max()) + 1
-        noise = torch.randn(coords.shape[0], channels, generator=generator).to(self.device)
-        coords = coords.to(self.device)
-        cond = cond.expand(num_samples, -1, -1)
-        extra = None if concat_cond is None else SparseTensor.from_coords(coords, concat_cond.to(self.device),
-                                                                          num_samples)
-        template = SparseTensor.from_coords(coords, noise, num_samples)
-        with self.models.on_device([role], offload) as models:
-            model = models[role]
-            model.set_token_chunking(token_chunk)
-
-            def velocity(x, t, condition):
-                tvec = torch.full((num_samples,), 1000.0 * t, device=self.device)
-                return model(template.replace(x), tvec, condition, concat_cond=extra).feats
-
-            return self.sampler.sample(velocity, noise, cond, torch.zeros_like(cond), params,
-                                       batch_index=template.batch_index, batch_size=num_samples,
-                                       callback=self._progress(callback, stage))
 
     @torch.no_grad()
     def cascade_coords(self, lr_coords: torch.Tensor, lr_feats: torch.Tensor, target: int, max_num_tokens: int,
@@ -500,12 +391,6 @@ class ImageTo3DPipeline:
     def _replan(self, pipeline_type: str, num_samples: int, latent_tokens: int, lr_tokens: Optional[int],
                 budget: Optional[int]) -> MemoryPlan:
         return self._plan(self.stage_needs(pipeline_type, num_samples, 4096, latent_tokens, lr_tokens), budget)
-
-    def _normalization(self, which: str):
-        norm = self.config.shape_normalization if which == "shape" else self.config.tex_normalization
-        if norm is None:
-            raise ValueError(f"{self.config.root}: pipeline.json has no {which}_slat_normalization")
-        return norm
 
     @staticmethod
     def _given_structure(structure, ss_res: int, num_samples: int) -> torch.Tensor:

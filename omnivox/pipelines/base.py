@@ -1,0 +1,140 @@
+"""What the image-to-3D and texturing pipelines share: model loading by role, placement, conditioning, sampling.
+
+`PipelineBase` owns a `ModelStore` (lazy loading, per-stage placement from a `MemoryPlan`), the DINOv3
+conditioning of spec 9.2 and the structured-latent flow sampling of spec 9.3, so both pipelines run the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from omnivox.pipelines.config import PipelineConfig, image_encoder_error
+from omnivox.pipelines.memory import MemoryPlan, StageNeed, parse_memory, plan_memory
+from omnivox.pipelines.placement import ModelStore
+from omnivox.pipelines.preprocess import BackgroundRemover
+from omnivox.pipelines.samplers import FlowEulerSampler, SamplerParams
+from omnivox.sparse.tensor import SparseTensor
+
+StageCallback = Callable[[str, int, int], None]
+
+# Default sampler settings of the released pipeline.json (spec 8.4), used where a JSON lacks an entry.
+DEFAULT_SAMPLERS = {
+    "sparse_structure": SamplerParams(12, 7.5, 0.7, (0.6, 1.0), 5.0),
+    "shape_slat": SamplerParams(12, 7.5, 0.5, (0.6, 1.0), 3.0),
+    "tex_slat": SamplerParams(12, 1.0, 0.0, (0.6, 0.9), 3.0),
+}
+
+
+def cpu_default_overrides(device: torch.device, dtype: Optional[torch.dtype]) -> tuple[dict, dict]:
+    """Checkpoint ``args`` overrides for (flows, VAEs): float32 on the CPU (16-bit kernels are slow there)
+    unless ``dtype`` is given; the released dtypes on GPUs unless ``dtype`` is given."""
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cpu" else None
+    if dtype is None:
+        return {}, {}
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    return {"dtype": name}, {"use_fp16": dtype == torch.float16}
+
+
+class PipelineBase:
+    """Models by role, their placement, and the conditioning and latent-sampling stages."""
+
+    def __init__(self, config: PipelineConfig, *, device: Union[str, torch.device, None] = None,
+                 dtype: Optional[torch.dtype] = None, max_memory=None,
+                 background_remover: Optional[BackgroundRemover] = None) -> None:
+        self.config = config
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.max_memory = parse_memory(max_memory)
+        self.background_remover = background_remover
+        self._flow_overrides, self._vae_overrides = cpu_default_overrides(self.device, dtype)
+        self.models = ModelStore(self._load_role, self.device)
+        self.sampler = FlowEulerSampler()
+        self.last_plan: Optional[MemoryPlan] = None
+
+    # ------------------------------------------------------------------------------------------ loading
+    def _load_role(self, role: str) -> torch.nn.Module:
+        from omnivox.models.loading import from_pretrained
+
+        if role == "image_cond_model":
+            if self.config.image_encoder is None:
+                raise image_encoder_error(self.config)
+            return from_pretrained(self.config.image_encoder)
+        path = self.config.model_path(role)
+        overrides = self._flow_overrides if "flow" in role else self._vae_overrides
+        return from_pretrained(path, config_overrides=overrides or None)
+
+    # ------------------------------------------------------------------------------------------ planning
+    def _config_of(self, role: str):
+        try:
+            return self.models.get(role).config
+        except (FileNotFoundError, KeyError):
+            return None
+
+    def _plan(self, needs: Sequence[StageNeed], budget: Optional[int]) -> MemoryPlan:
+        weights = {}
+        for need in needs:
+            for role in need.roles:
+                weights[role] = self.models.weights_bytes(role)
+        return plan_memory(needs, weights, budget, str(self.device))
+
+    def sampler_params(self, stage: str, overrides: Optional[dict] = None) -> SamplerParams:
+        """Defaults of ``stage`` from ``pipeline.json`` with ``overrides[stage]`` merged over them."""
+        params = self.config.samplers.get(stage, DEFAULT_SAMPLERS[stage])
+        extra = (overrides or {}).get(stage) or {}
+        return params.replace(**extra) if extra else params
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image, size: int, offload: bool = False) -> torch.Tensor:
+        """DINOv3 condition tokens ``(1, T, C) float32`` of a preprocessed RGB image at ``size`` pixels."""
+        from omnivox.models.dinov3 import normalize_images
+
+        resized = image.convert("RGB").resize((size, size), Image.LANCZOS)
+        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        with self.models.on_device(["image_cond_model"], offload) as models:
+            model = models["image_cond_model"]
+            dtype = next(model.parameters()).dtype
+            tokens = model(normalize_images(pixels.to(self.device)).to(dtype))
+        return tokens.float()
+
+    def _progress(self, callback: Optional[StageCallback], stage: str):
+        if callback is None:
+            return None
+        return lambda step, total: callback(stage, step, total)
+
+    @torch.no_grad()
+    def sample_latent(self, role: str, coords: torch.Tensor, cond: torch.Tensor, generator: torch.Generator,
+                      params: SamplerParams, token_chunk: Optional[int], offload: bool, stage: str,
+                      concat_cond: Optional[torch.Tensor] = None, callback: Optional[StageCallback] = None
+                      ) -> torch.Tensor:
+        """Sample a (normalised) structured latent on ``coords`` with the flow of ``role``; ``(N, C)`` float32."""
+        flow = self.models.get(role)
+        channels = flow.config.in_channels - (concat_cond.shape[1] if concat_cond is not None else 0)
+        num_samples = int(coords[:, 0].max()) + 1
+        noise = torch.randn(coords.shape[0], channels, generator=generator).to(self.device)
+        coords = coords.to(self.device)
+        cond = cond.expand(num_samples, -1, -1)
+        extra = None if concat_cond is None else SparseTensor.from_coords(coords, concat_cond.to(self.device),
+                                                                          num_samples)
+        template = SparseTensor.from_coords(coords, noise, num_samples)
+        with self.models.on_device([role], offload) as models:
+            model = models[role]
+            model.set_token_chunking(token_chunk)
+
+            def velocity(x, t, condition):
+                tvec = torch.full((num_samples,), 1000.0 * t, device=self.device)
+                return model(template.replace(x), tvec, condition, concat_cond=extra).feats
+
+            return self.sampler.sample(velocity, noise, cond, torch.zeros_like(cond), params,
+                                       batch_index=template.batch_index, batch_size=num_samples,
+                                       callback=self._progress(callback, stage))
+
+    def _normalization(self, which: str):
+        norm = self.config.shape_normalization if which == "shape" else self.config.tex_normalization
+        if norm is None:
+            raise ValueError(f"{self.config.root}: pipeline.json has no {which}_slat_normalization")
+        return norm
