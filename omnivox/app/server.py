@@ -1,0 +1,224 @@
+"""The HTTP service (FastAPI): submit image-to-3D and texturing jobs, poll them, fetch the GLB, cancel.
+
+Endpoints (the OpenAPI spec is served at `/openapi.json`, interactive docs at `/docs`):
+
+    POST   /v1/generate               multipart: image + parameters      -> 202 {"id", "state", "position", ...}
+    POST   /v1/texture                multipart: mesh + image + params   -> 202 job
+    GET    /v1/jobs/{id}              state, queue position, progress per stage
+    GET    /v1/jobs/{id}/result.glb   the GLB once the job is done (409 before)
+    DELETE /v1/jobs/{id}              cancel (also POST /v1/jobs/{id}/cancel)
+    GET    /v1/health                 devices, loaded pipelines, queue counts
+
+Bad input gets a 4xx answer with {"detail": "..."} naming the upload and the problem: 413 for a body over
+`Limits.max_upload_bytes` (checked while it streams in, before any parsing), 422 for an unreadable image, image
+dimensions out of bounds or parameters out of range, 404 for unknown jobs, 503 when the queue is full.
+
+`create_app` takes a ready `JobQueue` whose workers own the resident pipelines, so the models are loaded once per
+process (by `omnivox serve`) and tests can pass tiny pipelines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel
+
+from omnivox.app import tasks
+from omnivox.app.inputs import InputError, Limits, check_mesh_upload, read_image
+from omnivox.app.jobs import JobQueue, QueueFull
+
+logger = logging.getLogger(__name__)
+
+
+class JobProgress(BaseModel):
+    stage: str
+    step: int
+    total: int
+    index: int
+    stages: int
+    text: str
+
+
+class JobStatus(BaseModel):
+    """State of one job. `position` is its place in the queue (1 = next), 0 when not queued."""
+
+    id: str
+    kind: str
+    state: str
+    position: int
+    progress: JobProgress
+    error: Optional[str]
+    created: float
+    started: Optional[float]
+    finished: Optional[float]
+    has_result: bool
+
+
+class BodySizeLimit:
+    """ASGI middleware: answer 413 as soon as a request body grows past `max_bytes`.
+
+    Checks the Content-Length header first and counts the streamed bytes as well, so chunked uploads without a
+    length are bounded too; nothing is parsed or spooled to disk beyond the limit.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(send, int(length))
+        received = 0
+        replaced = False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        async def replacing_send(message):
+            # The framework turns a failed body read into its own error answer; send the 413 in its place.
+            nonlocal replaced
+            if received > self.max_bytes:
+                if not replaced and message["type"] == "http.response.start":
+                    replaced = True
+                    await self._refuse(send, received)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, replacing_send)
+        except _BodyTooLarge:
+            if not replaced:
+                await self._refuse(send, received)
+
+    async def _refuse(self, send, size: int) -> None:
+        body = json.dumps({"detail": f"request body of {size} bytes or more exceeds the upload limit of "
+                                     f"{self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(queue: JobQueue, *, limits: Limits = Limits(), pipeline_types: tuple[str, ...] = (),
+               texturing: bool = True) -> FastAPI:
+    """Build the service around a running job queue.
+
+    Args:
+        queue: the job queue; its workers own `tasks.Models` (one per device).
+        limits: upload bounds.
+        pipeline_types: the accepted `pipeline_type` values (empty: any, the pipeline checks).
+        texturing: whether `/v1/texture` is served (False when no texturing pipeline is loaded).
+    """
+    app = FastAPI(title="omnivox", version="1", description="TRELLIS.2 image-to-3D and texturing as a job queue.")
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, exc: InputError):
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    def submit(kind: str, work) -> JobStatus:
+        try:
+            job = queue.submit(kind, work)
+        except QueueFull as exc:
+            raise HTTPException(503, str(exc)) from exc
+        return JobStatus(**queue.status(job.id))
+
+    def status_of(job_id: str) -> dict:
+        try:
+            return queue.status(job_id)
+        except KeyError:
+            raise HTTPException(404, f"no job with id {job_id!r} (unknown, or finished long ago and forgotten)")
+
+    @app.post("/v1/generate", status_code=202, response_model=JobStatus, summary="Image to a textured 3D model")
+    def generate(
+        image: UploadFile = File(..., description="PNG/JPEG/WebP; RGBA is used as is, RGB gets background removal"),
+        seed: int = Form(0),
+        pipeline_type: Optional[str] = Form(None, description=f"one of {list(pipeline_types) or 'the pipeline types'}"),
+        sparse_structure_steps: Optional[int] = Form(None),
+        sparse_structure_guidance: Optional[float] = Form(None),
+        shape_slat_steps: Optional[int] = Form(None),
+        shape_slat_guidance: Optional[float] = Form(None),
+        tex_slat_steps: Optional[int] = Form(None),
+        tex_slat_guidance: Optional[float] = Form(None),
+        decimation_target: int = Form(500_000),
+        texture_size: int = Form(2048),
+    ) -> JobStatus:
+        picture = read_image(image.file.read(), image.filename or "image", limits)
+        params = tasks.GenerateParams(seed=seed, pipeline_type=pipeline_type or None,
+                                      decimation_target=decimation_target, texture_size=texture_size)
+        for name, steps, guidance in (("sparse_structure", sparse_structure_steps, sparse_structure_guidance),
+                                      ("shape_slat", shape_slat_steps, shape_slat_guidance),
+                                      ("tex_slat", tex_slat_steps, tex_slat_guidance)):
+            if steps is not None or guidance is not None:
+                params = params.with_stage(name, steps, guidance)
+        params = params.validated(pipeline_types)
+        return submit("generate", lambda models, ctx: tasks.generate(models, ctx, picture, params))
+
+    if texturing:
+        @app.post("/v1/texture", status_code=202, response_model=JobStatus, summary="Texture an existing mesh")
+        def texture(
+            mesh: UploadFile = File(..., description="GLB, glTF (embedded), OBJ, PLY or STL"),
+            image: UploadFile = File(..., description="the look to give it (RGBA as is, RGB: background removal)"),
+            seed: int = Form(0),
+            texture_size: int = Form(2048),
+        ) -> JobStatus:
+            mesh_name = mesh.filename or "mesh"
+            mesh_bytes = mesh.file.read()
+            suffix = check_mesh_upload(mesh_bytes, mesh_name, limits)
+            picture = read_image(image.file.read(), image.filename or "image", limits)
+            params = tasks.GenerateParams(seed=seed, texture_size=texture_size).validated()
+
+            def work(models, ctx):
+                path = ctx.output_dir / f"input{suffix}"
+                path.write_bytes(mesh_bytes)
+                return tasks.texture(models, ctx, path, picture, params)
+
+            return submit("texture", work)
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobStatus, summary="State, queue position and progress")
+    def job_status(job_id: str) -> JobStatus:
+        return JobStatus(**status_of(job_id))
+
+    @app.get("/v1/jobs/{job_id}/result.glb", summary="The GLB of a finished job",
+             responses={200: {"content": {"model/gltf-binary": {}}}, 409: {"description": "not done"}})
+    def job_result(job_id: str):
+        state = status_of(job_id)
+        path = queue.result(job_id)
+        if path is None or not Path(path).is_file():
+            raise HTTPException(409, f"job {job_id} has no result: it is {state['state']}"
+                                     + (f" ({state['error']})" if state["error"] else ""))
+        return FileResponse(path, media_type="model/gltf-binary", filename=f"{job_id}.glb")
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobStatus, summary="Cancel a queued or running job")
+    def cancel_job(job_id: str) -> JobStatus:
+        status_of(job_id)
+        queue.cancel(job_id)
+        return JobStatus(**status_of(job_id))
+
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, summary="Cancel (same as DELETE)")
+    def cancel_job_post(job_id: str) -> JobStatus:
+        return cancel_job(job_id)
+
+    @app.get("/v1/health", summary="Liveness, queue counts")
+    def health() -> dict:
+        return {"status": "ok", "queue": queue.counts(), "pipeline_types": list(pipeline_types),
+                "texturing": texturing}
+
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_upload_bytes)
+    return app

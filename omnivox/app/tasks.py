@@ -1,0 +1,215 @@
+"""The work behind a request: typed parameters, the resident pipelines of one device, and the two job functions.
+
+`generate` (image -> textured GLB) and `texture` (mesh + image -> textured GLB) run inside a `JobQueue` worker.
+Both forward the pipelines' per-step progress to the job, which is also where cancellation takes effect.
+The pipelines are loaded once per device by `load_models` and stay resident for the life of the process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from omnivox.app.inputs import InputError
+from omnivox.app.jobs import JobCancelled, JobContext
+
+logger = logging.getLogger(__name__)
+
+#: The sampling stages whose steps and guidance a user may set, in the order they run.
+STAGES = ("sparse_structure", "shape_slat", "tex_slat")
+#: Human-readable names of `STAGES`.
+STAGE_LABELS = {"sparse_structure": "sparse structure", "shape_slat": "shape", "tex_slat": "material"}
+
+MAX_STEPS = 100
+MAX_GUIDANCE = 20.0
+MAX_SEED = 2**31 - 1
+TEXTURE_SIZES = (512, 1024, 2048, 4096)
+MAX_DECIMATION_TARGET = 2_000_000
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """Sampler settings of one stage; None keeps the value from the weights' `pipeline.json`."""
+
+    steps: int | None = None
+    guidance: float | None = None
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """Everything a user chooses for one request besides the inputs.
+
+    Attributes:
+        seed: seeds the pipeline's torch.Generator (0 ... 2**31-1).
+        pipeline_type: one of the pipeline's types ("512", "1024_cascade", ...); None: the pipeline's default.
+        stages: per-stage sampler settings, keyed by the names in `STAGES` (missing stages keep defaults).
+        decimation_target: faces of the exported mesh.
+        texture_size: side of the baked textures.
+    """
+
+    seed: int = 0
+    pipeline_type: str | None = None
+    stages: dict[str, StageParams] = field(default_factory=dict)
+    decimation_target: int = 500_000
+    texture_size: int = 2048
+
+    def validated(self, pipeline_types: tuple[str, ...] = ()) -> "GenerateParams":
+        """Return self after checking every range; raises `InputError` (HTTP 422) naming the bad field."""
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"seed must be in 0..{MAX_SEED}, got {self.seed}", status=422)
+        if pipeline_types and self.pipeline_type is not None and self.pipeline_type not in pipeline_types:
+            raise InputError(f"pipeline_type must be one of {list(pipeline_types)}, got {self.pipeline_type!r}",
+                             status=422)
+        for name, stage in self.stages.items():
+            if name not in STAGES:
+                raise InputError(f"unknown stage {name!r}; stages are {list(STAGES)}", status=422)
+            if stage.steps is not None and not 1 <= stage.steps <= MAX_STEPS:
+                raise InputError(f"{name}_steps must be in 1..{MAX_STEPS}, got {stage.steps}", status=422)
+            if stage.guidance is not None and not 0.0 <= stage.guidance <= MAX_GUIDANCE:
+                raise InputError(f"{name}_guidance must be in 0..{MAX_GUIDANCE}, got {stage.guidance}", status=422)
+        if not 0 <= self.decimation_target <= MAX_DECIMATION_TARGET:
+            raise InputError(f"decimation_target must be in 0..{MAX_DECIMATION_TARGET}, "
+                             f"got {self.decimation_target}", status=422)
+        if self.texture_size not in TEXTURE_SIZES:
+            raise InputError(f"texture_size must be one of {list(TEXTURE_SIZES)}, got {self.texture_size}",
+                             status=422)
+        return self
+
+    def with_stage(self, name: str, steps: int | None, guidance: float | None) -> "GenerateParams":
+        stages = dict(self.stages)
+        stages[name] = StageParams(steps, guidance)
+        return replace(self, stages=stages)
+
+
+@dataclass
+class Models:
+    """The pipelines resident on one device (one `JobQueue` worker owns one `Models`)."""
+
+    device: str
+    image_to_3d: Any = None
+    texturing: Any = None
+
+
+def load_models(weights: str | Path, device: str = "cpu", texturing_weights: str | Path | None = None) -> Models:
+    """Load the image-to-3D pipeline from `weights` and, if given, the texturing pipeline, onto `device`."""
+    from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
+
+    models = Models(device=device, image_to_3d=ImageTo3DPipeline.from_pretrained(weights, device=device))
+    if texturing_weights is not None:
+        from omnivox.pipelines.texturing import TexturingPipeline
+
+        models.texturing = TexturingPipeline.from_pretrained(texturing_weights, device=device)
+    return models
+
+
+def generate(models: Models, context: JobContext, image: Image.Image, params: GenerateParams, *,
+             previews: "Previews | None" = None) -> Path:
+    """Image -> textured GLB in the job's output folder.
+
+    With `previews`, also writes `pbr_panel.png` and `turntable.mp4` beside it (see `render_previews`).
+    """
+    if models.image_to_3d is None:
+        raise RuntimeError("no image-to-3D pipeline is loaded")
+    outputs = models.image_to_3d.run(
+        image, seed=params.seed, pipeline_type=params.pipeline_type, num_samples=1,
+        sampler_params=sampler_params(params), callback=progress_callback(context))
+    context.report("export", 0, 1)
+    path = context.output_dir / "result.glb"
+    outputs[0].to_glb(path, decimation_target=params.decimation_target, texture_size=params.texture_size)
+    context.report("export", 1, 1)
+    if previews is not None:
+        render_previews(outputs[0], context, previews, models.device)
+    return path
+
+
+def texture(models: Models, context: JobContext, mesh: Path, image: Image.Image, params: GenerateParams) -> Path:
+    """Mesh file + image -> the mesh with baked PBR textures, as a GLB in the job's output folder."""
+    if models.texturing is None:
+        raise RuntimeError("no texturing pipeline is loaded (start with --texturing-weights)")
+    result = models.texturing.run(mesh, image, seed=params.seed, callback=progress_callback(context))
+    context.report("export", 0, 1)
+    path = context.output_dir / "result.glb"
+    result.to_glb(path, texture_size=params.texture_size)
+    context.report("export", 1, 1)
+    return path
+
+
+def sampler_params(params: GenerateParams) -> dict[str, dict[str, float]]:
+    """The user's per-stage overrides in the pipeline's `sampler_params` form (unset values left out)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, stage in params.stages.items():
+        chosen = {}
+        if stage.steps is not None:
+            chosen["steps"] = int(stage.steps)
+        if stage.guidance is not None:
+            chosen["guidance_strength"] = float(stage.guidance)
+        if chosen:
+            out[name] = chosen
+    return out
+
+
+def progress_callback(context: JobContext):
+    """Adapt the pipelines' progress callback to `JobContext.report` (which raises on cancellation)."""
+
+    def callback(stage: str, step: int, total: int) -> None:
+        index = STAGES.index(stage) + 1 if stage in STAGES else 0
+        context.report(STAGE_LABELS.get(stage, stage), step, total, index=index, stages=len(STAGES) if index else 0)
+
+    return callback
+
+
+def pipeline_types(models: Models) -> tuple[str, ...]:
+    """The pipeline types a user may choose (all four the pipelines implement)."""
+    from omnivox.pipelines.config import PIPELINE_TYPES
+
+    return tuple(PIPELINE_TYPES)
+
+
+def default_pipeline_type(models: Models) -> str:
+    """The weights' default pipeline type (from `pipeline.json`)."""
+    return models.image_to_3d.config.default_pipeline_type
+
+
+def stage_defaults(models: Models) -> dict[str, tuple[int, float]]:
+    """Stage -> (steps, guidance strength) from the weights' `pipeline.json` (what the app's sliders start at)."""
+    samplers = models.image_to_3d.config.samplers
+    return {name: (int(samplers[name].steps), float(samplers[name].guidance_strength)) for name in STAGES}
+
+
+@dataclass(frozen=True)
+class Previews:
+    """What to render beside the GLB: the PBR panel at `resolution`, and a turntable of `frames` frames (0: none)."""
+
+    frames: int = 48
+    resolution: int = 256
+
+
+def render_previews(generated: Any, context: JobContext, settings: Previews, device: str = "cpu") -> None:
+    """Write `pbr_panel.png` and `turntable.mp4` of a generated asset into the job's folder.
+
+    Previews are a bonus beside the GLB: if rendering fails, the job still succeeds (a warning is logged).
+    """
+    try:
+        from omnivox.render import preview
+    except ImportError as exc:
+        logger.warning("no previews: the renderer is not available (%s)", exc)
+        return
+    try:
+        source = preview.PreviewSource.from_ovoxel(generated.coords.numpy(), generated.file_attributes(),
+                                                   int(generated.resolution), device=device)
+        context.report("preview", 0, 2)
+        preview.save_image(preview.render_panel(source, resolution=settings.resolution),
+                           context.output_dir / "pbr_panel.png")
+        context.report("preview", 1, 2)
+        if settings.frames > 0:
+            frames = preview.render_turntable(source, num_frames=settings.frames, resolution=settings.resolution)
+            preview.save_video(frames, context.output_dir / "turntable.mp4")
+        context.report("preview", 2, 2)
+    except JobCancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a preview must not cost the user the GLB
+        logger.warning("previews failed (%s: %s); the GLB is still available", type(exc).__name__, exc)
