@@ -55,7 +55,7 @@ import torch
 from torch.utils.data import Dataset
 
 from omnivox.data import layout
-from omnivox.data.metadata import KEY, Row, as_bool, as_float, union_tables
+from omnivox.data.metadata import Row, as_bool, as_float, has_table, union_tables
 from omnivox.sparse import SparseTensor
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class _ToolkitDataset(Dataset):
         self.instances: List[Instance] = []
         flags = tuple(self.flags) + tuple(extra_flags)
         for _name, base, dirs in parse_roots(roots, default_roles):
-            table_dirs = ([base] if (base / "metadata.csv").is_file() else []) + [
+            table_dirs = ([base] if has_table(base) else []) + [
                 dirs[role] for role in self.roles if role in dirs]
             columns, table = union_tables(table_dirs)
             has_aesthetic = "aesthetic_score" in columns

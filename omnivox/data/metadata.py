@@ -103,6 +103,11 @@ def part_files(directory: PathLike) -> List[Path]:
     return sorted(folder.glob("part_*.csv")) if folder.is_dir() else []
 
 
+def has_table(directory: PathLike) -> bool:
+    """Whether a folder holds a table (merged or only unmerged records)."""
+    return (Path(directory) / METADATA_FILE).is_file() or bool(part_files(directory))
+
+
 def load_table(directory: PathLike, include_parts: bool = True) -> Tuple[List[str], Table]:
     """``metadata.csv`` of a directory overlaid with its unmerged part files.
 
