@@ -174,7 +174,9 @@ def random_sphere_cameras(num_views: int, generator: torch.Generator | None = No
 
 
 def projection_matrix(intrinsics: torch.Tensor, near: float, far: float) -> torch.Tensor:
-    """OpenGL-style clip matrices of spec 5.1 (NDC x right, y up, z in [-1, 1]) for (B, 3, 3) intrinsics."""
+    """Clip-space matrices of spec 5.1 for (B, 3, 3) intrinsics: ``NDC x = 2u - 1``, ``NDC y = 2v - 1`` (so NDC y
+    follows the image rows downwards, as nvdiffrast's row order does), ``z`` from -1 at ``near`` to 1 at ``far``.
+    The rasterizer does not need it (it intersects pixel rays directly); it is here for interoperability."""
     fx, fy, cx, cy = intrinsics[:, 0, 0], intrinsics[:, 1, 1], intrinsics[:, 0, 2], intrinsics[:, 1, 2]
     proj = torch.zeros(intrinsics.shape[0], 4, 4, dtype=intrinsics.dtype, device=intrinsics.device)
     proj[:, 0, 0] = 2 * fx

@@ -428,8 +428,9 @@ def sample_sparse_volume(points: torch.Tensor, coords: torch.Tensor, attributes:
         raise ValueError(f"points must be (..., 3), got {tuple(points.shape)}")
     device = attributes.device
     size = voxel_size if voxel_size is not None else 1.0 / resolution
-    lo = torch.as_tensor(origin, dtype=torch.float32, device=device)
-    flat = points.reshape(-1, 3).to(device=device, dtype=torch.float32)
+    dtype = torch.float64 if torch.float64 in (points.dtype, attributes.dtype) else torch.float32
+    lo = torch.as_tensor(origin, dtype=dtype, device=device)
+    flat = points.reshape(-1, 3).to(device=device, dtype=dtype)
     coords = coords.to(device=device, dtype=torch.int64)
     res = int(resolution)
     keys = (coords[:, 0] * res + coords[:, 1]) * res + coords[:, 2]
