@@ -3,11 +3,10 @@ analytic antialiasing for silhouette gradients. Everything here is plain PyTorch
 
 Decisions on the reference's behaviour (spec training.md 2.4 and 5.2):
 
-* ``normal`` in `render_mesh` is the **flat face normal in camera space, oriented towards the camera** (its
-  dot product with the view ray is <= 0), so it does not depend on the winding. The reference describes its
-  normals as flipped "away from the camera" in its own (OpenGL-like) frame; losses compare GT and prediction
-  rendered with the same rule, so only consistency matters, and facing the camera gives the usual normal-map
-  look for previews. `render_mesh` returns it in ``[-1, 1]``; map with ``(n + 1) / 2`` for images.
+* ``normal`` in `render_mesh` is the **flat face normal in camera space, flipped to point away from the
+  camera** (its dot product with the view ray is >= 0, so ``n_z >= 0`` for surfaces seen head-on), as spec
+  training.md 2.4 describes the reference's loss renders. It does not depend on the winding, and ``(n + 1) / 2``
+  gives the familiar bluish normal images. `render_mesh` returns it in ``[-1, 1]``.
 * Antialiasing follows the idea of nvdiffrast's ``antialias``: wherever two horizontally or vertically
   adjacent pixels see different triangles, the edge of the nearer triangle that passes between the two pixel
   centres is located analytically from the projected vertices, and the two colours are blended in proportion
@@ -213,7 +212,7 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.T
 
     Returns:
         dict with ``"mask"`` (B, H, W) float coverage in [0, 1], ``"depth"`` (B, H, W) camera z (0 outside),
-        ``"normal"`` (B, H, W, 3) camera-space flat normal facing the camera (0 outside),
+        ``"normal"`` (B, H, W, 3) camera-space flat normal pointing away from the camera (0 outside),
         ``"position"`` (B, H, W, 3) world position (0 outside), ``"triangle_id"`` (B, H, W), ``"fragments"``,
         and the optional ``"attrs"``, ``"uv"``, ``"uv_grad"`` (B, H, W, 4) and ``"texture"``.
     """
@@ -229,7 +228,7 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.T
     mask = covered_mask.to(torch.float32)
 
     position = interpolate(vertices.to(torch.float32), faces, first)[:, 0]
-    # Flat camera-space face normals, turned to face the camera.
+    # Flat camera-space face normals, turned away from the camera (spec 2.4).
     cam_vertices = to_camera(vertices.to(torch.float32), extrinsics)
     if cam_vertices.shape[0] != batch:
         cam_vertices = cam_vertices.expand(batch, -1, -1)
@@ -237,7 +236,7 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.T
     corners = cam_vertices[camera.unsqueeze(1), faces[tri]]
     n = F.normalize(torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1), dim=-1)
     point = (first.bary.reshape(-1, 3)[covered].unsqueeze(-1) * corners).sum(dim=1)
-    n = torch.where(((n * point).sum(dim=-1, keepdim=True) > 0), -n, n)
+    n = torch.where(((n * point).sum(dim=-1, keepdim=True) < 0), -n, n)
     normal = torch.zeros(batch * height * width, 3, device=n.device, dtype=n.dtype).index_copy(0, covered, n)
     normal = normal.view(batch, height, width, 3)
     depth = first.depth[:, 0]

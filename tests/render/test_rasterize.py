@@ -81,13 +81,13 @@ def test_sphere_silhouette_depth_and_normals():
     err = (depth - t0)[interior]
     sagitta = 0.5 * (1 - math.cos(math.pi / 64))
     assert float(err.min()) > -1e-5 and float(err.max()) < 4 * sagitta
-    # Flat normals are close to the analytic ones, facing the camera.
+    # Flat normals are close to the analytic ones, flipped to point away from the camera (spec 2.4).
     point = rays * t0.unsqueeze(-1)
     center = extrinsics[0, :3, 3].double()
     analytic_n = torch.nn.functional.normalize(point - center, dim=-1)
-    cos = (out["normal"][0].double() * analytic_n).sum(-1)[interior]
+    cos = -(out["normal"][0].double() * analytic_n).sum(-1)[interior]
     assert float(cos.min()) > math.cos(math.radians(4))
-    assert float((out["normal"][0][..., 2][mask]).max()) <= 1e-6  # facing the camera: n_z <= 0 (z forward)
+    assert float((out["normal"][0][..., 2][mask]).min()) >= -1e-6  # away from the camera: n_z >= 0 (z forward)
 
 
 def test_position_matches_depth_along_the_ray():
