@@ -1,0 +1,104 @@
+"""`omnivox render`: a mesh or O-Voxel file -> a PBR-shaded PNG (view, panel, grid) or a turntable video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from omnivox.cli import app
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+@app.command("render")
+def render(
+    source: Path = typer.Argument(..., help="Input: .glb, .gltf, .obj, .ply, .stl or .vxz."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output .png/.jpg (still) or .mp4/.gif (turntable)."),
+    views: int = typer.Option(8, "--views", "-n", help="Views in the grid, or frames of the turntable."),
+    resolution: int = typer.Option(512, "--resolution", "-r", help="Side of each rendered view in pixels."),
+    panel: bool = typer.Option(False, "--panel", help="The 2x2 PBR panel: shaded, normals; base colour, "
+                                                      "metallic, roughness, alpha."),
+    grid: bool = typer.Option(False, "--grid", help="A grid of --views shaded views around the object."),
+    voxels: bool = typer.Option(False, "--voxels", help="(.vxz) show the voxels as coloured cubes."),
+    env: str = typer.Option("studio", "--env", help="Lighting: studio, sky, constant, or an .hdr/.exr/.npy file."),
+    up: Optional[str] = typer.Option(None, "--up", help="Up axis of the file: y or z (default: z for .stl and "
+                                                        ".vxz, y otherwise)."),
+    ssao: bool = typer.Option(True, "--ssao/--no-ssao", help="Screen-space ambient occlusion."),
+    fps: int = typer.Option(15, "--fps", help="Frames per second of videos."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """Render previews. A still shows one shaded view unless --panel and/or --grid (stacked) are given; a
+    video turns the object around once (PBR panels per frame with --panel)."""
+    import time
+
+    import numpy as np
+
+    start = time.perf_counter()
+    suffix = output.suffix.lower()
+    try:
+        if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+            raise ValueError(f"{output}: output must be one of {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}")
+        if not 16 <= resolution <= 4096:
+            raise ValueError(f"--resolution must be in [16, 4096], got {resolution}")
+        if not 1 <= views <= 1000:
+            raise ValueError(f"--views must be in [1, 1000], got {views}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+        from omnivox.render import preview
+        from omnivox.render.environment import resolve_environment
+
+        if voxels:
+            image = _voxel_image(source, views, resolution)
+            preview.save_image(image, output)
+        else:
+            item = preview.load_preview_source(source, up=up, device=device)
+            environment = resolve_environment(env, device=device)
+            if suffix in VIDEO_SUFFIXES:
+                frames = preview.render_turntable(item, views, resolution, panel=panel, environment=environment,
+                                                  ssao=ssao)
+                preview.save_video(frames, output, fps=fps)
+            else:
+                parts = []
+                if panel:
+                    parts.append(preview.render_panel(item, resolution, environment, ssao=ssao))
+                if grid:
+                    parts.append(preview.multiview_grid(item, views, resolution // 2 if panel else resolution,
+                                                        environment=environment, ssao=ssao))
+                if not parts:
+                    parts.append(preview.render_panel(item, resolution, environment, ssao=ssao)[:resolution,
+                                                                                                :resolution])
+                preview.save_image(_stack(parts, np), output)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+        typer.echo(f"omnivox render: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(f"{source} -> {output} ({time.perf_counter() - start:.2f} s)")
+
+
+def _voxel_image(source: Path, views: int, resolution: int):
+    from omnivox.ovoxel.io import read_vxz
+    from omnivox.render.preview import _smallest_power_of_two_above, render_voxel_preview
+
+    if source.suffix.lower() != ".vxz":
+        raise ValueError(f"{source}: --voxels needs a .vxz file")
+    coords, attributes = read_vxz(source)
+    if len(coords) == 0:
+        raise ValueError(f"{source}: the file holds no voxels")
+    if "base_color" not in attributes:
+        raise ValueError(f"{source}: no base_color attribute (has {sorted(attributes)})")
+    colors = attributes["base_color"].astype("float32") / 255
+    return render_voxel_preview(coords, colors, _smallest_power_of_two_above(int(coords.max())), resolution,
+                                views=min(views, 8))
+
+
+def _stack(parts, np):
+    """Stack images vertically, padding narrower ones with white on the right."""
+    width = max(p.shape[1] for p in parts)
+    padded = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in parts]
+    return np.concatenate(padded, 0)
