@@ -403,7 +403,11 @@ def _view_files(view_dir: Path) -> List[Path]:
     if transforms.is_file():
         with open(transforms, encoding="utf-8") as handle:
             frames = json.load(handle).get("frames", [])
-        files = [view_dir / f["file_path"] for f in frames if isinstance(f, dict) and "file_path" in f]
+        names = [f["file_path"] for f in frames if isinstance(f, dict) and isinstance(f.get("file_path"), str)]
+        unsafe = [n for n in names if Path(n).name != n or n in ("", ".", "..")]
+        if unsafe:
+            raise ValueError(f"{transforms}: file_path must name a file in its folder, got {unsafe[0]!r}")
+        files = [view_dir / name for name in names]
     else:
         files = sorted(view_dir.glob("*.png"))
     if not files:

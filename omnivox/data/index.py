@@ -162,9 +162,12 @@ def run_index(root: Path, source: Optional[Path] = None, rank: int = 0, world_si
 
     def failure_rows(task: Task, error: str) -> dict:
         path = Path(task.payload["path"])
-        return {".": {"sha256": file_sha256(path), "local_path": task.payload["local_path"],
-                      "file_identifier": task.key, "file_size": path.stat().st_size, "indexed": False,
-                      "index_error": error}}
+        try:
+            sha, size = file_sha256(path), path.stat().st_size
+        except OSError:  # the file vanished or is unreadable: key the failure by its path instead
+            sha, size = hashlib.sha256(f"unreadable:{task.key}".encode()).hexdigest(), ""
+        return {".": {"sha256": sha, "local_path": task.payload["local_path"], "file_identifier": task.key,
+                      "file_size": size, "indexed": False, "index_error": error}}
 
     writers = {".": RecordWriter(root, COLUMNS, rank)}
     result = run_stage(tasks, index_file, writers, failure_rows, workers, "index", progress=progress)

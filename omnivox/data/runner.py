@@ -115,7 +115,6 @@ def remove_stale_temps(folders: Iterable[PathLike], rank: int) -> int:
 def _init_worker(threads: int) -> None:
     # The parent handles Ctrl-C and terminates the pool; workers must not die half-way through a write.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
