@@ -5,9 +5,13 @@
 * **No remeshing and no hidden inner shell.** The reference's narrow-band remesh (quirk 14) builds the surface from
   an unsigned distance and keeps an invisible inner offset shell in every closed part; here the extracted surface is
   cleaned and decimated directly, so every exported face is visible geometry.
-* **Outward winding.** Orientation is made consistent through manifold edges and each closed part gets positive
-  signed volume (``meshops.orient_faces``). Open parts keep a consistent but heuristic side, and the material is then
-  marked double-sided; a mesh whose parts are all closed is single-sided.
+* **Outward winding.** Thin fringes that the dual grid leaves next to non-manifold edges are dropped
+  (``meshops.remove_fringes``); orientation is made consistent through manifold edges, balanced across non-manifold
+  ones, each closed component gets positive signed volume and closed components nested inside an odd number of
+  others face inwards (a cavity's wall faces into the cavity; ``meshops.orient_faces``). Open parts keep a
+  consistent but heuristic side, and the material is then marked double-sided. Openings one cannot see through
+  (area below half a voxel face, ``OPENING_AREA``: zero-width slits left next to non-manifold edges) do not count,
+  so a closed, well-formed shape is single-sided.
 * **alphaMode** is chosen from the voxel alphas instead of always ``OPAQUE`` (see ``choose_alpha_mode``).
 * **Rounding.** Texture bytes are ``round(x * 255)`` rather than the reference's truncation, so a volume made of
   ``byte / 255`` values bakes back to the same bytes.
@@ -49,6 +53,12 @@ OPAQUE_ALPHA = 0.95
 CLEAR_ALPHA = 0.05
 PARTIAL_FRACTION = 0.2
 MASK_CUTOFF = 0.5
+# Surface clean-up in voxels (the median edge of the extracted surface): fringe strips narrower than FRINGE_WIDTH at
+# non-manifold edges are dropped; holes with a shorter perimeter than PIN_HOLE_PERIMETER are always filled.
+FRINGE_WIDTH = 1.5
+PIN_HOLE_PERIMETER = 8.0
+# Openings with a smaller area (in voxel faces) are slits or pin-holes nobody sees through: still single-sided.
+OPENING_AREA = 0.5
 # No UV chart may cover more than this fraction of the surface (xatlas speed, see _xatlas_unwrap).
 MAX_CHART_AREA_DIVISOR = 256.0
 
@@ -63,7 +73,7 @@ class ExportReport:
         holes_filled: boundary loops closed by hole filling.
         texture_size: side of the square textures.
         alpha_mode, alpha_cutoff: the material's alphaMode and (for MASK) alphaCutoff.
-        double_sided: True when open parts remain.
+        double_sided: True when an opening of at least ``OPENING_AREA`` voxel faces remains.
         uncovered_texels: texels inside the UV charts whose point had no active voxel within reach (filled like gutter).
         timings: seconds per stage ("clean", "decimate", "unwrap", "rasterize", "lookup", "fill", "assemble").
     """
@@ -199,15 +209,17 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Clean, orient, optionally fill small holes and decimate an extracted surface (spec 7 steps 1 and 3).
 
-    Order: clean (degenerate/duplicate faces, specks) -> orient -> fill holes -> decimate to ``3 * target`` ->
+    Order: clean (degenerate/duplicate faces, specks, fringes up to ``FRINGE_WIDTH`` voxels wide at non-manifold
+    edges) -> orient -> fill holes -> decimate to ``3 * target`` ->
     clean -> fill holes -> decimate to ``target`` -> clean -> orient. Orienting before decimation keeps the
     collapses' normal-flip checks meaningful; the final orientation repairs anything decimation disturbed.
 
     Args:
         vertices: (V, 3) float32.
         faces: (F, 3) int64, any winding.
-        fill_holes: close boundary loops shorter than ``hole_max_perimeter``.
-        hole_max_perimeter: world units (3 % of the unit box in the reference).
+        fill_holes: close boundary loops shorter than ``hole_max_perimeter`` or ``PIN_HOLE_PERIMETER`` voxels.
+        hole_max_perimeter: world units (3 % of the unit box in the reference). Pin-holes from lattice ties (about
+            4-8 voxel edges round) are closed at every resolution, also where 3 % of the box is less than that.
         min_component_area: parts with less total area (world units squared) are dropped.
         decimation_target: face count to decimate to, or None to keep every face.
         timings: optional dict receiving seconds for "clean" and "decimate".
@@ -224,11 +236,15 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         if not fill_holes:
             return v, f
         before = len(f)
-        v, f = meshops.fill_small_holes(v, f, hole_max_perimeter)
+        v, f = meshops.fill_small_holes(v, f, hole_limit)
         holes += len(np.unique(f[before:, 2]))
         return v, f
 
     v, f = meshops.clean(vertices, faces, min_component_area)
+    voxel_edge = meshops.median_edge_length(v, f)  # before any decimation, about one voxel
+    hole_limit = max(hole_max_perimeter, PIN_HOLE_PERIMETER * voxel_edge)
+    f = meshops.remove_fringes(v, f, FRINGE_WIDTH * voxel_edge)
+    v, f = meshops.compact(v, f)
     f, _ = meshops.orient_faces(v, f)
     v, f = fill(v, f)
     timings["clean"] = time.perf_counter() - start
@@ -441,7 +457,8 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
         report.alpha_mode, report.alpha_cutoff = choose_alpha_mode(a[:, ATTRIBUTE_LAYOUT["alpha"]])
     else:
         report.alpha_mode, report.alpha_cutoff = alpha_mode, (MASK_CUTOFF if alpha_mode == "MASK" else None)
-    report.double_sided = not bool(closed.all())
+    voxel_face = float(np.min(grid.voxel_size)) ** 2
+    report.double_sided = bool((meshops.opening_areas(v, f) >= OPENING_AREA * voxel_face).any())
     material = trimesh.visual.material.PBRMaterial(
         name="omnivox_material", baseColorTexture=base_image, metallicRoughnessTexture=mr_image,
         baseColorFactor=[255, 255, 255, 255], metallicFactor=1.0, roughnessFactor=1.0,

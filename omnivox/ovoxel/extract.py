@@ -12,7 +12,8 @@ Decisions on the reference's quirks (spec section 12):
 4. The reference's winding is fixed per axis (every normal points to -x/-y/-z), so half the triangles of a closed
    surface face inwards. With ``orient=True`` (default) we make the winding consistent per connected component (flood
    fill across manifold edges), then pick each component's side: closed components face outwards (positive signed
-   volume); open components take the side on which most of their area agrees with the crossing-parity rule (along
+   volume), except that one nested inside an odd number of other closed components faces inwards (the wall of a
+   cavity faces into the cavity); open components take the side on which most of their area agrees with the crossing-parity rule (along
    each lattice line, even-numbered crossings enter the shape), which is "outwards" for surfaces that are nearly
    closed and an arbitrary but deterministic side for isolated sheets. ``orient=False`` keeps the reference's
    axis-fixed winding (and needs no CPU round trip on the GPU path).
@@ -221,17 +222,22 @@ def _parity_flip(c: torch.Tensor, quads: torch.Tensor, axis: torch.Tensor) -> to
 def orient_faces(faces: torch.Tensor, vertices: torch.Tensor, hint_flip: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Make winding consistent per connected component (across manifold edges) and choose each component's side.
 
-    Closed components (every edge shared by exactly two faces) get positive signed volume. Open components take the
+    Closed components (every edge shared by exactly two faces) get positive signed volume, then those inside an
+    odd number of other closed components are turned inwards (``meshops.nested_inside_odd``: a hollow object's
+    inner wall faces into the cavity). Open components take the
     side on which the larger area agrees with ``hint_flip`` (per face: True = flip is suggested), or keep their first
     face's winding without a hint. Runs on the CPU (numba); the result is returned on ``faces``' device.
     """
     from omnivox.ovoxel.kernels.orient_numba import orient_components
+    from omnivox.ovoxel.meshops import nested_inside_odd
 
     if faces.shape[0] == 0:
         return faces
     f = faces.cpu().numpy().astype(np.int64)
     v = vertices.detach().cpu().numpy().astype(np.float64)
     hint = np.zeros(len(f), bool) if hint_flip is None else hint_flip.cpu().numpy().astype(bool)
-    flip = orient_components(f, v, hint)
+    flip, component, closed = orient_components(f, v, hint)
     f = np.where(flip[:, None], f[:, ::-1], f)
+    inward = nested_inside_odd(v, f, component, closed)
+    f = np.where(inward[component][:, None], f[:, ::-1], f)
     return torch.from_numpy(np.ascontiguousarray(f)).to(faces.device)

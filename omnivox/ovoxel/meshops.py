@@ -22,6 +22,8 @@ Decisions (spec section 7 step 3 and quirk 14):
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numba
 import numpy as np
 
@@ -98,11 +100,14 @@ def face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return 0.5 * np.linalg.norm(cross, axis=1)
 
 
-def face_components(faces: np.ndarray) -> np.ndarray:
-    """(F,) int64 labels of face components connected through shared edges (manifold or not)."""
+def face_components(faces: np.ndarray, table: Optional[tuple] = None) -> np.ndarray:
+    """(F,) int64 labels of face components connected through shared edges (manifold or not).
+
+    ``table`` may pass the ``edge_table(faces)`` already computed.
+    """
     if len(faces) == 0:
         return np.zeros(0, np.int64)
-    order, edge_of, _ = edge_table(faces)
+    order, edge_of, _ = edge_table(faces) if table is None else table
     sorted_edges = edge_of[order]
     same = sorted_edges[1:] == sorted_edges[:-1]  # consecutive half-edges of one edge join their faces
     pairs = np.stack([order[:-1][same] // 3, order[1:][same] // 3], axis=1)
@@ -143,6 +148,55 @@ def remove_small_components(vertices: np.ndarray, faces: np.ndarray, min_area: f
     return faces[area[labels] >= min_area]
 
 
+def remove_fringes(vertices: np.ndarray, faces: np.ndarray, width: float, rounds: int = 3) -> np.ndarray:
+    """Drop thin open flaps that hang off non-manifold edges.
+
+    Where two sheets of the input meet inside one voxel (a surface ending against another, e.g. an avocado's skin
+    against its cut face) or a thin part pinches, the dual grid yields a fringe: a strip about one voxel wide (often
+    a single sliver quad) attached to the rest along non-manifold edges and free along the other side. Such a strip
+    leaves boundary edges on an otherwise closed surface (so the whole export would be double-sided) and splits it
+    at the non-manifold edges (so its parts could not be oriented together). A *manifold part* (faces joined through
+    edges with exactly two faces) is removed when it has a boundary edge, touches a non-manifold edge and its area
+    is at most ``width`` times its boundary length. Removing a part can expose a new fringe, hence a few rounds.
+
+    Args:
+        vertices: (V, 3) float.
+        faces: (F, 3) int64.
+        width: world units; about one voxel (the extracted surface's median edge length).
+        rounds: passes at most.
+
+    Returns:
+        (F', 3) int64, the kept faces.
+    """
+    areas_all = face_areas(vertices, faces)
+    v = vertices.astype(np.float64)
+    for _ in range(rounds):
+        if len(faces) == 0:
+            break
+        order, edge_of, face_count = edge_table(faces)
+        _, part = _manifold_parts(faces, order, edge_of, face_count)
+        count = face_count[edge_of].reshape(-1, 3)
+        length = np.linalg.norm(v[faces[:, [1, 2, 0]]] - v[faces], axis=2)
+        num_parts = int(part.max()) + 1
+        boundary = np.bincount(part, weights=(length * (count == 1)).sum(axis=1), minlength=num_parts)
+        junction = np.bincount(part, weights=(count >= 3).sum(axis=1), minlength=num_parts) > 0
+        area = np.bincount(part, weights=areas_all, minlength=num_parts)
+        fringe = (boundary > 0) & junction & (area <= width * boundary)
+        if not fringe.any():
+            break
+        keep = ~fringe[part]
+        faces, areas_all = faces[keep], areas_all[keep]
+    return faces
+
+
+def median_edge_length(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Median length of the faces' edges (0 for no faces)."""
+    if len(faces) == 0:
+        return 0.0
+    v = vertices.astype(np.float64)
+    return float(np.median(np.linalg.norm(v[faces[:, [1, 2, 0]]] - v[faces], axis=2)))
+
+
 # ---------------------------------------------------------------------------------------------------- orientation
 
 
@@ -177,20 +231,9 @@ def _propagate_flips(num_faces, adj_start, adj_face, adj_same):
     return flip, label
 
 
-def orient_faces(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Make the winding consistent and outward-facing (see the module docstring for the rule).
-
-    Args:
-        vertices: (V, 3) float.
-        faces: (F, 3) int64, any winding.
-
-    Returns:
-        faces: (F, 3) int64 re-wound copy.
-        closed: (F,) bool, True for faces of parts that have no boundary edge (orientation is exact there).
-    """
-    if len(faces) == 0:
-        return faces.copy(), np.zeros(0, bool)
-    order, edge_of, face_count = edge_table(faces)
+def _manifold_parts(faces: np.ndarray, order: np.ndarray, edge_of: np.ndarray, face_count: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Consistent winding through manifold edges: (F,) int8 flip per face and (F,) int64 part label."""
     sorted_edges = edge_of[order]
     first = order[:-1]
     second = order[1:]
@@ -204,24 +247,164 @@ def orient_faces(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, n
     by_src = np.argsort(src, kind="stable")
     adj_start = np.zeros(len(faces) + 1, np.int64)
     np.cumsum(np.bincount(src, minlength=len(faces)), out=adj_start[1:])
-    flip, label = _propagate_flips(len(faces), adj_start, dst[by_src], same2[by_src])
+    return _propagate_flips(len(faces), adj_start, dst[by_src], same2[by_src])
 
+
+@numba.njit(cache=True)
+def _balance_parts(num_parts, seeds, part_start, part_edge, part_sign, edge_start, edge_part):
+    # Greedy sign per part so that, on every non-manifold edge, as many half-edges run one way as the other (what
+    # a consistently wound closed surface has everywhere). Parts are visited breadth-first from the largest; each
+    # takes the sign that leaves the smaller imbalance on the edges it shares with parts already placed.
+    sign = np.zeros(num_parts, np.int8)
+    balance = np.zeros(edge_start.shape[0] - 1, np.int64)
+    queue = np.empty(num_parts, np.int64)
+    for seed in seeds:
+        if sign[seed] != 0:
+            continue
+        sign[seed] = 1
+        for k in range(part_start[seed], part_start[seed + 1]):
+            balance[part_edge[k]] += part_sign[k]
+        head, tail = 0, 1
+        queue[0] = seed
+        while head < tail:
+            p = queue[head]
+            head += 1
+            for k in range(part_start[p], part_start[p + 1]):
+                e = part_edge[k]
+                for m in range(edge_start[e], edge_start[e + 1]):
+                    q = edge_part[m]
+                    if sign[q] != 0:
+                        continue
+                    keep, swap = 0, 0
+                    for j in range(part_start[q], part_start[q + 1]):
+                        keep += abs(balance[part_edge[j]] + part_sign[j])
+                        swap += abs(balance[part_edge[j]] - part_sign[j])
+                    sign[q] = 1 if keep <= swap else -1
+                    for j in range(part_start[q], part_start[q + 1]):
+                        balance[part_edge[j]] += sign[q] * part_sign[j]
+                    queue[tail] = q
+                    tail += 1
+    return sign
+
+
+def _part_signs_across_non_manifold_edges(faces: np.ndarray, part: np.ndarray, edge_of: np.ndarray,
+                                          face_count: np.ndarray, part_size: np.ndarray) -> np.ndarray:
+    """(P,) int8 +-1: flip of each manifold part so that non-manifold edges are balanced (see ``_balance_parts``)."""
+    num_parts = len(part_size)
+    half_edges = np.nonzero(face_count[edge_of] >= 3)[0]
+    if len(half_edges) == 0:
+        return np.ones(num_parts, np.int8)
+    start = faces.reshape(-1)[half_edges]
+    end = faces[:, [1, 2, 0]].reshape(-1)[half_edges]
+    direction = np.where(start < end, 1, -1)
+    he_part = part[half_edges // 3]
+    num_edges = int(edge_of.max()) + 1
+    keys, inverse = np.unique(he_part * num_edges + edge_of[half_edges], return_inverse=True)
+    signs = np.bincount(inverse.reshape(-1), weights=direction).astype(np.int64)
+    pe_part, pe_edge = keys // num_edges, keys % num_edges  # sorted by part, then edge
+    part_start = np.zeros(num_parts + 1, np.int64)
+    np.cumsum(np.bincount(pe_part, minlength=num_parts), out=part_start[1:])
+    edges, pe_edge_dense = np.unique(pe_edge, return_inverse=True)
+    pe_edge_dense = pe_edge_dense.reshape(-1)
+    by_edge = np.argsort(pe_edge_dense, kind="stable")
+    edge_start = np.zeros(len(edges) + 1, np.int64)
+    np.cumsum(np.bincount(pe_edge_dense, minlength=len(edges)), out=edge_start[1:])
+    seeds = np.argsort(-part_size, kind="stable")
+    return _balance_parts(num_parts, seeds, part_start, pe_edge_dense, signs, edge_start, pe_part[by_edge])
+
+
+def orient_faces(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make the winding consistent and outward-facing.
+
+    1. Winding is propagated face to face through manifold edges (two faces), giving manifold *parts*.
+    2. Parts that meet at non-manifold edges (three or more faces, where sheets touch) are flipped as wholes so that
+       each such edge is walked equally often in both directions, which is what a consistently wound closed surface
+       has everywhere (greedy, largest part first).
+    3. Each edge-connected *component* is then turned so that its signed volume is positive. A component without
+       boundary edges is closed and this is exactly "normals point out of the enclosed volume"; for an open
+       component it is the heuristic "mostly away from its centroid" (the exporter marks such meshes double-sided).
+    4. Closed components inside an odd number of other closed components face inwards (``nested_inside_odd``): the
+       inner wall of a hollow object faces into its cavity.
+
+    Args:
+        vertices: (V, 3) float.
+        faces: (F, 3) int64, any winding.
+
+    Returns:
+        faces: (F, 3) int64 re-wound copy.
+        closed: (F,) bool, True for faces of components that have no boundary edge (orientation is exact there).
+    """
+    if len(faces) == 0:
+        return faces.copy(), np.zeros(0, bool)
+    order, edge_of, face_count = edge_table(faces)
+    flip, part = _manifold_parts(faces, order, edge_of, face_count)
     out = faces.copy()
     out[flip == 1] = out[flip == 1][:, [0, 2, 1]]
-    # Signed volume of each part about its own centroid: positive when the normals point away from the inside.
-    v = vertices.astype(np.float64)
-    num_parts = int(label.max()) + 1
-    corner_sum = np.zeros((num_parts, 3))
-    np.add.at(corner_sum, label, v[out].sum(axis=1))
-    centre = corner_sum / (3.0 * np.bincount(label, minlength=num_parts))[:, None]
-    a, b, c = (v[out[:, k]] - centre[label] for k in range(3))
-    volume = np.bincount(label, weights=np.einsum("ij,ij->i", a, np.cross(b, c)), minlength=num_parts)
-    reverse = volume[label] < 0
+    part_sign = _part_signs_across_non_manifold_edges(out, part, edge_of, face_count,
+                                                      np.bincount(part).astype(np.int64))
+    reverse = part_sign[part] < 0
     out[reverse] = out[reverse][:, [0, 2, 1]]
 
-    open_edge = face_count[edge_of] == 1
-    part_is_open = np.bincount(label, weights=open_edge.reshape(-1, 3).any(axis=1), minlength=num_parts) > 0
-    return out, ~part_is_open[label]
+    component = face_components(faces, (order, edge_of, face_count))
+    num_components = int(component.max()) + 1
+    # Signed volume of each component about its own centroid (independent of the origin for closed ones).
+    v = vertices.astype(np.float64)
+    corner_sum = np.zeros((num_components, 3))
+    np.add.at(corner_sum, component, v[out].sum(axis=1))
+    centre = corner_sum / (3.0 * np.bincount(component, minlength=num_components))[:, None]
+    a, b, c = (v[out[:, k]] - centre[component] for k in range(3))
+    volume = np.bincount(component, weights=np.einsum("ij,ij->i", a, np.cross(b, c)), minlength=num_components)
+    open_face = (face_count[edge_of] == 1).reshape(-1, 3).any(axis=1)
+    closed_component = np.bincount(component, weights=open_face, minlength=num_components) == 0
+    inward = nested_inside_odd(v, out, component, closed_component)
+    reverse = (volume[component] < 0) != inward[component]
+    out[reverse] = out[reverse][:, [0, 2, 1]]
+    return out, closed_component[component]
+
+
+def nested_inside_odd(vertices: np.ndarray, faces: np.ndarray, component: np.ndarray, closed: np.ndarray
+                      ) -> np.ndarray:
+    """Which closed components lie inside an odd number of other closed components (containment parity).
+
+    A point of each closed component (its first face's centroid) is tested against every other closed component
+    whose bounding box contains it, with the generalized winding number (|w| > 1/2 inside; exact for closed
+    surfaces and independent of their winding). Components that touch or intersect each other get whatever their
+    test point says.
+
+    Args:
+        vertices: (V, 3) float.
+        faces: (F, 3) int64.
+        component: (F,) int64 labels 0..K-1.
+        closed: (K,) bool, which components are closed (only these count, both as containers and as contained).
+
+    Returns:
+        (K,) bool, False for open components.
+    """
+    from omnivox.ovoxel.kernels.orient_numba import winding_numbers
+
+    num_components = len(closed)
+    inside = np.zeros(num_components, np.int64)
+    candidates = np.nonzero(closed)[0]
+    if len(candidates) < 2:
+        return inside.astype(bool)
+    v = np.ascontiguousarray(vertices, np.float64)
+    by_component = np.argsort(component, kind="stable")
+    start = np.searchsorted(component[by_component], np.arange(num_components + 1))
+    first_face = by_component[start[:-1].clip(max=len(faces) - 1)]
+    point = v[faces[first_face]].mean(axis=1)
+    corners = v[faces[by_component]]  # (F, 3, 3) in component order
+    low = np.minimum.reduceat(corners.min(axis=1), start[:-1].clip(max=len(faces) - 1), axis=0)
+    high = np.maximum.reduceat(corners.max(axis=1), start[:-1].clip(max=len(faces) - 1), axis=0)
+    for container in candidates:
+        tested = candidates[(candidates != container)
+                            & (point[candidates] > low[container]).all(axis=1)
+                            & (point[candidates] < high[container]).all(axis=1)]
+        if len(tested) == 0:
+            continue
+        triangles = np.ascontiguousarray(corners[start[container]:start[container + 1]])
+        winding = winding_numbers(np.ascontiguousarray(point[tested]), triangles)
+        inside[tested] += np.abs(winding) > 0.5
+    return inside % 2 == 1
 
 
 def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
@@ -280,6 +463,35 @@ def fill_small_holes(vertices: np.ndarray, faces: np.ndarray, max_perimeter: flo
     fan = np.stack([end[chosen], start[chosen], new_index[loop[chosen]]], axis=1)
     return (np.concatenate([vertices, centres.astype(vertices.dtype)]),
             np.concatenate([faces, fan]).astype(np.int64))
+
+
+def opening_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area of every opening: per connected piece of boundary edges, the area of the fan from its centroid.
+
+    A pin-hole or a zero-width slit (a boundary path folded back along itself, as the dual grid leaves next to
+    non-manifold edges) has an area near zero and cannot be seen through; a real opening has about its true area.
+
+    Returns:
+        (K,) float64, one entry per connected set of boundary edges (empty for a closed mesh).
+    """
+    if len(faces) == 0:
+        return np.zeros(0)
+    order, edge_of, face_count = edge_table(faces)
+    boundary_he = np.nonzero(face_count[edge_of] == 1)[0]
+    if len(boundary_he) == 0:
+        return np.zeros(0)
+    start = faces.reshape(-1)[boundary_he]
+    end = faces[:, [1, 2, 0]].reshape(-1)[boundary_he]
+    piece = connected_components(len(vertices), np.stack([start, end], axis=1))[start]
+    piece = np.unique(piece, return_inverse=True)[1].reshape(-1)
+    num = int(piece.max()) + 1
+    v = vertices.astype(np.float64)
+    centre = np.zeros((num, 3))
+    np.add.at(centre, piece, v[start] + v[end])
+    centre /= 2.0 * np.bincount(piece, minlength=num)[:, None]
+    fan = np.zeros(num)
+    np.add.at(fan, piece, 0.5 * np.linalg.norm(np.cross(v[start] - centre[piece], v[end] - centre[piece]), axis=1))
+    return fan
 
 
 def boundary_edge_count(faces: np.ndarray) -> int:

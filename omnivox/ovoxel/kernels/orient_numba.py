@@ -91,7 +91,10 @@ def first_diagonal_by_angle(quads, vertices):
 def orient_components(faces, vertices, hint_flip):
     """Consistent winding per connected component, then each component's side (see ``extract.orient_faces``).
 
-    Returns the flip bit of every face.
+    Returns:
+        flip: (F,) bool flip bit of every face.
+        component: (F,) int64 label of each face's component (connected through manifold edges).
+        closed: (K,) bool per component, True when every edge of it has exactly two faces.
     """
     F = faces.shape[0]
     nv = np.int64(vertices.shape[0])
@@ -167,7 +170,7 @@ def orient_components(faces, vertices, hint_flip):
         side = volume[k] < 0 if closed[k] else disagree[k] > area[k] / 2
         if side:
             flip[f] = not flip[f]
-    return flip
+    return flip, comp, closed
 
 
 @nb.njit(cache=True, inline="always")
@@ -179,3 +182,41 @@ def _tri_normal64(v, i, j, k):
     by = np.float64(v[k, 1]) - v[i, 1]
     bz = np.float64(v[k, 2]) - v[i, 2]
     return ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+
+
+@nb.njit(cache=True, parallel=True)
+def winding_numbers(points, triangles):
+    """Generalized winding number of a triangle soup at each point: the sum of signed solid angles over 4 pi.
+
+    Van Oosterom & Strackee's formula per triangle; for a closed, consistently wound surface the result is +-1
+    inside and 0 outside (sign by the winding).
+
+    Args:
+        points: (P, 3) float64.
+        triangles: (T, 3, 3) float64 corner positions.
+
+    Returns:
+        (P,) float64.
+    """
+    out = np.zeros(points.shape[0])
+    for p in nb.prange(points.shape[0]):
+        total = 0.0
+        for t in range(triangles.shape[0]):
+            ax = triangles[t, 0, 0] - points[p, 0]
+            ay = triangles[t, 0, 1] - points[p, 1]
+            az = triangles[t, 0, 2] - points[p, 2]
+            bx = triangles[t, 1, 0] - points[p, 0]
+            by = triangles[t, 1, 1] - points[p, 1]
+            bz = triangles[t, 1, 2] - points[p, 2]
+            cx = triangles[t, 2, 0] - points[p, 0]
+            cy = triangles[t, 2, 1] - points[p, 1]
+            cz = triangles[t, 2, 2] - points[p, 2]
+            la = np.sqrt(ax * ax + ay * ay + az * az)
+            lb = np.sqrt(bx * bx + by * by + bz * bz)
+            lc = np.sqrt(cx * cx + cy * cy + cz * cz)
+            det = ax * (by * cz - bz * cy) - ay * (bx * cz - bz * cx) + az * (bx * cy - by * cx)
+            denominator = (la * lb * lc + (ax * bx + ay * by + az * bz) * lc + (bx * cx + by * cy + bz * cz) * la
+                           + (cx * ax + cy * ay + cz * az) * lb)
+            total += 2.0 * np.arctan2(det, denominator)
+        out[p] = total / (4.0 * np.pi)
+    return out
