@@ -16,3 +16,5 @@ from omnivox.cli import convert_commands  # noqa: E402,F401
 from omnivox.cli import export_commands  # noqa: E402,F401
 from omnivox.cli import data_commands  # noqa: E402,F401
 from omnivox.cli import render_commands  # noqa: E402,F401
+from omnivox.cli import generate_commands  # noqa: E402,F401
+from omnivox.cli import app_commands  # noqa: E402,F401

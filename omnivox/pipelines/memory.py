@@ -5,7 +5,7 @@ A generation runs stages one after another (condition -> sparse structure -> sha
 token count. `plan_memory` is a pure function of those numbers, so it is tested without a GPU:
 
 1. Everything resident (fastest): all models stay on the device; peak = all weights + the largest stage's work.
-   Chosen when there is no budget or it fits.
+   Chosen when there is no budget or it fits (plans aim at `HEADROOM` = 90 % of the budget).
 2. Otherwise offload: models live in host memory and each stage moves only its own models to the device and
    drops them afterwards (spec 9.5 "low_vram", here decided by the planner, not a flag); peak = the largest
    ``stage weights + stage work``.
@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 GIB = 1 << 30
+# Plans aim at this fraction of the budget: the CUDA context, allocator fragmentation and small tensors the
+# estimates leave out take the rest.
+HEADROOM = 0.9
 CHUNK_VOXEL_CHOICES = (262_144, 131_072, 65_536)
 TOKEN_CHUNK_CHOICES = (16_384, 8_192, 4_096)
 
@@ -89,7 +92,7 @@ class MemoryPlan:
         stages: one `StagePlan` per stage, in run order.
         weights_bytes: role -> bytes of weights.
         peak_bytes: the estimated peak over the run.
-        fits: whether ``peak_bytes <= budget_bytes`` (True without a budget).
+        fits: whether ``peak_bytes`` is within `HEADROOM` of ``budget_bytes`` (True without a budget).
     """
 
     device: str
@@ -108,20 +111,24 @@ class MemoryPlan:
         raise KeyError(f"no stage {name!r} in the plan (stages: {[s.name for s in self.stages]})")
 
     def __str__(self) -> str:
-        budget = "unlimited" if self.budget_bytes is None else f"{self.budget_bytes / GIB:.1f} GiB"
+        budget = "unlimited" if self.budget_bytes is None else format_bytes(self.budget_bytes)
         mode = "offload (models visit the device per stage)" if self.offload else "all models resident"
         lines = [f"memory plan on {self.device}: budget {budget}, {mode}, estimated peak "
-                 f"{self.peak_bytes / GIB:.2f} GiB{'' if self.fits else ' (OVER BUDGET)'}"]
+                 f"{format_bytes(self.peak_bytes)}{'' if self.fits else ' (OVER BUDGET)'}"]
         for s in self.stages:
             extra = []
             if s.chunk_voxels:
                 extra.append(f"chunk_voxels={s.chunk_voxels}")
             if s.token_chunk:
                 extra.append(f"token_chunk={s.token_chunk}")
-            lines.append(f"  {s.name:<18} {s.peak_bytes / GIB:7.2f} GiB  {', '.join(s.roles)}"
+            lines.append(f"  {s.name:<18} {format_bytes(s.peak_bytes):>10}  {', '.join(s.roles)}"
                          + (f"  [{', '.join(extra)}]" if extra else ""))
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def format_bytes(count: int) -> str:
+    return f"{count / GIB:.2f} GiB" if count >= GIB // 10 else f"{count / (1 << 20):.1f} MiB"
 
 
 def parse_memory(value) -> Optional[int]:
@@ -216,11 +223,12 @@ def plan_memory(stages: Sequence[StageNeed], weights_bytes: dict, budget_bytes: 
                 raise KeyError(f"stage {need.name!r} uses role {role!r} with no weights size")
             if role not in used_roles:
                 used_roles.append(role)
+    target = None if budget_bytes is None else int(budget_bytes * HEADROOM)
     all_weights = sum(weights_bytes[r] for r in used_roles)
     max_work = max((n.work_bytes for n in stages), default=0)
     on_cpu = str(device).startswith("cpu")
     notes = []
-    if budget_bytes is None or all_weights + max_work <= budget_bytes:
+    if target is None or all_weights + max_work <= target:
         plans = [StagePlan(n.name, n.roles, all_weights + n.work_bytes) for n in stages]
         return MemoryPlan(str(device), budget_bytes, False, plans, dict(weights_bytes),
                           max((p.peak_bytes for p in plans), default=all_weights), True, notes)
@@ -231,11 +239,11 @@ def plan_memory(stages: Sequence[StageNeed], weights_bytes: dict, budget_bytes: 
     for need in stages:
         weights = sum(weights_bytes[r] for r in need.roles) if offload else all_weights
         peak, chunk_voxels, token_chunk = weights + need.work_bytes, None, None
-        if peak > budget_bytes and need.kind in ("decoder", "flow"):
-            peak, chunk_voxels, token_chunk = _chunked(need, weights, budget_bytes)
+        if peak > target and need.kind in ("decoder", "flow"):
+            peak, chunk_voxels, token_chunk = _chunked(need, weights, target)
         plans.append(StagePlan(need.name, need.roles, peak, chunk_voxels, token_chunk))
     peak = max(p.peak_bytes for p in plans)
-    fits = peak <= budget_bytes
+    fits = peak <= target
     if not fits:
         worst = max(plans, key=lambda p: p.peak_bytes)
         notes.append(f"stage {worst.name!r} needs about {worst.peak_bytes / GIB:.2f} GiB even with the smallest "

@@ -1,0 +1,112 @@
+"""The memory planner's decisions for a few budgets (a pure function: no GPU needed), and its wiring."""
+
+import pytest
+import torch
+
+from omnivox.pipelines.memory import (GIB, decoder_stage, flow_stage, image_encoder_stage, parse_memory,
+                                      plan_memory, ss_decoder_stage)
+from omnivox.pipelines.testing import make_test_pipeline  # noqa: F401  (fixture module import check)
+
+FLOW = 1_292_253_728 * 2 + 30_000_000  # bf16 blocks + fp32 pieces, about 2.6 GB
+WEIGHTS = {"image_cond_model": 303_129_600 * 4, "sparse_structure_flow_model": FLOW, "sparse_structure_decoder":
+           73_671_201 * 2, "shape_slat_flow_model_512": FLOW, "shape_slat_flow_model_1024": FLOW,
+           "tex_slat_flow_model_1024": FLOW, "shape_slat_decoder": 474_231_463 * 2, "tex_slat_decoder": 474_216_006 * 2}
+
+
+def cascade_stages(tokens: int = 9600, lr: int = 2200):
+    return [image_encoder_stage(("image_cond_model",), 4101),
+            flow_stage("sparse_structure", ("sparse_structure_flow_model",), 4096),
+            ss_decoder_stage(("sparse_structure_decoder",)),
+            flow_stage("shape_slat_lr", ("shape_slat_flow_model_512",), lr),
+            decoder_stage("upsample", ("shape_slat_decoder",), lr),
+            flow_stage("shape_slat", ("shape_slat_flow_model_1024",), tokens),
+            flow_stage("tex_slat", ("tex_slat_flow_model_1024",), tokens),
+            decoder_stage("decode", ("shape_slat_decoder", "tex_slat_decoder"), tokens)]
+
+
+def test_parse_memory():
+    assert parse_memory("16GB") == 16 * GIB == parse_memory("16 GiB") == parse_memory(16.0) == parse_memory("16")
+    assert parse_memory("800MB") == 800 << 20
+    assert parse_memory(None) is None and parse_memory(12345) == 12345
+    for bad in ("lots", "-3GB", 0):
+        with pytest.raises(ValueError, match="max_memory"):
+            parse_memory(bad)
+
+
+def test_no_budget_keeps_everything_resident():
+    plan = plan_memory(cascade_stages(), WEIGHTS, None)
+    assert not plan.offload and plan.fits
+    assert all(s.chunk_voxels is None and s.token_chunk is None for s in plan.stages)
+    assert plan.peak_bytes > sum(WEIGHTS.values())
+
+
+def test_large_budget_resident_16gb_offloads_without_chunking():
+    assert not plan_memory(cascade_stages(), WEIGHTS, 40 * GIB).offload
+    plan = plan_memory(cascade_stages(), WEIGHTS, 16 * GIB)
+    assert plan.offload and plan.fits and plan.peak_bytes <= 16 * GIB
+    assert all(s.chunk_voxels is None and s.token_chunk is None for s in plan.stages)
+    decode = plan.stage("decode")
+    assert decode.peak_bytes >= WEIGHTS["shape_slat_decoder"] + WEIGHTS["tex_slat_decoder"]
+    assert "offload" in str(plan) and "decode" in str(plan)
+
+
+def test_tight_budget_chunks_the_decoder_then_the_flows():
+    plan = plan_memory(cascade_stages(tokens=30000), WEIGHTS, 8 * GIB)
+    assert plan.offload and plan.fits and plan.peak_bytes <= 0.9 * 8 * GIB
+    assert plan.stage("decode").chunk_voxels == 131_072  # the largest chunk that fits
+    assert plan.stage("shape_slat").token_chunk is None  # 2.6 GB + ~1.8 GB of work fits
+    tighter = plan_memory(cascade_stages(tokens=49000), WEIGHTS, 5 * GIB)
+    assert tighter.stage("shape_slat").token_chunk == 16_384
+    assert tighter.stage("decode").chunk_voxels == 65_536 and not tighter.fits
+
+
+def test_impossible_budget_says_so():
+    plan = plan_memory(cascade_stages(), WEIGHTS, 1 * GIB)
+    assert not plan.fits and plan.notes and "OVER BUDGET" in str(plan)
+
+
+def test_cpu_never_offloads():
+    plan = plan_memory(cascade_stages(tokens=30000), WEIGHTS, 20 * GIB, device="cpu")
+    assert not plan.offload
+    assert plan.stage("decode").chunk_voxels is not None
+
+
+def test_unknown_role_is_an_error():
+    with pytest.raises(KeyError, match="no weights size"):
+        plan_memory(cascade_stages(), {"image_cond_model": 1}, None)
+
+
+def test_pipeline_plan_uses_model_sizes(pipe):
+    plan = pipe.plan("1024_cascade", latent_tokens=9600, max_memory="1GB")
+    assert plan.fits and not plan.offload  # tiny models
+    assert [s.name for s in plan.stages] == ["condition", "sparse_structure", "ss_decode", "shape_slat_lr", "upsample",
+                                             "shape_slat", "tex_slat", "decode"]
+    assert set(plan.weights_bytes) >= {"sparse_structure_flow_model", "tex_slat_decoder"}
+    assert 0 < plan.weights_bytes["sparse_structure_flow_model"] < 10 << 20
+    small = pipe.plan("512", latent_tokens=200000, max_memory="2MB")
+    assert small.stage("decode").chunk_voxels is not None
+
+
+def test_token_chunking_gives_the_same_velocity(pipe):
+    """The flow option the planner sets for tight budgets changes no value (float32, CPU)."""
+    from omnivox.sparse.tensor import SparseTensor
+
+    model = pipe.models.get("shape_slat_flow_model_512")
+    gen = torch.Generator().manual_seed(0)
+    coords = torch.cat([torch.zeros(40, 1, dtype=torch.int32),
+                        torch.randperm(32 ** 3, generator=gen)[:40].sort().values[:, None].to(torch.int32)
+                        .repeat(1, 3) % 32], 1)
+    coords = torch.unique(coords, dim=0)
+    x = SparseTensor.from_coords(coords, torch.randn(len(coords), 32, generator=gen))
+    cond = torch.randn(1, 7, model.config.cond_channels, generator=gen)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        model.set_token_chunking(None)
+        whole = model(x, t, cond).feats
+        model.set_token_chunking(7)
+        chunked = model(x, t, cond).feats
+        model.set_token_chunking(None)
+    assert whole.abs().max() > 0
+    assert float((chunked - whole).norm() / whole.norm()) < 1e-6
+    with pytest.raises(ValueError, match="rows"):
+        model.set_token_chunking(0)
