@@ -116,16 +116,17 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def create_app(queue: JobQueue, *, limits: Limits = Limits(), pipeline_types: tuple[str, ...] = (),
-               texturing: bool = True) -> FastAPI:
+def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits()) -> FastAPI:
     """Build the service around a running job queue.
 
     Args:
         queue: the job queue; its workers own `tasks.Models` (one per device).
+        models: one of the workers' models, read for the accepted choices (pipeline types, whether texturing
+            and background removal are available).
         limits: upload bounds.
-        pipeline_types: the accepted `pipeline_type` values (empty: any, the pipeline checks).
-        texturing: whether `/v1/texture` is served (False when no texturing pipeline is loaded).
     """
+    pipeline_types = tasks.pipeline_types(models)
+    texturing = models.texturing is not None
     app = FastAPI(title="omnivox", version="1", description="TRELLIS.2 image-to-3D and texturing as a job queue.")
 
     @app.exception_handler(InputError)
@@ -168,7 +169,8 @@ def create_app(queue: JobQueue, *, limits: Limits = Limits(), pipeline_types: tu
             if steps is not None or guidance is not None:
                 params = params.with_stage(name, steps, guidance)
         params = params.validated(pipeline_types)
-        return submit("generate", lambda models, ctx: tasks.generate(models, ctx, picture, params))
+        tasks.check_background(models.image_to_3d, picture, f"image {image.filename or 'image'!r}")
+        return submit("generate", lambda worker_models, ctx: tasks.generate(worker_models, ctx, picture, params))
 
     if texturing:
         @app.post("/v1/texture", status_code=202, response_model=JobStatus, summary="Texture an existing mesh")
@@ -176,18 +178,27 @@ def create_app(queue: JobQueue, *, limits: Limits = Limits(), pipeline_types: tu
             mesh: UploadFile = File(..., description="GLB, glTF (embedded), OBJ, PLY or STL"),
             image: UploadFile = File(..., description="the look to give it (RGBA as is, RGB: background removal)"),
             seed: int = Form(0),
+            resolution: int = Form(1024, description="O-Voxel grid of the shape encoding: 512 or 1024"),
             texture_size: int = Form(2048),
+            tex_slat_steps: Optional[int] = Form(None),
+            tex_slat_guidance: Optional[float] = Form(None),
         ) -> JobStatus:
             mesh_name = mesh.filename or "mesh"
             mesh_bytes = mesh.file.read()
             suffix = check_mesh_upload(mesh_bytes, mesh_name, limits)
             picture = read_image(image.file.read(), image.filename or "image", limits)
-            params = tasks.GenerateParams(seed=seed, texture_size=texture_size).validated()
+            if resolution not in (512, 1024):
+                raise InputError(f"resolution must be 512 or 1024, got {resolution}", status=422)
+            params = tasks.GenerateParams(seed=seed, texture_size=texture_size)
+            if tex_slat_steps is not None or tex_slat_guidance is not None:
+                params = params.with_stage("tex_slat", tex_slat_steps, tex_slat_guidance)
+            params = params.validated()
+            tasks.check_background(models.texturing, picture, f"image {image.filename or 'image'!r}")
 
-            def work(models, ctx):
+            def work(worker_models, ctx):
                 path = ctx.output_dir / f"input{suffix}"
                 path.write_bytes(mesh_bytes)
-                return tasks.texture(models, ctx, path, picture, params)
+                return tasks.texture(worker_models, ctx, path, picture, params, resolution=resolution)
 
             return submit("texture", work)
 

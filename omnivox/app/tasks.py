@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 #: The sampling stages whose steps and guidance a user may set, in the order they run.
 STAGES = ("sparse_structure", "shape_slat", "tex_slat")
 #: Human-readable names of `STAGES`.
-STAGE_LABELS = {"sparse_structure": "sparse structure", "shape_slat": "shape", "tex_slat": "material"}
+STAGE_LABELS = {"sparse_structure": "sparse structure", "shape_slat_lr": "shape (coarse)", "shape_slat": "shape",
+                "tex_slat": "material"}
 
 MAX_STEPS = 100
 MAX_GUIDANCE = 20.0
@@ -87,23 +88,42 @@ class GenerateParams:
 
 @dataclass
 class Models:
-    """The pipelines resident on one device (one `JobQueue` worker owns one `Models`)."""
+    """The pipelines of one device (one `JobQueue` worker owns one `Models`); texturing may be None."""
 
     device: str
     image_to_3d: Any = None
     texturing: Any = None
 
 
-def load_models(weights: str | Path, device: str = "cpu", texturing_weights: str | Path | None = None) -> Models:
-    """Load the image-to-3D pipeline from `weights` and, if given, the texturing pipeline, onto `device`."""
+def load_models(weights: str | Path, device: str = "cpu", background_model: str | Path | None = None) -> Models:
+    """Open the pipelines in `weights` for `device`: image-to-3D from `pipeline.json`, and texturing too when the
+    folder has `texturing_pipeline.json`. `background_model` (a BiRefNet `.onnx`) enables RGB inputs.
+
+    The pipelines load each network on first use and keep it (see `omnivox.pipelines`), so a server pays the
+    loading once; `warm_up` can pay it before the first request.
+    """
     from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
 
-    models = Models(device=device, image_to_3d=ImageTo3DPipeline.from_pretrained(weights, device=device))
-    if texturing_weights is not None:
+    weights = Path(weights)
+    models = Models(device=device, image_to_3d=ImageTo3DPipeline.from_pretrained(
+        weights, device=device, background_model=background_model))
+    if (weights / "texturing_pipeline.json").is_file():
         from omnivox.pipelines.texturing import TexturingPipeline
 
-        models.texturing = TexturingPipeline.from_pretrained(texturing_weights, device=device)
+        models.texturing = TexturingPipeline.from_pretrained(weights, device=device,
+                                                             background_model=background_model)
     return models
+
+
+def check_background(pipeline: Any, image: Image.Image, what: str = "the image") -> None:
+    """Refuse (HTTP 422) an image without transparency when the pipeline has no background remover, at submit time
+    rather than after the job waited in the queue."""
+    from omnivox.pipelines.preprocess import has_transparency
+
+    if not has_transparency(image) and pipeline.background_remover is None:
+        raise InputError(f"{what} has no transparent background ({image.mode}, no alpha below 255) and this server "
+                         "has no background remover: upload an RGBA image with the object cut out, or start the "
+                         "server with --background-model PATH.onnx", status=422)
 
 
 def generate(models: Models, context: JobContext, image: Image.Image, params: GenerateParams, *,
@@ -112,11 +132,12 @@ def generate(models: Models, context: JobContext, image: Image.Image, params: Ge
 
     With `previews`, also writes `pbr_panel.png` and `turntable.mp4` beside it (see `render_previews`).
     """
-    if models.image_to_3d is None:
-        raise RuntimeError("no image-to-3D pipeline is loaded")
-    outputs = models.image_to_3d.run(
-        image, seed=params.seed, pipeline_type=params.pipeline_type, num_samples=1,
-        sampler_params=sampler_params(params), callback=progress_callback(context))
+    pipe = models.image_to_3d
+    pipeline_type = params.pipeline_type or pipe.config.default_pipeline_type
+    stages = ["sparse_structure", "shape_slat_lr", "shape_slat", "tex_slat"] if pipeline_type.endswith("cascade") \
+        else ["sparse_structure", "shape_slat", "tex_slat"]
+    outputs = pipe.run(image, seed=params.seed, pipeline_type=pipeline_type, num_samples=1,
+                       sampler_params=sampler_params(params), callback=progress_callback(context, stages))
     context.report("export", 0, 1)
     path = context.output_dir / "result.glb"
     outputs[0].to_glb(path, decimation_target=params.decimation_target, texture_size=params.texture_size)
@@ -126,14 +147,19 @@ def generate(models: Models, context: JobContext, image: Image.Image, params: Ge
     return path
 
 
-def texture(models: Models, context: JobContext, mesh: Path, image: Image.Image, params: GenerateParams) -> Path:
+def texture(models: Models, context: JobContext, mesh: Path, image: Image.Image, params: GenerateParams, *,
+            resolution: int = 1024) -> Path:
     """Mesh file + image -> the mesh with baked PBR textures, as a GLB in the job's output folder."""
+    from omnivox.ovoxel.export import save_glb
+
     if models.texturing is None:
-        raise RuntimeError("no texturing pipeline is loaded (start with --texturing-weights)")
-    result = models.texturing.run(mesh, image, seed=params.seed, callback=progress_callback(context))
+        raise RuntimeError("no texturing pipeline is loaded (the weights folder has no texturing_pipeline.json)")
+    result = models.texturing.run(mesh, image, seed=params.seed, resolution=resolution,
+                                  texture_size=params.texture_size, sampler_params=sampler_params(params),
+                                  callback=progress_callback(context, ["tex_slat"]))
     context.report("export", 0, 1)
     path = context.output_dir / "result.glb"
-    result.to_glb(path, texture_size=params.texture_size)
+    save_glb(result, path)
     context.report("export", 1, 1)
     return path
 
@@ -152,12 +178,18 @@ def sampler_params(params: GenerateParams) -> dict[str, dict[str, float]]:
     return out
 
 
-def progress_callback(context: JobContext):
-    """Adapt the pipelines' progress callback to `JobContext.report` (which raises on cancellation)."""
+def progress_callback(context: JobContext, stages: list[str]):
+    """Adapt the pipelines' `callback(stage, step, total)` to `JobContext.report` (which raises on cancellation).
+
+    `stages` lists the sampling stages of this run in order, so progress reads "stage 2/4 shape (coarse): 3/12";
+    after the last step of the last stage the job reports "decoding" (the decoders report nothing themselves).
+    """
 
     def callback(stage: str, step: int, total: int) -> None:
-        index = STAGES.index(stage) + 1 if stage in STAGES else 0
-        context.report(STAGE_LABELS.get(stage, stage), step, total, index=index, stages=len(STAGES) if index else 0)
+        index = stages.index(stage) + 1 if stage in stages else 0
+        context.report(STAGE_LABELS.get(stage, stage), step, total, index=index, stages=len(stages) if index else 0)
+        if stage == stages[-1] and step == total:
+            context.report("decoding")
 
     return callback
 

@@ -114,6 +114,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                 for index, name in enumerate(tasks.STAGES):
                     params = params.with_stage(name, int(stage_values[2 * index]), float(stage_values[2 * index + 1]))
                 params = params.validated(types)
+                tasks.check_background(models.image_to_3d, picture)
                 job = queue.submit("generate", lambda m, ctx: tasks.generate(m, ctx, picture, params, previews=previews))
             except (InputError, QueueFull) as exc:
                 yield f"**Error:** {exc}", gr.Number(), None
@@ -143,6 +144,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                 check_mesh_upload(mesh_path.read_bytes(), mesh_path.name, limits)
                 picture = _checked_image(picture, limits)
                 params = tasks.GenerateParams(seed=int(chosen_seed or 0), texture_size=int(size)).validated()
+                tasks.check_background(models.texturing, picture)
                 job = queue.submit("texture", lambda m, ctx: tasks.texture(m, ctx, mesh_path, picture, params))
             except (InputError, QueueFull) as exc:
                 yield f"**Error:** {exc}", None

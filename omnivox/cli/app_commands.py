@@ -10,24 +10,31 @@ import typer
 
 from omnivox.cli import app
 
-_WEIGHTS_HELP = "Folder with pipeline.json and the checkpoints of the image-to-3D pipeline."
-_TEXTURING_HELP = "Folder of the texturing pipeline (default: none; the texturing tab / endpoint is off)."
+_WEIGHTS_HELP = ("Weights folder with pipeline.json (image to 3D) and, for texturing, texturing_pipeline.json "
+                 "(e.g. a download of microsoft/TRELLIS.2-4B).")
+_BACKGROUND_HELP = "BiRefNet/RMBG .onnx file for background removal of RGB images (without it, RGBA images only)."
 _DEVICE_HELP = "Device to run on; repeat for several GPUs (one job at a time on each). Default: cuda if present."
 
 
-def _start_queue(weights: Path, texturing_weights: Optional[Path], devices: List[str], max_pending: int):
-    """Load the pipelines once per device (they stay resident) and start one worker per device."""
+def _start_queue(weights: Path, background_model: Optional[Path], devices: List[str], max_pending: int):
+    """Open the pipelines once per device (they stay resident) and start one worker per device."""
     import torch
 
     from omnivox.app.jobs import JobQueue
     from omnivox.app.tasks import load_models
 
     devices = devices or ["cuda" if torch.cuda.is_available() else "cpu"]
-    for path in [weights] + ([texturing_weights] if texturing_weights else []):
-        if not Path(path).is_dir():
-            typer.echo(f"error: weights folder {path} does not exist", err=True)
-            raise typer.Exit(2)
-    models = [load_models(weights, device, texturing_weights) for device in devices]
+    if not (Path(weights) / "pipeline.json").is_file():
+        typer.echo(f"error: {weights} is not a weights folder (no pipeline.json in it)", err=True)
+        raise typer.Exit(2)
+    if background_model is not None and not Path(background_model).is_file():
+        typer.echo(f"error: background model {background_model} does not exist", err=True)
+        raise typer.Exit(2)
+    try:
+        models = [load_models(weights, device, background_model) for device in devices]
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
     workdir = tempfile.mkdtemp(prefix="omnivox-jobs-")
     return JobQueue(models, workdir, max_pending=max_pending), models[0]
 
@@ -42,7 +49,7 @@ def _limits(max_upload_mb: float, max_image_side: int):
 @app.command("serve")
 def serve(
     weights: Path = typer.Option(..., "--weights", help=_WEIGHTS_HELP),
-    texturing_weights: Optional[Path] = typer.Option(None, "--texturing-weights", help=_TEXTURING_HELP),
+    background_model: Optional[Path] = typer.Option(None, "--background-model", help=_BACKGROUND_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the service to the network)."),
     port: int = typer.Option(8000, help="TCP port."),
     device: List[str] = typer.Option([], "--device", help=_DEVICE_HELP),
@@ -54,11 +61,9 @@ def serve(
     import uvicorn
 
     from omnivox.app.server import create_app
-    from omnivox.app.tasks import pipeline_types
 
-    queue, models = _start_queue(weights, texturing_weights, device, max_pending)
-    service = create_app(queue, limits=_limits(max_upload_mb, max_image_side),
-                         pipeline_types=pipeline_types(models), texturing=models.texturing is not None)
+    queue, models = _start_queue(weights, background_model, device, max_pending)
+    service = create_app(queue, models, limits=_limits(max_upload_mb, max_image_side))
     typer.echo(f"omnivox service on http://{host}:{port} (OpenAPI: /docs)")
     try:
         uvicorn.run(service, host=host, port=port, log_level="warning")
@@ -69,20 +74,26 @@ def serve(
 @app.command("app")
 def web_app(
     weights: Path = typer.Option(..., "--weights", help=_WEIGHTS_HELP),
-    texturing_weights: Optional[Path] = typer.Option(None, "--texturing-weights", help=_TEXTURING_HELP),
+    background_model: Optional[Path] = typer.Option(None, "--background-model", help=_BACKGROUND_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the app to the network)."),
     port: int = typer.Option(7860, help="TCP port."),
     device: List[str] = typer.Option([], "--device", help=_DEVICE_HELP),
     max_image_side: int = typer.Option(4096, help="Largest image width or height in pixels."),
+    preview_frames: int = typer.Option(48, help="Frames of the turntable video (0: no video)."),
+    preview_size: int = typer.Option(256, help="Pixel size of the turntable and PBR panel (0: no previews)."),
 ) -> None:
     """Web app in the browser: image to 3D with progress, 3D viewer, previews and GLB download; texturing tab."""
     from omnivox.app.web import build_app
 
-    queue, models = _start_queue(weights, texturing_weights, device, max_pending=32)
-    demo = build_app(queue, models, limits=_limits(32.0, max_image_side))
+    from omnivox.app.tasks import Previews
+
+    queue, models = _start_queue(weights, background_model, device, max_pending=32)
+    previews = Previews(frames=preview_frames, resolution=preview_size) if preview_size > 0 else None
+    demo = build_app(queue, models, limits=_limits(32.0, max_image_side), previews=previews)
     typer.echo(f"omnivox app on http://{host}:{port}")
     try:
         demo.queue(default_concurrency_limit=None).launch(server_name=host, server_port=port, share=False,
-                                                          show_error=True, quiet=True)
+                                                          show_error=True, quiet=True,
+                                                          allowed_paths=[str(queue.workdir)])
     finally:
         queue.close()
