@@ -235,40 +235,50 @@ def compress_highlights(radiance: torch.Tensor, white: float = 2.0) -> torch.Ten
 
 
 def render_views(scene, extrinsics: torch.Tensor, intrinsics: torch.Tensor, size: int,
-                 rng: np.random.Generator, device: torch.device) -> np.ndarray:
-    """(V, size, size, 4) uint8 RGBA images of a Z-up normalised scene, one light set per view."""
+                 rng: np.random.Generator, device: torch.device, views_per_batch: int = 4) -> np.ndarray:
+    """(V, size, size, 4) uint8 RGBA images of a Z-up normalised scene, one light set per view.
+
+    Views are rasterized ``views_per_batch`` at a time (one rasterizer call per batch of cameras).
+    """
     from omnivox.render import rasterize
 
     vertices = torch.as_tensor(scene.vertices, device=device).float()
     faces = torch.as_tensor(scene.faces, device=device).long()
     full = size * SUPERSAMPLING
     images, textures = [], {}
-    for view in range(extrinsics.shape[0]):
-        extr, intr = extrinsics[view:view + 1].to(device), intrinsics[view:view + 1].to(device)
+    for first in range(0, extrinsics.shape[0], views_per_batch):
+        extr = extrinsics[first:first + views_per_batch].to(device)
+        intr = intrinsics[first:first + views_per_batch].to(device)
         with torch.no_grad():
             fragments = rasterize(vertices, faces, extr, intr, (full, full), near=0.1, far=100.0)
-        triangle = fragments.triangle_id[0, 0]
-        covered = triangle >= 0
-        rgba = torch.zeros(full, full, 4, device=device)
-        if bool(covered.any()):
-            face = triangle[covered]
-            bary = fragments.bary[0, 0][covered]
-            points = (vertices[faces[face]] * bary[..., None]).sum(1)
-            eye = torch.linalg.inv(extr[0])[:3, 3]
-            view_dirs = torch.nn.functional.normalize(eye - points, dim=-1)
+        for view in range(extr.shape[0]):
+            triangle = fragments.triangle_id[view, 0]
+            covered = triangle >= 0
+            rgba = torch.zeros(full, full, 4, device=device)
             world, light_dirs, strengths = random_lights(rng)
-            surface = surface_materials(scene, face, bary, textures)
-            radiance = shade(surface, view_dirs, world, torch.as_tensor(light_dirs, device=device).float(),
-                             torch.as_tensor(strengths, device=device).float())
-            rgba[covered] = torch.cat([_linear_to_srgb(compress_highlights(radiance)), surface["alpha"][:, None]], dim=1)
-        # Box filter: premultiply, average SUPERSAMPLING^2 samples, un-premultiply (antialiased alpha).
-        premultiplied = torch.cat([rgba[..., :3] * rgba[..., 3:], rgba[..., 3:]], dim=-1)
-        pooled = torch.nn.functional.avg_pool2d(premultiplied.permute(2, 0, 1)[None], SUPERSAMPLING)[0].permute(1, 2, 0)
-        alpha = pooled[..., 3:]
-        color = torch.where(alpha > 0, pooled[..., :3] / alpha.clamp(min=1e-6), torch.zeros_like(pooled[..., :3]))
-        image = torch.cat([color, alpha], dim=-1)
-        images.append((image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
+            if bool(covered.any()):
+                face = triangle[covered]
+                bary = fragments.bary[view, 0][covered]
+                points = (vertices[faces[face]] * bary[..., None]).sum(1)
+                eye = torch.linalg.inv(extr[view])[:3, 3]
+                view_dirs = torch.nn.functional.normalize(eye - points, dim=-1)
+                surface = surface_materials(scene, face, bary, textures)
+                radiance = shade(surface, view_dirs, world, torch.as_tensor(light_dirs, device=device).float(),
+                                 torch.as_tensor(strengths, device=device).float())
+                rgba[covered] = torch.cat([_linear_to_srgb(compress_highlights(radiance)),
+                                           surface["alpha"][:, None]], dim=1)
+            images.append(_downsample(rgba))
     return np.stack(images)
+
+
+def _downsample(rgba: torch.Tensor) -> np.ndarray:
+    """Box filter: premultiply, average SUPERSAMPLING^2 samples, un-premultiply (antialiased alpha)."""
+    premultiplied = torch.cat([rgba[..., :3] * rgba[..., 3:], rgba[..., 3:]], dim=-1)
+    pooled = torch.nn.functional.avg_pool2d(premultiplied.permute(2, 0, 1)[None], SUPERSAMPLING)[0].permute(1, 2, 0)
+    alpha = pooled[..., 3:]
+    color = torch.where(alpha > 0, pooled[..., :3] / alpha.clamp(min=1e-6), torch.zeros_like(pooled[..., :3]))
+    image = torch.cat([color, alpha], dim=-1)
+    return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
 
 def transforms_json(extrinsics: torch.Tensor, fov: np.ndarray) -> dict:
