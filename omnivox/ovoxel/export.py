@@ -397,6 +397,39 @@ def _to_bytes(values: torch.Tensor) -> np.ndarray:
     return torch.round(values.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
 
 
+def textured_mesh(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, normals: np.ndarray,
+                  texels: torch.Tensor, *, alpha_mode: str, alpha_cutoff: Optional[float], double_sided: bool,
+                  image_format: str = "png") -> "trimesh.Trimesh":
+    """Assemble the glTF-ready mesh: Z-up data -> Y-up, textures from baked (S, S, 6) texels, a PBR material.
+
+    ``uvs`` follow glTF (texel row = v * S, row 0 at the top of the image); ``texels`` hold the attribute layout of
+    ``ATTRIBUTE_LAYOUT`` and are packed into baseColorTexture RGBA (base colour, alpha) and metallicRoughnessTexture
+    RGB (0, roughness, metallic).
+    """
+    import trimesh
+    from PIL import Image
+
+    rgba = torch.cat([texels[..., ATTRIBUTE_LAYOUT["base_color"]], texels[..., ATTRIBUTE_LAYOUT["alpha"]]], dim=-1)
+    metallic_roughness = torch.cat([torch.zeros_like(texels[..., :1]), texels[..., ATTRIBUTE_LAYOUT["roughness"]],
+                                    texels[..., ATTRIBUTE_LAYOUT["metallic"]]], dim=-1)
+    base_image = Image.fromarray(_to_bytes(rgba), mode="RGBA")
+    mr_image = Image.fromarray(_to_bytes(metallic_roughness), mode="RGB")
+    for image in (base_image, mr_image):
+        image.format = image_format.upper()  # read back by save_glb to choose PNG or EXT_texture_webp
+    material = trimesh.visual.material.PBRMaterial(
+        name="omnivox_material", baseColorTexture=base_image, metallicRoughnessTexture=mr_image,
+        baseColorFactor=[255, 255, 255, 255], metallicFactor=1.0, roughnessFactor=1.0,
+        alphaMode=alpha_mode, alphaCutoff=alpha_cutoff, doubleSided=double_sided,
+    )
+    # trimesh stores v with the origin at the bottom and writes t = 1 - v to glTF; our texel rows run with v, and
+    # the image is written row 0 first (top), so hand trimesh 1 - v to end up with t = v in the file.
+    uv_trimesh = np.stack([uvs[:, 0], 1.0 - uvs[:, 1]], axis=1)
+    return trimesh.Trimesh(
+        vertices=z_up_to_y_up(vertices), faces=faces, vertex_normals=z_up_to_y_up(normals),
+        visual=trimesh.visual.TextureVisuals(uv=uv_trimesh, material=material), process=False,
+    )
+
+
 # ------------------------------------------------------------------------------------------------------ public
 
 
@@ -406,9 +439,6 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
              hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
              device: Union[str, torch.device, None] = None) -> tuple["trimesh.Trimesh", ExportReport]:
     """``to_glb`` that also returns an ``ExportReport`` (counts, chosen alphaMode, per-stage timings)."""
-    import trimesh
-    from PIL import Image
-
     grid = _as_grid(grid, aabb)
     _check_options(decimation_target, texture_size, image_format, alpha_mode, hole_max_perimeter,
                    min_component_area)
@@ -445,33 +475,16 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
     timings["fill"] = _elapsed(start, device)
 
     start = time.perf_counter()
-    rgba = torch.cat([filled[..., ATTRIBUTE_LAYOUT["base_color"]], filled[..., ATTRIBUTE_LAYOUT["alpha"]]], dim=-1)
-    metallic_roughness = torch.cat([torch.zeros_like(filled[..., :1]), filled[..., ATTRIBUTE_LAYOUT["roughness"]],
-                                    filled[..., ATTRIBUTE_LAYOUT["metallic"]]], dim=-1)
-    base_image = Image.fromarray(_to_bytes(rgba), mode="RGBA")
-    mr_image = Image.fromarray(_to_bytes(metallic_roughness), mode="RGB")
-    for image in (base_image, mr_image):
-        image.format = image_format.upper()  # read back by save_glb to choose PNG or EXT_texture_webp
-
     if alpha_mode == "auto":
         report.alpha_mode, report.alpha_cutoff = choose_alpha_mode(a[:, ATTRIBUTE_LAYOUT["alpha"]])
     else:
         report.alpha_mode, report.alpha_cutoff = alpha_mode, (MASK_CUTOFF if alpha_mode == "MASK" else None)
     voxel_face = float(np.min(grid.voxel_size)) ** 2
     report.double_sided = bool((meshops.opening_areas(v, f) >= OPENING_AREA * voxel_face).any())
-    material = trimesh.visual.material.PBRMaterial(
-        name="omnivox_material", baseColorTexture=base_image, metallicRoughnessTexture=mr_image,
-        baseColorFactor=[255, 255, 255, 255], metallicFactor=1.0, roughnessFactor=1.0,
-        alphaMode=report.alpha_mode, alphaCutoff=report.alpha_cutoff, doubleSided=report.double_sided,
-    )
     normals = vertex_normals(v, f)[vmapping]
-    # trimesh stores v with the origin at the bottom and writes t = 1 - v to glTF; our texel rows run with v, and
-    # the image is written row 0 first (top), so hand trimesh 1 - v to end up with t = v in the file.
-    uv_trimesh = np.stack([uvs[:, 0], 1.0 - uvs[:, 1]], axis=1)
-    mesh = trimesh.Trimesh(
-        vertices=z_up_to_y_up(v[vmapping]), faces=uv_faces, vertex_normals=z_up_to_y_up(normals),
-        visual=trimesh.visual.TextureVisuals(uv=uv_trimesh, material=material), process=False,
-    )
+    mesh = textured_mesh(v[vmapping], uv_faces, uvs, normals, filled, alpha_mode=report.alpha_mode,
+                         alpha_cutoff=report.alpha_cutoff, double_sided=report.double_sided,
+                         image_format=image_format)
     report.faces, report.vertices = len(uv_faces), len(vmapping)
     timings["assemble"] = time.perf_counter() - start
     logger.info("to_glb: %d -> %d faces, %s, timings %s", report.input_faces, report.faces, report.alpha_mode,

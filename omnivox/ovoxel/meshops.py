@@ -476,7 +476,7 @@ def opening_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """
     if len(faces) == 0:
         return np.zeros(0)
-    order, edge_of, face_count = edge_table(faces)
+    _, edge_of, face_count = edge_table(faces)
     boundary_he = np.nonzero(face_count[edge_of] == 1)[0]
     if len(boundary_he) == 0:
         return np.zeros(0)

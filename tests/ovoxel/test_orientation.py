@@ -39,7 +39,7 @@ def test_closed_real_assets_become_single_sided_and_outward(assets):
     for rel in CLOSED_ASSETS:
         vertices, faces = _asset_surface(assets, rel, RESOLUTION)
         # The old rule: any boundary edge left after the basic clean-up made the whole export double-sided.
-        v0, f0 = meshops.clean(vertices, faces, 1e-5)
+        _, f0 = meshops.clean(vertices, faces, 1e-5)
         double_before += meshops.boundary_edge_count(f0) > 0
         v, f, closed, _ = prepare_surface(vertices, faces, decimation_target=None)
         double_after += _visible_openings(v, f, RESOLUTION) > 0
