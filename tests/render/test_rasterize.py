@@ -297,7 +297,7 @@ def test_render_mesh_on_cuda_matches_cpu_with_gradients():
     extrinsics, intrinsics = random_sphere_cameras(3, generator, radius_range=(1.5, 3.0))
     outputs, grads = [], []
     for device in ("cpu", "cuda"):
-        v = vertices.to(device).requires_grad_(True)
+        v = vertices.detach().clone().to(device).requires_grad_(True)
         attrs = (vertices * 2).to(device)
         out = render_mesh(v, faces.to(device), extrinsics.to(device), intrinsics.to(device), (48, 40),
                           vertex_attrs=attrs)
