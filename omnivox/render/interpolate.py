@@ -222,7 +222,7 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.T
     batch, _, height, width = fragments.triangle_id.shape
     faces = faces.to(device=vertices.device, dtype=torch.int64)
     extrinsics = extrinsics.to(device=vertices.device, dtype=torch.float32)
-    first = Fragments(fragments.triangle_id[:, :1], fragments.bary[:, :1], fragments.depth[:, :1])
+    first = fragments.layer(0)
     triangle = first.triangle_id[:, 0]
     covered_mask = triangle >= 0
     mask = covered_mask.to(torch.float32)

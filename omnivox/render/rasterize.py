@@ -24,7 +24,7 @@ import torch
 
 from omnivox.render.cameras import _check_cameras, to_camera
 from omnivox.render.kernels import rasterize_keys, resolve_backend, triangle_setup, unpack_keys
-from omnivox.render.kernels.reference import edge_normals, pixel_rays
+from omnivox.render.kernels.reference import pixel_rays
 
 __all__ = ["Fragments", "rasterize", "rasterize_uv", "pixel_barycentrics", "MAX_RESOLUTION"]
 
@@ -54,7 +54,13 @@ class Fragments:
 
     @property
     def resolution(self) -> Tuple[int, int]:
+        """(H, W)."""
         return tuple(self.triangle_id.shape[-2:])
+
+    def layer(self, index: int) -> "Fragments":
+        """The fragments of one depth layer, keeping ``L = 1``."""
+        return Fragments(self.triangle_id[:, index:index + 1], self.bary[:, index:index + 1],
+                         self.depth[:, index:index + 1])
 
 
 def _check_resolution(resolution, name: str = "resolution") -> Tuple[int, int]:
@@ -100,7 +106,11 @@ def pixel_barycentrics(camera_vertices: torch.Tensor, faces: torch.Tensor, rays:
         bary (K, 3) and depth (K,), in the dtype of ``camera_vertices``.
     """
     corners = camera_vertices[camera.unsqueeze(1), faces[triangle]]  # (K, 3, 3)
-    normals = edge_normals(corners)
+    # Coverage is already decided, so the plain cross products suffice here (the depth test's lexicographic
+    # ordering only matters for watertightness; the two differ by rounding).
+    v0, v1, v2 = corners.unbind(1)
+    normals = torch.stack([torch.linalg.cross(v1, v2, dim=-1), torch.linalg.cross(v2, v0, dim=-1),
+                           torch.linalg.cross(v0, v1, dim=-1)], dim=1)
     ray = rays[camera].to(corners.dtype)
     dx = (px.to(torch.float32) + 0.5).to(corners.dtype) * ray[:, 0] + ray[:, 1]
     dy = (py.to(torch.float32) + 0.5).to(corners.dtype) * ray[:, 2] + ray[:, 3]
