@@ -1,0 +1,262 @@
+"""Benchmark the image-to-3D pipeline end to end on one GPU: per-stage time and peak memory, planner budgets.
+
+Full-size TRELLIS.2 networks with random weights (bf16 flows, fp16 VAEs, fp32 DINOv3, as released) run through
+`ImageTo3DPipeline.run` exactly as a user's call would, with the released sampler settings (12 steps per stage,
+CFG 7.5 with rescale and interval), for the pipeline types ``512``, ``1024_cascade`` and ``1536_cascade``.
+
+Random weights cannot produce a realistic shape, so token counts come from a real asset instead: the sparse
+structure stage runs (its time is measured) but its output is replaced by the structure of a real converted
+asset (Spot, converted to an O-Voxel at 1024 and coarsened to the 32^3 grid), and in the cascades the decoder's
+upsampling runs (timed) but the high-resolution token set is again the real asset's (64^3 or 96^3 latent grid).
+The decoders predict their own subdivisions from random weights (zero subdivision bias: about half of the
+children survive, as on real surfaces).
+
+Reported per type: wall time per stage and in total (second run; the first, cold run is listed too), peak
+allocated GPU memory per stage (weights included), the compute floor (FLOPs of the flows, decoders and DINOv3
+divided by the GEMM rates measured in the same run) and our ratio to it; then ``1024_cascade`` again with the
+models in host memory and ``max_memory="16GB"`` (the planner's offload plan), whose peak must stay below 16 GB.
+
+Usage:
+    python bench/bench_pipelines.py prepare                  # here: real token sets -> bench/.pipeline_data/
+    PYTHONUNBUFFERED=1 python bench/bench_pipelines.py run --out results/     # on the GPU machine
+    python bench/bench_pipelines.py run --smoke --out /tmp/smoke              # tiny pipeline on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.bench_models import FlopCounter, Report, flow_flops, make_informative, matmul_rate, sync  # noqa: E402
+from omnivox.models import DINOv3Config, DINOv3ViT, build_model  # noqa: E402
+from omnivox.pipelines.config import Normalization, PipelineConfig  # noqa: E402
+from omnivox.pipelines.image_to_3d import ImageTo3DPipeline  # noqa: E402
+from omnivox.pipelines.samplers import network_calls  # noqa: E402
+from omnivox.pipelines.testing import (SHAPE_MEAN, SHAPE_STD, TEX_MEAN, TEX_STD, make_test_pipeline,  # noqa: E402
+                                       released_samplers)
+
+DATA = Path(__file__).resolve().parent / ".pipeline_data" / "spot_tokens.npz"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "assets"
+MESH = SHARED / "mesh" / "spot" / "spot_triangulated.obj"
+IMAGE = SHARED / "images" / "5a020584b95cf3db3b6420e9b09fb93e7c0f4046e61076e5b4c65c63dc1f5837.webp"
+FLOW = dict(model_channels=1536, cond_channels=1024, num_blocks=30, num_heads=12, mlp_ratio=5.3334,
+            dtype="bfloat16")
+GIB = 2 ** 30
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def prepare(args) -> None:
+    """Convert the mesh at 1024 and store its latent token sets (32^3, 64^3, 96^3) and the example image."""
+    from PIL import Image
+
+    from omnivox.assets import load_asset
+    from omnivox.ovoxel import mesh_to_dual_grid
+
+    scene = load_asset(args.mesh).normalized()
+    coords, _, _ = mesh_to_dual_grid(scene.vertices, scene.faces, 1024)
+    coords = np.asarray(coords).astype(np.int64)
+    sets = {f"tokens_{r}": np.unique(coords * r // 1024 // 16, axis=0).astype(np.int16) for r in (512, 1024, 1536)}
+    image = np.asarray(Image.open(args.image).convert("RGBA"))
+    DATA.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(DATA, image=image, voxels_1024=np.int64(len(coords)), **sets)
+    print(f"wrote {DATA}: {len(coords)} voxels at 1024; tokens " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()))
+
+
+# ------------------------------------------------------------------------------------------------ models
+def full_size_models(device) -> dict:
+    """Every role of a 1024_cascade / 1536_cascade / 512 run, full size, random weights, released dtypes."""
+    specs = {
+        "sparse_structure_flow_model": ("SparseStructureFlowModel", dict(resolution=16, in_channels=8, out_channels=8)),
+        "shape_slat_flow_model_512": ("SLatFlowModel", dict(resolution=32, in_channels=32, out_channels=32)),
+        "shape_slat_flow_model_1024": ("SLatFlowModel", dict(resolution=64, in_channels=32, out_channels=32)),
+        "tex_slat_flow_model_512": ("SLatFlowModel", dict(resolution=32, in_channels=64, out_channels=32)),
+        "tex_slat_flow_model_1024": ("SLatFlowModel", dict(resolution=64, in_channels=64, out_channels=32)),
+    }
+    models = {}
+    for seed, (role, (name, args)) in enumerate(specs.items()):
+        model = build_model(name, {**FLOW, **args}, device=device).eval()
+        make_informative(model, seed)
+        models[role] = model
+    models["sparse_structure_decoder"] = build_model("SparseStructureDecoder", {}, device=device).eval()
+    for role, name in (("shape_slat_decoder", "FlexiDualGridVaeDecoder"), ("tex_slat_decoder", "SparseUnetVaeDecoder")):
+        model = build_model(name, {}, device=device).eval()
+        make_informative(model, 10)
+        models[role] = model
+    with torch.device(device):
+        models["image_cond_model"] = DINOv3ViT(DINOv3Config()).eval()
+    return models
+
+
+def pipeline_with(models: dict, device, max_memory=None) -> ImageTo3DPipeline:
+    config = PipelineConfig(root=Path("."), models={}, samplers=released_samplers(12),
+                            shape_normalization=Normalization(torch.tensor(SHAPE_MEAN), torch.tensor(SHAPE_STD)),
+                            tex_normalization=Normalization(torch.tensor(TEX_MEAN), torch.tensor(TEX_STD)),
+                            image_encoder=None, image_encoder_name="random DINOv3")
+    pipe = ImageTo3DPipeline(config, device=device, max_memory=max_memory)
+    pipe.models._models.update(models)
+    return pipe
+
+
+# ------------------------------------------------------------------------------------------ instrumentation
+class Stages:
+    """Wraps the pipeline's stage methods: wall time and peak allocated memory per call; real token sets."""
+
+    def __init__(self, pipe: ImageTo3DPipeline, tokens: dict, device) -> None:
+        self.device = torch.device(device)
+        self.records: list = []
+        self.tokens = tokens
+        self.pipe = pipe
+        # The class's methods bound to this pipeline (not instance attributes a previous wrapper may have set).
+        originals = {name: getattr(type(pipe), name).__get__(pipe) for name in
+                     ("encode_image", "sample_sparse_structure", "sample_latent", "cascade_coords", "decode")}
+
+        def timed(label_of, fn, replace=None):
+            def wrapped(*args, **kwargs):
+                sync(self.device)
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                out = fn(*args, **kwargs)
+                sync(self.device)
+                seconds = time.perf_counter() - start
+                peak = torch.cuda.max_memory_allocated() / GIB if self.device.type == "cuda" else float("nan")
+                self.records.append(dict(stage=label_of(args, kwargs, out), s=seconds, peak_GiB=peak))
+                return replace(args, kwargs, out) if replace else out
+            return wrapped
+
+        pipe.encode_image = timed(lambda a, k, o: f"condition_{a[1]}", originals["encode_image"])
+        pipe.sample_sparse_structure = timed(lambda a, k, o: "sparse_structure", originals["sample_sparse_structure"],
+                                             lambda a, k, o: self.fixed("tokens_512", a[2]))
+        pipe.sample_latent = timed(lambda a, k, o: f"{a[7]} ({len(a[1])} tokens)", originals["sample_latent"])
+        pipe.cascade_coords = timed(lambda a, k, o: "cascade_upsample", originals["cascade_coords"],
+                                    lambda a, k, o: (self.fixed(f"tokens_{a[2]}", 1), a[2]))
+        pipe.decode = timed(lambda a, k, o: f"decode ({sum(len(g.coords) for g in o)} voxels)", originals["decode"])
+
+    def fixed(self, key: str, samples: int) -> torch.Tensor:
+        cells = torch.from_numpy(self.tokens[key].astype(np.int64))
+        rows = [torch.cat([torch.full((len(cells), 1), b), cells], 1) for b in range(samples)]
+        return torch.cat(rows).to(torch.int32)
+
+
+def floor_seconds(pipeline_type: str, tokens: dict, rates: dict, decoder_flops: float, smoke: bool) -> float:
+    """FLOPs of one run / measured GEMM rates (flows bf16, decoders fp16, DINOv3 fp32)."""
+    if smoke:
+        return float("nan")
+    samplers = released_samplers(12)
+    c, hidden, blocks = 1536, int(1536 * 5.3334), 30
+    cond = 1029 if pipeline_type == "512" else 4101
+    lr = len(tokens["tokens_512"])
+    hr = {"512": lr, "1024_cascade": len(tokens["tokens_1024"]), "1536_cascade": len(tokens["tokens_1536"])}[pipeline_type]
+    flops = network_calls(samplers["sparse_structure"]) * flow_flops([4096], 1029, c, hidden, blocks, 1024)
+    if pipeline_type != "512":
+        flops += network_calls(samplers["shape_slat"]) * flow_flops([lr], 1029, c, hidden, blocks, 1024)
+    flops += network_calls(samplers["shape_slat"]) * flow_flops([hr], cond, c, hidden, blocks, 1024)
+    flops += network_calls(samplers["tex_slat"]) * flow_flops([hr], cond, c, hidden, blocks, 1024)
+    bf16 = flops / (rates["bfloat16"] * 1e12)
+    dino = 0.0
+    for n in ((1029,) if pipeline_type == "512" else (1029, 4101)):
+        dino += 24 * (2 * n * (4 * 1024 ** 2 + 2 * 1024 * 4096) + 4 * n * n * 1024)
+    return bf16 + decoder_flops / (rates["float16"] * 1e12) + dino / (rates["float32"] * 1e12)
+
+
+# ------------------------------------------------------------------------------------------------------ run
+def run_type(report: Report, pipe: ImageTo3DPipeline, tokens: dict, image, pipeline_type: str, rates: dict,
+             smoke: bool, label: str, repeats: int = 2) -> None:
+    stages = Stages(pipe, tokens, pipe.device)
+    counters = []
+    for attempt in range(repeats):
+        stages.records.clear()
+        counters = [FlopCounter(pipe.models.get(r)) for r in ("shape_slat_decoder", "tex_slat_decoder")]
+        if pipe.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync(pipe.device)
+        start = time.perf_counter()
+        (asset,) = pipe.run(image, seed=0, pipeline_type=pipeline_type)
+        sync(pipe.device)
+        total = time.perf_counter() - start
+        decoder_flops = sum(c.close() for c in counters)
+        floor = floor_seconds(pipeline_type, tokens, rates, decoder_flops, smoke)
+        run_peak = torch.cuda.max_memory_allocated() / GIB if pipe.device.type == "cuda" else float("nan")
+        reserved = torch.cuda.max_memory_reserved() / GIB if pipe.device.type == "cuda" else float("nan")
+        report.add(f"{label}/{'cold' if attempt == 0 and repeats > 1 else 'warm'}", dict(
+            total_s=total, floor_s=floor, ratio=total / floor if floor == floor else None, peak_GiB=run_peak,
+            peak_reserved_GiB=reserved, voxels=len(asset.coords), resolution=asset.resolution,
+            faces=len(asset.faces), stages=list(stages.records),
+            plan=str(pipe.last_plan) if pipe.last_plan is not None else None))
+
+
+def run(args) -> None:
+    report = Report(Path(args.out))
+    device = torch.device(args.device)
+    from PIL import Image
+
+    data = np.load(args.data)
+    tokens = {k: data[k] for k in ("tokens_512", "tokens_1024", "tokens_1536")}
+    image = Image.fromarray(data["image"], mode="RGBA")
+    info = dict(python=platform.python_version(), torch=torch.__version__, device=str(device),
+                date=time.strftime("%Y-%m-%d %H:%M"), smoke=args.smoke,
+                tokens={k: int(len(v)) for k, v in tokens.items()}, voxels_1024=int(data["voxels_1024"]))
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    report.add("machine", info)
+    size = 512 if args.smoke else 8192
+    rates = {name: matmul_rate(getattr(torch, name), device, size if name != "float32" else size // 2)
+             for name in ("bfloat16", "float16", "float32")}
+    report.add("matmul_TFLOPs", rates)
+    if args.smoke:
+        tokens = {k: v[::25] for k, v in tokens.items()}
+        folder = make_test_pipeline(Path(args.out) / "tiny")
+        pipe = ImageTo3DPipeline.from_pretrained(folder, device=device)
+        models = None
+    else:
+        start = time.perf_counter()
+        models = full_size_models(device)
+        report.log(f"built full-size models in {time.perf_counter() - start:.1f} s")
+        pipe = pipeline_with(models, device)
+    for pipeline_type in args.types:
+        try:
+            run_type(report, pipe, tokens, image, pipeline_type, rates, args.smoke, pipeline_type)
+        except Exception as error:  # keep the other types' numbers
+            report.add(f"error/{pipeline_type}", f"{type(error).__name__}: {error}")
+    if args.budget and models is not None:
+        for model in models.values():
+            model.to("cpu")
+        torch.cuda.empty_cache()
+        pipe = pipeline_with(models, device, max_memory=args.budget)
+        try:
+            run_type(report, pipe, tokens, image, "1024_cascade", rates, args.smoke,
+                     f"1024_cascade_budget_{args.budget}", repeats=2)
+        except Exception as error:
+            report.add("error/budget", f"{type(error).__name__}: {error}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--mesh", type=Path, default=MESH)
+    p.add_argument("--image", type=Path, default=IMAGE)
+    r = sub.add_parser("run")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--data", type=Path, default=DATA)
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    r.add_argument("--types", nargs="+", default=["512", "1024_cascade", "1536_cascade"])
+    r.add_argument("--budget", default="16GB", help="max_memory for the planner run ('' to skip)")
+    r.add_argument("--smoke", action="store_true", help="tiny test pipeline (CPU check of the script)")
+    args = parser.parse_args()
+    if args.command == "prepare":
+        prepare(args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
