@@ -176,11 +176,12 @@ def coverage(setup: TriangleSetup, rows: torch.Tensor, px: torch.Tensor, py: tor
     tested against each. Returns (hit mask (T, S) bool, depth (T, S) float32). The operation order matches the
     Triton kernel.
     """
-    rays = setup.rays[setup.camera[rows]]  # (T, 1, 4)
+    flat_rows = rows.squeeze(1)
+    rays = setup.rays.index_select(0, setup.camera.index_select(0, flat_rows)).unsqueeze(1)  # (T, 1, 4)
     dx = (px.to(torch.float32) + 0.5) * rays[..., 0] + rays[..., 1]
     dy = (py.to(torch.float32) + 0.5) * rays[..., 2] + rays[..., 3]
-    n = setup.normals[rows.squeeze(1)]  # (T, 3, 3)
-    z = setup.depth[rows.squeeze(1)]  # (T, 3)
+    n = setup.normals.index_select(0, flat_rows)  # (T, 3, 3)
+    z = setup.depth.index_select(0, flat_rows)  # (T, 3)
     w0 = n[:, 0, 0:1] * dx + n[:, 0, 1:2] * dy + n[:, 0, 2:3]
     w1 = n[:, 1, 0:1] * dx + n[:, 1, 1:2] * dy + n[:, 1, 2:3]
     w2 = n[:, 2, 0:1] * dx + n[:, 2, 1:2] * dy + n[:, 2, 2:3]
@@ -219,19 +220,19 @@ def rasterize_keys_reference(setup: TriangleSetup, num_cameras: int, resolution:
         offsets_x, offsets_y = (offsets % span_w).unsqueeze(0), (offsets // span_w).unsqueeze(0)
         per_chunk = max(1, CANDIDATE_CHUNK // (span_w * span_h))
         for chunk in members.split(per_chunk):
-            rows = chunk.unsqueeze(1)
-            chunk_box = box[chunk]
+            chunk_box = box.index_select(0, chunk)
             px = chunk_box[:, 0:1] + offsets_x
             py = chunk_box[:, 1:2] + offsets_y
-            hit, depth = coverage(setup, rows, px, py, near, far)
+            hit, depth = coverage(setup, chunk.unsqueeze(1), px, py, near, far)
             if span_w > 1 or span_h > 1:
                 hit &= (px <= chunk_box[:, 2:3]) & (py <= chunk_box[:, 3:4])
-            tri, cand = hit.nonzero(as_tuple=True)
-            row = chunk[tri]
-            keys = pack_keys(depth[tri, cand], setup.face[row])
-            pixel = (setup.camera[row] * height + py[tri, cand]) * width + px[tri, cand]
+            flat = hit.view(-1).nonzero().squeeze(1)
+            row = chunk.index_select(0, flat // (span_w * span_h))
+            keys = pack_keys(depth.view(-1).index_select(0, flat), setup.face.index_select(0, row))
+            pixel = (setup.camera.index_select(0, row) * height + py.reshape(-1).index_select(0, flat)) * width \
+                + px.reshape(-1).index_select(0, flat)
             if previous is not None:
-                later = keys > previous[pixel]
+                later = keys > previous.index_select(0, pixel)
                 keys, pixel = keys[later], pixel[later]
             keys_out.scatter_reduce_(0, pixel, keys, reduce="amin")
     return keys_out
