@@ -108,7 +108,8 @@ def run_demo(out: Path, resolution: int = 256) -> list[DemoResult]:
 
     Writes, per shape: ``NAME.vxz`` (geometry + PBR attributes), ``NAME.ply`` (the reconstructed mesh with
     per-vertex base colour), ``NAME.glb`` (textured PBR export, decimated to 50k faces, 1024^2 textures) and
-    ``metrics.json`` for all of them.
+    ``metrics.json`` for all of them, and ``NAME_pbr.png``: a PBR panel (shaded, normals; base colour, metallic,
+    roughness, alpha) rendered from the ``.vxz`` file's surface and voxel attributes.
     """
     import torch
     import trimesh
@@ -120,11 +121,14 @@ def run_demo(out: Path, resolution: int = 256) -> list[DemoResult]:
     from omnivox.ovoxel.materials import voxelize_materials
     from omnivox.ovoxel.metrics import surface_fidelity
     from omnivox.ovoxel.packing import pack_geometry, unpack_geometry
+    from omnivox.render.environment import Environment
+    from omnivox.render.preview import PreviewSource, render_panel, save_image
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     grid = Grid.make(resolution)
     results = []
+    environment = Environment.builtin("studio")
     for scene in demo_shapes():
         scene = scene.normalized()
         t0 = time.perf_counter()
@@ -147,6 +151,8 @@ def run_demo(out: Path, resolution: int = 256) -> list[DemoResult]:
         glb, _ = bake_glb(vertices, faces, file_coords, torch.from_numpy(pbr), grid,
                           decimation_target=50_000, texture_size=1024)
         save_glb(glb, out / f"{scene.source}.glb")
+        preview = PreviewSource.from_ovoxel(file_coords, file_attrs, resolution, up="z", name=scene.source)
+        save_image(render_panel(preview, 160, environment), out / f"{scene.source}_pbr.png")
         t5 = time.perf_counter()
         fidelity = surface_fidelity(scene.vertices, scene.faces, vertices, faces, samples=50_000)
         # Colour check: each voxel's colour against the nearest original-surface colour is what the format keeps;

@@ -21,6 +21,7 @@ def test_demo_writes_outputs_and_reports_fidelity(tmp_path):
         glb = tmp_path / f"{shape['name']}.glb"
         assert glb.read_bytes()[:4] == b"glTF" and shape["glb_bytes"] == glb.stat().st_size
         assert shape["voxels"] > 0
+        assert _not_blank(tmp_path / f"{shape['name']}_pbr.png")  # the PBR panel rendered from the .vxz
         # Round trip within a fraction of a voxel (1/64): Chamfer (squared) well below one voxel squared.
         assert shape["chamfer_x1e6"] < 0.05 * (1e6 / 64**2)
         assert shape["normal_consistency"] > 0.97
@@ -34,6 +35,14 @@ def test_demo_writes_outputs_and_reports_fidelity(tmp_path):
                                     "roughness": 1, "alpha": 1}
     text = runner.invoke(app, ["info", str(tmp_path / "torus.vxz")])
     assert text.exit_code == 0 and "voxels" in text.output
+
+
+def _not_blank(png) -> bool:
+    import numpy as np
+    from PIL import Image
+
+    image = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return image.shape[1] > image.shape[0] and (abs(image - 255).sum(-1) > 30).mean() > 0.05
 
 
 def test_info_rejects_a_file_that_is_not_vxz(tmp_path):
