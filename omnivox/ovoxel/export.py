@@ -177,11 +177,8 @@ def _check_inputs(vertices, faces, coords, attributes, grid: Grid):
     return v, f, c, a
 
 
-def _check_options(decimation_target, texture_size, image_format, alpha_mode, hole_max_perimeter,
-                   min_component_area):
-    if decimation_target is not None and (not isinstance(decimation_target, (int, np.integer))
-                                          or isinstance(decimation_target, bool) or decimation_target < 4):
-        raise ValueError(f"decimation_target must be None or an int >= 4 (a face count), got {decimation_target!r}")
+def check_texture_options(texture_size, image_format, alpha_mode) -> None:
+    """Validate the texture options shared by ``bake_glb`` and ``uv_layout.bake_to_uv_layout``."""
     if not isinstance(texture_size, (int, np.integer)) or isinstance(texture_size, bool) or not (
             16 <= texture_size <= 16384):
         raise ValueError(f"texture_size must be an int in [16, 16384], got {texture_size!r}")
@@ -189,6 +186,21 @@ def _check_options(decimation_target, texture_size, image_format, alpha_mode, ho
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     if alpha_mode not in ALPHA_MODES:
         raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
+
+
+def resolve_alpha_mode(alpha_mode: str, alpha: np.ndarray) -> tuple[str, Optional[float]]:
+    """(mode, cutoff): ``choose_alpha_mode(alpha)`` for "auto", else the forced mode (cutoff 0.5 for MASK)."""
+    if alpha_mode == "auto":
+        return choose_alpha_mode(alpha)
+    return alpha_mode, (MASK_CUTOFF if alpha_mode == "MASK" else None)
+
+
+def _check_options(decimation_target, texture_size, image_format, alpha_mode, hole_max_perimeter,
+                   min_component_area):
+    if decimation_target is not None and (not isinstance(decimation_target, (int, np.integer))
+                                          or isinstance(decimation_target, bool) or decimation_target < 4):
+        raise ValueError(f"decimation_target must be None or an int >= 4 (a face count), got {decimation_target!r}")
+    check_texture_options(texture_size, image_format, alpha_mode)
     for name, value in (("hole_max_perimeter", hole_max_perimeter), ("min_component_area", min_component_area)):
         if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -475,10 +487,7 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
     timings["fill"] = _elapsed(start, device)
 
     start = time.perf_counter()
-    if alpha_mode == "auto":
-        report.alpha_mode, report.alpha_cutoff = choose_alpha_mode(a[:, ATTRIBUTE_LAYOUT["alpha"]])
-    else:
-        report.alpha_mode, report.alpha_cutoff = alpha_mode, (MASK_CUTOFF if alpha_mode == "MASK" else None)
+    report.alpha_mode, report.alpha_cutoff = resolve_alpha_mode(alpha_mode, a[:, ATTRIBUTE_LAYOUT["alpha"]])
     voxel_face = float(np.min(grid.voxel_size)) ** 2
     report.double_sided = bool((meshops.opening_areas(v, f) >= OPENING_AREA * voxel_face).any())
     normals = vertex_normals(v, f)[vmapping]

@@ -31,13 +31,11 @@ import torch
 
 from omnivox.ovoxel import bake
 from omnivox.ovoxel.export import (
-    ALPHA_MODES,
     ATTRIBUTE_LAYOUT,
-    IMAGE_FORMATS,
-    MASK_CUTOFF,
     _as_grid,
     _check_inputs,
-    choose_alpha_mode,
+    check_texture_options,
+    resolve_alpha_mode,
     textured_mesh,
     vertex_normals,
 )
@@ -137,13 +135,7 @@ def bake_to_uv_layout(vertices, faces, uvs, coords, attributes, grid: Union[Grid
         ValueError: bad shapes, dtypes, ranges, indices or options.
     """
     grid = _as_grid(grid, aabb)
-    if not isinstance(texture_size, (int, np.integer)) or isinstance(texture_size, bool) or not (
-            16 <= texture_size <= 16384):
-        raise ValueError(f"texture_size must be an int in [16, 16384], got {texture_size!r}")
-    if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
-    if alpha_mode not in ALPHA_MODES:
-        raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
+    check_texture_options(texture_size, image_format, alpha_mode)
     if not isinstance(fallback_radius, (int, np.integer)) or not 0 <= fallback_radius <= 8:
         raise ValueError(f"fallback_radius must be an int in [0, 8], got {fallback_radius!r}")
     v, f, c, a = _check_inputs(vertices, faces, coords, attributes, grid)
@@ -168,9 +160,6 @@ def bake_to_uv_layout(vertices, faces, uvs, coords, attributes, grid: Union[Grid
     report.uncovered_texels = int((~found).sum())
     filled = bake.fill_gutter(texels.view(size, size, -1), valid.view(size, size))
 
-    if alpha_mode == "auto":
-        report.alpha_mode, report.alpha_cutoff = choose_alpha_mode(a[:, ATTRIBUTE_LAYOUT["alpha"]])
-    else:
-        report.alpha_mode, report.alpha_cutoff = alpha_mode, (MASK_CUTOFF if alpha_mode == "MASK" else None)
+    report.alpha_mode, report.alpha_cutoff = resolve_alpha_mode(alpha_mode, a[:, ATTRIBUTE_LAYOUT["alpha"]])
     return textured_mesh(v, f, image_uv.astype(np.float32), vertex_normals(v, f), filled, alpha_mode=report.alpha_mode,
                          alpha_cutoff=report.alpha_cutoff, double_sided=bool(double_sided), image_format=image_format)

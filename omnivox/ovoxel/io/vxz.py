@@ -66,18 +66,13 @@ _CHUNK_KEYS = ("idx", "svo", "ptr")
 # Writing
 
 
-def write_vxz(
-    path: PathLike,
-    coords,
-    attrs: Mapping,
-    chunk_size: int = 256,
-    filter: str = "none",
-    compression: str = "lzma",
-    compression_level: int | None = None,
-    attr_interleave: str = "as_is",
-) -> None:
-    """Write voxels and their uint8 attributes to a `.vxz` file. See :func:`encode_vxz` for the arguments."""
-    data = encode_vxz(coords, attrs, chunk_size, filter, compression, compression_level, attr_interleave)
+def write_vxz(path: PathLike, coords, attrs: Mapping, **options) -> None:
+    """Write voxels and their uint8 attributes to a `.vxz` file.
+
+    ``coords``, ``attrs`` and the keyword ``options`` (chunk_size, filter, compression, compression_level,
+    attr_interleave) are those of :func:`encode_vxz`; the file is only created once encoding has succeeded.
+    """
+    data = encode_vxz(coords, attrs, **options)
     with open(path, "wb") as handle:
         handle.write(data)
 

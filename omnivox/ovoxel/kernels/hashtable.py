@@ -34,34 +34,64 @@ def new_table(n):
     return np.full(cap, EMPTY, dtype=np.int64), np.empty(cap, dtype=np.int64)
 
 
+@nb.njit(cache=True, inline="always")
+def _probe(keys, key):
+    """The slot holding ``key``, or the empty slot where it would go (linear probing)."""
+    mask = keys.shape[0] - 1
+    s = _slot(key, mask)
+    while keys[s] != key and keys[s] != EMPTY:
+        s = (s + 1) & mask
+    return s
+
+
 @nb.njit(cache=True)
 def lookup(keys, values, key):
     """The value stored for ``key``, or -1."""
-    mask = keys.shape[0] - 1
-    s = _slot(key, mask)
-    while True:
-        k = keys[s]
-        if k == key:
-            return values[s]
-        if k == EMPTY:
-            return -1
-        s = (s + 1) & mask
+    s = _probe(keys, key)
+    return values[s] if keys[s] == key else -1
 
 
 @nb.njit(cache=True)
 def insert(keys, values, key, value):
     """Store ``value`` for ``key`` unless present; returns the value now stored for ``key``."""
-    mask = keys.shape[0] - 1
-    s = _slot(key, mask)
-    while True:
-        k = keys[s]
-        if k == key:
-            return values[s]
-        if k == EMPTY:
-            keys[s] = key
-            values[s] = value
-            return value
-        s = (s + 1) & mask
+    s = _probe(keys, key)
+    if keys[s] == EMPTY:
+        keys[s] = key
+        values[s] = value
+    return values[s]
+
+
+@nb.njit(cache=True)
+def number_edges(faces, num_vertices):
+    """Number the undirected edges of a triangle mesh in order of first use.
+
+    Args:
+        faces: (F, 3) int64.
+        num_vertices: V, for the edge key ``min * V + max``.
+
+    Returns:
+        edge_of: (F, 3) int64 id of the edge from corner c to corner c + 1 of each face.
+        keys: (E,) int64 key of each edge.
+        counts: (E,) int32 number of faces on each edge.
+    """
+    F = faces.shape[0]
+    nv = np.int64(num_vertices)
+    tk, tv = new_table(3 * F)
+    edge_of = np.empty((F, 3), dtype=np.int64)
+    keys = np.empty(3 * F, dtype=np.int64)
+    counts = np.zeros(3 * F, dtype=np.int32)
+    n = 0
+    for f in range(F):
+        for c in range(3):
+            a, b = faces[f, c], faces[f, (c + 1) % 3]
+            key = min(a, b) * nv + max(a, b)
+            e = insert(tk, tv, key, n)
+            if e == n:
+                keys[n] = key
+                n += 1
+            edge_of[f, c] = e
+            counts[e] += 1
+    return edge_of, keys[:n].copy(), counts[:n].copy()
 
 
 @nb.njit(cache=True)

@@ -97,24 +97,16 @@ def orient_components(faces, vertices, hint_flip):
         closed: (K,) bool per component, True when every edge of it has exactly two faces.
     """
     F = faces.shape[0]
-    nv = np.int64(vertices.shape[0])
-    # Undirected edge table: key -> edge id; per edge its face count and first two faces.
-    tk, tv = hashtable.new_table(3 * F)
-    edge_of = np.empty((F, 3), dtype=np.int64)
-    count = np.zeros(3 * F, dtype=np.int32)
-    first = np.full((3 * F, 2), -1, dtype=np.int64)
-    n_edges = 0
+    edge_of, _, count = hashtable.number_edges(faces, vertices.shape[0])
+    # The first two faces on every edge (enough to cross the manifold ones).
+    first = np.full((count.shape[0], 2), -1, dtype=np.int64)
+    seen = np.zeros(count.shape[0], dtype=np.int32)
     for f in range(F):
         for c in range(3):
-            a, b = faces[f, c], faces[f, (c + 1) % 3]
-            key = min(a, b) * nv + max(a, b)
-            e = hashtable.insert(tk, tv, key, n_edges)
-            if e == n_edges:
-                n_edges += 1
-            edge_of[f, c] = e
-            if count[e] < 2:
-                first[e, count[e]] = f
-            count[e] += 1
+            e = edge_of[f, c]
+            if seen[e] < 2:
+                first[e, seen[e]] = f
+            seen[e] += 1
     flip = np.zeros(F, dtype=np.bool_)
     comp = np.full(F, -1, dtype=np.int64)
     queue = np.empty(F, dtype=np.int64)

@@ -670,21 +670,8 @@ def first_touch_pairs(tri, axis, owner, res):
 @nb.njit(cache=True)
 def boundary_edge_keys(faces, num_vertices):
     """Keys ``min * V + max`` of the undirected edges used by exactly one face (unsorted), by counting in a hash."""
-    F = faces.shape[0]
-    nv = np.int64(num_vertices)
-    tk, tv = hashtable.new_table(3 * F)
-    counts = np.zeros(3 * F + 1, dtype=np.int32)
-    keys = np.empty(3 * F + 1, dtype=np.int64)
-    n = 0
-    for f in range(F):
-        for c in range(3):
-            a, b = faces[f, c], faces[f, (c + 1) % 3]
-            key = min(a, b) * nv + max(a, b)
-            e = hashtable.insert(tk, tv, key, n)
-            if e == n:
-                keys[n] = key
-                n += 1
-            counts[e] += 1
+    _, keys, counts = hashtable.number_edges(faces, num_vertices)
+    n = keys.shape[0]
     out = np.empty(n, dtype=np.int64)
     m = 0
     for e in range(n):
