@@ -120,14 +120,15 @@ def tile_sweep(triangles, cameras, size, repeats, results):
     vertices, faces = bumpy_sphere(triangles, "cuda")
     extrinsics, intrinsics = orbit_cameras(cameras, radius=2.0, fov=math.radians(40))
     cam = to_camera(vertices, extrinsics.cuda())
-    setup = triangle_setup(cam, faces, intrinsics.cuda(), (size, size), 0.01)
-    first, median, best = timed(lambda: triangle_setup(cam, faces, intrinsics.cuda(), (size, size), 0.01), "cuda",
+    clip = torch.tensor([[0.01, 100.0]], device="cuda").expand(cameras, 2)
+    setup = triangle_setup(cam, faces, intrinsics.cuda(), (size, size), clip)
+    first, median, best = timed(lambda: triangle_setup(cam, faces, intrinsics.cuda(), (size, size), clip), "cuda",
                                 repeats)
     print(f"  setup alone: median {median * 1e3:.2f} ms", flush=True)
     results.append({"case": f"setup {triangles} x {cameras} @ {size}", "median_s": median})
     for tile in (4, 8, 16):
         for block in (16, 64):
-            fn = lambda: rasterize_keys_triton(setup, cameras, (size, size), 0.01, 100.0, tile=tile,  # noqa: E731
+            fn = lambda: rasterize_keys_triton(setup, cameras, (size, size), tile=tile,  # noqa: E731
                                                block_pairs=block)
             first, median, best = timed(fn, "cuda", repeats)
             results.append({"case": f"keys {triangles} x {cameras} @ {size}", "tile": tile, "block_pairs": block,

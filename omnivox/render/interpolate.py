@@ -106,7 +106,8 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 
 def antialias(image: torch.Tensor, fragments: Fragments, vertices: torch.Tensor, faces: torch.Tensor,
-              extrinsics: torch.Tensor, intrinsics: torch.Tensor, near: float = 0.01) -> torch.Tensor:
+              extrinsics: torch.Tensor, intrinsics: torch.Tensor,
+              near: Union[float, torch.Tensor] = 0.01) -> torch.Tensor:
     """Analytic edge antialiasing of a shaded first-layer image, with gradients w.r.t. vertex positions.
 
     Args:
@@ -115,7 +116,8 @@ def antialias(image: torch.Tensor, fragments: Fragments, vertices: torch.Tensor,
         vertices: (V, 3) or (B, V, 3) world positions (the ones rasterized); gradients flow into them.
         faces: (F, 3) int.
         extrinsics, intrinsics: the cameras.
-        near: the near plane used; triangles crossing it are not antialiased (their projection is unbounded).
+        near: the near plane used (float or (B,) per camera); triangles crossing it are not antialiased (their
+            projection is unbounded).
 
     Returns:
         (B, H, W, C) antialiased image (see the module docstring for the method).
@@ -127,6 +129,7 @@ def antialias(image: torch.Tensor, fragments: Fragments, vertices: torch.Tensor,
     pixels, z = project(vertices.to(dtype), extrinsics.to(vertices.device, dtype),
                         intrinsics.to(vertices.device, dtype), (height, width))  # (B, V, 2)
     faces = faces.to(device=vertices.device, dtype=torch.int64)
+    near_planes = torch.as_tensor(near, dtype=z.dtype).reshape(-1).to(z.device).expand(batch)
     flat = image.reshape(-1, channels)
     delta = torch.zeros(flat.shape, dtype=torch.promote_types(flat.dtype, dtype), device=flat.device)
     for axis in (0, 1):  # 0: horizontal pairs (p, p + x), 1: vertical pairs (p, p + y)
@@ -150,7 +153,7 @@ def antialias(image: torch.Tensor, fragments: Fragments, vertices: torch.Tensor,
         pix_back = torch.where(a_front, pix_b, pix_a)
         corner_index = faces[front_tri]
         corners_z = z[cam.unsqueeze(1), corner_index]
-        usable = (corners_z > near).all(dim=1)
+        usable = (corners_z > near_planes[cam].unsqueeze(1)).all(dim=1)
         cam, front_tri, pix_front, pix_back, corner_index = (cam[usable], front_tri[usable], pix_front[usable],
                                                              pix_back[usable], corner_index[usable])
         p = pixels[cam.unsqueeze(1), corner_index]  # (K, 3, 2)
@@ -193,7 +196,8 @@ def antialias(image: torch.Tensor, fragments: Fragments, vertices: torch.Tensor,
 def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor,
                 resolution: Union[int, Tuple[int, int]], *, vertex_attrs: Optional[torch.Tensor] = None,
                 uvs: Optional[torch.Tensor] = None, texture: Optional[torch.Tensor] = None,
-                wrap: str = "repeat", near: float = 0.01, far: float = 100.0, antialias_edges: bool = True,
+                wrap: str = "repeat", near: Union[float, torch.Tensor] = 0.01,
+                far: Union[float, torch.Tensor] = 100.0, antialias_edges: bool = True,
                 backend: str = "auto") -> Dict[str, torch.Tensor]:
     """Render the standard G-buffers of a mesh (first depth layer) for a batch of cameras.
 
@@ -206,7 +210,7 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.T
         uvs: optional (V, 2) per-vertex or (F, 3, 2) per-corner UVs -> ``"uv"`` (and ``"uv_grad"``).
         texture: optional (Ht, Wt, C) texture sampled at ``"uv"`` with mipmaps -> ``"texture"``.
         wrap: texture wrap mode, one of `WRAP_MODES`.
-        near, far: clipping depths.
+        near, far: clipping depths, floats or (B,) per camera.
         antialias_edges: antialias ``mask``, ``depth``, ``normal`` and ``attrs`` (gives silhouette gradients).
         backend: rasterizer backend.
 

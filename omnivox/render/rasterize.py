@@ -26,7 +26,7 @@ from omnivox.render.cameras import _check_cameras, to_camera
 from omnivox.render.kernels import rasterize_keys, resolve_backend, triangle_setup, unpack_keys
 from omnivox.render.kernels.reference import pixel_rays
 
-__all__ = ["Fragments", "rasterize", "rasterize_uv", "pixel_barycentrics", "MAX_RESOLUTION"]
+__all__ = ["Fragments", "rasterize", "rasterize_uv", "pixel_barycentrics", "clip_planes", "MAX_RESOLUTION"]
 
 # Bounds the key buffer (8 bytes per pixel per camera) to something a single machine can hold.
 MAX_RESOLUTION = 16384
@@ -122,8 +122,25 @@ def pixel_barycentrics(camera_vertices: torch.Tensor, faces: torch.Tensor, rays:
     return bary, depth
 
 
+def clip_planes(near: Union[float, torch.Tensor], far: Union[float, torch.Tensor], num_cameras: int) -> torch.Tensor:
+    """Validated (B, 2) float32 ``(near, far)`` per camera from floats or (B,) tensors (on the CPU)."""
+    planes = []
+    for name, value in (("near", near), ("far", far)):
+        t = torch.as_tensor(value, dtype=torch.float32).detach().cpu().reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(num_cameras)
+        if t.numel() != num_cameras:
+            raise ValueError(f"{name} must be a float or have one value per camera ({num_cameras}), got {t.numel()}")
+        planes.append(t)
+    clip = torch.stack(planes, dim=1)
+    if not bool(((clip[:, 0] > 0) & (clip[:, 0] < clip[:, 1])).all()):
+        raise ValueError(f"need 0 < near < far, got near={near}, far={far}")
+    return clip
+
+
 def rasterize(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.Tensor, intrinsics: torch.Tensor,
-              resolution: Union[int, Tuple[int, int]], *, layers: int = 1, near: float = 0.01, far: float = 100.0,
+              resolution: Union[int, Tuple[int, int]], *, layers: int = 1,
+              near: Union[float, torch.Tensor] = 0.01, far: Union[float, torch.Tensor] = 100.0,
               backend: str = "auto") -> Fragments:
     """Rasterize a triangle mesh for a batch of cameras.
 
@@ -137,7 +154,8 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.Ten
         intrinsics: (B, 3, 3) normalised intrinsics.
         resolution: (H, W) or an int for square images.
         layers: number of depth layers (depth peeling): layer ``l`` is the ``l``-th nearest surface.
-        near, far: clipping depths along the camera z axis, ``0 < near < far``.
+        near, far: clipping depths along the camera z axis, ``0 < near < far``: floats, or (B,) tensors with one
+            value per camera (the SC-VAE loss draws a near plane per camera, spec training.md 2.4).
         backend: ``"auto"`` (Triton for CUDA tensors when available), ``"torch"`` or ``"triton"``.
 
     Returns:
@@ -151,9 +169,8 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.Ten
     height, width = _check_resolution(resolution)
     if not isinstance(layers, int) or layers < 1:
         raise ValueError(f"layers must be an int >= 1, got {layers!r}")
-    if not 0 < near < far:
-        raise ValueError(f"need 0 < near < far, got near={near}, far={far}")
     num_cameras = extrinsics.shape[0]
+    clip = clip_planes(near, far, num_cameras)
     if vertices.dim() == 3 and vertices.shape[0] != num_cameras:
         raise ValueError(f"vertices has batch {vertices.shape[0]} but there are {num_cameras} cameras")
     device = vertices.device
@@ -169,11 +186,12 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.Ten
     if camera_vertices.shape[0] != num_cameras:
         camera_vertices = camera_vertices.expand(num_cameras, -1, -1)
     with torch.no_grad():
-        setup = triangle_setup(camera_vertices.detach().to(torch.float32), faces, intrinsics, (height, width), near)
+        setup = triangle_setup(camera_vertices.detach().to(torch.float32), faces, intrinsics, (height, width),
+                               clip.to(device))
         all_keys = []
         previous = None
         for _ in range(layers):
-            previous = rasterize_keys(setup, num_cameras, (height, width), near, far, previous, backend)
+            previous = rasterize_keys(setup, num_cameras, (height, width), previous, backend)
             all_keys.append(previous)
         triangle_id, _ = unpack_keys(torch.stack([k.view(num_cameras, height, width) for k in all_keys], dim=1))
 

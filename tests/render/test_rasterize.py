@@ -172,6 +172,23 @@ def test_near_plane_cuts_through_the_mesh():
     assert float(fragments.depth[0, 0][hit].min()) >= near
 
 
+def test_near_and_far_per_camera():
+    vertices, faces = uv_sphere(0.5, 24, 48)
+    extrinsics, intrinsics = orbit_cameras(3, radius=2.0, fov=math.radians(40))
+    near = torch.tensor([0.5, 1.8, 1.6])
+    far = torch.tensor([100.0, 3.0, 2.2])
+    both = rasterize(vertices, faces, extrinsics, intrinsics, (32, 32), near=near, far=far, backend="torch")
+    for b in range(3):
+        one = rasterize(vertices, faces, extrinsics[b:b + 1], intrinsics[b:b + 1], (32, 32), near=float(near[b]),
+                        far=float(far[b]), backend="torch")
+        assert torch.equal(both.triangle_id[b:b + 1], one.triangle_id)
+        hit = one.triangle_id >= 0
+        assert bool((one.depth[hit] >= near[b]).all()) and bool((one.depth[hit] <= far[b]).all())
+    assert not torch.equal(both.triangle_id[1], both.triangle_id[2])
+    with pytest.raises(ValueError, match="one value per camera"):
+        rasterize(vertices, faces, extrinsics, intrinsics, 8, near=torch.tensor([0.1, 0.2]))
+
+
 def test_batched_vertices_per_camera():
     vertices, faces = uv_sphere(0.3, 12, 24)
     extrinsics, intrinsics = orbit_cameras(2, radius=2.0)
@@ -266,8 +283,9 @@ plane_v, plane_f = _grid_plane(4, 0.6)
 faces = torch.cat([faces, plane_f + vertices.shape[0]]); vertices = torch.cat([vertices, plane_v])
 g = torch.Generator().manual_seed(1)
 extrinsics, intrinsics = random_sphere_cameras(2, g, radius_range=(1.2, 3.0))
-a = rasterize(vertices, faces, extrinsics, intrinsics, (24, 20), layers=2, near=1.0, backend="torch")
-b = rasterize(vertices, faces, extrinsics, intrinsics, (24, 20), layers=2, near=1.0, backend="triton")
+near = torch.tensor([1.0, 0.8])
+a = rasterize(vertices, faces, extrinsics, intrinsics, (24, 20), layers=2, near=near, backend="torch")
+b = rasterize(vertices, faces, extrinsics, intrinsics, (24, 20), layers=2, near=near, backend="triton")
 same = (a.triangle_id == b.triangle_id)
 both = (a.triangle_id >= 0) & same
 print(json.dumps({"same": same.float().mean().item(), "covered": int((a.triangle_id >= 0).sum()),

@@ -48,11 +48,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def rasterize_keys(setup: TriangleSetup, num_cameras: int, resolution: Tuple[int, int], near: float, far: float,
+def rasterize_keys(setup: TriangleSetup, num_cameras: int, resolution: Tuple[int, int],
                    previous: Optional[torch.Tensor], backend: str) -> torch.Tensor:
     """Nearest (depth, face) key per pixel with the chosen backend (already resolved)."""
     if backend == "triton":
         from omnivox.render.kernels.triton.raster import rasterize_keys_triton
 
-        return rasterize_keys_triton(setup, num_cameras, resolution, near, far, previous)
-    return rasterize_keys_reference(setup, num_cameras, resolution, near, far, previous)
+        return rasterize_keys_triton(setup, num_cameras, resolution, previous)
+    return rasterize_keys_reference(setup, num_cameras, resolution, previous)

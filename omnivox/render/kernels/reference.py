@@ -46,7 +46,8 @@ class TriangleSetup:
 
     camera: (T,) int64, face: (T,) int64 index into ``faces``, normals: (T, 3, 3) float32 edge-plane normals
     (row k = n_k), depth: (T, 3) float32 camera z of the corners, box: (T, 4) int64 inclusive pixel box
-    ``(x0, y0, x1, y1)``; rays: (B, 4) float32 ``(sx, ox, sy, oy)`` per camera.
+    ``(x0, y0, x1, y1)``; rays: (B, 4) float32 ``(sx, ox, sy, oy)`` per camera; clip: (B, 2) float32
+    ``(near, far)`` per camera.
     """
 
     camera: torch.Tensor
@@ -55,6 +56,7 @@ class TriangleSetup:
     depth: torch.Tensor
     box: torch.Tensor
     rays: torch.Tensor
+    clip: torch.Tensor
 
 
 def pixel_rays(intrinsics: torch.Tensor, resolution: Tuple[int, int]) -> torch.Tensor:
@@ -92,7 +94,7 @@ def edge_normals(corners: torch.Tensor) -> torch.Tensor:
 
 
 def triangle_setup(camera_vertices: torch.Tensor, faces: torch.Tensor, intrinsics: torch.Tensor,
-                   resolution: Tuple[int, int], near: float) -> TriangleSetup:
+                   resolution: Tuple[int, int], clip: torch.Tensor) -> TriangleSetup:
     """Transform, cull and bound the triangles for every camera.
 
     Args:
@@ -100,14 +102,15 @@ def triangle_setup(camera_vertices: torch.Tensor, faces: torch.Tensor, intrinsic
         faces: (F, 3) int64.
         intrinsics: (B, 3, 3) normalised.
         resolution: (H, W).
-        near: near-plane depth; triangles entirely in front of it, off screen, or covering no pixel centre are
-            dropped.
+        clip: (B, 2) float32 ``(near, far)`` per camera; triangles entirely in front of the near plane, off
+            screen, or covering no pixel centre are dropped.
     """
     height, width = resolution
     k = intrinsics.to(torch.float32)
     fx, fy = k[:, 0, 0].view(-1, 1), k[:, 1, 1].view(-1, 1)
     cx, cy = k[:, 0, 2].view(-1, 1), k[:, 1, 2].view(-1, 1)
     z = camera_vertices[..., 2]
+    near = clip[:, 0:1]  # (B, 1)
     safe_z = torch.where(z >= near, z, torch.ones_like(z))
     # Pixel positions of the vertices (meaningful for those beyond the near plane).
     vx = (fx * camera_vertices[..., 0] / safe_z + cx) * width
@@ -125,13 +128,14 @@ def triangle_setup(camera_vertices: torch.Tensor, faces: torch.Tensor, intrinsic
         # its edges cross the plane).
         corners = camera_vertices[clipped[0].unsqueeze(1), faces[clipped[1]]]  # (C, 3, 3)
         cz = corners[..., 2]
+        near_c = clip[clipped[0], 0].unsqueeze(1)  # (C, 1)
         nxt = corners.roll(-1, dims=1)
-        crosses = (cz >= near) != (nxt[..., 2] >= near)
-        t = ((near - cz) / torch.where(crosses, nxt[..., 2] - cz, torch.ones_like(cz))).unsqueeze(-1)
+        crosses = (cz >= near_c) != (nxt[..., 2] >= near_c)
+        t = ((near_c - cz) / torch.where(crosses, nxt[..., 2] - cz, torch.ones_like(cz))).unsqueeze(-1)
         points = torch.cat([corners, corners + t * (nxt - corners)], dim=1)  # (C, 6, 3)
-        usable = torch.cat([cz >= near, crosses], dim=1)
+        usable = torch.cat([cz >= near_c, crosses], dim=1)
         b = clipped[0].unsqueeze(1)
-        pz = points[..., 2].clamp(min=near)
+        pz = torch.maximum(points[..., 2], near_c)
         px = (fx[b, 0] * points[..., 0] / pz + cx[b, 0]) * width
         py = (fy[b, 0] * points[..., 1] / pz + cy[b, 0]) * height
         inf = torch.tensor(float("inf"), device=px.device)
@@ -152,7 +156,8 @@ def triangle_setup(camera_vertices: torch.Tensor, faces: torch.Tensor, intrinsic
     kept = camera_vertices[camera.unsqueeze(1), faces[face]]
     return TriangleSetup(camera=camera, face=face, normals=edge_normals(kept).contiguous(),
                          depth=kept[..., 2].contiguous(), box=box.long(),
-                         rays=pixel_rays(intrinsics.to(torch.float32), resolution).to(camera_vertices.device))
+                         rays=pixel_rays(intrinsics.to(torch.float32), resolution).to(camera_vertices.device),
+                         clip=clip.to(device=camera_vertices.device, dtype=torch.float32).contiguous())
 
 
 def pack_keys(depth: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
@@ -168,8 +173,8 @@ def unpack_keys(keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return face, torch.where(empty, torch.zeros_like(depth), depth)
 
 
-def coverage(setup: TriangleSetup, rows: torch.Tensor, px: torch.Tensor, py: torch.Tensor, near: float,
-             far: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def coverage(setup: TriangleSetup, rows: torch.Tensor, px: torch.Tensor, py: torch.Tensor
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Ray test of candidate pixels against triangles, broadcast over a (T, S) grid of candidates.
 
     ``rows`` (T, 1) selects triangles of ``setup``; ``px``, ``py`` (T, S) int64 are the pixel columns and rows
@@ -177,7 +182,9 @@ def coverage(setup: TriangleSetup, rows: torch.Tensor, px: torch.Tensor, py: tor
     Triton kernel.
     """
     flat_rows = rows.squeeze(1)
-    rays = setup.rays.index_select(0, setup.camera.index_select(0, flat_rows)).unsqueeze(1)  # (T, 1, 4)
+    camera = setup.camera.index_select(0, flat_rows)
+    rays = setup.rays.index_select(0, camera).unsqueeze(1)  # (T, 1, 4)
+    clip = setup.clip.index_select(0, camera)  # (T, 2)
     dx = (px.to(torch.float32) + 0.5) * rays[..., 0] + rays[..., 1]
     dy = (py.to(torch.float32) + 0.5) * rays[..., 2] + rays[..., 3]
     n = setup.normals.index_select(0, flat_rows)  # (T, 3, 3)
@@ -188,11 +195,11 @@ def coverage(setup: TriangleSetup, rows: torch.Tensor, px: torch.Tensor, py: tor
     total = w0 + w1 + w2
     inside = (((w0 >= 0) & (w1 >= 0) & (w2 >= 0)) | ((w0 <= 0) & (w1 <= 0) & (w2 <= 0))) & (total != 0)
     depth = (w0 * z[:, 0:1] + w1 * z[:, 1:2] + w2 * z[:, 2:3]) / torch.where(total != 0, total, 1.0)
-    return inside & (depth >= near) & (depth <= far), depth
+    return inside & (depth >= clip[:, 0:1]) & (depth <= clip[:, 1:2]), depth
 
 
-def rasterize_keys_reference(setup: TriangleSetup, num_cameras: int, resolution: Tuple[int, int], near: float,
-                             far: float, previous: Optional[torch.Tensor] = None) -> torch.Tensor:
+def rasterize_keys_reference(setup: TriangleSetup, num_cameras: int, resolution: Tuple[int, int],
+                             previous: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The nearest key per pixel, (B * H * W,) int64 (``EMPTY_KEY`` where nothing is hit).
 
     With ``previous`` (a key buffer of the same shape), only keys strictly larger than it count (depth peeling).
@@ -223,7 +230,7 @@ def rasterize_keys_reference(setup: TriangleSetup, num_cameras: int, resolution:
             chunk_box = box.index_select(0, chunk)
             px = chunk_box[:, 0:1] + offsets_x
             py = chunk_box[:, 1:2] + offsets_y
-            hit, depth = coverage(setup, chunk.unsqueeze(1), px, py, near, far)
+            hit, depth = coverage(setup, chunk.unsqueeze(1), px, py)
             if span_w > 1 or span_h > 1:
                 hit &= (px <= chunk_box[:, 2:3]) & (py <= chunk_box[:, 3:4])
             flat = hit.view(-1).nonzero().squeeze(1)

@@ -28,9 +28,10 @@ def _rasterize_fwd_kernel(
     depth_ptr,  # (T, 3) float32
     box_ptr,  # (T, 4) int64
     rays_ptr,  # (B, 4) float32
+    clip_ptr,  # (B, 2) float32 near, far
     keys_ptr,  # (B * H * W,) int64, atomically reduced
     previous_ptr,  # (B * H * W,) int64 or dummy
-    num_pairs, height, width, near, far,
+    num_pairs, height, width,
     HAS_PREVIOUS: tl.constexpr, TILE: tl.constexpr, BLOCK_PAIRS: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -59,6 +60,8 @@ def _rasterize_fwd_kernel(
     ox = tl.load(rays_ptr + cam * 4 + 1, mask=pair_ok, other=0.0)
     sy = tl.load(rays_ptr + cam * 4 + 2, mask=pair_ok, other=0.0)
     oy = tl.load(rays_ptr + cam * 4 + 3, mask=pair_ok, other=0.0)
+    near = tl.load(clip_ptr + cam * 2 + 0, mask=pair_ok, other=1.0)
+    far = tl.load(clip_ptr + cam * 2 + 1, mask=pair_ok, other=0.0)
 
     offs = tl.arange(0, TILE * TILE)
     px = tile_x[:, None] + (offs % TILE)[None, :]  # (BLOCK_PAIRS, TILE*TILE)
@@ -73,7 +76,7 @@ def _rasterize_fwd_kernel(
     inside = (((w0 >= 0) & (w1 >= 0) & (w2 >= 0)) | ((w0 <= 0) & (w1 <= 0) & (w2 <= 0))) & (total != 0)
     safe_total = tl.where(total != 0, total, 1.0)
     z = (w0 * z0[:, None] + w1 * z1[:, None] + w2 * z2[:, None]) / safe_total
-    ok = ok & inside & (z >= near) & (z <= far)
+    ok = ok & inside & (z >= near[:, None]) & (z <= far[:, None])
     z = tl.where(ok, z, 1.0)
     key = (z.to(tl.int32, bitcast=True).to(tl.int64) << 32) | face[:, None]
     pixel = (cam[:, None] * height + py) * width + px
@@ -96,8 +99,8 @@ def tile_pairs(box: torch.Tensor, tile: int) -> Tuple[torch.Tensor, torch.Tensor
     return tri.to(torch.int32), origin.to(torch.int32).contiguous()
 
 
-def rasterize_keys_triton(setup: TriangleSetup, num_cameras: int, resolution: Tuple[int, int], near: float,
-                          far: float, previous: Optional[torch.Tensor] = None, tile: int = 4,
+def rasterize_keys_triton(setup: TriangleSetup, num_cameras: int, resolution: Tuple[int, int],
+                          previous: Optional[torch.Tensor] = None, tile: int = 4,
                           block_pairs: int = 16) -> torch.Tensor:
     """Triton version of `rasterize_keys_reference` (same arguments, same result up to exact ties).
 
@@ -115,8 +118,8 @@ def rasterize_keys_triton(setup: TriangleSetup, num_cameras: int, resolution: Tu
     _rasterize_fwd_kernel[grid](
         pair_tri, pair_tile, setup.camera.contiguous(), setup.face.contiguous(),
         setup.normals.reshape(-1, 9).contiguous(), setup.depth.contiguous(), setup.box.contiguous(),
-        setup.rays.contiguous(), keys, previous if previous is not None else keys,
-        num_pairs, height, width, float(near), float(far),
+        setup.rays.contiguous(), setup.clip.contiguous(), keys, previous if previous is not None else keys,
+        num_pairs, height, width,
         HAS_PREVIOUS=previous is not None, TILE=tile, BLOCK_PAIRS=block_pairs,
     )
     return keys
