@@ -338,12 +338,13 @@ def test_triton_matches_torch_on_cuda():
 
     extrinsics, intrinsics = random_sphere_cameras(4, generator, radius_range=(1.2, 4.0))
     args = (vertices.cuda(), faces.cuda(), extrinsics.cuda(), intrinsics.cuda(), (200, 256))
-    a = rasterize(*args, layers=2, near=1.0, backend="torch")
-    b = rasterize(*args, layers=2, near=1.0, backend="triton")
+    near = torch.tensor([1.0, 0.6, 1.3, 0.9])  # per camera, cutting through the sphere for some
+    a = rasterize(*args, layers=2, near=near.cuda(), backend="torch")
+    b = rasterize(*args, layers=2, near=near.cuda(), backend="triton")
     same = a.triangle_id == b.triangle_id
     assert same.float().mean().item() > 0.999
     both = same & (a.triangle_id >= 0)
     assert (a.bary - b.bary)[both].abs().max().item() < 1e-5
     assert (a.depth - b.depth)[both].abs().max().item() < 1e-5
-    cpu = rasterize(vertices, faces, extrinsics, intrinsics, (200, 256), layers=2, near=1.0, backend="torch")
+    cpu = rasterize(vertices, faces, extrinsics, intrinsics, (200, 256), layers=2, near=near, backend="torch")
     assert (cpu.triangle_id == b.triangle_id.cpu()).float().mean().item() > 0.999
