@@ -438,6 +438,13 @@ def mesh_arrays(mesh, device) -> Tuple[torch.Tensor, torch.Tensor]:
             torch.as_tensor(faces).to(device=device, dtype=torch.int64))
 
 
+def cpu_generator(generator: torch.Generator) -> torch.Generator:
+    """A CPU generator seeded by one draw from ``generator`` (the trainer's per-micro-batch generator may live
+    on the GPU; the losses draw their noise and cameras on the CPU so results do not depend on the device)."""
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
+    return torch.Generator().manual_seed(int(seed))
+
+
 def call_as_forward(model: torch.nn.Module, fn: Callable, *args):
     """Run ``fn(module, *args)`` as ``model``'s forward pass, through ``model.__call__``.
 
@@ -491,7 +498,8 @@ class ShapeVaeTrainer(Trainer):
     def training_losses(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
         loss, terms = shape_vae_losses(self.models["encoder"], self.models["decoder"], batch, self.config,
                                        render=render_loss_maps if self.config.lambda_render > 0 else None,
-                                       lpips=self.lpips, generator=self.rng, checkpointed=self.checkpointed)
+                                       lpips=self.lpips, generator=cpu_generator(self.rng),
+                                       checkpointed=self.checkpointed)
         return loss, {name: float(value.detach()) for name, value in terms.items()}
 
 
@@ -523,6 +531,7 @@ class PbrVaeTrainer(Trainer):
 
     def training_losses(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
         loss, terms = material_vae_losses(self.models["encoder"], self.models["decoder"], batch, self.config,
-                                          resolution=self.resolution, lpips=self.lpips, generator=self.rng,
+                                          resolution=self.resolution, lpips=self.lpips,
+                                          generator=cpu_generator(self.rng),
                                           checkpointed=bool(self.config.activation_checkpointing))
         return loss, {name: float(value.detach()) for name, value in terms.items()}
