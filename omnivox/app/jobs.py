@@ -91,7 +91,7 @@ class Job:
 
     id: str
     kind: str
-    work: Callable[[Any, "JobContext"], Path] = field(repr=False)
+    work: Callable[[Any, "JobContext"], Path] | None = field(repr=False)
     output_dir: Path
     state: JobState = JobState.QUEUED
     progress: Progress = field(default_factory=Progress)
@@ -268,6 +268,7 @@ class JobQueue(Generic[Resource]):
     def _finish(self, job: Job, state: JobState) -> None:
         job.state = state
         job.finished = time.time()
+        job.work = None  # the closure holds the request's inputs (a decoded image is megabytes); drop them now
         self._finished.append(job.id)
         while len(self._finished) > self.keep_finished:
             old = self._jobs.pop(self._finished.popleft())

@@ -162,3 +162,27 @@ def test_invalid_construction(tmp_path):
         JobQueue([], tmp_path)
     with pytest.raises(ValueError, match="max_pending"):
         JobQueue(["x"], tmp_path, max_pending=0)
+
+
+def test_finished_jobs_release_their_inputs(tmp_path):
+    """A remembered job must not keep its request's inputs (the decoded image) alive: that grew a server's memory
+    by the image size per request."""
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    payload = Payload()
+    alive = weakref.ref(payload)
+
+    def make_work(data):
+        return lambda resource, ctx: _write(str(id(data)))(resource, ctx)
+
+    with JobQueue(["dev0"], tmp_path / "jobs") as queue:
+        job = queue.submit("generate", make_work(payload))
+        del payload
+        assert queue.wait(job.id, timeout=10).state is JobState.DONE
+        gc.collect()
+        assert alive() is None
+        assert queue.status(job.id)["state"] == "done"  # still remembered, just without its inputs

@@ -164,8 +164,9 @@ def test_cancel_queued_and_running_jobs(client, assets):
 
 def test_memory_is_steady_over_20_requests(client, server, assets):
     """20 sequential generate + download rounds; the server's RSS after the 5th is the baseline and may not
-    grow by more than 48 MiB over the next 15 (a leak of one result per request would exceed it: each GLB with
-    its textures, mesh and latents costs several MiB in the process)."""
+    grow by more than 24 MiB over the next 15. Measured here: +5 MiB (the first rounds warm up allocator and
+    caches, then it stays flat). Keeping each finished job's decoded input image (2.3 MB for this one) grew it
+    by 36 MiB over the same 15 rounds and failed this test."""
     crown = (assets / CROWN).read_bytes()
     rss = []
     for i in range(20):
@@ -175,4 +176,4 @@ def test_memory_is_steady_over_20_requests(client, server, assets):
         assert client.get(f"/v1/jobs/{job['id']}/result.glb").content[:4] == b"glTF"
         rss.append(_rss_bytes(server.pid))
     growth = max(rss[5:]) - rss[4]
-    assert growth < 48 * 2**20, [f"{r / 2**20:.0f} MiB" for r in rss]
+    assert growth < 24 * 2**20, [f"{r / 2**20:.0f} MiB" for r in rss]
