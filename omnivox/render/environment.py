@@ -79,14 +79,23 @@ def sample_equirect(image: torch.Tensor, directions: torch.Tensor) -> torch.Tens
 
     Wraps around in azimuth and clamps at the poles. Directions need not be normalised (zero vectors read +Z).
     """
-    height, width, channels = image.shape
-    d = directions.to(image.dtype)
-    x, y, z = d.unbind(-1)
+    u, v = equirect_coordinates(directions.to(image.dtype))
+    return _bilinear_equirect(image, u, v)
+
+
+def equirect_coordinates(directions: torch.Tensor):
+    """(u, v) in [0, 1] of (..., 3) directions: u = azimuth from -pi, v = polar angle from +Z, both normalised."""
+    x, y, z = directions.unbind(-1)
     norm = torch.sqrt(x * x + y * y + z * z).clamp(min=1e-12)
-    theta = torch.acos((z / norm).clamp(-1, 1))
-    phi = torch.atan2(y, x)
-    fx = (phi + math.pi) * (width / (2 * math.pi)) - 0.5
-    fy = theta * (height / math.pi) - 0.5
+    v = torch.acos((z / norm).clamp(-1, 1)) * (1 / math.pi)
+    u = (torch.atan2(y, x) + math.pi) * (0.5 / math.pi)
+    return u, v
+
+
+def _bilinear_equirect(image: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    height, width, channels = image.shape
+    fx = u * width - 0.5
+    fy = v * height - 0.5
     x0 = torch.floor(fx)
     y0 = torch.floor(fy)
     tx = (fx - x0)[..., None]
@@ -309,16 +318,21 @@ class Environment:
     def specular_radiance(self, directions: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
         """Pre-filtered radiance (..., 3) along reflection ``directions`` for perceptual ``roughness`` (...)."""
         levels = len(self.specular)
-        level = roughness.clamp(0, 1) * (levels - 1)
-        lower = level.floor().clamp(max=levels - 2)
-        t = (level - lower)[..., None]
-        out = torch.zeros(*directions.shape[:-1], 3, dtype=self.radiance.dtype, device=directions.device)
-        for k in range(levels):
-            weight = torch.where(lower[..., None] == k, 1 - t, torch.zeros_like(t)) + \
-                torch.where(lower[..., None] == k - 1, t, torch.zeros_like(t))
-            if bool((weight > 0).any()):
-                out = out + weight * sample_equirect(self.specular[k], directions)
-        return out
+        shape = directions.shape[:-1]
+        u, v = equirect_coordinates(directions.reshape(-1, 3).to(self.radiance.dtype))
+        level = roughness.reshape(-1).to(u.dtype).clamp(0, 1) * (levels - 1)
+        lower = level.floor().clamp(max=levels - 2).long()
+        t = (level - lower)[:, None]
+        out = torch.zeros(len(u), 3, dtype=self.radiance.dtype, device=directions.device)
+        # Each sample blends two neighbouring levels; look up only the samples that use a level.
+        for k in range(levels - 1):
+            pick = (lower == k).nonzero().squeeze(1)
+            if len(pick) == 0:
+                continue
+            low = _bilinear_equirect(self.specular[k], u[pick], v[pick])
+            high = _bilinear_equirect(self.specular[k + 1], u[pick], v[pick])
+            out[pick] = low + (high - low) * t[pick]
+        return out.reshape(*shape, 3)
 
     def background(self, directions: torch.Tensor) -> torch.Tensor:
         """The environment seen directly along (..., 3) view directions (the mirror level)."""
