@@ -83,14 +83,17 @@ def shard_fsdp(model: nn.Module, mixed_dtype: Optional[torch.dtype] = None) -> n
     return model
 
 
-def all_reduce_mean(values: dict, info: DistInfo, device: torch.device) -> dict:
-    """Mean of float logs over the processes (identity when alone)."""
-    if not info.distributed or not values:
-        return values
-    keys = sorted(values)
-    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return dict(zip(keys, (tensor / info.world_size).tolist()))
+def all_reduce_mean(sums: dict, counts: dict, info: DistInfo, device: torch.device) -> dict:
+    """``{key: sum / count}`` with sums and counts added over the processes (keys may differ per process)."""
+    if info.distributed:
+        gathered = [None] * info.world_size
+        dist.all_gather_object(gathered, sorted(sums))
+        keys = sorted(set().union(*gathered))
+        tensor = torch.tensor([[float(sums.get(k, 0.0)), float(counts.get(k, 0))] for k in keys],
+                              dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        sums, counts = dict(zip(keys, tensor[:, 0].tolist())), dict(zip(keys, tensor[:, 1].tolist()))
+    return {k: sums[k] / counts[k] for k in sums if counts[k]}
 
 
 def broadcast_object(value, info: DistInfo):

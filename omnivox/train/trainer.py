@@ -199,6 +199,7 @@ class Trainer:
             p.grad = None
         count = len(micro_batches)
         sums: dict = {}
+        counts: dict = {}
         scale = self.precision.loss_scale
         for j, batch in enumerate(micro_batches):
             batch = move_to_device(batch, self.device, non_blocking=True)
@@ -214,8 +215,9 @@ class Trainer:
                 (loss.float() * (scale / count)).backward()
             self._record_memory(batch, start_peak)
             logs = {"loss": float(loss.detach()), **logs}
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / count
+            for k, v in logs.items():  # a key missing from some micro-batches is averaged where present
+                sums[k] = sums.get(k, 0.0) + float(v)
+                counts[k] = counts.get(k, 0) + 1
         finite = self.precision.unscale_to_master()
         status = {"lr": self._base_lrs[0] * self.lr_factor(self.step)}
         if self.precision.use_scaling:
@@ -230,7 +232,7 @@ class Trainer:
         self.precision.after_step(finite)
         if self.ema is not None:
             self.ema.update(self.precision.master_params)
-        sums = all_reduce_mean(sums, self.info, self.device)
+        sums = all_reduce_mean(sums, counts, self.info, self.device)
         return {**{f"loss/{k}" if k != "loss" else k: v for k, v in sums.items()},
                 **{f"status/{k}": v for k, v in status.items()}}
 
