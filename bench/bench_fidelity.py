@@ -14,6 +14,7 @@ asset -> ``load_asset().normalized()`` -> ``scene_to_ovoxel`` (geometry + PBR at
 Usage:
     python bench/bench_fidelity.py --resolutions 256 512 --out docs/benchmarks/fidelity.jsonl
     python bench/bench_fidelity.py --table docs/benchmarks/fidelity.jsonl     # print the markdown table
+    python bench/bench_fidelity.py --compare OLD.jsonl NEW.jsonl               # before/after table
 
 Each asset/resolution appends one JSON line as soon as it is done, so a long run can be polled and resumed
 (``--skip-done``).
@@ -181,6 +182,24 @@ def table(lines: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def compare(before: list[dict], after: list[dict]) -> str:
+    """Markdown table of the rows of ``after`` against the same asset/resolution in ``before``."""
+    old = {(r["asset"], r["resolution"]): r for r in before if "error" not in r}
+    head = ("| asset | R | double-sided before | after | GLB tris before | after | Chamfer x1e6 before | after "
+            "| NC before | after | PSNR base before | after |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in after:
+        b = old.get((r["asset"], r["resolution"]))
+        if b is None or "error" in r:
+            continue
+        rows.append(
+            f"| {r['asset']} | {r['resolution']} | {'yes' if b['double_sided'] else 'no'} | "
+            f"{'yes' if r['double_sided'] else 'no'} | {b['faces']:,} | {r['faces']:,} | {b['chamfer_x1e6']:.4g} | "
+            f"{r['chamfer_x1e6']:.4g} | {b['normal_consistency']:.4f} | {r['normal_consistency']:.4f} | "
+            f"{b['psnr_base_color']:.1f} | {r['psnr_base_color']:.1f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024])
@@ -191,7 +210,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "fidelity.jsonl")
     parser.add_argument("--skip-done", action="store_true", help="skip asset/resolution pairs already in --out")
     parser.add_argument("--table", type=Path, help="print the markdown table of a results file and exit")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="print a before/after table of two results files and exit")
     args = parser.parse_args()
+    if args.compare:
+        before, after = ([json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                         for path in args.compare)
+        print(compare(before, after))
+        return
     if args.table:
         print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
         return

@@ -30,15 +30,6 @@ import numpy as np
 import torch
 
 from omnivox.ovoxel import bake
-from omnivox.ovoxel.export import (
-    ATTRIBUTE_LAYOUT,
-    _as_grid,
-    _check_inputs,
-    check_texture_options,
-    resolve_alpha_mode,
-    textured_mesh,
-    vertex_normals,
-)
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid
 
 if TYPE_CHECKING:
@@ -134,6 +125,17 @@ def bake_to_uv_layout(vertices, faces, uvs, coords, attributes, grid: Union[Grid
     Raises:
         ValueError: bad shapes, dtypes, ranges, indices or options.
     """
+    # Imported here: ``export`` offers this function too and imports this module at its end.
+    from omnivox.ovoxel.export import (
+        ATTRIBUTE_LAYOUT,
+        _as_grid,
+        _check_inputs,
+        check_texture_options,
+        resolve_alpha_mode,
+        textured_mesh,
+        vertex_normals,
+    )
+
     grid = _as_grid(grid, aabb)
     check_texture_options(texture_size, image_format, alpha_mode)
     if not isinstance(fallback_radius, (int, np.integer)) or not 0 <= fallback_radius <= 8:
