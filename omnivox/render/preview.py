@@ -273,7 +273,7 @@ def render_pbr(
     cov = coverage[..., None]
     shaded = shaded * cov + back * (1 - cov)
 
-    first_hit = alpha_layers.new_zeros(()) + (fragments.triangle_id[:, 0] >= 0).float()
+    first_hit = (fragments.triangle_id[:, 0] >= 0).float()
     normal_vis = normal_best * torch.tensor([1.0, -1.0, -1.0], device=device) * 0.5 + 0.5
     normal_vis = torch.where(hit[..., None], normal_vis, torch.ones_like(normal_vis))
     first = image(torch.cat([srgb_encode(base), metallic[:, None], roughness[:, None], alpha[:, None]], -1))[0]
