@@ -149,7 +149,8 @@ def main():
         torch.set_num_threads(args.threads)
     results = []
     machine = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+               "cpu": platform.processor() or platform.machine(),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if args.device == "cuda":
         machine["gpu"] = torch.cuda.get_device_name()
         repeats = args.repeats or 20

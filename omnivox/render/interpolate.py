@@ -19,13 +19,12 @@ Decisions on the reference's behaviour (spec training.md 2.4 and 5.2):
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from omnivox.render.cameras import _check_cameras, project, to_camera
+from omnivox.render.cameras import project, to_camera
 from omnivox.render.rasterize import Fragments, rasterize
 
 __all__ = [
@@ -165,7 +164,8 @@ def antialias(image: torch.Tensor, fragments: Fragments, vertices: torch.Tensor,
         # 2-D edge functions, positive inside: e_k(x) = s * cross(p_{k+2} - p_{k+1}, x - p_{k+1}).
         p1, p2 = p.roll(-1, dims=1), p.roll(-2, dims=1)
         edge = p2 - p1
-        area = (p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1]) - (p[:, 1, 1] - p[:, 0, 1]) * (p[:, 2, 0] - p[:, 0, 0])
+        e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+        area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
         sign = torch.sign(area).detach().unsqueeze(1)
 
         def edge_fn(x):

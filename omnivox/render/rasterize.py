@@ -38,8 +38,8 @@ class Fragments:
 
     Attributes:
         triangle_id: (B, L, H, W) int64 index into ``faces``, -1 where the ray hits nothing.
-        bary: (B, L, H, W, 3) float32 (float64 for float64 vertices) perspective-correct barycentrics of the hit point (0 on background),
-            differentiable w.r.t. the vertex positions.
+        bary: (B, L, H, W, 3) float32 (float64 for float64 vertices) perspective-correct barycentrics of the hit
+            point (0 on background), differentiable w.r.t. the vertex positions.
         depth: (B, L, H, W) float32 camera-space z of the hit point (0 on background), differentiable.
     """
 

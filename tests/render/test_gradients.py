@@ -11,8 +11,8 @@ from tests.render.test_rasterize import uv_sphere
 
 
 def _camera(distance: float = 3.0):
-    extrinsics = look_at(torch.tensor([[0.0, 0.0, -distance]], dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
-                         up=(0.0, 1.0, 0.0))
+    extrinsics = look_at(torch.tensor([[0.0, 0.0, -distance]], dtype=torch.float64),
+                         torch.zeros(3, dtype=torch.float64), up=(0.0, 1.0, 0.0))
     return extrinsics, intrinsics_from_fov(torch.tensor([math.radians(30)], dtype=torch.float64))
 
 

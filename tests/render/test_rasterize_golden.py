@@ -15,7 +15,8 @@ from omnivox.render import orbit_cameras, render_mesh
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SIZE = 64
 # (asset path under shared/assets, file stem); both are Y-up files, turned Z-up for the Z-up cameras.
-CASES = [("mesh/spot/spot_triangulated.obj", "spot"), ("gltf/Fox.glb", "fox"), ("gltf/SheenChair/SheenChair.gltf", "chair")]
+CASES = [("mesh/spot/spot_triangulated.obj", "spot"), ("gltf/Fox.glb", "fox"),
+         ("gltf/SheenChair/SheenChair.gltf", "chair")]
 
 
 def render_case(assets: Path, relative: str) -> dict:

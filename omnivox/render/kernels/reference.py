@@ -60,7 +60,10 @@ class TriangleSetup:
 
 
 def pixel_rays(intrinsics: torch.Tensor, resolution: Tuple[int, int]) -> torch.Tensor:
-    """(B, 4) float32 (float64 for float64 intrinsics) ``(sx, ox, sy, oy)``: the ray of pixel (i, j) is ``((j+0.5) sx + ox, (i+0.5) sy + oy, 1)``."""
+    """(B, 4) ``(sx, ox, sy, oy)``: the ray of pixel (i, j) is ``((j+0.5) sx + ox, (i+0.5) sy + oy, 1)``.
+
+    float32, or float64 for float64 intrinsics.
+    """
     height, width = resolution
     k = intrinsics.to(torch.float64)
     fx, fy, cx, cy = k[:, 0, 0], k[:, 1, 1], k[:, 0, 2], k[:, 1, 2]
