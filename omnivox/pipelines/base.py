@@ -54,6 +54,9 @@ class PipelineBase:
         self._flow_overrides, self._vae_overrides = cpu_default_overrides(self.device, dtype)
         self.models = ModelStore(self._load_role, self.device)
         self.sampler = FlowEulerSampler()
+        # Guided steps run the conditional and unconditional passes as one batch on GPUs, where small token
+        # counts leave the flows bound by kernel launches; on CPUs two calls cost the same and need less memory.
+        self.batch_guidance = self.device.type == "cuda"
         self.last_plan: Optional[MemoryPlan] = None
 
     # ------------------------------------------------------------------------------------------ loading
@@ -129,9 +132,26 @@ class PipelineBase:
                 tvec = torch.full((num_samples,), 1000.0 * t, device=self.device)
                 return model(template.replace(x), tvec, condition, concat_cond=extra).feats
 
+            pair = None
+            if self.batch_guidance:
+                # Both CFG passes as one batch of 2 * num_samples items: the unconditional copies are items
+                # num_samples .. 2 * num_samples - 1 (coords batch-major, so the order stays valid).
+                doubled = SparseTensor.from_coords(
+                    torch.cat([coords, coords + torch.tensor([num_samples, 0, 0, 0], dtype=coords.dtype,
+                                                             device=coords.device)]),
+                    torch.cat([noise, noise]), 2 * num_samples)
+                doubled_extra = None if extra is None else doubled.replace(torch.cat([extra.feats, extra.feats]))
+                rows = len(coords)
+
+                def pair(x, t, condition, negative):
+                    tvec = torch.full((2 * num_samples,), 1000.0 * t, device=self.device)
+                    out = model(doubled.replace(torch.cat([x, x])), tvec, torch.cat([condition, negative]),
+                                concat_cond=doubled_extra).feats
+                    return out[:rows], out[rows:]
+
             return self.sampler.sample(velocity, noise, cond, torch.zeros_like(cond), params,
                                        batch_index=template.batch_index, batch_size=num_samples,
-                                       callback=self._progress(callback, stage))
+                                       callback=self._progress(callback, stage), velocity_pair=pair)
 
     def _normalization(self, which: str):
         norm = self.config.shape_normalization if which == "shape" else self.config.tex_normalization

@@ -50,23 +50,27 @@ class Generated:
     @classmethod
     def from_dual_grid(cls, coords, dual_vertices, intersected, attributes: dict, resolution: int,
                        split_weights=None) -> "Generated":
-        """Build one from a flexible dual grid and its attributes, extracting the mesh."""
+        """Build one from a flexible dual grid and its attributes, extracting the mesh.
+
+        The mesh is extracted where ``coords`` lives (a CUDA tensor: on the GPU); everything kept is moved to the CPU.
+        """
         from omnivox.ovoxel.extract import dual_grid_to_mesh
 
-        coords = torch.as_tensor(coords).to(torch.int32).cpu()
-        dual_vertices = torch.as_tensor(dual_vertices, dtype=torch.float32).cpu()
-        intersected = torch.as_tensor(intersected).bool().cpu()
+        coords = torch.as_tensor(coords).to(torch.int32)
+        device = coords.device
+        dual_vertices = torch.as_tensor(dual_vertices, dtype=torch.float32).to(device)
+        intersected = torch.as_tensor(intersected).bool().to(device)
         if split_weights is not None:
-            split_weights = torch.as_tensor(split_weights, dtype=torch.float32).cpu().reshape(-1, 1)
-        attributes = {k: torch.as_tensor(v, dtype=torch.float32).cpu().reshape(len(coords), -1)
-                      for k, v in attributes.items()}
+            split_weights = torch.as_tensor(split_weights, dtype=torch.float32).to(device).reshape(-1, 1)
         if len(coords):
             vertices, faces = dual_grid_to_mesh(coords, dual_vertices, intersected, int(resolution),
                                                 split_weight=split_weights)
         else:
             vertices, faces = torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.int64)
-        return cls(coords, attributes, int(resolution), dual_vertices, intersected, split_weights,
-                   vertices.float(), faces.long())
+        attributes = {k: torch.as_tensor(v, dtype=torch.float32).cpu().reshape(len(coords), -1)
+                      for k, v in attributes.items()}
+        return cls(coords.cpu(), attributes, int(resolution), dual_vertices.cpu(), intersected.cpu(),
+                   None if split_weights is None else split_weights.cpu(), vertices.float().cpu(), faces.long().cpu())
 
     def attribute_matrix(self) -> np.ndarray:
         """``(N, 6) float32`` in the exporter's layout (base_color, metallic, roughness, alpha)."""

@@ -112,14 +112,16 @@ class ImageTo3DPipeline(PipelineBase):
         shape_flow = "shape_slat_flow_model_512" if pipeline_type == "512" else "shape_slat_flow_model_1024"
         tex_flow = "tex_slat_flow_model_512" if pipeline_type == "512" else "tex_slat_flow_model_1024"
         cond_tokens = 4101 if pipeline_type != "512" else 1029
+        pair = 2 if self.batch_guidance else 1  # guided flows run cond + uncond as one batch
         needs = [image_encoder_stage(("image_cond_model",), cond_tokens, self._encoder_width()),
-                 flow_stage("sparse_structure", ("sparse_structure_flow_model",), num_samples * ss_tokens, width),
+                 flow_stage("sparse_structure", ("sparse_structure_flow_model",), pair * num_samples * ss_tokens,
+                            width),
                  ss_decoder_stage(("sparse_structure_decoder",), dec_width / 1024)]
         if cascade:
             lr = lr_tokens if lr_tokens is not None else latent_tokens
-            needs.append(flow_stage("shape_slat_lr", ("shape_slat_flow_model_512",), lr, width))
+            needs.append(flow_stage("shape_slat_lr", ("shape_slat_flow_model_512",), pair * lr, width))
             needs.append(decoder_stage("upsample", ("shape_slat_decoder",), lr, dec_width))
-        needs.append(flow_stage("shape_slat", (shape_flow,), latent_tokens, width))
+        needs.append(flow_stage("shape_slat", (shape_flow,), pair * latent_tokens, width))
         needs.append(flow_stage("tex_slat", (tex_flow,), latent_tokens, width))
         needs.append(decoder_stage("decode", ("shape_slat_decoder", "tex_slat_decoder"), latent_tokens, dec_width))
         return needs
@@ -174,8 +176,14 @@ class ImageTo3DPipeline(PipelineBase):
             def velocity(x, t, condition):
                 return model(x, torch.full((num_samples,), 1000.0 * t, device=self.device), condition)
 
+            def pair(x, t, condition, negative):  # both CFG passes in one batch (see PipelineBase.batch_guidance)
+                out = model(torch.cat([x, x]), torch.full((2 * num_samples,), 1000.0 * t, device=self.device),
+                            torch.cat([condition, negative]))
+                return out[:num_samples], out[num_samples:]
+
             latent = self.sampler.sample(velocity, noise, cond, torch.zeros_like(cond), params,
-                                         callback=self._progress(callback, "sparse_structure"))
+                                         callback=self._progress(callback, "sparse_structure"),
+                                         velocity_pair=pair if self.batch_guidance else None)
         with self.models.on_device(roles[1:], plan.offload) as models:
             decoder = models[roles[1]]
             occupancy = decoder(latent) > 0
@@ -235,17 +243,19 @@ class ImageTo3DPipeline(PipelineBase):
                                    guide_subdivisions=shape.subdivision_logits, chunk_voxels=stage.chunk_voxels)
         if not torch.equal(material.voxels.coords, shape.coords):
             raise RuntimeError("internal: the material decoder did not follow the shape decoder's voxels")
-        pbr = (material.voxels.feats.float() * 0.5 + 0.5).clamp(0, 1).cpu()
-        batch = shape.coords[:, 0].cpu()
+        pbr = (material.voxels.feats.float() * 0.5 + 0.5).clamp(0, 1)
+        layout = shape.coords[:, 0].long()
+        counts = torch.bincount(layout, minlength=num_samples).tolist()
+        starts = np.cumsum([0] + counts)
         results = []
-        for b in range(num_samples):
-            rows = (batch == b).nonzero().flatten()
-            attributes = {"base_color": pbr[rows, 0:3], "metallic": pbr[rows, 3:4], "roughness": pbr[rows, 4:5],
-                          "alpha": pbr[rows, 5:6]}
-            results.append(Generated.from_dual_grid(
-                shape.coords[rows.to(shape.coords.device), 1:].cpu(), shape.vertices[rows.to(self.device)].cpu(),
-                shape.intersected[rows.to(self.device)].cpu(), attributes, int(resolution),
-                shape.split_weights[rows.to(self.device)].cpu()))
+        for b in range(num_samples):  # rows are batch-major: item b owns one contiguous block
+            rows = slice(int(starts[b]), int(starts[b + 1]))
+            item = pbr[rows]
+            attributes = {"base_color": item[:, 0:3], "metallic": item[:, 3:4], "roughness": item[:, 4:5],
+                          "alpha": item[:, 5:6]}
+            results.append(Generated.from_dual_grid(shape.coords[rows, 1:], shape.vertices[rows],
+                                                    shape.intersected[rows], attributes, int(resolution),
+                                                    shape.split_weights[rows]))
         return results
 
     # ------------------------------------------------------------------------------------------ run

@@ -34,15 +34,16 @@ HEADROOM = 0.9
 CHUNK_VOXEL_CHOICES = (262_144, 131_072, 65_536)
 TOKEN_CHUNK_CHOICES = (16_384, 8_192, 4_096)
 
-# Calibration (docs/benchmarks/models.md, H100): a 1.3B flow step holds ~61 KB per token at width 1536
-# (1.60 GiB for 2 x 14,026 tokens); the SC-VAE decoder at 1024^3 peaks at ~300 KB per latent token (3.98-4.69 GiB
-# for 14,026 tokens), ~140 KB per token with chunk_voxels (1.89 GiB: the stages before the chunked tail) plus
-# ~4.6 KB per tail voxel of a chunk (the tail at 512^3 held 4.69 GiB for 1.09 M voxels).
+# Calibration (H100, full-size models): a 1.3B flow call holds ~64 KB per token at width 1536 (measured 0.69 GiB
+# for 11,242 tokens and 1.5 GiB for 25,397 in docs/benchmarks/pipelines.md); the SC-VAE decoders (shape, then
+# material guided by it) peak at ~380 KB per latent token (4.0 GiB for 11,242 tokens at 1024, 9.0 GiB for 25,397
+# at 1536), ~40 % of that with chunk_voxels (docs/benchmarks/models.md: 4.69 -> 1.89 GiB, the stages before the
+# chunked tail) plus ~4.6 KB per tail voxel of a chunk (the tail at 512^3 held 4.69 GiB for 1.09 M voxels).
 FLOW_BYTES_PER_TOKEN_AT_1536 = 64_000
 FLOW_CHUNKED_BYTES_PER_TOKEN_AT_1536 = 24_000  # residual stream, q/k/v and norms stay whole
 FLOW_CHUNK_BYTES_PER_ROW_AT_1536 = 40_000
-DECODER_BYTES_PER_TOKEN_AT_1024 = 300_000
-DECODER_CHUNKED_BYTES_PER_TOKEN_AT_1024 = 140_000
+DECODER_BYTES_PER_TOKEN_AT_1024 = 400_000
+DECODER_CHUNKED_BYTES_PER_TOKEN_AT_1024 = 170_000
 DECODER_TAIL_BYTES_PER_VOXEL_AT_1024 = 7_000  # 4.6 KB times ~1.5 for the halo
 ENCODER_BYTES_PER_TOKEN_AT_1024 = 210_000
 IMAGE_ENCODER_BYTES_PER_TOKEN_AT_1024 = 48_000

@@ -7,6 +7,7 @@ device copy, on exit it points at its host tensor again, so nothing is copied ba
 
 from __future__ import annotations
 
+import gc
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -69,6 +70,7 @@ class ModelStore:
             for model, saved in moved:
                 _restore(model, saved)
             if moved and self.device.type == "cuda":
+                gc.collect()  # device copies can hide in reference cycles of the finished stage
                 torch.cuda.empty_cache()
 
 

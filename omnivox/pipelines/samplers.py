@@ -33,6 +33,7 @@ import torch
 SIGMA_MIN = 1e-5
 
 Velocity = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]
+VelocityPair = Callable[[torch.Tensor, float, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -223,7 +224,8 @@ class FlowEulerSampler:
 
     def sample(self, velocity: Velocity, noise: torch.Tensor, cond: torch.Tensor, neg_cond: Optional[torch.Tensor],
                params: SamplerParams, *, batch_index: Optional[torch.Tensor] = None,
-               batch_size: Optional[int] = None, callback: Optional[ProgressCallback] = None) -> torch.Tensor:
+               batch_size: Optional[int] = None, callback: Optional[ProgressCallback] = None,
+               velocity_pair: Optional[VelocityPair] = None) -> torch.Tensor:
         """Integrate ``noise`` to a sample.
 
         Args:
@@ -236,6 +238,9 @@ class FlowEulerSampler:
             params: steps, guidance and time warp.
             batch_index, batch_size: the sparse layout for the rescale statistics (None for dense latents).
             callback: called as ``callback(step, steps)`` after each step (steps counted from 1).
+            velocity_pair: optional ``velocity_pair(x, t, cond, neg_cond) -> (v_cond, v_uncond)`` computing both
+                predictions in one network call (a batch of two); used on guided steps instead of two calls.
+                On a GPU this halves the kernel launches of a guided step; the arithmetic is unchanged.
 
         Returns:
             ``x_0`` as float32.
@@ -246,12 +251,13 @@ class FlowEulerSampler:
         for i in range(params.steps):
             t, t_prev = ts[i], ts[i + 1]
             g = guidance.strength_at(t)
-            v_cond = velocity(x, t, cond) if g != 0.0 else None
-            v_uncond = None
-            if g != 1.0:
-                if neg_cond is None:
-                    raise ValueError(f"step {i} (t={t:.4f}) is guided with strength {g} but neg_cond is None")
-                v_uncond = velocity(x, t, neg_cond)
+            if g not in (0.0, 1.0) and neg_cond is None:
+                raise ValueError(f"step {i} (t={t:.4f}) is guided with strength {g} but neg_cond is None")
+            if g not in (0.0, 1.0) and velocity_pair is not None:
+                v_cond, v_uncond = velocity_pair(x, t, cond, neg_cond)
+            else:
+                v_cond = velocity(x, t, cond) if g != 0.0 else None
+                v_uncond = velocity(x, t, neg_cond) if g != 1.0 else None
             v = guidance.combine(x, t, v_cond, v_uncond, batch_index, batch_size)
             x = x - (t - t_prev) * v.float()
             if callback is not None:
