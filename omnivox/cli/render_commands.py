@@ -55,7 +55,7 @@ def render(
         from omnivox.render.environment import resolve_environment
 
         if voxels:
-            image = _voxel_image(source, views, resolution)
+            image = _voxel_image(source, views, resolution, up or "z")
             preview.save_image(image, output)
         else:
             item = preview.load_preview_source(source, up=up, device=device)
@@ -81,7 +81,7 @@ def render(
     typer.echo(f"{source} -> {output} ({time.perf_counter() - start:.2f} s)")
 
 
-def _voxel_image(source: Path, views: int, resolution: int):
+def _voxel_image(source: Path, views: int, resolution: int, up: str):
     from omnivox.ovoxel.io import read_vxz
     from omnivox.render.preview import _smallest_power_of_two_above, render_voxel_preview
 
@@ -92,9 +92,14 @@ def _voxel_image(source: Path, views: int, resolution: int):
         raise ValueError(f"{source}: the file holds no voxels")
     if "base_color" not in attributes:
         raise ValueError(f"{source}: no base_color attribute (has {sorted(attributes)})")
+    if up not in ("y", "z"):
+        raise ValueError(f"--up must be y or z, got {up!r}")
     colors = attributes["base_color"].astype("float32") / 255
-    return render_voxel_preview(coords, colors, _smallest_power_of_two_above(int(coords.max())), resolution,
-                                views=min(views, 8))
+    grid = _smallest_power_of_two_above(int(coords.max()))
+    if up == "y":  # the same rotation as the shaded path, (x, y, z) -> (x, -z, y), on voxel indices
+        coords = coords[:, [0, 2, 1]].copy()
+        coords[:, 1] = grid - 1 - coords[:, 1]
+    return render_voxel_preview(coords, colors, grid, resolution, views=min(views, 8))
 
 
 def _stack(parts, np):

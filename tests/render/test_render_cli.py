@@ -51,3 +51,23 @@ def test_render_errors(assets, tmp_path):
     result = runner.invoke(app, ["render", str(assets / "mesh" / "soup.stl"), "-o", str(tmp_path / "x.png"),
                                  "--env", "moon"])
     assert result.exit_code == 1 and "neither a built-in" in result.output
+
+
+def test_render_vxz_shaded_and_as_voxels(assets, tmp_path):
+    from omnivox.assets import load_asset
+    from omnivox.ovoxel.io import write_vxz
+    from omnivox.ovoxel.materials import scene_to_ovoxel
+
+    record = scene_to_ovoxel(load_asset(assets / "gltf" / "Fox.glb").normalized(), 32)
+    coords = record.pop("coords")
+    write_vxz(tmp_path / "fox.vxz", coords, record)
+    for extra, name in (([], "shaded.png"), (["--voxels", "--views", "2"], "cubes.png")):
+        result = runner.invoke(app, ["render", str(tmp_path / "fox.vxz"), "-o", str(tmp_path / name), "--up", "y",
+                                     "--resolution", "48", "--no-ssao", *extra])
+        assert result.exit_code == 0, result.output
+        image = np.asarray(Image.open(tmp_path / name).convert("RGB")).astype(np.float64)
+        foreground = np.abs(image - 255).sum(-1) > 30
+        assert foreground.mean() > 0.01
+        colour = image[foreground].mean(0)
+        assert colour[0] > colour[2] + 20, (name, colour)  # orange voxels
+    assert Image.open(tmp_path / "cubes.png").size == (96, 48)
