@@ -348,3 +348,20 @@ def test_triton_matches_torch_on_cuda():
     assert (a.depth - b.depth)[both].abs().max().item() < 1e-5
     cpu = rasterize(vertices, faces, extrinsics, intrinsics, (200, 256), layers=2, near=near, backend="torch")
     assert (cpu.triangle_id == b.triangle_id.cpu()).float().mean().item() > 0.999
+
+
+def test_package_imports_stay_light_and_names_resolve():
+    code = ("import sys, omnivox.render as r; missing = [n for n in r.__all__ if not hasattr(r, n)]; "
+            "heavy = [m for m in ('triton', 'trimesh', 'scipy', 'PIL') if m in sys.modules]; print(missing, heavy)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[] []"
+    # Every Triton launcher has a PyTorch reference with the same name stem (style guide 8.2).
+    from omnivox.render import kernels
+
+    assert "rasterize_keys_reference" in kernels.__all__
+    pytest.importorskip("triton")
+    from omnivox.render.kernels.triton import raster
+
+    launchers = [name for name in dir(raster) if name.endswith("_triton")]
+    assert launchers and all(hasattr(kernels, name[: -len("_triton")] + "_reference") for name in launchers)
