@@ -66,6 +66,8 @@ def interpolate(vertex_attrs: torch.Tensor, faces: torch.Tensor, fragments: Frag
     if vertex_attrs.dim() not in (2, 3):
         raise ValueError(f"vertex_attrs must be (V, C) or (B, V, C), got {tuple(vertex_attrs.shape)}")
     batch, layers, height, width = fragments.triangle_id.shape
+    if vertex_attrs.dim() == 3 and vertex_attrs.shape[0] != batch:
+        raise ValueError(f"vertex_attrs has batch {vertex_attrs.shape[0]} but the fragments have {batch} cameras")
     covered, camera, triangle = _gather_pixels(fragments)
     corner_index = faces.to(device=vertex_attrs.device, dtype=torch.int64)[triangle]  # (K, 3)
     if vertex_attrs.dim() == 2:

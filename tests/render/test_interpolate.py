@@ -173,3 +173,13 @@ def test_normalized_volume_lookup_agrees_with_the_bake_sampler():
     assert int(found.sum()) > 100
     assert torch.allclose(ours[found], theirs[found], atol=1e-5)
     assert float(ours[~found].abs().max()) == 0.0
+
+
+def test_interpolate_rejects_mismatched_batches():
+    from omnivox.render import interpolate, orbit_cameras, rasterize
+
+    vertices, faces = uv_sphere(0.4, 6, 12)
+    extrinsics, intrinsics = orbit_cameras(2)
+    fragments = rasterize(vertices, faces, extrinsics, intrinsics, 8)
+    with pytest.raises(ValueError, match="batch 3 but the fragments have 2 cameras"):
+        interpolate(torch.zeros(3, vertices.shape[0], 1), faces, fragments)
