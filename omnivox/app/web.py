@@ -93,8 +93,10 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                     texture_image = gr.Image(label="Image", type="pil", image_mode=None, elem_id="texture-image",
                                              height=320)
                     texture_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=tasks.MAX_SEED)
+                    texture_resolution = gr.Radio(["512", "1024"], value="1024", label="Resolution",
+                                                  elem_id="texture-resolution")
                     texture_texture_size = gr.Radio([str(s) for s in tasks.TEXTURE_SIZES], value="2048",
-                                                       label="Texture size")
+                                                    label="Texture size", elem_id="texture-texture-size")
                     texture_button = gr.Button("Texture", variant="primary", elem_id="texture")
                 with gr.Column(scale=2):
                     texture_status = gr.Markdown("Ready.", elem_id="texture-status")
@@ -135,7 +137,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
         cancel_button.click(lambda current: _cancel(queue, current), inputs=[job_id], outputs=[status],
                             cancels=[generate_event])
 
-        def on_texture(mesh_path, picture, chosen_seed, size):
+        def on_texture(mesh_path, picture, chosen_seed, resolution, size):
             if mesh_path is None or picture is None:
                 yield "**Error:** upload a mesh and an image first.", None
                 return
@@ -145,7 +147,8 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                 picture = _checked_image(picture, limits)
                 params = tasks.GenerateParams(seed=int(chosen_seed or 0), texture_size=int(size)).validated()
                 tasks.check_background(models.texturing, picture)
-                job = queue.submit("texture", lambda m, ctx: tasks.texture(m, ctx, mesh_path, picture, params))
+                job = queue.submit("texture", lambda m, ctx: tasks.texture(m, ctx, mesh_path, picture, params,
+                                                                              resolution=int(resolution)))
             except (InputError, QueueFull) as exc:
                 yield f"**Error:** {exc}", None
                 return
@@ -155,7 +158,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
         texture_button.click(
             lambda: (None, gr.DownloadButton(visible=False)), outputs=[texture_viewer, texture_download], queue=False,
         ).then(
-            on_texture, inputs=[mesh_file, texture_image, texture_seed, texture_texture_size],
+            on_texture, inputs=[mesh_file, texture_image, texture_seed, texture_resolution, texture_texture_size],
             outputs=[texture_status, texture_job], concurrency_limit=None,
         ).then(
             lambda current: _results(queue, current)[:2], inputs=[texture_job],
