@@ -18,3 +18,4 @@ from omnivox.cli import data_commands  # noqa: E402,F401
 from omnivox.cli import render_commands  # noqa: E402,F401
 from omnivox.cli import generate_commands  # noqa: E402,F401
 from omnivox.cli import app_commands  # noqa: E402,F401
+from omnivox.cli import train_commands  # noqa: E402,F401

@@ -1,0 +1,106 @@
+"""`omnivox train` end to end on a dataset root written by `omnivox data` from real assets.
+
+The texture-flow stage (``ImageConditionedSLatPbr``: PBR latent + shape latent + condition images through a
+DINOv3 folder) trains a tiny denoiser for 3 steps, is resumed to step 4, and its checkpoint loads with
+`omnivox.models.from_pretrained`.
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from omnivox.cli import app
+from omnivox.data import layout
+from omnivox.models import FlexiDualGridVaeEncoder, SparseUnetVaeEncoder, VaeEncoderConfig, from_pretrained, save_pretrained
+from tests.train.flow_data import tiny_dinov3
+
+RESOLUTION = 64
+SOURCES = ["gltf/Fox.glb", "mesh/spot/spot_triangulated.obj", "mesh/featuretype.STL", "gltf/Avocado/Avocado.gltf"]
+
+
+@pytest.fixture(scope="module")
+def toolkit_root(tmp_path_factory):
+    from omnivox.data.convert import run_convert
+    from omnivox.data.encode import run_encode
+    from omnivox.data.index import run_index
+    from omnivox.data.render import run_render
+    from tests.conftest import _assets_dir
+
+    assets = _assets_dir()
+    base = tmp_path_factory.mktemp("flow_cli")
+    root, ckpts = base / "dataset", base / "ckpts"
+    (root / "raw").mkdir(parents=True)
+    for name in SOURCES:
+        shutil.copy(assets / name, root / "raw" / name.split("/")[-1])
+    if (assets / "gltf/Avocado").is_dir():  # a multi-file glTF needs its buffers and textures beside it
+        for f in (assets / "gltf/Avocado").iterdir():
+            shutil.copy(f, root / "raw" / f.name)
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    config = VaeEncoderConfig(in_channels=6, model_channels=(8, 16, 32), num_blocks=(0, 1, 1), latent_channels=4,
+                              use_fp16=False)
+    save_pretrained(FlexiDualGridVaeEncoder(config), ckpts / "shape_enc_tiny")
+    save_pretrained(SparseUnetVaeEncoder(config), ckpts / "tex_enc_tiny")
+    save_pretrained(tiny_dinov3(), base / "dinov3")
+    run_index(root, progress=False)
+    run_convert(root, [RESOLUTION], progress=False)
+    run_render(root, num_views=2, size=48, progress=False)
+    run_encode(root, RESOLUTION, ckpts / "shape_enc_tiny", ckpts / "tex_enc_tiny", progress=False)
+    torch.set_num_threads(threads)  # the numba stages may change torch's intra-op thread count
+    return root, base / "dinov3"
+
+
+def _experiment(dinov3, **trainer_args):
+    stats = {"mean": [0.0] * 4, "std": [1.0] * 4}
+    return {
+        "models": {"denoiser": {"name": "ElasticSLatFlowModel", "args": {
+            "resolution": 16, "in_channels": 8, "out_channels": 4, "model_channels": 32, "cond_channels": 16,
+            "num_blocks": 2, "num_heads": 2, "mlp_ratio": 2.0, "dtype": "bfloat16", "use_checkpoint": False}}},
+        "dataset": {"name": "ImageConditionedSLatPbr", "args": {
+            "resolution": RESOLUTION, "image_size": 32, "pbr_slat_normalization": stats,
+            "shape_slat_normalization": stats, "shape_encoder_name": "shape_enc_tiny",
+            "pbr_encoder_name": "tex_enc_tiny"}},
+        "trainer": {"name": "ImageConditionedSparseFlowMatchingCFGTrainer", "args": {
+            "max_steps": 3, "batch_size": 2, "batch_split": 2, "ema_rate": [0.99], "i_save": 2, "i_log": 1,
+            "mix_precision_mode": "amp", "mix_precision_dtype": "bfloat16", "num_workers": 0,
+            "optimizer": {"name": "AdamW", "args": {"lr": 1e-3}}, "t_schedule": {"name": "uniform"},
+            "elastic": {"name": "LinearMemoryController", "args": {"max_mem_ratio_start": 0.5}},
+            "image_cond_model": {"name": "DinoV3FeatureExtractor", "args": {"model_name": str(dinov3)}},
+            **trainer_args}},
+    }
+
+
+def test_train_command_trains_resumes_and_writes_loadable_checkpoints(toolkit_root, tmp_path):
+    root, dinov3 = toolkit_root
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps(_experiment(dinov3)))
+    out = tmp_path / "run"
+    runner = CliRunner()
+    args = ["train", "--config", str(config), "--output-dir", str(out), "--data", str(root), "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "starting at step 0 of 3" in result.output
+    ckpts = out / "ckpts"
+    assert {p.name for p in ckpts.glob("misc_step*.json")} == {"misc_step0000002.json", "misc_step0000003.json"}
+    assert json.loads((out / "config.json").read_text())["trainer"]["args"]["max_steps"] == 3
+    assert len((out / "log.txt").read_text().splitlines()) == 3
+
+    result = runner.invoke(app, args + ["--max-steps", "4"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "starting at step 3 of 4" in result.output
+    model = from_pretrained(ckpts / "denoiser_ema0.99_step0000004")
+    assert model.config.dtype == "bfloat16"  # the experiment's runtime dtype; the file holds float32 masters
+    assert model.blocks[0].mlp.mlp[0].weight.dtype == torch.bfloat16
+
+
+def test_train_command_reports_config_errors(toolkit_root, tmp_path):
+    root, dinov3 = toolkit_root
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps(_experiment(dinov3, lr=1e-3)))
+    result = CliRunner().invoke(app, ["train", "--config", str(config), "--output-dir", str(tmp_path / "o"),
+                                      "--data", str(root), "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "unknown key trainer.args.lr" in result.output
