@@ -42,7 +42,9 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
     types = tasks.pipeline_types(models)
     defaults = tasks.stage_defaults(models)
 
-    with gr.Blocks(title="omnivox: image to 3D", analytics_enabled=False) as demo:
+    # delete_cache: gradio copies every result it shows into its cache; clear files older than an hour every 10
+    # minutes so a long-running app does not fill the disk (the reference demo cleans every 600 s too).
+    with gr.Blocks(title="omnivox: image to 3D", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown("## omnivox: image to 3D (TRELLIS.2)\nUpload an image of one object. Images with an alpha "
                     "channel are used as they are; others go through background removal.")
         with gr.Tab("Image to 3D"):

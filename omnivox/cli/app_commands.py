@@ -39,6 +39,17 @@ def _start_queue(weights: Path, background_model: Optional[Path], devices: List[
     return JobQueue(models, workdir, max_pending=max_pending), models[0]
 
 
+def _require_app_extra() -> None:
+    """Fail with the install command when the optional `app` dependencies are missing."""
+    import importlib.util
+
+    missing = [name for name in ("fastapi", "uvicorn", "gradio", "multipart") if importlib.util.find_spec(name) is None]
+    if missing:
+        typer.echo(f"error: the web app and service need the 'app' extra (missing: {', '.join(missing)}); "
+                   "install it with: pip install 'omnivox[app]'", err=True)
+        raise typer.Exit(2)
+
+
 def _limits(max_upload_mb: float, max_image_side: int):
     from omnivox.app.inputs import Limits
 
@@ -58,6 +69,7 @@ def serve(
     max_pending: int = typer.Option(32, help="Most jobs waiting or running; more get HTTP 503."),
 ) -> None:
     """HTTP API: POST /v1/generate, POST /v1/texture, GET/DELETE /v1/jobs/{id}, OpenAPI at /docs."""
+    _require_app_extra()
     import uvicorn
 
     from omnivox.app.server import create_app
@@ -83,6 +95,7 @@ def web_app(
     preview_size: int = typer.Option(256, help="Pixel size of the turntable and PBR panel (0: no previews)."),
 ) -> None:
     """Web app in the browser: image to 3D with progress, 3D viewer, previews and GLB download; texturing tab."""
+    _require_app_extra()
     from omnivox.app.web import build_app
 
     from omnivox.app.tasks import Previews

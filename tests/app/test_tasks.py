@@ -1,0 +1,86 @@
+"""Request parameters, progress reporting and the pipeline-facing helpers of `omnivox.app.tasks`."""
+
+import inspect
+import threading
+
+import pytest
+from PIL import Image
+
+from omnivox.app import tasks
+from omnivox.app.inputs import InputError
+from omnivox.app.jobs import Job, JobCancelled, JobContext
+from tests.app.conftest import CAR, CROWN
+
+
+def test_parameters_are_checked_with_named_fields():
+    params = tasks.GenerateParams(seed=5, pipeline_type="512", texture_size=1024).with_stage("shape_slat", 20, 6.5)
+    assert params.validated(("512", "1024")) is params
+    assert tasks.sampler_params(params) == {"shape_slat": {"steps": 20, "guidance_strength": 6.5}}
+    only_steps = tasks.GenerateParams().with_stage("tex_slat", 3, None)
+    assert tasks.sampler_params(only_steps) == {"tex_slat": {"steps": 3}}  # unset values keep pipeline.json's
+    cases = [
+        (tasks.GenerateParams(seed=-1), "seed must be in 0..2147483647, got -1"),
+        (tasks.GenerateParams(pipeline_type="2048"), r"pipeline_type must be one of \['512', '1024'\], got '2048'"),
+        (tasks.GenerateParams().with_stage("shape_slat", 0, None), "shape_slat_steps must be in 1..100, got 0"),
+        (tasks.GenerateParams().with_stage("tex_slat", None, 99.0), "tex_slat_guidance must be in 0..20.0"),
+        (tasks.GenerateParams().with_stage("decoder", 1, None), "unknown stage 'decoder'"),
+        (tasks.GenerateParams(decimation_target=5_000_000), "decimation_target must be in 0..2000000"),
+        (tasks.GenerateParams(texture_size=1000), r"texture_size must be one of \[512, 1024, 2048, 4096\]"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(InputError, match=message) as err:
+            bad.validated(("512", "1024"))
+        assert err.value.status == 422
+
+
+def _context():
+    job = Job("job1", "generate", None, output_dir=None)
+    return job, JobContext(job, threading.Lock())
+
+
+def test_progress_names_the_stage_and_its_place():
+    job, context = _context()
+    callback = tasks.progress_callback(context, ["sparse_structure", "shape_slat_lr", "shape_slat", "tex_slat"])
+    callback("shape_slat_lr", 3, 12)
+    assert job.progress.describe() == "stage 2/4 shape (coarse): step 3/12"
+    callback("tex_slat", 11, 12)
+    assert job.progress.describe() == "stage 4/4 material: step 11/12"
+    callback("tex_slat", 12, 12)  # the decoders report nothing; say what runs after the last step
+    assert job.progress.describe() == "decoding"
+    job.cancel_event.set()
+    with pytest.raises(JobCancelled):  # cancellation takes effect at the next sampler step
+        callback("tex_slat", 1, 12)
+
+
+def test_pipeline_defaults_and_background_check(test_weights, assets):
+    from omnivox.pipelines.testing import TEST_STEPS
+
+    models = tasks.load_models(test_weights, "cpu")
+    assert models.texturing is not None  # the folder has texturing_pipeline.json
+    defaults = tasks.stage_defaults(models)
+    assert set(defaults) == set(tasks.STAGES)
+    assert all(steps == TEST_STEPS for steps, _ in defaults.values())
+    assert defaults["sparse_structure"][1] == models.image_to_3d.config.samplers["sparse_structure"].guidance_strength
+    assert tasks.default_pipeline_type(models) in tasks.pipeline_types(models)
+    tasks.check_background(models.image_to_3d, Image.open(assets / CROWN))  # RGBA cut-out: accepted
+    with pytest.raises(InputError, match="'car.jpg' has no transparent background .* --background-model"):
+        tasks.check_background(models.image_to_3d, Image.open(assets / CAR), "'car.jpg'")
+
+
+def test_commands_listen_on_loopback_by_default():
+    from omnivox.cli.app_commands import serve, web_app
+
+    for command in (serve, web_app):
+        assert inspect.signature(command).parameters["host"].default.default == "127.0.0.1"
+
+
+def test_cli_and_app_package_import_no_web_frameworks():
+    """`omnivox --help` must stay fast: gradio, fastapi and uvicorn load only when `app` / `serve` run."""
+    import subprocess
+    import sys
+
+    code = ("import sys, omnivox.cli, omnivox.app, omnivox.app.jobs, omnivox.app.inputs; "
+            "print(sorted(m for m in ('gradio', 'fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
