@@ -144,3 +144,14 @@ def test_cli_errors_are_clear(tiny_weights, assets, tmp_path):
     result = runner.invoke(app, ["generate", str(assets / RGBA_IMAGE), "--weights", str(tiny_weights), "-o",
                                  str(tmp_path / "x.glb"), "--pipeline", "2048"])
     assert result.exit_code == 1 and "--pipeline must be one of" in result.output
+
+
+def test_preview_video_of_a_glb(assets, tmp_path):
+    imageio = pytest.importorskip("imageio.v3")
+    from omnivox.cli.generate_commands import write_preview
+
+    video = tmp_path / "turntable.mp4"
+    write_preview(assets / AVOCADO, video, frames=3, resolution=32)
+    frames = imageio.imread(video)
+    assert frames.shape[0] == 3 and frames.shape[-1] == 3
+    assert frames.std() > 0  # something was drawn
