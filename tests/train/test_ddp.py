@@ -1,5 +1,6 @@
-"""Two-process DDP on CPU (gloo) equals one process with the doubled batch (spec training.md 8.22)."""
+"""Two processes on CPU (gloo), DDP or FSDP2, equal one process with the doubled batch (spec training.md 8.22)."""
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -18,29 +19,31 @@ class ContiguousDataset(FlowDataset):
         del self.loads
 
 
-def _train(samples, out, rank, world, split, steps):
+def _train(samples, out, rank, world, split, steps, parallel="ddp"):
     dataset = ContiguousDataset(samples, "shape", encoder=tiny_dinov3())
     config = flow_config(steps=steps, batch_size=4, batch_split=split, ema_rate=0.9,
                          grad_clip={"name": "AdaptiveGradClipper", "args": {"max_norm": 1.0}},
-                         mix_precision_mode=None, i_ddpcheck=1)
+                         mix_precision_mode=None, i_ddpcheck=1, parallel_mode=parallel)
     trainer = FlowMatchingTrainer({"denoiser": tiny_denoiser("shape")}, dataset, config, out, device="cpu",
                                   dist_info=DistInfo(rank, world, rank), tensorboard=False, progress=False)
     trainer.run()
     return trainer
 
 
-def _worker(rank, world, init_file, samples, out, steps):
+def _worker(rank, world, init_file, samples, out, steps, parallel):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        _train(samples, out, rank, world, 1, steps)
+        _train(samples, out, rank, world, 1, steps, parallel)
     finally:
         dist.destroy_process_group()
 
 
-def test_two_process_ddp_equals_one_process_with_double_batch(flow_samples, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process_with_double_batch(parallel, flow_samples, tmp_path):
     steps = 3
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), flow_samples, str(tmp_path / "ddp"), steps), nprocs=2)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), flow_samples, str(tmp_path / "ddp"), steps, parallel),
+             nprocs=2)
     single = _train(flow_samples, tmp_path / "one", 0, 1, 2, steps)
     from omnivox.train.checkpoint import read_safetensors
     ddp = read_safetensors(tmp_path / "ddp" / "ckpts" / f"denoiser_step{steps:07d}.safetensors")
