@@ -17,7 +17,7 @@ from omnivox.data import layout
 from omnivox.models import FlexiDualGridVaeEncoder, SparseUnetVaeEncoder, VaeEncoderConfig, from_pretrained, save_pretrained
 from tests.train.flow_data import tiny_dinov3
 
-RESOLUTION = 64
+RESOLUTION = 32
 SOURCES = ["gltf/Fox.glb", "mesh/spot/spot_triangulated.obj", "mesh/featuretype.STL", "gltf/Avocado/Avocado.gltf"]
 
 
