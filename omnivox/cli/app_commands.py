@@ -90,23 +90,25 @@ def web_app(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the app to the network)."),
     port: int = typer.Option(7860, help="TCP port."),
     device: List[str] = typer.Option([], "--device", help=_DEVICE_HELP),
+    max_upload_mb: float = typer.Option(32.0, help="Largest uploaded file in MiB."),
     max_image_side: int = typer.Option(4096, help="Largest image width or height in pixels."),
     preview_frames: int = typer.Option(48, help="Frames of the turntable video (0: no video)."),
     preview_size: int = typer.Option(256, help="Pixel size of the turntable and PBR panel (0: no previews)."),
 ) -> None:
     """Web app in the browser: image to 3D with progress, 3D viewer, previews and GLB download; texturing tab."""
     _require_app_extra()
-    from omnivox.app.web import build_app
-
     from omnivox.app.tasks import Previews
+    from omnivox.app.web import build_app
 
     queue, models = _start_queue(weights, background_model, device, max_pending=32)
     previews = Previews(frames=preview_frames, resolution=preview_size) if preview_size > 0 else None
-    demo = build_app(queue, models, limits=_limits(32.0, max_image_side), previews=previews)
+    limits = _limits(max_upload_mb, max_image_side)
+    demo = build_app(queue, models, limits=limits, previews=previews)
     typer.echo(f"omnivox app on http://{host}:{port}")
     try:
         demo.queue(default_concurrency_limit=None).launch(server_name=host, server_port=port, share=False,
                                                           show_error=True, quiet=True,
-                                                          allowed_paths=[str(queue.workdir)])
+                                                          allowed_paths=[str(queue.workdir)],
+                                                          max_file_size=limits.max_upload_bytes)
     finally:
         queue.close()
