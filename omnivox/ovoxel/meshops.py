@@ -156,8 +156,9 @@ def remove_fringes(vertices: np.ndarray, faces: np.ndarray, width: float, rounds
     a single sliver quad) attached to the rest along non-manifold edges and free along the other side. Such a strip
     leaves boundary edges on an otherwise closed surface (so the whole export would be double-sided) and splits it
     at the non-manifold edges (so its parts could not be oriented together). A *manifold part* (faces joined through
-    edges with exactly two faces) is removed when it has a boundary edge, touches a non-manifold edge and its area
-    is at most ``width`` times its boundary length. Removing a part can expose a new fringe, hence a few rounds.
+    edges with exactly two faces) is removed when it has a boundary edge, is attached along non-manifold edges at
+    least half as long as its boundary (a strip hanging along its length, not a leaf attached at its base) and its
+    area is at most ``width`` times its boundary length. Removing a part can expose a new fringe, hence a few rounds.
 
     Args:
         vertices: (V, 3) float.
@@ -179,9 +180,9 @@ def remove_fringes(vertices: np.ndarray, faces: np.ndarray, width: float, rounds
         length = np.linalg.norm(v[faces[:, [1, 2, 0]]] - v[faces], axis=2)
         num_parts = int(part.max()) + 1
         boundary = np.bincount(part, weights=(length * (count == 1)).sum(axis=1), minlength=num_parts)
-        junction = np.bincount(part, weights=(count >= 3).sum(axis=1), minlength=num_parts) > 0
+        junction = np.bincount(part, weights=(length * (count >= 3)).sum(axis=1), minlength=num_parts)
         area = np.bincount(part, weights=areas_all, minlength=num_parts)
-        fringe = (boundary > 0) & junction & (area <= width * boundary)
+        fringe = (boundary > 0) & (junction >= 0.5 * boundary) & (area <= width * boundary)
         if not fringe.any():
             break
         keep = ~fringe[part]
