@@ -23,6 +23,7 @@ from omnivox.train.config import ConfigError, ExperimentConfig, parse_dataclass
 from omnivox.train.distributed import DistInfo
 from omnivox.train.flow_trainers import FlowMatchingTrainer
 from omnivox.train.trainer import Trainer
+from omnivox.train.vae_trainers import PbrVaeTrainer, ShapeVaeTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ TRAINER_CLASSES: dict[str, type] = {
     "FlowMatchingTrainer": FlowMatchingTrainer,
     "ImageConditionedFlowMatchingCFGTrainer": FlowMatchingTrainer,  # SS flow (dense)
     "ImageConditionedSparseFlowMatchingCFGTrainer": FlowMatchingTrainer,  # shape and material flows (sparse)
+    "ShapeVaeTrainer": ShapeVaeTrainer,
+    "PbrVaeTrainer": PbrVaeTrainer,
 }
 
 # Model args of the reference with no effect here (checkpointing flags; the trainer owns checkpointing).

@@ -76,3 +76,12 @@ def test_bad_json_file_is_named(tmp_path):
     path.write_text(json.dumps([1]))
     with pytest.raises(ConfigError, match="must hold a JSON object"):
         load_experiment(path)
+
+
+def test_trainer_table_covers_the_five_trainers():
+    from omnivox.train.flow_trainers import FlowMatchingTrainer
+    from omnivox.train.vae_trainers import PbrVaeTrainer, ShapeVaeTrainer
+    assert trainer_class("ImageConditionedFlowMatchingCFGTrainer") is FlowMatchingTrainer
+    assert trainer_class("ImageConditionedSparseFlowMatchingCFGTrainer") is FlowMatchingTrainer
+    assert trainer_class("ShapeVaeTrainer") is ShapeVaeTrainer
+    assert trainer_class("PbrVaeTrainer") is PbrVaeTrainer
