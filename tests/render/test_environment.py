@@ -85,7 +85,7 @@ def test_constant_environment_prefilters_to_itself():
     torch.testing.assert_close(env.specular_radiance(dirs, rough), torch.full((20, 3), 2.5), rtol=1e-5, atol=0)
 
 
-def _directional_albedo_quadrature(n_dot_v: float, roughness: float, f0: float, steps: int = 800) -> float:
+def _directional_albedo_quadrature(n_dot_v: float, roughness: float, f0: float, steps: int = 400) -> float:
     """Independent float64 midpoint quadrature over half-vector angles of ∫ f cos dl (GGX, correlated Smith)."""
     alpha = roughness * roughness
     theta = (torch.arange(steps, dtype=torch.float64) + 0.5) * (math.pi / 2 / steps)
