@@ -22,6 +22,7 @@ Decisions (spec section 7 step 3 and quirk 14):
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numba
@@ -363,6 +364,10 @@ def orient_faces(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, n
     return out, closed_component[component]
 
 
+# Work limit of the nesting test (points x triangles), about ten seconds on two cores.
+MAX_WINDING_TERMS = 5e8
+
+
 def nested_inside_odd(vertices: np.ndarray, faces: np.ndarray, component: np.ndarray, closed: np.ndarray
                       ) -> np.ndarray:
     """Which closed components lie inside an odd number of other closed components (containment parity).
@@ -370,7 +375,8 @@ def nested_inside_odd(vertices: np.ndarray, faces: np.ndarray, component: np.nda
     A point of each closed component (its first face's centroid) is tested against every other closed component
     whose bounding box contains it, with the generalized winding number (|w| > 1/2 inside; exact for closed
     surfaces and independent of their winding). Components that touch or intersect each other get whatever their
-    test point says.
+    test point says. The work is bounded by ``MAX_WINDING_TERMS`` (smallest containers first); beyond it the
+    remaining containers are skipped with a warning.
 
     Args:
         vertices: (V, 3) float.
@@ -396,12 +402,19 @@ def nested_inside_odd(vertices: np.ndarray, faces: np.ndarray, component: np.nda
     corners = v[faces[by_component]]  # (F, 3, 3) in component order
     low = np.minimum.reduceat(corners.min(axis=1), start[:-1].clip(max=len(faces) - 1), axis=0)
     high = np.maximum.reduceat(corners.max(axis=1), start[:-1].clip(max=len(faces) - 1), axis=0)
-    for container in candidates:
+    budget = MAX_WINDING_TERMS
+    for container in candidates[np.argsort(start[candidates + 1] - start[candidates], kind="stable")]:
+        # Only parts whose whole box lies inside the container's box can be inside it.
         tested = candidates[(candidates != container)
-                            & (point[candidates] > low[container]).all(axis=1)
-                            & (point[candidates] < high[container]).all(axis=1)]
+                            & (low[candidates] > low[container]).all(axis=1)
+                            & (high[candidates] < high[container]).all(axis=1)]
         if len(tested) == 0:
             continue
+        budget -= len(tested) * (start[container + 1] - start[container])
+        if budget < 0:
+            warnings.warn(f"nesting test skipped for closed parts beyond {MAX_WINDING_TERMS:.0e} point-triangle "
+                          "terms: some cavity walls may face outwards", RuntimeWarning, stacklevel=2)
+            break
         triangles = np.ascontiguousarray(corners[start[container]:start[container + 1]])
         winding = winding_numbers(np.ascontiguousarray(point[tested]), triangles)
         inside[tested] += np.abs(winding) > 0.5
