@@ -248,7 +248,7 @@ def main() -> None:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--data", type=Path, default=DATA)
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    r.add_argument("--types", nargs="+", default=["512", "1024_cascade", "1536_cascade"])
+    r.add_argument("--types", nargs="*", default=["512", "1024_cascade", "1536_cascade"])
     r.add_argument("--budget", default="16GB", help="max_memory for the planner run ('' to skip)")
     r.add_argument("--smoke", action="store_true", help="tiny test pipeline (CPU check of the script)")
     args = parser.parse_args()

@@ -23,6 +23,7 @@ Differences from the reference, all deliberate:
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,17 +214,18 @@ class ImageTo3DPipeline(PipelineBase):
             latent = SparseTensor.from_coords(lr_coords.to(self.device), lr_feats.to(self.device), num_samples)
             fine = decoder.upsample(latent, decoder.num_upsamplings)
         fine_size = 32 * (1 << decoder.num_upsamplings)  # the cascade's low-resolution latent grid is 32^3 (512^3)
-        hr_res = target
+        hr_res, first = target, None
         while True:
             q = ((fine[:, 1:].float() + 0.5) / fine_size * (hr_res // LATENT_DOWNSAMPLING)).int()
             coords = torch.unique(torch.cat([fine[:, :1], q], dim=1), dim=0)
             largest = int(torch.bincount(coords[:, 0].long(), minlength=num_samples).max())
+            first = largest if first is None else first
             if largest < max_num_tokens or hr_res <= 1024:
                 break
             hr_res -= 128
         if hr_res != target:
-            logger.warning("cascade: %d tokens at %d would exceed max_num_tokens=%d; using resolution %d",
-                           largest, target, max_num_tokens, hr_res)
+            logger.warning("cascade: %d tokens at %d would exceed max_num_tokens=%d; using resolution %d (%d tokens)",
+                           first, target, max_num_tokens, hr_res, largest)
         return coords.to(torch.int32).cpu(), hr_res
 
     @torch.no_grad()
@@ -396,6 +398,8 @@ class ImageTo3DPipeline(PipelineBase):
         results = self.decode(state.shape_coords, state.shape_feats, state.tex_feats, state.resolution, plan)
         if writer:
             writer.generated(results)
+        if self.device.type == "cuda":
+            gc.collect()  # free the decoders' cyclic sparse-tensor caches now, not at some later collection
         return results
 
     def _replan(self, pipeline_type: str, num_samples: int, latent_tokens: int, lr_tokens: Optional[int],

@@ -56,6 +56,10 @@ class ModelStore:
         models = {role: self.get(role) for role in roles}
         host = self.device.type == "cpu"
         moved = []
+        if offload and not host:
+            # Sparse tensors of earlier stages can sit in reference cycles (index maps <-> caches); collect
+            # them before this stage's weights arrive, so they do not add to its peak.
+            gc.collect()
         try:
             for role, model in models.items():
                 if host or role in self._resident:
