@@ -9,6 +9,8 @@ service turns it into a 4xx answer and the web app shows it.
 from __future__ import annotations
 
 import io
+import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,11 +94,17 @@ def normalize_mode(image: Image.Image) -> Image.Image:
     return image.convert("RGBA" if has_alpha else "RGB")
 
 
-def check_mesh_upload(data: bytes, name: str, limits: Limits) -> str:
-    """Check an uploaded mesh file's size and type; returns the lower-case suffix to save it under.
+def check_mesh_upload(data: bytes, name: str, limits: Limits) -> tuple[str, bytes]:
+    """Check an uploaded mesh file and make it self-contained; returns (lower-case suffix, bytes to save).
+
+    A mesh file can name other files: glTF/GLB buffers and images by URI, OBJ materials by ``mtllib``. The asset
+    loader resolves those next to the file, and a path such as ``../../etc/passwd`` would let an upload read
+    server files into the geometry it sends back. So uploads must be self-contained: glTF/GLB may only use the
+    GLB binary chunk or ``data:`` URIs (others are refused), and OBJ ``mtllib`` lines are dropped (texturing
+    replaces the materials anyway).
 
     Raises:
-        InputError: empty, too large, or a file type the loader does not read.
+        InputError: empty, too large, a file type the loader does not read, or external references.
     """
     suffix = Path(name or "").suffix.lower()
     if suffix not in MESH_SUFFIXES:
@@ -107,4 +115,34 @@ def check_mesh_upload(data: bytes, name: str, limits: Limits) -> str:
     if len(data) > limits.max_mesh_bytes:
         raise InputError(f"mesh {name!r} has {len(data)} bytes, more than the limit of {limits.max_mesh_bytes}",
                          status=413)
-    return suffix
+    if suffix in (".glb", ".gltf"):
+        _check_gltf_self_contained(data, name, binary=suffix == ".glb")
+    elif suffix == ".obj":
+        lines = data.split(b"\n")
+        data = b"\n".join(line for line in lines if not line.lstrip().startswith(b"mtllib"))
+    return suffix, data
+
+
+def _check_gltf_self_contained(data: bytes, name: str, binary: bool) -> None:
+    if binary:
+        if len(data) < 20 or data[:4] != b"glTF":
+            raise InputError(f"mesh {name!r} is not a GLB file (no glTF header)", status=422)
+        length, kind = struct.unpack_from("<I4s", data, 12)
+        if kind != b"JSON" or 20 + length > len(data):
+            raise InputError(f"mesh {name!r}: the GLB's first chunk is not a complete JSON chunk", status=422)
+        text = data[20:20 + length]
+    else:
+        text = data
+    try:
+        document = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"mesh {name!r}: the glTF JSON is not readable ({exc})", status=422) from exc
+    if not isinstance(document, dict):
+        raise InputError(f"mesh {name!r}: the glTF JSON is not an object", status=422)
+    for kind in ("buffers", "images"):
+        entries = document.get(kind) or []
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            uri = entry.get("uri") if isinstance(entry, dict) else None
+            if uri is not None and not (isinstance(uri, str) and uri.startswith("data:")):
+                raise InputError(f"mesh {name!r}: {kind[:-1]} {index} refers to the external file {uri!r}; upload "
+                                 "a self-contained file (GLB, or glTF with embedded data: URIs)", status=422)

@@ -184,8 +184,7 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
             tex_slat_guidance: Optional[float] = Form(None),
         ) -> JobStatus:
             mesh_name = mesh.filename or "mesh"
-            mesh_bytes = mesh.file.read()
-            suffix = check_mesh_upload(mesh_bytes, mesh_name, limits)
+            suffix, mesh_bytes = check_mesh_upload(mesh.file.read(), mesh_name, limits)
             picture = read_image(image.file.read(), image.filename or "image", limits)
             if resolution not in (512, 1024):
                 raise InputError(f"resolution must be 512 or 1024, got {resolution}", status=422)

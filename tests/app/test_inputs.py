@@ -1,6 +1,7 @@
 """Upload checks: real images decode in the right mode; bad, huge or tiny uploads are refused with clear errors."""
 
 import io
+import json
 import struct
 import zlib
 
@@ -65,9 +66,38 @@ def test_garbage_empty_and_truncated(assets):
 
 def test_mesh_upload_checks(assets):
     data = (assets / "mesh/spot/spot_triangulated.obj").read_bytes()
-    assert check_mesh_upload(data, "Spot.OBJ", Limits()) == ".obj"
+    assert check_mesh_upload(data, "Spot.OBJ", Limits()) == (".obj", data)  # no mtllib: unchanged
     with pytest.raises(InputError, match=r"mesh 'model.fbx': unsupported file type '.fbx'"):
         check_mesh_upload(data, "model.fbx", Limits())
     with pytest.raises(InputError, match="mesh 'a.glb' has 10 bytes, more than the limit of 5") as err:
         check_mesh_upload(b"0123456789", "a.glb", Limits(max_mesh_bytes=5))
     assert err.value.status == 413
+
+
+def _glb(document: dict, binary: bytes = b"") -> bytes:
+    text = json.dumps(document).encode()
+    text += b" " * (-len(text) % 4)
+    chunks = struct.pack("<I4s", len(text), b"JSON") + text
+    if binary:
+        chunks += struct.pack("<I4s", len(binary), b"BIN\x00") + binary
+    return struct.pack("<4sII", b"glTF", 2, 12 + len(chunks)) + chunks
+
+
+def test_mesh_uploads_must_be_self_contained(assets):
+    """Uploads may not make the loader read other server files (glTF URIs, OBJ mtllib)."""
+    glb = (assets / "gltf/Fox.glb").read_bytes()
+    assert check_mesh_upload(glb, "Fox.glb", Limits()) == (".glb", glb)  # a real self-contained GLB passes
+    stolen = _glb({"asset": {"version": "2.0"}, "buffers": [{"uri": "../../../etc/passwd", "byteLength": 100}]})
+    with pytest.raises(InputError, match="buffer 0 refers to the external file '../../../etc/passwd'") as err:
+        check_mesh_upload(stolen, "evil.glb", Limits())
+    assert err.value.status == 422
+    gltf = (assets / "gltf/Avocado/Avocado.gltf").read_bytes()  # a real glTF with Avocado.bin beside it
+    with pytest.raises(InputError, match="buffer 0 refers to the external file 'Avocado.bin'"):
+        check_mesh_upload(gltf, "Avocado.gltf", Limits())
+    with pytest.raises(InputError, match="'broken.glb' is not a GLB file"):
+        check_mesh_upload(b"not a glb at all, really", "broken.glb", Limits())
+    obj = (assets / "mesh/capsule/capsule.obj").read_bytes()
+    assert b"mtllib capsule.mtl" in obj
+    suffix, cleaned = check_mesh_upload(obj, "capsule.obj", Limits())
+    assert suffix == ".obj" and b"mtllib" not in cleaned
+    assert [line for line in obj.splitlines() if not line.startswith(b"mtllib")] == cleaned.splitlines()

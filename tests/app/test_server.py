@@ -125,6 +125,9 @@ def test_bad_input_gets_clear_4xx(client, assets):
     assert response.status_code == 422 and "image" in response.text
     response = client.post("/v1/texture", files={"mesh": ("model.fbx", b"x" * 100), "image": ("c.webp", crown)})
     assert response.status_code == 422 and "unsupported file type '.fbx'" in response.text
+    gltf = (assets / "gltf/Avocado/Avocado.gltf").read_bytes()  # names Avocado.bin: could read server files
+    response = client.post("/v1/texture", files={"mesh": ("Avocado.gltf", gltf), "image": ("c.webp", crown)})
+    assert response.status_code == 422 and "refers to the external file 'Avocado.bin'" in response.text
     assert client.get("/v1/health").json()["queue"]["queued"] == 0  # nothing bad was queued
 
 
