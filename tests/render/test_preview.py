@@ -129,3 +129,16 @@ def test_bad_inputs(tmp_path):
         load_preview_source(tmp_path / "a.txt")
     with pytest.raises(ValueError, match="up must be 'y' or 'z'"):
         PreviewSource.from_scene(_two_colour_scene(), up="x")
+
+
+@pytest.mark.gpu
+def test_cuda_render_matches_cpu():
+    source_cpu = PreviewSource.from_scene(_two_colour_scene(), up="y")
+    source_gpu = PreviewSource.from_scene(_two_colour_scene(), up="y", device="cuda")
+    extrinsics, intrinsics = _front_camera()
+    env = Environment.builtin("sky", width=64)
+    a = render_pbr(source_cpu, extrinsics, intrinsics, 64, env)
+    b = render_pbr(source_gpu, extrinsics, intrinsics, 64, env.to("cuda"))
+    for key in ("shaded", "normal", "base_color", "alpha"):
+        diff = (a[key] - b[key].cpu()).abs()
+        assert float(diff.mean()) < 2e-3 and float((diff > 0.05).float().mean()) < 0.01, key
