@@ -81,9 +81,11 @@ def test_texture_with_uvs_bakes_into_them_when_the_exporter_can(texturing, asset
     scene = load_asset(assets / AVOCADO)
     mesh = texturing.run(assets / AVOCADO, assets / RGBA_IMAGE, resolution=256, texture_size=64)
     assert len(mesh.faces) == scene.num_faces
+    # The user's triangles (same order, same corners, original coordinates) and the user's UVs.
     corners = np.asarray(mesh.vertices)[np.asarray(mesh.faces)]
-    np.testing.assert_allclose(np.sort(corners.reshape(-1, 3), 0), np.sort(scene.triangles().reshape(-1, 3), 0),
-                               atol=1e-5)
+    np.testing.assert_allclose(corners, scene.triangles(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(mesh.visual.uv)[np.asarray(mesh.faces)], scene.uvs[0], atol=1e-6)
+    assert mesh.visual.material.baseColorTexture.size == (64, 64)
 
 
 def test_cli_generate_and_texture_write_valid_glbs(tiny_weights, assets, tmp_path):
