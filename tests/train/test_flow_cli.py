@@ -104,3 +104,29 @@ def test_train_command_reports_config_errors(toolkit_root, tmp_path):
                                       "--data", str(root), "--device", "cpu"])
     assert result.exit_code == 1
     assert "unknown key trainer.args.lr" in result.output
+
+
+def test_train_command_under_torchrun_two_cpu_processes(toolkit_root, tmp_path):
+    """The same command under ``torchrun --nproc_per_node 2`` (gloo on CPU) trains and checkpoints once."""
+    import os
+    import subprocess
+    import sys
+
+    root, dinov3 = toolkit_root
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps(_experiment(dinov3, max_steps=2, batch_split=1)))
+    entry = tmp_path / "omnivox_entry.py"
+    entry.write_text("from omnivox.cli import app\napp()\n")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(entry),
+               "train", "--config", str(config), "--output-dir", str(out), "--data", str(root), "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es) on cpu" in result.stdout
+    misc = json.loads((out / "ckpts" / "misc_step0000002.json").read_text())
+    assert misc["world_size"] == 2 and misc["step"] == 2
+    assert len((out / "log.txt").read_text().splitlines()) == 2  # rank 0 logs, once per step
+    from_pretrained(out / "ckpts" / "denoiser_step0000002")
