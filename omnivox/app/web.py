@@ -8,8 +8,14 @@ cancels the job.
 Layout, following the reference demo (spec training.md 6.1/6.2): inputs on the left (image, pipeline type, seed,
 decimation target, texture size, per-stage steps and guidance under "Advanced"), results on the right (status,
 `gr.Model3D` viewer with environment lighting, turntable video and 2x2 PBR panel when the renderer is available,
-GLB download). Unlike the reference's two buttons ("Generate", then "Extract GLB"), one click does both: the
-latents are not kept per session, so memory does not grow with visitors.
+GLB download). Deliberate differences from the reference demo:
+
+* one click generates and exports (the reference has "Generate", then "Extract GLB"): no latents are kept per
+  session, so memory does not grow with visitors;
+* "Random seed" starts off (the reference randomizes by default), so the same image and settings give the same
+  model, and the seed used is always shown in the seed box;
+* texture sizes include 512 and the decimation target goes down to 10,000 faces, for quick previews on small GPUs;
+* an image without transparency is refused at once when no background model is loaded, instead of failing later.
 """
 
 from __future__ import annotations
