@@ -17,6 +17,9 @@ from omnivox.cli import app
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl")
+# `omnivox render` takes STL files as Z-up (the 3D-printing convention, which the Thingi10K files follow); these two
+# trimesh test parts were saved Y-up (their thin / short axis is y), so they get `--up y` here.
+UP_OVERRIDES = {"1002_tray_bottom.STL": "y", "large_block.STL": "y"}
 
 
 def main() -> None:
@@ -31,8 +34,9 @@ def main() -> None:
     for path in files:
         start = time.perf_counter()
         target = args.out / f"{path.stem}.png"
+        up = ["--up", UP_OVERRIDES[path.name]] if path.name in UP_OVERRIDES else []
         result = runner.invoke(app, ["render", str(path), "-o", str(target), "--panel", "--grid",
-                                     "--resolution", str(args.resolution)])
+                                     "--resolution", str(args.resolution), *up])
         status = "ok" if result.exit_code == 0 else f"FAILED: {result.output.strip()[-300:]}"
         print(f"{path.relative_to(ASSETS)}: {time.perf_counter() - start:.1f} s {status}", flush=True)
 
