@@ -13,6 +13,7 @@ import torch
 from omnivox.models import FlowConfig, SLatFlowModel, SparseStructureFlowModel, from_pretrained
 from omnivox.train.flow_trainers import (FlowMatchingTrainer, FlowTrainerConfig, drop_condition, noisy_sample,
                                          velocity_target)
+from omnivox.train.checkpoint import read_safetensors
 from omnivox.train.schedules import sample_timesteps
 from tests.train.flow_data import COND_CHANNELS, LATENT_CHANNELS, FlowDataset, tiny_dinov3
 
@@ -131,3 +132,24 @@ def test_finetune_from_official_checkpoint(flow_samples, tmp_path):
                                   device="cpu", tensorboard=False, progress=False)
     for a, b, e in zip(source.parameters(), trainer.precision.master_params, trainer.ema.shadows[0.9]):
         assert torch.equal(a, b) and torch.equal(a, e)  # weights and EMA start from the checkpoint
+
+
+def test_inflat_all_keeps_float32_masters_of_bfloat16_weights(flow_samples, tmp_path):
+    """``inflat_all``: bf16 block weights in the model, float32 masters in the optimiser, rounded back each step."""
+    torch.manual_seed(0)
+    model = SLatFlowModel(FlowConfig(resolution=8, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+                                     model_channels=64, cond_channels=COND_CHANNELS, num_blocks=2, num_heads=2,
+                                     mlp_ratio=2.0, dtype="bfloat16"))
+    dataset = FlowDataset(flow_samples, "shape", encoder=tiny_dinov3())
+    config = flow_config(steps=20, mix_precision_mode="inflat_all", mix_precision_dtype="bfloat16")
+    trainer = FlowMatchingTrainer({"denoiser": model}, dataset, config, tmp_path, device="cpu", tensorboard=False,
+                                  progress=False)
+    before = evaluation_loss(trainer, dataset)
+    trainer.run()
+    assert evaluation_loss(trainer, dataset) < 0.9 * before
+    low = [(p, m) for p, m in zip(trainer.precision.params, trainer.precision.master_params) if m is not p]
+    assert low and all(p.dtype == torch.bfloat16 and m.dtype == torch.float32 for p, m in low)
+    assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in low)
+    assert any(not torch.equal(m, m.to(torch.bfloat16).float()) for _, m in low)  # masters hold more bits
+    saved = read_safetensors(tmp_path / "ckpts" / "denoiser_step0000020.safetensors")
+    assert saved["blocks.0.mlp.mlp.0.weight"].dtype == torch.float32
