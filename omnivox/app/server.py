@@ -144,7 +144,8 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
         try:
             return queue.status(job_id)
         except KeyError:
-            raise HTTPException(404, f"no job with id {job_id!r} (unknown, or finished long ago and forgotten)")
+            raise HTTPException(404, f"no job with id {job_id!r} (unknown, or finished long ago and forgotten)") \
+                from None
 
     @app.post("/v1/generate", status_code=202, response_model=JobStatus, summary="Image to a textured 3D model")
     def generate(
@@ -217,8 +218,10 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
 
     @app.delete("/v1/jobs/{job_id}", response_model=JobStatus, summary="Cancel a queued or running job")
     def cancel_job(job_id: str) -> JobStatus:
-        status_of(job_id)
-        queue.cancel(job_id)
+        try:
+            queue.cancel(job_id)
+        except KeyError:
+            status_of(job_id)  # raises the 404
         return JobStatus(**status_of(job_id))
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, summary="Cancel (same as DELETE)")

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 #: The sampling stages whose steps and guidance a user may set, in the order they run.
 STAGES = ("sparse_structure", "shape_slat", "tex_slat")
-#: Human-readable names of `STAGES`.
+#: Human-readable names of the stages the pipelines report progress for (the cascade adds `shape_slat_lr`).
 STAGE_LABELS = {"sparse_structure": "sparse structure", "shape_slat_lr": "shape (coarse)", "shape_slat": "shape",
                 "tex_slat": "material"}
 

@@ -125,7 +125,8 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                     params = params.with_stage(name, int(stage_values[2 * index]), float(stage_values[2 * index + 1]))
                 params = params.validated(types)
                 tasks.check_background(models.image_to_3d, picture)
-                job = queue.submit("generate", lambda m, ctx: tasks.generate(m, ctx, picture, params, previews=previews))
+                job = queue.submit("generate",
+                                   lambda m, ctx: tasks.generate(m, ctx, picture, params, previews=previews))
             except (InputError, QueueFull) as exc:
                 yield f"**Error:** {exc}", gr.Number(), None
                 return

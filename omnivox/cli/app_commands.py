@@ -34,7 +34,7 @@ def _start_queue(weights: Path, background_model: Optional[Path], devices: List[
         models = [load_models(weights, device, background_model) for device in devices]
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from exc
     workdir = tempfile.mkdtemp(prefix="omnivox-jobs-")
     return JobQueue(models, workdir, max_pending=max_pending), models[0]
 

@@ -42,7 +42,7 @@ def _assert_viewer_drew(screenshot: Path) -> None:
     viewer = viewer[40:]  # below the label and the buttons that gradio lays over the canvas
     drawn = np.abs(viewer - 255).max(axis=2) > 40
     assert drawn.sum() > 100, f"{screenshot.name}: viewer looks blank ({drawn.sum()} drawn pixels)"
-    tiles = {(y // 32, x // 32) for y, x in zip(*np.nonzero(drawn))}
+    tiles = {(y // 32, x // 32) for y, x in zip(*np.nonzero(drawn), strict=True)}
     assert len(tiles) > 8, f"{screenshot.name}: drawn pixels sit in only {len(tiles)} 32x32 tiles"
     assert len(np.unique(viewer[drawn], axis=0)) > 20, f"{screenshot.name}: one flat colour"
 
