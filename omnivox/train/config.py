@@ -73,8 +73,8 @@ class TrainerConfig:
     fp16_scale_growth: float = 1e-3
     parallel_mode: str = "ddp"  # "ddp" or (omnivox) "fsdp" (FSDP2 fully_shard)
     finetune_ckpt: Optional[dict] = None  # {model_key: official checkpoint path (NAME, NAME.json or a .pt)}
-    log_param_stats: bool = False
-    prefetch_data: bool = True
+    log_param_stats: bool = False  # log every parameter's norm and gradient norm (one sync per parameter)
+    prefetch_data: bool = True  # accepted for the reference's configs; DataLoader workers always prefetch
     snapshot_batch_size: int = 4
     i_print: int = 1000
     i_log: int = 500

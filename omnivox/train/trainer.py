@@ -222,6 +222,11 @@ class Trainer:
         status = {"lr": self._base_lrs[0] * self.lr_factor(self.step)}
         if self.precision.use_scaling:
             status["log_scale"] = self.precision.log_scale
+        if self.config.log_param_stats:
+            for (key, name), m in zip(self._param_names, self.precision.master_params):
+                status[f"param_norm/{key}.{name}"] = float(m.detach().norm())
+                if m.grad is not None:
+                    status[f"grad_norm/{key}.{name}"] = float(m.grad.detach().norm())  # before clipping
         if self.clipper is not None and finite:
             status["grad_norm"] = self.clipper(self.precision.master_params)
             status["grad_clip/max_norm"] = self.clipper.threshold

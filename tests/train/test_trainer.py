@@ -130,3 +130,10 @@ def test_config_errors_name_the_key():
         TrainerConfig(max_steps=1)
     with pytest.raises(ConfigError, match="mix_precision_dtype"):
         TrainerConfig(max_steps=1, batch_size=2, mix_precision_dtype="fp8")
+
+
+def test_param_stats_are_logged(tmp_path):
+    trainer = make(tmp_path, 1, log_param_stats=True, i_log=1)
+    trainer.run()
+    logs = json.loads((tmp_path / "log.txt").read_text().split(": ", 1)[1])
+    assert logs["status/param_norm/net.weight"] > 0 and logs["status/grad_norm/net.bias"] > 0
