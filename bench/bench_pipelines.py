@@ -154,7 +154,8 @@ def floor_seconds(pipeline_type: str, tokens: dict, rates: dict, decoder_flops: 
     c, hidden, blocks = 1536, int(1536 * 5.3334), 30
     cond = 1029 if pipeline_type == "512" else 4101
     lr = len(tokens["tokens_512"])
-    hr = {"512": lr, "1024_cascade": len(tokens["tokens_1024"]), "1536_cascade": len(tokens["tokens_1536"])}[pipeline_type]
+    hr = {"512": lr, "1024_cascade": len(tokens["tokens_1024"]),
+          "1536_cascade": len(tokens["tokens_1536"])}[pipeline_type]
     flops = network_calls(samplers["sparse_structure"]) * flow_flops([4096], 1029, c, hidden, blocks, 1024)
     if pipeline_type != "512":
         flops += network_calls(samplers["shape_slat"]) * flow_flops([lr], 1029, c, hidden, blocks, 1024)

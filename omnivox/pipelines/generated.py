@@ -47,6 +47,11 @@ class Generated:
     def grid(self) -> Grid:
         return Grid.make(int(self.resolution))
 
+    @property
+    def mesh(self) -> tuple:
+        """``(vertices, faces)`` of the extracted surface (world units, Z-up)."""
+        return self.vertices, self.faces
+
     @classmethod
     def from_dual_grid(cls, coords, dual_vertices, intersected, attributes: dict, resolution: int,
                        split_weights=None) -> "Generated":

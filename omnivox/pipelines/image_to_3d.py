@@ -39,7 +39,7 @@ from omnivox.pipelines.config import PIPELINE_TYPES, load_pipeline_config
 from omnivox.pipelines.generated import Generated
 from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
                                       parse_memory, ss_decoder_stage)
-from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, preprocess_image
+from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, load_image, preprocess_image
 from omnivox.pipelines.samplers import SamplerParams
 from omnivox.sparse.tensor import SparseTensor
 
@@ -50,7 +50,6 @@ PathLike = Union[str, Path]
 MAX_NUM_TOKENS = 49152
 SS_RESOLUTION = {"512": 32, "1024": 64, "1024_cascade": 32, "1536_cascade": 32}
 TARGET_RESOLUTION = {"512": 512, "1024": 1024, "1024_cascade": 1024, "1536_cascade": 1536}
-STAGES = ("condition", "sparse_structure", "shape_latent", "material_latent")
 LATENT_DOWNSAMPLING = 16
 
 
@@ -328,7 +327,7 @@ class ImageTo3DPipeline(PipelineBase):
             if image is None:
                 raise ValueError("run() needs an image (or resume_from a folder with the condition tokens)")
             picture = preprocess_image(image, self.background_remover) if preprocess else (
-                image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB")
+                image if isinstance(image, Image.Image) else load_image(image)).convert("RGB")
             state.cond_512 = self.encode_image(picture, 512, plan.offload).cpu()
             if pipeline_type != "512":
                 state.cond_1024 = self.encode_image(picture, 1024, plan.offload).cpu()

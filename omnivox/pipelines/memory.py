@@ -183,7 +183,8 @@ def encoder_stage(name: str, roles: Sequence[str], tokens: int, width: int = 102
 
 
 def image_encoder_stage(roles: Sequence[str], tokens: int, width: int = 1024) -> StageNeed:
-    return StageNeed("condition", tuple(roles), "other", int(tokens * IMAGE_ENCODER_BYTES_PER_TOKEN_AT_1024 * width / 1024))
+    work = int(tokens * IMAGE_ENCODER_BYTES_PER_TOKEN_AT_1024 * width / 1024)
+    return StageNeed("condition", tuple(roles), "other", work)
 
 
 def ss_decoder_stage(roles: Sequence[str], scale: float = 1.0) -> StageNeed:

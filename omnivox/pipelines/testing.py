@@ -11,9 +11,10 @@ The networks have the released architectures with small widths and depths (the s
 latent, 32^3 / 64^3 latent grids, 4 decoder upsamplings) and 2 sampler steps per stage, so a full
 ``1024_cascade`` generation runs on a CPU in seconds. Random weights would fill the 64^3 occupancy grid
 and keep half of all children at every upsampling, so two things are set deliberately: the SS decoder's output
-bias puts ~0.02 % of the grid (for random conditions; real images give a few times more) inside the shape (calibrated on sampled latents), and the shape decoder's
-subdivision heads keep one child on the first level and four on the others. The assets they produce are noise, but every code
-path (CFG, cascade, decoding, export) runs with realistic shapes and dtypes.
+bias puts ~0.02 % of the grid inside the shape (calibrated on sampled latents with random conditions; real
+images give a few times more), and the shape decoder's subdivision heads keep one child on the first level and
+four on the others. The assets they produce are noise, but every code path (CFG, cascade, decoding, export) runs
+with realistic shapes and dtypes.
 """
 
 from __future__ import annotations

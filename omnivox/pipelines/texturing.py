@@ -29,7 +29,7 @@ import torch
 from omnivox.pipelines.base import PipelineBase, StageCallback
 from omnivox.pipelines.config import load_pipeline_config
 from omnivox.pipelines.memory import decoder_stage, encoder_stage, flow_stage, image_encoder_stage, parse_memory
-from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, preprocess_image
+from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, load_image, preprocess_image
 from omnivox.sparse.tensor import SparseTensor
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class TexturingPipeline(PipelineBase):
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
         generator = torch.Generator().manual_seed(int(seed))
         picture = preprocess_image(image, self.background_remover) if preprocess else (
-            image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB")
+            image if isinstance(image, Image.Image) else load_image(image)).convert("RGB")
         coords, dual, intersected = mesh_to_dual_grid(vertices, faces, resolution)
         if len(coords) == 0:
             raise ValueError("the mesh produced no voxels (is it empty or degenerate?)")

@@ -30,6 +30,8 @@ def check_asset(asset: Generated, resolution: int) -> None:
     values = torch.cat(list(asset.attributes.values()), 1)
     assert values.min() >= 0 and values.max() <= 1 and values.std() > 0
     assert len(asset.faces) > 0 and asset.vertices.abs().max() <= 0.5 + 1.0 / resolution
+    vertices, faces = asset.mesh
+    assert int(faces.max()) < len(vertices) and asset.grid.resolution.tolist() == [resolution] * 3
 
 
 @pytest.fixture(scope="module")
