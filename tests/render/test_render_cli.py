@@ -24,7 +24,7 @@ def test_render_panel_png_of_a_textured_asset(assets, tmp_path):
 
 
 def test_render_grid_and_video_of_untextured_meshes(assets, tmp_path):
-    png = tmp_path / "bunny.png"
+    png = tmp_path / "tetrahedra.png"
     result = runner.invoke(app, ["render", str(assets / "mesh" / "joined_tetrahedra.obj"), "-o", str(png),
                                  "--grid", "--views", "4", "--resolution", "48"])
     assert result.exit_code == 0, result.output
