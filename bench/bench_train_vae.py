@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -104,8 +103,12 @@ def collate(samples: list) -> dict:
 
 def build_vae(channels, enc_blocks, device, dtype: torch.dtype):
     """Shape VAE with the blocks' convolutions and Linears in ``dtype`` (norms and the outer Linears float32)."""
-    from omnivox.models import (FlexiDualGridDecoderConfig, FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder,
-                                VaeEncoderConfig)
+    from omnivox.models import (
+        FlexiDualGridDecoderConfig,
+        FlexiDualGridVaeDecoder,
+        FlexiDualGridVaeEncoder,
+        VaeEncoderConfig,
+    )
     from omnivox.models.sc_vae import SparseConv3d
 
     encoder = FlexiDualGridVaeEncoder(VaeEncoderConfig(model_channels=channels, num_blocks=enc_blocks,
@@ -127,9 +130,9 @@ def _params(*models):
 
 # --------------------------------------------------------------------------------------------- throughput
 def throughput(data: Path, out: Path, batch_size: int, steps: int, device: str = "cuda") -> list:
+    from omnivox.train.losses import render_loss_maps
     from omnivox.train.precision import MixedPrecision
     from omnivox.train.vae_trainers import ShapeVaeLossConfig, shape_vae_losses
-    from omnivox.train.losses import render_loss_maps
 
     device = torch.device(device)
     meshes = load_meshes(data, "train")
@@ -144,7 +147,8 @@ def throughput(data: Path, out: Path, batch_size: int, steps: int, device: str =
         torch.manual_seed(0)
         encoder, decoder = build_vae((64, 128, 256, 512, 1024), (0, 4, 8, 16, 4), device, dtype)
         params = [p for m in (encoder, decoder) for p in m.parameters()]
-        precision = MixedPrecision("inflat_all", "float16" if dtype == torch.float16 else "bfloat16", params, device.type)
+        dtype_name = "float16" if dtype == torch.float16 else "bfloat16"
+        precision = MixedPrecision("inflat_all", dtype_name, params, device.type)
         optimizer = torch.optim.AdamW(precision.master_params, lr=1e-4, weight_decay=0.0)
         config = ShapeVaeLossConfig(lambda_render=render, render_resolution=1024)
         cuda = device.type == "cuda"

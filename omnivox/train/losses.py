@@ -24,9 +24,10 @@ Decisions on the reference's quirks:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,7 @@ def vertex_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(predicted.float(), target.float())
 
 
-def subdivision_losses(levels: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> list:
+def subdivision_losses(levels: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list:
     """BCE-with-logits of each upsampling level's 8 child logits against the true child mask (``bce_sub{i}``).
 
     Args:
@@ -115,7 +116,7 @@ def reconstruction_loss(predicted: torch.Tensor, target: torch.Tensor, kind: str
 
 # --------------------------------------------------------------------------------------------- SSIM
 def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float32,
-                    device: Union[str, torch.device, None] = None) -> torch.Tensor:
+                    device: str | torch.device | None = None) -> torch.Tensor:
     """Normalised 1-D Gaussian ``(size,)`` centred on the middle tap."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-x.square() / (2 * sigma * sigma))
@@ -190,7 +191,7 @@ class LPIPS(nn.Module):
         self.eval()
 
     @classmethod
-    def from_files(cls, vgg_weights: PathLike, lin_weights: PathLike) -> "LPIPS":
+    def from_files(cls, vgg_weights: PathLike, lin_weights: PathLike) -> LPIPS:
         """Load the VGG16 backbone and the linear heads (``.safetensors``, or ``.pth`` read with weights_only)."""
         model = cls()
         state = {}
@@ -237,7 +238,7 @@ class LPIPS(nn.Module):
         return total
 
 
-def _read_state(path: PathLike) -> Dict[str, torch.Tensor]:
+def _read_state(path: PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LPIPS weights file {path} not found")
@@ -251,7 +252,7 @@ def _read_state(path: PathLike) -> Dict[str, torch.Tensor]:
     return state
 
 
-def load_lpips(vgg_weights: Optional[PathLike], lin_weights: Optional[PathLike]) -> Optional[LPIPS]:
+def load_lpips(vgg_weights: PathLike | None, lin_weights: PathLike | None) -> LPIPS | None:
     """`LPIPS.from_files` when both paths are given; None (with one log line) when either is missing."""
     if vgg_weights is None or lin_weights is None:
         logger.info("LPIPS term disabled: no local weights configured (lpips_vgg_weights / lpips_lin_weights)")
@@ -281,15 +282,15 @@ class LossCameras:
     def __len__(self) -> int:
         return self.extrinsics.shape[0]
 
-    def __getitem__(self, i: int) -> "LossCameras":
+    def __getitem__(self, i: int) -> LossCameras:
         """Camera ``i`` as a batch of one."""
         return LossCameras(*(t[i:i + 1] for t in (self.extrinsics, self.intrinsics, self.near, self.far,
                                                   self.radius, self.fov)))
 
 
-def sample_loss_cameras(num: int, generator: Optional[torch.Generator] = None,
-                        radius_range: Tuple[float, float] = (2.0, 100.0),
-                        device: Union[str, torch.device, None] = None) -> LossCameras:
+def sample_loss_cameras(num: int, generator: torch.Generator | None = None,
+                        radius_range: tuple[float, float] = (2.0, 100.0),
+                        device: str | torch.device | None = None) -> LossCameras:
     """Random cameras of the shape / material render losses (spec 2.4, the reference's ``_randomize_camera``).
 
     Position, orientation and FoV come from `omnivox.render.random_sphere_cameras` (``1/r^2`` uniform, so radii
@@ -318,15 +319,16 @@ def sample_loss_cameras(num: int, generator: Optional[torch.Generator] = None,
 # ------------------------------------------------------------------------------------ render terms
 # A render function: (vertices (V, 3), faces (F, 3), camera (one LossCameras), resolution) ->
 # {"mask": (H, W), "depth": (H, W), "normal": (H, W, 3) in [0, 1]}.
-RenderFn = Callable[[torch.Tensor, torch.Tensor, LossCameras, int], Dict[str, torch.Tensor]]
+RenderFn = Callable[[torch.Tensor, torch.Tensor, LossCameras, int], dict[str, torch.Tensor]]
 
 
 def render_loss_maps(vertices: torch.Tensor, faces: torch.Tensor, camera: LossCameras, resolution: int,
-                     backend: str = "auto") -> Dict[str, torch.Tensor]:
+                     backend: str = "auto") -> dict[str, torch.Tensor]:
     """The default `RenderFn`: `omnivox.render.render_mesh` maps as the losses compare them (spec 2.4).
 
     ``mask`` (H, W) antialiased coverage, ``depth`` (H, W) camera z (0 outside), ``normal`` (H, W, 3) flat
-    camera-space normal facing the camera, mapped ``(n + 1) / 2`` (0.5 outside), using the camera's near / far.
+    camera-space normal pointing away from the camera (spec 2.4), mapped ``(n + 1) / 2`` (0.5 outside); the
+    camera's own near / far planes clip.
     An empty mesh renders as mask 0, depth 0, normal 0.5.
     """
     from omnivox.render import render_mesh
@@ -352,11 +354,11 @@ class RenderLossWeights:
     lpips: float = 0.2
 
 
-def shape_render_losses(predicted: Sequence[Tuple[torch.Tensor, torch.Tensor]],
-                        ground_truth: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+def shape_render_losses(predicted: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                        ground_truth: Sequence[tuple[torch.Tensor, torch.Tensor]],
                         cameras: LossCameras, resolution: int, render: RenderFn,
-                        weights: RenderLossWeights = RenderLossWeights(),
-                        lpips: Optional[LPIPS] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+                        weights: RenderLossWeights | None = None,
+                        lpips: LPIPS | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Rendered mask / depth / normal losses of predicted against ground-truth meshes (spec 2.3-2.4).
 
     Each sample is rendered from its own camera, predicted and ground truth alike; the ground truth is rendered
@@ -369,7 +371,7 @@ def shape_render_losses(predicted: Sequence[Tuple[torch.Tensor, torch.Tensor]],
         cameras: one camera per sample (`sample_loss_cameras`).
         resolution: image side in pixels.
         render: see `RenderFn`.
-        weights: term weights.
+        weights: term weights (default: the released ones).
         lpips: optional `LPIPS` network for the normal images; None drops the term.
 
     Returns:
@@ -379,6 +381,7 @@ def shape_render_losses(predicted: Sequence[Tuple[torch.Tensor, torch.Tensor]],
     if not len(predicted) == len(ground_truth) == len(cameras):
         raise ValueError(f"need one camera and one ground truth per prediction, got {len(predicted)} predictions, "
                          f"{len(ground_truth)} ground truths and {len(cameras)} cameras")
+    weights = weights or RenderLossWeights()
     pred_maps, gt_maps = [], []
     for (pv, pf), (gv, gf), i in zip(predicted, ground_truth, range(len(cameras))):
         camera = cameras[i]
@@ -412,8 +415,21 @@ def psnr(a: torch.Tensor, b: torch.Tensor, max_value: float = 1.0) -> torch.Tens
 
 
 __all__ = [
-    "kl_divergence", "flag_loss", "vertex_loss", "subdivision_losses", "reconstruction_loss", "gaussian_window",
-    "ssim", "LPIPS", "load_lpips", "LossCameras", "sample_loss_cameras", "RenderFn", "render_loss_maps",
-    "RenderLossWeights", "shape_render_losses", "psnr",
+    "LPIPS",
+    "LossCameras",
+    "RenderFn",
+    "RenderLossWeights",
+    "flag_loss",
+    "gaussian_window",
+    "kl_divergence",
+    "load_lpips",
+    "psnr",
+    "reconstruction_loss",
+    "render_loss_maps",
+    "sample_loss_cameras",
+    "shape_render_losses",
+    "ssim",
+    "subdivision_losses",
+    "vertex_loss",
 ]
 

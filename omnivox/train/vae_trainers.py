@@ -29,21 +29,40 @@ Quirk decisions:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from omnivox.models.sc_vae import (ConvNeXtBlock, DownsampleBlock, EncoderOutput, FlexiDualGridVaeDecoder,
-                                   SparseUnetVaeDecoder, SparseUnetVaeEncoder, UpsampleBlock)
+from omnivox.models.sc_vae import (
+    ConvNeXtBlock,
+    DownsampleBlock,
+    EncoderOutput,
+    FlexiDualGridVaeDecoder,
+    SparseUnetVaeDecoder,
+    SparseUnetVaeEncoder,
+    UpsampleBlock,
+)
 from omnivox.sparse.maps import DownsampleMap
 from omnivox.sparse.tensor import SparseTensor
 from omnivox.train.config import TrainerConfig
-from omnivox.train.losses import (LPIPS, RenderFn, RenderLossWeights, flag_loss, kl_divergence, load_lpips,
-                                  reconstruction_loss, render_loss_maps, sample_loss_cameras, shape_render_losses,
-                                  ssim, subdivision_losses, vertex_loss)
+from omnivox.train.losses import (
+    LPIPS,
+    RenderFn,
+    RenderLossWeights,
+    flag_loss,
+    kl_divergence,
+    load_lpips,
+    reconstruction_loss,
+    render_loss_maps,
+    sample_loss_cameras,
+    shape_render_losses,
+    ssim,
+    subdivision_losses,
+    vertex_loss,
+)
 from omnivox.train.trainer import Trainer
 
 
@@ -110,7 +129,7 @@ class TeacherForcedOutput:
     """
 
     voxels: SparseTensor
-    subdivisions: List[Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    subdivisions: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 def decode_teacher_forced(decoder: SparseUnetVaeDecoder, z: SparseTensor, downsample_maps: Sequence[DownsampleMap],
@@ -173,7 +192,7 @@ def shape_head(raw: torch.Tensor, voxel_margin: float) -> ShapeHead:
 
 
 def predicted_training_meshes(coords: torch.Tensor, head: ShapeHead, intersected: torch.Tensor, batch_size: int,
-                              resolution: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+                              resolution: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Differentiable per-sample meshes: ground-truth topology, predicted vertices and split weights (spec 2.2).
 
     Each flagged edge's quad becomes 4 triangles around a split-weighted mid-point
@@ -221,20 +240,20 @@ class ShapeVaeLossConfig:
     lambda_lpips: float = 0.2
     lambda_render: float = 1.0
     render_resolution: int = 1024
-    radius_range: Tuple[float, float] = (2.0, 100.0)
+    radius_range: tuple[float, float] = (2.0, 100.0)
     sample_posterior: bool = True
 
 
 def shape_vae_losses(encoder: SparseUnetVaeEncoder, decoder: FlexiDualGridVaeDecoder, batch: dict,
-                     config: ShapeVaeLossConfig = ShapeVaeLossConfig(), render: Optional[RenderFn] = None,
-                     lpips: Optional[LPIPS] = None, generator: Optional[torch.Generator] = None,
-                     checkpointed: bool = False) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+                     config: ShapeVaeLossConfig | None = None, render: RenderFn | None = None,
+                     lpips: LPIPS | None = None, generator: torch.Generator | None = None,
+                     checkpointed: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The shape SC-VAE training loss of one (micro-)batch (spec 2.3).
 
     Args:
         encoder, decoder: the shape SC-VAE (`FlexiDualGridVaeEncoder`, `FlexiDualGridVaeDecoder`).
         batch: ``vertices``, ``intersected`` (and ``mesh`` for the render terms); see the module docstring.
-        config: weights and options.
+        config: weights and options (default: the released ones).
         render: `omnivox.train.losses.RenderFn`; None (or ``lambda_render == 0``) drops the render terms.
         lpips: optional LPIPS network for the normal images.
         generator: CPU generator for the posterior noise and the cameras.
@@ -244,6 +263,7 @@ def shape_vae_losses(encoder: SparseUnetVaeEncoder, decoder: FlexiDualGridVaeDec
         ``(loss, terms)``: the weighted total and every unweighted term under its log key (``direct/intersected``,
         ``direct/vertice``, ``bce_sub{i}``, ``kl``, ``render/...``).
     """
+    config = config or ShapeVaeLossConfig()
     vertices, intersected = batch["vertices"], batch["intersected"]
     posterior = call_as_forward(encoder, encode, shape_encoder_input(vertices, intersected), checkpointed)
     z = posterior.sample(generator) if config.sample_posterior else posterior.mean
@@ -295,15 +315,15 @@ class MaterialVaeLossConfig:
     lambda_ssim: float = 0.2
     lambda_lpips: float = 0.2
     render_resolution: int = 512
-    radius_range: Tuple[float, float] = (2.0, 100.0)
+    radius_range: tuple[float, float] = (2.0, 100.0)
     sample_posterior: bool = True
 
 
 def material_vae_losses(encoder: SparseUnetVaeEncoder, decoder: SparseUnetVaeDecoder, batch: dict,
-                        config: MaterialVaeLossConfig = MaterialVaeLossConfig(), resolution: Optional[int] = None,
-                        render: Optional[AttributeRenderFn] = None, lpips: Optional[LPIPS] = None,
-                        generator: Optional[torch.Generator] = None,
-                        checkpointed: bool = False) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+                        config: MaterialVaeLossConfig | None = None, resolution: int | None = None,
+                        render: AttributeRenderFn | None = None, lpips: LPIPS | None = None,
+                        generator: torch.Generator | None = None,
+                        checkpointed: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The material SC-VAE loss ``L1(y_hat, x) + lambda_kl KL [+ lambda_render render]`` (spec 2.5).
 
     The decoder follows the encoder's structure (``pred_subdiv = False``), so ``y_hat`` lies on ``x``'s rows.
@@ -311,7 +331,7 @@ def material_vae_losses(encoder: SparseUnetVaeEncoder, decoder: SparseUnetVaeDec
     Args:
         encoder, decoder: the material SC-VAE.
         batch: ``x`` (and ``mesh`` for the render term).
-        config: weights and options.
+        config: weights and options (default: the released 256 stage).
         resolution: O-Voxel grid size of ``x`` (needed by the render term only).
         render: `AttributeRenderFn` (default `render_surface_attributes` when ``lambda_render > 0``).
         lpips: optional LPIPS network.
@@ -321,6 +341,7 @@ def material_vae_losses(encoder: SparseUnetVaeEncoder, decoder: SparseUnetVaeDec
     Returns:
         ``(loss, {"rec", "kl"[, "render/bc/ssim", "render/mra/ssim", ...], "loss"})``.
     """
+    config = config or MaterialVaeLossConfig()
     x = batch["x"]
     posterior = call_as_forward(encoder, encode, x, checkpointed)
     z = posterior.sample(generator) if config.sample_posterior else posterior.mean
@@ -343,11 +364,11 @@ def material_vae_losses(encoder: SparseUnetVaeEncoder, decoder: SparseUnetVaeDec
 
 # An attribute render function: (vertices, faces, camera, image size, sample) -> (image (H, W, C), mask (H, W)),
 # where ``sample(points (..., 3)) -> (..., C)`` gives the attributes at world positions.
-AttributeRenderFn = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
+AttributeRenderFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def render_surface_attributes(vertices: torch.Tensor, faces: torch.Tensor, camera, size: int,
-                              sample: Callable[[torch.Tensor], torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+                              sample: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Attributes sampled at the visible surface points of a mesh (the default `AttributeRenderFn`).
 
     The mesh is rasterised without gradients (only the attribute lookup needs them, spec 5.5); each covered
@@ -366,9 +387,9 @@ def render_surface_attributes(vertices: torch.Tensor, faces: torch.Tensor, camer
 
 
 def material_render_losses(coords: torch.Tensor, predicted: torch.Tensor, target: torch.Tensor,
-                           meshes: Sequence[Tuple[torch.Tensor, torch.Tensor]], cameras, resolution: int,
-                           config: MaterialVaeLossConfig, render: Optional[AttributeRenderFn] = None,
-                           lpips: Optional[LPIPS] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+                           meshes: Sequence[tuple[torch.Tensor, torch.Tensor]], cameras, resolution: int,
+                           config: MaterialVaeLossConfig, render: AttributeRenderFn | None = None,
+                           lpips: LPIPS | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Render term of the material VAE: SSIM (+ LPIPS) of base colour and metallic/roughness/alpha images.
 
     ``0.2 (1 - SSIM(bc)) + 0.2 LPIPS(bc) + 0.2 (1 - SSIM(mra)) + 0.2 LPIPS(mra)`` (spec 2.5; no L1 term, as the
@@ -419,7 +440,7 @@ def material_render_losses(coords: torch.Tensor, predicted: torch.Tensor, target
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def mesh_arrays(mesh, device) -> Tuple[torch.Tensor, torch.Tensor]:
+def mesh_arrays(mesh, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(vertices (V, 3) float32, faces (F, 3) int64)`` on ``device`` from a dataset's ``mesh`` entry.
 
     Accepts ``{"vertices", "faces"}`` dicts (`FlexiDualGridDataset`), objects with ``vertices`` / ``faces``
@@ -469,8 +490,8 @@ class ShapeVaeTrainerConfig(TrainerConfig, ShapeVaeLossConfig):
     LPIPS term is dropped with a log line.
     """
 
-    lpips_vgg_weights: Optional[str] = None
-    lpips_lin_weights: Optional[str] = None
+    lpips_vgg_weights: str | None = None
+    lpips_lin_weights: str | None = None
 
 
 class ShapeVaeTrainer(Trainer):
@@ -495,7 +516,7 @@ class ShapeVaeTrainer(Trainer):
     def checkpointed(self) -> bool:
         return bool(self.config.activation_checkpointing)
 
-    def training_losses(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def training_losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss, terms = shape_vae_losses(self.models["encoder"], self.models["decoder"], batch, self.config,
                                        render=render_loss_maps if self.config.lambda_render > 0 else None,
                                        lpips=self.lpips, generator=cpu_generator(self.rng),
@@ -508,9 +529,9 @@ class PbrVaeTrainerConfig(TrainerConfig, MaterialVaeLossConfig):
     """``trainer.args`` of `PbrVaeTrainer`: the base keys plus `MaterialVaeLossConfig`'s, the grid
     ``resolution`` of the data (for the render term) and the LPIPS weight paths (omnivox keys)."""
 
-    resolution: Optional[int] = None
-    lpips_vgg_weights: Optional[str] = None
-    lpips_lin_weights: Optional[str] = None
+    resolution: int | None = None
+    lpips_vgg_weights: str | None = None
+    lpips_lin_weights: str | None = None
 
 
 class PbrVaeTrainer(Trainer):
@@ -529,7 +550,7 @@ class PbrVaeTrainer(Trainer):
             self.lpips = self.lpips.to(self.device) if self.lpips is not None else None
         self.resolution = config.resolution or getattr(dataset, "resolution", None)
 
-    def training_losses(self, batch: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def training_losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss, terms = material_vae_losses(self.models["encoder"], self.models["decoder"], batch, self.config,
                                           resolution=self.resolution, lpips=self.lpips,
                                           generator=cpu_generator(self.rng),

@@ -7,9 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from omnivox.train.losses import (LPIPS, flag_loss, gaussian_window, kl_divergence, load_lpips, psnr,
-                                  reconstruction_loss, render_loss_maps, sample_loss_cameras, shape_render_losses,
-                                  ssim, subdivision_losses, vertex_loss)
+from omnivox.train.losses import (
+    LPIPS,
+    flag_loss,
+    gaussian_window,
+    kl_divergence,
+    load_lpips,
+    psnr,
+    reconstruction_loss,
+    render_loss_maps,
+    sample_loss_cameras,
+    shape_render_losses,
+    ssim,
+    subdivision_losses,
+    vertex_loss,
+)
 
 
 def _rel(a, b) -> float:
@@ -192,7 +204,7 @@ def test_render_maps_follow_the_loss_conventions(spot_mesh):
     norms = n.norm(dim=-1)
     assert float(norms.max()) < 1 + 1e-4 and float(norms.min()) > 0.5
     assert float((norms > 1 - 1e-4).float().mean()) > 0.1  # pixels away from triangle edges: exactly unit
-    assert bool((n[:, 2] <= 1e-4).all())  # facing the camera: camera-space z <= 0
+    assert bool((n[:, 2] >= -1e-4).all())  # pointing away from the camera (spec 2.4): camera-space z >= 0
     assert torch.allclose(maps["normal"][background], torch.full_like(maps["normal"][background], 0.5))
     # Depth is the camera z inside the near/far range, 0 on the background.
     depth = maps["depth"][covered]

@@ -6,14 +6,33 @@ import numpy as np
 import pytest
 import torch
 
-from omnivox.models import (FlexiDualGridDecoderConfig, FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder,
-                            SparseUnetVaeDecoder, SparseUnetVaeEncoder, VaeDecoderConfig, VaeEncoderConfig,
-                            from_pretrained)
+from omnivox.models import (
+    FlexiDualGridDecoderConfig,
+    FlexiDualGridVaeDecoder,
+    FlexiDualGridVaeEncoder,
+    SparseUnetVaeDecoder,
+    SparseUnetVaeEncoder,
+    VaeDecoderConfig,
+    VaeEncoderConfig,
+    from_pretrained,
+)
 from omnivox.sparse.tensor import SparseTensor
-from omnivox.train.vae_trainers import (MaterialVaeLossConfig, PbrVaeTrainer, PbrVaeTrainerConfig,
-                                        ShapeVaeLossConfig, ShapeVaeTrainer, ShapeVaeTrainerConfig, child_mask,
-                                        decode_teacher_forced, encode, material_vae_losses, shape_encoder_input,
-                                        shape_vae_losses)
+from omnivox.train.losses import sample_loss_cameras
+from omnivox.train.vae_trainers import (
+    MaterialVaeLossConfig,
+    PbrVaeTrainer,
+    PbrVaeTrainerConfig,
+    ShapeVaeLossConfig,
+    ShapeVaeTrainer,
+    ShapeVaeTrainerConfig,
+    child_mask,
+    decode_teacher_forced,
+    encode,
+    material_render_losses,
+    material_vae_losses,
+    shape_encoder_input,
+    shape_vae_losses,
+)
 
 RESOLUTION = 16
 ASSETS = ("mesh/spot/spot_triangulated.obj", "gltf/Avocado/Avocado.gltf", "gltf/Fox.glb")
@@ -44,7 +63,8 @@ def load_samples(assets: Path, resolution: int, names=ASSETS) -> list:
             "vertices": torch.from_numpy(record["vertices"].astype(np.float32) / 255),
             "intersected": torch.from_numpy(flags),
             "x": torch.from_numpy(pbr.astype(np.float32) / 255 * 2 - 1),
-            "mesh": {"vertices": torch.from_numpy(scene.vertices).float(), "faces": torch.from_numpy(scene.faces).long()},
+            "mesh": {"vertices": torch.from_numpy(scene.vertices).float(),
+                     "faces": torch.from_numpy(scene.faces).long()},
         })
     return out
 
@@ -60,8 +80,8 @@ def _material_batch(samples):
             "mesh": [s["mesh"] for s in samples]}
 
 
-ENC = dict(model_channels=(16, 32, 64), num_blocks=(0, 1, 1), latent_channels=8, use_fp16=False)
-DEC = dict(model_channels=(64, 32, 16), num_blocks=(1, 1, 0), latent_channels=8, use_fp16=False)
+ENC = {"model_channels": (16, 32, 64), "num_blocks": (0, 1, 1), "latent_channels": 8, "use_fp16": False}
+DEC = {"model_channels": (64, 32, 16), "num_blocks": (1, 1, 0), "latent_channels": 8, "use_fp16": False}
 
 
 def _shape_vae(seed=0):
@@ -87,7 +107,8 @@ def test_child_masks_are_the_true_subdivisions(samples):
         for b, x, y, z in fine.tolist():
             expected.setdefault((b, x // 2, y // 2, z // 2), set()).add(x % 2 + 2 * (y % 2) + 4 * (z % 2))
         mask = child_mask(down_map)
-        got = {tuple(c): set(torch.nonzero(m).flatten().tolist()) for c, m in zip(down_map.coarse_coords.tolist(), mask)}
+        got = {tuple(c): set(torch.nonzero(m).flatten().tolist())
+               for c, m in zip(down_map.coarse_coords.tolist(), mask)}
         assert got == expected
         fine = down_map.coarse_coords
 
@@ -170,14 +191,25 @@ def test_material_render_term_reaches_the_decoder(samples):
     batch = _material_batch(samples[:2])
     encoder, decoder = _material_vae()
     config = MaterialVaeLossConfig(lambda_render=1.0, render_resolution=24, radius_range=(2.0, 3.0))
-    loss, terms = material_vae_losses(encoder, decoder, batch, config, resolution=RESOLUTION,
-                                      generator=torch.Generator().manual_seed(0))
+    _, terms = material_vae_losses(encoder, decoder, batch, config, resolution=RESOLUTION,
+                                   generator=torch.Generator().manual_seed(0))
     assert {"render/bc/ssim", "render/mra/ssim"} <= set(terms)
     assert all(0 < float(terms[k]) < 2 for k in ("render/bc/ssim", "render/mra/ssim"))
     terms["render/bc/ssim"].backward()
     grad = decoder.output_layer.weight.grad
     assert grad is not None and torch.isfinite(grad).all() and float(grad[:3].abs().sum()) > 0
     assert float(grad[3:].abs().sum()) == 0  # base colour only depends on the first 3 outputs
+
+    # Decision (docstring of material_render_losses): the target image samples the ground-truth voxels, so a
+    # perfect reconstruction scores exactly zero (a textured-mesh target would not).
+    x = batch["x"]
+    meshes = [(m["vertices"], m["faces"]) for m in batch["mesh"]]
+    cameras = sample_loss_cameras(2, torch.Generator().manual_seed(1), (2.0, 3.0))
+    total, terms = material_render_losses(x.coords, x.feats, x.feats, meshes, cameras, RESOLUTION, config)
+    assert float(total) == pytest.approx(0.0, abs=1e-6)
+    noisy = x.feats + 0.3 * torch.randn(x.feats.shape, generator=torch.Generator().manual_seed(2))
+    total, _ = material_render_losses(x.coords, noisy, x.feats, meshes, cameras, RESOLUTION, config)
+    assert float(total) > 0.01
 
 
 # -------------------------------------------------------------------------------------- the trainers
