@@ -212,6 +212,18 @@ def load_pipeline_config(root: PathLike, filename: str = "pipeline.json",
                           missing=missing)
 
 
+def find_background_model(config: PipelineConfig) -> Optional[Path]:
+    """The ONNX file of ``rembg_model`` (e.g. ``briaai/RMBG-2.0`` ships ``onnx/model.onnx``) if downloaded
+    beside or inside the weights folder, else None."""
+    if not config.background_model_name:
+        return None
+    for folder in _candidates(config.root, config.background_model_name):
+        for name in ("onnx/model.onnx", "model.onnx"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
 def image_encoder_error(config: PipelineConfig) -> FileNotFoundError:
     tried = ", ".join(str(p) for p in _candidates(config.root, config.image_encoder_name))
     return FileNotFoundError(

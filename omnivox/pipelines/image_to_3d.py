@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from omnivox.pipelines.base import PipelineBase, StageCallback
-from omnivox.pipelines.config import PIPELINE_TYPES, load_pipeline_config
+from omnivox.pipelines.config import PIPELINE_TYPES, find_background_model, load_pipeline_config
 from omnivox.pipelines.generated import Generated
 from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
                                       parse_memory, ss_decoder_stage)
@@ -93,13 +93,17 @@ class ImageTo3DPipeline(PipelineBase):
             device: compute device (default CUDA when available).
             dtype: run every model in this dtype (default: the released dtypes on GPUs, float32 on the CPU).
             max_memory: device memory budget (``"16GB"``, bytes, or None for unlimited); see `plan`.
-            background_model: an ``.onnx`` BiRefNet/RMBG export or a `BackgroundRemover`, for RGB inputs.
+            background_model: an ``.onnx`` BiRefNet/RMBG export or a `BackgroundRemover`, for RGB inputs
+                (default: the ``rembg_model`` of ``pipeline.json``, ``RMBG-2.0/onnx/model.onnx``, when it was
+                downloaded beside the weights; else RGB inputs raise an error listing the options).
             image_encoder: the DINOv3 folder, if not found beside the weights (`config` explains where it looks).
             model_paths: role -> checkpoint path overrides.
 
         Models are loaded when first used (memory-mapped where possible).
         """
         config = load_pipeline_config(path, "pipeline.json", model_paths, image_encoder)
+        if background_model is None:
+            background_model = find_background_model(config)  # e.g. RMBG-2.0/onnx/model.onnx beside the weights
         remover = BiRefNetOnnx(background_model) if isinstance(background_model, (str, Path)) else background_model
         return cls(config, device=device, dtype=dtype, max_memory=max_memory, background_remover=remover)
 

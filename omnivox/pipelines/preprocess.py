@@ -30,8 +30,9 @@ NO_BACKGROUND_REMOVER = (
     "{what} has no transparent background (RGB or fully opaque alpha), so the object must be cut out first. "
     "Options: (1) pass an RGBA image whose alpha marks the object; (2) pass a background model: "
     "`background_model=PATH.onnx` (Python) or `--background-model PATH.onnx` (CLI), an ONNX export of "
-    "BiRefNet such as briaai/RMBG-2.0 or ZhengPeng7/BiRefNet (1x3x1024x1024 input, mask logits output), run "
-    "with onnxruntime; (3) pass any callable `PIL.Image (RGB) -> PIL.Image (L mask)` as background_remover."
+    "BiRefNet such as ZhengPeng7/BiRefNet (MIT) or briaai/RMBG-2.0 (non-commercial; its onnx/model.onnx is found "
+    "automatically in a RMBG-2.0 folder beside the weights), run with onnxruntime; (3) pass any callable "
+    "`PIL.Image (RGB) -> PIL.Image (L mask)` as background_remover."
 )
 
 
@@ -46,20 +47,23 @@ class BiRefNetOnnx:
     """BiRefNet-style matting model exported to ONNX, run with onnxruntime (spec 9.1 step 3).
 
     The image goes RGB -> 1024 x 1024 (bilinear) -> [0, 1] -> ImageNet normalisation -> model; the last output
-    is taken, passed through a sigmoid (set ``apply_sigmoid=False`` for exports that end with one), turned
-    into 8-bit and resized back to the input size (bicubic).
+    is taken, passed through a sigmoid when it holds logits, turned into 8-bit and resized back to the input size
+    (bicubic). Exports differ in whether they end with the sigmoid; by default (``apply_sigmoid=None``) an output
+    entirely inside [0, 1] is taken as probabilities and anything else as logits.
+
+    Licences: ``ZhengPeng7/BiRefNet`` is MIT; ``briaai/RMBG-2.0`` (the reference's choice) is non-commercial.
 
     Args:
         path: the ``.onnx`` file.
         providers: onnxruntime execution providers (default: CUDA if available, else CPU).
-        apply_sigmoid: whether the model outputs logits.
+        apply_sigmoid: True: the model outputs logits; False: probabilities; None: decide from the values.
         session: an already-created inference session (testing); overrides ``path``.
     """
 
     input_size = 1024
 
     def __init__(self, path: Union[str, Path, None] = None, providers: Optional[list] = None,
-                 apply_sigmoid: bool = True, session=None) -> None:
+                 apply_sigmoid: Optional[bool] = None, session=None) -> None:
         if session is None:
             if path is None:
                 raise ValueError("BiRefNetOnnx needs the path of an .onnx file")
@@ -86,7 +90,9 @@ class BiRefNetOnnx:
         x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
         outputs = self.session.run(None, {self.input_name: x})
         logits = np.asarray(outputs[-1], dtype=np.float32).reshape(self.input_size, self.input_size)
-        prob = 1.0 / (1.0 + np.exp(-logits)) if self.apply_sigmoid else logits
+        is_logits = self.apply_sigmoid if self.apply_sigmoid is not None else not (
+            logits.min() >= 0.0 and logits.max() <= 1.0)
+        prob = 1.0 / (1.0 + np.exp(-logits)) if is_logits else logits
         mask = Image.fromarray((np.clip(prob, 0, 1) * 255).astype(np.uint8), mode="L")
         return mask.resize(rgb.size, Image.BICUBIC)
 

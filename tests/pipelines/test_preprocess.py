@@ -87,3 +87,33 @@ def test_birefnet_onnx_path_errors(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match=".onnx"):
         BiRefNetOnnx(tmp_path / "model.bin")
+
+
+class ProbabilitySession(FakeSession):
+    """An export that ends with the sigmoid: outputs already in [0, 1]."""
+
+    def run(self, outputs, feeds):
+        self.feed = feeds["input_image"]
+        prob = np.zeros((1, 1, 1024, 1024), np.float32)
+        prob[..., 512:] = 0.5
+        return [prob]
+
+
+def test_birefnet_onnx_detects_probability_outputs():
+    mask = np.asarray(BiRefNetOnnx(session=ProbabilitySession())(Image.new("RGB", (64, 32), (200, 10, 10))))
+    assert mask[:, :28].max() == 0 and abs(int(mask[:, 36:].min()) - 127) <= 1  # no second sigmoid
+    forced = np.asarray(BiRefNetOnnx(session=ProbabilitySession(), apply_sigmoid=True)(Image.new("RGB", (64, 32))))
+    assert abs(int(forced[:, :28].max()) - 127) <= 1  # sigmoid(0) = 0.5
+
+
+def test_background_model_found_beside_the_weights(tiny_weights, tmp_path):
+    from omnivox.pipelines.config import find_background_model, load_pipeline_config
+
+    config = load_pipeline_config(tiny_weights)
+    assert config.background_model_name == "briaai/RMBG-2.0"
+    config.root = tmp_path / "TRELLIS.2-4B"
+    assert find_background_model(config) is None
+    onnx = tmp_path / "RMBG-2.0" / "onnx" / "model.onnx"
+    onnx.parent.mkdir(parents=True)
+    onnx.write_bytes(b"onnx")
+    assert find_background_model(config) == onnx
