@@ -17,7 +17,8 @@ VIDEO_SUFFIXES = (".mp4", ".gif")
 def render(
     source: Path = typer.Argument(..., help="Input: .glb, .gltf, .obj, .ply, .stl or .vxz."),
     output: Path = typer.Option(..., "--output", "-o", help="Output .png/.jpg (still) or .mp4/.gif (turntable)."),
-    views: int = typer.Option(8, "--views", "-n", help="Views in the grid, or frames of the turntable."),
+    views: Optional[int] = typer.Option(None, "--views", "-n", help="Views in the grid (default 8), or frames of "
+                                                                     "the turntable (default 48)."),
     resolution: int = typer.Option(512, "--resolution", "-r", help="Side of each rendered view in pixels."),
     panel: bool = typer.Option(False, "--panel", help="The 2x2 PBR panel: shaded, normals; base colour, "
                                                       "metallic, roughness, alpha."),
@@ -43,6 +44,8 @@ def render(
             raise ValueError(f"{output}: output must be one of {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}")
         if not 16 <= resolution <= 4096:
             raise ValueError(f"--resolution must be in [16, 4096], got {resolution}")
+        if views is None:
+            views = 48 if suffix in VIDEO_SUFFIXES else 8
         if not 1 <= views <= 1000:
             raise ValueError(f"--views must be in [1, 1000], got {views}")
         if device not in ("cpu", "cuda"):
