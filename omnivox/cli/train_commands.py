@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -47,7 +48,7 @@ def train(
 
     from omnivox.train.build import build_dataset, build_trainer
     from omnivox.train.config import ConfigError, load_experiment
-    from omnivox.train.distributed import init_from_environment
+    from omnivox.train.distributed import init_process
 
     try:
         overrides = _parse_overrides(set_)
@@ -61,7 +62,9 @@ def train(
             if len(trainable) != 1:
                 raise ConfigError(f"--finetune needs exactly one model in {config}; use --set finetune_ckpt=...")
             overrides["finetune_ckpt"] = {trainable[0]: finetune}
-        info, dev = init_from_environment(device)
+        env = os.environ  # set by torchrun; absent when run alone
+        info, dev = init_process(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
+                                 int(env.get("LOCAL_RANK", 0)), device)
         seed = int({**experiment.trainer.args, **overrides}.get("seed", 0))
         # The program's entry point seeds the global generator once, so a run's initial weights are reproducible.
         torch.manual_seed(seed)

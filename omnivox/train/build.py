@@ -17,7 +17,6 @@ import logging
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
 
 from omnivox.train.config import ConfigError, ExperimentConfig, parse_dataclass
 from omnivox.train.distributed import DistInfo

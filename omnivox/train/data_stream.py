@@ -25,7 +25,7 @@ process's global RNG states) or when the dataset derives them from the sample in
 from __future__ import annotations
 
 import heapq
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 

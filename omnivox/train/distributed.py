@@ -1,9 +1,9 @@
 """Process groups and model wrapping for data-parallel training (spec training.md 1.2).
 
 `omnivox train` runs as one process, or as one process per device under ``torchrun`` (which sets ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``; the same command works across nodes). The
-environment is read only by `init_from_environment`, called from the CLI; library code receives a
-`DistInfo`. Backend: NCCL on CUDA, gloo on CPU (tests).
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``; the same command works across nodes). Only the CLI
+reads that environment; it calls `init_process`, and library code receives a `DistInfo`. Backend: NCCL on
+CUDA, gloo on CPU (tests).
 
 Wrapping: DDP by default (``bucket_cap_mb=128``, like the reference); with ``parallel_mode="fsdp"`` each
 transformer block and then the model are sharded with FSDP2 ``fully_shard``, so parameters, gradients and
@@ -13,7 +13,6 @@ optimiser states are split over the processes (the 1.3B models on smaller cards)
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,21 +38,24 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_from_environment(device: Optional[str] = None) -> tuple[DistInfo, torch.device]:
-    """Join the ``torchrun`` job described by the environment (or run alone); returns the info and device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+def init_process(rank: int = 0, world_size: int = 1, local_rank: int = 0,
+                 device: Optional[str] = None) -> tuple[DistInfo, torch.device]:
+    """Join the job (NCCL on CUDA, gloo on CPU) when ``world_size > 1``; returns this process's info and device.
+
+    The CLI reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the ``torchrun`` environment and passes them
+    here (``MASTER_ADDR`` / ``MASTER_PORT`` are read by torch's ``env://`` rendezvous).
+    """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30),
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(minutes=30),
                                 device_id=dev if dev.type == "cuda" else None)
-    return DistInfo(rank, world, local_rank), dev
+    return DistInfo(rank, world_size, local_rank), dev
 
 
 class DataParallel(nn.parallel.DistributedDataParallel):

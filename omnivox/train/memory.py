@@ -17,7 +17,6 @@ reported is exactly the fraction kept. The policy and its fitted line are the sa
 from __future__ import annotations
 
 import functools
-import math
 import random
 from typing import Optional
 

@@ -97,7 +97,9 @@ class FlowDataset(torch.utils.data.Dataset):
         cond = self.tokens[i] if self.tokens is not None else s["image"]
         if self.stage == "ss":
             return {"x_0": s["ss"], "cond": cond}
-        one = lambda feats: SparseTensor.from_batch_list([s["coords"]], [feats])
+        def one(feats):
+            return SparseTensor.from_batch_list([s["coords"]], [feats])
+
         item = {"x_0": one(s[self.stage]), "cond": cond}
         if self.stage == "pbr":
             item["concat_cond"] = one(s["shape"])

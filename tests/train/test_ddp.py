@@ -44,7 +44,7 @@ def test_two_processes_equal_one_process_with_double_batch(parallel, flow_sample
     steps = 3
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), flow_samples, str(tmp_path / "ddp"), steps, parallel),
              nprocs=2)
-    single = _train(flow_samples, tmp_path / "one", 0, 1, 2, steps)
+    _train(flow_samples, tmp_path / "one", 0, 1, 2, steps)
     from omnivox.train.checkpoint import read_safetensors
     ddp = read_safetensors(tmp_path / "ddp" / "ckpts" / f"denoiser_step{steps:07d}.safetensors")
     one = read_safetensors(tmp_path / "one" / "ckpts" / f"denoiser_step{steps:07d}.safetensors")
@@ -56,7 +56,8 @@ def test_two_processes_equal_one_process_with_double_batch(parallel, flow_sample
         assert err <= 1e-5 * max(delta.norm(), 1e-12) + 1e-7, key
         moved += int(delta.norm() > 0)
     assert moved > 10  # the comparison is about weights that actually trained
-    log = lambda p: [l.split(": ", 1)[1] for l in (p / "log.txt").read_text().splitlines()]
+    def log(run):
+        return [line.split(": ", 1)[1] for line in (run / "log.txt").read_text().splitlines()]
     import json
     for a, b in zip(log(tmp_path / "ddp"), log(tmp_path / "one")):
         la, lb = json.loads(a)["loss"], json.loads(b)["loss"]

@@ -13,8 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from omnivox.cli import app
-from omnivox.data import layout
-from omnivox.models import FlexiDualGridVaeEncoder, SparseUnetVaeEncoder, VaeEncoderConfig, from_pretrained, save_pretrained
+from omnivox.models import (FlexiDualGridVaeEncoder, SparseUnetVaeEncoder, VaeEncoderConfig, from_pretrained,
+                            save_pretrained)
 from tests.train.flow_data import tiny_dinov3
 
 RESOLUTION = 32

@@ -24,7 +24,8 @@ def test_adaptive_clipper_threshold_follows_the_percentile_of_recent_norms():
         p = _param_with_grad([n * 0.6, n * 0.8])  # |g| = n
         before = clipper.threshold
         assert math.isclose(clipper([p]), n, rel_tol=1e-12)  # the pre-clip norm is returned
-        assert math.isclose(float(p.grad.norm()), min(n, before), rel_tol=1e-6)  # clipped at the old threshold (torch adds 1e-6)
+        # clipped at the old threshold (torch divides by norm + 1e-6)
+        assert math.isclose(float(p.grad.norm()), min(n, before), rel_tol=1e-6)
         thresholds.append(clipper.threshold)
     # max_norm until 4 finite norms are buffered, then min(median of the last 4, max_norm)
     assert thresholds[:3] == [10.0, 10.0, 10.0]

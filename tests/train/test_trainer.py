@@ -84,10 +84,11 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
             assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k]))
     assert straight.clipper.state_dict() == resumed.clipper.state_dict()
     # the loss trace of steps 7-8 repeats exactly
-    trace = lambda p: [line for line in p.read_text().splitlines() if line.split(":")[0] in ("7", "8")]
-    strip = lambda lines: [{k: v for k, v in json.loads(l.split(": ", 1)[1]).items() if k != "time/elapsed"}
-                           for l in lines]
-    assert strip(trace(tmp_path / "a" / "log.txt")) == strip(trace(tmp_path / "b" / "log.txt"))
+    def trace(path):
+        lines = [line for line in path.read_text().splitlines() if line.split(":")[0] in ("7", "8")]
+        return [{k: v for k, v in json.loads(line.split(": ", 1)[1]).items() if k != "time/elapsed"}
+                for line in lines]
+    assert trace(tmp_path / "a" / "log.txt") == trace(tmp_path / "b" / "log.txt")
 
 
 def test_checkpoint_files_hold_master_and_ema(tmp_path):

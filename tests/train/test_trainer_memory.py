@@ -17,7 +17,8 @@ def _model_and_input():
     g = torch.Generator().manual_seed(1)
     cells = torch.randperm(512, generator=g)[:40].sort().values
     xyz = torch.stack([cells // 64, (cells // 8) % 8, cells % 8], 1).int()
-    x = SparseTensor.from_batch_list([xyz[:25], xyz[25:]], [torch.randn(25, 4, generator=g), torch.randn(15, 4, generator=g)])
+    feats = [torch.randn(25, 4, generator=g), torch.randn(15, 4, generator=g)]
+    x = SparseTensor.from_batch_list([xyz[:25], xyz[25:]], feats)
     return model, x, torch.tensor([300.0, 700.0]), torch.randn(2, 5, 8, generator=g)
 
 
