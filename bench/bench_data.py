@@ -49,7 +49,7 @@ def dev_assets() -> list:
     return [p for p in scan_folder(ASSETS) if p.suffix.lower() in SUPPORTED]
 
 
-def bench_convert(resolutions, out: Path) -> None:
+def bench_convert(resolutions, out: Path, only=None) -> None:
     import tempfile
 
     from omnivox.data.convert import MATERIAL_ATTRS, GEOMETRY_ATTRS, _write_mesh_dump, load_for_dataset
@@ -68,7 +68,7 @@ def bench_convert(resolutions, out: Path) -> None:
     for resolution in resolutions:
         for path in dev_assets():
             name = path.relative_to(ASSETS).as_posix()
-            if (name, resolution) in done:
+            if (name, resolution) in done or (only and not any(o in name for o in only)):
                 continue
             start = time.perf_counter()
             cpu_start = time.process_time()
@@ -223,6 +223,7 @@ def main(argv=None) -> None:
     convert.add_argument("--resolutions", default="256,512,1024")
     convert.add_argument("--out", type=Path, default=Path("/tmp/bench_data_convert.jsonl"))
     convert.add_argument("--summary-only", action="store_true")
+    convert.add_argument("--assets", default="", help="Comma-separated substrings: only matching assets.")
     prep = sub.add_parser("prepare")
     prep.add_argument("--out", type=Path, required=True)
     prep.add_argument("--resolution", type=int, default=512)
@@ -236,7 +237,8 @@ def main(argv=None) -> None:
         if args.summary_only:
             summarize_convert(args.out)
         else:
-            bench_convert([int(r) for r in args.resolutions.split(",")], args.out)
+            only = [a for a in args.assets.split(",") if a]
+            bench_convert([int(r) for r in args.resolutions.split(",")], args.out, only)
     elif args.command == "prepare":
         prepare(args.out, args.resolution)
     else:

@@ -236,6 +236,17 @@ def _read_geometry(path: Path):
     return torch.from_numpy(coords.astype(np.int32)), torch.from_numpy(local), torch.from_numpy(flags)
 
 
+def _read_mesh_dump(instance: Instance) -> Dict[str, torch.Tensor]:
+    path = instance.dirs["mesh_dump"] / f"{instance.sha256}.npz"
+    with np.load(path, allow_pickle=False) as dump:
+        vertices, faces = dump["vertices"], dump["faces"]
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"{path}: bad mesh shapes vertices {vertices.shape}, faces {faces.shape}")
+    if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
+        raise ValueError(f"{path}: face indices out of range")
+    return {"vertices": torch.from_numpy(vertices.astype(np.float32)), "faces": torch.from_numpy(faces.astype(np.int64))}
+
+
 def _read_latent(path: Path, what: str) -> Tuple[torch.Tensor, torch.Tensor]:
     with np.load(path, allow_pickle=False) as data:
         if "coords" not in data or "feats" not in data:
@@ -271,7 +282,9 @@ class FlexiDualGridDataset(_ToolkitDataset):
         max_num_faces: drop assets with more triangles (``num_faces`` of the index, when known).
         min_aesthetic_score: see the module docstring.
         with_mesh: also return the normalised triangles from ``mesh_dumps/<sha>.npz`` under ``mesh``
-            (``vertices`` (V, 3) float32 in [-0.5, 0.5], ``faces`` (F, 3) int64) for the render losses.
+            (``vertices`` (V, 3) float32 in [-0.5, 0.5], ``faces`` (F, 3) int64) for the render losses; on by
+            default as in the reference (its released configs rely on it), and then assets without a mesh
+            dump are filtered out.
         seed: unused here (kept for a uniform signature).
 
     Sample: ``coords`` (N, 3) int32, ``vertices`` (N, 3) float32 in [0, 1], ``intersected`` (N, 3) bool.
@@ -284,12 +297,13 @@ class FlexiDualGridDataset(_ToolkitDataset):
 
     def __init__(self, roots: Roots, resolution: int = 256, max_active_voxels: Optional[float] = 1_000_000,
                  max_num_faces: Optional[float] = None, min_aesthetic_score: Optional[float] = None,
-                 with_mesh: bool = False, seed: int = 0, **extra) -> None:
+                 with_mesh: bool = True, seed: int = 0, **extra) -> None:
         _check_extra_args(type(self).__name__, extra)
         self.resolution, self.with_mesh = int(resolution), bool(with_mesh)
         roles = {"dual_grid": layout.dual_grid_dir(resolution), "mesh_dump": layout.MESH_DUMPS}
         limits = {"dual_grid_size": max_active_voxels, "num_faces": max_num_faces}
-        super().__init__(roots, roles, limits, min_aesthetic_score, seed=seed)
+        super().__init__(roots, roles, limits, min_aesthetic_score, seed=seed,
+                         extra_flags=("mesh_dumped",) if self.with_mesh else ())
 
     def get_instance(self, instance: Instance, index: int) -> dict:
         coords, local, flags = _read_geometry(instance.dirs["dual_grid"] / f"{instance.sha256}.vxz")
@@ -297,9 +311,7 @@ class FlexiDualGridDataset(_ToolkitDataset):
             raise ValueError(f"{instance.sha256}: voxel index {int(coords.max())} outside resolution {self.resolution}")
         sample = {"coords": coords, "vertices": local, "intersected": flags}
         if self.with_mesh:
-            with np.load(instance.dirs["mesh_dump"] / f"{instance.sha256}.npz", allow_pickle=False) as dump:
-                sample["mesh"] = {"vertices": torch.from_numpy(dump["vertices"].astype(np.float32)),
-                                  "faces": torch.from_numpy(dump["faces"].astype(np.int64))}
+            sample["mesh"] = _read_mesh_dump(instance)
         return sample
 
     @classmethod
@@ -323,13 +335,15 @@ class SparseVoxelPbrDataset(_ToolkitDataset):
         roots, resolution, max_active_voxels, max_num_faces, min_aesthetic_score: as `FlexiDualGridDataset`
             (the size column is ``num_pbr_voxels``).
         attrs: attribute names, in channel order (default base_color, metallic, roughness, alpha = 6 ch).
-        with_mesh: also return the textured source scene (`omnivox.assets.Scene`, normalised into the unit
-            box and axes exactly as at conversion) under ``mesh``, loaded from the index's ``local_path``.
+        with_mesh: also return the normalised triangles (``mesh_dumps/<sha>.npz``, as `FlexiDualGridDataset`)
+            under ``mesh``. Decision: geometry only, not the textured mesh the reference rebuilds, because our
+            material render loss samples the ground-truth voxels on the ground-truth geometry
+            (`omnivox.train.vae_trainers`); assets without a mesh dump are then filtered out.
 
     Sample: ``coords`` (N, 3) int32, ``x`` (N, C) float32 in [-1, 1]. Pack: ``x`` `SparseTensor` (+ ``mesh``).
     """
 
-    roles = ("pbr_voxel",)
+    roles = ("pbr_voxel", "mesh_dump")
     flags = ("pbr_voxelized",)
     load_column = "num_pbr_voxels"
 
@@ -338,9 +352,10 @@ class SparseVoxelPbrDataset(_ToolkitDataset):
                  attrs: Sequence[str] = PBR_ATTRIBUTES, with_mesh: bool = False, seed: int = 0, **extra) -> None:
         _check_extra_args(type(self).__name__, extra)
         self.resolution, self.attrs, self.with_mesh = int(resolution), tuple(attrs), bool(with_mesh)
-        roles = {"pbr_voxel": layout.pbr_voxels_dir(resolution)}
+        roles = {"pbr_voxel": layout.pbr_voxels_dir(resolution), "mesh_dump": layout.MESH_DUMPS}
         limits = {"num_pbr_voxels": max_active_voxels, "num_faces": max_num_faces}
-        super().__init__(roots, roles, limits, min_aesthetic_score, seed=seed)
+        super().__init__(roots, roles, limits, min_aesthetic_score, seed=seed,
+                         extra_flags=("mesh_dumped",) if self.with_mesh else ())
 
     def get_instance(self, instance: Instance, index: int) -> dict:
         from omnivox.ovoxel.io import read_vxz
@@ -354,9 +369,7 @@ class SparseVoxelPbrDataset(_ToolkitDataset):
         x = torch.from_numpy(values.astype(np.float32)) / 255 * 2 - 1
         sample = {"coords": torch.from_numpy(coords.astype(np.int32)), "x": x}
         if self.with_mesh:
-            from omnivox.data.convert import load_for_dataset
-
-            sample["mesh"] = load_for_dataset(instance.row["local_path"])
+            sample["mesh"] = _read_mesh_dump(instance)
         return sample
 
     @classmethod

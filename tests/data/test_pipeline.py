@@ -173,9 +173,12 @@ def test_encode_latents_equal_the_encoder_on_the_dataset_batch(built):
         np.testing.assert_array_equal(latent["coords"], mean.coords[:, 1:].numpy())
         assert latent["coords"].dtype == np.uint8
         assert relative_error(torch.from_numpy(latent["feats"]), mean.feats) < 1e-6
-    pbr = SparseVoxelPbrDataset(str(root), resolution=RESOLUTION)
+    pbr = SparseVoxelPbrDataset(str(root), resolution=RESOLUTION, with_mesh=True)
     batches = pbr.collate_fn([pbr[i] for i in range(len(pbr))], split_size=2)
     assert len(batches) == 2 and sum(b["x"].batch_size for b in batches) == 4
+    assert sum(len(b["mesh"]) for b in batches) == 4
+    plain = SparseVoxelPbrDataset(str(root), resolution=RESOLUTION)
+    assert "mesh" not in plain.collate_fn([plain[0]])
     for batch in batches:
         x = batch["x"].feats
         assert x.shape[1] == 6 and float(x.min()) >= -1 and float(x.max()) <= 1
