@@ -22,7 +22,10 @@ uninterrupted run drew.
 
 Fixes of the reference's defects (spec 1.14): the data cursor counts consumed batches, not prefetched ones;
 RNG states and every piece of optimiser / scaler / clipper / controller state are saved, so a resume is
-bit-exact; checkpoints are written atomically; nothing is pickled.
+bit-exact; checkpoints are written atomically; nothing is pickled. On CUDA, "bit-exact" also needs
+deterministic kernels, as for any two runs: ``torch.use_deterministic_algorithms(True)`` (the sparse models'
+per-sample broadcast backpropagates through ``index_add_``) and a deterministic attention kernel (cuDNN's
+backward is not); `tests/train/test_trainer_gpu.py` shows the recipe.
 """
 
 from __future__ import annotations
