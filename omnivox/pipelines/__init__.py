@@ -20,9 +20,10 @@ from omnivox.pipelines.memory import MemoryPlan, StagePlan, parse_memory, plan_m
 from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, preprocess_image
 from omnivox.pipelines.samplers import FlowEulerSampler, Guidance, SamplerParams, euler_timesteps
 from omnivox.pipelines.testing import make_test_pipeline
+from omnivox.pipelines.texturing import TexturingPipeline
 
 __all__ = [
     "Generated", "ImageTo3DPipeline", "MemoryPlan", "StagePlan", "parse_memory", "plan_memory",
     "BackgroundRemover", "BiRefNetOnnx", "preprocess_image", "FlowEulerSampler", "Guidance", "SamplerParams",
-    "euler_timesteps", "make_test_pipeline",
+    "euler_timesteps", "make_test_pipeline", "TexturingPipeline",
 ]
