@@ -279,3 +279,55 @@ def test_trainers_reject_missing_models(samples, tmp_path):
     config = PbrVaeTrainerConfig(max_steps=1, batch_size=1)
     with pytest.raises(ValueError, match="'encoder' and 'decoder'"):
         PbrVaeTrainer({"encoder": encoder}, _InMemory([]), config, tmp_path, device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------ DDP
+def _ddp_worker(rank: int, port: int, assets: str, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        samples = load_samples(Path(assets), RESOLUTION, names=ASSETS[:2])
+        encoder, decoder = _shape_vae()
+        config = ShapeVaeLossConfig(lambda_render=0.0)
+        # The wrappers must outlive backward (their reducers do the all-reduce), as the trainer keeps them.
+        wrapped = DistributedDataParallel(encoder), DistributedDataParallel(decoder)
+        loss, _ = shape_vae_losses(*wrapped, _shape_batch([samples[rank]]), config,
+                                   generator=torch.Generator().manual_seed(rank))
+        loss.backward()
+        torch.save([p.grad for p in [*encoder.parameters(), *decoder.parameters()]], f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_synchronises_the_teacher_forced_pass(samples, tmp_path):
+    """The losses run the networks through ``call_as_forward``, so DDP's gradient all-reduce still happens: two
+    processes with one sample each end with the mean of the two single-process gradients."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tests.conftest import _assets_dir
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(_assets_dir()), str(tmp_path)), nprocs=2)
+    grads = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    config = ShapeVaeLossConfig(lambda_render=0.0)
+    expected = None
+    for rank in range(2):
+        encoder, decoder = _shape_vae()
+        loss, _ = shape_vae_losses(encoder, decoder, _shape_batch([samples[rank]]), config,
+                                   generator=torch.Generator().manual_seed(rank))
+        loss.backward()
+        g = [p.grad / 2 for p in [*encoder.parameters(), *decoder.parameters()]]
+        expected = g if expected is None else [a + b for a, b in zip(expected, g)]
+    for a, b, e in zip(grads[0], grads[1], expected):
+        assert torch.equal(a, b)
+        assert torch.allclose(a, e, rtol=1e-5, atol=1e-8)
