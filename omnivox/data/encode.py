@@ -32,7 +32,7 @@ from omnivox.data import layout
 from omnivox.data.convert import stage_status
 from omnivox.data.metadata import RecordWriter
 from omnivox.data.runner import (Outcome, StageSummary, Task, atomic_write, in_shard, remove_stale_temps,
-                                 run_per_device, run_stage)
+                                 run_per_device, run_stage, temp_tag)
 
 SHAPE_COLUMNS = ["sha256", "shape_latent_encoded", "shape_latent_tokens", "shape_latent_error"]
 PBR_COLUMNS = ["sha256", "pbr_latent_encoded", "pbr_latent_tokens", "pbr_latent_error"]
@@ -55,12 +55,12 @@ def load_encoder(path: Path, device: torch.device):
     return model
 
 
-def _save_latent(path: Path, coords: np.ndarray, feats: np.ndarray, rank: int) -> None:
+def _save_latent(path: Path, coords: np.ndarray, feats: np.ndarray, tag: str) -> None:
     def write(temp: Path) -> None:
         with open(temp, "wb") as handle:
             np.savez(handle, feats=feats.astype(np.float32), coords=coords.astype(np.uint8))
 
-    atomic_write(path, write, rank)
+    atomic_write(path, write, tag)
 
 
 @torch.no_grad()
@@ -121,6 +121,7 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
     if len(devices) > 1:
         return run_per_device(run_encode, kwargs, list(devices))
     device = torch.device(devices[0])
+    tag = temp_tag(rank, device_slot)
 
     jobs: List[Tuple[str, Path, str, str, list]] = []  # (kind, checkpoint, input folder, output folder, columns)
     if shape_encoder is not None:
@@ -137,7 +138,7 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
         source_error = "dual_grid_error" if kind == "shape" else "pbr_voxels_error"
         available = [sha for sha, state in stage_status(root, source, source_flag, source_error, ".vxz").items()
                      if state == "done"]
-        remove_stale_temps([root / out], rank)
+        remove_stale_temps([root / out], tag)
         status = stage_status(root, out, flag, error_column, ".npz")
         tasks = []
         for sha in sorted(available):
@@ -161,7 +162,7 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
                 raise ValueError("the encoder produced non-finite latents")
             if coords.size and coords.max() > 255:
                 raise ValueError(f"latent coordinate {coords.max()} does not fit uint8")
-            _save_latent(root / out / f"{task.key}.npz", coords, feats, rank)
+            _save_latent(root / out / f"{task.key}.npz", coords, feats, tag)
             return Outcome(task.key, rows={out: {"sha256": task.key, flag: True, tokens: len(coords), error_column: ""}})
 
         def failure_rows(task: Task, error: str, out=out, flag=flag, error_column=error_column) -> Dict[str, dict]:

@@ -50,7 +50,7 @@ from omnivox.data import layout
 from omnivox.data.convert import indexed_assets, load_for_dataset
 from omnivox.data.metadata import RecordWriter, as_bool, load_table
 from omnivox.data.runner import (Outcome, StageSummary, Task, in_shard, remove_stale_temps, run_per_device,
-                                 run_stage, temp_path)
+                                 run_stage, temp_path, temp_tag)
 
 COLUMNS = ["sha256", "cond_rendered", "num_cond_views", "render_error"]
 BOUNDING_RADIUS = math.sqrt(3) / 2
@@ -304,7 +304,7 @@ def render_asset(task: Task) -> Outcome:
     if not (images[..., 3] > 0).any():
         raise ValueError("every view is empty (nothing in front of the cameras)")
     final = Path(payload["out"]) / task.key
-    temp = temp_path(final, payload["rank"])
+    temp = temp_path(final, payload["tag"])
     if temp.exists():
         shutil.rmtree(temp)
     temp.mkdir(parents=True)
@@ -342,7 +342,8 @@ def run_render(root: Path, num_views: int = 16, size: int = 512, rank: int = 0, 
     if len(devices) > 1:
         return run_per_device(run_render, kwargs, list(devices))
     out = root / layout.RENDERS_COND
-    remove_stale_temps([out], rank)
+    tag = temp_tag(rank, device_slot)
+    remove_stale_temps([out], tag)
     _, table = load_table(out)
     summary = StageSummary()
     tasks: List[Task] = []
@@ -355,7 +356,7 @@ def run_render(root: Path, num_views: int = 16, size: int = 512, rank: int = 0, 
         if done or (row.get("render_error") and not retry_failed):
             summary.skipped += 1
             continue
-        tasks.append(Task(sha, {"path": path, "out": str(out), "rank": rank, "device": devices[0], "seed": seed,
+        tasks.append(Task(sha, {"path": path, "out": str(out), "tag": tag, "device": devices[0], "seed": seed,
                                 "num_views": num_views, "size": size}))
 
     def failure_rows(task: Task, error: str) -> Dict[str, dict]:

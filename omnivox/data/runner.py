@@ -77,11 +77,17 @@ def in_shard(key: str, rank: int, world_size: int, salt: str = "") -> bool:
     return int(hashlib.sha256((salt + key).encode("utf-8")).hexdigest()[:16], 16) % world_size == rank
 
 
-def temp_path(path: Path, rank: int) -> Path:
+def temp_tag(rank: int, device_slot: tuple = (0, 1)) -> str:
+    """Who owns a temp file: the rank, plus the device slot when a rank runs one process per device."""
+    return str(rank) if device_slot[1] == 1 else f"{rank}d{device_slot[0]}"
+
+
+def temp_path(path: Path, rank: int | str) -> Path:
+    """Hidden temp name beside ``path``, tagged with its writer (`temp_tag`) so cleanups never collide."""
     return path.with_name(f".{path.name}.r{rank}.tmp")
 
 
-def atomic_write(path: PathLike, write: Callable[[Path], None], rank: int = 0) -> None:
+def atomic_write(path: PathLike, write: Callable[[Path], None], rank: int | str = 0) -> None:
     """Call ``write(temp)`` then rename the temp file onto ``path`` (complete or absent, never partial)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,8 +100,9 @@ def atomic_write(path: PathLike, write: Callable[[Path], None], rank: int = 0) -
             temp.unlink()
 
 
-def remove_stale_temps(folders: Iterable[PathLike], rank: int) -> int:
-    """Delete temp files and folders a killed run of this rank left in ``folders`` (other ranks' are untouched)."""
+def remove_stale_temps(folders: Iterable[PathLike], rank: int | str) -> int:
+    """Delete temp files and folders a killed run of this writer left in ``folders`` (``rank`` or a `temp_tag`;
+    other writers' files are untouched, so concurrent ranks and device processes never delete each other's)."""
     count = 0
     suffix = f".r{rank}.tmp"
     for folder in folders:

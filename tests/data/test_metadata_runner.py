@@ -112,3 +112,13 @@ def test_per_device_processes_split_the_shard():
     summary = run_per_device(count_items, {"items": items}, ["cpu", "cpu"], mp_context="fork")
     assert isinstance(summary, StageSummary)
     assert summary.total == summary.done == 50
+
+
+def test_device_processes_of_one_rank_have_their_own_temp_names(tmp_path):
+    from omnivox.data.runner import temp_tag
+
+    assert temp_tag(2) == "2" and temp_tag(2, (1, 4)) == "2d1"
+    (tmp_path / ".a.npz.r2d0.tmp").write_bytes(b"x")
+    (tmp_path / ".b.npz.r2d1.tmp").write_bytes(b"x")  # the other device process, still writing
+    assert remove_stale_temps([tmp_path], temp_tag(2, (0, 2))) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [".b.npz.r2d1.tmp"]
