@@ -12,7 +12,8 @@ from omnivox.cli import app
 
 _WEIGHTS_HELP = ("Weights folder with pipeline.json (image to 3D) and, for texturing, texturing_pipeline.json "
                  "(e.g. a download of microsoft/TRELLIS.2-4B).")
-_BACKGROUND_HELP = "BiRefNet/RMBG .onnx file for background removal of RGB images (without it, RGBA images only)."
+_BACKGROUND_HELP = ("BiRefNet/RMBG .onnx file for background removal of RGB images (default: RMBG-2.0/onnx/model.onnx "
+                    "beside the weights if present; without one, only RGBA images are accepted).")
 _DEVICE_HELP = "Device to run on; repeat for several GPUs (one job at a time on each). Default: cuda if present."
 
 
