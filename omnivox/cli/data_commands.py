@@ -130,6 +130,23 @@ def encode_command(
          retry_failed=retry_failed, progress=not quiet)
 
 
+@data_app.command("columns")
+def columns_command(
+    root: Path = typer.Argument(..., help="Dataset root."),
+    table: Path = typer.Argument(..., help="CSV with a sha256 column, e.g. sha256,aesthetic_score."),
+    column: Optional[List[str]] = typer.Option(None, "--column", help="Only these columns (repeatable)."),
+) -> None:
+    """Add columns (aesthetic_score, ...) from a CSV keyed by sha256 to the index, for the datasets' filters."""
+    from omnivox.data.index import import_columns
+
+    try:
+        count = import_columns(root, table, column or None)
+    except (ValueError, FileNotFoundError) as error:
+        typer.echo(f"omnivox data columns: {error}", err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo(f"columns: {count} rows from {table}")
+
+
 @data_app.command("stats")
 def stats_command(
     root: Path = typer.Argument(..., help="Dataset root."),

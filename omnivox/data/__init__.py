@@ -6,6 +6,7 @@ Stages (each resumable, idempotent and shardable with ``rank`` / ``world_size``;
     render   -- `omnivox.data.render.run_render`: RGBA condition views
     encode   -- `omnivox.data.encode.run_encode`: shape / material latents with a VAE checkpoint
     stats    -- `omnivox.data.stats.dataset_stats`: what was done, what failed and why
+    columns  -- `omnivox.data.index.import_columns`: extra per-asset columns (aesthetic_score) for the filters
 
 Datasets for the trainers: `omnivox.data.datasets` (by the class names of the experiment JSONs).
 Folder layout: `omnivox.data.layout`; metadata tables: `omnivox.data.metadata`.

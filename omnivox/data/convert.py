@@ -89,8 +89,19 @@ def convert_asset(task: Task) -> Outcome:
         atomic_write(root / layout.MESH_DUMPS / f"{sha}.npz",
                      lambda temp: _write_mesh_dump(temp, scene.vertices, scene.faces), rank)
         rows[layout.MESH_DUMPS] = {"sha256": sha, "mesh_dumped": True, "mesh_dump_error": ""}
+    errors = []
     for resolution in task.payload["resolutions"]:
-        record = scene_to_ovoxel(scene, resolution)
+        try:
+            record = scene_to_ovoxel(scene, resolution)
+        except (ValueError, RuntimeError, MemoryError) as error:
+            # One resolution failing (often memory at 1024) must not discard the others.
+            reason = f"{type(error).__name__}: {error}"[:500]
+            errors.append(f"{resolution}: {reason}")
+            rows[layout.dual_grid_dir(resolution)] = {"sha256": sha, "dual_grid_converted": False,
+                                                      "dual_grid_error": reason}
+            rows[layout.pbr_voxels_dir(resolution)] = {"sha256": sha, "pbr_voxelized": False,
+                                                       "pbr_voxels_error": reason}
+            continue
         coords = record.pop("coords")
         geometry = {name: record[name] for name in GEOMETRY_ATTRS}
         material = {name: record[name] for name in MATERIAL_ATTRS}
@@ -102,7 +113,7 @@ def convert_asset(task: Task) -> Outcome:
                                                   "dual_grid_size": len(coords), "dual_grid_error": ""}
         rows[layout.pbr_voxels_dir(resolution)] = {"sha256": sha, "pbr_voxelized": True,
                                                    "num_pbr_voxels": len(coords), "pbr_voxels_error": ""}
-    return Outcome(sha, rows=rows)
+    return Outcome(sha, rows=rows, error="; ".join(errors) if errors else None)
 
 
 def indexed_assets(root: Path) -> Dict[str, str]:

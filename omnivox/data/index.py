@@ -175,6 +175,47 @@ def run_index(root: Path, source: Optional[Path] = None, rank: int = 0, world_si
     return summary
 
 
+MAX_IMPORT_BYTES = 2 << 30
+
+
+def import_columns(root: Path, table_file: Path, columns: Optional[List[str]] = None) -> int:
+    """Add columns from a CSV keyed by ``sha256`` (e.g. ``aesthetic_score``) to the index table; returns rows.
+
+    The values land in ``<root>/new_records`` like any stage's records, so the datasets' filters see them.
+    Rows for assets the index does not know are kept too (they are ignored until such an asset is indexed).
+    """
+    import csv
+
+    from omnivox.data.metadata import KEY
+
+    table_file = Path(table_file)
+    if not table_file.is_file():
+        raise FileNotFoundError(f"{table_file}: no such file")
+    if table_file.stat().st_size > MAX_IMPORT_BYTES:
+        raise ValueError(f"{table_file}: larger than {MAX_IMPORT_BYTES >> 30} GiB")
+    with open(table_file, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        if KEY not in header:
+            raise ValueError(f"{table_file}: needs a '{KEY}' column, has {header[:8]}")
+        wanted = [c for c in header if c != KEY] if columns is None else list(columns)
+        missing = [c for c in wanted if c not in header]
+        if missing or not wanted:
+            raise ValueError(f"{table_file}: columns {missing or wanted} not found (has {header[:8]})")
+        clashes = [c for c in wanted if c in COLUMNS]
+        if clashes:
+            raise ValueError(f"{table_file}: columns {clashes} are written by the index itself")
+        count = 0
+        with RecordWriter(root, [KEY] + wanted, rank=0) as writer:
+            for row in reader:
+                sha = (row.get(KEY) or "").strip().lower()
+                if len(sha) != 64 or any(ch not in "0123456789abcdef" for ch in sha):
+                    raise ValueError(f"{table_file}: line {reader.line_num}: {KEY} {sha[:70]!r} is not a sha256")
+                writer.write({KEY: sha, **{c: row[c] for c in wanted}})
+                count += 1
+    return count
+
+
 def _local_path(path: Path, root: Path) -> str:
     resolved, base = path.resolve(), root.resolve()
     try:
