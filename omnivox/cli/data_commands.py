@@ -100,7 +100,8 @@ def render_command(
     root: Path = typer.Argument(..., help="Dataset root (after index)."),
     views: int = typer.Option(16, "--views", help="Condition views per asset."),
     size: int = typer.Option(512, "--size", help="Image side in pixels (1024 for the 1024 fine-tuning stage)."),
-    devices: str = typer.Option("auto", "--devices", help="auto (every GPU, else CPU), cpu, or cuda:0,cuda:1,..."),
+    devices: str = typer.Option("auto", "--devices", help="auto (every GPU, else CPU), cpu, or cuda:0,cuda:1,... "
+                                "(name a GPU twice for two processes on it: hides the CPU work per asset)"),
     seed: int = typer.Option(0, "--seed", help="Seed mixed with each asset's hash for cameras and lights."),
     rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
     workers: Optional[int] = typer.Option(None, "--workers", help="CPU processes when rendering on the CPU."),

@@ -330,7 +330,8 @@ def run_render(root: Path, num_views: int = 16, size: int = 512, rank: int = 0, 
         size: image side in pixels.
         rank / world_size: this machine's shard.
         workers: CPU processes (``devices == ["cpu"]``); with CUDA devices, one process per device instead.
-        devices: ``["cpu"]`` or CUDA devices.
+        devices: ``["cpu"]`` or CUDA devices, one process each; naming a device twice runs two processes on
+            it, which overlaps one's CPU work (loading, PNG encoding) with the other's GPU work.
         retry_failed: redo assets whose previous attempt failed.
         seed: mixed with each asset's hash to draw its cameras and lights (re-renders are identical).
     """
