@@ -447,6 +447,8 @@ class Trainer:
             blocks = getattr(model, "blocks", None)
             if not isinstance(blocks, nn.ModuleList) or not any(p.requires_grad for p in model.parameters()):
                 continue
+            if any(isinstance(block, nn.ModuleList) for block in blocks):
+                continue  # stages of blocks (the SC-VAEs): their trainers checkpoint inside the stages
             if cfg.activation_checkpointing is not None:
                 fraction = float(cfg.activation_checkpointing)
                 set_checkpointed_blocks(model, round(fraction * len(blocks)))

@@ -6,51 +6,13 @@ DINOv3 folder) trains a tiny denoiser for 3 steps, is resumed to step 4, and its
 """
 
 import json
-import shutil
 
-import pytest
 import torch
 from typer.testing import CliRunner
 
 from omnivox.cli import app
-from omnivox.models import (FlexiDualGridVaeEncoder, SparseUnetVaeEncoder, VaeEncoderConfig, from_pretrained,
-                            save_pretrained)
-from tests.train.flow_data import tiny_dinov3
-
-RESOLUTION = 32
-SOURCES = ["gltf/Fox.glb", "mesh/spot/spot_triangulated.obj", "mesh/featuretype.STL", "gltf/Avocado/Avocado.gltf"]
-
-
-@pytest.fixture(scope="module")
-def toolkit_root(tmp_path_factory):
-    from omnivox.data.convert import run_convert
-    from omnivox.data.encode import run_encode
-    from omnivox.data.index import run_index
-    from omnivox.data.render import run_render
-    from tests.conftest import _assets_dir
-
-    assets = _assets_dir()
-    base = tmp_path_factory.mktemp("flow_cli")
-    root, ckpts = base / "dataset", base / "ckpts"
-    (root / "raw").mkdir(parents=True)
-    for name in SOURCES:
-        shutil.copy(assets / name, root / "raw" / name.split("/")[-1])
-    if (assets / "gltf/Avocado").is_dir():  # a multi-file glTF needs its buffers and textures beside it
-        for f in (assets / "gltf/Avocado").iterdir():
-            shutil.copy(f, root / "raw" / f.name)
-    threads = torch.get_num_threads()
-    torch.manual_seed(0)
-    config = VaeEncoderConfig(in_channels=6, model_channels=(8, 16, 32), num_blocks=(0, 1, 1), latent_channels=4,
-                              use_fp16=False)
-    save_pretrained(FlexiDualGridVaeEncoder(config), ckpts / "shape_enc_tiny")
-    save_pretrained(SparseUnetVaeEncoder(config), ckpts / "tex_enc_tiny")
-    save_pretrained(tiny_dinov3(), base / "dinov3")
-    run_index(root, progress=False)
-    run_convert(root, [RESOLUTION], progress=False)
-    run_render(root, num_views=2, size=48, progress=False)
-    run_encode(root, RESOLUTION, ckpts / "shape_enc_tiny", ckpts / "tex_enc_tiny", progress=False)
-    torch.set_num_threads(threads)  # the numba stages may change torch's intra-op thread count
-    return root, base / "dinov3"
+from omnivox.models import from_pretrained
+from tests.train.conftest import TOOLKIT_RESOLUTION as RESOLUTION
 
 
 def _experiment(dinov3, **trainer_args):
