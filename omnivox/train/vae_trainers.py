@@ -29,9 +29,11 @@ Quirk decisions:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
@@ -50,6 +52,7 @@ from omnivox.sparse.tensor import SparseTensor
 from omnivox.train.config import TrainerConfig
 from omnivox.train.losses import (
     LPIPS,
+    LossCameras,
     RenderFn,
     RenderLossWeights,
     flag_loss,
@@ -291,6 +294,9 @@ def shape_vae_losses(encoder: SparseUnetVaeEncoder, decoder: FlexiDualGridVaeDec
         cameras = sample_loss_cameras(vertices.batch_size, generator, config.radius_range, vertices.device)
         weights = RenderLossWeights(config.lambda_mask, config.lambda_depth, config.lambda_normal,
                                     config.lambda_ssim, config.lambda_lpips)
+        if "mesh" not in batch:
+            raise ValueError("the shape render terms need the ground-truth meshes: batch has no 'mesh' (set the "
+                             "dataset's with_mesh=true, or lambda_render=0)")
         ground_truth = [mesh_arrays(m, vertices.device) for m in batch["mesh"]]
         render_total, render_terms = shape_render_losses(predicted, ground_truth, cameras, config.render_resolution,
                                                          render, weights, lpips)
@@ -522,6 +528,57 @@ class ShapeVaeTrainer(Trainer):
                                        lpips=self.lpips, generator=cpu_generator(self.rng),
                                        checkpointed=self.checkpointed)
         return loss, {name: float(value.detach()) for name, value in terms.items()}
+
+
+    @torch.no_grad()
+    def snapshot(self, step: int) -> dict:
+        """Normal maps (spec 1.13) of the first ``snapshot_batch_size`` samples from one fixed camera.
+
+        Rows: ground truth, reconstruction with ground-truth structure (teacher forced, posterior mean), and the
+        free reconstruction (predicted subdivisions and flags, as at inference). Columns: samples.
+        """
+        return {"normals": shape_snapshot(self.unwrap("encoder"), self.unwrap("decoder"), self.dataset,
+                                          self.config.snapshot_batch_size, self.device)}
+
+
+def shape_snapshot(encoder, decoder, dataset, count: int, device, size: int = 256) -> np.ndarray:
+    """``(3 size, count size, 3) uint8`` grid of normal maps, see `ShapeVaeTrainer.snapshot`."""
+    from omnivox.ovoxel.extract import dual_grid_to_mesh
+    from omnivox.render import orbit_cameras
+    from omnivox.train.data_stream import collate_samples, move_to_device
+
+    samples = [dataset[i] for i in range(min(count, len(dataset)))]
+    collate = getattr(dataset, "collate_fn", None)
+    batch = move_to_device(collate(samples) if collate is not None else collate_samples(samples), device)
+    vertices, intersected = batch["vertices"], batch["intersected"]
+    extrinsics, intrinsics = orbit_cameras(1, radius=2.0, fov=math.radians(36.0), yaw_offset=math.radians(-16.0))
+    camera = LossCameras(extrinsics, intrinsics, torch.tensor([0.5]), torch.tensor([4.0]), torch.tensor([2.0]),
+                         torch.tensor([math.radians(36.0)]))
+    was_training = decoder.training
+    decoder.eval()
+    try:
+        posterior = encode(encoder, shape_encoder_input(vertices, intersected))
+        forced = decode_teacher_forced(decoder, posterior.mean, posterior.downsample_maps)
+        head = shape_head(forced.voxels.feats, decoder.config.voxel_margin)
+        rows = [[mesh_arrays(m, device) for m in batch["mesh"]] if "mesh" in batch else [None] * vertices.batch_size,
+                predicted_training_meshes(vertices.coords, head, intersected.feats, vertices.batch_size,
+                                          decoder.resolution)]
+        free = decoder(posterior.mean)
+        meshes = []
+        for b in range(vertices.batch_size):
+            keep = free.coords[:, 0] == b
+            meshes.append(dual_grid_to_mesh(free.coords[keep, 1:], free.vertices[keep], free.intersected[keep],
+                                            decoder.resolution, split_weight=free.split_weights[keep]))
+        rows.append(meshes)
+    finally:
+        decoder.train(was_training)
+    def normals(mesh):
+        if mesh is None:  # no ground-truth mesh in the dataset (with_mesh off)
+            return torch.full((size, size, 3), 0.5)
+        return render_loss_maps(mesh[0].float(), mesh[1], camera, size)["normal"].cpu()
+
+    grid = torch.cat([torch.cat([normals(m) for m in row], dim=1) for row in rows], dim=0)
+    return (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 @dataclass(kw_only=True)

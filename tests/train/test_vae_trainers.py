@@ -247,6 +247,12 @@ def test_shape_trainer_runs_with_render_terms_and_its_checkpoint_loads(samples, 
     log = (tmp_path / "log.txt").read_text()
     for key in ("render/mask", "render/depth", "render/normal/ssim", "bce_sub1", "direct/vertice"):
         assert key in log, key
+    # Snapshot: normal maps, rows ground truth / teacher-forced / free reconstruction, one column per sample.
+    image = trainer.snapshot(trainer.step)["normals"]
+    assert image.shape == (3 * 256, 3 * 256, 3) and image.dtype == np.uint8  # 3 samples (< snapshot_batch_size)
+    truth = image[:256].astype(float)
+    assert (np.abs(truth - 128) > 20).any(axis=-1).mean() > 0.02  # the ground-truth meshes are visible
+    assert not np.array_equal(image[256:512], truth.astype(np.uint8))  # an untrained VAE is not the truth
     # The trainer writes the official layout; it loads back with from_pretrained into the same network.
     loaded = from_pretrained(tmp_path / "ckpts" / "decoder_step0000002")
     assert isinstance(loaded, FlexiDualGridVaeDecoder) and loaded.resolution == RESOLUTION
