@@ -3,7 +3,7 @@
 Layout (spec training.md 4.1): every stage directory ``<ROOT>/<dir>/`` holds a merged ``metadata.csv`` with
 that stage's columns, plus ``new_records/part_*.csv`` files that running stages append to (one file per run
 and rank, so concurrent ranks never share a file). Readers always see ``metadata.csv`` overlaid with every
-part file in name order (`load_table`), so a later stage can start before anything is merged; `merge_records`
+part file in creation order (`load_table`), so a later stage can start before anything is merged; `merge_records`
 folds the parts into ``metadata.csv`` (the reference's ``build_metadata.py``; pandas ``combine_first`` keyed
 on ``sha256`` with new values winning) and deletes them.
 
@@ -97,10 +97,19 @@ def _overlay(table: Table, columns: List[str], header: Sequence[str], rows: Iter
                 target[name] = value
 
 
+def _part_time(path: Path) -> Tuple[int, str]:
+    # part_r<rank>_<time_ns>_<pid>.csv: order by creation time, not by rank, so that a later run (maybe with
+    # another world size) wins over an earlier one; files named otherwise sort by modification time.
+    fields = path.stem.split("_")
+    if len(fields) == 4 and fields[2].isdigit():
+        return int(fields[2]), path.name
+    return path.stat().st_mtime_ns, path.name
+
+
 def part_files(directory: PathLike) -> List[Path]:
     """The unmerged record files of a stage directory, oldest first."""
     folder = Path(directory) / RECORDS_DIR
-    return sorted(folder.glob("part_*.csv")) if folder.is_dir() else []
+    return sorted(folder.glob("part_*.csv"), key=_part_time) if folder.is_dir() else []
 
 
 def has_table(directory: PathLike) -> bool:

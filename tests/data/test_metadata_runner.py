@@ -122,3 +122,13 @@ def test_device_processes_of_one_rank_have_their_own_temp_names(tmp_path):
     (tmp_path / ".b.npz.r2d1.tmp").write_bytes(b"x")  # the other device process, still writing
     assert remove_stale_temps([tmp_path], temp_tag(2, (0, 2))) == 1
     assert [p.name for p in tmp_path.iterdir()] == [".b.npz.r2d1.tmp"]
+
+
+def test_newer_records_win_whatever_their_rank(tmp_path):
+    with RecordWriter(tmp_path, ["sha256", "done"], rank=1) as old:  # e.g. an earlier run with 2 ranks
+        old.write({"sha256": "a", "done": False})
+    time.sleep(0.001)
+    with RecordWriter(tmp_path, ["sha256", "done"], rank=0) as new:  # a later single-rank run
+        new.write({"sha256": "a", "done": True})
+    assert old.path.name > new.path.name  # by name the old file would come last
+    assert load_table(tmp_path)[1]["a"]["done"] == "True"
