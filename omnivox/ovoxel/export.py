@@ -215,6 +215,27 @@ def _as_grid(grid: Union[Grid, int, Sequence[int]], aabb: AABB) -> Grid:
 # ------------------------------------------------------------------------------------------------------ stages
 
 
+def _drop_fringes(vertices: np.ndarray, faces: np.ndarray, voxel_edge: float, hole_limit: float) -> np.ndarray:
+    """``meshops.remove_fringes``, but only in components that then have no visible opening (after pin-hole filling).
+
+    A component that keeps a real opening stays double-sided anyway, so dropping its fringes would lose surface
+    (GlassVaseFlowers' petals, open panels) for nothing.
+    """
+    keep = meshops.remove_fringes(vertices, faces, FRINGE_WIDTH * voxel_edge)
+    if keep.all():
+        return faces
+    component = meshops.face_components(faces)
+    kept_faces = faces[keep]
+    v, filled = meshops.fill_small_holes(vertices, kept_faces, hole_limit) if hole_limit > 0 else (vertices,
+                                                                                                   kept_faces)
+    area, rim_face = meshops.opening_areas(v, filled, return_faces=True)
+    rim_face = rim_face[area >= OPENING_AREA * voxel_edge ** 2]
+    rim_face = rim_face[rim_face < len(kept_faces)]  # fan faces of filled holes are never on a rim
+    still_open = np.zeros(int(component.max()) + 1, bool)
+    still_open[component[np.nonzero(keep)[0][rim_face]]] = True
+    return faces[keep | still_open[component]]
+
+
 def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = True,
                     hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
                     decimation_target: Optional[int] = None, timings: Optional[dict] = None
@@ -255,7 +276,7 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
     v, f = meshops.clean(vertices, faces, min_component_area)
     voxel_edge = meshops.median_edge_length(v, f)  # before any decimation, about one voxel
     hole_limit = max(hole_max_perimeter, PIN_HOLE_PERIMETER * voxel_edge)
-    f = meshops.remove_fringes(v, f, FRINGE_WIDTH * voxel_edge)
+    f = _drop_fringes(v, f, voxel_edge, hole_limit if fill_holes else 0.0)
     v, f = meshops.compact(v, f)
     f, _ = meshops.orient_faces(v, f)
     v, f = fill(v, f)

@@ -168,8 +168,10 @@ def remove_fringes(vertices: np.ndarray, faces: np.ndarray, width: float, rounds
         rounds: passes at most.
 
     Returns:
-        (F', 3) int64, the kept faces.
+        (F,) bool, the faces to keep.
     """
+    num_faces = len(faces)
+    index = np.arange(num_faces)
     areas_all = face_areas(vertices, faces)
     v = vertices.astype(np.float64)
     for _ in range(rounds):
@@ -187,8 +189,10 @@ def remove_fringes(vertices: np.ndarray, faces: np.ndarray, width: float, rounds
         if not fringe.any():
             break
         keep = ~fringe[part]
-        faces, areas_all = faces[keep], areas_all[keep]
-    return faces
+        faces, areas_all, index = faces[keep], areas_all[keep], index[keep]
+    keep = np.zeros(num_faces, bool)
+    keep[index] = True
+    return keep
 
 
 def median_edge_length(vertices: np.ndarray, faces: np.ndarray) -> float:
@@ -479,21 +483,23 @@ def fill_small_holes(vertices: np.ndarray, faces: np.ndarray, max_perimeter: flo
             np.concatenate([faces, fan]).astype(np.int64))
 
 
-def opening_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def opening_areas(vertices: np.ndarray, faces: np.ndarray, return_faces: bool = False):
     """Area of every opening: per connected piece of boundary edges, the area of the fan from its centroid.
 
     A pin-hole or a zero-width slit (a boundary path folded back along itself, as the dual grid leaves next to
     non-manifold edges) has an area near zero and cannot be seen through; a real opening has about its true area.
 
     Returns:
-        (K,) float64, one entry per connected set of boundary edges (empty for a closed mesh).
+        (K,) float64, one entry per connected set of boundary edges (empty for a closed mesh), and with
+        ``return_faces`` also (K,) int64, a face on each opening's rim.
     """
+    empty = (np.zeros(0), np.zeros(0, np.int64)) if return_faces else np.zeros(0)
     if len(faces) == 0:
-        return np.zeros(0)
+        return empty
     _, edge_of, face_count = edge_table(faces)
     boundary_he = np.nonzero(face_count[edge_of] == 1)[0]
     if len(boundary_he) == 0:
-        return np.zeros(0)
+        return empty
     start = faces.reshape(-1)[boundary_he]
     end = faces[:, [1, 2, 0]].reshape(-1)[boundary_he]
     piece = connected_components(len(vertices), np.stack([start, end], axis=1))[start]
@@ -505,7 +511,11 @@ def opening_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     centre /= 2.0 * np.bincount(piece, minlength=num)[:, None]
     fan = np.zeros(num)
     np.add.at(fan, piece, 0.5 * np.linalg.norm(np.cross(v[start] - centre[piece], v[end] - centre[piece]), axis=1))
-    return fan
+    if not return_faces:
+        return fan
+    rim_face = np.zeros(num, np.int64)
+    rim_face[piece] = boundary_he // 3
+    return fan, rim_face
 
 
 def boundary_edge_count(faces: np.ndarray) -> int:
