@@ -5,8 +5,8 @@
 * **No remeshing and no hidden inner shell.** The reference's narrow-band remesh (quirk 14) builds the surface from
   an unsigned distance and keeps an invisible inner offset shell in every closed part; here the extracted surface is
   cleaned and decimated directly, so every exported face is visible geometry.
-* **Outward winding.** Thin fringes that the dual grid leaves next to non-manifold edges are dropped
-  (``meshops.remove_fringes``); orientation is made consistent through manifold edges, balanced across non-manifold
+* **Outward winding.** Thin fringes that the dual grid leaves next to non-manifold edges are dropped where that
+  closes a part (``meshops.remove_fringes``, ``_drop_fringes``); orientation is made consistent through manifold edges, balanced across non-manifold
   ones, each closed component gets positive signed volume and closed components nested inside an odd number of
   others face inwards (a cavity's wall faces into the cavity; ``meshops.orient_faces``). Open parts keep a
   consistent but heuristic side, and the material is then marked double-sided. Openings one cannot see through
