@@ -280,6 +280,31 @@ def test_pbr_trainer_runs_and_lowers_its_loss(samples, tmp_path):
     assert isinstance(from_pretrained(tmp_path / "ckpts" / "encoder_step0000012"), SparseUnetVaeEncoder)
 
 
+def test_experiment_file_builds_a_shape_trainer_whose_checkpoint_loads_at_release_dtypes(samples, tmp_path):
+    """The experiment JSON path (`omnivox.train.build`): released-style args (``use_fp16``), float32 training,
+    checkpoints written with the file's args, so `from_pretrained` gives the fp16-block network."""
+    from omnivox.train.build import build_trainer
+    from omnivox.train.config import experiment_from_dict
+
+    experiment = experiment_from_dict({
+        "models": {"encoder": {"name": "FlexiDualGridVaeEncoder", "args": {**ENC, "use_fp16": True}},
+                   "decoder": {"name": "FlexiDualGridVaeDecoder",
+                               "args": {**DEC, "use_fp16": True, "resolution": RESOLUTION}}},
+        "dataset": {"name": "FlexiDualGridDataset", "args": {"resolution": RESOLUTION}},
+        "trainer": {"name": "ShapeVaeTrainer", "args": {
+            "max_steps": 2, "batch_size": 3, "lambda_render": 0, "mix_precision_mode": None, "num_workers": 0,
+            "optimizer": {"name": "AdamW", "args": {"lr": 1e-3, "weight_decay": 0.0}}}},
+    })
+    dataset = _InMemory(_trainer_items(samples, ("vertices", "intersected")))
+    trainer = build_trainer(experiment, tmp_path, dataset, device="cpu", tensorboard=False, progress=False)
+    assert isinstance(trainer, ShapeVaeTrainer)
+    trainer.run()
+    loaded = from_pretrained(tmp_path / "ckpts" / "decoder_step0000002")
+    assert loaded.config.use_fp16 and loaded.blocks[0][0].conv.weight.dtype == torch.float16
+    trained = trainer.unwrap("decoder").blocks[0][0].conv.weight
+    assert torch.equal(loaded.blocks[0][0].conv.weight, trained.detach().half())
+
+
 def test_trainers_reject_missing_models(samples, tmp_path):
     encoder, _ = _material_vae()
     config = PbrVaeTrainerConfig(max_steps=1, batch_size=1)
