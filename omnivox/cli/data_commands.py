@@ -120,14 +120,16 @@ def encode_command(
     resolution: int = typer.Option(512, "--resolution", "-r", help="O-Voxel resolution to encode."),
     shape_encoder: Optional[Path] = typer.Option(None, "--shape-encoder", help="Shape encoder checkpoint .../NAME."),
     pbr_encoder: Optional[Path] = typer.Option(None, "--pbr-encoder", help="Material encoder checkpoint .../NAME."),
+    ss_encoder: Optional[Path] = typer.Option(None, "--ss-encoder",
+                                              help="Sparse-structure encoder checkpoint .../NAME (64^3 occupancy)."),
     devices: str = typer.Option("auto", "--devices", help="auto (every GPU, else CPU), cpu, or cuda:0,cuda:1,..."),
     rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
 ) -> None:
-    """Shape / material latents (shape_latents/NAME_<R>, pbr_latents/NAME_<R>); one process per GPU."""
+    """Shape / material / structure latents (shape_latents/NAME_<R>, pbr_latents/NAME_<R>, ss_latents/NAME_64)."""
     from omnivox.data.encode import run_encode
 
     _run("encode", run_encode, root=root, resolution=resolution, shape_encoder=shape_encoder,
-         pbr_encoder=pbr_encoder, rank=rank, world_size=world_size, devices=_devices(devices),
+         pbr_encoder=pbr_encoder, ss_encoder=ss_encoder, rank=rank, world_size=world_size, devices=_devices(devices),
          retry_failed=retry_failed, progress=not quiet)
 
 

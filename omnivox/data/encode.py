@@ -16,8 +16,11 @@ encoded one at a time (no padding waste; the sparse engine handles any size). On
 fp16 blocks run in float32 (``use_fp16`` off); on CUDA as stored. With several devices, one process per
 device takes an independent share of this rank's assets (`omnivox.data.runner.run_per_device`).
 
-Sparse-structure latents (``ss_latents``) need TRELLIS v1's dense SS encoder, which ``omnivox.models`` does
-not provide yet; the `ImageConditionedSparseStructureLatent` dataset reads such files if made elsewhere.
+* sparse structure: ``dual_grid_<R>/<sha>.vxz`` -> 64^3 occupancy (voxel coordinates ``// (R / 64)``) ->
+  `SparseStructureEncoder` -> posterior mean -> ``ss_latents/NAME_64/<sha>.npz['z']`` (float32 ``(8, 16, 16,
+  16)``); records ``ss_latent_encoded``, ``ss_occupied_voxels``, ``ss_latent_error``. The reference builds the
+  occupancy from the coordinates of the 1024 shape latents; those are the 1024 dual-grid voxels divided by 16,
+  which is the same set, so no shape encoder is needed and any resolution that 64 divides works.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from omnivox.data.runner import (Outcome, StageSummary, Task, atomic_write, in_s
 
 SHAPE_COLUMNS = ["sha256", "shape_latent_encoded", "shape_latent_tokens", "shape_latent_error"]
 PBR_COLUMNS = ["sha256", "pbr_latent_encoded", "pbr_latent_tokens", "pbr_latent_error"]
+SS_COLUMNS = ["sha256", "ss_latent_encoded", "ss_occupied_voxels", "ss_latent_error"]
+SS_RESOLUTION = 64
 PBR_ATTRIBUTES = ("base_color", "metallic", "roughness", "alpha")
 
 
@@ -46,12 +51,13 @@ def checkpoint_name(path: Path) -> str:
 
 
 def load_encoder(path: Path, device: torch.device):
-    from omnivox.models import FlexiDualGridVaeEncoder, SparseUnetVaeEncoder, from_pretrained
+    from omnivox.models import FlexiDualGridVaeEncoder, SparseStructureEncoder, SparseUnetVaeEncoder, from_pretrained
 
     overrides = {"use_fp16": False} if device.type == "cpu" else None
     model = from_pretrained(path, device=device, config_overrides=overrides)
-    if not isinstance(model, (FlexiDualGridVaeEncoder, SparseUnetVaeEncoder)):
-        raise ValueError(f"{path}: expected an SC-VAE encoder checkpoint, got {type(model).__name__}")
+    if not isinstance(model, (FlexiDualGridVaeEncoder, SparseUnetVaeEncoder, SparseStructureEncoder)):
+        raise ValueError(f"{path}: expected an SC-VAE or sparse-structure encoder checkpoint, "
+                         f"got {type(model).__name__}")
     return model
 
 
@@ -96,8 +102,28 @@ def encode_pbr(encoder, vxz_path: Path, device: torch.device) -> Tuple[np.ndarra
     return mean.coords[:, 1:].cpu().numpy(), mean.feats.float().cpu().numpy()
 
 
+@torch.no_grad()
+def encode_sparse_structure(encoder, vxz_path: Path, resolution: int, device: torch.device) -> Tuple[int, np.ndarray]:
+    """Posterior mean of the 64^3 occupancy of one shape O-Voxel: (occupied cells, z (8, 16, 16, 16) float32)."""
+    from omnivox.models import occupancy_grid
+    from omnivox.ovoxel.io import read_vxz
+
+    coords, _ = read_vxz(vxz_path)
+    cells = np.unique(coords.astype(np.int64) // (resolution // SS_RESOLUTION), axis=0)
+    occupancy = occupancy_grid(torch.from_numpy(cells).to(device), SS_RESOLUTION)
+    return len(cells), encoder(occupancy).mean[0].float().cpu().numpy()
+
+
+def _save_dense_latent(path: Path, z: np.ndarray, tag: str) -> None:
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as handle:
+            np.savez(handle, z=z.astype(np.float32))
+
+    atomic_write(path, write, tag)
+
+
 def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None, pbr_encoder: Optional[Path] = None,
-               rank: int = 0, world_size: int = 1, devices: Sequence[str] = ("cpu",),
+               ss_encoder: Optional[Path] = None, rank: int = 0, world_size: int = 1, devices: Sequence[str] = ("cpu",),
                retry_failed: bool = False, progress: bool = True,
                device_slot: Tuple[int, int] = (0, 1)) -> StageSummary:
     """Encode this shard's converted assets; see the module docstring.
@@ -105,19 +131,22 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
     Args:
         root: dataset root.
         resolution: O-Voxel resolution to read (``dual_grid_<R>`` / ``pbr_voxels_<R>``); R/16 must be <= 256.
-        shape_encoder / pbr_encoder: checkpoint paths (at least one).
+        shape_encoder / pbr_encoder / ss_encoder: checkpoint paths (at least one); the sparse-structure
+            latents need a resolution that 64 divides (the reference uses 1024).
         rank / world_size: this machine's shard.
         devices: one process per entry when several (e.g. ``["cuda:0", "cuda:1"]``).
         retry_failed: redo assets whose previous attempt failed.
         device_slot: internal (which share of the shard a per-device process takes).
     """
     root = Path(root)
-    if shape_encoder is None and pbr_encoder is None:
-        raise ValueError("encode: give a shape encoder, a material encoder, or both")
+    if shape_encoder is None and pbr_encoder is None and ss_encoder is None:
+        raise ValueError("encode: give a shape, material or sparse-structure encoder (or several)")
+    if ss_encoder is not None and resolution % SS_RESOLUTION:
+        raise ValueError(f"encode: sparse-structure latents need a resolution that 64 divides, got {resolution}")
     if resolution % 16 or resolution // 16 > 256:
         raise ValueError(f"encode: resolution must be a multiple of 16 with R/16 <= 256, got {resolution}")
     kwargs = dict(root=root, resolution=resolution, shape_encoder=shape_encoder, pbr_encoder=pbr_encoder,
-                  rank=rank, world_size=world_size, retry_failed=retry_failed, progress=progress)
+                  ss_encoder=ss_encoder, rank=rank, world_size=world_size, retry_failed=retry_failed, progress=progress)
     if len(devices) > 1:
         return run_per_device(run_encode, kwargs, list(devices))
     device = torch.device(devices[0])
@@ -130,12 +159,15 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
     if pbr_encoder is not None:
         out = layout.pbr_latents_dir(checkpoint_name(pbr_encoder), resolution)
         jobs.append(("pbr", Path(pbr_encoder), layout.pbr_voxels_dir(resolution), out, PBR_COLUMNS))
+    if ss_encoder is not None:
+        out = layout.ss_latents_dir(checkpoint_name(ss_encoder), SS_RESOLUTION)
+        jobs.append(("ss", Path(ss_encoder), layout.dual_grid_dir(resolution), out, SS_COLUMNS))
 
     summary = StageSummary()
     for kind, checkpoint, source, out, columns in jobs:
         flag, tokens, error_column = columns[1:]
-        source_flag = "dual_grid_converted" if kind == "shape" else "pbr_voxelized"
-        source_error = "dual_grid_error" if kind == "shape" else "pbr_voxels_error"
+        source_flag = "pbr_voxelized" if kind == "pbr" else "dual_grid_converted"
+        source_error = "pbr_voxels_error" if kind == "pbr" else "dual_grid_error"
         available = [sha for sha, state in stage_status(root, source, source_flag, source_error, ".vxz").items()
                      if state == "done"]
         remove_stale_temps([root / out], tag)
@@ -155,8 +187,15 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
         encoder = load_encoder(checkpoint, device)
         encode = encode_shape if kind == "shape" else encode_pbr
 
-        def work(task: Task, encoder=encoder, encode=encode, source=source, out=out, flag=flag, tokens=tokens,
-                 error_column=error_column) -> Outcome:
+        def work(task: Task, encoder=encoder, encode=encode, kind=kind, source=source, out=out, flag=flag,
+                 tokens=tokens, error_column=error_column) -> Outcome:
+            if kind == "ss":
+                cells, z = encode_sparse_structure(encoder, root / source / f"{task.key}.vxz", resolution, device)
+                if not np.isfinite(z).all():
+                    raise ValueError("the encoder produced non-finite latents")
+                _save_dense_latent(root / out / f"{task.key}.npz", z, tag)
+                return Outcome(task.key, rows={out: {"sha256": task.key, flag: True, tokens: cells,
+                                                     error_column: ""}})
             coords, feats = encode(encoder, root / source / f"{task.key}.vxz", device)
             if not np.isfinite(feats).all():
                 raise ValueError("the encoder produced non-finite latents")

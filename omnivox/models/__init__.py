@@ -5,6 +5,7 @@ Families (one file each):
     sc_vae      -- SC-VAE encoders/decoders: `FlexiDualGridVaeEncoder/Decoder` (shape),
                    `SparseUnetVaeEncoder/Decoder` (material)
     ss_decoder  -- `SparseStructureDecoder` (dense 16^3 latent -> 64^3 occupancy logits)
+    ss_encoder  -- `SparseStructureEncoder` (64^3 occupancy -> 16^3 latent; data toolkit only)
     dinov3      -- `DINOv3ViT` image encoder (Hugging Face weights)
     loading     -- `from_pretrained` / `save_pretrained` and the name -> class table `MODEL_CLASSES`
 
@@ -20,6 +21,8 @@ from omnivox.models.sc_vae import (DecoderOutput, EncoderOutput, FlexiDualGridDe
                                    FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder, SparseUnetVaeDecoder,
                                    SparseUnetVaeEncoder, VaeDecoderConfig, VaeEncoderConfig)
 from omnivox.models.ss_decoder import SparseStructureDecoder, SparseStructureDecoderConfig
+from omnivox.models.ss_encoder import (SparseStructureEncoder, SparseStructureEncoderConfig,
+                                       SparseStructurePosterior, occupancy_grid)
 
 __all__ = [
     "DINOv3Config", "DINOv3ViT", "normalize_images",
@@ -29,4 +32,5 @@ __all__ = [
     "FlexiDualGridVaeDecoder", "FlexiDualGridVaeEncoder", "SparseUnetVaeDecoder", "SparseUnetVaeEncoder",
     "VaeDecoderConfig", "VaeEncoderConfig",
     "SparseStructureDecoder", "SparseStructureDecoderConfig",
+    "SparseStructureEncoder", "SparseStructureEncoderConfig", "SparseStructurePosterior", "occupancy_grid",
 ]

@@ -33,6 +33,7 @@ from omnivox.models.flow import SLatFlowModel, SparseStructureFlowModel
 from omnivox.models.sc_vae import (FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder, SparseUnetVaeDecoder,
                                    SparseUnetVaeEncoder)
 from omnivox.models.ss_decoder import SparseStructureDecoder
+from omnivox.models.ss_encoder import SparseStructureEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ MODEL_CLASSES: dict[str, type] = {
     "SparseUnetVaeEncoder": SparseUnetVaeEncoder,
     "SparseUnetVaeDecoder": SparseUnetVaeDecoder,
     "SparseStructureDecoder": SparseStructureDecoder,
+    "SparseStructureEncoder": SparseStructureEncoder,
 }
 
 # Each model class is saved under its first name in MODEL_CLASSES.

@@ -260,3 +260,32 @@ def test_sharded_runs_cover_each_asset_exactly_once(built, tmp_path):
     shas = [sha for sha, row in table.items() if row["indexed"] == "True"]
     owners = [[r for r in range(world) if in_shard(sha, r, world)] for sha in shas]
     assert all(len(o) == 1 for o in owners)
+
+
+def test_sparse_structure_latents_encode_and_load(built, tmp_path):
+    from omnivox.data.datasets import ImageConditionedSparseStructureLatent
+    from omnivox.models import SparseStructureEncoder, SparseStructureEncoderConfig, occupancy_grid
+
+    root = built["root"]
+    config = SparseStructureEncoderConfig(latent_channels=8, channels=(4, 8, 8), num_res_blocks=1,
+                                          num_res_blocks_middle=1, use_fp16=False)
+    encoder = randomize(SparseStructureEncoder(config), seed=9, std=0.2)
+    save_pretrained(encoder, tmp_path / "ss_enc_tiny")
+    summary = run_encode(root, RESOLUTION, ss_encoder=tmp_path / "ss_enc_tiny", progress=False)
+    assert (summary.done, summary.failed) == (4, 0)
+    assert run_encode(root, RESOLUTION, ss_encoder=tmp_path / "ss_enc_tiny", progress=False).skipped == 4
+    shas = _shas(root)
+    sha = shas["Fox.glb"]
+    with np.load(root / layout.ss_latents_dir("ss_enc_tiny") / f"{sha}.npz") as data:
+        z = data["z"]
+    coords, _ = read_vxz(root / layout.dual_grid_dir(RESOLUTION) / f"{sha}.vxz")  # 64 -> 64: cells are voxels
+    with torch.no_grad():
+        expected = encoder(occupancy_grid(torch.from_numpy(coords.astype(np.int64)), 64)).mean[0]
+    assert z.shape == (8, 16, 16, 16)
+    assert relative_error(torch.from_numpy(z), expected) < 1e-6
+    dataset = ImageConditionedSparseStructureLatent(root, image_size=32, encoder_name="ss_enc_tiny")
+    assert len(dataset) == 4
+    batch = dataset.collate_fn([dataset[0], dataset[1]])
+    assert batch["x_0"].shape == (2, 8, 16, 16, 16) and batch["cond"].shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="64 divides"):
+        run_encode(root, 96, ss_encoder=tmp_path / "ss_enc_tiny", progress=False)
