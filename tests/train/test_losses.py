@@ -225,7 +225,7 @@ def test_render_losses_vanish_for_the_truth_and_reach_vertex_positions(spot_mesh
     g = torch.Generator().manual_seed(9)
     moved = (vertices * 1.04 + 0.01 * torch.randn(vertices.shape, generator=g)).requires_grad_(True)
     total, terms = shape_render_losses([(moved, faces), (moved, faces)], truth, cams, 40, render_loss_maps)
-    assert all(float(v) > 0 for v in terms.values())
+    assert all(float(v.detach()) > 0 for v in terms.values())
     for name in ("render/mask", "render/depth", "render/normal/l1"):
         moved.grad = None
         terms[name].backward(retain_graph=True)
