@@ -17,6 +17,9 @@ Batches (what the trainers read):
 * material: ``{"x": SparseTensor (N, 6) float in [-1, 1]}`` = base colour, metallic, roughness, alpha (spec 2.5)
   (+ ``"mesh"`` for the render terms), as `omnivox.data.datasets.SparseVoxelPbrDataset` collates them.
 
+Trainers: `ShapeVaeTrainer` and `PbrVaeTrainer` (the reference's names; models ``encoder`` and ``decoder``). The
+sparse-structure VAE is not retrained (spec 2.7: TRELLIS v1's is reused), so there is no trainer for it.
+
 Quirk decisions:
 
 * The reference's extraction during training takes topology from the ground-truth flags and positions from
