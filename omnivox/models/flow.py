@@ -150,7 +150,9 @@ class SparseTokens:
     def __init__(self, x: SparseTensor, head_dim: int, rope_freq: Tuple[float, float]) -> None:
         self.phases = rope_3d_phases(x.coords[:, 1:], head_dim, rope_freq)  # (N, D/2)
         self.batch_index = x.batch_index
-        self.seq_lens = x.seq_lens.tolist()
+        # From the coordinate cache: read back from the device once per token set, not in every forward, so a
+        # forward issues no host synchronisation (needed for CUDA-graph capture, see `omnivox.models.cuda_graphs`).
+        self.seq_lens = [rows.stop - rows.start for rows in x.layout]
 
     def per_sample(self, values: torch.Tensor) -> torch.Tensor:  # (B, C) -> (N, C)
         return values.index_select(0, self.batch_index)

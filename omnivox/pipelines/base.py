@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from omnivox.models.cuda_graphs import GraphedCall
 from omnivox.pipelines.config import PipelineConfig, image_encoder_error
 from omnivox.pipelines.memory import MemoryPlan, StageNeed, parse_memory, plan_memory
 from omnivox.pipelines.placement import ModelStore
@@ -57,6 +58,10 @@ class PipelineBase:
         # Guided steps run the conditional and unconditional passes as one batch on GPUs, where small token
         # counts leave the flows bound by kernel launches; on CPUs two calls cost the same and need less memory.
         self.batch_guidance = self.device.type == "cuda"
+        # Flow calls replay a CUDA graph after the first two calls per batch shape (`GraphedCall`): same values,
+        # without the host launch overhead that dominates at a few thousand tokens. Not used when a stage
+        # offloads or chunks tokens (memory plans), since the graph's memory pool adds one forward's working set.
+        self.cuda_graphs = self.device.type == "cuda"
         self.last_plan: Optional[MemoryPlan] = None
 
     # ------------------------------------------------------------------------------------------ loading
@@ -127,12 +132,8 @@ class PipelineBase:
         with self.models.on_device([role], offload) as models:
             model = models[role]
             model.set_token_chunking(token_chunk)
-
-            def velocity(x, t, condition):
-                tvec = torch.full((num_samples,), 1000.0 * t, device=self.device)
-                return model(template.replace(x), tvec, condition, concat_cond=extra).feats
-
-            pair = None
+            rows = len(coords)
+            doubled = doubled_extra = None
             if self.batch_guidance:
                 # Both CFG passes as one batch of 2 * num_samples items: the unconditional copies are items
                 # num_samples .. 2 * num_samples - 1 (coords batch-major, so the order stays valid).
@@ -141,12 +142,21 @@ class PipelineBase:
                                                              device=coords.device)]),
                     torch.cat([noise, noise]), 2 * num_samples)
                 doubled_extra = None if extra is None else doubled.replace(torch.cat([extra.feats, extra.feats]))
-                rows = len(coords)
 
+            def forward(feats, tvec, condition):  # the token set follows from the row count (single or doubled)
+                tokens, more = (template, extra) if feats.shape[0] == rows else (doubled, doubled_extra)
+                return model(tokens.replace(feats), tvec, condition, concat_cond=more).feats
+
+            network = GraphedCall(forward, enabled=self.cuda_graphs and not offload and token_chunk is None)
+
+            def velocity(x, t, condition):
+                return network(x, torch.full((num_samples,), 1000.0 * t, device=self.device), condition)
+
+            pair = None
+            if self.batch_guidance:
                 def pair(x, t, condition, negative):
                     tvec = torch.full((2 * num_samples,), 1000.0 * t, device=self.device)
-                    out = model(doubled.replace(torch.cat([x, x])), tvec, torch.cat([condition, negative]),
-                                concat_cond=doubled_extra).feats
+                    out = network(torch.cat([x, x]), tvec, torch.cat([condition, negative]))
                     return out[:rows], out[rows:]
 
             return self.sampler.sample(velocity, noise, cond, torch.zeros_like(cond), params,

@@ -5,7 +5,9 @@ Tokens of all batch items are packed row-wise as in a `SparseTensor`; self-atten
 dense condition tokens (spec models.md 6.7 and 7). All of it is plain softmax attention with scale
 ``1/sqrt(D)``, computed by ``torch.nn.functional.scaled_dot_product_attention`` (SDPA), which picks a
 flash / memory-efficient kernel on CUDA and a fused CPU kernel on CPU. Variable lengths are handled by one
-SDPA call per batch item (for batch size 1, a single call); this is exact and adds one launch per item.
+SDPA call per batch item (for batch size 1, or items of equal lengths, a single call); this is exact and adds
+one launch per item. Sequence lengths are host lists: callers that run many times on one token set read them
+once (`SparseTensor.layout` caches them), so a forward pass never waits on the device.
 The released models use only full attention, so windowed attention is not implemented.
 """
 
@@ -137,6 +139,14 @@ def varlen_attention(
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else scale
     if len(q_lens) == 1 and kv_lens[0] > 0:
         return _sdpa(q, k, v, scale)
+    if len(set(q_lens)) == 1 and len(set(kv_lens)) == 1 and q_lens[0] > 0 and kv_lens[0] > 0:
+        # Equal segments (a batch of copies of one token set, e.g. both CFG passes): one batched SDPA call
+        # instead of one call per item plus the scatter into `out`.
+        batch = len(q_lens)
+        out = F.scaled_dot_product_attention(
+            q.unflatten(0, (batch, -1)).transpose(1, 2), k.unflatten(0, (batch, -1)).transpose(1, 2),
+            v.unflatten(0, (batch, -1)).transpose(1, 2), scale=scale)
+        return out.transpose(1, 2).flatten(0, 1)
     out = q.new_zeros(q.shape[0], q.shape[1], v.shape[2])
     q_start = kv_start = 0
     for nq, nk in zip(q_lens, kv_lens):
@@ -161,7 +171,7 @@ def sparse_self_attention(qkv: SparseTensor, scale: Optional[float] = None) -> S
         raise TypeError(f"qkv must be a SparseTensor, got {type(qkv).__name__}")
     if qkv.feats.dim() != 4 or qkv.feats.shape[1] != 3:
         raise ValueError(f"qkv.feats must be (N, 3, H, D), got {tuple(qkv.feats.shape)}")
-    lens = qkv.seq_lens.tolist()
+    lens = [rows.stop - rows.start for rows in qkv.layout]  # cached per coordinates: no sync after the first call
     q, k, v = qkv.feats.unbind(1)
     return qkv.replace(varlen_attention(q, k, v, lens, lens, scale))
 
@@ -185,4 +195,5 @@ def sparse_cross_attention(q: SparseTensor, kv: torch.Tensor, scale: Optional[fl
         raise ValueError(f"kv must be (B={q.batch_size}, L, 2, H, D), got {got}")
     batch, length = kv.shape[:2]
     k, v = kv.reshape(batch * length, 2, *kv.shape[3:]).unbind(1)
-    return q.replace(varlen_attention(q.feats, k, v, q.seq_lens.tolist(), [length] * batch, scale))
+    return q.replace(varlen_attention(q.feats, k, v, [rows.stop - rows.start for rows in q.layout], [length] * batch,
+                                     scale))
