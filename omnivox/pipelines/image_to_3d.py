@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from omnivox.models.cuda_graphs import GraphedCall
 from omnivox.pipelines.base import PipelineBase, StageCallback
 from omnivox.pipelines.config import PIPELINE_TYPES, find_background_model, load_pipeline_config
 from omnivox.pipelines.generated import Generated
@@ -177,14 +176,13 @@ class ImageTo3DPipeline(PipelineBase):
         with self.models.on_device(roles[:1], plan.offload) as models:
             model = models[roles[0]]
             model.set_token_chunking(stage.token_chunk)
-            network = GraphedCall(model, enabled=self.cuda_graphs and not plan.offload and stage.token_chunk is None)
 
             def velocity(x, t, condition):
-                return network(x, torch.full((num_samples,), 1000.0 * t, device=self.device), condition)
+                return model(x, torch.full((num_samples,), 1000.0 * t, device=self.device), condition)
 
             def pair(x, t, condition, negative):  # both CFG passes in one batch (see PipelineBase.batch_guidance)
-                out = network(torch.cat([x, x]), torch.full((2 * num_samples,), 1000.0 * t, device=self.device),
-                              torch.cat([condition, negative]))
+                out = model(torch.cat([x, x]), torch.full((2 * num_samples,), 1000.0 * t, device=self.device),
+                            torch.cat([condition, negative]))
                 return out[:num_samples], out[num_samples:]
 
             latent = self.sampler.sample(velocity, noise, cond, torch.zeros_like(cond), params,

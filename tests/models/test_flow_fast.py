@@ -117,7 +117,7 @@ def test_cuda_graph_replay_equals_eager_and_forward_is_sync_free(batch):
             expected = forward(feats, t, cond)
             got = graphed(feats, t, cond)
             assert relative_error(got, expected) < 1e-6
-        assert graphed.replays == 2
+        assert graphed.replays == 3  # the capture call replays too
         kept = got.clone()
         graphed(torch.randn(len(coords), 8, device="cuda"), t, cond)
         assert torch.equal(got, kept)  # outputs are copies: a later replay does not overwrite them
@@ -134,11 +134,11 @@ def test_cuda_graph_replay_of_dense_model_equals_eager():
             t = torch.tensor([700.0 - step, 700.0 - step], device="cuda")
             cond = torch.randn(2, 5, cfg.cond_channels, device="cuda")
             assert relative_error(graphed(x, t, cond), model(x, t, cond)) < 1e-6
-    assert graphed.replays == 1
+    assert graphed.replays == 2
 
 
 @pytest.mark.gpu
-def test_pipeline_with_cuda_graphs_equals_eager_pipeline(assets, tmp_path):
+def test_pipeline_with_cuda_graphs_equals_eager_pipeline(assets, tmp_path, monkeypatch):
     """The image-to-3D pipeline on a real image: sampling with graph replay gives the eager run's latents."""
     from safetensors.torch import load_file
 
@@ -147,14 +147,25 @@ def test_pipeline_with_cuda_graphs_equals_eager_pipeline(assets, tmp_path):
 
     from ..pipelines.conftest import RGBA_IMAGE
 
+    made = []
+
+    class Recording(GraphedCall):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr("omnivox.pipelines.base.GraphedCall", Recording)
     weights = make_test_pipeline(tmp_path / "weights")
     structure = [[x, y, 8 + (x + y) % 3] for x in range(8, 20) for y in range(10, 18)]
     latents = {}
     for graphs in (False, True):
         pipe = ImageTo3DPipeline.from_pretrained(weights, device="cuda", dtype=torch.float32)
         pipe.cuda_graphs = graphs
+        pipe.cuda_graph_max_tokens = 10 ** 9
         pipe.run(assets / RGBA_IMAGE, seed=3, pipeline_type="1024_cascade", sparse_structure=structure,
                  save_intermediates=tmp_path / str(graphs))
+        assert (sum(g.replays for g in made) > 0) == graphs  # the sampling stages really replayed graphs
+        made.clear()
         latents[graphs] = {k: load_file(str(tmp_path / str(graphs) / f"{k}.safetensors"))["feats"]
                            for k in ("shape_latent", "material_latent")}
     for key in ("shape_latent", "material_latent"):
