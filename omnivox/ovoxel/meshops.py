@@ -382,6 +382,10 @@ def nested_inside_odd(vertices: np.ndarray, faces: np.ndarray, component: np.nda
     test point says. The work is bounded by ``MAX_WINDING_TERMS`` (smallest containers first); beyond it the
     remaining containers are skipped with a warning.
 
+    Parity is right for walls with thickness: a ship in a bottle lies inside the glass's outer and inner surfaces
+    (two), so it faces outwards while the bottle's inner surface faces its cavity. An object inside a single closed
+    sheet (a zero-thickness box) counts as a cavity wall and faces inwards.
+
     Args:
         vertices: (V, 3) float.
         faces: (F, 3) int64.
