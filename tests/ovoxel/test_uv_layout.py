@@ -54,7 +54,7 @@ def assets_dir():
 
 
 def test_avocado_bakes_back_into_its_own_uvs(avocado_bake):
-    scene, vertices, faces, uvs, mesh, report, _, size = avocado_bake
+    scene, _, faces, uvs, mesh, report, _, size = avocado_bake
     material = scene.materials[0]
     mask = _covered(uvs, faces, size)
     assert report.covered_texels == mask.sum() > 0.3 * size * size
