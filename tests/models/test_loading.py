@@ -169,8 +169,8 @@ def test_other_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing\.json"):
         from_pretrained(tmp_path / "nothing")
     save_pretrained(SparseStructureDecoder(tiny_ss_decoder_config()), tmp_path / "ss")
-    (tmp_path / "ss.json").write_text(json.dumps({"name": "SparseStructureEncoder", "args": {}}))
-    with pytest.raises(ValueError, match="unknown model name 'SparseStructureEncoder'; known names: "
+    (tmp_path / "ss.json").write_text(json.dumps({"name": "SparseStructureVae", "args": {}}))
+    with pytest.raises(ValueError, match="unknown model name 'SparseStructureVae'; known names: "
                                          "SparseStructureFlowModel"):
         from_pretrained(tmp_path / "ss")
     (tmp_path / "ss.json").write_text(json.dumps({"name": "SparseStructureDecoder", "args": {"norm_type": "group"}}))
