@@ -45,7 +45,8 @@ from torch import nn
 from omnivox.train import checkpoint as ckpt
 from omnivox.train.config import ConfigError, TrainerConfig, dataclass_to_json
 from omnivox.train.data_stream import BatchStream, move_to_device
-from omnivox.train.distributed import DistInfo, all_reduce_mean, check_replicas_equal, shard_fsdp, wrap_ddp
+from omnivox.train.distributed import (DistInfo, all_reduce_mean, barrier, check_replicas_equal, shard_fsdp,
+                                      wrap_ddp)
 from omnivox.train.ema import EMA
 from omnivox.train.grad_clip import build_grad_clipper
 from omnivox.train.memory import LinearMemoryController, set_checkpointed_blocks
@@ -285,6 +286,9 @@ class Trainer:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        # Other ranks return from save() at once; tearing the process group down while rank 0 still writes
+        # aborts gloo's connection threads (SIGABRT), so every rank leaves together.
+        barrier(self.info)
 
     # ----------------------------------------------------------------------------------- checkpoints
     def _full_state(self, values: list, key: str) -> dict:
