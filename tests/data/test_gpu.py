@@ -57,3 +57,21 @@ def test_encoder_latents_match_between_cpu_and_cuda():
         fast = encoder.cuda()(vertices.to("cuda"), intersected.to("cuda")).mean
     assert torch.equal(fast.coords.cpu(), reference.coords)
     assert relative_error(fast.feats.cpu(), reference.feats) < 1e-4
+
+
+def test_sparse_structure_latents_match_between_cpu_and_cuda(tmp_path):
+    from omnivox.data.encode import encode_sparse_structure
+    from omnivox.models import SparseStructureEncoder, SparseStructureEncoderConfig
+    from omnivox.ovoxel.io import write_vxz
+
+    coords = random_voxels(3000, 128, seed=7)[:, 1:].numpy().astype(np.int32)
+    path = tmp_path / "shape.vxz"
+    write_vxz(path, coords, {"vertices": np.full((len(coords), 3), 128, np.uint8),
+                             "intersected": np.zeros((len(coords), 1), np.uint8)})
+    config = SparseStructureEncoderConfig(channels=(8, 16, 32), num_res_blocks=1, num_res_blocks_middle=1,
+                                          use_fp16=False)
+    encoder = randomize(SparseStructureEncoder(config), seed=8, std=0.2).eval()
+    cpu_cells, cpu = encode_sparse_structure(encoder, path, 128, torch.device("cpu"))
+    gpu_cells, gpu = encode_sparse_structure(encoder.cuda(), path, 128, torch.device("cuda"))
+    assert cpu_cells == gpu_cells and cpu.shape == (8, 16, 16, 16)
+    assert relative_error(torch.from_numpy(gpu), torch.from_numpy(cpu)) < 1e-3
