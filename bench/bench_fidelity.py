@@ -182,6 +182,11 @@ def table(lines: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def read_results(path: Path) -> list[dict]:
+    """The JSON lines of a results file (blank lines skipped)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def compare(before: list[dict], after: list[dict]) -> str:
     """Markdown table of the rows of ``after`` against the same asset/resolution in ``before``."""
     old = {(r["asset"], r["resolution"]): r for r in before if "error" not in r}
@@ -214,12 +219,10 @@ def main() -> None:
                         help="print a before/after table of two results files and exit")
     args = parser.parse_args()
     if args.compare:
-        before, after = ([json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-                         for path in args.compare)
-        print(compare(before, after))
+        print(compare(*map(read_results, args.compare)))
         return
     if args.table:
-        print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        print(table(read_results(args.table)))
         return
     if not ASSETS.is_dir():
         sys.exit(f"shared assets not found at {ASSETS}")
