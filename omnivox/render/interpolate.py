@@ -279,7 +279,8 @@ def render_mesh(vertices: torch.Tensor, faces: torch.Tensor, extrinsics: torch.T
 def _uv_with_derivatives(uvs, vertices, faces, extrinsics, intrinsics, first: Fragments):
     """UV image (B, H, W, 2) and its screen-space derivatives (B, H, W, 4) = (du/dx, dv/dx, du/dy, dv/dy),
     from barycentrics extrapolated to the neighbouring pixel centres of the same triangle."""
-    from omnivox.render.rasterize import camera_rays, pixel_barycentrics
+    from omnivox.render.kernels.reference import pixel_rays
+    from omnivox.render.rasterize import pixel_barycentrics
 
     batch, _, height, width = first.triangle_id.shape
     if uvs.dim() == 3:
@@ -294,7 +295,7 @@ def _uv_with_derivatives(uvs, vertices, faces, extrinsics, intrinsics, first: Fr
     cam_vertices = to_camera(vertices.to(torch.float32), extrinsics)
     if cam_vertices.shape[0] != batch:
         cam_vertices = cam_vertices.expand(batch, -1, -1)
-    rays = camera_rays(intrinsics.to(vertices.device, torch.float32), (height, width))
+    rays = pixel_rays(intrinsics.to(vertices.device, torch.float32), (height, width))
     px = (covered % width).to(torch.float32)
     py = ((covered // width) % height).to(torch.float32)
     bary = first.bary.reshape(-1, 3)[covered]

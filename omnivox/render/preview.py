@@ -34,11 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from omnivox.render.cameras import intrinsics_from_fov, look_at, yaw_pitch_eye
+from omnivox.render.cameras import intrinsics_from_fov, look_at, to_camera, yaw_pitch_eye
 from omnivox.render.environment import Environment, resolve_environment
-from omnivox.render.interpolate import mip_pyramid, sample_sparse_volume, sample_texture
+from omnivox.render.interpolate import _gather_pixels, mip_pyramid, sample_sparse_volume, sample_texture
+from omnivox.render.kernels.reference import pixel_rays
 from omnivox.render.pbr import composite_layers, shade_pbr
-from omnivox.render.rasterize import camera_rays, pixel_barycentrics, rasterize
+from omnivox.render.rasterize import pixel_barycentrics, rasterize
 from omnivox.render.ssao import ambient_visibility
 from omnivox.render.tonemap import srgb_decode, srgb_encode, to_uint8, tonemap
 
@@ -201,10 +202,8 @@ def render_pbr(
     size = (resolution, resolution)
     fragments = rasterize(source.vertices, source.faces, extrinsics, intrinsics, size, layers=layers)
     num_pixels = batch * layers * resolution * resolution
-    covered = (fragments.triangle_id >= 0).reshape(-1).nonzero().squeeze(1)
-    tri = fragments.triangle_id.reshape(-1)[covered]
+    covered, camera, tri = _gather_pixels(fragments)
     bary = fragments.bary.reshape(-1, 3)[covered].detach()
-    camera = covered // (layers * resolution * resolution)
     py = (covered // resolution) % resolution
     px = covered % resolution
 
@@ -224,8 +223,8 @@ def render_pbr(
         normals = torch.where(usable, shading, geometric)
 
     if source.scene_materials is not None:
-        cam_vertices = (source.vertices @ extrinsics[:, :3, :3].transpose(1, 2)) + extrinsics[:, None, :3, 3]
-        rays = camera_rays(intrinsics, size)
+        cam_vertices = to_camera(source.vertices, extrinsics)
+        rays = pixel_rays(intrinsics, size)
         base, metallic, roughness, alpha = source.scene_materials.lookup(
             tri, bary, lambda dx, dy: pixel_barycentrics(cam_vertices, source.faces, rays, camera, tri,
                                                          px + dx, py + dy)[0].detach())

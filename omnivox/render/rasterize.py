@@ -238,8 +238,3 @@ def rasterize_uv(uvs: torch.Tensor, faces: torch.Tensor, size: Union[int, Tuple[
     intrinsics[0, 0, 2] = 0.0
     intrinsics[0, 1, 2] = 0.0
     return rasterize(points, faces, extrinsics, intrinsics, (height, width), near=0.5, far=2.0, backend=backend)
-
-
-def camera_rays(intrinsics: torch.Tensor, resolution: Tuple[int, int]) -> torch.Tensor:
-    """(B, 4) ``(sx, ox, sy, oy)`` of the pixel rays (re-exported for the shading code)."""
-    return pixel_rays(intrinsics, resolution)
