@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from omnivox.render.cameras import intrinsics_from_fov, look_at
 from omnivox.render.environment import Environment
 from omnivox.render.pbr import shade_pbr
 from omnivox.render.preview import framing_radius, load_preview_source, render_pbr, snapshot_cameras
@@ -113,7 +112,7 @@ def main() -> None:
         first, warm = timed(lambda: render_pbr(source, extrinsics, intrinsics, res, env, ssao=ssao), device,
                             args.repeats)
         rows.append((f"render_pbr, same ({'with' if ssao else 'no'} SSAO)", first, warm))
-        rows.append((f"  of which shading etc. (render_pbr - rasterize)", float("nan"), warm - raster_warm))
+        rows.append(("  of which shading etc. (render_pbr - rasterize)", float("nan"), warm - raster_warm))
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
