@@ -30,6 +30,7 @@ backward is not); `tests/train/test_trainer_gpu.py` shows the recipe.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -210,10 +211,12 @@ class Trainer:
             self._seed_rng(j)
             self._plan_memory(batch)
             last = j == count - 1
-            contexts = [m.no_sync() for m in self.models.values()
-                        if not last and isinstance(m, nn.parallel.DistributedDataParallel)]
             start_peak = self._reset_peak()
-            with _all(contexts):
+            with contextlib.ExitStack() as no_sync:
+                if not last:  # DDP: all-reduce gradients only in the last micro-batch's backward
+                    for m in self.models.values():
+                        if isinstance(m, nn.parallel.DistributedDataParallel):
+                            no_sync.enter_context(m.no_sync())
                 with self.precision.autocast():
                     loss, logs = self.training_losses(batch)
                 (loss.float() * (scale / count)).backward()
@@ -541,22 +544,6 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------- utilities
-class _all:
-    """Enter several context managers at once."""
-
-    def __init__(self, contexts: list) -> None:
-        self.contexts = contexts
-
-    def __enter__(self):
-        for c in self.contexts:
-            c.__enter__()
-
-    def __exit__(self, *exc):
-        for c in reversed(self.contexts):
-            c.__exit__(*exc)
-        return False
-
-
 def _full(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor's full value (collective) or the tensor itself, detached, on the CPU."""
     if hasattr(tensor, "full_tensor"):
