@@ -395,9 +395,11 @@ def mesh_to_dual_grid(vertices, faces, edges, grid: Grid, face_term: bool, bound
         mean = psum / cnt[:, None]
         s = (regularization_weight * cnt).to(_F64)[:, None]
         m = mean.to(_F64)
-        reg = torch.stack([torch.ones_like(m[:, 0]), torch.zeros_like(m[:, 0]), torch.zeros_like(m[:, 0]), -m[:, 0],
-                           torch.ones_like(m[:, 0]), torch.zeros_like(m[:, 0]), -m[:, 1], torch.ones_like(m[:, 0]),
-                           -m[:, 2], (m * m).sum(-1)], 1)
+        # Entries (see _UPPER) of the quadric of the squared distance to the mean: [[I, -m], [-m^T, |m|^2]].
+        reg = torch.zeros_like(q)
+        reg[:, [0, 4, 7]] = 1.0
+        reg[:, [3, 6, 8]] = -m
+        reg[:, 9] = (m * m).sum(-1)
         q = q + s * reg
     dual = solve(q, coords, grid)
     return coords.int(), dual, flags
