@@ -17,7 +17,6 @@ import numpy as np
 from omnivox.ovoxel.kernels import hashtable
 
 
-
 @nb.njit(cache=True, inline="always")
 def _lerp(x0, x1, x, y0, y1):
     if x0 == x1:
