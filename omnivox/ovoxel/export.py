@@ -480,8 +480,8 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
     report = ExportReport(input_faces=len(f), texture_size=int(texture_size))
     timings = report.timings
 
-    v, f, closed, report.holes_filled = prepare_surface(v, f, fill_holes, hole_max_perimeter, min_component_area,
-                                                        decimation_target, timings)
+    v, f, _, report.holes_filled = prepare_surface(v, f, fill_holes, hole_max_perimeter, min_component_area,
+                                                   decimation_target, timings)
     start = time.perf_counter()
     vmapping, uv_faces, uvs = unwrap_uv(v, f, int(texture_size))
     timings["unwrap"] = time.perf_counter() - start
