@@ -151,7 +151,8 @@ def run_demo(out: Path, resolution: int = 256) -> list[DemoResult]:
         glb, _ = bake_glb(vertices, faces, file_coords, torch.from_numpy(pbr), grid,
                           decimation_target=50_000, texture_size=1024)
         save_glb(glb, out / f"{scene.source}.glb")
-        preview = PreviewSource.from_ovoxel(file_coords, file_attrs, resolution, up="z", name=scene.source)
+        preview = PreviewSource.from_ovoxel(file_coords, file_attrs, resolution, up="z", name=scene.source,
+                                            mesh=(vertices, faces))
         save_image(render_panel(preview, 160, environment), out / f"{scene.source}_pbr.png")
         t5 = time.perf_counter()
         fidelity = surface_fidelity(scene.vertices, scene.faces, vertices, faces, samples=50_000)

@@ -80,8 +80,12 @@ class PreviewSource:
 
     @classmethod
     def from_ovoxel(cls, coords, attributes: Dict[str, np.ndarray], resolution: Optional[int] = None,
-                    up: str = "z", device=None, name: str = "") -> "PreviewSource":
-        """An O-Voxel with geometry (``vertices``/``intersected``) and material attributes (uint8)."""
+                    up: str = "z", device=None, name: str = "", mesh=None) -> "PreviewSource":
+        """An O-Voxel with geometry (``vertices``/``intersected``) and material attributes (uint8).
+
+        ``mesh``: ``(vertices, faces)`` already extracted from these voxels with `dual_grid_to_mesh` (in the
+        voxels' own frame), so that a caller holding it does not pay for a second extraction.
+        """
         from omnivox.ovoxel.extract import dual_grid_to_mesh
         from omnivox.ovoxel.packing import unpack_geometry
 
@@ -92,8 +96,10 @@ class PreviewSource:
         if missing:
             raise ValueError(f"{name or 'O-Voxel'}: no material attributes {missing} (has {sorted(attributes)})")
         resolution = resolution or _smallest_power_of_two_above(int(coords.max()))
-        local, flags = unpack_geometry(attributes)
-        vertices, faces = dual_grid_to_mesh(coords, local, flags, resolution)
+        if mesh is None:
+            local, flags = unpack_geometry(attributes)
+            mesh = dual_grid_to_mesh(coords, local, flags, resolution)
+        vertices, faces = mesh
         vertices = torch.as_tensor(np.asarray(vertices), dtype=torch.float32, device=device)
         faces = torch.as_tensor(np.asarray(faces), dtype=torch.int64, device=device)
         values = np.concatenate([np.asarray(attributes[k]).reshape(len(coords), -1)

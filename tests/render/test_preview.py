@@ -142,3 +142,23 @@ def test_cuda_render_matches_cpu():
     for key in ("shaded", "normal", "base_color", "alpha"):
         diff = (a[key] - b[key].cpu()).abs()
         assert float(diff.mean()) < 2e-3 and float((diff > 0.05).float().mean()) < 0.01, key
+
+
+def test_ovoxel_source_accepts_an_already_extracted_mesh(assets):
+    from omnivox.assets import load_asset
+    from omnivox.ovoxel.extract import dual_grid_to_mesh
+    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.packing import unpack_geometry
+
+    record = scene_to_ovoxel(load_asset(assets / "gltf" / "Fox.glb").normalized(), 32)
+    coords = np.asarray(record.pop("coords"))
+    attrs = {k: np.asarray(v) for k, v in record.items()}
+    extracted = PreviewSource.from_ovoxel(coords, attrs, resolution=32, up="y")
+    vertices, faces = dual_grid_to_mesh(coords, *unpack_geometry(attrs), 32)
+    given = PreviewSource.from_ovoxel(coords, attrs, resolution=32, up="y", mesh=(vertices, faces))
+    assert len(given.faces) > 100
+    assert torch.equal(given.faces, extracted.faces)
+    assert torch.equal(given.vertices, extracted.vertices)
+    assert torch.equal(given.voxels[1], extracted.voxels[1])
+    # The given surface is used as is, not re-extracted.
+    assert len(PreviewSource.from_ovoxel(coords, attrs, resolution=32, mesh=(vertices, faces[:100])).faces) == 100
