@@ -438,6 +438,13 @@ def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------------- hole filling
 
 
+def _boundary_half_edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Half-edges on edges with one face: their ids (``3 * f + c``), start and end vertices, as their faces run."""
+    _, edge_of, face_count = edge_table(faces)
+    half_edges = np.nonzero(face_count[edge_of] == 1)[0]
+    return half_edges, faces.reshape(-1)[half_edges], faces[:, [1, 2, 0]].reshape(-1)[half_edges]
+
+
 def fill_small_holes(vertices: np.ndarray, faces: np.ndarray, max_perimeter: float = 3e-2
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Close boundary loops shorter than ``max_perimeter`` with a fan around their centroid (spec 7 step 1).
@@ -456,12 +463,9 @@ def fill_small_holes(vertices: np.ndarray, faces: np.ndarray, max_perimeter: flo
     """
     if len(faces) == 0:
         return vertices, faces
-    order, edge_of, face_count = edge_table(faces)
-    boundary_he = np.nonzero(face_count[edge_of] == 1)[0]
-    if len(boundary_he) == 0:
+    _, start, end = _boundary_half_edges(faces)
+    if len(start) == 0:
         return vertices, faces
-    start = faces.reshape(-1)[boundary_he]
-    end = faces[:, [1, 2, 0]].reshape(-1)[boundary_he]
     degree = np.bincount(np.concatenate([start, end]), minlength=len(vertices))
     loop_of_vertex = connected_components(len(vertices), np.stack([start, end], axis=1))
     loop = loop_of_vertex[start]
@@ -500,12 +504,9 @@ def opening_areas(vertices: np.ndarray, faces: np.ndarray, return_faces: bool = 
     empty = (np.zeros(0), np.zeros(0, np.int64)) if return_faces else np.zeros(0)
     if len(faces) == 0:
         return empty
-    _, edge_of, face_count = edge_table(faces)
-    boundary_he = np.nonzero(face_count[edge_of] == 1)[0]
+    boundary_he, start, end = _boundary_half_edges(faces)
     if len(boundary_he) == 0:
         return empty
-    start = faces.reshape(-1)[boundary_he]
-    end = faces[:, [1, 2, 0]].reshape(-1)[boundary_he]
     piece = connected_components(len(vertices), np.stack([start, end], axis=1))[start]
     piece = np.unique(piece, return_inverse=True)[1].reshape(-1)
     num = int(piece.max()) + 1
