@@ -43,9 +43,6 @@ class ModelStore:
     def weights_bytes(self, role: str) -> int:
         return module_bytes(self.get(role))
 
-    def loaded_roles(self) -> list:
-        return list(self._models)
-
     @contextmanager
     def on_device(self, roles, offload: bool) -> Iterator[dict]:
         """Make the models of ``roles`` usable on the device for the duration of the block.
