@@ -98,16 +98,21 @@ class PipelineConfig:
                        f"(has {sorted(set(self.models) | set(self.missing))})")
 
 
-def read_json(path: Path) -> dict:
-    """A bounded, validated JSON object."""
+def read_bounded_json(path: Path, what: str):
+    """The parsed JSON of a small file (at most `MAX_CONFIG_BYTES`); ``what`` names the expected file in errors."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; not a pipeline JSON")
+        raise ValueError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; not {what}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def read_json(path: Path) -> dict:
+    """A bounded, validated pipeline JSON object."""
+    data = read_bounded_json(path, "a pipeline JSON")
     if not isinstance(data, dict) or not isinstance(data.get("args"), dict):
         raise ValueError(f"{path} must hold {{\"name\": ..., \"args\": {{...}}}}")
     return data

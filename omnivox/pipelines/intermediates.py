@@ -22,7 +22,7 @@ from typing import Union
 
 import torch
 
-from omnivox.pipelines.config import MAX_CONFIG_BYTES, PIPELINE_TYPES
+from omnivox.pipelines.config import PIPELINE_TYPES, read_bounded_json
 
 FILES = {"condition": "condition.safetensors", "sparse_structure": "sparse_structure.safetensors",
          "shape_latent": "shape_latent.safetensors", "material_latent": "material_latent.safetensors"}
@@ -78,12 +78,7 @@ def _read_run(folder: Path) -> dict:
     path = folder / "run.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no run.json (not a folder written by save_intermediates)")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ValueError(f"{path}: too large for a run description")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    data = read_bounded_json(path, "a run description")
     if not isinstance(data, dict) or data.get("pipeline_type") not in PIPELINE_TYPES:
         raise ValueError(f"{path}: pipeline_type must be one of {PIPELINE_TYPES}")
     for key in ("seed", "num_samples"):
@@ -139,11 +134,9 @@ def load_intermediates(source: Union[str, Path]):
         last = ORDER.index(names[source.name])
     if last < 0:
         raise ValueError(f"{folder}: no intermediate stage to resume from")
-    rng = None
-    if last >= 0:
-        t = _load_tensors(folder / FILES["condition"], {"cond_512": (torch.float32, 3)})
-        state.cond_512, state.cond_1024 = t["cond_512"], t.get("cond_1024")
-        rng = t["rng_state"]
+    t = _load_tensors(folder / FILES["condition"], {"cond_512": (torch.float32, 3)})  # every stage needs it
+    state.cond_512, state.cond_1024 = t["cond_512"], t.get("cond_1024")
+    rng = t["rng_state"]
     if last >= 1:
         t = _load_tensors(folder / FILES["sparse_structure"], {"coords": (torch.int32, 2)})
         state.ss_coords, rng = t["coords"], t["rng_state"]
