@@ -16,7 +16,7 @@ from omnivox.models.cuda_graphs import GraphedCall
 from omnivox.pipelines.config import PipelineConfig, image_encoder_error
 from omnivox.pipelines.memory import MemoryPlan, StageNeed, parse_memory, plan_memory
 from omnivox.pipelines.placement import ModelStore
-from omnivox.pipelines.preprocess import BackgroundRemover
+from omnivox.pipelines.preprocess import BackgroundRemover, load_image, preprocess_image
 from omnivox.pipelines.samplers import FlowEulerSampler, SamplerParams
 from omnivox.sparse.tensor import SparseTensor
 
@@ -99,6 +99,12 @@ class PipelineBase:
         params = self.config.samplers.get(stage, DEFAULT_SAMPLERS[stage])
         extra = (overrides or {}).get(stage) or {}
         return params.replace(**extra) if extra else params
+
+    def prepare_image(self, image, preprocess: bool) -> Image.Image:
+        """The RGB picture DINOv3 sees: cropped and premultiplied (spec 9.1), or as given when not ``preprocess``."""
+        if preprocess:
+            return preprocess_image(image, self.background_remover)
+        return (image if isinstance(image, Image.Image) else load_image(image)).convert("RGB")
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image, size: int, offload: bool = False) -> torch.Tensor:

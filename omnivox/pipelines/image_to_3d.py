@@ -32,14 +32,13 @@ from typing import Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from omnivox.pipelines.base import PipelineBase, StageCallback
 from omnivox.pipelines.config import PIPELINE_TYPES, find_background_model, load_pipeline_config
 from omnivox.pipelines.generated import Generated
 from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
                                       parse_memory, ss_decoder_stage)
-from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, load_image, preprocess_image
+from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx
 from omnivox.pipelines.samplers import SamplerParams
 from omnivox.sparse.tensor import SparseTensor
 
@@ -323,15 +322,13 @@ class ImageTo3DPipeline(PipelineBase):
         # A first plan from typical counts decides placement for the condition and sparse-structure stages;
         # each later stage is re-planned with its real token counts.
         typical = {"512": 2200, "1024": 9600, "1024_cascade": 9600, "1536_cascade": 21000}[pipeline_type]
-        plan = self._plan(self.stage_needs(pipeline_type, num_samples, 4096, typical * num_samples,
-                                           2200 * num_samples), budget)
+        plan = self._replan(pipeline_type, num_samples, typical * num_samples, 2200 * num_samples, budget)
         self.last_plan = plan
 
         if state.cond_512 is None:
             if image is None:
                 raise ValueError("run() needs an image (or resume_from a folder with the condition tokens)")
-            picture = preprocess_image(image, self.background_remover) if preprocess else (
-                image if isinstance(image, Image.Image) else load_image(image)).convert("RGB")
+            picture = self.prepare_image(image, preprocess)
             state.cond_512 = self.encode_image(picture, 512, plan.offload).cpu()
             if pipeline_type != "512":
                 state.cond_1024 = self.encode_image(picture, 1024, plan.offload).cpu()

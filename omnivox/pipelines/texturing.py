@@ -29,7 +29,7 @@ import torch
 from omnivox.pipelines.base import PipelineBase, StageCallback
 from omnivox.pipelines.config import find_background_model, load_pipeline_config
 from omnivox.pipelines.memory import decoder_stage, encoder_stage, flow_stage, image_encoder_stage, parse_memory
-from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, load_image, preprocess_image
+from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx
 from omnivox.sparse.tensor import SparseTensor
 
 if TYPE_CHECKING:
@@ -116,15 +116,12 @@ class TexturingPipeline(PipelineBase):
         Returns:
             ``(coords (N, 3) int32, attributes (N, 6) float32 in [0, 1], plan)`` on the ``resolution^3`` grid.
         """
-        from PIL import Image
-
         from omnivox.ovoxel.dual_grid import mesh_to_dual_grid, to_local
 
         if resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
         generator = torch.Generator().manual_seed(int(seed))
-        picture = preprocess_image(image, self.background_remover) if preprocess else (
-            image if isinstance(image, Image.Image) else load_image(image)).convert("RGB")
+        picture = self.prepare_image(image, preprocess)
         coords, dual, intersected = mesh_to_dual_grid(vertices, faces, resolution)
         if len(coords) == 0:
             raise ValueError("the mesh produced no voxels (is it empty or degenerate?)")
