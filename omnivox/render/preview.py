@@ -301,7 +301,8 @@ def _view_directions(extrinsics, intrinsics, resolution):
     v, u = torch.meshgrid(coords, coords, indexing="ij")
     fx, fy = intrinsics[:, 0, 0, None, None], intrinsics[:, 1, 1, None, None]
     cx, cy = intrinsics[:, 0, 2, None, None], intrinsics[:, 1, 2, None, None]
-    cam = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u).expand_as((u - cx) / fx)], -1)
+    x, y = (u - cx) / fx, (v - cy) / fy
+    cam = torch.stack([x, y, torch.ones_like(x)], -1)
     return torch.einsum("bji,bhwj->bhwi", extrinsics[:, :3, :3], cam)
 
 

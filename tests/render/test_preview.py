@@ -162,3 +162,16 @@ def test_ovoxel_source_accepts_an_already_extracted_mesh(assets):
     assert torch.equal(given.voxels[1], extracted.voxels[1])
     # The given surface is used as is, not re-extracted.
     assert len(PreviewSource.from_ovoxel(coords, attrs, resolution=32, mesh=(vertices, faces[:100])).faces) == 100
+
+
+def test_environment_background_shows_sky_above_and_ground_below():
+    source = PreviewSource.from_scene(_two_colour_scene(), up="y")
+    extrinsics, intrinsics = _front_camera()  # level camera: the image's top rows look above the horizon
+    out = render_pbr(source, extrinsics, intrinsics, 48, Environment.builtin("sky", width=64), ssao=False,
+                     background="environment")
+    image, alpha = out["shaded"][0], out["alpha"][0, ..., 0]
+    assert float(alpha[0].max()) == 0 and float(alpha[-1].max()) == 0  # the quad leaves both edges uncovered
+    sky, ground = image[0].mean(0), image[-1].mean(0)
+    assert float(sky[2]) > float(sky[0]) + 0.05, sky  # blue sky
+    assert float(ground[0]) > float(ground[2]) + 0.02, ground  # brownish ground
+    assert float(sky.mean()) > float(ground.mean()) + 0.1
