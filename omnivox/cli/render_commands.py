@@ -35,8 +35,6 @@ def render(
     video turns the object around once (PBR panels per frame with --panel)."""
     import time
 
-    import numpy as np
-
     start = time.perf_counter()
     suffix = output.suffix.lower()
     try:
@@ -77,7 +75,7 @@ def render(
                 if not parts:
                     parts.append(preview.render_panel(item, resolution, environment, ssao=ssao)[:resolution,
                                                                                                 :resolution])
-                preview.save_image(_stack(parts, np), output)
+                preview.save_image(_stack(parts), output)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
         typer.echo(f"omnivox render: {error}", err=True)
         raise typer.Exit(code=1) from error
@@ -105,8 +103,10 @@ def _voxel_image(source: Path, views: int, resolution: int, up: str):
     return render_voxel_preview(coords, colors, grid, resolution, views=min(views, 8))
 
 
-def _stack(parts, np):
+def _stack(parts):
     """Stack images vertically, padding narrower ones with white on the right."""
+    import numpy as np
+
     width = max(p.shape[1] for p in parts)
     padded = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in parts]
     return np.concatenate(padded, 0)
