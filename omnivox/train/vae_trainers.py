@@ -292,14 +292,14 @@ def shape_vae_losses(encoder: SparseUnetVaeEncoder, decoder: FlexiDualGridVaeDec
         resolution = decoder.resolution
         if resolution is None:
             raise ValueError("the decoder needs a resolution (set_resolution) for the render terms")
+        if "mesh" not in batch:
+            raise ValueError("the shape render terms need the ground-truth meshes: batch has no 'mesh' (set the "
+                             "dataset's with_mesh=true, or lambda_render=0)")
         predicted = predicted_training_meshes(vertices.coords, head, intersected.feats, vertices.batch_size,
                                               resolution)
         cameras = sample_loss_cameras(vertices.batch_size, generator, config.radius_range, vertices.device)
         weights = RenderLossWeights(config.lambda_mask, config.lambda_depth, config.lambda_normal,
                                     config.lambda_ssim, config.lambda_lpips)
-        if "mesh" not in batch:
-            raise ValueError("the shape render terms need the ground-truth meshes: batch has no 'mesh' (set the "
-                             "dataset's with_mesh=true, or lambda_render=0)")
         ground_truth = [mesh_arrays(m, vertices.device) for m in batch["mesh"]]
         render_total, render_terms = shape_render_losses(predicted, ground_truth, cameras, config.render_resolution,
                                                          render, weights, lpips)
@@ -503,7 +503,26 @@ class ShapeVaeTrainerConfig(TrainerConfig, ShapeVaeLossConfig):
     lpips_lin_weights: str | None = None
 
 
-class ShapeVaeTrainer(Trainer):
+class _VaeTrainer(Trainer):
+    """What both SC-VAE trainers share: models ``encoder`` and ``decoder``, and the LPIPS network of the render
+    terms (loaded only when ``lambda_render > 0``; None without local weights)."""
+
+    def __init__(self, models: dict, dataset, config, output_dir, **kwargs) -> None:
+        for key in ("encoder", "decoder"):
+            if key not in models:
+                raise ValueError(f"{type(self).__name__} needs models 'encoder' and 'decoder', got {sorted(models)}")
+        super().__init__(models, dataset, config, output_dir, **kwargs)
+        self.lpips = None
+        if config.lambda_render > 0:
+            self.lpips = load_lpips(config.lpips_vgg_weights, config.lpips_lin_weights)
+            self.lpips = self.lpips.to(self.device) if self.lpips is not None else None
+
+    @property
+    def checkpointed(self) -> bool:
+        return bool(self.config.activation_checkpointing)
+
+
+class ShapeVaeTrainer(_VaeTrainer):
     """Shape SC-VAE trainer (reference ``ShapeVaeTrainer``, spec 2.3): models ``encoder`` and ``decoder``.
 
     Activation checkpointing (``activation_checkpointing``: any true value or fraction > 0) recomputes every
@@ -511,19 +530,6 @@ class ShapeVaeTrainer(Trainer):
     """
 
     config_class = ShapeVaeTrainerConfig
-
-    def __init__(self, models: dict, dataset, config: ShapeVaeTrainerConfig, output_dir, **kwargs) -> None:
-        for key in ("encoder", "decoder"):
-            if key not in models:
-                raise ValueError(f"{type(self).__name__} needs models 'encoder' and 'decoder', got {sorted(models)}")
-        super().__init__(models, dataset, config, output_dir, **kwargs)
-        self.lpips = load_lpips(config.lpips_vgg_weights, config.lpips_lin_weights)
-        if self.lpips is not None:
-            self.lpips = self.lpips.to(self.device)
-
-    @property
-    def checkpointed(self) -> bool:
-        return bool(self.config.activation_checkpointing)
 
     def training_losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss, terms = shape_vae_losses(self.models["encoder"], self.models["decoder"], batch, self.config,
@@ -594,25 +600,18 @@ class PbrVaeTrainerConfig(TrainerConfig, MaterialVaeLossConfig):
     lpips_lin_weights: str | None = None
 
 
-class PbrVaeTrainer(Trainer):
+class PbrVaeTrainer(_VaeTrainer):
     """Material (PBR) SC-VAE trainer (reference ``PbrVaeTrainer``, spec 2.5): models ``encoder``, ``decoder``."""
 
     config_class = PbrVaeTrainerConfig
 
     def __init__(self, models: dict, dataset, config: PbrVaeTrainerConfig, output_dir, **kwargs) -> None:
-        for key in ("encoder", "decoder"):
-            if key not in models:
-                raise ValueError(f"{type(self).__name__} needs models 'encoder' and 'decoder', got {sorted(models)}")
         super().__init__(models, dataset, config, output_dir, **kwargs)
-        self.lpips = None
-        if config.lambda_render > 0:
-            self.lpips = load_lpips(config.lpips_vgg_weights, config.lpips_lin_weights)
-            self.lpips = self.lpips.to(self.device) if self.lpips is not None else None
         self.resolution = config.resolution or getattr(dataset, "resolution", None)
 
     def training_losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         loss, terms = material_vae_losses(self.models["encoder"], self.models["decoder"], batch, self.config,
                                           resolution=self.resolution, lpips=self.lpips,
                                           generator=cpu_generator(self.rng),
-                                          checkpointed=bool(self.config.activation_checkpointing))
+                                          checkpointed=self.checkpointed)
         return loss, {name: float(value.detach()) for name, value in terms.items()}
