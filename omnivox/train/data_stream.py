@@ -210,3 +210,11 @@ def move_to_device(value, device: torch.device, non_blocking: bool = False):
     if isinstance(value, list):
         return [move_to_device(v, device, non_blocking) for v in value]
     return value
+
+
+def first_samples_batch(dataset, count: int, device: torch.device) -> dict:
+    """The first ``count`` samples of ``dataset`` as one batch on ``device`` (the trainers' snapshot inputs),
+    collated by the dataset's ``collate_fn`` when it has one, else by `collate_samples`."""
+    samples = [dataset[i] for i in range(min(count, len(dataset)))]
+    collate = getattr(dataset, "collate_fn", None)
+    return move_to_device(collate(samples) if collate is not None else collate_samples(samples), device)

@@ -42,6 +42,7 @@ from torch import nn
 
 from omnivox.sparse.tensor import SparseTensor
 from omnivox.train.config import ConfigError, TrainerConfig
+from omnivox.train.data_stream import first_samples_batch
 from omnivox.train.schedules import sample_timesteps
 from omnivox.train.trainer import Trainer
 
@@ -193,11 +194,7 @@ class FlowMatchingTrainer(Trainer):
     def snapshot(self, step: int) -> dict:
         """Ground truth and samples side by side: channel-PCA colours of the latents, projected along z."""
         if self._snapshot_batch is None:
-            items = [self.dataset[i] for i in range(min(self.config.snapshot_batch_size, len(self.dataset)))]
-            collate = getattr(self.dataset, "collate_fn", None)
-            from omnivox.train.data_stream import collate_samples, move_to_device
-            batch = collate(items) if collate is not None else collate_samples(items)
-            self._snapshot_batch = move_to_device(batch, self.device)
+            self._snapshot_batch = first_samples_batch(self.dataset, self.config.snapshot_batch_size, self.device)
         batch = self._snapshot_batch
         model = self.unwrap("denoiser")
         was_training = model.training

@@ -554,11 +554,9 @@ def shape_snapshot(encoder, decoder, dataset, count: int, device, size: int = 25
     """``(3 size, count size, 3) uint8`` grid of normal maps, see `ShapeVaeTrainer.snapshot`."""
     from omnivox.ovoxel.extract import dual_grid_to_mesh
     from omnivox.render import orbit_cameras
-    from omnivox.train.data_stream import collate_samples, move_to_device
+    from omnivox.train.data_stream import first_samples_batch
 
-    samples = [dataset[i] for i in range(min(count, len(dataset)))]
-    collate = getattr(dataset, "collate_fn", None)
-    batch = move_to_device(collate(samples) if collate is not None else collate_samples(samples), device)
+    batch = first_samples_batch(dataset, count, device)
     vertices, intersected = batch["vertices"], batch["intersected"]
     extrinsics, intrinsics = orbit_cameras(1, radius=2.0, fov=math.radians(36.0), yaw_offset=math.radians(-16.0))
     camera = LossCameras(extrinsics, intrinsics, torch.tensor([0.5]), torch.tensor([4.0]), torch.tensor([2.0]),
