@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnivox.models.layers import LayerNorm32, dtype_from_name
-from omnivox.sparse.attention import apply_rope, rope_3d_phases, varlen_attention
+from omnivox.sparse.attention import apply_rope, host_seq_lens, rope_3d_phases, varlen_attention
 from omnivox.sparse.modules import MultiHeadRMSNorm
 from omnivox.sparse.tensor import SparseTensor
 
@@ -152,7 +152,7 @@ class SparseTokens:
         self.batch_index = x.batch_index
         # From the coordinate cache: read back from the device once per token set, not in every forward, so a
         # forward issues no host synchronisation (needed for CUDA-graph capture, see `omnivox.models.cuda_graphs`).
-        self.seq_lens = [rows.stop - rows.start for rows in x.layout]
+        self.seq_lens = host_seq_lens(x)
 
     def per_sample(self, values: torch.Tensor) -> torch.Tensor:  # (B, C) -> (N, C)
         return values.index_select(0, self.batch_index)

@@ -26,6 +26,7 @@ __all__ = [
     "apply_rope",
     "multi_head_rms_norm",
     "varlen_attention",
+    "host_seq_lens",
     "sparse_self_attention",
     "sparse_cross_attention",
 ]
@@ -158,6 +159,12 @@ def varlen_attention(
     return out
 
 
+def host_seq_lens(x: SparseTensor) -> list:
+    """Tokens per batch item as Python ints, from the coordinate cache (`SparseTensor.layout`): only the first
+    call on a coordinate set reads back from the device, so forwards stay free of host synchronisation."""
+    return [rows.stop - rows.start for rows in x.layout]
+
+
 def sparse_self_attention(qkv: SparseTensor, scale: Optional[float] = None) -> SparseTensor:
     """Block-diagonal self-attention over a packed sparse batch.
 
@@ -171,7 +178,7 @@ def sparse_self_attention(qkv: SparseTensor, scale: Optional[float] = None) -> S
         raise TypeError(f"qkv must be a SparseTensor, got {type(qkv).__name__}")
     if qkv.feats.dim() != 4 or qkv.feats.shape[1] != 3:
         raise ValueError(f"qkv.feats must be (N, 3, H, D), got {tuple(qkv.feats.shape)}")
-    lens = [rows.stop - rows.start for rows in qkv.layout]  # cached per coordinates: no sync after the first call
+    lens = host_seq_lens(qkv)
     q, k, v = qkv.feats.unbind(1)
     return qkv.replace(varlen_attention(q, k, v, lens, lens, scale))
 
@@ -195,5 +202,4 @@ def sparse_cross_attention(q: SparseTensor, kv: torch.Tensor, scale: Optional[fl
         raise ValueError(f"kv must be (B={q.batch_size}, L, 2, H, D), got {got}")
     batch, length = kv.shape[:2]
     k, v = kv.reshape(batch * length, 2, *kv.shape[3:]).unbind(1)
-    return q.replace(varlen_attention(q.feats, k, v, [rows.stop - rows.start for rows in q.layout], [length] * batch,
-                                     scale))
+    return q.replace(varlen_attention(q.feats, k, v, host_seq_lens(q), [length] * batch, scale))
