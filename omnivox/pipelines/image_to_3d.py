@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from omnivox.pipelines.base import PipelineBase, StageCallback
 from omnivox.pipelines.config import PIPELINE_TYPES, find_background_model, load_pipeline_config
-from omnivox.pipelines.generated import Generated
+from omnivox.pipelines.generated import ATTRIBUTE_SLICES, Generated
 from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
                                       parse_memory, ss_decoder_stage)
 from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx
@@ -255,8 +255,7 @@ class ImageTo3DPipeline(PipelineBase):
         for b in range(num_samples):  # rows are batch-major: item b owns one contiguous block
             rows = slice(int(starts[b]), int(starts[b + 1]))
             item = pbr[rows]
-            attributes = {"base_color": item[:, 0:3], "metallic": item[:, 3:4], "roughness": item[:, 4:5],
-                          "alpha": item[:, 5:6]}
+            attributes = {name: item[:, columns] for name, columns in ATTRIBUTE_SLICES.items()}
             results.append(Generated.from_dual_grid(shape.coords[rows, 1:], shape.vertices[rows],
                                                     shape.intersected[rows], attributes, int(resolution),
                                                     shape.split_weights[rows]))
