@@ -6,6 +6,7 @@ conditioning of spec 9.2 and the structured-latent flow sampling of spec 9.3, so
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -13,10 +14,11 @@ import torch
 from PIL import Image
 
 from omnivox.models.cuda_graphs import GraphedCall
-from omnivox.pipelines.config import PipelineConfig, image_encoder_error
+from omnivox.pipelines.config import (PipelineConfig, find_background_model, image_encoder_error,
+                                      load_pipeline_config)
 from omnivox.pipelines.memory import MemoryPlan, StageNeed, parse_memory, plan_memory
 from omnivox.pipelines.placement import ModelStore
-from omnivox.pipelines.preprocess import BackgroundRemover, load_image, preprocess_image
+from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, load_image, preprocess_image
 from omnivox.pipelines.samplers import FlowEulerSampler, SamplerParams
 from omnivox.sparse.tensor import SparseTensor
 
@@ -67,6 +69,17 @@ class PipelineBase:
         self.cuda_graphs = self.device.type == "cuda"
         self.cuda_graph_max_tokens = 8192
         self.last_plan: Optional[MemoryPlan] = None
+
+    @classmethod
+    def _open_folder(cls, path, filename: str, *, device, dtype, max_memory, background_model, image_encoder,
+                     model_paths):
+        """The body of the pipelines' ``from_pretrained``: read ``path / filename`` and pick the background
+        remover (the given one, an ``.onnx`` path, or the JSON's ``rembg_model`` found beside the weights)."""
+        config = load_pipeline_config(path, filename, model_paths, image_encoder)
+        if background_model is None:
+            background_model = find_background_model(config)  # e.g. RMBG-2.0/onnx/model.onnx beside the weights
+        remover = BiRefNetOnnx(background_model) if isinstance(background_model, (str, Path)) else background_model
+        return cls(config, device=device, dtype=dtype, max_memory=max_memory, background_remover=remover)
 
     # ------------------------------------------------------------------------------------------ loading
     def _load_role(self, role: str) -> torch.nn.Module:

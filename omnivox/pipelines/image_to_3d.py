@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from omnivox.pipelines.base import PipelineBase, StageCallback
-from omnivox.pipelines.config import PIPELINE_TYPES, find_background_model, load_pipeline_config
+from omnivox.pipelines.config import PIPELINE_TYPES
 from omnivox.pipelines.generated import ATTRIBUTE_SLICES, Generated
 from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
                                       parse_memory, ss_decoder_stage)
-from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx
+from omnivox.pipelines.preprocess import BackgroundRemover
 from omnivox.pipelines.samplers import SamplerParams
 from omnivox.sparse.tensor import SparseTensor
 
@@ -100,11 +100,9 @@ class ImageTo3DPipeline(PipelineBase):
 
         Models are loaded when first used (memory-mapped where possible).
         """
-        config = load_pipeline_config(path, "pipeline.json", model_paths, image_encoder)
-        if background_model is None:
-            background_model = find_background_model(config)  # e.g. RMBG-2.0/onnx/model.onnx beside the weights
-        remover = BiRefNetOnnx(background_model) if isinstance(background_model, (str, Path)) else background_model
-        return cls(config, device=device, dtype=dtype, max_memory=max_memory, background_remover=remover)
+        return cls._open_folder(path, "pipeline.json", device=device, dtype=dtype, max_memory=max_memory,
+                                background_model=background_model, image_encoder=image_encoder,
+                                model_paths=model_paths)
 
     def stage_needs(self, pipeline_type: str, num_samples: int, ss_tokens: int, latent_tokens: int,
                     lr_tokens: Optional[int] = None) -> list:

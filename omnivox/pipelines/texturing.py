@@ -27,9 +27,8 @@ import numpy as np
 import torch
 
 from omnivox.pipelines.base import PipelineBase, StageCallback
-from omnivox.pipelines.config import find_background_model, load_pipeline_config
 from omnivox.pipelines.memory import decoder_stage, encoder_stage, flow_stage, image_encoder_stage, parse_memory
-from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx
+from omnivox.pipelines.preprocess import BackgroundRemover
 from omnivox.sparse.tensor import SparseTensor
 
 if TYPE_CHECKING:
@@ -101,11 +100,9 @@ class TexturingPipeline(PipelineBase):
                         ) -> "TexturingPipeline":
         """Open a weights folder holding ``texturing_pipeline.json`` (arguments as
         `ImageTo3DPipeline.from_pretrained`)."""
-        config = load_pipeline_config(path, "texturing_pipeline.json", model_paths, image_encoder)
-        if background_model is None:
-            background_model = find_background_model(config)  # e.g. RMBG-2.0/onnx/model.onnx beside the weights
-        remover = BiRefNetOnnx(background_model) if isinstance(background_model, (str, Path)) else background_model
-        return cls(config, device=device, dtype=dtype, max_memory=max_memory, background_remover=remover)
+        return cls._open_folder(path, "texturing_pipeline.json", device=device, dtype=dtype, max_memory=max_memory,
+                                background_model=background_model, image_encoder=image_encoder,
+                                model_paths=model_paths)
 
     @torch.no_grad()
     def texture_voxels(self, vertices: np.ndarray, faces: np.ndarray, image, *, seed: int = 0,
