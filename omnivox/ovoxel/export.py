@@ -591,7 +591,3 @@ def save_glb(mesh: "trimesh.Trimesh", path: Union[str, Path]) -> Path:
     data = trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh), include_normals=True, extension_webp=webp)
     path.write_bytes(data)
     return path
-
-
-# Baking into a mesh's own UV layout (texturing an existing mesh) lives in ``uv_layout``; offered here beside to_glb.
-from omnivox.ovoxel.uv_layout import BakeReport, bake_to_uv_layout  # noqa: E402

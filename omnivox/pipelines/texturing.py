@@ -10,7 +10,7 @@
 
 Unlike the reference, which always re-meshes and unwraps, the user's geometry is kept: with UVs (and
 ``keep_uvs``), the material is baked into the mesh's own UV layout through
-``omnivox.ovoxel.export.bake_to_uv_layout``, so vertices, faces and UVs are the user's; without UVs the mesh goes
+``omnivox.ovoxel.uv_layout.bake_to_uv_layout``, so vertices, faces and UVs are the user's; without UVs the mesh goes
 through the O-Voxel exporter's clean-up and unwrap (``to_glb``). Either way the result is returned in the
 user's original coordinates (the normalisation is undone; the Y-up/Z-up turn cancels with the exporter's
 Z-up -> Y-up mapping).
@@ -19,7 +19,6 @@ Z-up -> Y-up mapping).
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -186,6 +185,7 @@ class TexturingPipeline(PipelineBase):
         """
         from omnivox.assets.scene import normalize_vertices
         from omnivox.ovoxel import export
+        from omnivox.ovoxel.uv_layout import bake_to_uv_layout
 
         if up_axis not in ("y", "z"):
             raise ValueError(f"up_axis must be 'y' or 'z', got {up_axis!r}")
@@ -195,13 +195,9 @@ class TexturingPipeline(PipelineBase):
         coords, attributes, _ = self.texture_voxels(model_frame, faces, image, seed=seed, resolution=resolution,
                                                     sampler_params=sampler_params, callback=callback,
                                                     preprocess=preprocess, max_memory=max_memory)
-        bake_uv = getattr(export, "bake_to_uv_layout", None)
-        if keep_uvs and uvs is not None and bake_uv is None:
-            warnings.warn("omnivox.ovoxel.export.bake_to_uv_layout is not available in this version: the mesh's "
-                          "UVs are replaced by a new unwrap", stacklevel=2)
-        if keep_uvs and uvs is not None and bake_uv is not None:
+        if keep_uvs and uvs is not None:
             welded_vertices, welded_faces, welded_uvs = _weld_corners(model_frame, faces, uvs)
-            result = bake_uv(welded_vertices, welded_faces, welded_uvs, coords.numpy(), attributes, resolution,
+            result = bake_to_uv_layout(welded_vertices, welded_faces, welded_uvs, coords.numpy(), attributes, resolution,
                              texture_size=texture_size)
         else:
             result = export.to_glb(model_frame, faces, coords.numpy(), attributes, resolution,

@@ -68,13 +68,7 @@ def test_texture_keeps_the_users_coordinates(texturing, assets):
     assert material.baseColorTexture.size == (128, 128) and mesh.visual.uv.shape == (len(mesh.vertices), 2)
 
 
-def test_texture_with_uvs_bakes_into_them_when_the_exporter_can(texturing, assets):
-    from omnivox.ovoxel import export
-
-    if not hasattr(export, "bake_to_uv_layout"):
-        with pytest.warns(UserWarning, match="bake_to_uv_layout"):
-            texturing.run(assets / AVOCADO, assets / RGBA_IMAGE, resolution=256, texture_size=64)
-        return
+def test_texture_with_uvs_bakes_into_them(texturing, assets):
     from omnivox.assets import load_asset
 
     scene = load_asset(assets / AVOCADO)
