@@ -108,15 +108,6 @@ def random_lights(rng: np.random.Generator) -> Tuple[float, np.ndarray, np.ndarr
 
 
 # ------------------------------------------------------------------------------------------- materials
-def _srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
-    x = x.clamp(0, 1)
-    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
-
-
 def _wrap(coord: torch.Tensor, size: int, mode: int) -> torch.Tensor:
     from omnivox.assets import WrapMode
 
@@ -157,6 +148,7 @@ def surface_materials(scene, face: torch.Tensor, bary: torch.Tensor,
     ``images`` caches textures converted to tensors (keyed by ``id`` of the image array) across views.
     """
     from omnivox.assets import AlphaMode
+    from omnivox.render.tonemap import srgb_decode
 
     images = {} if images is None else images
 
@@ -186,7 +178,7 @@ def surface_materials(scene, face: torch.Tensor, bary: torch.Tensor,
         value = torch.as_tensor(material.base_color_factor, device=device).float().expand(len(rows), 4).clone()
         if material.base_color_texture is not None and material.base_color_texture.uv_set < len(scene.uvs):
             texel = lookup(material.base_color_texture, uv_of(material.base_color_texture))
-            value = value * torch.cat([_srgb_to_linear(texel[:, :3]), texel[:, 3:]], dim=1)
+            value = value * torch.cat([srgb_decode(texel[:, :3]), texel[:, 3:]], dim=1)
         m = torch.full((len(rows),), float(material.metallic_factor), device=device)
         r = torch.full((len(rows),), float(material.roughness_factor), device=device)
         texture = material.metallic_roughness_texture
@@ -241,6 +233,7 @@ def render_views(scene, extrinsics: torch.Tensor, intrinsics: torch.Tensor, size
     Views are rasterized ``views_per_batch`` at a time (one rasterizer call per batch of cameras).
     """
     from omnivox.render import rasterize
+    from omnivox.render.tonemap import srgb_encode
 
     vertices = torch.as_tensor(scene.vertices, device=device).float()
     faces = torch.as_tensor(scene.faces, device=device).long()
@@ -265,7 +258,7 @@ def render_views(scene, extrinsics: torch.Tensor, intrinsics: torch.Tensor, size
                 surface = surface_materials(scene, face, bary, textures)
                 radiance = shade(surface, view_dirs, world, torch.as_tensor(light_dirs, device=device).float(),
                                  torch.as_tensor(strengths, device=device).float())
-                rgba[covered] = torch.cat([_linear_to_srgb(compress_highlights(radiance)),
+                rgba[covered] = torch.cat([srgb_encode(compress_highlights(radiance)),
                                            surface["alpha"][:, None]], dim=1)
             images.append(_downsample(rgba))
     return np.stack(images)
