@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,13 +226,31 @@ def _resolve(base: Path, row: Mapping[str, str]) -> str:
     return str(path if os.path.isabs(path) else base / path)
 
 
-def _read_geometry(path: Path):
+def read_geometry(path: Path) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A shape O-Voxel file -> (coords (N, 3) int32, vertices (N, 3) float32, intersected (N, 3) bool).
+
+    Shared with `omnivox.data.encode`, so latents are encoded from exactly what the VAE trained on."""
     from omnivox.ovoxel.io import read_vxz
     from omnivox.ovoxel.packing import unpack_geometry
 
     coords, attrs = read_vxz(path)
     local, flags = unpack_geometry(attrs)
     return torch.from_numpy(coords.astype(np.int32)), torch.from_numpy(local), torch.from_numpy(flags)
+
+
+def read_pbr_features(path: Path, attrs: Sequence[str] = PBR_ATTRIBUTES) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A material O-Voxel file -> (coords (N, 3) int32, x (N, C) float32 in [-1, 1], ``attrs`` in channel order).
+
+    Shared with `omnivox.data.encode`, so latents are encoded from exactly what the VAE trained on."""
+    from omnivox.ovoxel.io import read_vxz
+
+    coords, values = read_vxz(path)
+    missing = [a for a in attrs if a not in values]
+    if missing:
+        raise ValueError(f"{path}: missing attributes {missing} (has {sorted(values)})")
+    stacked = np.concatenate([values[a].reshape(len(coords), -1) for a in attrs], axis=1)
+    x = torch.from_numpy(stacked.astype(np.float32)) / 255 * 2 - 1
+    return torch.from_numpy(coords.astype(np.int32)), x
 
 
 def _read_mesh_dump(instance: Instance) -> Dict[str, torch.Tensor]:
@@ -306,7 +323,7 @@ class FlexiDualGridDataset(_ToolkitDataset):
                          extra_flags=("mesh_dumped",) if self.with_mesh else ())
 
     def get_instance(self, instance: Instance, index: int) -> dict:
-        coords, local, flags = _read_geometry(instance.dirs["dual_grid"] / f"{instance.sha256}.vxz")
+        coords, local, flags = read_geometry(instance.dirs["dual_grid"] / f"{instance.sha256}.vxz")
         if coords.numel() and int(coords.max()) >= self.resolution:
             raise ValueError(f"{instance.sha256}: voxel index {int(coords.max())} outside resolution {self.resolution}")
         sample = {"coords": coords, "vertices": local, "intersected": flags}
@@ -358,16 +375,8 @@ class SparseVoxelPbrDataset(_ToolkitDataset):
                          extra_flags=("mesh_dumped",) if self.with_mesh else ())
 
     def get_instance(self, instance: Instance, index: int) -> dict:
-        from omnivox.ovoxel.io import read_vxz
-
-        path = instance.dirs["pbr_voxel"] / f"{instance.sha256}.vxz"
-        coords, attrs = read_vxz(path)
-        missing = [a for a in self.attrs if a not in attrs]
-        if missing:
-            raise ValueError(f"{path}: missing attributes {missing} (has {sorted(attrs)})")
-        values = np.concatenate([attrs[a].reshape(len(coords), -1) for a in self.attrs], axis=1)
-        x = torch.from_numpy(values.astype(np.float32)) / 255 * 2 - 1
-        sample = {"coords": torch.from_numpy(coords.astype(np.int32)), "x": x}
+        coords, x = read_pbr_features(instance.dirs["pbr_voxel"] / f"{instance.sha256}.vxz", self.attrs)
+        sample = {"coords": coords, "x": x}
         if self.with_mesh:
             sample["mesh"] = _read_mesh_dump(instance)
         return sample

@@ -33,6 +33,7 @@ import torch
 
 from omnivox.data import layout
 from omnivox.data.convert import stage_status
+from omnivox.data.datasets import read_geometry, read_pbr_features
 from omnivox.data.metadata import RecordWriter
 from omnivox.data.runner import (Outcome, StageSummary, Task, atomic_write, in_shard, remove_stale_temps,
                                  run_per_device, run_stage, temp_tag)
@@ -41,7 +42,6 @@ SHAPE_COLUMNS = ["sha256", "shape_latent_encoded", "shape_latent_tokens", "shape
 PBR_COLUMNS = ["sha256", "pbr_latent_encoded", "pbr_latent_tokens", "pbr_latent_error"]
 SS_COLUMNS = ["sha256", "ss_latent_encoded", "ss_occupied_voxels", "ss_latent_error"]
 SS_RESOLUTION = 64
-PBR_ATTRIBUTES = ("base_color", "metallic", "roughness", "alpha")
 
 
 def checkpoint_name(path: Path) -> str:
@@ -72,15 +72,11 @@ def _save_latent(path: Path, coords: np.ndarray, feats: np.ndarray, tag: str) ->
 @torch.no_grad()
 def encode_shape(encoder, vxz_path: Path, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
     """Posterior mean of one shape O-Voxel: (coords (L, 3) int, feats (L, C) float32)."""
-    from omnivox.ovoxel.io import read_vxz
-    from omnivox.ovoxel.packing import unpack_geometry
     from omnivox.sparse import SparseTensor
 
-    coords, attrs = read_vxz(vxz_path)
-    local, flags = unpack_geometry(attrs)
-    coords_t = torch.from_numpy(coords.astype(np.int32)).to(device)
-    vertices = SparseTensor.from_batch_list([coords_t], [torch.from_numpy(local).to(device)])
-    intersected = vertices.replace(torch.from_numpy(flags).to(device))
+    coords, local, flags = read_geometry(vxz_path)
+    vertices = SparseTensor.from_batch_list([coords.to(device)], [local.to(device)])
+    intersected = vertices.replace(flags.to(device))
     mean = encoder(vertices, intersected).mean
     return mean.coords[:, 1:].cpu().numpy(), mean.feats.float().cpu().numpy()
 
@@ -88,16 +84,10 @@ def encode_shape(encoder, vxz_path: Path, device: torch.device) -> Tuple[np.ndar
 @torch.no_grad()
 def encode_pbr(encoder, vxz_path: Path, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
     """Posterior mean of one material O-Voxel: (coords (L, 3) int, feats (L, C) float32)."""
-    from omnivox.ovoxel.io import read_vxz
     from omnivox.sparse import SparseTensor
 
-    coords, attrs = read_vxz(vxz_path)
-    missing = [a for a in PBR_ATTRIBUTES if a not in attrs]
-    if missing:
-        raise ValueError(f"{vxz_path}: missing attributes {missing}")
-    values = np.concatenate([attrs[a].reshape(len(coords), -1) for a in PBR_ATTRIBUTES], axis=1)
-    feats = torch.from_numpy(values.astype(np.float32)).to(device) / 255 * 2 - 1
-    x = SparseTensor.from_batch_list([torch.from_numpy(coords.astype(np.int32)).to(device)], [feats])
+    coords, feats = read_pbr_features(vxz_path)
+    x = SparseTensor.from_batch_list([coords.to(device)], [feats.to(device)])
     mean = encoder(x).mean
     return mean.coords[:, 1:].cpu().numpy(), mean.feats.float().cpu().numpy()
 
