@@ -195,12 +195,8 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
             params = params.validated()
             tasks.check_background(models.texturing, picture, f"image {image.filename or 'image'!r}")
 
-            def work(worker_models, ctx):
-                path = ctx.output_dir / f"input{suffix}"
-                path.write_bytes(mesh_bytes)
-                return tasks.texture(worker_models, ctx, path, picture, params, resolution=resolution)
-
-            return submit("texture", work)
+            return submit("texture", lambda worker_models, ctx: tasks.texture_upload(
+                worker_models, ctx, suffix, mesh_bytes, picture, params, resolution=resolution))
 
     @app.get("/v1/jobs/{job_id}", response_model=JobStatus, summary="State, queue position and progress")
     def job_status(job_id: str) -> JobStatus:

@@ -164,6 +164,15 @@ def texture(models: Models, context: JobContext, mesh: Path, image: Image.Image,
     return path
 
 
+def texture_upload(models: Models, context: JobContext, suffix: str, mesh_bytes: bytes, image: Image.Image,
+                   params: GenerateParams, *, resolution: int = 1024) -> Path:
+    """Save a checked mesh upload (`omnivox.app.inputs.check_mesh_upload`) in the job's own folder, where there is
+    nothing beside it to refer to, then `texture` it."""
+    path = context.output_dir / f"input{suffix}"
+    path.write_bytes(mesh_bytes)
+    return texture(models, context, path, image, params, resolution=resolution)
+
+
 def sampler_params(params: GenerateParams) -> dict[str, dict[str, float]]:
     """The user's per-stage overrides in the pipeline's `sampler_params` form (unset values left out)."""
     out: dict[str, dict[str, float]] = {}

@@ -156,8 +156,8 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                 picture = _checked_image(picture, limits)
                 params = tasks.GenerateParams(seed=int(chosen_seed or 0), texture_size=int(size)).validated()
                 tasks.check_background(models.texturing, picture)
-                job = queue.submit("texture", lambda m, ctx: _texture_upload(m, ctx, suffix, mesh_bytes, picture,
-                                                                               params, int(resolution)))
+                job = queue.submit("texture", lambda m, ctx: tasks.texture_upload(
+                    m, ctx, suffix, mesh_bytes, picture, params, resolution=int(resolution)))
             except (InputError, QueueFull) as exc:
                 yield f"**Error:** {exc}", None
                 return
@@ -181,13 +181,6 @@ def _checked_image(picture, limits: Limits):
         raise InputError(f"the image is {width}x{height} pixels; sides must be within "
                          f"{limits.min_image_side}..{limits.max_image_side}")
     return normalize_mode(picture)
-
-
-def _texture_upload(models, context, suffix: str, mesh_bytes: bytes, picture, params, resolution: int) -> Path:
-    """Save the checked mesh upload in the job's own folder (nothing beside it to refer to), then texture it."""
-    path = context.output_dir / f"input{suffix}"
-    path.write_bytes(mesh_bytes)
-    return tasks.texture(models, context, path, picture, params, resolution=resolution)
 
 
 def _clear_results():
