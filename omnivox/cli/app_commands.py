@@ -10,11 +10,16 @@ import typer
 
 from omnivox.cli import app
 
-_WEIGHTS_HELP = ("Weights folder with pipeline.json (image to 3D) and, for texturing, texturing_pipeline.json "
-                 "(e.g. a download of microsoft/TRELLIS.2-4B).")
-_BACKGROUND_HELP = ("BiRefNet/RMBG .onnx file for background removal of RGB images (default: RMBG-2.0/onnx/model.onnx "
-                    "beside the weights if present; without one, only RGBA images are accepted).")
-_DEVICE_HELP = "Device to run on; repeat for several GPUs (one job at a time on each). Default: cuda if present."
+# Options that `serve` and `app` share (as `omnivox.cli.data_commands` shares its options between stages).
+WEIGHTS = typer.Option(..., "--weights", help=(
+    "Weights folder with pipeline.json (image to 3D) and, for texturing, texturing_pipeline.json "
+    "(e.g. a download of microsoft/TRELLIS.2-4B)."))
+BACKGROUND_MODEL = typer.Option(None, "--background-model", help=(
+    "BiRefNet/RMBG .onnx file for background removal of RGB images (default: RMBG-2.0/onnx/model.onnx "
+    "beside the weights if present; without one, only RGBA images are accepted)."))
+DEVICES = typer.Option([], "--device", help=(
+    "Device to run on; repeat for several GPUs (one job at a time on each). Default: cuda if present."))
+MAX_IMAGE_SIDE = typer.Option(4096, help="Largest image width or height in pixels.")
 
 
 def _start_queue(weights: Path, background_model: Optional[Path], devices: List[str], max_pending: int):
@@ -60,13 +65,13 @@ def _limits(max_upload_mb: float, max_image_side: int):
 
 @app.command("serve")
 def serve(
-    weights: Path = typer.Option(..., "--weights", help=_WEIGHTS_HELP),
-    background_model: Optional[Path] = typer.Option(None, "--background-model", help=_BACKGROUND_HELP),
+    weights: Path = WEIGHTS,
+    background_model: Optional[Path] = BACKGROUND_MODEL,
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the service to the network)."),
     port: int = typer.Option(8000, help="TCP port."),
-    device: List[str] = typer.Option([], "--device", help=_DEVICE_HELP),
+    device: List[str] = DEVICES,
     max_upload_mb: float = typer.Option(32.0, help="Largest request body in MiB."),
-    max_image_side: int = typer.Option(4096, help="Largest image width or height in pixels."),
+    max_image_side: int = MAX_IMAGE_SIDE,
     max_pending: int = typer.Option(32, help="Most jobs waiting or running; more get HTTP 503."),
 ) -> None:
     """HTTP API: POST /v1/generate, POST /v1/texture, GET/DELETE /v1/jobs/{id}, OpenAPI at /docs."""
@@ -86,13 +91,13 @@ def serve(
 
 @app.command("app")
 def web_app(
-    weights: Path = typer.Option(..., "--weights", help=_WEIGHTS_HELP),
-    background_model: Optional[Path] = typer.Option(None, "--background-model", help=_BACKGROUND_HELP),
+    weights: Path = WEIGHTS,
+    background_model: Optional[Path] = BACKGROUND_MODEL,
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the app to the network)."),
     port: int = typer.Option(7860, help="TCP port."),
-    device: List[str] = typer.Option([], "--device", help=_DEVICE_HELP),
+    device: List[str] = DEVICES,
     max_upload_mb: float = typer.Option(32.0, help="Largest uploaded file in MiB."),
-    max_image_side: int = typer.Option(4096, help="Largest image width or height in pixels."),
+    max_image_side: int = MAX_IMAGE_SIDE,
     preview_frames: int = typer.Option(48, help="Frames of the turntable video (0: no video)."),
     preview_size: int = typer.Option(256, help="Pixel size of the turntable and PBR panel (0: no previews)."),
 ) -> None:
