@@ -48,7 +48,7 @@ def train(
 
     from omnivox.train.build import build_dataset, build_trainer
     from omnivox.train.config import ConfigError, load_experiment
-    from omnivox.train.distributed import init_process
+    from omnivox.train.distributed import init_process, leave_and_exit
 
     try:
         overrides = _parse_overrides(set_)
@@ -82,4 +82,4 @@ def train(
     if not tryrun:
         trainer.run()
     if info.distributed:
-        torch.distributed.destroy_process_group()
+        leave_and_exit(0)
