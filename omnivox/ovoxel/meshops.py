@@ -84,13 +84,25 @@ def edge_table(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         edge_of: (3F,) int64 undirected edge id of each half-edge.
         face_count: (E,) int64 number of half-edges (faces) on each undirected edge.
     """
+    # Written for meshes of tens of millions of faces: one stable sort of the keys and no np.unique (which would
+    # sort again and hold several more arrays of 3F int64 at once).
+    n = int(faces.max()) + 1 if faces.size else 1
     start = faces.reshape(-1)
     end = faces[:, [1, 2, 0]].reshape(-1)
-    n = int(faces.max()) + 1 if faces.size else 1
-    keys = np.minimum(start, end) * n + np.maximum(start, end)
-    _, edge_of, face_count = np.unique(keys, return_inverse=True, return_counts=True)
-    edge_of = edge_of.reshape(-1)
-    order = np.argsort(edge_of, kind="stable")
+    keys = np.minimum(start, end).astype(np.int64)
+    keys *= n
+    keys += np.maximum(start, end)
+    del end
+    order = np.argsort(keys, kind="stable")  # ties keep half-edge order
+    sorted_keys = keys[order]
+    del keys
+    first = np.empty(len(sorted_keys), bool)
+    first[:1] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
+    del sorted_keys
+    edge_of = np.empty(len(order), np.int64)
+    edge_of[order] = np.cumsum(first) - 1
+    face_count = np.diff(np.append(np.flatnonzero(first), len(first)))
     return order, edge_of, face_count
 
 
@@ -177,8 +189,10 @@ def remove_fringes(vertices: np.ndarray, faces: np.ndarray, width: float, rounds
     for _ in range(rounds):
         if len(faces) == 0:
             break
+        order = edge_of = face_count = part = count = length = None  # free the last round's before the next
         order, edge_of, face_count = edge_table(faces)
         _, part = _manifold_parts(faces, order, edge_of, face_count)
+        del order
         count = face_count[edge_of].reshape(-1, 3)
         length = np.linalg.norm(v[faces[:, [1, 2, 0]]] - v[faces], axis=2)
         num_parts = int(part.max()) + 1
@@ -534,14 +548,24 @@ def boundary_edge_count(faces: np.ndarray) -> int:
 # ----------------------------------------------------------------------------------------------------- decimation
 
 
-def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
+DECIMATION_BATCH_FACES = 6_000_000
+
+
+def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
+             batch_faces: int = DECIMATION_BATCH_FACES) -> tuple[np.ndarray, np.ndarray]:
     """Quadric edge-collapse decimation to at most about ``target_faces`` faces (``fast-simplification``).
 
     Meshes already at or below the target are returned unchanged. The library keeps the input winding, so orient
-    first.
+    first. It holds about 340 bytes per input face, so a mesh of more than ``batch_faces`` faces is decimated in
+    batches of whole connected components (no collapse crosses components anyway), each to its share of the
+    target by face count. A single component larger than a batch is still decimated in one piece.
     """
     if len(faces) <= target_faces:
         return vertices, faces
+    if len(faces) > batch_faces:
+        component = face_components(faces)
+        if component.max() > 0:
+            return _decimate_in_batches(vertices, faces, component, target_faces, batch_faces)
     import fast_simplification
 
     points, triangles = fast_simplification.simplify(
@@ -549,6 +573,24 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
         target_count=int(target_faces),
     )
     return points.astype(vertices.dtype), np.asarray(triangles, dtype=np.int64)
+
+
+def _decimate_in_batches(vertices, faces, component, target_faces, batch_faces):
+    order = np.argsort(component, kind="stable")
+    sizes = np.bincount(component)
+    # Components in label order; a batch closes once it holds batch_faces faces.
+    batch_of_component = (np.cumsum(sizes) - sizes) // batch_faces
+    batch_of_face = batch_of_component[component[order]]
+    bounds = np.flatnonzero(np.diff(batch_of_face)) + 1
+    out_vertices, out_faces, offset = [], [], 0
+    for chunk in np.split(order, bounds):
+        v, f = compact(vertices, faces[chunk])
+        share = max(1, round(target_faces * len(chunk) / len(faces)))
+        v, f = decimate(v, f, share, batch_faces=len(faces) + 1)
+        out_vertices.append(v)
+        out_faces.append(f + offset)
+        offset += len(v)
+    return np.concatenate(out_vertices), np.concatenate(out_faces)
 
 
 def clean(vertices: np.ndarray, faces: np.ndarray, min_component_area: float) -> tuple[np.ndarray, np.ndarray]:

@@ -113,6 +113,31 @@ def test_decimate_reaches_target_and_keeps_shape():
     assert np.abs(radius - 0.3).max() < 0.01
 
 
+def test_decimate_in_component_batches_keeps_every_part(monkeypatch):
+    import fast_simplification
+
+    calls = []
+    simplify = fast_simplification.simplify
+    monkeypatch.setattr(fast_simplification, "simplify", lambda p, t, **kw: calls.append(len(t)) or simplify(p, t, **kw))
+    rng = np.random.default_rng()
+    centres = np.arange(5)[:, None] * [0.4, 0.0, 0.0] + rng.uniform(-0.05, 0.05, (5, 3))  # apart: 0.3 > 2 radii
+    parts = [_sphere(r, 4, centre) for r, centre in zip(rng.uniform(0.05, 0.12, 5), centres)]
+    vertices = np.concatenate([v for v, _ in parts])
+    offsets = np.cumsum([0] + [len(v) for v, _ in parts[:-1]])
+    faces = np.concatenate([f + o for (_, f), o in zip(parts, offsets)])
+    # Batches of about two spheres (5120 faces each): three calls to the library instead of one.
+    out_vertices, out_faces = meshops.decimate(vertices, faces, 5000, batch_faces=10_000)
+    assert calls == [10240, 10240, 5120]
+    assert 4500 <= len(out_faces) <= 5000
+    labels = meshops.face_components(out_faces)
+    assert labels.max() + 1 == 5
+    for radius, centre in ((np.linalg.norm(v - v.mean(0), axis=1).mean(), v.mean(0)) for v, _ in parts):
+        near = np.linalg.norm(out_vertices - centre, axis=1)
+        mine = near < radius * 1.5
+        assert np.abs(near[mine] - radius).max() < 0.05 * radius  # each sphere is still a sphere of its radius
+    assert abs(meshops.signed_volume(out_vertices, out_faces) / meshops.signed_volume(vertices, faces) - 1) < 0.03
+
+
 def test_clean_compacts_vertices():
     vertices, faces = _sphere(0.3)
     extra = np.concatenate([vertices, [[9.0, 9.0, 9.0]]])  # an unused vertex
