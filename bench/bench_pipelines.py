@@ -221,6 +221,10 @@ def run(args) -> None:
         start = time.perf_counter()
         models = full_size_models(device)
         report.log(f"built full-size models in {time.perf_counter() - start:.1f} s")
+        for model in models.values():
+            if hasattr(model, "set_fused_kernels"):
+                model.set_fused_kernels(not args.unfused)
+        report.add("fused_kernels", not args.unfused)
         pipe = pipeline_with(models, device)
     for pipeline_type in args.types:
         try:
@@ -252,6 +256,8 @@ def main() -> None:
     r.add_argument("--types", nargs="*", default=["512", "1024_cascade", "1536_cascade"])
     r.add_argument("--budget", default="16GB", help="max_memory for the planner run ('' to skip)")
     r.add_argument("--smoke", action="store_true", help="tiny test pipeline (CPU check of the script)")
+    r.add_argument("--unfused", action="store_true",
+                   help="flow blocks on the PyTorch path instead of the Triton block kernels (the baseline)")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args)

@@ -8,18 +8,14 @@ batch); the dense sparse-structure flow (4,096 tokens) runs at batch 2. Per vari
 
 Variants, each on the same weights and inputs:
 
-* ``before``: the forward of the previous commit (``.tolist()`` of the sequence lengths in every call, one
-  attention call per batch item), loaded from ``bench/.pipeline_data/before/`` (prepare with ``git show``, see
-  below); skipped when that folder is absent.
-* ``eager``: the current forward (no host synchronisation; one batched attention call for equal-length items).
-* ``graph``: the current forward replayed from a CUDA graph (`omnivox.models.cuda_graphs.GraphedCall`), with the
-  largest difference to ``eager``.
+* ``eager`` / ``graph``: the PyTorch block path (``set_fused_kernels(False)``), run eagerly or replayed from a CUDA
+  graph (`omnivox.models.cuda_graphs.GraphedCall`);
+* ``fused`` / ``fused graph``: the same with the Triton block kernels (`omnivox.models.triton_block`), the default.
+
+Each line also gives the relative difference to ``eager``.
 
 Usage::
 
-    mkdir -p bench/.pipeline_data/before
-    git show <old>:omnivox/models/flow.py > bench/.pipeline_data/before/flow.py
-    git show <old>:omnivox/sparse/attention.py > bench/.pipeline_data/before/attention.py
     PYTHONPATH=. python bench/profile_flow.py                 # GPU machine
     PYTHONPATH=. python bench/profile_flow.py --smoke         # CPU check with a tiny model (no profile tables)
 """
@@ -27,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -49,21 +44,16 @@ SYNC_NAMES = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::item", "a
               "cudaMemcpyAsync")
 
 
-def load_before():
-    """The previous commit's flow forward (module with ``SLatFlowModel``), or None without the sources."""
-    folder = DATA / "before"
-    if not (folder / "flow.py").exists():
-        return None
-    spec = importlib.util.spec_from_file_location("_before_attention", folder / "attention.py")
-    attention = importlib.util.module_from_spec(spec)
-    sys.modules["_before_attention"] = attention
-    spec.loader.exec_module(attention)
-    source = (folder / "flow.py").read_text().replace("from omnivox.sparse.attention import",
-                                                      "from _before_attention import")
-    module = type(sys)("_before_flow")
-    sys.modules["_before_flow"] = module  # dataclasses look their module up while the source runs
-    exec(compile(source, str(folder / "flow.py"), "exec"), module.__dict__)
-    return module
+def with_and_without_fusion(model, eager, graphed_plain, graphed_fused, inputs) -> dict:
+    """The four variants as zero-argument calls; each switches the model's kernels before running."""
+    def use(fused, fn):
+        def call():
+            model.set_fused_kernels(fused)
+            return fn()
+        return call
+
+    return {"eager": use(False, eager), "graph": use(False, lambda: graphed_plain(*inputs)),
+            "fused": use(True, eager), "fused graph": use(True, lambda: graphed_fused(*inputs))}
 
 
 def per_call_ms(fn, device, iters: int) -> float:
@@ -122,7 +112,6 @@ def main() -> None:
     with torch.no_grad():  # non-zero adaLN / output layers so the outputs are informative
         for linear in (model.adaLN_modulation[1], model.out_layer):
             linear.weight.normal_(0, 0.02)
-    before = load_before()
     results = {}
     for batch in (1, 2):
         bcoords = torch.cat([torch.cat([torch.full((rows, 1), b, dtype=torch.int32, device=device), coords], 1)
@@ -137,11 +126,10 @@ def main() -> None:
         def eager(feats=tokens.feats, t=t, cond=cond):
             return forward(feats, t, cond)
 
-        graphed = GraphedCall(forward)
-        variants = {"eager": eager, "graph": lambda: graphed(tokens.feats, t, cond)}
-        if before is not None:
-            variants = {"before": lambda: before.SLatFlowModel.forward(model, tokens, t, cond).feats, **variants}
+        variants = with_and_without_fusion(model, eager, GraphedCall(forward), GraphedCall(forward),
+                                           (tokens.feats, t, cond))
         with torch.no_grad():
+            model.set_fused_kernels(False)
             reference = eager()
             for name, fn in variants.items():
                 ms = per_call_ms(fn, device, args.iters)
@@ -149,12 +137,12 @@ def main() -> None:
                 err = ((out.float() - reference.float()).norm() / reference.float().norm()).item()
                 results[(batch, name)] = ms
                 print(f"SLat {rows}-token set, batch {batch}, {name}: {ms:.2f} ms per call; relative difference to "
-                      f"eager {err:.2e}" + (f"; graph replays {graphed.replays}" if name == "graph" else ""))
+                      f"eager {err:.2e}")
             if device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("error")  # raises if the forward synchronises with the host
                 try:
-                    eager()
-                    print(f"batch {batch}: eager forward ran under sync_debug_mode='error' (no host sync)")
+                    variants["fused"]()
+                    print(f"batch {batch}: fused eager forward ran under sync_debug_mode='error' (no host sync)")
                 except RuntimeError as error:
                     print(f"batch {batch}: eager forward synchronises: {error}")
                 finally:
@@ -173,16 +161,20 @@ def main() -> None:
     x = torch.randn(2, 8, 16, 16, 16, device=device)
     t = torch.full((2,), 700.0, device=device)
     cond = torch.randn(2, 1029, config["cond_channels"], device=device)
-    graphed = GraphedCall(dense)
+    variants = with_and_without_fusion(dense, lambda: dense(x, t, cond), GraphedCall(dense), GraphedCall(dense),
+                                       (x, t, cond))
     with torch.no_grad():
+        dense.set_fused_kernels(False)
         reference = dense(x, t, cond)
-        for name, fn in {"eager": lambda: dense(x, t, cond), "graph": lambda: graphed(x, t, cond)}.items():
+        for name, fn in variants.items():
             ms = per_call_ms(fn, device, args.iters)
             err = ((fn() - reference).norm() / reference.norm()).item()
+            results[("dense 2", name)] = ms
             print(f"dense SS flow 4096 tokens, batch 2, {name}: {ms:.2f} ms per call; relative difference {err:.2e}")
         if do_profile:
-            profile(lambda: graphed(x, t, cond), "dense SS batch 2 graph")
-    print("\nsummary (ms per call):", {f"b{b}/{n}": round(v, 2) for (b, n), v in results.items()})
+            for name in ("eager", "fused"):
+                profile(variants[name], f"dense SS batch 2 {name}")
+    print("\nsummary (ms per call):", {f"{b}/{n}": round(v, 2) for (b, n), v in results.items()})
 
 
 if __name__ == "__main__":

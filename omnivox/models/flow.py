@@ -33,6 +33,7 @@ from torch import nn
 
 from omnivox.models.layers import LayerNorm32, dtype_from_name
 from omnivox.sparse.attention import apply_rope, host_seq_lens, rope_3d_phases, varlen_attention
+from omnivox.sparse.kernels import triton_available
 from omnivox.sparse.modules import MultiHeadRMSNorm
 from omnivox.sparse.tensor import SparseTensor
 
@@ -123,6 +124,8 @@ class DenseTokens:
     def __init__(self, positions: torch.Tensor, batch_size: int, head_dim: int,
                  rope_freq: Tuple[float, float]) -> None:
         self.phases = rope_3d_phases(positions, head_dim, rope_freq).repeat(batch_size, 1)  # (B*L, D/2)
+        self.length = len(positions)
+        self._fused_tables = None
 
     def per_sample(self, values: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, 1, C)
         return values[:, None, :]
@@ -139,6 +142,13 @@ class DenseTokens:
         # q (B, L, H, D), k/v (B, M, H, D) -> (B, L, H, D)
         return self.self_attention(q, k, v)
 
+    def fused_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row -> sample index, RoPE cos, RoPE sin) for the fused kernels; built once per token set."""
+        if self._fused_tables is None:
+            rows = torch.arange(len(self.phases), device=self.phases.device) // self.length
+            self._fused_tables = (rows, self.phases.real.contiguous(), self.phases.imag.contiguous())
+        return self._fused_tables
+
 
 class SparseTokens:
     """Token layout of the sparse model: features ``(N, C)`` packed batch-major, ``B`` variable-length items.
@@ -153,6 +163,7 @@ class SparseTokens:
         # From the coordinate cache: read back from the device once per token set, not in every forward, so a
         # forward issues no host synchronisation (needed for CUDA-graph capture, see `omnivox.models.cuda_graphs`).
         self.seq_lens = host_seq_lens(x)
+        self._fused_tables = None
 
     def per_sample(self, values: torch.Tensor) -> torch.Tensor:  # (B, C) -> (N, C)
         return values.index_select(0, self.batch_index)
@@ -168,6 +179,12 @@ class SparseTokens:
         # q (N, H, D), k/v (B, M, H, D) -> (N, H, D)
         batch, length = k.shape[:2]
         return varlen_attention(q, k.flatten(0, 1), v.flatten(0, 1), self.seq_lens, [length] * batch)
+
+    def fused_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row -> sample index, RoPE cos, RoPE sin) for the fused kernels; built once per token set."""
+        if self._fused_tables is None:
+            self._fused_tables = (self.batch_index, self.phases.real.contiguous(), self.phases.imag.contiguous())
+        return self._fused_tables
 
 
 # ----------------------------------------------------------------------------------------------- block
@@ -242,10 +259,13 @@ class FlowBlock(nn.Module):
         # Learned offset added to the shared adaLN output; float32, like the reference.
         self.modulation = nn.Parameter(torch.randn(6 * c, dtype=torch.float32) / c ** 0.5)
         self.token_chunk: Optional[int] = None  # see _FlowTransformer.set_token_chunking
+        self.fused_kernels = True  # see _FlowTransformer.set_fused_kernels
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
         # The sum runs in float32 (the parameter is float32) and is rounded once to the stream dtype.
         m = (self.modulation + mod).to(x.dtype)
+        if self._can_fuse(x):
+            return self.forward_fused(x, m, cond, tokens)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             tokens.per_sample(chunk) for chunk in m.chunk(6, dim=-1))
         h = self.norm1(x) * (1 + scale_msa) + shift_msa
@@ -265,6 +285,41 @@ class FlowBlock(nn.Module):
             xs = x[..., rows, :]
             out[..., rows, :] = xs + self.mlp(self.norm3(xs) * (1 + scale) + shift) * gate
         return out
+
+    def _can_fuse(self, x: torch.Tensor) -> bool:
+        return (self.fused_kernels and x.is_cuda and not torch.is_grad_enabled() and self.token_chunk is None
+                and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+                and self.self_attn.q_rms_norm is not None and self.cross_attn.q_rms_norm is not None
+                and triton_available())
+
+    def forward_fused(self, x: torch.Tensor, m: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
+        """`forward` for inference through `omnivox.models.triton_block` (no autograd): one kernel for each
+        norm + modulation, each q/k RMSNorm + RoPE and each gated residual instead of a chain of small ones.
+        ``m`` is the ``(B, 6C)`` modulation table already in ``x.dtype``. Rounds where `forward` rounds."""
+        from omnivox.models import triton_block as kernels
+
+        c = x.shape[-1]
+        lead = x.shape[:-1]
+        rows, cos, sin = tokens.fused_tables()
+        attn, cross = self.self_attn, self.cross_attn
+        flat = x.reshape(-1, c)
+
+        h = kernels.layer_norm(flat, self.norm1.eps, table=m, rows=rows, shift_col=0, scale_col=c)
+        q, k, v = attn.to_qkv(h).unflatten(-1, (3, attn.num_heads, -1)).unbind(1)
+        q = kernels.rms_norm_rope(q, attn.q_rms_norm.gamma, cos, sin).unflatten(0, lead)
+        k = kernels.rms_norm_rope(k, attn.k_rms_norm.gamma, cos, sin).unflatten(0, lead)
+        out = attn.to_out(tokens.self_attention(q, k, v.unflatten(0, lead)).flatten(-2))
+        flat = kernels.gated_add(flat, out.reshape(-1, c), m, rows, 2 * c)
+
+        h = kernels.layer_norm(flat, self.norm2.eps, weight=self.norm2.weight, bias=self.norm2.bias)
+        q = kernels.rms_norm_rope(cross.to_q(h).unflatten(-1, (cross.num_heads, -1)), cross.q_rms_norm.gamma)
+        k, v = cross.to_kv(cond).unflatten(-1, (2, cross.num_heads, -1)).unbind(-3)  # (B, M, H, D) each
+        k = kernels.rms_norm_rope(k.flatten(0, 1), cross.k_rms_norm.gamma).view(k.shape)
+        flat = flat + cross.to_out(tokens.cross_attention(q.unflatten(0, lead), k, v).flatten(-2)).reshape(-1, c)
+
+        h = kernels.layer_norm(flat, self.norm3.eps, table=m, rows=rows, shift_col=3 * c, scale_col=4 * c)
+        flat = kernels.gated_add(flat, self.mlp(h), m, rows, 5 * c)
+        return flat.view(x.shape)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -321,6 +376,15 @@ class _FlowTransformer(nn.Module):
             raise ValueError(f"rows must be a positive int or None, got {rows!r}")
         for block in self.blocks:
             block.token_chunk = rows
+
+    def set_fused_kernels(self, enabled: bool) -> None:
+        """Use the Triton block kernels for CUDA inference (default on; `FlowBlock.forward_fused`).
+
+        Without autograd on a CUDA device with Triton, each block then runs its norms, modulation, q/k RMSNorm,
+        RoPE and gated residuals as 9 fused kernels instead of several dozen small ones. Off: always the PyTorch path.
+        """
+        for block in self.blocks:
+            block.fused_kernels = bool(enabled)
 
     def _check_inputs(self, batch: int, t: torch.Tensor, cond: torch.Tensor) -> None:
         if not isinstance(t, torch.Tensor) or t.shape != (batch,):
