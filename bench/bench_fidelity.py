@@ -120,10 +120,12 @@ def run_one(rel: str, resolution: int, texture_size: int, decimation_target: int
     start = time.perf_counter()
     coords, attrs = decode_vxz(encode_vxz(coords, record))
     timings["vxz"] = time.perf_counter() - start
+    del record  # at 1024^3 every copy of the voxel attributes counts
     start = time.perf_counter()
     local, flags = unpack_geometry(attrs)
     vertices, faces = dual_grid_to_mesh(coords, local, flags, resolution)
     timings["extract"] = time.perf_counter() - start
+    del local, flags
     attributes = np.concatenate([attrs[k].reshape(len(coords), -1) for k in ("base_color", "metallic", "roughness",
                                                                              "alpha")], axis=1)
     mesh, report = bake_glb(vertices, faces, coords, attributes, Grid.make(resolution), texture_size=texture_size,
