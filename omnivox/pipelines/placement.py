@@ -32,6 +32,7 @@ class ModelStore:
         self._loader = loader
         self.device = torch.device(device)
         self._models: dict = {}
+        self._bytes: dict = {}  # role -> (model, bytes): every memory plan asks, and counting takes milliseconds
         self._resident: set = set()
 
     def get(self, role: str) -> nn.Module:
@@ -41,7 +42,11 @@ class ModelStore:
         return self._models[role]
 
     def weights_bytes(self, role: str) -> int:
-        return module_bytes(self.get(role))
+        model = self.get(role)
+        cached = self._bytes.get(role)
+        if cached is None or cached[0] is not model:
+            cached = self._bytes[role] = (model, module_bytes(model))
+        return cached[1]
 
     @contextmanager
     def on_device(self, roles, offload: bool) -> Iterator[dict]:

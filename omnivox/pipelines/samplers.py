@@ -147,7 +147,9 @@ def item_std(x: torch.Tensor, batch_index: Optional[torch.Tensor] = None,
         return x.flatten(1).std(dim=1).view(-1, *([1] * (x.dim() - 1)))
     if batch_size is None:
         batch_size = int(batch_index.max()) + 1 if batch_index.numel() else 0
-    counts = torch.bincount(batch_index, minlength=batch_size).to(x.dtype).clamp(min=1)
+    # index_add_ rather than bincount: bincount reads the maximum back from the device (a host sync per step).
+    counts = torch.zeros(batch_size, dtype=torch.float32, device=x.device).index_add_(
+        0, batch_index, torch.ones(len(batch_index), dtype=torch.float32, device=x.device)).clamp(min=1).to(x.dtype)
     mean = torch.zeros(batch_size, dtype=x.dtype, device=x.device).index_add_(0, batch_index, x.mean(dim=1)) / counts
     mean_sq = torch.zeros(batch_size, dtype=x.dtype, device=x.device).index_add_(
         0, batch_index, x.square().mean(dim=1)) / counts

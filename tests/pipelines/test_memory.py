@@ -110,3 +110,19 @@ def test_token_chunking_gives_the_same_velocity(pipe):
     assert float((chunked - whole).norm() / whole.norm()) < 1e-6
     with pytest.raises(ValueError, match="rows"):
         model.set_token_chunking(0)
+
+
+def test_model_store_counts_weight_bytes_once_per_model():
+    from omnivox.pipelines.placement import ModelStore, module_bytes
+
+    built = []
+
+    def loader(role):
+        built.append(role)
+        return torch.nn.Linear(int(torch.randint(3, 9, ())), 5)
+
+    store = ModelStore(loader, torch.device("cpu"))
+    first = store.weights_bytes("a")
+    assert first == module_bytes(store.get("a")) and store.weights_bytes("a") == first and built == ["a"]
+    store._models["a"] = torch.nn.Linear(40, 5, dtype=torch.float64)  # a replaced model is counted again
+    assert store.weights_bytes("a") == (40 * 5 + 5) * 8
