@@ -149,9 +149,10 @@ class PipelineBase:
         noise = torch.randn(coords.shape[0], channels, generator=generator).to(self.device)
         coords = coords.to(self.device)
         cond = cond.expand(num_samples, -1, -1)
-        extra = None if concat_cond is None else SparseTensor.from_coords(coords, concat_cond.to(self.device),
-                                                                          num_samples)
         template = SparseTensor.from_coords(coords, noise, num_samples)
+        # The same coordinate object as the tokens: the flow model then skips comparing them, a host sync that
+        # would make the texture stage's CUDA-graph capture fail.
+        extra = None if concat_cond is None else template.replace(concat_cond.to(self.device))
         with self.models.on_device([role], offload) as models:
             model = models[role]
             model.set_token_chunking(token_chunk)
