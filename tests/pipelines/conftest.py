@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
 from omnivox.pipelines.testing import make_test_pipeline
@@ -25,3 +26,25 @@ def pipe(tiny_weights) -> ImageTo3DPipeline:
 @pytest.fixture
 def rgba_image(assets) -> Path:
     return assets / RGBA_IMAGE
+
+
+def tensors_left_in_cycles(run) -> list:
+    """Call ``run()`` with the cyclic garbage collector paused; return the tensors that only a collection would
+    free (objects in reference cycles created by the run). The pipeline promises none, so it need not collect."""
+    import gc
+
+    from omnivox.sparse import SparseTensor
+
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        run()
+        gc.collect()
+        return [o for o in gc.garbage if isinstance(o, (torch.Tensor, SparseTensor))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was_enabled:
+            gc.enable()

@@ -169,3 +169,12 @@ def test_batched_guidance_matches_separate_passes(pipe, assets, tmp_path):
     shape = {b: load_file(str(tmp_path / str(b) / "shape_latent.safetensors"))["feats"] for b in (False, True)}
     assert float((shape[True] - shape[False]).norm() / shape[False].norm()) < 1e-5
     assert float((latents[True] - latents[False]).norm() / latents[False].norm()) < 1e-5
+
+
+def test_a_run_leaves_no_tensors_in_reference_cycles(pipe, assets):
+    """The pipeline does not call gc.collect() after a run; this is why it need not."""
+    from .conftest import tensors_left_in_cycles
+
+    for pipeline_type in ("512", "1024_cascade"):
+        assert tensors_left_in_cycles(lambda: pipe.run(assets / RGBA_IMAGE_2, seed=1,
+                                                       pipeline_type=pipeline_type)) == []

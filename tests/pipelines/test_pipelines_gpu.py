@@ -66,3 +66,15 @@ def test_every_sampling_stage_is_captured_as_cuda_graphs(tiny_weights, pipeline_
     # Each token set's first call per batch shape runs eagerly and the rest replay; a stage whose capture
     # failed would replay none of its 6 calls.
     assert len(replays) >= 12 and sum(replays) >= len(replays) * 2 // 3, replays
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_leaves_no_tensors_in_reference_cycles(tiny_weights):
+    from PIL import Image
+
+    from .conftest import tensors_left_in_cycles
+
+    image = Image.fromarray(np.random.default_rng().integers(0, 255, (64, 64, 4), dtype=np.uint8), "RGBA")
+    pipe = ImageTo3DPipeline.from_pretrained(tiny_weights, device="cuda")
+    for pipeline_type in ("512", "1024_cascade"):
+        assert tensors_left_in_cycles(lambda: pipe.run(image, seed=2, pipeline_type=pipeline_type)) == []
