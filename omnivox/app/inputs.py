@@ -16,8 +16,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-#: Mesh formats the texturing pipeline reads (through `omnivox.assets.load_asset`).
-MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl")
+from omnivox.assets.loader import SUPPORTED_SUFFIXES
 
 
 class InputError(ValueError):
@@ -107,9 +106,9 @@ def check_mesh_upload(data: bytes, name: str, limits: Limits) -> tuple[str, byte
         InputError: empty, too large, a file type the loader does not read, or external references.
     """
     suffix = Path(name or "").suffix.lower()
-    if suffix not in MESH_SUFFIXES:
+    if suffix not in SUPPORTED_SUFFIXES:
         raise InputError(f"mesh {name!r}: unsupported file type {suffix or '(none)'!r}; use one of "
-                         f"{', '.join(MESH_SUFFIXES)}", status=422)
+                         f"{', '.join(SUPPORTED_SUFFIXES)}", status=422)
     if len(data) == 0:
         raise InputError(f"mesh {name!r} is empty")
     if len(data) > limits.max_mesh_bytes:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from omnivox.assets.loader import SUPPORTED_SUFFIXES
 from omnivox.render.cameras import intrinsics_from_fov, look_at, to_camera, yaw_pitch_eye
 from omnivox.render.environment import Environment, resolve_environment
 from omnivox.render.interpolate import _gather_pixels, mip_pyramid, sample_sparse_volume, sample_texture
@@ -43,7 +44,6 @@ from omnivox.render.rasterize import pixel_barycentrics, rasterize
 from omnivox.render.ssao import ambient_visibility
 from omnivox.render.tonemap import srgb_decode, srgb_encode, to_uint8, tonemap
 
-MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl")
 VOXEL_SUFFIXES = (".vxz",)
 _WRAP_NAMES = {0: "repeat", 1: "clamp", 2: "mirror"}
 MAX_PREVIEW_RESOLUTION = 4096
@@ -129,14 +129,14 @@ def load_preview_source(path: Union[str, os.PathLike], up: Optional[str] = None,
 
         coords, attributes = read_vxz(path)
         return PreviewSource.from_ovoxel(coords, attributes, up=up or "z", device=device, name=str(path))
-    if suffix in MESH_SUFFIXES:
+    if suffix in SUPPORTED_SUFFIXES:
         from omnivox.assets import load_asset
 
         scene = load_asset(path)
         if scene.num_faces == 0:
             raise ValueError(f"{path}: the file holds no triangles")
         return PreviewSource.from_scene(scene, up=up or ("z" if suffix == ".stl" else "y"), device=device)
-    raise ValueError(f"{path}: unsupported file type {suffix!r} (use {', '.join(MESH_SUFFIXES + VOXEL_SUFFIXES)})")
+    raise ValueError(f"{path}: unsupported file type {suffix!r} (use {', '.join(SUPPORTED_SUFFIXES + VOXEL_SUFFIXES)})")
 
 
 # ----------------------------------------------------------------------------------------------------------
