@@ -106,11 +106,30 @@ def edge_table(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, edge_of, face_count
 
 
+# Per-face geometry is computed in slices of this many faces: the (F, 3, 3) float64 temporaries of a whole
+# 45M-face mesh would take several GB each.
+FACE_CHUNK = 1 << 20
+
+
 def face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(F,) float64 triangle areas."""
     v = vertices.astype(np.float64)
-    cross = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
-    return 0.5 * np.linalg.norm(cross, axis=1)
+    out = np.empty(len(faces))
+    for start in range(0, len(faces), FACE_CHUNK):
+        f = faces[start:start + FACE_CHUNK]
+        a = v[f[:, 0]]
+        out[start:start + FACE_CHUNK] = 0.5 * np.linalg.norm(np.cross(v[f[:, 1]] - a, v[f[:, 2]] - a), axis=1)
+    return out
+
+
+def edge_lengths(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(F, 3) float64 length of the edge from corner c to corner c + 1 of every face."""
+    v = vertices.astype(np.float64)
+    out = np.empty((len(faces), 3))
+    for start in range(0, len(faces), FACE_CHUNK):
+        f = faces[start:start + FACE_CHUNK]
+        out[start:start + FACE_CHUNK] = np.linalg.norm(v[f[:, [1, 2, 0]]] - v[f], axis=2)
+    return out
 
 
 def face_components(faces: np.ndarray, table: Optional[tuple] = None) -> np.ndarray:
@@ -185,7 +204,6 @@ def remove_fringes(vertices: np.ndarray, faces: np.ndarray, width: float, rounds
     num_faces = len(faces)
     index = np.arange(num_faces)
     areas_all = face_areas(vertices, faces)
-    v = vertices.astype(np.float64)
     for _ in range(rounds):
         if len(faces) == 0:
             break
@@ -194,7 +212,7 @@ def remove_fringes(vertices: np.ndarray, faces: np.ndarray, width: float, rounds
         _, part = _manifold_parts(faces, order, edge_of, face_count)
         del order
         count = face_count[edge_of].reshape(-1, 3)
-        length = np.linalg.norm(v[faces[:, [1, 2, 0]]] - v[faces], axis=2)
+        length = edge_lengths(vertices, faces)
         num_parts = int(part.max()) + 1
         boundary = np.bincount(part, weights=(length * (count == 1)).sum(axis=1), minlength=num_parts)
         junction = np.bincount(part, weights=(length * (count >= 3)).sum(axis=1), minlength=num_parts)
@@ -213,8 +231,7 @@ def median_edge_length(vertices: np.ndarray, faces: np.ndarray) -> float:
     """Median length of the faces' edges (0 for no faces)."""
     if len(faces) == 0:
         return 0.0
-    v = vertices.astype(np.float64)
-    return float(np.median(np.linalg.norm(v[faces[:, [1, 2, 0]]] - v[faces], axis=2)))
+    return float(np.median(edge_lengths(vertices, faces)))
 
 
 # ---------------------------------------------------------------------------------------------------- orientation
