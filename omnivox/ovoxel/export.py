@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from omnivox.ovoxel import bake, meshops
+from omnivox.ovoxel.forked import call_in_fork, fork_available
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid
 
 if TYPE_CHECKING:
@@ -316,11 +317,6 @@ def _xatlas_unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int, p
             np.asarray(uvs, np.float32), int(atlas.atlas_count))
 
 
-def _xatlas_child(connection, vertices, faces, texture_size, padding):
-    connection.send(_xatlas_unwrap(vertices, faces, texture_size, padding))
-    connection.close()
-
-
 def triangle_atlas(faces: np.ndarray, texture_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A chart per triangle, two triangles per square cell of a regular grid: the fallback when xatlas fails.
 
@@ -371,30 +367,12 @@ def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, isolat
         faces: (F, 3) int64 into the unwrapped vertices.
         uvs: (V', 2) float32 in [0, 1].
     """
-    import multiprocessing
     import warnings
 
     padding = texture_size // 512 + 2
     problem = None
-    if isolate and "fork" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("fork")
-        receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=_xatlas_child, args=(sender, vertices, faces, texture_size, padding))
-        child.start()
-        sender.close()
-        result = None
-        try:
-            if receiver.poll(timeout):
-                result = receiver.recv()
-            else:
-                problem = f"took longer than {timeout} s"
-        except EOFError:
-            pass
-        if child.is_alive():
-            child.terminate()
-        child.join()
-        if result is None and problem is None:
-            problem = f"crashed (exit code {child.exitcode})"
+    if isolate and fork_available():
+        result, problem = call_in_fork(_xatlas_unwrap, (vertices, faces, texture_size, padding), timeout)
     else:
         result = _xatlas_unwrap(vertices, faces, texture_size, padding)
     if result is not None and result[3] != 1:

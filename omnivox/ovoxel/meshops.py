@@ -28,6 +28,8 @@ from typing import Optional
 import numba
 import numpy as np
 
+from omnivox.ovoxel.forked import call_in_fork, fork_available
+
 
 # ----------------------------------------------------------------------------------------------------- graph helpers
 
@@ -566,33 +568,49 @@ def boundary_edge_count(faces: np.ndarray) -> int:
 
 
 DECIMATION_BATCH_FACES = 6_000_000
+DECIMATION_FORK_FACES = 1_000_000
 
 
 def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
-             batch_faces: int = DECIMATION_BATCH_FACES) -> tuple[np.ndarray, np.ndarray]:
+             batch_faces: int = DECIMATION_BATCH_FACES, fork_faces: int = DECIMATION_FORK_FACES
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Quadric edge-collapse decimation to at most about ``target_faces`` faces (``fast-simplification``).
 
     Meshes already at or below the target are returned unchanged. The library keeps the input winding, so orient
     first. It holds about 340 bytes per input face, so a mesh of more than ``batch_faces`` faces is decimated in
     batches of whole connected components (no collapse crosses components anyway), each to its share of the
     target by face count. A single component larger than a batch is still decimated in one piece.
+
+    The library also keeps that working memory for the rest of the process, so meshes of more than ``fork_faces``
+    faces are decimated in a forked child process where the platform can fork (`omnivox.ovoxel.forked`).
     """
     if len(faces) <= target_faces:
         return vertices, faces
     if len(faces) > batch_faces:
         component = face_components(faces)
         if component.max() > 0:
-            return _decimate_in_batches(vertices, faces, component, target_faces, batch_faces)
+            return _decimate_in_batches(vertices, faces, component, target_faces, batch_faces, fork_faces)
+    args = (np.ascontiguousarray(vertices, dtype=np.float64), np.ascontiguousarray(faces, dtype=np.int64),
+            int(target_faces))
+    result = None
+    if len(faces) > fork_faces and fork_available():
+        # The library never frees its working arrays; a child process gives them back when it exits.
+        result, problem = call_in_fork(_simplify, args)
+        if result is None:
+            warnings.warn(f"decimation of {len(faces)} faces in a child process {problem}; retrying in this process",
+                          RuntimeWarning, stacklevel=2)
+    points, triangles = result if result is not None else _simplify(*args)
+    return points.astype(vertices.dtype), triangles
+
+
+def _simplify(points: np.ndarray, triangles: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
     import fast_simplification
 
-    points, triangles = fast_simplification.simplify(
-        np.ascontiguousarray(vertices, dtype=np.float64), np.ascontiguousarray(faces, dtype=np.int64),
-        target_count=int(target_faces),
-    )
-    return points.astype(vertices.dtype), np.asarray(triangles, dtype=np.int64)
+    points, triangles = fast_simplification.simplify(points, triangles, target_count=target)
+    return points, np.asarray(triangles, dtype=np.int64)
 
 
-def _decimate_in_batches(vertices, faces, component, target_faces, batch_faces):
+def _decimate_in_batches(vertices, faces, component, target_faces, batch_faces, fork_faces):
     order = np.argsort(component, kind="stable")
     sizes = np.bincount(component)
     # Components in label order; a batch closes once it holds batch_faces faces.
@@ -603,7 +621,7 @@ def _decimate_in_batches(vertices, faces, component, target_faces, batch_faces):
     for chunk in np.split(order, bounds):
         v, f = compact(vertices, faces[chunk])
         share = max(1, round(target_faces * len(chunk) / len(faces)))
-        v, f = decimate(v, f, share, batch_faces=len(faces) + 1)
+        v, f = decimate(v, f, share, batch_faces=len(faces) + 1, fork_faces=fork_faces)
         out_vertices.append(v)
         out_faces.append(f + offset)
         offset += len(v)

@@ -138,6 +138,20 @@ def test_decimate_in_component_batches_keeps_every_part(monkeypatch):
     assert abs(meshops.signed_volume(out_vertices, out_faces) / meshops.signed_volume(vertices, faces) - 1) < 0.03
 
 
+@pytest.mark.skipif(not meshops.fork_available(), reason="needs fork")
+def test_decimate_in_a_child_process_equals_in_process(monkeypatch):
+    vertices, faces = _sphere(0.3, subdivisions=5)
+    faces = faces[np.random.default_rng().permutation(len(faces))]
+    in_process = meshops.decimate(vertices, faces, 3000)
+    forks = []
+    real = meshops.call_in_fork
+    monkeypatch.setattr(meshops, "call_in_fork", lambda fn, args: forks.append(len(args[1])) or real(fn, args))
+    in_child = meshops.decimate(vertices, faces, 3000, fork_faces=1000)
+    assert forks == [len(faces)]
+    np.testing.assert_array_equal(in_child[1], in_process[1])
+    np.testing.assert_array_equal(in_child[0], in_process[0])
+
+
 def test_clean_compacts_vertices():
     vertices, faces = _sphere(0.3)
     extra = np.concatenate([vertices, [[9.0, 9.0, 9.0]]])  # an unused vertex
