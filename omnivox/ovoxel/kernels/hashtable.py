@@ -28,10 +28,15 @@ def capacity_for(n):
 
 
 @nb.njit(cache=True)
+def empty_table(cap):
+    """An empty table of ``cap`` slots (a power of two): (keys, values)."""
+    return np.full(cap, EMPTY, dtype=np.int64), np.empty(cap, dtype=np.int64)
+
+
+@nb.njit(cache=True)
 def new_table(n):
     """An empty table sized for ``n`` entries: (keys, values)."""
-    cap = capacity_for(max(n, 8))
-    return np.full(cap, EMPTY, dtype=np.int64), np.empty(cap, dtype=np.int64)
+    return empty_table(capacity_for(max(n, 8)))
 
 
 @nb.njit(cache=True, inline="always")
@@ -82,7 +87,7 @@ def number_edges(faces, num_vertices):
     cap = 16
     while 3 * cap < 4 * (3 * F // 2 + 8):
         cap *= 2
-    tk, tv = np.full(cap, EMPTY, dtype=np.int64), np.empty(cap, dtype=np.int64)
+    tk, tv = empty_table(cap)
     edge_of = np.empty((F, 3), dtype=np.int64)
     keys = np.empty(3 * F, dtype=np.int64)
     counts = np.zeros(3 * F, dtype=np.int32)
@@ -96,9 +101,7 @@ def number_edges(faces, num_vertices):
                 keys[n] = key
                 n += 1
                 if 4 * n > 3 * tk.shape[0]:
-                    tk, tv = np.full(2 * tk.shape[0], EMPTY, dtype=np.int64), np.empty(2 * tk.shape[0], np.int64)
-                    for i in range(n):
-                        insert(tk, tv, keys[i], i)
+                    tk, tv = build(keys[:n])  # edge ids are row indices of keys: rehash at load 1/2
             edge_of[f, c] = e
             counts[e] += 1
     return edge_of, keys[:n].copy(), counts[:n].copy()
