@@ -383,8 +383,10 @@ class _FlowTransformer(nn.Module):
         Without autograd on a CUDA device with Triton, each block then runs its norms, modulation, q/k RMSNorm,
         RoPE and gated residuals as 9 fused kernels instead of several dozen small ones. Off: always the PyTorch path.
         """
+        if not isinstance(enabled, bool):
+            raise ValueError(f"enabled must be True or False, got {enabled!r}")
         for block in self.blocks:
-            block.fused_kernels = bool(enabled)
+            block.fused_kernels = enabled
 
     def _check_inputs(self, batch: int, t: torch.Tensor, cond: torch.Tensor) -> None:
         if not isinstance(t, torch.Tensor) or t.shape != (batch,):

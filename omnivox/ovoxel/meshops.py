@@ -584,6 +584,9 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
     The library also keeps that working memory for the rest of the process, so meshes of more than ``fork_faces``
     faces are decimated in a forked child process where the platform can fork (`omnivox.ovoxel.forked`).
     """
+    for name, value in (("target_faces", target_faces), ("batch_faces", batch_faces), ("fork_faces", fork_faces)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     if len(faces) <= target_faces:
         return vertices, faces
     if len(faces) > batch_faces:

@@ -30,6 +30,14 @@ def test_fused_block_in_triton_interpreter():
     assert result.stdout.count(" ok") == 8
 
 
+def test_set_fused_kernels_takes_a_bool():
+    model = SLatFlowModel(tiny_flow_config())
+    model.set_fused_kernels(False)
+    assert not any(block.fused_kernels for block in model.blocks)
+    with pytest.raises(ValueError, match="True or False"):
+        model.set_fused_kernels("no")
+
+
 def test_cpu_and_autograd_take_the_pytorch_path():
     block = SLatFlowModel(tiny_flow_config()).blocks[0]
     x = torch.randn(5, 48)

@@ -152,6 +152,15 @@ def test_decimate_in_a_child_process_equals_in_process(monkeypatch):
     np.testing.assert_array_equal(in_child[0], in_process[0])
 
 
+@pytest.mark.parametrize("bad", [dict(target_faces=0), dict(target_faces=2.5), dict(batch_faces=-1),
+                                 dict(fork_faces=True)])
+def test_decimate_rejects_bad_sizes(bad):
+    vertices, faces = _sphere(0.3)
+    args = dict(target_faces=100, **bad) if "target_faces" not in bad else bad
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        meshops.decimate(vertices, faces, **args)
+
+
 def test_clean_compacts_vertices():
     vertices, faces = _sphere(0.3)
     extra = np.concatenate([vertices, [[9.0, 9.0, 9.0]]])  # an unused vertex
