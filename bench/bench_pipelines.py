@@ -25,6 +25,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import sys
 import time
@@ -50,6 +51,7 @@ IMAGE = SHARED / "images" / "5a020584b95cf3db3b6420e9b09fb93e7c0f4046e61076e5b4c
 FLOW = dict(model_channels=1536, cond_channels=1024, num_blocks=30, num_heads=12, mlp_ratio=5.3334,
             dtype="bfloat16")
 GIB = 2 ** 30
+RUNS = itertools.count()  # pipeline runs started in this process (each gets its own token count, see Stages.fixed)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -81,6 +83,7 @@ def full_size_models(device) -> dict:
         "tex_slat_flow_model_1024": ("SLatFlowModel", dict(resolution=64, in_channels=64, out_channels=32)),
     }
     models = {}
+    torch.manual_seed(0)  # the same random weights in every process: decoders then keep the same voxels
     for seed, (role, (name, args)) in enumerate(specs.items()):
         model = build_model(name, {**FLOW, **args}, device=device).eval()
         make_informative(model, seed)
@@ -112,14 +115,23 @@ class Stages:
     def __init__(self, pipe: ImageTo3DPipeline, tokens: dict, device) -> None:
         self.device = torch.device(device)
         self.records: list = []
+        self.same_tokens = False
+        # Timing a stage needs a sync at its start and end, which stops the pipeline from queueing one stage's
+        # work while the GPU still runs the previous one; totals come from runs without (see run_type).
+        self.sync_stages = True
+        self.run_index = 0
         self.tokens = tokens
         self.pipe = pipe
         # The class's methods bound to this pipeline (not instance attributes a previous wrapper may have set).
         originals = {name: getattr(type(pipe), name).__get__(pipe) for name in
-                     ("encode_image", "sample_sparse_structure", "sample_latent", "cascade_coords", "decode")}
+                     ("encode_image", "sample_sparse_structure", "sample_latent", "cascade_coords", "decode_shape",
+                      "decode_material")}
 
         def timed(label_of, fn, replace=None):
             def wrapped(*args, **kwargs):
+                if not self.sync_stages:
+                    out = fn(*args, **kwargs)
+                    return replace(args, kwargs, out) if replace else out
                 sync(self.device)
                 if self.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
@@ -138,10 +150,22 @@ class Stages:
         pipe.sample_latent = timed(lambda a, k, o: f"{a[7]} ({len(a[1])} tokens)", originals["sample_latent"])
         pipe.cascade_coords = timed(lambda a, k, o: "cascade_upsample", originals["cascade_coords"],
                                     lambda a, k, o: (self.fixed(f"tokens_{a[2]}", 1), a[2]))
-        pipe.decode = timed(lambda a, k, o: f"decode ({sum(len(g.coords) for g in o)} voxels)", originals["decode"])
+        pipe.decode_shape = timed(lambda a, k, o: f"decode_shape ({len(o.shape.coords)} voxels)",
+                                  originals["decode_shape"])
+        pipe.decode_material = timed(lambda a, k, o: "decode_material", originals["decode_material"])
+
+    def begin_run(self) -> None:
+        self.records.clear()
+        self.run_index = next(RUNS)
 
     def fixed(self, key: str, samples: int) -> torch.Tensor:
+        """The real token set ``key`` for ``samples`` samples. Unless ``same_tokens``, run ``k`` of the process
+        drops ``7 k`` random cells, so every run has a new token count, as every new image has: caches keyed by
+        shape (cuDNN attention plans, CUDA graphs) then cannot make a repeated run look faster than a new one."""
         cells = torch.from_numpy(self.tokens[key].astype(np.int64))
+        if not self.same_tokens and self.run_index:
+            keep = np.random.default_rng(self.run_index).permutation(len(cells))[7 * self.run_index:]
+            cells = cells[np.sort(keep)]
         rows = [torch.cat([torch.full((len(cells), 1), b), cells], 1) for b in range(samples)]
         return torch.cat(rows).to(torch.int32)
 
@@ -170,11 +194,16 @@ def floor_seconds(pipeline_type: str, tokens: dict, rates: dict, decoder_flops: 
 
 # ------------------------------------------------------------------------------------------------------ run
 def run_type(report: Report, pipe: ImageTo3DPipeline, tokens: dict, image, pipeline_type: str, rates: dict,
-             smoke: bool, label: str, repeats: int = 2) -> None:
+             smoke: bool, label: str, repeats: int = 3, same_tokens: bool = False) -> None:
+    """Run ``pipeline_type`` ``repeats`` times: a cold run, then warm runs alternating between one with a sync at
+    every stage boundary (``warm_stages``: the per-stage times) and one without (``warm``: the total)."""
     stages = Stages(pipe, tokens, pipe.device)
     counters = []
+    stages.same_tokens = same_tokens
     for attempt in range(repeats):
-        stages.records.clear()
+        stages.begin_run()
+        stages.sync_stages = attempt % 2 == 1 or attempt == 0
+        name = "cold" if attempt == 0 else "warm_stages" if stages.sync_stages else "warm"
         counters = [FlopCounter(pipe.models.get(r)) for r in ("shape_slat_decoder", "tex_slat_decoder")]
         if pipe.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -187,7 +216,7 @@ def run_type(report: Report, pipe: ImageTo3DPipeline, tokens: dict, image, pipel
         floor = floor_seconds(pipeline_type, tokens, rates, decoder_flops, smoke)
         run_peak = torch.cuda.max_memory_allocated() / GIB if pipe.device.type == "cuda" else float("nan")
         reserved = torch.cuda.max_memory_reserved() / GIB if pipe.device.type == "cuda" else float("nan")
-        report.add(f"{label}/{'cold' if attempt == 0 and repeats > 1 else 'warm'}", dict(
+        report.add(f"{label}/{name}", dict(
             total_s=total, floor_s=floor, ratio=total / floor if floor == floor else None, peak_GiB=run_peak,
             peak_reserved_GiB=reserved, voxels=len(asset.coords), resolution=asset.resolution,
             faces=len(asset.faces), stages=list(stages.records),
@@ -228,7 +257,8 @@ def run(args) -> None:
         pipe = pipeline_with(models, device)
     for pipeline_type in args.types:
         try:
-            run_type(report, pipe, tokens, image, pipeline_type, rates, args.smoke, pipeline_type)
+            run_type(report, pipe, tokens, image, pipeline_type, rates, args.smoke, pipeline_type,
+                     same_tokens=args.same_tokens)
         except Exception as error:  # keep the other types' numbers
             report.add(f"error/{pipeline_type}", f"{type(error).__name__}: {error}")
     if args.budget and models is not None:
@@ -238,7 +268,7 @@ def run(args) -> None:
         pipe = pipeline_with(models, device, max_memory=args.budget)
         try:
             run_type(report, pipe, tokens, image, "1024_cascade", rates, args.smoke,
-                     f"1024_cascade_budget_{args.budget}", repeats=2)
+                     f"1024_cascade_budget_{args.budget}", same_tokens=args.same_tokens)
         except Exception as error:
             report.add("error/budget", f"{type(error).__name__}: {error}")
 
@@ -256,6 +286,8 @@ def main() -> None:
     r.add_argument("--types", nargs="*", default=["512", "1024_cascade", "1536_cascade"])
     r.add_argument("--budget", default="16GB", help="max_memory for the planner run ('' to skip)")
     r.add_argument("--smoke", action="store_true", help="tiny test pipeline (CPU check of the script)")
+    r.add_argument("--same-tokens", action="store_true",
+                   help="every run on the identical token sets (default: each run drops a few cells, see Stages.fixed)")
     r.add_argument("--unfused", action="store_true",
                    help="flow blocks on the PyTorch path instead of the Triton block kernels (the baseline)")
     args = parser.parse_args()

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from omnivox.models.layers import LayerNorm32, dtype_from_name
 from omnivox.sparse.attention import apply_rope, host_seq_lens, rope_3d_phases, varlen_attention
@@ -112,6 +113,10 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1))
 
 
+# SDPA backends, in order, for the variable-length token sets of the sparse model (see SLatFlowModel.forward).
+VARIABLE_LENGTH_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 # ----------------------------------------------------------------------------------------- token layouts
 class DenseTokens:
     """Token layout of the dense model: features ``(B, L, C)``, every sample has the same ``L`` tokens.
@@ -141,6 +146,14 @@ class DenseTokens:
     def cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q (B, L, H, D), k/v (B, M, H, D) -> (B, L, H, D)
         return self.self_attention(q, k, v)
+
+    def rows_of_items(self, items: int) -> int:
+        """Rows (of the flattened ``(B * L, C)`` features) that belong to the first ``items`` samples."""
+        return items * self.length
+
+    def cross_attention_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q (R, H, D): the rows of the first n = len(k) samples; k/v (n, M, H, D) -> (R, H, D)
+        return self.cross_attention(q.unflatten(0, (k.shape[0], -1)), k, v).flatten(0, 1)
 
     def fused_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row -> sample index, RoPE cos, RoPE sin) for the fused kernels; built once per token set."""
@@ -177,8 +190,16 @@ class SparseTokens:
 
     def cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q (N, H, D), k/v (B, M, H, D) -> (N, H, D)
+        return self.cross_attention_rows(q, k, v)
+
+    def rows_of_items(self, items: int) -> int:
+        """Rows that belong to the first ``items`` samples (rows are batch-major)."""
+        return sum(self.seq_lens[:items])
+
+    def cross_attention_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q (R, H, D): the rows of the first n = len(k) samples; k/v (n, M, H, D) -> (R, H, D)
         batch, length = k.shape[:2]
-        return varlen_attention(q, k.flatten(0, 1), v.flatten(0, 1), self.seq_lens, [length] * batch)
+        return varlen_attention(q, k.flatten(0, 1), v.flatten(0, 1), self.seq_lens[:batch], [length] * batch)
 
     def fused_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row -> sample index, RoPE cos, RoPE sin) for the fused kernels; built once per token set."""
@@ -224,10 +245,70 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
         # x (..., T, C), cond (B, M, Cc) -> (..., T, C)
         q = self.to_q(x).unflatten(-1, (self.num_heads, -1))
-        k, v = self.to_kv(cond).unflatten(-1, (2, self.num_heads, -1)).unbind(-3)  # k first
+        k, v = self.keys_values(cond)
         if self.q_rms_norm is not None:
-            q, k = self.q_rms_norm(q), self.k_rms_norm(k)
+            q = self.q_rms_norm(q)
         return self.to_out(tokens.cross_attention(q, k, v).flatten(-2))
+
+    def keys_values(self, cond: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``cond (B, M, Cc)`` -> keys (RMS-normalised) and values, ``(B, M, H, D)`` each."""
+        k, v = self.to_kv(cond).unflatten(-1, (2, self.num_heads, -1)).unbind(-3)  # k first
+        return (self.k_rms_norm(k) if self.k_rms_norm is not None else k), v
+
+    def forward_prepared(self, x: torch.Tensor, cond: "BlockCondition", tokens) -> torch.Tensor:
+        """`forward` on the rows ``x (R, C)`` of the samples that attend to ``cond``'s keys and values."""
+        q = self.to_q(x).unflatten(-1, (self.num_heads, -1))
+        if self.q_rms_norm is not None:
+            q = self.q_rms_norm(q)
+        return self.to_out(tokens.cross_attention_rows(q, cond.keys, cond.values).flatten(-2))
+
+    def null_output(self) -> torch.Tensor:
+        """``(C,)``: the output at every token for the all-zero condition (the unconditional pass of CFG).
+
+        Zero tokens give every key the same value (the projection's bias), so the softmax is uniform and each
+        query receives the value bias; no query, norm or attention is needed.
+        """
+        c = self.to_out.in_features
+        value = self.to_kv.bias[c:] if self.to_kv.bias is not None else self.to_kv.weight.new_zeros(c)
+        return self.to_out(value.to(self.to_out.weight.dtype)[None])[0]
+
+
+class BlockCondition(NamedTuple):
+    """One block's share of a `PreparedCondition`: keys and values ``(n, M, H, D)`` of the first ``n`` samples;
+    every later sample has the all-zero condition, whose cross-attention output is ``null_output (C,)``."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    null_output: torch.Tensor
+
+
+@dataclass
+class PreparedCondition:
+    """An image condition with each block's cross-attention keys and values computed once (inference).
+
+    A sampler calls the flow 12-25 times with the same condition; preparing it moves the ``to_kv`` projections
+    and key norms of all blocks out of those calls. Samples ``0 .. n-1`` use the prepared tokens, the
+    ``num_null`` samples after them the all-zero condition of classifier-free guidance's unconditional pass
+    (spec 8.3), whose cross-attention is a constant per block (`CrossAttention.null_output`): a batched CFG
+    call then skips the query projection, attention and output projection for half of its rows. Make one with
+    `_FlowTransformer.prepare_condition` and pass it as ``cond``; results equal passing the condition tensors.
+    """
+
+    keys: list                 # per block, (n, M, H, D)
+    values: list               # per block, (n, M, H, D)
+    null_outputs: list         # per block, (C,)
+    num_null: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0] + self.num_null
+
+    def with_null(self, num_null: int) -> "PreparedCondition":
+        """The same condition followed by ``num_null`` zero-condition samples (shares the tensors)."""
+        return PreparedCondition(self.keys, self.values, self.null_outputs, num_null)
+
+    def block(self, index: int) -> BlockCondition:
+        return BlockCondition(self.keys[index], self.values[index], self.null_outputs[index])
 
 
 class FeedForward(nn.Module):
@@ -270,7 +351,16 @@ class FlowBlock(nn.Module):
             tokens.per_sample(chunk) for chunk in m.chunk(6, dim=-1))
         h = self.norm1(x) * (1 + scale_msa) + shift_msa
         x = x + self.self_attn(h, tokens) * gate_msa
-        x = x + self.cross_attn(self.norm2(x), cond, tokens)
+        if isinstance(cond, BlockCondition):
+            rows = x.reshape(-1, x.shape[-1])
+            split = tokens.rows_of_items(cond.keys.shape[0])
+            parts = [rows[split:] + cond.null_output] if split < len(rows) else []
+            if split:
+                parts.insert(0, rows[:split] + self.cross_attn.forward_prepared(self.norm2(rows[:split]), cond,
+                                                                                tokens))
+            x = torch.cat(parts).view(x.shape)
+        else:
+            x = x + self.cross_attn(self.norm2(x), cond, tokens)
         if self.token_chunk is None or x.shape[-2] <= self.token_chunk:
             h = self.norm3(x) * (1 + scale_mlp) + shift_mlp
             return x + self.mlp(h) * gate_mlp
@@ -311,11 +401,18 @@ class FlowBlock(nn.Module):
         out = attn.to_out(tokens.self_attention(q, k, v.unflatten(0, lead)).flatten(-2))
         flat = kernels.gated_add(flat, out.reshape(-1, c), m, rows, 2 * c)
 
-        h = kernels.layer_norm(flat, self.norm2.eps, weight=self.norm2.weight, bias=self.norm2.bias)
-        q = kernels.rms_norm_rope(cross.to_q(h).unflatten(-1, (cross.num_heads, -1)), cross.q_rms_norm.gamma)
-        k, v = cross.to_kv(cond).unflatten(-1, (2, cross.num_heads, -1)).unbind(-3)  # (B, M, H, D) each
-        k = kernels.rms_norm_rope(k.flatten(0, 1), cross.k_rms_norm.gamma).view(k.shape)
-        flat = flat + cross.to_out(tokens.cross_attention(q.unflatten(0, lead), k, v).flatten(-2)).reshape(-1, c)
+        if isinstance(cond, BlockCondition):  # prepared: keys and values given, zero-condition rows constant
+            split = tokens.rows_of_items(cond.keys.shape[0])
+            k, v = cond.keys, cond.values
+            flat[split:] += cond.null_output  # flat is this function's own tensor (from gated_add)
+        else:
+            split = flat.shape[0]
+            k, v = cross.to_kv(cond).unflatten(-1, (2, cross.num_heads, -1)).unbind(-3)  # (B, M, H, D) each
+            k = kernels.rms_norm_rope(k.flatten(0, 1), cross.k_rms_norm.gamma).view(k.shape)
+        if split:
+            h = kernels.layer_norm(flat[:split], self.norm2.eps, weight=self.norm2.weight, bias=self.norm2.bias)
+            q = kernels.rms_norm_rope(cross.to_q(h).unflatten(-1, (cross.num_heads, -1)), cross.q_rms_norm.gamma)
+            flat[:split] += cross.to_out(tokens.cross_attention_rows(q, k, v).flatten(-2))
 
         h = kernels.layer_norm(flat, self.norm3.eps, table=m, rows=rows, shift_col=3 * c, scale_col=4 * c)
         flat = kernels.gated_add(flat, self.mlp(h), m, rows, 5 * c)
@@ -388,10 +485,39 @@ class _FlowTransformer(nn.Module):
         for block in self.blocks:
             block.fused_kernels = enabled
 
-    def _check_inputs(self, batch: int, t: torch.Tensor, cond: torch.Tensor) -> None:
-        if not isinstance(t, torch.Tensor) or t.shape != (batch,):
+    @torch.no_grad()
+    def prepare_condition(self, cond: Optional[torch.Tensor], num_null: int = 0) -> PreparedCondition:
+        """Each block's cross-attention keys and values for ``cond (B, M, cond_channels)`` (None: no samples),
+        followed by ``num_null`` samples with the all-zero condition; pass the result as ``cond`` to `forward`
+        (see `PreparedCondition`). Inference only: no gradients flow through it."""
+        if cond is not None:
+            self._check_inputs(cond.shape[0] if isinstance(cond, torch.Tensor) and cond.dim() == 3 else 0,
+                               None, cond)
+        if not isinstance(num_null, int) or num_null < 0:
+            raise ValueError(f"num_null must be a non-negative int, got {num_null!r}")
+        keys, values, nulls = [], [], []
+        dtype = self.config.torch_dtype
+        for block in self.blocks:
+            attn = block.cross_attn
+            if cond is not None:
+                k, v = attn.keys_values(cond.to(dtype))
+            else:
+                k = v = attn.to_q.weight.new_zeros(0, 1, attn.num_heads, self.config.head_dim)
+            keys.append(k)
+            values.append(v)
+            nulls.append(attn.null_output())
+        return PreparedCondition(keys, values, nulls, num_null)
+
+    def _check_inputs(self, batch: int, t: Optional[torch.Tensor],
+                      cond: Union[torch.Tensor, PreparedCondition]) -> None:
+        if t is not None and (not isinstance(t, torch.Tensor) or t.shape != (batch,)):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"t must be a ({batch},) tensor of 1000*t values, got {got}")
+        if isinstance(cond, PreparedCondition):
+            if cond.batch_size != batch or len(cond.keys) != len(self.blocks):
+                raise ValueError(f"the prepared condition holds {cond.batch_size} samples for {len(cond.keys)} "
+                                 f"blocks; this call has {batch} samples and the model {len(self.blocks)} blocks")
+            return
         cc = self.config.cond_channels
         if not isinstance(cond, torch.Tensor) or cond.dim() != 3 or cond.shape[0] != batch or cond.shape[2] != cc:
             got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
@@ -401,9 +527,14 @@ class _FlowTransformer(nn.Module):
         """``h`` float32 tokens after the input layer -> float32 output-layer values."""
         dtype = self.config.torch_dtype
         mod = self.adaLN_modulation(self.t_embedder(t)).to(dtype)
-        h, cond = h.to(dtype), cond.to(dtype)
-        for block in self.blocks:
-            h = block(h, mod, cond, tokens)
+        h = h.to(dtype)
+        if isinstance(cond, PreparedCondition):
+            for index, block in enumerate(self.blocks):
+                h = block(h, mod, cond.block(index), tokens)
+        else:
+            cond = cond.to(dtype)
+            for block in self.blocks:
+                h = block(h, mod, cond, tokens)
         h = F.layer_norm(h.float(), h.shape[-1:], eps=1e-5)
         return self.out_layer(h)
 
@@ -480,5 +611,9 @@ class SLatFlowModel(_FlowTransformer):
                              f"got {tuple(feats.shape)}")
         self._check_inputs(x.batch_size, t, cond)
         tokens = SparseTokens(x, self.config.head_dim, self.config.rope_freq)
-        h = self._run_blocks(self.input_layer(feats.float()), t, cond, tokens)
+        # Token counts change with every generated shape. cuDNN attention, SDPA's first choice on Hopper, builds
+        # a plan per sequence length (100-150 ms per new count and batch shape on an H100, several per stage);
+        # flash attention needs none and is ~1.7x slower per kernel, which costs less than one plan per run.
+        with sdpa_kernel(VARIABLE_LENGTH_ATTENTION, set_priority=True):
+            h = self._run_blocks(self.input_layer(feats.float()), t, cond, tokens)
         return x.replace(h)

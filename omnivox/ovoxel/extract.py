@@ -77,6 +77,30 @@ def dual_grid_to_mesh(
         vertices: (N [+ Q], 3) float32 world coordinates, one per voxel in input order (unreferenced ones included).
         faces: (2Q or 4Q, 3) int64. numpy for numpy input, torch otherwise.
     """
+    vertices, faces, hint = _extract(coords, dual_vertices, intersected, resolution, aabb, split_weight, split,
+                                     orient and not train, train, device)
+    if hint is not None and faces.shape[0]:
+        faces = orient_faces(faces, vertices.detach(), hint)
+    return _out(vertices, faces, isinstance(coords, torch.Tensor))
+
+
+def dual_grid_to_unoriented_mesh(coords: torch.Tensor, dual_vertices: torch.Tensor, intersected: torch.Tensor,
+                                 resolution: Resolution, aabb: AABB = UNIT_AABB,
+                                 split_weight: Optional[torch.Tensor] = None, split: str = "angle",
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`dual_grid_to_mesh` (torch tensors, computed on their device) without its last step, the orientation.
+
+    Returns ``(vertices, faces, hint)``: the mesh with the reference's axis-fixed winding and the per-face flip
+    hint of the crossing-parity rule. ``orient_faces(faces, vertices, hint)`` then gives exactly the faces of
+    ``dual_grid_to_mesh(..., orient=True)``. The orientation runs on the CPU, so a caller can run it on a worker
+    thread while the GPU does other work (the image-to-3D pipeline overlaps it with texture sampling).
+    """
+    return _extract(coords, dual_vertices, intersected, resolution, aabb, split_weight, split, True, False, None)
+
+
+def _extract(coords, dual_vertices, intersected, resolution, aabb, split_weight, split, with_hint: bool,
+             train: bool, device) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Vertices, faces with axis-fixed winding, and (``with_hint``) the per-face crossing-parity flip hint."""
     is_torch = isinstance(coords, torch.Tensor)
     dev = torch.device(device) if device is not None else (coords.device if is_torch else torch.device("cpu"))
     grid = Grid.make(resolution, aabb)
@@ -122,7 +146,7 @@ def dual_grid_to_mesh(
         quads, quad_axis = _quads(c, flags.bool(), res)
     if quads.shape[0] == 0:
         faces = torch.zeros((0, 3), dtype=torch.int64, device=dev)
-        return _out(vertices, faces, is_torch)
+        return vertices, faces, (torch.zeros(0, dtype=torch.bool, device=dev) if with_hint else None)
 
     if train:
         q = quads
@@ -135,7 +159,7 @@ def dual_grid_to_mesh(
             torch.stack([q[:, 0], q[:, 1], m], 1), torch.stack([q[:, 1], q[:, 2], m], 1),
             torch.stack([q[:, 2], q[:, 3], m], 1), torch.stack([q[:, 3], q[:, 0], m], 1),
         ], 1).reshape(-1, 3)
-        return _out(torch.cat([vertices, mid], 0), faces, is_torch)
+        return torch.cat([vertices, mid], 0), faces, None
 
     if on_cpu and gamma is None and split == "angle":
         first = torch.from_numpy(orient_numba.first_diagonal_by_angle(q_np, vertices.detach().numpy()))
@@ -145,10 +169,8 @@ def dual_grid_to_mesh(
     tri_a = torch.where(first[:, None], q[:, [0, 1, 2]], q[:, [0, 1, 3]])
     tri_b = torch.where(first[:, None], q[:, [0, 2, 3]], q[:, [3, 1, 2]])
     faces = torch.stack([tri_a, tri_b], 1).reshape(-1, 3)
-    if orient:
-        parity_flip = _parity_flip(c, quads, quad_axis)
-        faces = orient_faces(faces, vertices.detach(), parity_flip.repeat_interleave(2))
-    return _out(vertices, faces, is_torch)
+    hint = _parity_flip(c, quads, quad_axis).repeat_interleave(2) if with_hint else None
+    return vertices, faces, hint
 
 
 def _out(vertices: torch.Tensor, faces: torch.Tensor, is_torch: bool):

@@ -6,6 +6,7 @@ conditioning of spec 9.2 and the structured-latent flow sampling of spec 9.3, so
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -43,6 +44,46 @@ def cpu_default_overrides(device: torch.device, dtype: Optional[torch.dtype]) ->
     return {"dtype": name}, {"use_fp16": dtype == torch.float16}
 
 
+class StageConditions:
+    """The condition inputs of one sampling stage for ``model``: ``single`` (the image tokens ``cond``), ``null``
+    (the all-zero condition of CFG's unconditional pass) and ``pair`` (both as one batch, conditional first).
+
+    With ``prepare`` they are `PreparedCondition` objects: every block's keys and values are computed once per
+    stage instead of once per network call, and zero-condition samples skip cross-attention (a constant per
+    block). Without (the memory planner chunks this stage's tokens) they are plain tensors.
+    """
+
+    def __init__(self, model, cond: torch.Tensor, prepare: bool) -> None:
+        self.model, self.cond, self.prepare = model, cond, prepare
+        self.zeros = torch.zeros_like(cond)  # what the sampler passes as neg_cond (spec 8.3)
+        self._made: dict = {}
+
+    def _get(self, name: str, make):
+        if name not in self._made:
+            self._made[name] = make()
+        return self._made[name]
+
+    @property
+    def single(self):
+        return self._get("single", lambda: self.model.prepare_condition(self.cond) if self.prepare else self.cond)
+
+    def null(self):
+        samples = self.cond.shape[0]
+        return self._get("null", lambda: self.model.prepare_condition(None, num_null=samples) if self.prepare
+                         else self.zeros)
+
+    def pair(self):
+        samples = self.cond.shape[0]
+        return self._get("pair", lambda: self.single.with_null(samples) if self.prepare
+                         else torch.cat([self.cond, self.zeros]))
+
+
+def on_device(tokens: SparseTensor, device: torch.device) -> SparseTensor:
+    """``tokens`` moved to ``device`` with its per-item row layout computed first, where that needs no GPU sync."""
+    tokens.layout  # noqa: B018 (fills the cache that `SparseTensor.to` carries over)
+    return tokens.to(device)
+
+
 class PipelineBase:
     """Models by role, their placement, and the conditioning and latent-sampling stages."""
 
@@ -68,6 +109,8 @@ class PipelineBase:
         # graph's memory pool adds about one forward's working set.
         self.cuda_graphs = self.device.type == "cuda"
         self.cuda_graph_max_tokens = 8192
+        self._captured_roles: set = set()
+        self._executor: Optional[ThreadPoolExecutor] = None
         self.last_plan: Optional[MemoryPlan] = None
 
     @classmethod
@@ -80,6 +123,12 @@ class PipelineBase:
             background_model = find_background_model(config)  # e.g. RMBG-2.0/onnx/model.onnx beside the weights
         remover = BiRefNetOnnx(background_model) if isinstance(background_model, (str, Path)) else background_model
         return cls(config, device=device, dtype=dtype, max_memory=max_memory, background_remover=remover)
+
+    def _worker(self) -> ThreadPoolExecutor:
+        """One background thread per pipeline for CPU work that overlaps GPU work (mesh orientation)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnivox-cpu")
+        return self._executor
 
     # ------------------------------------------------------------------------------------------ loading
     def _load_role(self, role: str) -> torch.nn.Module:
@@ -145,11 +194,14 @@ class PipelineBase:
         """Sample a (normalised) structured latent on ``coords`` with the flow of ``role``; ``(N, C)`` float32."""
         flow = self.models.get(role)
         channels = flow.config.in_channels - (concat_cond.shape[1] if concat_cond is not None else 0)
+        coords = coords.cpu()
         num_samples = int(coords[:, 0].max()) + 1
-        noise = torch.randn(coords.shape[0], channels, generator=generator).to(self.device)
-        coords = coords.to(self.device)
+        noise = torch.randn(coords.shape[0], channels, generator=generator)
         cond = cond.expand(num_samples, -1, -1)
-        template = SparseTensor.from_coords(coords, noise, num_samples)
+        # Token sets are checked and laid out on the CPU, then moved: nothing here waits for the GPU, so this stage
+        # (and a CUDA-graph capture) proceeds while the previous stage's kernels still run.
+        template = on_device(SparseTensor.from_coords(coords, noise, num_samples), self.device)
+        noise = template.feats
         # The same coordinate object as the tokens: the flow model then skips comparing them, a host sync that
         # would make the texture stage's CUDA-graph capture fail.
         extra = None if concat_cond is None else template.replace(concat_cond.to(self.device))
@@ -161,33 +213,46 @@ class PipelineBase:
             if self.batch_guidance:
                 # Both CFG passes as one batch of 2 * num_samples items: the unconditional copies are items
                 # num_samples .. 2 * num_samples - 1 (coords batch-major, so the order stays valid).
-                doubled = SparseTensor.from_coords(
-                    torch.cat([coords, coords + torch.tensor([num_samples, 0, 0, 0], dtype=coords.dtype,
-                                                             device=coords.device)]),
-                    torch.cat([noise, noise]), 2 * num_samples)
+                shifted = coords + torch.tensor([num_samples, 0, 0, 0], dtype=coords.dtype)
+                doubled = on_device(SparseTensor.from_coords(torch.cat([coords, shifted]),
+                                                             torch.zeros(2 * rows, 0), 2 * num_samples), self.device)
+                doubled = doubled.replace(torch.cat([noise, noise]))
                 doubled_extra = None if extra is None else doubled.replace(torch.cat([extra.feats, extra.feats]))
 
-            def forward(feats, tvec, condition):  # the token set follows from the row count (single or doubled)
-                tokens, more = (template, extra) if feats.shape[0] == rows else (doubled, doubled_extra)
-                return model(tokens.replace(feats), tvec, condition, concat_cond=more).feats
+            conditions = StageConditions(model, cond, prepare=token_chunk is None)
+            pair_condition = conditions.pair() if doubled is not None else None
+
+            def forward(feats, tvec):  # conditional samples, or both CFG passes (told apart by the row count)
+                if feats.shape[0] == rows:
+                    return model(template.replace(feats), tvec, conditions.single, concat_cond=extra).feats
+                return model(doubled.replace(feats), tvec, pair_condition, concat_cond=doubled_extra).feats
 
             largest_call = rows * (2 if doubled is not None else 1)
+            # A flow already captured in this process has its kernels compiled and its libraries initialised,
+            # so its graphs are captured on the first call instead of after an eager warm-up call.
             network = GraphedCall(forward, enabled=self.cuda_graphs and not offload and token_chunk is None
-                                  and largest_call <= self.cuda_graph_max_tokens)
+                                  and largest_call <= self.cuda_graph_max_tokens,
+                                  warmup=role not in self._captured_roles)
 
             def velocity(x, t, condition):
-                return network(x, torch.full((num_samples,), 1000.0 * t, device=self.device), condition)
+                tvec = torch.full((num_samples,), 1000.0 * t, device=self.device)
+                if condition is cond:
+                    return network(x, tvec)
+                # The unconditional pass on its own (CPU runs, where batch_guidance is off).
+                return model(template.replace(x), tvec, conditions.null(), concat_cond=extra).feats
 
             pair = None
             if self.batch_guidance:
                 def pair(x, t, condition, negative):
-                    tvec = torch.full((2 * num_samples,), 1000.0 * t, device=self.device)
-                    out = network(torch.cat([x, x]), tvec, torch.cat([condition, negative]))
+                    out = network(torch.cat([x, x]), torch.full((2 * num_samples,), 1000.0 * t, device=self.device))
                     return out[:rows], out[rows:]
 
-            return self.sampler.sample(velocity, noise, cond, torch.zeros_like(cond), params,
-                                       batch_index=template.batch_index, batch_size=num_samples,
-                                       callback=self._progress(callback, stage), velocity_pair=pair)
+            latent = self.sampler.sample(velocity, noise, cond, conditions.zeros, params,
+                                         batch_index=template.batch_index, batch_size=num_samples,
+                                         callback=self._progress(callback, stage), velocity_pair=pair)
+            if network.replays:
+                self._captured_roles.add(role)
+            return latent
 
     def _normalization(self, which: str):
         norm = self.config.shape_normalization if which == "shape" else self.config.tex_normalization

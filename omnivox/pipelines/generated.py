@@ -18,6 +18,38 @@ ATTRIBUTE_NAMES = ("base_color", "metallic", "roughness", "alpha")
 ATTRIBUTE_SLICES = {"base_color": slice(0, 3), "metallic": slice(3, 4), "roughness": slice(4, 5), "alpha": slice(5, 6)}
 
 
+def _grid_tensors(coords, dual_vertices, intersected, split_weights):
+    """The dual grid as the extraction takes it: int32 coords, float32 vertices, bool flags, (N, 1) weights."""
+    coords = torch.as_tensor(coords).to(torch.int32)
+    device = coords.device
+    dual_vertices = torch.as_tensor(dual_vertices, dtype=torch.float32).to(device)
+    intersected = torch.as_tensor(intersected).bool().to(device)
+    if split_weights is not None:
+        split_weights = torch.as_tensor(split_weights, dtype=torch.float32).to(device).reshape(-1, 1)
+    return coords, dual_vertices, intersected, split_weights
+
+
+def unoriented_mesh(coords, dual_vertices, intersected, resolution: int, split_weights=None) -> tuple:
+    """The first part of `Generated.from_dual_grid`'s extraction, where ``coords`` lives: ``(vertices, faces,
+    hint)`` on the CPU, before orientation (`omnivox.ovoxel.extract.dual_grid_to_unoriented_mesh`)."""
+    from omnivox.ovoxel.extract import dual_grid_to_unoriented_mesh
+
+    coords, dual_vertices, intersected, split_weights = _grid_tensors(coords, dual_vertices, intersected,
+                                                                      split_weights)
+    if not len(coords):
+        return torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.int64), torch.zeros(0, dtype=torch.bool)
+    vertices, faces, hint = dual_grid_to_unoriented_mesh(coords, dual_vertices, intersected, int(resolution),
+                                                         split_weight=split_weights)
+    return vertices.float().cpu(), faces.cpu(), hint.cpu()
+
+
+def orient_mesh(vertices: torch.Tensor, faces: torch.Tensor, hint: torch.Tensor) -> tuple:
+    """The second part: ``(vertices, faces)`` with consistent, outward winding (CPU; releases the GIL)."""
+    from omnivox.ovoxel.extract import orient_faces
+
+    return vertices, (orient_faces(faces, vertices, hint) if len(faces) else faces)
+
+
 @dataclass
 class Generated:
     """One generated asset on a ``resolution^3`` grid over the unit box ``[-0.5, 0.5]^3`` (Z-up).
@@ -54,20 +86,19 @@ class Generated:
 
     @classmethod
     def from_dual_grid(cls, coords, dual_vertices, intersected, attributes: dict, resolution: int,
-                       split_weights=None) -> "Generated":
-        """Build one from a flexible dual grid and its attributes, extracting the mesh.
+                       split_weights=None, mesh: Optional[tuple] = None) -> "Generated":
+        """Build one from a flexible dual grid and its attributes, extracting the mesh (unless ``mesh``, the
+        ``(vertices, faces)`` that `unoriented_mesh` + `orient_mesh` made from the same grid, is given).
 
         The mesh is extracted where ``coords`` lives (a CUDA tensor: on the GPU); everything kept is moved to the CPU.
         """
-        from omnivox.ovoxel.extract import dual_grid_to_mesh
+        coords, dual_vertices, intersected, split_weights = _grid_tensors(coords, dual_vertices, intersected,
+                                                                          split_weights)
+        if mesh is not None:
+            vertices, faces = mesh
+        elif len(coords):
+            from omnivox.ovoxel.extract import dual_grid_to_mesh
 
-        coords = torch.as_tensor(coords).to(torch.int32)
-        device = coords.device
-        dual_vertices = torch.as_tensor(dual_vertices, dtype=torch.float32).to(device)
-        intersected = torch.as_tensor(intersected).bool().to(device)
-        if split_weights is not None:
-            split_weights = torch.as_tensor(split_weights, dtype=torch.float32).to(device).reshape(-1, 1)
-        if len(coords):
             vertices, faces = dual_grid_to_mesh(coords, dual_vertices, intersected, int(resolution),
                                                 split_weight=split_weights)
         else:

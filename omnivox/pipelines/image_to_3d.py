@@ -24,6 +24,7 @@ Differences from the reference, all deliberate:
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -32,9 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from omnivox.pipelines.base import PipelineBase, StageCallback
+from omnivox.pipelines.base import PipelineBase, StageCallback, StageConditions
 from omnivox.pipelines.config import PIPELINE_TYPES
-from omnivox.pipelines.generated import ATTRIBUTE_SLICES, Generated
+from omnivox.pipelines.generated import ATTRIBUTE_SLICES, Generated, orient_mesh, unoriented_mesh
 from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
                                       parse_memory, ss_decoder_stage)
 from omnivox.pipelines.preprocess import BackgroundRemover
@@ -49,6 +50,18 @@ MAX_NUM_TOKENS = 49152
 SS_RESOLUTION = {"512": 32, "1024": 64, "1024_cascade": 32, "1536_cascade": 32}
 TARGET_RESOLUTION = {"512": 512, "1024": 1024, "1024_cascade": 1024, "1536_cascade": 1536}
 LATENT_DOWNSAMPLING = 16
+
+
+@dataclass
+class ShapeDecoding:
+    """`ImageTo3DPipeline.decode_shape`'s result: the latent coordinates (device), the shape decoder's output,
+    each sample's rows in it, and the future of each sample's oriented ``(vertices, faces)``."""
+
+    latent_coords: torch.Tensor
+    shape: object
+    rows: list
+    meshes: Future
+    resolution: int
 
 
 @dataclass
@@ -115,14 +128,15 @@ class ImageTo3DPipeline(PipelineBase):
         pair = 2 if self.batch_guidance else 1  # guided flows run cond + uncond as one batch
         needs = [image_encoder_stage(("image_cond_model",), cond_tokens, self._encoder_width()),
                  flow_stage("sparse_structure", ("sparse_structure_flow_model",), pair * num_samples * ss_tokens,
-                            width),
+                            width, num_samples * 1029),
                  ss_decoder_stage(("sparse_structure_decoder",), dec_width / 1024)]
         if cascade:
             lr = lr_tokens if lr_tokens is not None else latent_tokens
-            needs.append(flow_stage("shape_slat_lr", ("shape_slat_flow_model_512",), pair * lr, width))
+            needs.append(flow_stage("shape_slat_lr", ("shape_slat_flow_model_512",), pair * lr, width,
+                                    num_samples * 1029))
             needs.append(decoder_stage("upsample", ("shape_slat_decoder",), lr, dec_width))
-        needs.append(flow_stage("shape_slat", (shape_flow,), pair * latent_tokens, width))
-        needs.append(flow_stage("tex_slat", (tex_flow,), latent_tokens, width))
+        needs.append(flow_stage("shape_slat", (shape_flow,), pair * latent_tokens, width, num_samples * cond_tokens))
+        needs.append(flow_stage("tex_slat", (tex_flow,), latent_tokens, width, num_samples * cond_tokens))
         needs.append(decoder_stage("decode", ("shape_slat_decoder", "tex_slat_decoder"), latent_tokens, dec_width))
         return needs
 
@@ -173,15 +187,20 @@ class ImageTo3DPipeline(PipelineBase):
             model = models[roles[0]]
             model.set_token_chunking(stage.token_chunk)
 
+            conditions = StageConditions(model, cond, prepare=stage.token_chunk is None)
+
             def velocity(x, t, condition):
-                return model(x, torch.full((num_samples,), 1000.0 * t, device=self.device), condition)
+                tvec = torch.full((num_samples,), 1000.0 * t, device=self.device)
+                return model(x, tvec, conditions.single if condition is cond else conditions.null())
+
+            pair_condition = conditions.pair() if self.batch_guidance else None
 
             def pair(x, t, condition, negative):  # both CFG passes in one batch (see PipelineBase.batch_guidance)
                 out = model(torch.cat([x, x]), torch.full((2 * num_samples,), 1000.0 * t, device=self.device),
-                            torch.cat([condition, negative]))
+                            pair_condition)
                 return out[:num_samples], out[num_samples:]
 
-            latent = self.sampler.sample(velocity, noise, cond, torch.zeros_like(cond), params,
+            latent = self.sampler.sample(velocity, noise, cond, conditions.zeros, params,
                                          callback=self._progress(callback, "sparse_structure"),
                                          velocity_pair=pair if self.batch_guidance else None)
         with self.models.on_device(roles[1:], plan.offload) as models:
@@ -228,34 +247,44 @@ class ImageTo3DPipeline(PipelineBase):
         return coords.to(torch.int32).cpu(), hr_res
 
     @torch.no_grad()
-    def decode(self, shape_coords: torch.Tensor, shape_feats: torch.Tensor, tex_feats: torch.Tensor,
-               resolution: int, plan: MemoryPlan) -> list:
-        """Shape and material decoding into one `Generated` per sample (spec 9.3 "Decoding")."""
+    def decode_shape(self, shape_coords: torch.Tensor, shape_feats: torch.Tensor, resolution: int,
+                     plan: MemoryPlan) -> "ShapeDecoding":
+        """The first half of decoding (spec 9.3 "Decoding"): the shape decoder, then each sample's mesh,
+        extracted on the device at once and oriented on a worker thread. The orientation is CPU work, so it
+        overlaps whatever the GPU runs next (in `run`, the texture stage); `decode_material` collects it."""
         stage = plan.stage("decode")
-        roles = ("shape_slat_decoder", "tex_slat_decoder")
         num_samples = int(shape_coords[:, 0].max()) + 1
-        coords = shape_coords.to(self.device)
-        with self.models.on_device(roles, plan.offload) as models:
-            shape_decoder, tex_decoder = models[roles[0]], models[roles[1]]
-            shape_decoder.set_resolution(int(resolution))
-            shape = shape_decoder(SparseTensor.from_coords(coords, shape_feats.to(self.device), num_samples),
-                                  chunk_voxels=stage.chunk_voxels)
-            material = tex_decoder(SparseTensor.from_coords(coords, tex_feats.to(self.device), num_samples),
-                                   guide_subdivisions=shape.subdivision_logits, chunk_voxels=stage.chunk_voxels)
+        latent = SparseTensor.from_coords(shape_coords.to(self.device), shape_feats.to(self.device), num_samples)
+        with self.models.on_device(["shape_slat_decoder"], plan.offload) as models:
+            decoder = models["shape_slat_decoder"]
+            decoder.set_resolution(int(resolution))
+            shape = decoder(latent, chunk_voxels=stage.chunk_voxels)
+        counts = torch.bincount(shape.coords[:, 0].long(), minlength=num_samples).tolist()
+        starts = np.cumsum([0] + counts)
+        rows = [slice(int(starts[b]), int(starts[b + 1])) for b in range(num_samples)]  # batch-major blocks
+        unoriented = [unoriented_mesh(shape.coords[r, 1:], shape.vertices[r], shape.intersected[r], int(resolution),
+                                      shape.split_weights[r]) for r in rows]
+        meshes = self._worker().submit(lambda: [orient_mesh(*mesh) for mesh in unoriented])
+        return ShapeDecoding(latent.coords, shape, rows, meshes, int(resolution))
+
+    @torch.no_grad()
+    def decode_material(self, decoded: "ShapeDecoding", tex_feats: torch.Tensor, plan: MemoryPlan) -> list:
+        """The second half: the material decoder on the shape decoder's voxels; one `Generated` per sample."""
+        shape = decoded.shape
+        with self.models.on_device(["tex_slat_decoder"], plan.offload) as models:
+            material = models["tex_slat_decoder"](
+                SparseTensor.from_coords(decoded.latent_coords, tex_feats.to(self.device), len(decoded.rows)),
+                guide_subdivisions=shape.subdivision_logits, chunk_voxels=plan.stage("decode").chunk_voxels)
         if not torch.equal(material.voxels.coords, shape.coords):
             raise RuntimeError("internal: the material decoder did not follow the shape decoder's voxels")
         pbr = (material.voxels.feats.float() * 0.5 + 0.5).clamp(0, 1)
-        layout = shape.coords[:, 0].long()
-        counts = torch.bincount(layout, minlength=num_samples).tolist()
-        starts = np.cumsum([0] + counts)
         results = []
-        for b in range(num_samples):  # rows are batch-major: item b owns one contiguous block
-            rows = slice(int(starts[b]), int(starts[b + 1]))
+        for rows, mesh in zip(decoded.rows, decoded.meshes.result()):
             item = pbr[rows]
             attributes = {name: item[:, columns] for name, columns in ATTRIBUTE_SLICES.items()}
             results.append(Generated.from_dual_grid(shape.coords[rows, 1:], shape.vertices[rows],
-                                                    shape.intersected[rows], attributes, int(resolution),
-                                                    shape.split_weights[rows]))
+                                                    shape.intersected[rows], attributes, decoded.resolution,
+                                                    shape.split_weights[rows], mesh=mesh))
         return results
 
     # ------------------------------------------------------------------------------------------ run
@@ -325,9 +354,9 @@ class ImageTo3DPipeline(PipelineBase):
             if image is None:
                 raise ValueError("run() needs an image (or resume_from a folder with the condition tokens)")
             picture = self.prepare_image(image, preprocess)
-            state.cond_512 = self.encode_image(picture, 512, plan.offload).cpu()
+            state.cond_512 = self.encode_image(picture, 512, plan.offload)
             if pipeline_type != "512":
-                state.cond_1024 = self.encode_image(picture, 1024, plan.offload).cpu()
+                state.cond_1024 = self.encode_image(picture, 1024, plan.offload)
             if writer:
                 writer.condition(generator)
         elif pipeline_type != "512" and state.cond_1024 is None:
@@ -357,7 +386,7 @@ class ImageTo3DPipeline(PipelineBase):
                 lr = self.sample_latent(role, coords, cond_512, generator, shape_params,
                                         plan.stage("shape_slat_lr").token_chunk, plan.offload, "shape_slat_lr",
                                         callback=callback)
-                lr = norm.denormalize(lr).cpu()
+                lr = norm.denormalize(lr)
                 coords, resolution = self.cascade_coords(coords, lr, TARGET_RESOLUTION[pipeline_type],
                                                          max_num_tokens, plan.offload)
                 plan = self._replan(pipeline_type, num_samples, len(coords), len(state.ss_coords), budget)
@@ -372,13 +401,15 @@ class ImageTo3DPipeline(PipelineBase):
                 feats = self.sample_latent(role, coords, cond, generator, shape_params,
                                            plan.stage("shape_slat").token_chunk, plan.offload, "shape_slat",
                                            callback=callback)
-            state.shape_coords, state.shape_feats = coords, norm.denormalize(feats).cpu()
+            state.shape_coords, state.shape_feats = coords, norm.denormalize(feats)
             state.resolution = int(resolution)
             if writer:
                 writer.shape_latent(generator)
 
         plan = self._replan(pipeline_type, num_samples, len(state.shape_coords), None, budget)
         self.last_plan = plan
+        # Shape decoding first: its mesh orientation (CPU) then runs while the GPU samples the material latent.
+        decoded = self.decode_shape(state.shape_coords, state.shape_feats, state.resolution, plan)
         if state.tex_feats is None:
             role = "tex_slat_flow_model_512" if pipeline_type == "512" else "tex_slat_flow_model_1024"
             cond = cond_512 if pipeline_type == "512" else cond_1024
@@ -387,11 +418,11 @@ class ImageTo3DPipeline(PipelineBase):
                                        self.sampler_params("tex_slat", sampler_params),
                                        plan.stage("tex_slat").token_chunk, plan.offload, "tex_slat",
                                        concat_cond=shape_norm.normalize(state.shape_feats), callback=callback)
-            state.tex_feats = tex_norm.denormalize(feats).cpu()
+            state.tex_feats = tex_norm.denormalize(feats)
             if writer:
                 writer.material_latent(generator)
 
-        results = self.decode(state.shape_coords, state.shape_feats, state.tex_feats, state.resolution, plan)
+        results = self.decode_material(decoded, state.tex_feats, plan)
         if writer:
             writer.generated(results)
         # No gc.collect() here: a run leaves no tensors in reference cycles (tests/pipelines/test_image_to_3d.py),

@@ -42,6 +42,7 @@ TOKEN_CHUNK_CHOICES = (16_384, 8_192, 4_096)
 FLOW_BYTES_PER_TOKEN_AT_1536 = 64_000
 FLOW_CHUNKED_BYTES_PER_TOKEN_AT_1536 = 24_000  # residual stream, q/k/v and norms stay whole
 FLOW_CHUNK_BYTES_PER_ROW_AT_1536 = 40_000
+PREPARED_CONDITION_BYTES_PER_TOKEN_AT_1536 = 2 * 1536 * 2 * 30  # bf16 keys and values of 30 blocks
 DECODER_BYTES_PER_TOKEN_AT_1024 = 400_000
 DECODER_CHUNKED_BYTES_PER_TOKEN_AT_1024 = 170_000
 DECODER_TAIL_BYTES_PER_VOXEL_AT_1024 = 7_000  # 4.6 KB times ~1.5 for the halo
@@ -162,10 +163,13 @@ def parse_memory(value) -> Optional[int]:
 
 
 # --------------------------------------------------------------------------------------------- estimates
-def flow_stage(name: str, roles: Sequence[str], tokens: int, width: int = 1536) -> StageNeed:
-    """A flow-sampling stage over ``tokens`` tokens (all batch items together) at model width ``width``."""
+def flow_stage(name: str, roles: Sequence[str], tokens: int, width: int = 1536, cond_tokens: int = 0) -> StageNeed:
+    """A flow-sampling stage over ``tokens`` tokens (all batch items together) at model width ``width``, whose
+    conditional samples hold ``cond_tokens`` image tokens together (their prepared keys and values stay on the
+    device for the whole stage, `omnivox.models.flow.PreparedCondition`; not when the tokens are chunked)."""
     scale = width / 1536
-    return StageNeed(name, tuple(roles), "flow", int(tokens * FLOW_BYTES_PER_TOKEN_AT_1536 * scale),
+    prepared = cond_tokens * PREPARED_CONDITION_BYTES_PER_TOKEN_AT_1536 * scale
+    return StageNeed(name, tuple(roles), "flow", int(tokens * FLOW_BYTES_PER_TOKEN_AT_1536 * scale + prepared),
                      int(tokens * FLOW_CHUNKED_BYTES_PER_TOKEN_AT_1536 * scale),
                      int(FLOW_CHUNK_BYTES_PER_ROW_AT_1536 * scale))
 

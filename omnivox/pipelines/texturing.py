@@ -130,7 +130,7 @@ class TexturingPipeline(PipelineBase):
         needs = [image_encoder_stage(("image_cond_model",), 4101 if cond_size == 1024 else 1029,
                                      self._config_of("image_cond_model").hidden_size),
                  encoder_stage("encode", ("shape_slat_encoder",), latent_estimate, dec_width),
-                 flow_stage("tex_slat", (flow_role,), latent_estimate, width),
+                 flow_stage("tex_slat", (flow_role,), latent_estimate, width, 4101 if cond_size == 1024 else 1029),
                  decoder_stage("decode", ("tex_slat_decoder",), latent_estimate, dec_width)]
         plan = self._plan(needs, budget)
         self.last_plan = plan

@@ -206,7 +206,11 @@ class SparseTensor:
         feats = self.feats.to(*args, **kwargs)
         if feats.device == self.coords.device:
             return self.replace(feats)
-        return SparseTensor(self.coords.to(feats.device), feats, self.batch_size, self.scale)
+        moved = SparseTensor(self.coords.to(feats.device), feats, self.batch_size, self.scale)
+        if ("layout",) in self._cache.keys():  # host values, valid on any device; saves the mover a sync
+            layout = self._cache.get(("layout",), list)
+            moved._cache.get(("layout",), lambda: layout)
+        return moved
 
     # ------------------------------------------------------------------ batch bookkeeping (cached)
     @property

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from omnivox.models.flow import DenseTokens, FlowBlock, FlowConfig, SparseTokens
+from omnivox.models.flow import BlockCondition, DenseTokens, FlowBlock, FlowConfig, SparseTokens
 from omnivox.sparse import SparseTensor
 
 TOLERANCES = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
@@ -36,8 +36,11 @@ def _tokens(layout: str, config: FlowConfig, gen: torch.Generator, device):
     return make, torch.randn(len(coords), config.model_channels, generator=gen), 2
 
 
-def check(device: str, dtype: torch.dtype, layout: str, heads: int, seed: int) -> dict:
-    """Relative errors of the fused and the PyTorch block against float64, for one random block and input."""
+def check(device: str, dtype: torch.dtype, layout: str, heads: int, seed: int, prepared: bool = False) -> dict:
+    """Relative errors of the fused and the PyTorch block against float64, for one random block and input.
+
+    ``prepared``: the blocks get a `BlockCondition` (sample 0 attends to its prepared keys and values, sample 1
+    has the zero condition), the float64 reference the condition tensors ``[cond[0], 0]``."""
     gen = torch.Generator().manual_seed(seed)
     name = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
     config = FlowConfig(resolution=4, in_channels=8, out_channels=8, model_channels=48, cond_channels=16,
@@ -60,9 +63,15 @@ def check(device: str, dtype: torch.dtype, layout: str, heads: int, seed: int) -
         b.fused_kernels = False
         xs, ms = x.to(device, run_dtype), (b.modulation + mod.to(device, b.modulation.dtype)).to(run_dtype)
         with torch.no_grad():
+            c = cond.to(device, run_dtype)
+            if prepared and run_dtype != torch.float64:
+                keys, values = b.cross_attn.keys_values(c[:1])
+                c = BlockCondition(keys, values, b.cross_attn.null_output())
+            elif prepared:
+                c = torch.cat([c[:1], torch.zeros_like(c[1:])])
             if fused:
-                return b.forward_fused(xs, ms, cond.to(device, run_dtype), make_tokens())
-            return b.forward(xs, mod.to(device, b.modulation.dtype), cond.to(device, run_dtype), make_tokens())
+                return b.forward_fused(xs, ms, c, make_tokens())
+            return b.forward(xs, mod.to(device, b.modulation.dtype), c, make_tokens())
 
     expected = run(False, torch.float64)
     fused, plain = run(True, dtype), run(False, dtype)
@@ -76,11 +85,11 @@ def main() -> int:
     seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     for dtype in (torch.float32, torch.float16):  # the interpreter has no bfloat16 arithmetic
         for layout in ("dense", "sparse"):
-            for heads in (2, 3):
-                errors = check("cpu", dtype, layout, heads, seed)
+            for heads, prepared in ((2, False), (3, False), (2, True), (3, True)):
+                errors = check("cpu", dtype, layout, heads, seed, prepared)
                 ok = errors["fused"] < TOLERANCES[dtype] and errors["fused"] < 2 * errors["torch"] + 1e-6
                 failures += not ok
-                print(f"{dtype} {layout} heads={heads}: {errors} {'ok' if ok else 'MISMATCH'}")
+                print(f"{dtype} {layout} heads={heads} prepared={prepared}: {errors} {'ok' if ok else 'MISMATCH'}")
     return 1 if failures else 0
 
 

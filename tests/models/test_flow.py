@@ -182,3 +182,50 @@ def test_flow_input_errors_are_clear():
         sparse(sparse_from(coords, 4), t, cond, concat_cond=sparse_from(shifted, 4))
     with pytest.raises(ValueError, match="pe_mode"):
         tiny_flow_config(pe_mode="ape")
+
+
+# ---------------------------------------------------------------------------------- prepared conditions
+def _prepared_cases(seed: int):
+    """(model, input with 2 samples, input with 4 samples = the 2 twice, read) for the dense and sparse models."""
+    gen = torch.Generator().manual_seed(seed)
+    dense = randomize(SparseStructureFlowModel(tiny_flow_config()), seed=seed).eval()
+    x = torch.randn(2, 8, 4, 4, 4, generator=gen)
+    yield dense, x, torch.cat([x, x]), lambda out: out
+    sparse = randomize(SLatFlowModel(tiny_flow_config()), seed=seed + 1).eval()
+    coords = random_voxels(20, 5, batch=2, seed=seed)
+    feats = torch.randn(len(coords), 8, generator=gen)
+    doubled = torch.cat([coords, coords + torch.tensor([2, 0, 0, 0], dtype=torch.int32)])
+    yield (sparse, SparseTensor.from_coords(coords, feats, 2),
+           SparseTensor.from_coords(doubled, torch.cat([feats, feats]), 4), lambda out: out.feats)
+
+
+def test_prepared_condition_equals_condition_tensors():
+    """Prepared keys/values and the zero condition's constant cross-attention give the tensor path's values."""
+    seed = int(torch.randint(0, 10_000, ()))
+    gen = torch.Generator().manual_seed(seed)
+    cond = torch.randn(2, 5, 16, generator=gen)
+    zeros = torch.zeros_like(cond)
+    t2, t4 = torch.tensor([700.0, 300.0]), torch.tensor([700.0, 300.0, 700.0, 300.0])
+    for model, x, x4, read in _prepared_cases(seed):
+        with torch.no_grad():
+            cases = [
+                (read(model(x, t2, model.prepare_condition(cond))), read(model(x, t2, cond))),
+                (read(model(x, t2, model.prepare_condition(None, num_null=2))), read(model(x, t2, zeros))),
+                (read(model(x4, t4, model.prepare_condition(cond).with_null(2))),
+                 read(model(x4, t4, torch.cat([cond, zeros])))),
+            ]
+        for got, expected in cases:
+            assert expected.abs().max() > 0.1  # informative outputs
+            assert relative_error(got, expected) < 1e-5
+
+
+def test_prepared_condition_is_checked_against_the_call():
+    model = SLatFlowModel(tiny_flow_config())
+    x = SparseTensor.from_coords(random_voxels(10, 4, batch=2), torch.randn(20, 8), 2)
+    prepared = model.prepare_condition(torch.randn(2, 5, 16))
+    with pytest.raises(ValueError, match="prepared condition holds 4 samples"):
+        model(x, torch.ones(2), prepared.with_null(2))
+    with pytest.raises(ValueError, match="num_null"):
+        model.prepare_condition(None, num_null=-1)
+    with pytest.raises(ValueError, match="cond must have shape"):
+        model.prepare_condition(torch.randn(2, 5, 7))

@@ -27,7 +27,7 @@ def test_fused_block_in_triton_interpreter():
     result = subprocess.run([sys.executable, str(HERE / "fused_block_check.py"), seed], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert result.stdout.count(" ok") == 8
+    assert result.stdout.count(" ok") == 16
 
 
 def test_set_fused_kernels_takes_a_bool():
@@ -56,8 +56,9 @@ def test_cpu_and_autograd_take_the_pytorch_path():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["dense", "sparse"])
 @pytest.mark.parametrize("heads", [2, 3])
-def test_fused_block_on_gpu_matches_float64(dtype, layout, heads):
-    errors = check("cuda", dtype, layout, heads, seed=int(torch.randint(0, 10_000, ())))
+@pytest.mark.parametrize("prepared", [False, True])
+def test_fused_block_on_gpu_matches_float64(dtype, layout, heads, prepared):
+    errors = check("cuda", dtype, layout, heads, seed=int(torch.randint(0, 10_000, ())), prepared=prepared)
     assert errors["fused"] < TOLERANCES[dtype], errors
     assert errors["fused"] < 2 * errors["torch"] + 1e-6, errors
 

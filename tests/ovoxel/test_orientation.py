@@ -162,3 +162,38 @@ def test_closed_real_asset_exports_single_sided_glb(assets):
     mesh, report = bake_glb(vertices, faces, coords, attributes, resolution, texture_size=128)
     assert not report.double_sided and mesh.visual.material.doubleSided is False
     assert meshops.signed_volume(np.asarray(mesh.vertices), np.asarray(mesh.faces)) > 0  # a rotation keeps the sign
+
+
+def test_orientation_split_off_the_extraction_gives_the_same_mesh(assets):
+    """`dual_grid_to_unoriented_mesh` + `orient_faces` (the pipeline's two steps, the second on a worker thread)
+    equals `dual_grid_to_mesh`; the Generated built from them equals the one that extracts by itself."""
+    import threading
+
+    import torch
+
+    from omnivox.assets import load_asset
+    from omnivox.ovoxel.extract import dual_grid_to_unoriented_mesh, orient_faces
+    from omnivox.pipelines.generated import Generated, orient_mesh, unoriented_mesh
+
+    scene = load_asset(assets / "gltf/Fox.glb").normalized()
+    coords, dual, flags = mesh_to_dual_grid(scene.vertices, scene.faces, RESOLUTION)
+    coords = torch.as_tensor(np.asarray(coords)).int()
+    local = torch.as_tensor(np.asarray(to_local(coords.numpy(), np.asarray(dual), 1.0 / RESOLUTION))).float()
+    flags = torch.as_tensor(np.asarray(flags)).bool()
+    weights = torch.rand(len(coords), 1) + 0.5
+    expected_v, expected_f = dual_grid_to_mesh(coords, local, flags, RESOLUTION, split_weight=weights)
+    vertices, faces, hint = dual_grid_to_unoriented_mesh(coords, local, flags, RESOLUTION, split_weight=weights)
+    assert torch.equal(vertices, expected_v) and not torch.equal(faces, expected_f)  # orientation does something
+    assert torch.equal(orient_faces(faces, vertices, hint), expected_f)
+
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(mesh=orient_mesh(*unoriented_mesh(
+        coords, local, flags, RESOLUTION, weights))))
+    worker.start()
+    worker.join()
+    attributes = {"base_color": torch.rand(len(coords), 3), "metallic": torch.rand(len(coords), 1),
+                  "roughness": torch.rand(len(coords), 1), "alpha": torch.ones(len(coords), 1)}
+    direct = Generated.from_dual_grid(coords, local, flags, attributes, RESOLUTION, weights)
+    split = Generated.from_dual_grid(coords, local, flags, attributes, RESOLUTION, weights, mesh=result["mesh"])
+    assert torch.equal(direct.vertices, split.vertices) and torch.equal(direct.faces, split.faces)
+    assert len(direct.faces) > 1000

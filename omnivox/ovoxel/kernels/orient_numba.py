@@ -87,7 +87,7 @@ def first_diagonal_by_angle(quads, vertices):
     return out
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)  # nogil: the pipelines run it on a worker thread beside GPU work
 def orient_components(faces, vertices, hint_flip):
     """Consistent winding per connected component, then each component's side (see ``extract.orient_faces``).
 
@@ -176,7 +176,7 @@ def _tri_normal64(v, i, j, k):
     return ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def winding_numbers(points, triangles):
     """Generalized winding number of a triangle soup at each point: the sum of signed solid angles over 4 pi.
 
