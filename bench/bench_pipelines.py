@@ -119,6 +119,7 @@ class Stages:
         # Timing a stage needs a sync at its start and end, which stops the pipeline from queueing one stage's
         # work while the GPU still runs the previous one; totals come from runs without (see run_type).
         self.sync_stages = True
+        self.overlap = True  # pipe.overlap_decoding in runs without stage syncs
         self.run_index = 0
         self.tokens = tokens
         self.pipe = pipe
@@ -203,6 +204,7 @@ def run_type(report: Report, pipe: ImageTo3DPipeline, tokens: dict, image, pipel
     for attempt in range(repeats):
         stages.begin_run()
         stages.sync_stages = attempt % 2 == 1 or attempt == 0
+        pipe.overlap_decoding = not stages.sync_stages  # one stage at a time where stages are timed
         name = "cold" if attempt == 0 else "warm_stages" if stages.sync_stages else "warm"
         counters = [FlopCounter(pipe.models.get(r)) for r in ("shape_slat_decoder", "tex_slat_decoder")]
         if pipe.device.type == "cuda":

@@ -12,6 +12,7 @@ Variants (each switches one thing on the same pipeline and models):
 * ``no_graphs``: ``pipe.cuda_graphs = False`` (every flow call eager);
 * ``cudnn_sparse``: the sparse flows use cuDNN attention first (SDPA's default on Hopper) instead of flash;
 * ``unfused``: the PyTorch block path (``set_fused_kernels(False)``);
+* ``no_overlap``: ``pipe.overlap_decoding = False`` (shape decoding after the texture stage);
 * ``same_tokens``: every run on the identical token sets (by default each run has a new token count, as a new
   image would, see `bench_pipelines.Stages.fixed`).
 
@@ -44,7 +45,7 @@ from omnivox.models.cuda_graphs import GraphedCall  # noqa: E402
 from omnivox.pipelines.image_to_3d import ImageTo3DPipeline  # noqa: E402
 from omnivox.pipelines.testing import make_test_pipeline  # noqa: E402
 
-VARIANTS = ("default", "no_graphs", "cudnn_sparse", "unfused", "same_tokens")
+VARIANTS = ("default", "no_graphs", "cudnn_sparse", "unfused", "same_tokens", "no_overlap")
 
 
 @contextlib.contextmanager
@@ -58,7 +59,8 @@ def variant(stages: Stages, name: str):
     models = [m for m in pipe.models._models.values() if hasattr(m, "set_fused_kernels")]
     graphs, backends = pipe.cuda_graphs, list(flow.VARIABLE_LENGTH_ATTENTION)
     try:
-        pipe.cuda_graphs = name != "no_graphs"
+        pipe.cuda_graphs = graphs and name != "no_graphs"
+        stages.overlap = name != "no_overlap"
         stages.same_tokens = name == "same_tokens"
         for model in models:
             model.set_fused_kernels(name != "unfused")
@@ -66,7 +68,7 @@ def variant(stages: Stages, name: str):
             flow.VARIABLE_LENGTH_ATTENTION[:0] = [SDPBackend.CUDNN_ATTENTION]
         yield
     finally:
-        pipe.cuda_graphs, stages.same_tokens = graphs, False
+        pipe.cuda_graphs, stages.same_tokens, stages.overlap = graphs, False, True
         flow.VARIABLE_LENGTH_ATTENTION[:] = backends
         for model in models:
             model.set_fused_kernels(True)
@@ -93,6 +95,7 @@ def one_run(pipe, stages: Stages, image, pipeline_type: str, synced: bool = True
     """One run; ``synced``: with a sync at every stage boundary, which gives per-stage times (see `Stages`)."""
     stages.begin_run()
     stages.sync_stages = synced
+    pipe.overlap_decoding = stages.overlap and not synced  # one stage at a time where stages are timed
     sync(pipe.device)
     start = time.perf_counter()
     pipe.run(image, seed=0, pipeline_type=pipeline_type)

@@ -48,15 +48,21 @@ class GraphedCall:
         fn: the function to capture; its arguments are CUDA tensors (other arguments are not supported).
         enabled: False makes every call eager (a switch for callers and tests).
         warmup: run each signature once eagerly before capturing it (see the module docstring).
+        pool: a memory pool (``torch.cuda.graph_pool_handle()``) to share with other wrappers whose calls never
+            interleave with this one's, e.g. the successive sampling stages of a pipeline. A new wrapper then
+            reuses the memory its predecessors' graphs left in the pool instead of allocating fresh device
+            memory during capture (``cudaMalloc`` waits for the device, so a capture could not overlap the
+            previous stage's kernels).
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor], enabled: bool = True, warmup: bool = True) -> None:
+    def __init__(self, fn: Callable[..., torch.Tensor], enabled: bool = True, warmup: bool = True,
+                 pool=None) -> None:
         self.fn = fn
         self.enabled = enabled
         self.warmup = warmup
         self._seen: set = set()       # signatures called once eagerly (warm-up done)
         self._graphs: dict = {}       # signature -> (static inputs, static output, CUDAGraph) or None (eager)
-        self._pool = None
+        self._pool = pool
         self._stream = None           # the side stream captures run on (capture cannot use the default stream)
         self.replays = 0              # how many calls were served by a replay (for tests and benchmarks)
 
@@ -83,6 +89,11 @@ class GraphedCall:
         self.replays += 1
         return output.clone()
 
+    def captured_graphs(self) -> list:
+        """The ``torch.cuda.CUDAGraph`` objects captured so far. Holding them (and nothing else of this wrapper)
+        keeps the memory pool alive for a later wrapper that shares it; they must not be replayed alone."""
+        return [entry[2] for entry in self._graphs.values() if entry is not None]
+
     def _capture(self, args, quiet: bool = False) -> Optional[tuple]:
         # Not `torch.cuda.graph(...)`: entering it synchronises the device and empties the allocator's cache
         # (and, in some torch versions, runs gc.collect()) to free memory for the graph. In a pipeline that
@@ -92,6 +103,7 @@ class GraphedCall:
         graph = torch.cuda.CUDAGraph()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+        if self._stream is None:
             self._stream = torch.cuda.Stream(device=args[0].device)
         self._stream.wait_stream(torch.cuda.current_stream())
         try:

@@ -113,8 +113,13 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1))
 
 
-# SDPA backends, in order, for the variable-length token sets of the sparse model (see SLatFlowModel.forward).
+# SDPA backends, in order, for the variable-length token sets of the sparse model (see SLatFlowModel.forward):
+# short sets, and sets of at least CUDNN_MIN_TOKENS per sample (break-even measured on an H100: flash's slower
+# kernels cost ~48 ms per 512 shape stage at 2,776 tokens, growing with the square of the count, against
+# ~220 ms of cuDNN plans).
 VARIABLE_LENGTH_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+LONG_SEQUENCE_ATTENTION = [SDPBackend.CUDNN_ATTENTION, *VARIABLE_LENGTH_ATTENTION]
+CUDNN_MIN_TOKENS = 6000
 
 
 # ----------------------------------------------------------------------------------------- token layouts
@@ -612,8 +617,12 @@ class SLatFlowModel(_FlowTransformer):
         self._check_inputs(x.batch_size, t, cond)
         tokens = SparseTokens(x, self.config.head_dim, self.config.rope_freq)
         # Token counts change with every generated shape. cuDNN attention, SDPA's first choice on Hopper, builds
-        # a plan per sequence length (100-150 ms per new count and batch shape on an H100, several per stage);
-        # flash attention needs none and is ~1.7x slower per kernel, which costs less than one plan per run.
-        with sdpa_kernel(VARIABLE_LENGTH_ATTENTION, set_priority=True):
+        # a plan per sequence length (100-150 ms per new count and batch shape on an H100, one or two per stage);
+        # flash attention needs none but its kernels take ~1.7x as long. Attention grows with the square of the
+        # count, so below CUDNN_MIN_TOKENS per sample (the 512 stages) flash costs less per run, above it (the
+        # 1024 and 1536 stages) the plans do.
+        longest = max(tokens.seq_lens, default=0)
+        backends = VARIABLE_LENGTH_ATTENTION if longest < CUDNN_MIN_TOKENS else LONG_SEQUENCE_ATTENTION
+        with sdpa_kernel(backends, set_priority=True):
             h = self._run_blocks(self.input_layer(feats.float()), t, cond, tokens)
         return x.replace(h)

@@ -106,11 +106,17 @@ class PipelineBase:
         # at a few thousand tokens (H100, 2,776 tokens: 66 -> 28 ms per call, batched CFG 100 -> 59 ms). Larger
         # calls (11K+ tokens, the dense 16^3 structure flow with batched CFG) are compute-bound there, so the
         # capture would only cost time. Not used when a stage offloads or chunks tokens (memory plans), since the
-        # graph's memory pool adds about one forward's working set.
+        # graphs' memory pool holds about one forward's working set; the pipeline keeps that pool (and the last
+        # stage's graphs) between stages and runs, so no capture has to allocate device memory.
         self.cuda_graphs = self.device.type == "cuda"
         self.cuda_graph_max_tokens = 8192
         self._captured_roles: set = set()
+        self._graph_pool = None
+        self._pool_keeper: list = []
         self._executor: Optional[ThreadPoolExecutor] = None
+        # Work of a later stage that needs no GPU sync with the current one runs inside it (image-to-3D: shape
+        # decoding during texture sampling). False runs stages strictly one after another (per-stage timing).
+        self.overlap_decoding = True
         self.last_plan: Optional[MemoryPlan] = None
 
     @classmethod
@@ -181,17 +187,25 @@ class PipelineBase:
             tokens = model(normalize_images(pixels.to(self.device)).to(dtype))
         return tokens.float()
 
-    def _progress(self, callback: Optional[StageCallback], stage: str):
-        if callback is None:
+    def _progress(self, callback: Optional[StageCallback], stage: str,
+                  after_first_step: Optional[Callable[[], None]] = None):
+        if callback is None and after_first_step is None:
             return None
-        return lambda step, total: callback(stage, step, total)
+
+        def progress(step: int, total: int) -> None:
+            if step == 1 and after_first_step is not None:
+                after_first_step()
+            if callback is not None:
+                callback(stage, step, total)
+        return progress
 
     @torch.no_grad()
     def sample_latent(self, role: str, coords: torch.Tensor, cond: torch.Tensor, generator: torch.Generator,
                       params: SamplerParams, token_chunk: Optional[int], offload: bool, stage: str,
-                      concat_cond: Optional[torch.Tensor] = None, callback: Optional[StageCallback] = None
-                      ) -> torch.Tensor:
-        """Sample a (normalised) structured latent on ``coords`` with the flow of ``role``; ``(N, C)`` float32."""
+                      concat_cond: Optional[torch.Tensor] = None, callback: Optional[StageCallback] = None,
+                      after_first_step: Optional[Callable[[], None]] = None) -> torch.Tensor:
+        """Sample a (normalised) structured latent on ``coords`` with the flow of ``role``; ``(N, C)`` float32.
+        ``after_first_step()`` runs once the first step's work is queued (other work to overlap the rest)."""
         flow = self.models.get(role)
         channels = flow.config.in_channels - (concat_cond.shape[1] if concat_cond is not None else 0)
         coords = coords.cpu()
@@ -230,9 +244,12 @@ class PipelineBase:
             largest_call = rows * (2 if doubled is not None else 1)
             # A flow already captured in this process has its kernels compiled and its libraries initialised,
             # so its graphs are captured on the first call instead of after an eager warm-up call.
-            network = GraphedCall(forward, enabled=self.cuda_graphs and not offload and token_chunk is None
-                                  and largest_call <= self.cuda_graph_max_tokens,
-                                  warmup=role not in self._captured_roles)
+            graphed = (self.cuda_graphs and self.device.type == "cuda" and not offload and token_chunk is None
+                       and largest_call <= self.cuda_graph_max_tokens)
+            if graphed and self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()  # shared by all stages (see GraphedCall)
+            network = GraphedCall(forward, enabled=graphed, warmup=role not in self._captured_roles,
+                                  pool=self._graph_pool)
 
             def velocity(x, t, condition):
                 tvec = torch.full((num_samples,), 1000.0 * t, device=self.device)
@@ -249,9 +266,15 @@ class PipelineBase:
 
             latent = self.sampler.sample(velocity, noise, cond, conditions.zeros, params,
                                          batch_index=template.batch_index, batch_size=num_samples,
-                                         callback=self._progress(callback, stage), velocity_pair=pair)
+                                         callback=self._progress(callback, stage, after_first_step),
+                                         velocity_pair=pair)
             if network.replays:
                 self._captured_roles.add(role)
+                # Keep this stage's graphs until the next stage has captured its own: a graph memory pool is
+                # returned to the device (cudaFree, which waits for all queued work) when its last graph dies,
+                # and would then be allocated again (cudaMalloc) for the next capture.
+                # (Only the graph objects: they hold the pool, not this stage's tensors.)
+                self._pool_keeper = network.captured_graphs()
             return latent
 
     def _normalization(self, which: str):

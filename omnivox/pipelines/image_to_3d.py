@@ -408,21 +408,31 @@ class ImageTo3DPipeline(PipelineBase):
 
         plan = self._replan(pipeline_type, num_samples, len(state.shape_coords), None, budget)
         self.last_plan = plan
-        # Shape decoding first: its mesh orientation (CPU) then runs while the GPU samples the material latent.
-        decoded = self.decode_shape(state.shape_coords, state.shape_feats, state.resolution, plan)
+        decoded = []
+
+        def decode_shape() -> None:
+            decoded.append(self.decode_shape(state.shape_coords, state.shape_feats, state.resolution, plan))
+
         if state.tex_feats is None:
             role = "tex_slat_flow_model_512" if pipeline_type == "512" else "tex_slat_flow_model_1024"
             cond = cond_512 if pipeline_type == "512" else cond_1024
             shape_norm, tex_norm = self._normalization("shape"), self._normalization("tex")
+            # Shape decoding runs inside the texture stage, once its first step is queued: the stage's set-up
+            # and graph capture then overlap the shape stage's last kernels, and the mesh orientation (CPU,
+            # worker thread) overlaps the remaining texture steps. Not with offloading, which holds one stage's
+            # models on the device at a time.
+            overlap = self.overlap_decoding and not plan.offload
             feats = self.sample_latent(role, state.shape_coords, cond, generator,
                                        self.sampler_params("tex_slat", sampler_params),
                                        plan.stage("tex_slat").token_chunk, plan.offload, "tex_slat",
-                                       concat_cond=shape_norm.normalize(state.shape_feats), callback=callback)
+                                       concat_cond=shape_norm.normalize(state.shape_feats), callback=callback,
+                                       after_first_step=decode_shape if overlap else None)
             state.tex_feats = tex_norm.denormalize(feats)
             if writer:
                 writer.material_latent(generator)
-
-        results = self.decode_material(decoded, state.tex_feats, plan)
+        if not decoded:
+            decode_shape()
+        results = self.decode_material(decoded[0], state.tex_feats, plan)
         if writer:
             writer.generated(results)
         # No gc.collect() here: a run leaves no tensors in reference cycles (tests/pipelines/test_image_to_3d.py),

@@ -171,6 +171,29 @@ def test_batched_guidance_matches_separate_passes(pipe, assets, tmp_path):
     assert float((latents[True] - latents[False]).norm() / latents[False].norm()) < 1e-5
 
 
+def test_shape_decoding_inside_the_texture_stage_changes_nothing(pipe, assets):
+    """`overlap_decoding` (shape decoding and mesh orientation during texture sampling) is only a schedule."""
+    events = []
+    decode_shape = pipe.decode_shape
+    pipe.decode_shape = lambda *args: events.append("decode_shape") or decode_shape(*args)
+    runs, order = {}, {}
+    try:
+        for overlap in (True, False):
+            pipe.overlap_decoding = overlap
+            events.clear()
+            (runs[overlap],) = pipe.run(assets / RGBA_IMAGE, seed=11, pipeline_type="512",
+                                        callback=lambda stage, step, total: events.append(f"{stage}:{step}"))
+            order[overlap] = list(events)
+    finally:
+        pipe.overlap_decoding = True
+        del pipe.decode_shape
+    # Overlapped: right after the texture stage's first step was queued; otherwise after its last step.
+    assert order[True].index("decode_shape") + 1 == order[True].index("tex_slat:1")
+    last_texture_step = max(i for i, event in enumerate(order[False]) if event.startswith("tex_slat:"))
+    assert order[False].index("decode_shape") == last_texture_step + 1
+    assert same(runs[True], runs[False])
+
+
 def test_a_run_leaves_no_tensors_in_reference_cycles(pipe, assets):
     """The pipeline does not call gc.collect() after a run; this is why it need not."""
     from .conftest import tensors_left_in_cycles
