@@ -260,7 +260,7 @@ def run(args) -> None:
     for pipeline_type in args.types:
         try:
             run_type(report, pipe, tokens, image, pipeline_type, rates, args.smoke, pipeline_type,
-                     same_tokens=args.same_tokens)
+                     repeats=args.repeats, same_tokens=args.same_tokens)
         except Exception as error:  # keep the other types' numbers
             report.add(f"error/{pipeline_type}", f"{type(error).__name__}: {error}")
     if args.budget and models is not None:
@@ -288,6 +288,8 @@ def main() -> None:
     r.add_argument("--types", nargs="*", default=["512", "1024_cascade", "1536_cascade"])
     r.add_argument("--budget", default="16GB", help="max_memory for the planner run ('' to skip)")
     r.add_argument("--smoke", action="store_true", help="tiny test pipeline (CPU check of the script)")
+    r.add_argument("--repeats", type=int, default=3,
+                   help="runs per type: cold, then warm runs alternating with / without stage syncs")
     r.add_argument("--same-tokens", action="store_true",
                    help="every run on the identical token sets (default: each run drops a few cells, see Stages.fixed)")
     r.add_argument("--unfused", action="store_true",

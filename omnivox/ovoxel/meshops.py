@@ -436,29 +436,32 @@ def nested_inside_odd(vertices: np.ndarray, faces: np.ndarray, component: np.nda
     if len(candidates) < 2:
         return inside.astype(bool)
     v = np.ascontiguousarray(vertices, np.float64)
-    by_component = np.argsort(component, kind="stable")
-    start = np.searchsorted(component[by_component], np.arange(num_components + 1))
-    first_face = by_component[start[:-1].clip(max=len(faces) - 1)]
-    point = v[faces[first_face]].mean(axis=1)
-    corners = v[faces[by_component]]  # (F, 3, 3) in component order
-    low = np.minimum.reduceat(corners.min(axis=1), start[:-1].clip(max=len(faces) - 1), axis=0)
-    high = np.maximum.reduceat(corners.max(axis=1), start[:-1].clip(max=len(faces) - 1), axis=0)
+    # Only the closed components' faces, grouped by component (a decoder's noise can make tens of thousands of
+    # open specks; boxes and test points of those are never used). Position i stands for component candidates[i].
+    closed_faces = np.nonzero(closed[component])[0]
+    by_component = closed_faces[np.argsort(component[closed_faces], kind="stable")]
+    start = np.searchsorted(component[by_component], np.append(candidates, num_components))
+    point = v[faces[by_component[start[:-1]]]].mean(axis=1)  # each one's first face (lowest index): centroid
+    corners = v[faces[by_component]]  # (F_closed, 3, 3) in component order
+    low = np.minimum.reduceat(corners.min(axis=1), start[:-1], axis=0)
+    high = np.maximum.reduceat(corners.max(axis=1), start[:-1], axis=0)
+    sizes = start[1:] - start[:-1]
+    positions = np.arange(len(candidates))
     budget = MAX_WINDING_TERMS
-    for container in candidates[np.argsort(start[candidates + 1] - start[candidates], kind="stable")]:
+    for container in positions[np.argsort(sizes, kind="stable")]:
         # Only parts whose whole box lies inside the container's box can be inside it.
-        tested = candidates[(candidates != container)
-                            & (low[candidates] > low[container]).all(axis=1)
-                            & (high[candidates] < high[container]).all(axis=1)]
+        tested = positions[(positions != container) & (low > low[container]).all(axis=1)
+                           & (high < high[container]).all(axis=1)]
         if len(tested) == 0:
             continue
-        budget -= len(tested) * (start[container + 1] - start[container])
+        budget -= len(tested) * sizes[container]
         if budget < 0:
             warnings.warn(f"nesting test skipped for closed parts beyond {MAX_WINDING_TERMS:.0e} point-triangle "
                           "terms: some cavity walls may face outwards", RuntimeWarning, stacklevel=2)
             break
         triangles = np.ascontiguousarray(corners[start[container]:start[container + 1]])
         winding = winding_numbers(np.ascontiguousarray(point[tested]), triangles)
-        inside[tested] += np.abs(winding) > 0.5
+        inside[candidates[tested]] += np.abs(winding) > 0.5
     return inside % 2 == 1
 
 

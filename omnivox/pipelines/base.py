@@ -112,6 +112,7 @@ class PipelineBase:
         self.cuda_graph_max_tokens = 8192
         self._captured_roles: set = set()
         self._graph_pool = None
+        self._image_encoder_graph: Optional[GraphedCall] = None
         self._pool_keeper: list = []
         self._executor: Optional[ThreadPoolExecutor] = None
         # Work of a later stage that needs no GPU sync with the current one runs inside it (image-to-3D: shape
@@ -184,7 +185,15 @@ class PipelineBase:
         with self.models.on_device(["image_cond_model"], offload) as models:
             model = models["image_cond_model"]
             dtype = next(model.parameters()).dtype
-            tokens = model(normalize_images(pixels.to(self.device)).to(dtype))
+            images = normalize_images(pixels.to(self.device)).to(dtype)
+            if self.cuda_graphs and self.device.type == "cuda" and not offload:
+                # The input shape never changes, so one graph per size serves every run of the process (its
+                # 24 layers are launch-bound at 1,029 tokens: ~47 ms eager against ~27 ms of GPU work on an H100).
+                if self._image_encoder_graph is None or self._image_encoder_graph.fn.__self__ is not model:
+                    self._image_encoder_graph = GraphedCall(model.forward)
+                tokens = self._image_encoder_graph(images)
+            else:
+                tokens = model(images)
         return tokens.float()
 
     def _progress(self, callback: Optional[StageCallback], stage: str,

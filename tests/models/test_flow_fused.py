@@ -83,3 +83,16 @@ def test_fused_models_match_pytorch_path_on_gpu():
             plain = read(model(*inputs))
         assert relative_error(fused, plain) < 2e-2
         assert not torch.equal(fused, torch.zeros_like(fused))
+
+
+@cuda
+def test_gemm_gelu_epilogue_is_the_tanh_gelu_of_the_checkpoint():
+    """The fused feed-forward relies on cuBLASLt's GELU epilogue being GELU(tanh), the models' activation."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 10_000, ())))
+    x, w, b = (torch.randn(shape, generator=gen).cuda() for shape in ((300, 96), (192, 96), (192,)))
+    fused = torch._addmm_activation(b, x, w.t(), use_gelu=True)
+    expected = F.gelu(F.linear(x.double(), w.double(), b.double()), approximate="tanh")
+    exact = F.gelu(F.linear(x.double(), w.double(), b.double()))
+    assert relative_error(fused, expected) < 1e-5 < relative_error(exact, expected)
