@@ -424,7 +424,7 @@ class FlowBlock(nn.Module):
         # activations, and one rounding fewer (GELU of the float32 accumulator). The CPU version of this op
         # uses the exact GELU instead, so CPU tensors (Triton's interpreter) take the module.
         first, last = self.mlp.mlp[0], self.mlp.mlp[2]
-        if h.is_cuda:
+        if h.is_cuda and hasattr(torch, "_addmm_activation"):  # a private op: keep a way out if torch drops it
             hidden = torch._addmm_activation(first.bias, h, first.weight.t(), use_gelu=True)
         else:
             hidden = self.mlp.mlp[1](first(h))
