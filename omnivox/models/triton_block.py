@@ -88,28 +88,33 @@ def gated_add(x: torch.Tensor, y: torch.Tensor, table: torch.Tensor, rows: torch
     return out
 
 
+RMS_ROWS_PER_PROGRAM = 4
+
+
 @triton.jit
-def _rms_rope_kernel(X, Y, GAMMA, COS, SIN, H, D, stride_row, stride_head, scale,
-                     HAS_ROPE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _rms_rope_kernel(X, Y, GAMMA, COS, SIN, R, H, D, stride_row, stride_head, scale,
+                     HAS_ROPE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr):
     head = tl.arange(0, BLOCK_H)[:, None]
     channel = tl.arange(0, BLOCK_D)[None, :]
-    mask = (head < H) & (channel < D)
-    x = tl.load(X + row * stride_row + head * stride_head + channel, mask=mask, other=0.0).to(tl.float32)
-    # F.normalize: x / max(||x||, 1e-12), per head.
-    inv = scale / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), 1e-12)[:, None]
     out_type = Y.dtype.element_ty
-    y = (x * inv * tl.load(GAMMA + head * D + channel, mask=mask, other=0.0)).to(out_type).to(tl.float32)
-    if HAS_ROPE:
-        # Pair (2p, 2p + 1) -> (a cos - b sin, a sin + b cos), split in registers: every load and store stays
-        # contiguous (a second, partner-indexed load of the row ran at a third of the memory bandwidth).
-        a, b = tl.split(tl.reshape(y, (BLOCK_H, BLOCK_D // 2, 2)))
-        pair = tl.arange(0, BLOCK_D // 2)[None, :]
-        pair_mask = pair < D // 2
-        cos = tl.load(COS + row * (D // 2) + pair, mask=pair_mask, other=1.0)
-        sin = tl.load(SIN + row * (D // 2) + pair, mask=pair_mask, other=0.0)
-        y = tl.reshape(tl.join(a * cos - b * sin, a * sin + b * cos), (BLOCK_H, BLOCK_D))
-    tl.store(Y + row * H * D + head * D + channel, y.to(out_type), mask=mask)
+    gamma = tl.load(GAMMA + head * D + channel, mask=(head < H) & (channel < D), other=0.0)
+    for i in tl.static_range(ROWS):  # a few rows per program: one row is too little work to keep memory busy
+        row = tl.program_id(0).to(tl.int64) * ROWS + i
+        mask = (head < H) & (channel < D) & (row < R)
+        x = tl.load(X + row * stride_row + head * stride_head + channel, mask=mask, other=0.0).to(tl.float32)
+        # F.normalize: x / max(||x||, 1e-12), per head.
+        inv = scale / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), 1e-12)[:, None]
+        y = (x * inv * gamma).to(out_type).to(tl.float32)
+        if HAS_ROPE:
+            # Pair (2p, 2p + 1) -> (a cos - b sin, a sin + b cos), split in registers: every load and store stays
+            # contiguous (a second, partner-indexed load of the row ran at a third of the memory bandwidth).
+            a, b = tl.split(tl.reshape(y, (BLOCK_H, BLOCK_D // 2, 2)))
+            pair = tl.arange(0, BLOCK_D // 2)[None, :]
+            pair_mask = (pair < D // 2) & (row < R)
+            cos = tl.load(COS + row * (D // 2) + pair, mask=pair_mask, other=1.0)
+            sin = tl.load(SIN + row * (D // 2) + pair, mask=pair_mask, other=0.0)
+            y = tl.reshape(tl.join(a * cos - b * sin, a * sin + b * cos), (BLOCK_H, BLOCK_D))
+        tl.store(Y + row * H * D + head * D + channel, y.to(out_type), mask=mask)
 
 
 def rms_norm_rope(x: torch.Tensor, gamma: torch.Tensor, cos: Optional[torch.Tensor] = None,
@@ -122,8 +127,9 @@ def rms_norm_rope(x: torch.Tensor, gamma: torch.Tensor, cos: Optional[torch.Tens
     out = torch.empty((num_rows, heads, dim), dtype=x.dtype, device=x.device)
     if num_rows:
         gamma = gamma.float().contiguous()
-        _rms_rope_kernel[(num_rows,)](
-            x, out, gamma, cos if cos is not None else gamma, sin if sin is not None else gamma, heads, dim,
-            x.stride(0), x.stride(1), float(dim) ** 0.5, HAS_ROPE=cos is not None,
-            BLOCK_H=triton.next_power_of_2(heads), BLOCK_D=triton.next_power_of_2(dim), num_warps=4)
+        _rms_rope_kernel[(triton.cdiv(num_rows, RMS_ROWS_PER_PROGRAM),)](
+            x, out, gamma, cos if cos is not None else gamma, sin if sin is not None else gamma, num_rows, heads,
+            dim, x.stride(0), x.stride(1), float(dim) ** 0.5, HAS_ROPE=cos is not None,
+            BLOCK_H=triton.next_power_of_2(heads), BLOCK_D=triton.next_power_of_2(dim), ROWS=RMS_ROWS_PER_PROGRAM,
+            num_warps=4)
     return out
