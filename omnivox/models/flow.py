@@ -149,16 +149,12 @@ class DenseTokens:
         return out.transpose(1, 2)
 
     def cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q (B, L, H, D), k/v (B, M, H, D) -> (B, L, H, D)
-        return self.self_attention(q, k, v)
+        # q (R, H, D): the rows of the first n = len(k) samples; k/v (n, M, H, D) -> (R, H, D)
+        return self.self_attention(q.unflatten(0, (k.shape[0], -1)), k, v).flatten(0, 1)
 
     def rows_of_items(self, items: int) -> int:
         """Rows (of the flattened ``(B * L, C)`` features) that belong to the first ``items`` samples."""
         return items * self.length
-
-    def cross_attention_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q (R, H, D): the rows of the first n = len(k) samples; k/v (n, M, H, D) -> (R, H, D)
-        return self.cross_attention(q.unflatten(0, (k.shape[0], -1)), k, v).flatten(0, 1)
 
     def fused_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row -> sample index, RoPE cos, RoPE sin) for the fused kernels; built once per token set."""
@@ -193,15 +189,11 @@ class SparseTokens:
         # (N, H, D) each -> (N, H, D)
         return varlen_attention(q, k, v, self.seq_lens, self.seq_lens)
 
-    def cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q (N, H, D), k/v (B, M, H, D) -> (N, H, D)
-        return self.cross_attention_rows(q, k, v)
-
     def rows_of_items(self, items: int) -> int:
         """Rows that belong to the first ``items`` samples (rows are batch-major)."""
         return sum(self.seq_lens[:items])
 
-    def cross_attention_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q (R, H, D): the rows of the first n = len(k) samples; k/v (n, M, H, D) -> (R, H, D)
         batch, length = k.shape[:2]
         return varlen_attention(q, k.flatten(0, 1), v.flatten(0, 1), self.seq_lens[:batch], [length] * batch)
@@ -247,25 +239,17 @@ class CrossAttention(nn.Module):
         self.k_rms_norm = MultiHeadRMSNorm(h, d) if cfg.qk_rms_norm_cross else None
         self.to_out = nn.Linear(c, c, dtype=dt)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
-        # x (..., T, C), cond (B, M, Cc) -> (..., T, C)
+    def forward(self, x: torch.Tensor, cond: "BlockCondition", tokens) -> torch.Tensor:
+        """Rows ``x (R, C)`` of the samples that attend to ``cond``'s keys and values -> ``(R, C)``."""
         q = self.to_q(x).unflatten(-1, (self.num_heads, -1))
-        k, v = self.keys_values(cond)
         if self.q_rms_norm is not None:
             q = self.q_rms_norm(q)
-        return self.to_out(tokens.cross_attention(q, k, v).flatten(-2))
+        return self.to_out(tokens.cross_attention(q, cond.keys, cond.values).flatten(-2))
 
     def keys_values(self, cond: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``cond (B, M, Cc)`` -> keys (RMS-normalised) and values, ``(B, M, H, D)`` each."""
         k, v = self.to_kv(cond).unflatten(-1, (2, self.num_heads, -1)).unbind(-3)  # k first
         return (self.k_rms_norm(k) if self.k_rms_norm is not None else k), v
-
-    def forward_prepared(self, x: torch.Tensor, cond: "BlockCondition", tokens) -> torch.Tensor:
-        """`forward` on the rows ``x (R, C)`` of the samples that attend to ``cond``'s keys and values."""
-        q = self.to_q(x).unflatten(-1, (self.num_heads, -1))
-        if self.q_rms_norm is not None:
-            q = self.q_rms_norm(q)
-        return self.to_out(tokens.cross_attention_rows(q, cond.keys, cond.values).flatten(-2))
 
     def null_output(self) -> torch.Tensor:
         """``(C,)``: the output at every token for the all-zero condition (the unconditional pass of CFG).
@@ -279,12 +263,13 @@ class CrossAttention(nn.Module):
 
 
 class BlockCondition(NamedTuple):
-    """One block's share of a `PreparedCondition`: keys and values ``(n, M, H, D)`` of the first ``n`` samples;
-    every later sample has the all-zero condition, whose cross-attention output is ``null_output (C,)``."""
+    """One block's share of a `PreparedCondition` (or of condition tensors, then without zero-condition samples):
+    keys and values ``(n, M, H, D)`` of the first ``n`` samples; every later sample has the all-zero condition,
+    whose cross-attention output is ``null_output (C,)``."""
 
     keys: torch.Tensor
     values: torch.Tensor
-    null_output: torch.Tensor
+    null_output: Optional[torch.Tensor]
 
 
 @dataclass
@@ -356,16 +341,14 @@ class FlowBlock(nn.Module):
             tokens.per_sample(chunk) for chunk in m.chunk(6, dim=-1))
         h = self.norm1(x) * (1 + scale_msa) + shift_msa
         x = x + self.self_attn(h, tokens) * gate_msa
-        if isinstance(cond, BlockCondition):
-            rows = x.reshape(-1, x.shape[-1])
-            split = tokens.rows_of_items(cond.keys.shape[0])
-            parts = [rows[split:] + cond.null_output] if split < len(rows) else []
-            if split:
-                parts.insert(0, rows[:split] + self.cross_attn.forward_prepared(self.norm2(rows[:split]), cond,
-                                                                                tokens))
-            x = torch.cat(parts).view(x.shape)
-        else:
-            x = x + self.cross_attn(self.norm2(x), cond, tokens)
+        if not isinstance(cond, BlockCondition):  # condition tensors: their keys and values, for this call
+            cond = BlockCondition(*self.cross_attn.keys_values(cond), None)
+        rows = x.reshape(-1, x.shape[-1])
+        split = tokens.rows_of_items(cond.keys.shape[0])
+        parts = [rows[:split] + self.cross_attn(self.norm2(rows[:split]), cond, tokens)] if split else []
+        if split < len(rows):  # zero-condition samples: a constant cross-attention output
+            parts.append(rows[split:] + cond.null_output)
+        x = (torch.cat(parts) if len(parts) > 1 else parts[0]).view(x.shape)
         if self.token_chunk is None or x.shape[-2] <= self.token_chunk:
             h = self.norm3(x) * (1 + scale_mlp) + shift_mlp
             return x + self.mlp(h) * gate_mlp
@@ -406,18 +389,17 @@ class FlowBlock(nn.Module):
         out = attn.to_out(tokens.self_attention(q, k, v.unflatten(0, lead)).flatten(-2))
         flat = kernels.gated_add(flat, out.reshape(-1, c), m, rows, 2 * c)
 
-        if isinstance(cond, BlockCondition):  # prepared: keys and values given, zero-condition rows constant
-            split = tokens.rows_of_items(cond.keys.shape[0])
-            k, v = cond.keys, cond.values
-            flat[split:] += cond.null_output  # flat is this function's own tensor (from gated_add)
-        else:
-            split = flat.shape[0]
+        if not isinstance(cond, BlockCondition):  # condition tensors: their keys and values, for this call
             k, v = cross.to_kv(cond).unflatten(-1, (2, cross.num_heads, -1)).unbind(-3)  # (B, M, H, D) each
-            k = kernels.rms_norm_rope(k.flatten(0, 1), cross.k_rms_norm.gamma).view(k.shape)
+            cond = BlockCondition(kernels.rms_norm_rope(k.flatten(0, 1), cross.k_rms_norm.gamma).view(k.shape), v,
+                                  None)
+        split = tokens.rows_of_items(cond.keys.shape[0])
+        if split < flat.shape[0]:  # zero-condition samples; flat is this function's own tensor (from gated_add)
+            flat[split:] += cond.null_output
         if split:
             h = kernels.layer_norm(flat[:split], self.norm2.eps, weight=self.norm2.weight, bias=self.norm2.bias)
             q = kernels.rms_norm_rope(cross.to_q(h).unflatten(-1, (cross.num_heads, -1)), cross.q_rms_norm.gamma)
-            flat[:split] += cross.to_out(tokens.cross_attention_rows(q, k, v).flatten(-2))
+            flat[:split] += cross.to_out(tokens.cross_attention(q, cond.keys, cond.values).flatten(-2))
 
         h = kernels.layer_norm(flat, self.norm3.eps, table=m, rows=rows, shift_col=3 * c, scale_col=4 * c)
         # On CUDA, GELU(tanh) runs as the first GEMM's epilogue (cuBLASLt): no separate pass over the (rows, 4c)
@@ -504,8 +486,7 @@ class _FlowTransformer(nn.Module):
         followed by ``num_null`` samples with the all-zero condition; pass the result as ``cond`` to `forward`
         (see `PreparedCondition`). Inference only: no gradients flow through it."""
         if cond is not None:
-            self._check_inputs(cond.shape[0] if isinstance(cond, torch.Tensor) and cond.dim() == 3 else 0,
-                               None, cond)
+            self._check_condition_tensor(cond, None)
         if not isinstance(num_null, int) or num_null < 0:
             raise ValueError(f"num_null must be a non-negative int, got {num_null!r}")
         keys, values, nulls = [], [], []
@@ -521,20 +502,23 @@ class _FlowTransformer(nn.Module):
             nulls.append(attn.null_output())
         return PreparedCondition(keys, values, nulls, num_null)
 
-    def _check_inputs(self, batch: int, t: Optional[torch.Tensor],
-                      cond: Union[torch.Tensor, PreparedCondition]) -> None:
-        if t is not None and (not isinstance(t, torch.Tensor) or t.shape != (batch,)):
+    def _check_inputs(self, batch: int, t: torch.Tensor, cond: Union[torch.Tensor, PreparedCondition]) -> None:
+        if not isinstance(t, torch.Tensor) or t.shape != (batch,):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"t must be a ({batch},) tensor of 1000*t values, got {got}")
-        if isinstance(cond, PreparedCondition):
-            if cond.batch_size != batch or len(cond.keys) != len(self.blocks):
-                raise ValueError(f"the prepared condition holds {cond.batch_size} samples for {len(cond.keys)} "
-                                 f"blocks; this call has {batch} samples and the model {len(self.blocks)} blocks")
-            return
+        if not isinstance(cond, PreparedCondition):
+            self._check_condition_tensor(cond, batch)
+        elif cond.batch_size != batch or len(cond.keys) != len(self.blocks):
+            raise ValueError(f"the prepared condition holds {cond.batch_size} samples for {len(cond.keys)} "
+                             f"blocks; this call has {batch} samples and the model {len(self.blocks)} blocks")
+
+    def _check_condition_tensor(self, cond: torch.Tensor, batch: Optional[int]) -> None:
+        """``cond`` must be ``(batch, M, cond_channels)`` (any batch when None)."""
         cc = self.config.cond_channels
-        if not isinstance(cond, torch.Tensor) or cond.dim() != 3 or cond.shape[0] != batch or cond.shape[2] != cc:
+        if (not isinstance(cond, torch.Tensor) or cond.dim() != 3 or cond.shape[2] != cc
+                or (batch is not None and cond.shape[0] != batch)):
             got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-            raise ValueError(f"cond must have shape ({batch}, M, {cc}), got {got}")
+            raise ValueError(f"cond must have shape ({'B' if batch is None else batch}, M, {cc}), got {got}")
 
     def _run_blocks(self, h: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
         """``h`` float32 tokens after the input layer -> float32 output-layer values."""

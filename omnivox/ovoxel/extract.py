@@ -79,7 +79,7 @@ def dual_grid_to_mesh(
     """
     vertices, faces, hint = _extract(coords, dual_vertices, intersected, resolution, aabb, split_weight, split,
                                      orient and not train, train, device)
-    if hint is not None and faces.shape[0]:
+    if hint is not None:
         faces = orient_faces(faces, vertices.detach(), hint)
     return _out(vertices, faces, isinstance(coords, torch.Tensor))
 

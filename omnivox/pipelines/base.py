@@ -7,6 +7,7 @@ conditioning of spec 9.2 and the structured-latent flow sampling of spec 9.3, so
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -56,26 +57,18 @@ class StageConditions:
     def __init__(self, model, cond: torch.Tensor, prepare: bool) -> None:
         self.model, self.cond, self.prepare = model, cond, prepare
         self.zeros = torch.zeros_like(cond)  # what the sampler passes as neg_cond (spec 8.3)
-        self._made: dict = {}
 
-    def _get(self, name: str, make):
-        if name not in self._made:
-            self._made[name] = make()
-        return self._made[name]
-
-    @property
+    @cached_property
     def single(self):
-        return self._get("single", lambda: self.model.prepare_condition(self.cond) if self.prepare else self.cond)
+        return self.model.prepare_condition(self.cond) if self.prepare else self.cond
 
+    @cached_property
     def null(self):
-        samples = self.cond.shape[0]
-        return self._get("null", lambda: self.model.prepare_condition(None, num_null=samples) if self.prepare
-                         else self.zeros)
+        return self.model.prepare_condition(None, num_null=self.cond.shape[0]) if self.prepare else self.zeros
 
+    @cached_property
     def pair(self):
-        samples = self.cond.shape[0]
-        return self._get("pair", lambda: self.single.with_null(samples) if self.prepare
-                         else torch.cat([self.cond, self.zeros]))
+        return self.single.with_null(self.cond.shape[0]) if self.prepare else torch.cat([self.cond, self.zeros])
 
 
 def on_device(tokens: SparseTensor, device: torch.device) -> SparseTensor:
@@ -243,12 +236,11 @@ class PipelineBase:
                 doubled_extra = None if extra is None else doubled.replace(torch.cat([extra.feats, extra.feats]))
 
             conditions = StageConditions(model, cond, prepare=token_chunk is None)
-            pair_condition = conditions.pair() if doubled is not None else None
 
             def forward(feats, tvec):  # conditional samples, or both CFG passes (told apart by the row count)
                 if feats.shape[0] == rows:
                     return model(template.replace(feats), tvec, conditions.single, concat_cond=extra).feats
-                return model(doubled.replace(feats), tvec, pair_condition, concat_cond=doubled_extra).feats
+                return model(doubled.replace(feats), tvec, conditions.pair, concat_cond=doubled_extra).feats
 
             largest_call = rows * (2 if doubled is not None else 1)
             # A flow already captured in this process has its kernels compiled and its libraries initialised,
@@ -265,7 +257,7 @@ class PipelineBase:
                 if condition is cond:
                     return network(x, tvec)
                 # The unconditional pass on its own (CPU runs, where batch_guidance is off).
-                return model(template.replace(x), tvec, conditions.null(), concat_cond=extra).feats
+                return model(template.replace(x), tvec, conditions.null, concat_cond=extra).feats
 
             pair = None
             if self.batch_guidance:

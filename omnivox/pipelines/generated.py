@@ -47,7 +47,7 @@ def orient_mesh(vertices: torch.Tensor, faces: torch.Tensor, hint: torch.Tensor)
     """The second part: ``(vertices, faces)`` with consistent, outward winding (CPU; releases the GIL)."""
     from omnivox.ovoxel.extract import orient_faces
 
-    return vertices, (orient_faces(faces, vertices, hint) if len(faces) else faces)
+    return vertices, orient_faces(faces, vertices, hint)
 
 
 @dataclass
@@ -94,15 +94,9 @@ class Generated:
         """
         coords, dual_vertices, intersected, split_weights = _grid_tensors(coords, dual_vertices, intersected,
                                                                           split_weights)
-        if mesh is not None:
-            vertices, faces = mesh
-        elif len(coords):
-            from omnivox.ovoxel.extract import dual_grid_to_mesh
-
-            vertices, faces = dual_grid_to_mesh(coords, dual_vertices, intersected, int(resolution),
-                                                split_weight=split_weights)
-        else:
-            vertices, faces = torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.int64)
+        if mesh is None:
+            mesh = orient_mesh(*unoriented_mesh(coords, dual_vertices, intersected, resolution, split_weights))
+        vertices, faces = mesh
         attributes = {k: torch.as_tensor(v, dtype=torch.float32).cpu().reshape(len(coords), -1)
                       for k, v in attributes.items()}
         return cls(coords.cpu(), attributes, int(resolution), dual_vertices.cpu(), intersected.cpu(),

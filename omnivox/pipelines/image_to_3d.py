@@ -191,13 +191,11 @@ class ImageTo3DPipeline(PipelineBase):
 
             def velocity(x, t, condition):
                 tvec = torch.full((num_samples,), 1000.0 * t, device=self.device)
-                return model(x, tvec, conditions.single if condition is cond else conditions.null())
-
-            pair_condition = conditions.pair() if self.batch_guidance else None
+                return model(x, tvec, conditions.single if condition is cond else conditions.null)
 
             def pair(x, t, condition, negative):  # both CFG passes in one batch (see PipelineBase.batch_guidance)
                 out = model(torch.cat([x, x]), torch.full((2 * num_samples,), 1000.0 * t, device=self.device),
-                            pair_condition)
+                            conditions.pair)
                 return out[:num_samples], out[num_samples:]
 
             latent = self.sampler.sample(velocity, noise, cond, conditions.zeros, params,

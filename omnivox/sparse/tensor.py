@@ -55,6 +55,10 @@ class _CoordsCache:
     def keys(self) -> list:
         return list(self._values)
 
+    def peek(self, key: tuple):
+        """The value stored under ``key``, or None (computes nothing)."""
+        return self._values.get(key)
+
 
 def _validate_coords(coords: torch.Tensor, name: str = "coords") -> None:
     if not isinstance(coords, torch.Tensor):
@@ -207,8 +211,8 @@ class SparseTensor:
         if feats.device == self.coords.device:
             return self.replace(feats)
         moved = SparseTensor(self.coords.to(feats.device), feats, self.batch_size, self.scale)
-        if ("layout",) in self._cache.keys():  # host values, valid on any device; saves the mover a sync
-            layout = self._cache.get(("layout",), list)
+        layout = self._cache.peek(("layout",))
+        if layout is not None:  # host values, valid on any device; saves the mover a sync
             moved._cache.get(("layout",), lambda: layout)
         return moved
 
