@@ -7,9 +7,11 @@ wavy sheet, and a non-manifold piece (three fins sharing one edge).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -103,14 +105,37 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def run_demo(out: Path, resolution: int = 256) -> list[DemoResult]:
+def kernels_need_compiling() -> bool:
+    """Whether numba has no usable cached machine code for the O-Voxel scan (the demo's first compiled kernel).
+
+    Reads numba's cache index the way numba does before compiling (an index for another source version counts as
+    missing). That is numba's internal API; if it changes, the answer is True, which only prints a note.
+    """
+    try:
+        from omnivox.ovoxel.kernels import scan_numba
+
+        return not scan_numba.scan_crossings._cache._cache_file._load_index()
+    except Exception:  # noqa: BLE001 - any change in numba's internals: say the kernels may need compiling
+        return True
+
+
+def _json_number(value):
+    """Strict JSON has no Infinity or NaN: a non-finite float becomes null (PSNR of identical colours is inf)."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+def run_demo(out: Path, resolution: int = 256, log: Optional[Callable[[str], None]] = None) -> list[DemoResult]:
     """Convert the demo shapes at ``resolution`` and write results to ``out``.
 
     Writes, per shape: ``NAME.vxz`` (geometry + PBR attributes), ``NAME.ply`` (the reconstructed mesh with
     per-vertex base colour), ``NAME.glb`` (textured PBR export, decimated to 50k faces, 1024^2 textures) and
-    ``metrics.json`` for all of them, and ``NAME_pbr.png``: a PBR panel (shaded, normals; base colour, metallic,
-    roughness, alpha) rendered from the ``.vxz`` file's surface and voxel attributes.
+    ``metrics.json`` for all of them (strict JSON: a non-finite value, such as the PSNR of identical colours, is
+    null), and ``NAME_pbr.png``: a PBR panel (shaded, normals; base colour, metallic, roughness, alpha) rendered
+    from the ``.vxz`` file's surface and voxel attributes.
+
+    ``log`` receives one line per step that takes a while: numba's first-use compilation, then each shape.
     """
+    log = log or (lambda line: None)
     import torch
     import trimesh
 
@@ -129,8 +154,11 @@ def run_demo(out: Path, resolution: int = 256) -> list[DemoResult]:
     grid = Grid.make(resolution)
     results = []
     environment = Environment.builtin("studio")
+    if kernels_need_compiling():
+        log("compiling CPU kernels with numba (first run only, about 1-2 minutes; later runs reuse them)...")
     for scene in demo_shapes():
         scene = scene.normalized()
+        log(f"{scene.source}: O-Voxel at {resolution}^3, .vxz, mesh, GLB, PBR panel")
         t0 = time.perf_counter()
         coords, dual, flags = mesh_to_dual_grid(scene.vertices, scene.faces, resolution)
         t1 = time.perf_counter()
@@ -168,6 +196,7 @@ def run_demo(out: Path, resolution: int = 256) -> list[DemoResult]:
             seconds_geometry=t1 - t0, seconds_materials=t2 - t1, seconds_write_read=t3 - t2, seconds_extract=t4 - t3,
             seconds_export=t5 - t4, glb_bytes=(out / f"{scene.source}.glb").stat().st_size,
         ))
-    (out / "metrics.json").write_text(json.dumps({"resolution": resolution, "shapes": [asdict(r) for r in results]},
-                                                 indent=2))
+    shapes = [{key: _json_number(value) for key, value in asdict(r).items()} for r in results]
+    (out / "metrics.json").write_text(json.dumps({"resolution": resolution, "shapes": shapes}, indent=2,
+                                                 allow_nan=False))
     return results

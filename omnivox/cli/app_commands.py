@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from omnivox.cli import app
+from omnivox.cli.checks import require_extra
 
 # Options that `serve` and `app` share (as `omnivox.cli.data_commands` shares its options between stages).
 WEIGHTS = typer.Option(..., "--weights", help=(
@@ -24,18 +25,18 @@ MAX_IMAGE_SIDE = typer.Option(4096, help="Largest image width or height in pixel
 
 def _start_queue(weights: Path, background_model: Optional[Path], devices: List[str], max_pending: int):
     """Open the pipelines once per device (they stay resident) and start one worker per device."""
-    import torch
-
-    from omnivox.app.jobs import JobQueue
-    from omnivox.app.tasks import load_models
-
-    devices = devices or ["cuda" if torch.cuda.is_available() else "cpu"]
     if not (Path(weights) / "pipeline.json").is_file():
         typer.echo(f"error: {weights} is not a weights folder (no pipeline.json in it)", err=True)
         raise typer.Exit(2)
     if background_model is not None and not Path(background_model).is_file():
         typer.echo(f"error: background model {background_model} does not exist", err=True)
         raise typer.Exit(2)
+    import torch
+
+    from omnivox.app.jobs import JobQueue
+    from omnivox.app.tasks import load_models
+
+    devices = devices or ["cuda" if torch.cuda.is_available() else "cpu"]
     try:
         models = [load_models(weights, device, background_model) for device in devices]
     except (FileNotFoundError, ValueError) as exc:
@@ -45,15 +46,8 @@ def _start_queue(weights: Path, background_model: Optional[Path], devices: List[
     return JobQueue(models, workdir, max_pending=max_pending), models[0]
 
 
-def _require_app_extra() -> None:
-    """Fail with the install command when the optional `app` dependencies are missing."""
-    import importlib.util
-
-    missing = [name for name in ("fastapi", "uvicorn", "gradio", "multipart") if importlib.util.find_spec(name) is None]
-    if missing:
-        typer.echo(f"error: the web app and service need the 'app' extra (missing: {', '.join(missing)}); "
-                   "install it with: pip install 'omnivox[app]'", err=True)
-        raise typer.Exit(2)
+def _require_app_extra(command: str) -> None:
+    require_extra("app", ["fastapi", "uvicorn", "gradio", "multipart"], command)
 
 
 def _limits(max_upload_mb: float, max_image_side: int):
@@ -75,7 +69,7 @@ def serve(
     max_pending: int = typer.Option(32, help="Most jobs waiting or running; more get HTTP 503."),
 ) -> None:
     """HTTP API: POST /v1/generate, POST /v1/texture, GET/DELETE /v1/jobs/{id}, OpenAPI at /docs."""
-    _require_app_extra()
+    _require_app_extra("serve")
     import uvicorn
 
     from omnivox.app.server import create_app
@@ -102,7 +96,7 @@ def web_app(
     preview_size: int = typer.Option(256, help="Pixel size of the turntable and PBR panel (0: no previews)."),
 ) -> None:
     """Web app in the browser: image to 3D with progress, 3D viewer, previews and GLB download; texturing tab."""
-    _require_app_extra()
+    _require_app_extra("app")
     from omnivox.app.tasks import Previews
     from omnivox.app.web import build_app
 

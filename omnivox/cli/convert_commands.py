@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from omnivox.cli import app
+from omnivox.cli.checks import ASSET_SUFFIXES, fail, input_file, output_file
 
 
 @app.command()
@@ -22,20 +23,27 @@ def convert(
     """Load an asset, fit it into the unit box and write its O-Voxel (vertices, intersected, materials)."""
     import time
 
-    from omnivox.assets import load_asset
-    from omnivox.ovoxel.io import write_vxz
-    from omnivox.ovoxel.materials import scene_to_ovoxel
-
     start = time.perf_counter()
     try:
+        input_file(source, ASSET_SUFFIXES, "input asset")
+        output_file(output, (".vxz",))
+        if not 1 <= resolution <= 4096:  # omnivox.ovoxel.grid.MAX_RESOLUTION
+            raise ValueError(f"--resolution must be in [1, 4096], got {resolution}")
+        from omnivox.ovoxel.io.compression import make_compressor, resolve_level
+
+        make_compressor(compression, resolve_level(compression, None))  # an unknown or missing codec fails here
+        from omnivox.assets import load_asset
+        from omnivox.ovoxel.io import write_vxz
+        from omnivox.ovoxel.materials import scene_to_ovoxel
+
         scene = load_asset(source).normalized()
         record = scene_to_ovoxel(scene, resolution, mip_level_offset=mip_level_offset, emissive=emissive,
                                  device=device)
         coords = record.pop("coords")
+        output.parent.mkdir(parents=True, exist_ok=True)
         write_vxz(output, coords, record, compression=compression)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        typer.echo(f"omnivox convert: {error}", err=True)
-        raise typer.Exit(code=1) from error
+    except (ValueError, TypeError, OSError, ImportError) as error:
+        raise fail("convert", error) from error
     typer.echo(
         f"{source} -> {output}: {len(coords)} voxels at {resolution}^3, {scene.num_faces} triangles, "
         f"{len(scene.materials)} materials, attributes {', '.join(record)} ({time.perf_counter() - start:.2f} s)"

@@ -68,12 +68,30 @@ def index_command(
     rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: local cores; 0 = in-process)."),
 ) -> None:
-    """Hash and describe every asset file (sizes, triangles, texture channels, licence) into ROOT/metadata.csv."""
-    from omnivox.data.index import run_index
+    """Hash and describe every asset file (sizes, triangles, texture channels, licence) into ROOT/metadata.csv.
 
+    With --world-size 1 the records are merged into ROOT/metadata.csv at the end; with several shards, run
+    `omnivox data merge ROOT` once every rank has finished (a merge must not run while a rank is writing).
+    """
+    from omnivox.data.index import run_index
+    from omnivox.data.metadata import merge_records
+
+    if root.exists() and not root.is_dir():
+        typer.echo(f"omnivox data index: {root} is a file; the dataset root must be a folder", err=True)
+        raise typer.Exit(code=2)
+    if not (source or root / "raw").is_dir():
+        typer.echo(f"omnivox data index: source folder {source or root / 'raw'} does not exist (put the assets in "
+                   "ROOT/raw or give --source FOLDER)", err=True)
+        raise typer.Exit(code=2)
     root.mkdir(parents=True, exist_ok=True)
     _run("index", run_index, root=root, source=source, rank=rank, world_size=world_size, workers=_workers(workers),
          retry_failed=retry_failed, progress=not quiet)
+    if world_size == 1:
+        rows = merge_records(root)
+        typer.echo(f"index: {rows} rows in {root / 'metadata.csv'}")
+    else:
+        typer.echo(f"index: shard {rank} of {world_size} recorded in {root / 'new_records'}; once every shard is "
+                   f"done, run: omnivox data merge {root}")
 
 
 @data_app.command("convert")

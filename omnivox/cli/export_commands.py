@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from omnivox.cli import app
+from omnivox.cli.checks import fail, input_file, output_file
 
 
 def infer_resolution(max_coord: int) -> int:
@@ -37,23 +38,33 @@ def export_glb(
     """Extract the surface, unwrap it, bake base colour / metallic-roughness / alpha textures and write a GLB."""
     import time
 
-    import numpy as np
-
-    from omnivox.ovoxel.export import bake_glb, save_glb
-    from omnivox.ovoxel.extract import dual_grid_to_mesh
-    from omnivox.ovoxel.grid import Grid
-    from omnivox.ovoxel.io import read_vxz
-    from omnivox.ovoxel.packing import unpack_geometry
-
     start = time.perf_counter()
     try:
-        coords, attrs = read_vxz(source)
-        missing = [k for k in ("base_color", "metallic", "roughness", "alpha") if k not in attrs]
+        input_file(source, (".vxz",))
+        output_file(output, (".glb",))
+        if image_format not in ("png", "webp"):  # omnivox.ovoxel.export.IMAGE_FORMATS
+            raise ValueError(f"--image-format must be png or webp, got {image_format!r}")
+        if alpha_mode not in ("auto", "OPAQUE", "MASK", "BLEND"):  # omnivox.ovoxel.export.ALPHA_MODES
+            raise ValueError(f"--alpha-mode must be auto, OPAQUE, MASK or BLEND, got {alpha_mode!r}")
+        from omnivox.ovoxel.io.vxz import read_vxz_info
+
+        header = read_vxz_info(source)  # the header alone: a wrong file fails before torch loads
+        names = [name for name, _ in header["attr"]]
+        missing = [k for k in ("base_color", "metallic", "roughness", "alpha") if k not in names]
         if missing:
-            raise ValueError(f"{source}: no material attributes {missing} (has {sorted(attrs)}); "
+            raise ValueError(f"{source}: no material attributes {missing} (has {sorted(names)}); "
                              "write it with `omnivox convert`")
-        if len(coords) == 0:
+        if header["num_voxel"] == 0:
             raise ValueError(f"{source}: the file holds no voxels")
+        import numpy as np
+
+        from omnivox.ovoxel.export import bake_glb, save_glb
+        from omnivox.ovoxel.extract import dual_grid_to_mesh
+        from omnivox.ovoxel.grid import Grid
+        from omnivox.ovoxel.io import read_vxz
+        from omnivox.ovoxel.packing import unpack_geometry
+
+        coords, attrs = read_vxz(source)
         local, flags = unpack_geometry(attrs)
         grid_size = resolution if resolution is not None else infer_resolution(int(coords.max()))
         grid = Grid.make(grid_size)
@@ -65,8 +76,7 @@ def export_glb(
                                 image_format=image_format, alpha_mode=alpha_mode, device=device)
         save_glb(mesh, output)
     except (ValueError, TypeError, OSError, RuntimeError) as error:
-        typer.echo(f"omnivox export: {error}", err=True)
-        raise typer.Exit(code=1) from error
+        raise fail("export", error) from error
     typer.echo(
         f"{source} -> {output}: {len(coords)} voxels at {grid_size}^3, {report.faces} faces, "
         f"{texture_size}^2 {image_format} textures, alphaMode {report.alpha_mode}"

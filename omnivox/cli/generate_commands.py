@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from omnivox.cli import app
+from omnivox.cli.checks import (ASSET_SUFFIXES, IMAGE_SUFFIXES, fail, input_file, output_file, output_folder,
+                                weights_folder)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 PIPELINE_CHOICES = ("512", "1024", "1024_cascade", "1536_cascade")
 
 
@@ -35,19 +36,56 @@ def _images_of(source: Path) -> list:
         if not images:
             raise ValueError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         return images
-    if not source.is_file():
-        raise FileNotFoundError(f"{source} not found")
-    return [source]
+    return [input_file(source, IMAGE_SUFFIXES, "image")]
 
 
 def _outputs(images: list, output: Path, samples: int, folder_input: bool) -> list:
-    """One output path per (image, sample)."""
-    if folder_input or samples > 1 or output.suffix.lower() != ".glb":
-        if output.suffix.lower() == ".glb" and folder_input:
+    """One output path per (image, sample), checked before any work.
+
+    ``-o OUT.glb`` (one image): ``OUT.glb``, or ``OUT_0.glb ... OUT_{n-1}.glb`` for ``n`` samples.
+    ``-o FOLDER``: ``FOLDER/IMAGE.glb``, or ``FOLDER/IMAGE_k.glb`` for ``n`` samples; a folder of images needs it.
+    """
+    if output.suffix.lower() == ".glb":
+        if folder_input:
             raise ValueError(f"{output}: with a folder of images, -o must be a folder")
-        return [[output / (f"{img.stem}.glb" if samples == 1 else f"{img.stem}_{k}.glb") for k in range(samples)]
-                for img in images]
-    return [[output]]
+        output_file(output, (".glb",))
+        if samples == 1:
+            return [[output]]
+        return [[output.with_name(f"{output.stem}_{k}.glb") for k in range(samples)]]
+    output_folder(output)
+    return [[output / (f"{img.stem}.glb" if samples == 1 else f"{img.stem}_{k}.glb") for k in range(samples)]
+            for img in images]
+
+
+def _resumed_samples(resume: Path) -> int:
+    """How many assets resuming from ``resume`` gives: one for a ``.vxz`` file, else the run's ``num_samples``.
+
+    Reads ``run.json`` (written by ``--save-intermediates``) without the pipeline, which checks it fully later.
+    """
+    import json
+
+    if not resume.exists():
+        raise FileNotFoundError(f"--resume {resume}: no such file or folder")
+    if resume.suffix.lower() == ".vxz" and resume.is_file():
+        return 1
+    folder = resume if resume.is_dir() else resume.parent
+    try:
+        run = json.loads((folder / "run.json").read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder}: no run.json (not a folder written by --save-intermediates)") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{folder / 'run.json'}: not readable ({error})") from None
+    count = run.get("num_samples") if isinstance(run, dict) else None
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"{folder / 'run.json'}: 'num_samples' must be a positive int, got {count!r}")
+    return count
+
+
+def _check_memory(max_memory: Optional[str]) -> None:
+    if max_memory is not None:
+        from omnivox.pipelines.memory import parse_memory  # plain Python: no torch
+
+        parse_memory(max_memory)
 
 
 def write_preview(glb: Path, video: Path, frames: int = 48, resolution: int = 256) -> None:
@@ -66,12 +104,14 @@ def generate(
                                               "folder of images (models are loaded once)."),
     weights: Path = typer.Option(..., "--weights", "-w", help="Weights folder with pipeline.json "
                                                                "(e.g. a download of microsoft/TRELLIS.2-4B)."),
-    output: Path = typer.Option(..., "--output", "-o", help="OUT.glb, or a folder (for a folder of images or "
-                                                             "--samples > 1)."),
+    output: Path = typer.Option(..., "--output", "-o", help="OUT.glb (OUT_0.glb, OUT_1.glb ... with --samples N), "
+                                                             "or a folder (FOLDER/IMAGE.glb; needed for a folder "
+                                                             "of images)."),
     pipeline: Optional[str] = typer.Option(None, "--pipeline", help="512, 1024, 1024_cascade (default) or "
                                                                     "1536_cascade."),
     seed: int = typer.Option(0, "--seed", help="Noise seed (same seed, same result)."),
-    samples: int = typer.Option(1, "--samples", help="Samples per image."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Samples per image (default 1; with --resume, "
+                                                                   "the resumed run's count)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="GPU memory budget, e.g. 16GB."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
     background_model: Optional[Path] = typer.Option(None, "--background-model",
@@ -91,23 +131,39 @@ def generate(
     """Generate textured 3D assets (GLB) from images with TRELLIS.2."""
     import time
 
-    from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
-
     start = time.perf_counter()
     try:
         if pipeline is not None and pipeline not in PIPELINE_CHOICES:
             raise ValueError(f"--pipeline must be one of {', '.join(PIPELINE_CHOICES)}, got {pipeline!r}")
-        if samples < 1:
+        if samples is not None and samples < 1:
             raise ValueError(f"--samples must be >= 1, got {samples}")
         resuming_without_image = resume is not None and str(source) == "-"
         images = [None] if resuming_without_image else _images_of(source)
         folder_input = not resuming_without_image and source.is_dir()
         if folder_input and (resume is not None or save_intermediates is not None):
             raise ValueError("--resume and --save-intermediates take one image, not a folder")
+        if resume is not None:
+            resumed = _resumed_samples(resume)
+            if samples is not None and samples != resumed:
+                raise ValueError(f"--samples {samples}: the run resumed from {resume} has {resumed} sample(s)")
+            samples = resumed
+        samples = samples or 1
         names = [Path("resumed")] if resuming_without_image else images
         targets = _outputs(names, output, samples, folder_input)
         if preview is not None and (len(images) > 1 or samples > 1):
             raise ValueError("--preview renders one asset; use it with one image and one sample")
+        if preview is not None:
+            output_file(preview, (".mp4", ".gif"), "--preview video")
+        if save_intermediates is not None:
+            output_folder(save_intermediates, "--save-intermediates")
+        weights_folder(weights, "pipeline.json")
+        if background_model is not None:
+            input_file(background_model, (".onnx",), "--background-model")
+        if image_encoder is not None and not image_encoder.is_dir():
+            raise FileNotFoundError(f"--image-encoder {image_encoder}: no such folder")
+        _check_memory(max_memory)
+        from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
+
         pipe = ImageTo3DPipeline.from_pretrained(weights, device=device, max_memory=max_memory,
                                                  background_model=background_model, image_encoder=image_encoder)
         callback = None if quiet else _progress_bar()
@@ -116,6 +172,8 @@ def generate(
                               save_intermediates=save_intermediates, resume_from=resume)
             if show_plan and pipe.last_plan is not None:
                 typer.echo(str(pipe.last_plan))
+            if len(assets) != len(paths):  # an internal invariant: _resumed_samples reads the same run.json
+                raise RuntimeError(f"the pipeline returned {len(assets)} assets for {len(paths)} outputs")
             for asset, path in zip(assets, paths):
                 asset.to_glb(path, decimation_target=faces or None, texture_size=texture_size)
                 typer.echo(f"{image if image is not None else resume} -> {path}: {len(asset.coords)} voxels at "
@@ -124,8 +182,7 @@ def generate(
             write_preview(targets[0][0], preview)
             typer.echo(f"preview -> {preview}")
     except (ValueError, TypeError, OSError, RuntimeError, KeyError) as error:
-        typer.echo(f"omnivox generate: {error}", err=True)
-        raise typer.Exit(code=1) from error
+        raise fail("generate", error) from error
     typer.echo(f"done in {time.perf_counter() - start:.1f} s")
 
 
@@ -149,20 +206,26 @@ def texture(
     """Paint a PBR material onto an existing mesh from an image with TRELLIS.2."""
     import time
 
-    from omnivox.ovoxel.export import save_glb
-    from omnivox.pipelines.texturing import TexturingPipeline
-
     start = time.perf_counter()
     try:
-        if output.suffix.lower() != ".glb":
-            raise ValueError(f"{output}: the output must end in .glb")
+        input_file(mesh, ASSET_SUFFIXES, "mesh")
+        input_file(image, IMAGE_SUFFIXES, "image")
+        output_file(output, (".glb",))
+        weights_folder(weights, "texturing_pipeline.json")
+        if background_model is not None:
+            input_file(background_model, (".onnx",), "--background-model")
+        if image_encoder is not None and not image_encoder.is_dir():
+            raise FileNotFoundError(f"--image-encoder {image_encoder}: no such folder")
+        _check_memory(max_memory)
+        from omnivox.ovoxel.export import save_glb
+        from omnivox.pipelines.texturing import TexturingPipeline
+
         pipe = TexturingPipeline.from_pretrained(weights, device=device, max_memory=max_memory,
                                                  background_model=background_model, image_encoder=image_encoder)
         result = pipe.run(mesh, image, seed=seed, resolution=resolution, texture_size=texture_size,
                           keep_uvs=keep_uvs, up_axis=up_axis, callback=None if quiet else _progress_bar())
         save_glb(result, output)
     except (ValueError, TypeError, OSError, RuntimeError, KeyError) as error:
-        typer.echo(f"omnivox texture: {error}", err=True)
-        raise typer.Exit(code=1) from error
+        raise fail("texture", error) from error
     typer.echo(f"{mesh} + {image} -> {output}: {len(result.faces)} faces, {texture_size}^2 textures "
                f"({time.perf_counter() - start:.1f} s)")

@@ -16,9 +16,18 @@ def demo(
     resolution: int = typer.Option(256, "--resolution", "-r", help="Grid resolution per axis."),
 ) -> None:
     """Build textured shapes in code, convert them to O-Voxel and back (.vxz, .ply, textured .glb), report fidelity."""
+    from omnivox.cli.checks import fail, output_folder
+
+    try:
+        output_folder(out, "--out")
+        if not 1 <= resolution <= 4096:  # omnivox.ovoxel.grid.MAX_RESOLUTION
+            raise ValueError(f"--resolution must be in [1, 4096], got {resolution}")
+    except ValueError as error:
+        raise fail("demo", error) from error
+    typer.echo("loading torch and numba...")
     from omnivox.demo import run_demo
 
-    results = run_demo(out, resolution)
+    results = run_demo(out, resolution, log=typer.echo)
     typer.echo(f"O-Voxel round trip at {resolution}^3 (mesh -> O-Voxel -> .vxz -> mesh), outputs in {out}/")
     header = (f"{'shape':<8} {'tris':>6} {'voxels':>9} {'Chamfer x1e6':>13} {'normal cons.':>13} "
               f"{'.vxz KiB':>9} {'geom s':>7} {'mat s':>7} {'io s':>6} {'mesh s':>7} {'glb s':>6}")
@@ -37,13 +46,13 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the header as JSON."),
 ) -> None:
     """Show a .vxz file's resolution, voxel count and attributes (reads the header only)."""
-    from omnivox.ovoxel.io import read_vxz_info
+    from omnivox.cli.checks import fail, input_file
+    from omnivox.ovoxel.io.vxz import read_vxz_info  # the header reader alone: no numba, no torch
 
     try:
-        header = read_vxz_info(path)
+        header = read_vxz_info(input_file(path, (".vxz",)))
     except (OSError, ValueError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1)
+        raise fail("info", error) from error
     chunks = header.get("chunks", [])
     size = header["chunk_size"]
     # The grid is not stored; the smallest power of two holding every chunk is what the data implies.

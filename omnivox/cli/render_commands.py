@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from omnivox.cli import app
+from omnivox.cli.checks import ASSET_SUFFIXES, fail, input_file, output_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -38,8 +39,10 @@ def render(
     start = time.perf_counter()
     suffix = output.suffix.lower()
     try:
-        if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-            raise ValueError(f"{output}: output must be one of {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)}")
+        input_file(source, ASSET_SUFFIXES + (".vxz",))
+        output_file(output, IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+        if voxels and source.suffix.lower() != ".vxz":
+            raise ValueError(f"{source}: --voxels needs a .vxz file")
         if not 16 <= resolution <= 4096:
             raise ValueError(f"--resolution must be in [16, 4096], got {resolution}")
         if views is None:
@@ -76,9 +79,8 @@ def render(
                     parts.append(preview.render_panel(item, resolution, environment, ssao=ssao)[:resolution,
                                                                                                 :resolution])
                 preview.save_image(_stack(parts), output)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
-        typer.echo(f"omnivox render: {error}", err=True)
-        raise typer.Exit(code=1) from error
+    except (ValueError, TypeError, OSError, ImportError) as error:
+        raise fail("render", error) from error
     typer.echo(f"{source} -> {output} ({time.perf_counter() - start:.2f} s)")
 
 

@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from omnivox.cli import app
+from omnivox.cli.checks import output_folder, require_extra
 
 
 def _parse_overrides(items: List[str]) -> dict:
@@ -44,11 +45,8 @@ def train(
     tryrun: bool = typer.Option(False, help="Build everything and load checkpoints, but do not train."),
 ) -> None:
     """Train or fine-tune one of the TRELLIS.2 models. Run it under `torchrun --nproc_per_node N` for N GPUs."""
-    import torch
-
-    from omnivox.train.build import build_dataset, build_trainer
-    from omnivox.train.config import ConfigError, load_experiment
-    from omnivox.train.distributed import init_process, leave_and_exit
+    require_extra("train", ["tensorboard"], "train")
+    from omnivox.train.config import ConfigError, load_experiment  # plain Python: the checks run before torch loads
 
     try:
         overrides = _parse_overrides(set_)
@@ -62,6 +60,17 @@ def train(
             if len(trainable) != 1:
                 raise ConfigError(f"--finetune needs exactly one model in {config}; use --set finetune_ckpt=...")
             overrides["finetune_ckpt"] = {trainable[0]: finetune}
+        if not data.lstrip().startswith("{") and not Path(data).is_dir():  # else the reference's JSON roots
+            raise FileNotFoundError(f"--data {data}: no such dataset folder" if not Path(data).exists() else
+                                    f"--data {data} is a file; give the dataset root folder (or the JSON text)")
+        output_folder(output_dir, "--output-dir")
+        if load_dir is not None and not load_dir.is_dir():
+            raise FileNotFoundError(f"--load-dir {load_dir}: no such folder")
+        import torch
+
+        from omnivox.train.build import build_dataset, build_trainer
+        from omnivox.train.distributed import init_process
+
         env = os.environ  # set by torchrun; absent when run alone
         info, dev = init_process(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
                                  int(env.get("LOCAL_RANK", 0)), device)
@@ -82,4 +91,6 @@ def train(
     if not tryrun:
         trainer.run()
     if info.distributed:
+        from omnivox.train.distributed import leave_and_exit
+
         leave_and_exit(0)

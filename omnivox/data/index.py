@@ -136,7 +136,10 @@ def index_file(task: Task) -> Outcome:
 
 def run_index(root: Path, source: Optional[Path] = None, rank: int = 0, world_size: int = 1, workers: int = 0,
               retry_failed: bool = False, progress: bool = True) -> StageSummary:
-    """Index the assets under ``source`` (default ``<root>/raw``) into ``<root>/metadata.csv`` (new_records).
+    """Index the assets under ``source`` (default ``<root>/raw``) into the root's table.
+
+    Rows land in ``<root>/new_records`` (every reader sees them); `omnivox.data.metadata.merge_records` folds them
+    into ``<root>/metadata.csv``, which `omnivox data index` does at the end of a single-shard run.
 
     Sharded by file path; a file is skipped when a row with its path and size exists (and, unless
     ``retry_failed``, also when that row records a failure).

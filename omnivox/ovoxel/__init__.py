@@ -9,21 +9,30 @@ Material:
     voxelize_materials    textured scene (omnivox.assets) -> PBR attributes on the geometry's voxels
 """
 
-from omnivox.ovoxel.dual_grid import mesh_to_dual_grid, to_local
-from omnivox.ovoxel.extract import dual_grid_to_mesh
-from omnivox.ovoxel.grid import UNIT_AABB, Grid
-from omnivox.ovoxel.materials import voxelize_materials
-from omnivox.ovoxel.scan import triangle_voxel_pairs
-from omnivox.ovoxel.serialize import decode_seq, encode_seq
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "Grid",
-    "UNIT_AABB",
-    "decode_seq",
-    "dual_grid_to_mesh",
-    "encode_seq",
-    "mesh_to_dual_grid",
-    "to_local",
-    "triangle_voxel_pairs",
-    "voxelize_materials",
-]
+from omnivox._lazy import lazy_exports
+
+# Public name -> submodule. Imported on first use (see omnivox._lazy): `omnivox.ovoxel.io` must not pull numba and
+# torch in through this package's __init__.
+_EXPORTS = {
+    "Grid": "grid",
+    "UNIT_AABB": "grid",
+    "decode_seq": "serialize",
+    "dual_grid_to_mesh": "extract",
+    "encode_seq": "serialize",
+    "mesh_to_dual_grid": "dual_grid",
+    "to_local": "dual_grid",
+    "triangle_voxel_pairs": "scan",
+    "voxelize_materials": "materials",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+
+if TYPE_CHECKING:  # what the names are, for readers and type checkers
+    from omnivox.ovoxel.dual_grid import mesh_to_dual_grid, to_local
+    from omnivox.ovoxel.extract import dual_grid_to_mesh
+    from omnivox.ovoxel.grid import UNIT_AABB, Grid
+    from omnivox.ovoxel.materials import voxelize_materials
+    from omnivox.ovoxel.scan import triangle_voxel_pairs
+    from omnivox.ovoxel.serialize import decode_seq, encode_seq

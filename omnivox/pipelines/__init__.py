@@ -14,16 +14,37 @@ Example:
     >>> pipe.run("chair.png", seed=1)[0].to_glb("chair.glb")                          # doctest: +SKIP
 """
 
-from omnivox.pipelines.generated import Generated
-from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
-from omnivox.pipelines.memory import MemoryPlan, StagePlan, parse_memory, plan_memory
-from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, preprocess_image
-from omnivox.pipelines.samplers import FlowEulerSampler, Guidance, SamplerParams, euler_timesteps
-from omnivox.pipelines.testing import make_test_pipeline
-from omnivox.pipelines.texturing import TexturingPipeline
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "Generated", "ImageTo3DPipeline", "MemoryPlan", "StagePlan", "parse_memory", "plan_memory",
-    "BackgroundRemover", "BiRefNetOnnx", "preprocess_image", "FlowEulerSampler", "Guidance", "SamplerParams",
-    "euler_timesteps", "make_test_pipeline", "TexturingPipeline",
-]
+from omnivox._lazy import lazy_exports
+
+# Public name -> submodule, imported on first use (see omnivox._lazy), so that a light submodule (or a command
+# line that only checks its arguments) does not load every model.
+_EXPORTS = {
+    "Generated": "generated",
+    "ImageTo3DPipeline": "image_to_3d",
+    "MemoryPlan": "memory",
+    "StagePlan": "memory",
+    "parse_memory": "memory",
+    "plan_memory": "memory",
+    "BackgroundRemover": "preprocess",
+    "BiRefNetOnnx": "preprocess",
+    "preprocess_image": "preprocess",
+    "FlowEulerSampler": "samplers",
+    "Guidance": "samplers",
+    "SamplerParams": "samplers",
+    "euler_timesteps": "samplers",
+    "make_test_pipeline": "testing",
+    "TexturingPipeline": "texturing",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+
+if TYPE_CHECKING:
+    from omnivox.pipelines.generated import Generated
+    from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
+    from omnivox.pipelines.memory import MemoryPlan, StagePlan, parse_memory, plan_memory
+    from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, preprocess_image
+    from omnivox.pipelines.samplers import FlowEulerSampler, Guidance, SamplerParams, euler_timesteps
+    from omnivox.pipelines.testing import make_test_pipeline
+    from omnivox.pipelines.texturing import TexturingPipeline

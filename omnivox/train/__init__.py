@@ -11,7 +11,21 @@
 Command line: ``omnivox train --config C --output-dir O --data DIR_OR_JSON`` (also under ``torchrun``).
 """
 
-from omnivox.train.config import ConfigError, ExperimentConfig, TrainerConfig, load_experiment
-from omnivox.train.trainer import Trainer
+from typing import TYPE_CHECKING
 
-__all__ = ["ConfigError", "ExperimentConfig", "TrainerConfig", "load_experiment", "Trainer"]
+from omnivox._lazy import lazy_exports
+
+# Imported on first use (see omnivox._lazy): `omnivox train` checks its arguments before torch loads.
+_EXPORTS = {
+    "ConfigError": "config",
+    "ExperimentConfig": "config",
+    "TrainerConfig": "config",
+    "load_experiment": "config",
+    "Trainer": "trainer",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
+
+if TYPE_CHECKING:
+    from omnivox.train.config import ConfigError, ExperimentConfig, TrainerConfig, load_experiment
+    from omnivox.train.trainer import Trainer

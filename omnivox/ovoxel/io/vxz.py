@@ -20,7 +20,9 @@ split into streams:
 * ``"all"``   one row-major stream of all channels, named ``"attr"``.
 
 The writer is byte-identical to the reference writer for the same input and options (header key order,
-number formatting, codec settings). Reading returns voxels in file order, which depends only on the voxel set
+number formatting, codec settings). One optional key of ours may follow the reference's keys: ``"source_up_axis"``,
+the up axis (``"y"`` or ``"z"``) of the asset file the voxels were converted from (the voxels themselves are in the
+Z-up data frame, ``omnivox.assets.frames``); readers that do not know it ignore it. Reading returns voxels in file order, which depends only on the voxel set
 and ``chunk_size``: it equals global Z-order only when the whole grid fits in one chunk.
 
 Array convention: writers take NumPy arrays or torch tensors; readers return NumPy arrays (wrap them with
@@ -45,12 +47,11 @@ from typing import Mapping, Union
 import numpy as np
 
 from omnivox.ovoxel.io import compression as codecs
-from omnivox.ovoxel.io._inputs import check_attrs, check_coords
-from omnivox.ovoxel.io.filters import FILTERS, decode_filter, encode_filter
-from omnivox.ovoxel.io.svo import svo_decode, svo_encode
-from omnivox.ovoxel.serialize import decode_seq, encode_seq
 
+# The octree, filter and Z-order code modules (numba kernels, torch) load inside the functions that encode or
+# decode voxels, so reading a header (`read_vxz_info`, `omnivox info`) imports neither numba nor torch.
 PathLike = Union[str, os.PathLike]
+FILTERS = ("none", "parent", "neighbor")  # the names `omnivox.ovoxel.io.filters` implements
 
 MAGIC = b"VXZ"
 VERSION = 0
@@ -60,6 +61,7 @@ MIN_CHUNK_SIZE = 2
 MAX_CHUNK_SIZE = 1024  # chunk-local Z-order codes have 10 bits per axis
 MAX_VOXELS = 2**31 - 1  # the reference counts voxels in C ints
 _CHUNK_KEYS = ("idx", "svo", "ptr")
+SOURCE_UP_AXES = (None, "y", "z")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -70,7 +72,8 @@ def write_vxz(path: PathLike, coords, attrs: Mapping, **options) -> None:
     """Write voxels and their uint8 attributes to a `.vxz` file.
 
     ``coords``, ``attrs`` and the keyword ``options`` (chunk_size, filter, compression, compression_level,
-    attr_interleave) are those of :func:`encode_vxz`; the file is only created once encoding has succeeded.
+    attr_interleave, source_up_axis) are those of :func:`encode_vxz`; the file is only created once encoding has
+    succeeded.
     """
     data = encode_vxz(coords, attrs, **options)
     with open(path, "wb") as handle:
@@ -85,6 +88,7 @@ def encode_vxz(
     compression: str = "lzma",
     compression_level: int | None = None,
     attr_interleave: str = "as_is",
+    source_up_axis: str | None = None,
 ) -> bytes:
     """The bytes of a `.vxz` file.
 
@@ -101,6 +105,8 @@ def encode_vxz(
         compression_level: codec level; ``None`` or ``0`` pick the codec default (9, 9, 22, 0), reproducing the
             reference's handling of 0 (quirk 12, see :func:`omnivox.ovoxel.io.compression.resolve_level`).
         attr_interleave: how attribute bytes are split into streams, ``"as_is"``, ``"none"`` or ``"all"``.
+        source_up_axis: ``"y"`` or ``"z"``, recorded in the header (module docstring); None writes the
+            reference's header exactly.
 
     Returns:
         The file content.
@@ -110,12 +116,18 @@ def encode_vxz(
         ValueError: bad shapes, negative or duplicate coordinates, a bad option, or an attribute name that
             clashes with a chunk-entry key.
     """
+    from omnivox.ovoxel.io._inputs import check_attrs, check_coords
+    from omnivox.ovoxel.io.filters import encode_filter
+    from omnivox.ovoxel.io.svo import svo_encode
+
     depth = _check_chunk_size(chunk_size)
     chunk_size = int(chunk_size)  # a NumPy integer would not serialise to JSON
     if filter not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, got {filter!r}")
     if attr_interleave not in INTERLEAVES:
         raise ValueError(f"attr_interleave must be one of {INTERLEAVES}, got {attr_interleave!r}")
+    if source_up_axis not in SOURCE_UP_AXES:
+        raise ValueError(f"source_up_axis must be one of {SOURCE_UP_AXES}, got {source_up_axis!r}")
     level = codecs.resolve_level(compression, compression_level)
     points = check_coords(coords)
     if points.shape[0] > MAX_VOXELS:
@@ -167,6 +179,8 @@ def encode_vxz(
         "attr": [[name, count] for name, count in channels],
         "chunks": chunk_entries,
     }
+    if source_up_axis is not None:
+        header["source_up_axis"] = source_up_axis
     header_bytes = json.dumps(header).encode("utf-8")
     preamble = MAGIC + bytes([VERSION]) + struct.pack(">I", PREAMBLE_SIZE + len(header_bytes))
     return b"".join([preamble, header_bytes, *blobs])
@@ -223,6 +237,8 @@ def _sort_into_chunks(points: np.ndarray, depth: int):
     Raises:
         ValueError: duplicate coordinates.
     """
+    from omnivox.ovoxel.serialize import encode_seq
+
     count = points.shape[0]
     if count == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), []
@@ -344,6 +360,10 @@ def decode_vxz(data: bytes, source: str = "<bytes>") -> tuple[np.ndarray, dict]:
 
 def _decode_chunk(blob: memoryview, entry: dict, header: dict, room: int, where: str):
     """Decode one chunk blob into ((n, 3) int64 coords, (n, C) uint8 rows); ``room`` bounds n."""
+    from omnivox.ovoxel.io.filters import decode_filter
+    from omnivox.ovoxel.io.svo import svo_decode
+    from omnivox.ovoxel.serialize import decode_seq
+
     chunk_size = header["chunk_size"]
     depth = chunk_size.bit_length() - 1
     total_channels = sum(count for _, count in header["attr"])
@@ -418,6 +438,8 @@ def _parse_header(header_bytes: bytes, binary_size: int, source: str) -> dict:
         f"a power of two in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]",
     )
     require("filter", str, lambda v: v in FILTERS, f"one of {FILTERS}")
+    if header.get("source_up_axis") not in SOURCE_UP_AXES:
+        fail(f"'source_up_axis' must be 'y' or 'z', got {header['source_up_axis']!r}")
     codec = require("compression", str, lambda v: v in codecs.CODECS, f"one of {codecs.CODECS}")
     low, high = codecs.LEVEL_RANGES[codec]
     require("compression_level", int, lambda v: low <= v <= high, f"an int in [{low}, {high}] for {codec!r}")

@@ -1,0 +1,88 @@
+"""Checks of command-line paths, run before a command imports torch or numba (seconds on a cold machine).
+
+Each check raises ValueError or FileNotFoundError with a one-line message naming the path; the commands print it
+as ``omnivox COMMAND: MESSAGE`` and exit with code 1 before doing any work. Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import typer
+
+# What `omnivox.assets.load_asset` reads (tests/cli checks the two lists agree; importing omnivox.assets here
+# would load torch).
+ASSET_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _kinds(suffixes: Sequence[str]) -> str:
+    return suffixes[0] if len(suffixes) == 1 else "one of " + ", ".join(suffixes)
+
+
+def input_file(path: Path, suffixes: Sequence[str], what: str = "input") -> Path:
+    """``path`` is an existing file (not a folder) whose suffix is one of ``suffixes``."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; the {what} must be a file ({_kinds(suffixes)})")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{path}: the {what} must be {_kinds(suffixes)}")
+    return path
+
+
+def output_file(path: Path, suffixes: Sequence[str], what: str = "output") -> Path:
+    """``path`` can be written as a file: a suffix in ``suffixes``, not a folder, no file where a folder must be."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; the {what} must be a file path ({_kinds(suffixes)})")
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{path}: the {what} must be {_kinds(suffixes)}")
+    _parents_can_be_folders(path)
+    return path
+
+
+def output_folder(path: Path, what: str = "output") -> Path:
+    """``path`` is an existing folder or can be created as one."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file; the {what} must be a folder")
+    _parents_can_be_folders(path)
+    return path
+
+
+def weights_folder(path: Path, config_name: str) -> Path:
+    """``path`` is a folder holding ``config_name`` (``pipeline.json`` or ``texturing_pipeline.json``)."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"weights folder {path} not found" if not path.exists() else
+                                f"--weights {path} is a file; it must be the weights folder holding {config_name}")
+    if not (path / config_name).is_file():
+        raise FileNotFoundError(f"{path} is not a weights folder (no {config_name} in it)")
+    return path
+
+
+def _parents_can_be_folders(path: Path) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{path}: {parent} is a file, not a folder")
+            return
+
+
+def require_extra(extra: str, modules: Sequence[str], command: str) -> None:
+    """Exit with the install command when the optional dependencies of ``extra`` are missing."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        typer.echo(f"error: omnivox {command} needs the '{extra}' extra (missing: {', '.join(missing)}); "
+                   f"install it with: pip install 'omnivox[{extra}]'", err=True)
+        raise typer.Exit(2)
+
+
+def fail(command: str, error: Exception) -> typer.Exit:
+    """Print ``omnivox COMMAND: message`` on stderr; returns the ``Exit(1)`` to raise."""
+    message = str(error)
+    if isinstance(error, KeyError):  # str() of a KeyError is the quoted key only
+        message = f"missing key {message}"
+    typer.echo(f"omnivox {command}: {message}", err=True)
+    return typer.Exit(code=1)
