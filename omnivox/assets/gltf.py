@@ -6,6 +6,10 @@ transforms flip the winding back to counter-clockwise), skinned meshes evaluated
 TRIANGLE_STRIP / TRIANGLE_FAN triangulated (POINTS and LINES ignored), COLOR_0, every TEXCOORD_n set,
 samplers (wrap per axis, NEAREST / LINEAR), ``KHR_texture_transform`` and
 ``KHR_materials_emissive_strength``. Morph targets are ignored (the base shape is loaded).
+
+Texture coordinates are brought into the scene's v-up convention (``omnivox.assets.scene``): a file's
+``(u, t)`` (origin at the image's top-left) is stored as ``(u, 1 - t)``, and ``KHR_texture_transform`` is
+rewritten for that frame, so every reader samples the texel the file means.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from omnivox.assets.scene import (
     Texture,
     WrapMode,
     default_material,
+    gltf_uv_transform,
 )
 
 _COMPONENT_DTYPES = {
@@ -148,7 +153,7 @@ def _quaternion_matrix(quaternion) -> np.ndarray:
 
 
 def _uv_transform_matrix(extension: dict) -> np.ndarray:
-    """KHR_texture_transform: uv' = T(offset) @ R(rotation) @ S(scale) @ (u, v, 1)."""
+    """KHR_texture_transform in glTF's own v-down coordinates: uv' = T(offset) @ R(rotation) @ S(scale) @ (u, t, 1)."""
     offset_u, offset_v = extension.get("offset", (0.0, 0.0))
     rotation = float(extension.get("rotation", 0.0))
     scale_u, scale_v = extension.get("scale", (1.0, 1.0))
@@ -318,7 +323,7 @@ class _GltfReader:
         uv_transform = np.eye(3, dtype=np.float32)
         transform = (info.extensions or {}).get("KHR_texture_transform")
         if transform:
-            uv_transform = _uv_transform_matrix(transform)
+            uv_transform = gltf_uv_transform(_uv_transform_matrix(transform))
             uv_set = transform.get("texCoord", uv_set)
         if not isinstance(uv_set, int) or not 0 <= uv_set < _MAX_UV_SETS:
             raise self._fail(f"texture {info.index} uses texCoord {uv_set!r}; supported are 0..{_MAX_UV_SETS - 1}")
@@ -499,6 +504,7 @@ class _GltfReader:
                 uv = self.accessor(accessor_index, as_float=True)
                 if uv.shape != (len(positions), 2):
                     raise self._fail(f"TEXCOORD_{uv_set} accessor {accessor_index} is not VEC2 per vertex")
+                uv = np.stack([uv[:, 0], 1 - uv[:, 1]], axis=1)  # glTF t (down) -> scene v (up)
                 part["uvs"][uv_set] = uv[faces]
         if attributes.COLOR_0 is not None:
             colors = self.accessor(attributes.COLOR_0, as_float=True)

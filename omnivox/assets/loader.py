@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from dataclasses import replace
+from typing import Optional, Union
 
+from omnivox.assets.frames import file_up_axis, to_data_frame
 from omnivox.assets.scene import Scene
 
 SUPPORTED_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl")
 
 
-def load_asset(path: Union[str, os.PathLike]) -> Scene:
-    """Load a GLB, glTF, OBJ, PLY or STL file into a `Scene` in world units.
+def load_asset(path: Union[str, os.PathLike], up_axis: Optional[str] = None) -> Scene:
+    """Load a GLB, glTF, OBJ, PLY or STL file into a `Scene` in world units, Z-up.
 
     Call ``.normalized()`` on the result to fit it into the unit box as the TRELLIS.2 data toolkit does.
 
     Args:
         path: the file; external buffers, MTL files and images are resolved relative to its folder.
+        up_axis: the file's up axis, ``"y"`` or ``"z"``; None takes the format's (glTF/GLB/OBJ Y-up, STL/PLY
+            Z-up, as Blender imports them: ``omnivox.assets.frames``). A Y-up file is rotated into the Z-up data
+            frame; ``scene.source_up_axis`` records which it was.
 
     Returns:
-        the scene (all node instances, transforms applied, one material list).
+        the scene (all node instances, transforms applied, one material list), Z-up.
 
     Raises:
         TypeError: ``path`` is not a string or path.
@@ -34,12 +39,16 @@ def load_asset(path: Union[str, os.PathLike]) -> Scene:
     if not file.is_file():
         raise FileNotFoundError(f"load_asset: no such file: {file}")
     suffix = file.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise ValueError(f"{file}: unsupported file type {suffix!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}")
+    source_up = file_up_axis(file, up_axis)
     if suffix in (".glb", ".gltf"):
         from omnivox.assets.gltf import load_gltf
 
-        return load_gltf(file)
-    if suffix in (".obj", ".ply", ".stl"):
+        scene = load_gltf(file)
+    else:
         from omnivox.assets.meshfiles import load_mesh_file
 
-        return load_mesh_file(file)
-    raise ValueError(f"{file}: unsupported file type {suffix!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}")
+        scene = load_mesh_file(file)
+    return replace(scene, vertices=to_data_frame(scene.vertices, source_up),
+                   normals=to_data_frame(scene.normals, source_up), source_up_axis=source_up)

@@ -5,15 +5,28 @@ Layout (``F`` triangles, ``V`` vertices, ``M`` materials)::
     vertices      (V, 3) float32   positions in world units (node transforms already applied)
     faces         (F, 3) int64     indices into ``vertices``, counter-clockwise = front
     uvs           list of (F, 3, 2) float32, one entry per UV set (glTF TEXCOORD_n); zeros where a
-                  primitive lacks that set
+                  primitive lacks that set; UV convention below
     normals       (F, 3, 3) float32  per-corner shading normals (flat face normals where the file has none)
     colors        (F, 3, 4) float32 per-corner RGBA vertex colours, or None when no primitive has any
     material_ids  (F,) int32        index into ``materials``
+
+Positions and normals are in the Z-up data frame (``omnivox.assets.frames``): loaders rotate Y-up formats into it
+and record the file's up axis in ``source_up_axis``.
 
 Example::
 
     scene = load_asset("Avocado.gltf").normalized()   # fits in the unit box centred at the origin
     tris = scene.triangles()                           # (F, 3, 3) float32
+
+**The UV convention** (one for every loader and every reader): ``(u, v)`` with the origin at the *bottom-left*
+of the image and ``v`` growing *upwards*: the convention of OBJ, PLY, OpenGL, Blender and ``trimesh.visual.uv``,
+and the one the TRELLIS.2 data toolkit reads (its Blender dumps are v-up). Texture images are stored row 0 = top
+(PIL order), so the texel row of ``v`` is ``(1 - v) * height``. Loaders convert into it: the glTF loader stores
+``v = 1 - t`` for a file's ``t`` (glTF puts the origin at the top-left) and rewrites ``KHR_texture_transform``
+into this frame (`gltf_uv_transform`); OBJ/PLY UVs are stored as written. Readers go from scene UVs to image
+positions through `image_coordinates` (rendering, data-toolkit renders) or use ``(1 - v) * height`` directly
+(the voxelizer's kernels in ``omnivox.ovoxel.materials``); writers hand ``(u, v)`` to trimesh, which writes
+``t = 1 - v`` into glTF files.
 
 Colour values are stored exactly as the file gives them: texture bytes untouched (sRGB-encoded for
 base colour / emissive in glTF), factors and vertex colours as floats. Voxelization multiplies them without
@@ -61,6 +74,41 @@ class FilterMode(enum.IntEnum):
     LINEAR = 1
 
 
+# (u, t) <-> (u, 1 - t): glTF's v-down texture coordinates <-> the scene's v-up ones (its own inverse).
+_FLIP_V = np.array([[1, 0, 0], [0, -1, 1], [0, 0, 1]], dtype=np.float64)
+
+
+def gltf_uv_transform(matrix: np.ndarray) -> np.ndarray:
+    """A (3, 3) UV transform written for glTF's v-down coordinates, rewritten for the scene's v-up ones.
+
+    glTF applies ``M`` to ``(u, t)``; the scene holds ``(u, v) = F (u, t)`` with ``F`` the flip ``t -> 1 - t``,
+    so the same mapping in scene coordinates is ``F M F`` (exact: ``F`` has entries 0 and +-1).
+    """
+    return (_FLIP_V @ np.asarray(matrix, np.float64) @ _FLIP_V).astype(np.float32)
+
+
+def image_coordinates(uv, uv_transform=None):
+    """Scene UVs (..., 2) -> positions in the image, in units of its width and height: ``x`` from the left
+    edge, ``y`` from the top edge (row 0), so pixel ``(x * W, y * H)``; texel centres at ``(i + 0.5) / size``.
+
+    Applies ``uv_transform`` (a Texture's, in scene coordinates) first. Works on NumPy arrays and torch tensors
+    (the result has the input's type, dtype and device); the transform is affine, so derivatives of ``uv``
+    map through its 2x2 part with the sign of ``y`` flipped.
+    """
+    if uv_transform is not None and not np.array_equal(uv_transform, np.eye(3, dtype=np.float32)):
+        matrix = np.asarray(uv_transform, np.float64)
+        u = uv[..., 0] * float(matrix[0, 0]) + uv[..., 1] * float(matrix[0, 1]) + float(matrix[0, 2])
+        v = uv[..., 0] * float(matrix[1, 0]) + uv[..., 1] * float(matrix[1, 1]) + float(matrix[1, 2])
+    else:
+        u, v = uv[..., 0], uv[..., 1]
+    x, y = u, 1 - v
+    if isinstance(uv, np.ndarray):
+        return np.stack([x, y], axis=-1)
+    import torch
+
+    return torch.stack([x, y], dim=-1)
+
+
 def _identity_uv_transform() -> np.ndarray:
     return np.eye(3, dtype=np.float32)
 
@@ -73,8 +121,9 @@ class Texture:
         image: (H, W, 4) uint8 RGBA, row 0 = top of the image (PIL order). Grey images are expanded to
             RGB, missing alpha is 255. Several textures may share one array; treat it as read-only.
         uv_set: which entry of ``Scene.uvs`` the texture reads (glTF ``texCoord``).
-        uv_transform: (3, 3) float32 matrix applied to ``(u, v, 1)`` before sampling
-            (``KHR_texture_transform``: translation @ rotation @ scale); identity when absent.
+        uv_transform: (3, 3) float32 matrix applied to the scene's ``(u, v, 1)`` (v up, module docstring) before
+            sampling; identity when absent. glTF's ``KHR_texture_transform`` is defined on its own v-down
+            coordinates: `gltf_uv_transform` rewrites it into this frame.
         wrap_s, wrap_t: wrap mode along u and along v.
         filter: NEAREST or LINEAR (glTF ``magFilter``; LINEAR textures are sampled with mipmaps).
         name: file name or image name, for messages.
@@ -159,6 +208,7 @@ class Scene:
     material_ids: np.ndarray
     materials: List[Material]
     source: str = ""
+    source_up_axis: str = "z"  # the up axis of the file it came from; the scene itself is Z-up (assets.frames)
 
     def __post_init__(self) -> None:
         # Internal consistency of what loaders build; user-facing validation happens in the loaders.

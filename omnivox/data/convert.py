@@ -12,8 +12,8 @@ Per indexed asset (``indexed`` true in ``<ROOT>/metadata.csv``) and resolution R
 
 Decision on axes: TRELLIS.2 data is in Blender's Z-up world, because Blender imported every asset, and its
 glTF and OBJ importers turn those formats' Y-up into Z-up with ``(x, y, z) -> (x, -z, y)`` (STL and PLY are
-imported unrotated). `load_for_dataset` applies the same mapping, so our O-Voxels, mesh dumps and condition
-renders stand upright exactly like the reference data (and the released models' outputs).
+imported unrotated). `load_asset` applies the same mapping (``omnivox.assets.frames``), so our O-Voxels,
+mesh dumps and condition renders stand upright exactly like the reference data (and the released models' outputs).
 
 An asset is redone only for the resolutions whose record is missing, false or whose file is gone.
 
@@ -44,27 +44,11 @@ PBR_COLUMNS = ["sha256", "pbr_voxelized", "num_pbr_voxels", "pbr_voxels_error"]
 MESH_COLUMNS = ["sha256", "mesh_dumped", "mesh_dump_error"]
 
 
-Y_UP_SUFFIXES = (".glb", ".gltf", ".obj")
-
-
-def to_blender_frame(scene, suffix: str):
-    """The scene as Blender's importer would place it: Y-up formats rotated to Z-up (a proper rotation)."""
-    from dataclasses import replace
-
-    if suffix.lower() not in Y_UP_SUFFIXES:
-        return scene
-
-    def rotate(points: np.ndarray) -> np.ndarray:
-        return np.stack([points[..., 0], -points[..., 2], points[..., 1]], axis=-1).astype(points.dtype)
-
-    return replace(scene, vertices=rotate(scene.vertices), normals=rotate(scene.normals))
-
-
 def load_for_dataset(path):
-    """``load_asset`` -> Blender's Z-up frame -> the reference normalisation into the unit box."""
+    """``load_asset`` (which brings the file into Blender's Z-up frame) -> the reference normalisation."""
     from omnivox.assets import load_asset
 
-    return to_blender_frame(load_asset(path), Path(path).suffix).normalized()
+    return load_asset(path).normalized()
 
 
 def _write_vxz(path: Path, coords: np.ndarray, attrs: Dict[str, np.ndarray]) -> None:

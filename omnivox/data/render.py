@@ -120,17 +120,19 @@ def _wrap(coord: torch.Tensor, size: int, mode: int) -> torch.Tensor:
 
 
 def sample_texture(texture, uv: torch.Tensor, image: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Bilinear RGBA lookup (N, 4) float in [0, 1] at UVs (N, 2) (glTF: v down the image, wrap per axis).
+    """Bilinear RGBA lookup (N, 4) float in [0, 1] at scene UVs (N, 2) (v up, ``omnivox.assets.scene``; the
+    texture's UV transform applied, wrap per axis).
 
     ``image``: the texture as an (H, W, 4) float tensor in [0, 1] on the UVs' device, if already converted.
     """
+    from omnivox.assets.scene import image_coordinates
+
     if image is None:
         image = torch.from_numpy(np.array(texture.image, dtype=np.float32) / 255).to(uv.device)
     height, width = image.shape[:2]
-    homogeneous = torch.cat([uv, torch.ones_like(uv[:, :1])], dim=1)
-    uv = (homogeneous @ torch.as_tensor(texture.uv_transform, dtype=uv.dtype, device=uv.device).T)[:, :2]
-    x = uv[:, 0] * width - 0.5
-    y = uv[:, 1] * height - 0.5
+    position = image_coordinates(uv, texture.uv_transform)
+    x = position[:, 0] * width - 0.5
+    y = position[:, 1] * height - 0.5
     x0, y0 = torch.floor(x), torch.floor(y)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
     x0, y0 = x0.long(), y0.long()

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from omnivox.assets.frames import z_up_to_y_up  # noqa: F401  (also re-exported: export.z_up_to_y_up)
 from omnivox.ovoxel import bake, meshops
 from omnivox.ovoxel.forked import call_in_fork, fork_available
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid
@@ -113,11 +114,6 @@ def choose_alpha_mode(alpha: np.ndarray) -> tuple[str, Optional[float]]:
     if partial <= PARTIAL_FRACTION:
         return "MASK", MASK_CUTOFF
     return "BLEND", None
-
-
-def z_up_to_y_up(points: np.ndarray) -> np.ndarray:
-    """(N, 3) Z-up (Blender) -> glTF Y-up: ``(x, y, z) -> (x, z, -y)``."""
-    return np.stack([points[:, 0], points[:, 2], -points[:, 1]], axis=1)
 
 
 # --------------------------------------------------------------------------------------------------- validation

@@ -1,7 +1,7 @@
 """Mesh + image -> PBR material: `TexturingPipeline` (spec models.md 9.6, ``texturing_pipeline.json``).
 
-1. The mesh is fitted into the unit box (centre, ``0.99999 / longest side``) and turned from Y-up to Z-up
-   (``(x, y, z) -> (x, -z, y)``), the frame the models were trained in.
+1. The mesh is brought into the Z-up data frame the models were trained in (``omnivox.assets.frames``: a Y-up
+   mesh is turned ``(x, y, z) -> (x, -z, y)``) and fitted into the unit box (centre, ``0.99999 / longest side``).
 2. It is converted to an O-Voxel dual grid at ``resolution`` and encoded by the shape SC-VAE encoder.
 3. The material latent is sampled by the texture flow (512 model iff ``resolution == 512``) with the normalised
    shape latent as ``concat_cond``, conditioned on the image (DINOv3 at 512 or 1024 pixels).
@@ -12,8 +12,8 @@ Unlike the reference, which always re-meshes and unwraps, the user's geometry is
 ``keep_uvs``), the material is baked into the mesh's own UV layout through
 ``omnivox.ovoxel.uv_layout.bake_to_uv_layout``, so vertices, faces and UVs are the user's; without UVs the mesh goes
 through the O-Voxel exporter's clean-up and unwrap (``to_glb``). Either way the result is returned in the
-user's original coordinates (the normalisation is undone; the Y-up/Z-up turn cancels with the exporter's
-Z-up -> Y-up mapping).
+user's original coordinates (the normalisation and the turn are undone: a Y-up mesh's Z-up -> Y-up turn is the
+GLB writer's own).
 """
 
 from __future__ import annotations
@@ -39,23 +39,21 @@ PathLike = Union[str, Path]
 RESOLUTIONS = (256, 512, 1024, 1536)
 
 
-def y_up_to_z_up(points: np.ndarray) -> np.ndarray:
-    """``(x, y, z) -> (x, -z, y)`` (spec 9.6 step 1)."""
-    return np.stack([points[:, 0], -points[:, 2], points[:, 1]], axis=1)
-
-
-def _mesh_arrays(mesh) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """``(vertices (V, 3), faces (F, 3), per-corner uvs (F, 3, 2) or None)`` from a path, Scene, trimesh or tuple."""
+def _mesh_arrays(mesh, up_axis: Optional[str]) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray], str]:
+    """``(vertices (V, 3) Z-up, faces (F, 3), per-corner uvs (F, 3, 2) or None, the mesh's own up axis)`` from a
+    path, Scene, trimesh or tuple (arrays and trimeshes are Y-up unless ``up_axis`` says otherwise)."""
     from omnivox.assets import load_asset
+    from omnivox.assets.frames import check_up_axis, to_data_frame
     from omnivox.assets.scene import Scene
 
     if isinstance(mesh, (str, Path)):
-        mesh = load_asset(mesh)
-    if isinstance(mesh, Scene):
+        mesh = load_asset(mesh, up_axis=up_axis)
+    if isinstance(mesh, Scene):  # Z-up already (load_asset), remembering its file's up axis
         uvs = mesh.uvs[0] if mesh.uvs else None
         if uvs is not None and not np.any(uvs):
             uvs = None  # no primitive has UVs (the loader fills zeros)
-        return mesh.vertices.astype(np.float32), mesh.faces.astype(np.int64), uvs
+        return mesh.vertices.astype(np.float32), mesh.faces.astype(np.int64), uvs, mesh.source_up_axis
+    source_up = check_up_axis("y" if up_axis is None else up_axis)
     if isinstance(mesh, tuple) and len(mesh) in (2, 3):
         vertices = np.asarray(mesh[0], np.float32)
         faces = np.asarray(mesh[1], np.int64)
@@ -63,13 +61,13 @@ def _mesh_arrays(mesh) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         if len(mesh) == 3 and mesh[2] is not None:
             uv = np.asarray(mesh[2], np.float32)
             uvs = uv[faces] if uv.shape == (len(vertices), 2) else uv
-        return vertices, faces, uvs
+        return to_data_frame(vertices, source_up), faces, uvs, source_up
     if hasattr(mesh, "vertices") and hasattr(mesh, "faces"):  # trimesh.Trimesh
         vertices = np.asarray(mesh.vertices, np.float32)
         faces = np.asarray(mesh.faces, np.int64)
         uv = getattr(getattr(mesh, "visual", None), "uv", None)
         uvs = np.asarray(uv, np.float32)[faces] if uv is not None and len(uv) == len(vertices) else None
-        return vertices, faces, uvs
+        return to_data_frame(vertices, source_up), faces, uvs, source_up
     raise TypeError("mesh must be a file path, an omnivox Scene, a trimesh.Trimesh or (vertices, faces[, uvs])")
 
 
@@ -162,7 +160,7 @@ class TexturingPipeline(PipelineBase):
         return voxel_coords, pbr, plan
 
     def run(self, mesh, image, *, seed: int = 0, resolution: int = 1024, texture_size: int = 2048,
-            keep_uvs: bool = True, decimation_target: Optional[int] = None, up_axis: str = "y",
+            keep_uvs: bool = True, decimation_target: Optional[int] = None, up_axis: Optional[str] = None,
             sampler_params: Optional[dict] = None, callback: Optional[StageCallback] = None, preprocess: bool = True,
             max_memory=None) -> "trimesh.Trimesh":
         """Texture ``mesh`` after ``image``.
@@ -177,21 +175,25 @@ class TexturingPipeline(PipelineBase):
             texture_size: side of the baked textures.
             keep_uvs: bake into the mesh's own UVs when it has them (else unwrap).
             decimation_target: only for the unwrap path (None keeps every face).
-            up_axis: ``"y"`` (glTF and most files: turned to Z-up for the model) or ``"z"`` (already Z-up).
+            up_axis: the mesh's up axis, ``"y"`` or ``"z"``: for a file, None takes its format's (as
+                `omnivox.assets.load_asset`); a Scene is Z-up already (this is ignored); arrays and trimeshes
+                are Y-up unless told ``"z"``. The model sees the mesh Z-up, as it was trained.
 
         Returns:
-            A textured ``trimesh.Trimesh`` (glTF frame, the user's coordinates) with a PBR material; write it with
+            A textured ``trimesh.Trimesh`` in the user's own coordinates and frame (a Y-up mesh comes back as it
+            was; a Z-up one keeps its Z-up coordinates) with a PBR material; write it with
             ``omnivox.ovoxel.export.save_glb``.
         """
         from omnivox.assets.scene import normalize_vertices
         from omnivox.ovoxel import export
         from omnivox.ovoxel.uv_layout import bake_to_uv_layout
 
-        if up_axis not in ("y", "z"):
-            raise ValueError(f"up_axis must be 'y' or 'z', got {up_axis!r}")
-        vertices, faces, uvs = _mesh_arrays(mesh)
-        normalized, center, scale = normalize_vertices(vertices, source="mesh")
-        model_frame = y_up_to_z_up(normalized) if up_axis == "y" else normalized
+        from omnivox.assets.frames import check_up_axis, from_data_frame, y_up_to_z_up
+
+        if up_axis is not None:
+            check_up_axis(up_axis)
+        vertices, faces, uvs, source_up = _mesh_arrays(mesh, up_axis)
+        model_frame, center, scale = normalize_vertices(vertices, source="mesh")  # Z-up, in the unit box
         coords, attributes, _ = self.texture_voxels(model_frame, faces, image, seed=seed, resolution=resolution,
                                                     sampler_params=sampler_params, callback=callback,
                                                     preprocess=preprocess, max_memory=max_memory)
@@ -202,9 +204,7 @@ class TexturingPipeline(PipelineBase):
         else:
             result = export.to_glb(model_frame, faces, coords.numpy(), attributes, resolution,
                                    decimation_target=decimation_target, texture_size=texture_size)
-        # Back to the user's units and place (the exporter's Z-up -> Y-up turn undid the Y-up -> Z-up one).
-        glb_frame = np.asarray(result.vertices, np.float64)
-        if up_axis == "z":
-            glb_frame = np.stack([glb_frame[:, 0], -glb_frame[:, 2], glb_frame[:, 1]], axis=1)
-        result.vertices = (glb_frame / float(scale) + center.astype(np.float64)).astype(np.float32)
+        # Back to the user's units, place and frame (the writer turned the data frame Y-up: undo that first).
+        data_frame = y_up_to_z_up(np.asarray(result.vertices, np.float64)) / float(scale) + center.astype(np.float64)
+        result.vertices = from_data_frame(data_frame, source_up).astype(np.float32)
         return result

@@ -349,7 +349,8 @@ def _bilinear(texture: torch.Tensor, uv: torch.Tensor, wrap: str) -> torch.Tenso
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor, *, wrap: str = "repeat", mipmaps: bool = True,
                    uv_derivatives: Optional[torch.Tensor] = None, filter: str = "linear",
                    levels: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-    """Sample a texture at UV coordinates (glTF convention: ``(0, 0)`` = top-left, ``v`` down).
+    """Sample a texture at image coordinates (``(0, 0)`` = top-left, ``v`` down; `omnivox.assets.scene.image_coordinates`
+    turns scene UVs into these).
 
     Bilinear with texel centres at ``(i + 0.5) / size``; with ``mipmaps`` and ``uv_derivatives`` the level is
     ``log2`` of the longer screen-space footprint in texels, ``rho = max(|(du/dx W, dv/dx H)|,

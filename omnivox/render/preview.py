@@ -9,9 +9,9 @@ Pipeline per camera: depth-peeled rasterization (`omnivox.render.rasterize`) -> 
 normal, base colour / metallic / roughness / alpha -> split-sum PBR shading (`omnivox.render.pbr`) under an
 `Environment` -> front-to-back compositing -> optional SSAO -> ACES + sRGB (`omnivox.render.tonemap`).
 
-Frames and axes: everything is rendered Z-up (spec training.md 5.1). glTF, OBJ and PLY files are Y-up by
-convention and are rotated ``(x, y, z) -> (x, -z, y)`` (the data toolkit's own rotation, spec models.md); STL
-files (CAD / 3D printing) are taken as Z-up; O-Voxel files are Z-up (spec ovoxel.md 1.1). ``up=`` overrides.
+Frames and axes: everything is rendered Z-up (spec training.md 5.1). Mesh files come through `load_asset`, which
+turns them into the Z-up data frame as the data toolkit does (glTF, GLB and OBJ are Y-up files, STL and PLY
+Z-up: ``omnivox.assets.frames``); O-Voxel files are Z-up (spec ovoxel.md 1.1). ``up=`` overrides a file's up axis.
 
 Colour spaces (a deliberate choice, see also `omnivox.render.tonemap`): for scenes we follow glTF -- texture
 texels are sRGB-encoded and decoded before shading, factors and vertex colours are linear. O-Voxel attributes
@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from omnivox.assets.loader import SUPPORTED_SUFFIXES
+from omnivox.assets.frames import check_up_axis, y_up_to_z_up, z_up_to_y_up
+from omnivox.assets.scene import image_coordinates
 from omnivox.render.cameras import intrinsics_from_fov, look_at, to_camera, yaw_pitch_eye
 from omnivox.render.environment import Environment, resolve_environment
 from omnivox.render.interpolate import _gather_pixels, mip_pyramid, sample_sparse_volume, sample_texture
@@ -67,14 +69,15 @@ class PreviewSource:
     name: str = ""
 
     @classmethod
-    def from_scene(cls, scene, up: str = "y", device=None) -> "PreviewSource":
-        """A `Scene` (any units); it is fitted into the unit box and turned Z-up when ``up == "y"``."""
+    def from_scene(cls, scene, up: str = "z", device=None) -> "PreviewSource":
+        """A `Scene` (any units); it is fitted into the unit box and turned Z-up when ``up == "y"`` (scenes from
+        `load_asset` are Z-up already)."""
         scene = scene.normalized()
-        rotate = _check_up(up) == "y"
+        rotate = check_up_axis(up) == "y"
         vertices = torch.from_numpy(scene.vertices).to(device=device, dtype=torch.float32)
         normals = torch.from_numpy(scene.normals).to(device=device, dtype=torch.float32)
         if rotate:
-            vertices, normals = _y_up_to_z_up(vertices), _y_up_to_z_up(normals)
+            vertices, normals = y_up_to_z_up(vertices), y_up_to_z_up(normals)
         return cls(vertices=vertices, faces=torch.from_numpy(scene.faces).to(device=device, dtype=torch.int64),
                    corner_normals=normals, scene_materials=_SceneMaterials(scene, device), name=scene.source)
 
@@ -108,9 +111,9 @@ class PreviewSource:
             raise ValueError(f"{name or 'O-Voxel'}: expected 3+1+1+1 material channels, got {values.shape[1]}")
         values = torch.as_tensor(values.astype(np.float32) / 255, device=device)
         coords_t = torch.as_tensor(coords.astype(np.int64), device=device)
-        if _check_up(up) == "y":
-            vertices = _y_up_to_z_up(vertices)
-        return cls(vertices=vertices, faces=faces, voxels=(coords_t, values, resolution, _check_up(up) == "y"),
+        if check_up_axis(up) == "y":
+            vertices = y_up_to_z_up(vertices)
+        return cls(vertices=vertices, faces=faces, voxels=(coords_t, values, resolution, up == "y"),
                    name=name)
 
     def bounding_radius(self) -> float:
@@ -132,10 +135,10 @@ def load_preview_source(path: Union[str, os.PathLike], up: Optional[str] = None,
     if suffix in SUPPORTED_SUFFIXES:
         from omnivox.assets import load_asset
 
-        scene = load_asset(path)
+        scene = load_asset(path, up_axis=up)  # Z-up
         if scene.num_faces == 0:
             raise ValueError(f"{path}: the file holds no triangles")
-        return PreviewSource.from_scene(scene, up=up or ("z" if suffix == ".stl" else "y"), device=device)
+        return PreviewSource.from_scene(scene, device=device)
     raise ValueError(f"{path}: unsupported file type {suffix!r} (use {', '.join(SUPPORTED_SUFFIXES + VOXEL_SUFFIXES)})")
 
 
@@ -236,7 +239,7 @@ def render_pbr(
                                                          px + dx, py + dy)[0].detach())
     else:
         coords, values, grid, rotated = source.voxels
-        lookup_points = _z_up_to_y_up(points) if rotated else points
+        lookup_points = z_up_to_y_up(points) if rotated else points
         attrs = sample_sparse_volume(lookup_points, coords, values, grid, normalize=True)
         base = srgb_decode(attrs[:, :3])
         metallic, roughness, alpha = attrs[:, 3], attrs[:, 4], attrs[:, 5]
@@ -339,12 +342,10 @@ class _SceneMaterials:
         image, levels = self._texture(texture)
         if texture.uv_set >= len(self.uvs):
             return torch.ones(len(tri), 4, device=self.device)
-        corner_uv = self.uvs[texture.uv_set][tri]  # (K, 3, 2)
-        transform = torch.as_tensor(texture.uv_transform, dtype=torch.float32, device=self.device)
+        corner_uv = self.uvs[texture.uv_set][tri]  # (K, 3, 2) scene UVs, v up
 
-        def uv_at(b):
-            uv = (b[..., None] * corner_uv).sum(1)
-            return uv @ transform[:2, :2].T + transform[:2, 2]
+        def uv_at(b):  # image coordinates, v down, as sample_texture reads them
+            return image_coordinates((b[..., None] * corner_uv).sum(1), texture.uv_transform)
 
         uv = uv_at(bary)
         derivatives = torch.cat([uv_at(neighbour_bary[0]) - uv, uv_at(neighbour_bary[1]) - uv], -1)
@@ -513,21 +514,6 @@ def save_video(frames: Sequence[np.ndarray], path: Union[str, os.PathLike], fps:
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _check_up(up: str) -> str:
-    if up not in ("y", "z"):
-        raise ValueError(f"up must be 'y' or 'z', got {up!r}")
-    return up
-
-
-def _y_up_to_z_up(x: torch.Tensor) -> torch.Tensor:
-    """(..., 3) Y-up -> Z-up: ``(x, y, z) -> (x, -z, y)`` (a rotation, so winding and normals stay valid)."""
-    return torch.stack([x[..., 0], -x[..., 2], x[..., 1]], -1)
-
-
-def _z_up_to_y_up(x: torch.Tensor) -> torch.Tensor:
-    return torch.stack([x[..., 0], x[..., 2], -x[..., 1]], -1)
 
 
 def _smallest_power_of_two_above(max_coord: int) -> int:

@@ -93,7 +93,7 @@ def test_negative_scale_keeps_counter_clockwise_winding(assets):
 def test_world_geometry_matches_trimesh(assets, relative):
     import trimesh
 
-    scene = load_asset(assets / relative)
+    scene = load_asset(assets / relative, up_axis="z")  # "the file is Z-up": kept in the file's own frame
     reference = trimesh.load(assets / relative, force="scene").to_geometry()
     np.testing.assert_allclose(scene.vertices.min(0), reference.bounds[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scene.vertices.max(0), reference.bounds[1], rtol=1e-5, atol=1e-6)
@@ -210,14 +210,14 @@ def write_gltf(folder: Path, primitive_mode=4, extra_attributes=None, texture_in
 def test_strip_and_fan_triangulation_winding(tmp_path, mode):
     scene = load_asset(write_gltf(tmp_path, primitive_mode=mode))
     assert scene.num_faces == 2
-    assert np.all(geometric_normals(scene)[:, 2] > 0)  # all counter-clockwise seen from +z
+    assert np.all(geometric_normals(scene)[:, 1] < 0)  # all counter-clockwise seen from the file's +z, now -y
     covered = np.sort(scene.faces.reshape(-1))
     assert set(covered.tolist()) == {0, 1, 2, 3}
 
 
 def test_node_transform_mirror_flips_winding(tmp_path):
-    plain = load_asset(write_gltf(tmp_path))
-    mirrored = load_asset(write_gltf(tmp_path, node={"scale": [-1, 1, 1], "translation": [5, 0, 0]}))
+    plain = load_asset(write_gltf(tmp_path), up_axis="z")
+    mirrored = load_asset(write_gltf(tmp_path, node={"scale": [-1, 1, 1], "translation": [5, 0, 0]}), up_axis="z")
     np.testing.assert_allclose(mirrored.vertices[:, 0], 5 - plain.vertices[:, 0])
     # Mirroring turns the geometric normal around; the flipped winding turns it back to +z.
     assert np.all(geometric_normals(mirrored)[:, 2] > 0)
@@ -236,10 +236,14 @@ def test_sampler_uv_set_transform_and_colors(tmp_path):
     assert texture.uv_set == 1  # the extension's texCoord overrides the textureInfo's
     assert texture.filter == FilterMode.NEAREST
     assert (texture.wrap_s, texture.wrap_t) == (WrapMode.CLAMP_TO_EDGE, WrapMode.MIRRORED_REPEAT)
-    np.testing.assert_allclose(texture.uv_transform @ [1, 1, 1], [2.5, 3.25, 1])
+    # glTF maps its (u, t) = (1, 1) to (2.5, 3.25); the scene holds (u, v) = (u, 1 - t), so the same point is
+    # (1, 0) -> (2.5, 1 - 3.25).
+    np.testing.assert_allclose(texture.uv_transform @ [1, 0, 1], [2.5, -2.25, 1])
     assert texture.image.shape == (4, 6, 4) and np.all(texture.image[..., 0] == 200)
     assert len(scene.uvs) == 2
-    np.testing.assert_allclose(scene.uvs[1], scene.uvs[0] * 0.5)
+    file_uv0 = np.stack([scene.uvs[0][..., 0], 1 - scene.uvs[0][..., 1]], -1)  # back to glTF's (u, t)
+    file_uv1 = np.stack([scene.uvs[1][..., 0], 1 - scene.uvs[1][..., 1]], -1)
+    np.testing.assert_allclose(file_uv1, file_uv0 * 0.5)
     assert scene.colors is not None and scene.colors.shape == (2, 3, 4)
     np.testing.assert_allclose(scene.colors[0, 0], [1, 0, 0, 1])
 

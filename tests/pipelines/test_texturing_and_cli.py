@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from omnivox.cli import app
 from omnivox.ovoxel.dual_grid import mesh_to_dual_grid
-from omnivox.pipelines.texturing import TexturingPipeline, y_up_to_z_up
+from omnivox.pipelines.texturing import TexturingPipeline
 
 from .conftest import RGBA_IMAGE, RGBA_IMAGE_2
 
@@ -44,7 +44,7 @@ def test_material_decoder_lands_on_the_encoded_voxels(texturing, assets):
     from omnivox.assets import load_asset
 
     scene = load_asset(assets / AVOCADO).normalized()
-    vertices = y_up_to_z_up(scene.vertices)
+    vertices = scene.vertices  # Z-up, as the model expects
     coords, attributes, plan = texturing.texture_voxels(vertices, scene.faces, assets / RGBA_IMAGE, seed=1,
                                                         resolution=256)
     expected, _, _ = mesh_to_dual_grid(vertices, scene.faces, 256)
@@ -59,7 +59,7 @@ def test_material_decoder_lands_on_the_encoded_voxels(texturing, assets):
 def test_texture_keeps_the_users_coordinates(texturing, assets):
     from omnivox.assets import load_asset
 
-    scene = load_asset(assets / AVOCADO)
+    scene = load_asset(assets / AVOCADO, up_axis="z")  # as stored in the file
     mesh = texturing.run(assets / AVOCADO, assets / RGBA_IMAGE, seed=0, resolution=256, texture_size=128,
                          keep_uvs=False)
     np.testing.assert_allclose(np.asarray(mesh.bounds), np.stack([scene.vertices.min(0), scene.vertices.max(0)]),
@@ -71,7 +71,7 @@ def test_texture_keeps_the_users_coordinates(texturing, assets):
 def test_texture_with_uvs_bakes_into_them(texturing, assets):
     from omnivox.assets import load_asset
 
-    scene = load_asset(assets / AVOCADO)
+    scene = load_asset(assets / AVOCADO, up_axis="z")  # as stored in the file
     mesh = texturing.run(assets / AVOCADO, assets / RGBA_IMAGE, resolution=256, texture_size=64)
     assert len(mesh.faces) == scene.num_faces
     # The user's triangles (same order, same corners, original coordinates) and the user's UVs.
