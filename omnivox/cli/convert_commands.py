@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -19,14 +20,19 @@ def convert(
     mip_level_offset: float = typer.Option(0.0, help="Added to every texture's mip level (negative = sharper)."),
     emissive: bool = typer.Option(False, help="Also store the emissive colour (3 channels)."),
     compression: str = typer.Option("lzma", help="vxz codec: lzma, deflate, zstd or none."),
+    up: Optional[str] = typer.Option(None, "--up", help="Up axis of the file: y or z (default: y for .glb/.gltf/.obj, "
+                                               "z for .stl/.ply). The O-Voxel is Z-up."),
 ) -> None:
-    """Load an asset, fit it into the unit box and write its O-Voxel (vertices, intersected, materials)."""
+    """Load an asset, turn it Z-up, fit it into the unit box and write its O-Voxel (vertices, intersected,
+    materials); the file's up axis is recorded in the .vxz header."""
     import time
 
     start = time.perf_counter()
     try:
         input_file(source, ASSET_SUFFIXES, "input asset")
         output_file(output, (".vxz",))
+        if up is not None and up not in ("y", "z"):
+            raise ValueError(f"--up must be y or z, got {up!r}")
         if not 1 <= resolution <= 4096:  # omnivox.ovoxel.grid.MAX_RESOLUTION
             raise ValueError(f"--resolution must be in [1, 4096], got {resolution}")
         from omnivox.ovoxel.io.compression import make_compressor, resolve_level
@@ -36,15 +42,16 @@ def convert(
         from omnivox.ovoxel.io import write_vxz
         from omnivox.ovoxel.materials import scene_to_ovoxel
 
-        scene = load_asset(source).normalized()
+        scene = load_asset(source, up_axis=up).normalized()
         record = scene_to_ovoxel(scene, resolution, mip_level_offset=mip_level_offset, emissive=emissive,
                                  device=device)
         coords = record.pop("coords")
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_vxz(output, coords, record, compression=compression)
+        write_vxz(output, coords, record, compression=compression, source_up_axis=scene.source_up_axis)
     except (ValueError, TypeError, OSError, ImportError) as error:
         raise fail("convert", error) from error
     typer.echo(
         f"{source} -> {output}: {len(coords)} voxels at {resolution}^3, {scene.num_faces} triangles, "
-        f"{len(scene.materials)} materials, attributes {', '.join(record)} ({time.perf_counter() - start:.2f} s)"
+        f"{len(scene.materials)} materials, attributes {', '.join(record)}, {scene.source_up_axis.upper()}-up file "
+        f"({time.perf_counter() - start:.2f} s)"
     )

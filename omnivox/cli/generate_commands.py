@@ -196,7 +196,8 @@ def texture(
     resolution: int = typer.Option(1024, "--resolution", help="O-Voxel grid of the shape encoding (512, 1024 ...)."),
     texture_size: int = typer.Option(2048, "--texture-size", help="Side of the baked textures."),
     keep_uvs: bool = typer.Option(True, "--keep-uvs/--unwrap", help="Bake into the mesh's own UVs when present."),
-    up_axis: str = typer.Option("y", "--up", help="Up axis of the mesh file: y (glTF) or z."),
+    up_axis: Optional[str] = typer.Option(None, "--up", help="Up axis of the mesh file: y or z (default: y for "
+                                                             ".glb/.gltf/.obj, z for .stl/.ply)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="GPU memory budget, e.g. 16GB."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu."),
     background_model: Optional[Path] = typer.Option(None, "--background-model", help=".onnx for RGB images."),

@@ -66,6 +66,7 @@ def info(
         "min_resolution": extent,
         "filter": header["filter"],
         "compression": header["compression"],
+        "source_up_axis": header.get("source_up_axis"),
         "compression_level": header["compression_level"],
         "raw_size": header["raw_size"],
         "compressed_size": header["compressed_size"],
@@ -76,5 +77,8 @@ def info(
     typer.echo(f"{path}: {summary['num_voxel']:,} voxels in {summary['chunks']} chunk(s) of {size}^3 "
                f"(grid of at least {extent}^3)")
     typer.echo("attributes: " + ", ".join(f"{k} ({v})" for k, v in summary["attributes"].items()))
+    source_up = summary["source_up_axis"]
+    typer.echo("frame: Z-up" + (f" (converted from a {source_up.upper()}-up file)" if source_up else
+                                " (the file does not say which way its source stood)"))
     typer.echo(f"storage: {summary['compression']} level {summary['compression_level']}, filter {summary['filter']}, "
                f"{summary['raw_size']:,} -> {summary['compressed_size']:,} bytes")

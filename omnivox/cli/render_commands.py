@@ -26,8 +26,8 @@ def render(
     grid: bool = typer.Option(False, "--grid", help="A grid of --views shaded views around the object."),
     voxels: bool = typer.Option(False, "--voxels", help="(.vxz) show the voxels as coloured cubes."),
     env: str = typer.Option("studio", "--env", help="Lighting: studio, sky, constant, or an .hdr/.exr/.npy file."),
-    up: Optional[str] = typer.Option(None, "--up", help="Up axis of the file: y or z (default: z for .stl and "
-                                                        ".vxz, y otherwise)."),
+    up: Optional[str] = typer.Option(None, "--up", help="Up axis of the file: y or z (default: y for .glb/.gltf/"
+                                                        ".obj, z for .stl/.ply/.vxz)."),
     ssao: bool = typer.Option(True, "--ssao/--no-ssao", help="Screen-space ambient occlusion."),
     fps: int = typer.Option(15, "--fps", help="Frames per second of videos."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
