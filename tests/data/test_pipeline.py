@@ -105,7 +105,7 @@ def test_convert_writes_exactly_the_converters_output(built):
 def test_gltf_assets_are_turned_z_up_like_blender(assets):
     from omnivox.assets import load_asset
 
-    raw = load_asset(assets / "gltf/Fox.glb")  # a standing fox: tallest along glTF +Y
+    raw = load_asset(assets / "gltf/Fox.glb", up_axis="z")  # as stored: a standing fox, tallest along glTF +Y
     scene = load_for_dataset(assets / "gltf/Fox.glb")
     raw_extent = np.ptp(raw.vertices, axis=0)
     extent = np.ptp(scene.vertices, axis=0)
