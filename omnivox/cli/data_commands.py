@@ -48,6 +48,15 @@ def _devices(value: str) -> List[str]:
     return devices
 
 
+def _dataset_root(label: str, root: Path) -> None:
+    """A stage after `index` needs the dataset root; say so before the stage's imports (torch, numba) load."""
+    if not root.is_dir():
+        problem = ("is a file, not a dataset root folder" if root.exists() else
+                   "does not exist (run `omnivox data index` first)")
+        typer.echo(f"omnivox data {label}: {root} {problem}", err=True)
+        raise typer.Exit(code=2)
+
+
 def _run(label: str, function, **kwargs) -> None:
     try:
         summary = function(**kwargs)
@@ -103,6 +112,7 @@ def convert_command(
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: local cores; 0 = in-process)."),
 ) -> None:
     """O-Voxels (dual_grid_<R>, pbr_voxels_<R>) of every indexed asset."""
+    _dataset_root("convert", root)
     from omnivox.data.convert import run_convert
 
     try:
@@ -125,6 +135,7 @@ def render_command(
     workers: Optional[int] = typer.Option(None, "--workers", help="CPU processes when rendering on the CPU."),
 ) -> None:
     """RGBA condition views (renders_cond/<sha>/NNN.png + transforms.json); one process per GPU."""
+    _dataset_root("render", root)
     from omnivox.data.render import run_render
 
     _run("render", run_render, root=root, num_views=views, size=size, rank=rank, world_size=world_size,
@@ -144,6 +155,7 @@ def encode_command(
     rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
 ) -> None:
     """Shape / material / structure latents (shape_latents/NAME_<R>, pbr_latents/NAME_<R>, ss_latents/NAME_64)."""
+    _dataset_root("encode", root)
     from omnivox.data.encode import run_encode
 
     _run("encode", run_encode, root=root, resolution=resolution, shape_encoder=shape_encoder,
@@ -158,6 +170,7 @@ def columns_command(
     column: Optional[List[str]] = typer.Option(None, "--column", help="Only these columns (repeatable)."),
 ) -> None:
     """Add columns (aesthetic_score, ...) from a CSV keyed by sha256 to the index, for the datasets' filters."""
+    _dataset_root("columns", root)
     from omnivox.data.index import import_columns
 
     try:
@@ -191,6 +204,7 @@ def stats_command(
 @data_app.command("merge")
 def merge_command(root: Path = typer.Argument(..., help="Dataset root.")) -> None:
     """Fold every stage's new_records/ into its metadata.csv (run when no stage is writing)."""
+    _dataset_root("merge", root)
     from omnivox.data.stats import merge_all
 
     for name, rows in merge_all(root).items():

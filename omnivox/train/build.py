@@ -165,8 +165,10 @@ def _check_flow_model(experiment: ExperimentConfig, sample: dict, config) -> Non
     concat_channels = int(concat.shape[-1]) if concat is not None else 0
     in_channels = _model_arg(spec, "in_channels")
     if in_channels != channels + concat_channels:
-        why = (f"{dataset_name} gives {channels} latent + {concat_channels} concat_cond channels = "
-               f"{channels + concat_channels}" if concat_channels else f"{dataset_name} gives {channels}-channel latents")
+        why = f"{dataset_name} gives {channels}-channel latents"
+        if concat_channels:
+            why = (f"{dataset_name} gives {channels} latent + {concat_channels} concat_cond channels = "
+                   f"{channels + concat_channels}")
         raise _mismatch(spec, "in_channels", in_channels, why)
     out_channels = _model_arg(spec, "out_channels")
     if out_channels != channels:

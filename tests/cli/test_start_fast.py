@@ -97,6 +97,8 @@ def test_info_reads_the_header_without_torch_or_numba(paths):
      "folder is a folder"),
     (["train", "-c", "{root}/missing.json", "-o", "{root}/run", "-d", "{root}/folder"], "missing.json not found"),
     (["demo", "--out", "{root}/small.vxz"], "small.vxz is a file"),
+    (["data", "convert", "{root}/nowhere"], "nowhere does not exist"),
+    (["data", "render", "{root}/small.vxz"], "small.vxz is a file"),
 ])
 def test_argument_errors_come_before_heavy_imports(paths, assets, args, message):
     args = [a.format(root=paths, assets=assets) for a in args]

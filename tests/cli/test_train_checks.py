@@ -44,8 +44,8 @@ def test_missing_extras_give_the_same_hint(monkeypatch, tmp_path):
     train = runner.invoke(app, ["train", "-c", "x.json", "-o", str(tmp_path), "-d", str(tmp_path)])
     serve = runner.invoke(app, ["serve", "--weights", str(tmp_path)])
     assert train.exit_code == serve.exit_code == 2
-    assert _one_line(train.output) == ("error: omnivox train needs the 'train' extra (missing: tensorboard); install it "
-                                       "with: pip install 'omnivox[train]'")
+    assert _one_line(train.output) == ("error: omnivox train needs the 'train' extra (missing: tensorboard); "
+                                       "install it with: pip install 'omnivox[train]'")
     assert _one_line(serve.output) == ("error: omnivox serve needs the 'app' extra (missing: gradio); install it "
                                        "with: pip install 'omnivox[app]'")
 
