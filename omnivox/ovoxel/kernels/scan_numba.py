@@ -70,7 +70,8 @@ def _scan_triangle(P, res, vs, out_tri, out_axis, out_owner, out_point, tri, sta
                 rs, re = r1, r2
                 au, aw, ah, nu, nw, nh, fu, fw, fh = u2, w2, h2, u1, w1, h1, u0, w0, h0
             for J in range(rs, re):
-                wl = (J + 1) * vsb
+                # The reference multiplies the lattice index by the float32 voxel size in float32, then widens.
+                wl = np.float64(np.float32(J + 1) * vs[b])
                 lu = _lerp(aw, nw, wl, au, nu)
                 lh = _lerp(aw, nw, wl, ah, nh)
                 ru = _lerp(aw, fw, wl, au, fu)
@@ -80,7 +81,7 @@ def _scan_triangle(P, res, vs, out_tri, out_axis, out_owner, out_point, tri, sta
                 c0 = _clamped_cell(lu, vsa, ga)
                 c1 = _clamped_cell(ru, vsa, ga)
                 for I in range(c0, c1):
-                    ul = (I + 1) * vsa
+                    ul = np.float64(np.float32(I + 1) * vs[a])
                     h = _lerp(lu, ru, ul, lh, rh)
                     y = h / vsc
                     if not (y > -1.0 and y < gc):
@@ -150,11 +151,13 @@ def plane_quadrics(triangles):
         nx = ay * bz - az * by
         ny = az * bx - ax * bz
         nz = ax * by - ay * bx
-        sq = nx * nx + ny * ny + nz * nz
+        # Summation orders as the reference's outputs show: its squared norm sums x + (y + z), its n . P0 sums
+        # (x + y) + z (checked against ../shared/reference/ovoxel: any other pair moves 20-50% of dual vertices).
+        sq = nx * nx + (ny * ny + nz * nz)
         if sq > 0:
             norm = np.sqrt(sq)
             nx, ny, nz = nx / norm, ny / norm, nz / norm
-        d = -(nx * p0[0] + ny * p0[1] + nz * p0[2])
+        d = -((nx * p0[0] + ny * p0[1]) + nz * p0[2])
         normals[t, 0], normals[t, 1], normals[t, 2] = nx, ny, nz
         pi = (nx, ny, nz, d)
         k = 0
@@ -311,9 +314,10 @@ def _overlaps(P, n, vs, x, y, z):
     c0 = vs[0] if n[0] > 0 else np.float32(0.0)
     c1 = vs[1] if n[1] > 0 else np.float32(0.0)
     c2 = vs[2] if n[2] > 0 else np.float32(0.0)
-    d1 = n[0] * (c0 - P[0, 0]) + n[1] * (c1 - P[0, 1]) + n[2] * (c2 - P[0, 2])
-    d2 = n[0] * ((vs[0] - c0) - P[0, 0]) + n[1] * ((vs[1] - c1) - P[0, 1]) + n[2] * ((vs[2] - c2) - P[0, 2])
-    npd = n[0] * px + n[1] * py + n[2] * pz
+    # n . x sums left to right, as the reference's (pinned Eigen's) dot product of 3-vectors.
+    d1 = (n[0] * (c0 - P[0, 0]) + n[1] * (c1 - P[0, 1])) + n[2] * (c2 - P[0, 2])
+    d2 = (n[0] * ((vs[0] - c0) - P[0, 0]) + n[1] * ((vs[1] - c1) - P[0, 1])) + n[2] * ((vs[2] - c2) - P[0, 2])
+    npd = (n[0] * px + n[1] * py) + n[2] * pz
     if (npd + d1) * (npd + d2) > 0:
         return False
     p = (px, py, pz)
@@ -458,25 +462,32 @@ def boundary_term(vertices, edges, weight, vs, res, directory, dims, bricks, Q):
     gy, gz = np.int64(res[1]), np.int64(res[2])
     w32 = np.float32(weight)
     Qb = np.empty(10, dtype=np.float32)
+    A = np.empty((3, 3), dtype=np.float32)
+    bvec = np.empty(3, dtype=np.float32)
+    row = np.empty(3, dtype=np.float32)
     for e in range(edges.shape[0]):
         ps = vertices[edges[e, 0]]
         pe = vertices[edges[e, 1]]
-        d0 = np.float64(pe[0]) - np.float64(ps[0])
-        d1 = np.float64(pe[1]) - np.float64(ps[1])
-        d2 = np.float64(pe[2]) - np.float64(ps[2])
-        length = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+        # The reference's arithmetic: the difference in float32, its length and direction in float64 (squared norm
+        # summed x + (y + z)), A = I - d d^T rounded to float32 entry by entry and everything after it in float32
+        # (matrix-vector rows x + (y + z), dot products left to right: the pinned Eigen's reductions).
+        d0 = np.float64(pe[0] - ps[0])
+        d1 = np.float64(pe[1] - ps[1])
+        d2 = np.float64(pe[2] - ps[2])
+        length = np.sqrt(d0 * d0 + (d1 * d1 + d2 * d2))
         if length < 1e-6:
             continue
         d = (d0 / length, d1 / length, d2 / length)
-        p = (np.float64(ps[0]), np.float64(ps[1]), np.float64(ps[2]))
-        A = np.empty((3, 3), dtype=np.float64)
         for i in range(3):
             for j in range(3):
-                A[i, j] = (1.0 if i == j else 0.0) - d[i] * d[j]
-        bvec = np.empty(3, dtype=np.float64)
+                ddt = np.float32(d[i] * d[j])
+                A[i, j] = (np.float32(1.0) if i == j else np.float32(0.0)) - ddt
         for i in range(3):
-            bvec[i] = -(A[i, 0] * p[0] + A[i, 1] * p[1] + A[i, 2] * p[2])
-        cval = -(p[0] * bvec[0] + p[1] * bvec[1] + p[2] * bvec[2])
+            # b = -A p_s, each row summed as x + (y + z)
+            bvec[i] = -(A[i, 0] * ps[0] + (A[i, 1] * ps[1] + A[i, 2] * ps[2]))
+        for j in range(3):
+            row[j] = ps[0] * A[0, j] + (ps[1] * A[1, j] + ps[2] * A[2, j])
+        cval = (row[0] * ps[0] + row[1] * ps[1]) + row[2] * ps[2]  # c = (p_s^T A) . p_s, a dot: left to right
         Qb[0], Qb[1], Qb[2], Qb[3] = A[0, 0], A[0, 1], A[0, 2], bvec[0]
         Qb[4], Qb[5], Qb[6] = A[1, 1], A[1, 2], bvec[1]
         Qb[7], Qb[8] = A[2, 2], bvec[2]
@@ -513,117 +524,268 @@ def boundary_term(vertices, edges, weight, vs, res, directory, dims, bricks, Q):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Stage D: regularisation and constrained solve.
+# Stage D: regularisation and constrained solve, in the reference's float32 arithmetic.
+#
+# The reference solves with Eigen's column-pivoting Householder QR in float32 (3x3 for the unconstrained minimum,
+# 2x2 for the face candidates). Float64 closed forms give a more accurate answer, but one that differs from the
+# reference's on nearly every voxel (by ~1e-6 world units, and by up to a voxel where near-tied box candidates flip),
+# so the QR is reproduced here operation by operation: the same pivots, reflectors, rounding and summation orders.
+
+_F32_EPS = np.float32(np.finfo(np.float32).eps)
+_F32_TINY = np.float32(np.finfo(np.float32).tiny)  # smallest normal float: Eigen's threshold for a zero reflector
+_NORM_DOWNDATE = np.float32(np.sqrt(_F32_EPS))  # when an updated column norm is recomputed (LAPACK xGEQPF rule)
+_ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
 
 
 @nb.njit(cache=True, inline="always")
-def _energy(Qd, x0, x1, x2):
-    return (
-        Qd[0] * x0 * x0 + Qd[4] * x1 * x1 + Qd[7] * x2 * x2 + Qd[9]
-        + 2.0 * (Qd[1] * x0 * x1 + Qd[2] * x0 * x2 + Qd[5] * x1 * x2 + Qd[3] * x0 + Qd[6] * x1 + Qd[8] * x2)
-    )
+def _col_sq_norm(M, n, r0, k):
+    """Squared norm of M[r0:n, k]: a full 3-column sums x + (y + z) (Eigen's unrolled fixed-size reduction), a
+    shorter tail sums left to right."""
+    if r0 == 0 and n == 3:
+        return M[0, k] * M[0, k] + (M[1, k] * M[1, k] + M[2, k] * M[2, k])
+    s = M[r0, k] * M[r0, k]
+    for r in range(r0 + 1, n):
+        s += M[r, k] * M[r, k]
+    return s
+
+
+@nb.njit(cache=True)
+def _qr_factor(M, n, hc, perm, nrm_u, nrm_d, trans):
+    """Column-pivoting Householder QR of M[:n, :n] in place (float32, n = 2 or 3), as Eigen's ColPivHouseholderQR
+    computes it: R on and above the diagonal, reflector tails below it, coefficients in ``hc``, the column
+    permutation in ``perm``. Returns the number of pivots above Eigen's rank threshold."""
+    for k in range(n):
+        nrm_d[k] = np.sqrt(_col_sq_norm(M, n, 0, k))
+        nrm_u[k] = nrm_d[k]
+    biggest = nrm_u[0]
+    for k in range(1, n):
+        if nrm_u[k] > biggest:
+            biggest = nrm_u[k]
+    t = biggest * _F32_EPS
+    threshold = t * t / np.float32(n)
+    nonzero = n
+    for k in range(n):
+        best = k  # first column of largest (updated) norm
+        for j in range(k + 1, n):
+            if nrm_u[j] > nrm_u[best]:
+                best = j
+        if nonzero == n and nrm_u[best] * nrm_u[best] < threshold * np.float32(n - k):
+            nonzero = k
+        trans[k] = best
+        if best != k:
+            for r in range(n):
+                M[r, k], M[r, best] = M[r, best], M[r, k]
+            nrm_u[k], nrm_u[best] = nrm_u[best], nrm_u[k]
+            nrm_d[k], nrm_d[best] = nrm_d[best], nrm_d[k]
+        # Householder reflector of M[k:, k]: H x = (beta, 0, ...), H = I - tau v v^T, v = (1, tail / (c0 - beta)).
+        c0 = M[k, k]
+        tau = _ZERO
+        beta = c0
+        if k + 1 < n:
+            tail = _col_sq_norm(M, n, k + 1, k)
+            if tail <= _F32_TINY:
+                for r in range(k + 1, n):
+                    M[r, k] = _ZERO
+            else:
+                beta = np.sqrt(c0 * c0 + tail)
+                if c0 >= _ZERO:
+                    beta = -beta
+                for r in range(k + 1, n):
+                    M[r, k] = M[r, k] / (c0 - beta)
+                tau = (beta - c0) / beta
+        hc[k] = tau
+        M[k, k] = beta
+        if tau != _ZERO:  # apply H to the remaining columns
+            for j in range(k + 1, n):
+                w = M[k + 1, k] * M[k + 1, j]
+                for r in range(k + 2, n):
+                    w += M[r, k] * M[r, j]
+                w = w + M[k, j]
+                M[k, j] = M[k, j] - tau * w
+                for r in range(k + 1, n):
+                    M[r, j] = M[r, j] - (tau * M[r, k]) * w
+        for j in range(k + 1, n):  # downdate the remaining column norms
+            if nrm_u[j] != _ZERO:
+                t = abs(M[k, j]) / nrm_u[j]
+                t = (_ONE + t) * (_ONE - t)
+                if t < _ZERO:
+                    t = _ZERO
+                ratio = nrm_u[j] / nrm_d[j]
+                if t * (ratio * ratio) <= _NORM_DOWNDATE:
+                    nrm_d[j] = np.sqrt(_col_sq_norm(M, n, k + 1, j)) if k + 1 < n else _ZERO
+                    nrm_u[j] = nrm_d[j]
+                else:
+                    nrm_u[j] = nrm_u[j] * np.sqrt(t)
+    for k in range(n):
+        perm[k] = k
+    for k in range(n):
+        perm[k], perm[trans[k]] = perm[trans[k]], perm[k]
+    return nonzero
+
+
+@nb.njit(cache=True)
+def _qr_solve(M, n, nonzero, hc, perm, c, out):
+    """Solve with a factorisation from ``_qr_factor``: c (overwritten) holds the right-hand side; out gets x."""
+    if nonzero == 0:
+        for i in range(n):
+            out[i] = _ZERO
+        return
+    for k in range(nonzero):  # c = Q^T c, reflector by reflector
+        tau = hc[k]
+        if k + 1 == n:
+            c[k] = c[k] * (_ONE - tau)
+        elif tau != _ZERO:
+            w = M[k + 1, k] * c[k + 1]
+            for r in range(k + 2, n):
+                w += M[r, k] * c[r]
+            w = w + c[k]
+            c[k] = c[k] - tau * w
+            for r in range(k + 1, n):
+                c[r] = c[r] - (tau * M[r, k]) * w
+    for i in range(nonzero - 1, -1, -1):  # back substitution by columns (Eigen's triangular_solve_vector)
+        if c[i] != _ZERO:
+            c[i] = c[i] / M[i, i]
+            for r in range(i):
+                c[r] = c[r] - c[i] * M[r, i]
+    for i in range(n):
+        out[perm[i]] = c[i] if i < nonzero else _ZERO
+
+
+ENERGY_ROW = 0
+ENERGY_FINAL = 0
+
+
+@nb.njit(cache=True, inline="always")
+def _sum4(a0, a1, a2, a3, order):
+    if order == 0:
+        return (a0 + a2) + (a1 + a3)
+    elif order == 1:
+        return ((a0 + a1) + a2) + a3
+    elif order == 2:
+        return (a0 + a1) + (a2 + a3)
+    else:
+        return a0 + (a1 + (a2 + a3))
+
+
+@nb.njit(cache=True, inline="always")
+def _energy32(Qf, p):
+    """[p, 1] Q [p, 1]^T in float32 with the reference's summation order (p[3] == 1)."""
+    r0 = _sum4(p[0] * Qf[0, 0], p[1] * Qf[1, 0], p[2] * Qf[2, 0], p[3] * Qf[3, 0], ENERGY_ROW)
+    r1 = _sum4(p[0] * Qf[0, 1], p[1] * Qf[1, 1], p[2] * Qf[2, 1], p[3] * Qf[3, 1], ENERGY_ROW)
+    r2 = _sum4(p[0] * Qf[0, 2], p[1] * Qf[1, 2], p[2] * Qf[2, 2], p[3] * Qf[3, 2], ENERGY_ROW)
+    r3 = _sum4(p[0] * Qf[0, 3], p[1] * Qf[1, 3], p[2] * Qf[2, 3], p[3] * Qf[3, 3], ENERGY_ROW)
+    return _sum4(r0 * p[0], r1 * p[1], r2 * p[2], r3 * p[3], ENERGY_FINAL)
+
+
+EDGE_DOT_TREE = False
+
+_SOLVE_CHUNK = 1024
 
 
 @nb.njit(cache=True, parallel=True)
 def solve_dual_vertices(coords, psum, cnt, Q, reg_weight, vs):
     """Stage D (spec 2.5): regularise each quadric towards the mean crossing point, then minimise it inside the
     closed voxel box: the unconstrained minimum if inside, else the best of 6 faces, 12 edges, 8 corners (first
-    strict minimum in the reference's candidate order). Float64 solve. Returns (N,3) float32, shifted frame."""
+    strict minimum in the reference's candidate order). Float32, as the reference. Returns (N,3) float32, shifted
+    frame."""
     N = coords.shape[0]
     out = np.empty((N, 3), dtype=np.float32)
     rw = np.float32(reg_weight)
-    for v in nb.prange(N):
-        q = Q[v].copy()
-        if rw > 0:
-            m0, m1, m2 = psum[v, 0] / cnt[v], psum[v, 1] / cnt[v], psum[v, 2] / cnt[v]
-            s = rw * cnt[v]
-            q[0] += s * np.float32(1.0)
-            q[4] += s * np.float32(1.0)
-            q[7] += s * np.float32(1.0)
-            q[3] += s * -m0
-            q[6] += s * -m1
-            q[8] += s * -m2
-            q[9] += s * (m0 * m0 + m1 * m1 + m2 * m2)
-        Qd = q.astype(np.float64)
-        lo0 = np.float64(vs[0] * np.float32(coords[v, 0]))
-        lo1 = np.float64(vs[1] * np.float32(coords[v, 1]))
-        lo2 = np.float64(vs[2] * np.float32(coords[v, 2]))
-        hi0 = np.float64(vs[0] * np.float32(coords[v, 0] + 1))
-        hi1 = np.float64(vs[1] * np.float32(coords[v, 1] + 1))
-        hi2 = np.float64(vs[2] * np.float32(coords[v, 2] + 1))
-        lo = (lo0, lo1, lo2)
-        hi = (hi0, hi1, hi2)
-        # Unconstrained: A x = r with A = Q[:3,:3], r = -Q[:3,3] (Cramer's rule in float64).
-        a00, a01, a02, a11, a12, a22 = Qd[0], Qd[1], Qd[2], Qd[4], Qd[5], Qd[7]
-        r0, r1, r2 = -Qd[3], -Qd[6], -Qd[8]
-        c00 = a11 * a22 - a12 * a12
-        c01 = a02 * a12 - a01 * a22
-        c02 = a01 * a12 - a02 * a11
-        det = a00 * c00 + a01 * c01 + a02 * c02
-        x0 = x1 = x2 = np.nan
-        if det != 0.0:
-            c11 = a00 * a22 - a02 * a02
-            c12 = a01 * a02 - a00 * a12
-            c22 = a00 * a11 - a01 * a01
-            x0 = (c00 * r0 + c01 * r1 + c02 * r2) / det
-            x1 = (c01 * r0 + c11 * r1 + c12 * r2) / det
-            x2 = (c02 * r0 + c12 * r1 + c22 * r2) / det
-        if lo0 <= x0 <= hi0 and lo1 <= x1 <= hi1 and lo2 <= x2 <= hi2:
-            out[v, 0], out[v, 1], out[v, 2] = x0, x1, x2
-            continue
-        if np.isnan(Qd).any():
-            out[v, 0], out[v, 1], out[v, 2] = x0, x1, x2
-            continue
-        best = np.inf
-        b0, b1, b2 = lo0, lo1, lo2
-        A = np.empty((3, 3), dtype=np.float64)
-        A[0, 0], A[0, 1], A[0, 2] = a00, a01, a02
-        A[1, 0], A[1, 1], A[1, 2] = a01, a11, a12
-        A[2, 0], A[2, 1], A[2, 2] = a02, a12, a22
-        bq = (Qd[3], Qd[6], Qd[8])
-        p = np.empty(3, dtype=np.float64)
-        # 1. faces
-        for f in range(3):
-            g = (f + 1) % 3
-            h = (f + 2) % 3
-            for side in range(2):
-                beta = lo[f] if side == 0 else hi[f]
-                rg = -(A[g, f] * beta + bq[g])
-                rh = -(A[h, f] * beta + bq[h])
-                dd = A[g, g] * A[h, h] - A[g, h] * A[g, h]
-                if dd == 0.0:
-                    continue
-                yg = (A[h, h] * rg - A[g, h] * rh) / dd
-                yh = (A[g, g] * rh - A[g, h] * rg) / dd
-                if lo[g] <= yg <= hi[g] and lo[h] <= yh <= hi[h]:
-                    p[f], p[g], p[h] = beta, yg, yh
-                    e = _energy(Qd, p[0], p[1], p[2])
-                    if e < best:
-                        best, b0, b1, b2 = e, p[0], p[1], p[2]
-        # 2. edges
-        for f in range(3):
-            g = (f + 1) % 3
-            h = (f + 2) % 3
-            for combo in range(4):
-                bg = lo[g] if combo < 2 else hi[g]
-                bh = lo[h] if combo % 2 == 0 else hi[h]
-                if A[f, f] == 0.0:
-                    continue
-                xf = -(A[f, g] * bg + A[f, h] * bh + bq[f]) / A[f, f]
-                if lo[f] <= xf <= hi[f]:
-                    p[f], p[g], p[h] = xf, bg, bh
-                    e = _energy(Qd, p[0], p[1], p[2])
-                    if e < best:
-                        best, b0, b1, b2 = e, p[0], p[1], p[2]
-        # 3. corners, x slowest, hi before lo
-        for corner in range(8):
-            p[0] = hi0 if (corner & 4) == 0 else lo0
-            p[1] = hi1 if (corner & 2) == 0 else lo1
-            p[2] = hi2 if (corner & 1) == 0 else lo2
-            e = _energy(Qd, p[0], p[1], p[2])
-            if e < best:
-                best, b0, b1, b2 = e, p[0], p[1], p[2]
-        out[v, 0], out[v, 1], out[v, 2] = b0, b1, b2
+    n_chunks = (N + _SOLVE_CHUNK - 1) // _SOLVE_CHUNK
+    for chunk in nb.prange(n_chunks):
+        # Scratch per chunk (allocating per voxel costs more than the solve).
+        Qf = np.empty((4, 4), dtype=np.float32)
+        M = np.empty((3, 3), dtype=np.float32)
+        M2 = np.empty((2, 2), dtype=np.float32)
+        hc = np.empty(3, dtype=np.float32)
+        nrm_u = np.empty(3, dtype=np.float32)
+        nrm_d = np.empty(3, dtype=np.float32)
+        perm = np.empty(3, dtype=np.int64)
+        trans = np.empty(3, dtype=np.int64)
+        c = np.empty(3, dtype=np.float32)
+        x = np.empty(3, dtype=np.float32)
+        y = np.empty(2, dtype=np.float32)
+        p = np.empty(4, dtype=np.float32)
+        lo = np.empty(3, dtype=np.float32)
+        hi = np.empty(3, dtype=np.float32)
+        for v in range(chunk * _SOLVE_CHUNK, min(N, (chunk + 1) * _SOLVE_CHUNK)):
+            k = 0
+            for i in range(4):
+                for j in range(i, 4):
+                    Qf[i, j] = Q[v, k]
+                    Qf[j, i] = Q[v, k]
+                    k += 1
+            if rw > _ZERO:
+                m0, m1, m2 = psum[v, 0] / cnt[v], psum[v, 1] / cnt[v], psum[v, 2] / cnt[v]
+                s = rw * cnt[v]
+                for i in range(3):
+                    Qf[i, i] += s * _ONE
+                mm = (m0 * m0 + m1 * m1) + m2 * m2
+                for i, mi in ((0, m0), (1, m1), (2, m2)):
+                    Qf[i, 3] += s * -mi
+                    Qf[3, i] += s * -mi
+                Qf[3, 3] += s * mm
+            for i in range(3):
+                lo[i] = np.float32(coords[v, i]) * vs[i]
+                hi[i] = np.float32(coords[v, i] + 1) * vs[i]
+            # Unconstrained minimum: A x = -Q[:3, 3].
+            for i in range(3):
+                for j in range(3):
+                    M[i, j] = Qf[i, j]
+                c[i] = -Qf[i, 3]
+            nz = _qr_factor(M, 3, hc, perm, nrm_u, nrm_d, trans)
+            _qr_solve(M, 3, nz, hc, perm, c, x)
+            if lo[0] <= x[0] <= hi[0] and lo[1] <= x[1] <= hi[1] and lo[2] <= x[2] <= hi[2]:
+                out[v, 0], out[v, 1], out[v, 2] = x[0], x[1], x[2]
+                continue
+            best = np.float32(np.inf)
+            p[3] = _ONE
+            # 1. faces: fix axis f at lo then hi, solve the 2x2 system of the other two
+            for f in range(3):
+                g = (f + 1) % 3
+                h = (f + 2) % 3
+                M2[0, 0], M2[0, 1], M2[1, 0], M2[1, 1] = Qf[g, g], Qf[g, h], Qf[h, g], Qf[h, h]
+                nz2 = _qr_factor(M2, 2, hc, perm, nrm_u, nrm_d, trans)
+                for side in range(2):
+                    beta = lo[f] if side == 0 else hi[f]
+                    c[0] = -(Qf[g, f] * beta + Qf[g, 3] * _ONE)
+                    c[1] = -(Qf[h, f] * beta + Qf[h, 3] * _ONE)
+                    _qr_solve(M2, 2, nz2, hc, perm, c, y)
+                    if lo[g] <= y[0] <= hi[g] and lo[h] <= y[1] <= hi[h]:
+                        p[f], p[g], p[h] = beta, y[0], y[1]
+                        e = _energy32(Qf, p)
+                        if e < best:
+                            best = e
+                            x[0], x[1], x[2] = p[0], p[1], p[2]
+            # 2. edges: free axis f, the other two at (lo,lo), (lo,hi), (hi,lo), (hi,hi)
+            for f in range(3):
+                g = (f + 1) % 3
+                h = (f + 2) % 3
+                a = Qf[f, f]
+                for combo in range(4):
+                    bg = lo[g] if combo < 2 else hi[g]
+                    bh = lo[h] if combo % 2 == 0 else hi[h]
+                    if EDGE_DOT_TREE:
+                        xf = -(Qf[f, g] * bg + (Qf[f, h] * bh + Qf[f, 3] * _ONE)) / a
+                    else:
+                        xf = -((Qf[f, g] * bg + Qf[f, h] * bh) + Qf[f, 3] * _ONE) / a
+                    if lo[f] <= xf <= hi[f]:
+                        p[f], p[g], p[h] = xf, bg, bh
+                        e = _energy32(Qf, p)
+                        if e < best:
+                            best = e
+                            x[0], x[1], x[2] = p[0], p[1], p[2]
+            # 3. corners, x slowest, hi before lo
+            for corner in range(8):
+                p[0] = hi[0] if (corner & 4) == 0 else lo[0]
+                p[1] = hi[1] if (corner & 2) == 0 else lo[1]
+                p[2] = hi[2] if (corner & 1) == 0 else lo[2]
+                e = _energy32(Qf, p)
+                if e < best:
+                    best = e
+                    x[0], x[1], x[2] = p[0], p[1], p[2]
+            out[v, 0], out[v, 1], out[v, 2] = x[0], x[1], x[2]
     return out
 
 

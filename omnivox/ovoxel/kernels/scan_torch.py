@@ -12,11 +12,21 @@ proportional to the number of crossings, not to the grid.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from omnivox.ovoxel.grid import Grid
 
 _F64 = torch.float64
+_F32 = torch.float32
+
+
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded square root. torch.sqrt on the CPU is not (it differs from IEEE sqrt in the last bit on
+    ~0.6% of float32 and float64 inputs here), CUDA's is; the reference's (the C++ library's) is."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sqrt(x.numpy()))
+    return x.sqrt()
 
 
 def _expand(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +87,8 @@ def scan_crossings(triangles: torch.Tensor, grid: Grid):
     au, aw, ah = pick(Uj, apex), pick(Wj, apex), pick(Hj, apex)
     nu, nw, nh = Uj[:, 1], Wj[:, 1], Hj[:, 1]
     fu, fw, fh = pick(Uj, far), pick(Wj, far), pick(Hj, far)
-    wl = (J + 1).to(_F64) * vsb[job]
+    # The reference multiplies the lattice index by the float32 voxel size in float32, then widens.
+    wl = ((J + 1).to(_F32) * vs32[job_b][job]).to(_F64)
     lu, lh = _lerp(aw, nw, wl, au, nu), _lerp(aw, nw, wl, ah, nh)
     ru, rh = _lerp(aw, fw, wl, au, fu), _lerp(aw, fw, wl, ah, fh)
     swap = lu > ru
@@ -90,7 +101,7 @@ def scan_crossings(triangles: torch.Tensor, grid: Grid):
 
     row, kk = _expand(c1 - c0)
     I = c0[row] + kk
-    ul = (I + 1).to(_F64) * vsa[row]
+    ul = ((I + 1).to(_F32) * vs32[ja][row]).to(_F64)
     h = _lerp(lu[row], ru[row], ul, lh[row], rh[row])
     jc = job_c[job[row]]
     y = h / vs[jc]
@@ -114,12 +125,20 @@ _UPPER = torch.triu_indices(4, 4)
 
 
 def plane_quadrics(triangles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-triangle float32 unit normal (T,3) and plane quadric, 10 unique entries (T,10) (spec 2.2)."""
+    """Per-triangle float32 unit normal (T,3) and plane quadric, 10 unique entries (T,10) (spec 2.2).
+
+    One float32 operation per torch call in the reference's order (see ``scan_numba.plane_quadrics``): no reduction
+    kernel reorders a sum and no fused multiply-add changes a rounding.
+    """
     p0, p1, p2 = triangles[:, 0], triangles[:, 1], triangles[:, 2]
-    n = torch.linalg.cross(p1 - p0, p2 - p1)
-    sq = (n * n).sum(-1, keepdim=True)
-    n = torch.where(sq > 0, n / sq.sqrt().clamp_min(1e-30), n)
-    plane = torch.cat([n, -(n * p0).sum(-1, keepdim=True)], -1)
+    a, b = p1 - p0, p2 - p1
+    n = torch.stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+                     a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]], 1)
+    sq = n[:, 0] * n[:, 0] + (n[:, 1] * n[:, 1] + n[:, 2] * n[:, 2])
+    pos = sq > 0
+    n = torch.where(pos[:, None], n / _sqrt(torch.where(pos, sq, 1.0))[:, None], n)
+    d = -((n[:, 0] * p0[:, 0] + n[:, 1] * p0[:, 1]) + n[:, 2] * p0[:, 2])
+    plane = torch.cat([n, d[:, None]], -1)
     i, j = _UPPER.to(plane.device)
     return n, plane[:, i] * plane[:, j]
 
@@ -146,24 +165,6 @@ def _first_touch(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order), device=keys.device)
     return uniq[order], rank[inverse]
-
-
-def segment_sum(values: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
-    """Deterministic float64 per-segment sums of (P, ...) values (sorted cumulative sums, no atomics)."""
-    out_shape = (n,) + tuple(values.shape[1:])
-    if len(segment) == 0:
-        return torch.zeros(out_shape, dtype=_F64, device=values.device)
-    order = torch.argsort(segment, stable=True)
-    # Scan along the contiguous last dimension: CUDA's scan over an outer dimension of a narrow tensor is ~100x slower.
-    v = values[order].to(_F64).reshape(len(order), -1).t().contiguous()
-    cs = torch.cumsum(v, 1)
-    counts = torch.bincount(segment, minlength=n)
-    ends = torch.cumsum(counts, 0)
-    starts = ends - counts
-    zero = torch.zeros_like(cs[:, :1])
-    padded = torch.cat([zero, cs], 1)  # padded[:, i] = sum of the first i sorted values
-    sums = padded[:, ends] - padded[:, starts]
-    return sums.t().reshape(out_shape)
 
 
 def _lookup(sorted_keys: torch.Tensor, index_of_sorted: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -228,9 +229,12 @@ def _overlaps(P: torch.Tensor, n: torch.Tensor, vs: torch.Tensor, q: torch.Tenso
     """Conservative triangle/box overlap of spec 2.3, batched, float32."""
     p = q.float() * vs
     c = torch.where(n > 0, vs.expand_as(n), torch.zeros_like(n))
-    d1 = (n * (c - P[:, 0])).sum(-1)
-    d2 = (n * ((vs - c) - P[:, 0])).sum(-1)
-    npd = (n * p).sum(-1)
+    def dot(u, v):  # left to right, as the reference's
+        return (u[:, 0] * v[:, 0] + u[:, 1] * v[:, 1]) + u[:, 2] * v[:, 2]
+
+    d1 = dot(n, c - P[:, 0])
+    d2 = dot(n, (vs - c) - P[:, 0])
+    npd = dot(n, p)
     ok = (npd + d1) * (npd + d2) <= 0
     zero = torch.zeros((), device=P.device)
     for i, j, k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
@@ -250,110 +254,265 @@ def _boundary_pairs(shifted: torch.Tensor, edges: torch.Tensor, grid: Grid, sort
     res = torch.as_tensor(grid.resolution, device=dev)
     vs32 = torch.as_tensor(grid.voxel_size, device=dev)
     ps32, pe32 = shifted[edges[:, 0]], shifted[edges[:, 1]]
-    d = pe32.to(_F64) - ps32.to(_F64)
-    length = d.norm(dim=-1)
+    # The reference's arithmetic (see scan_numba.boundary_term): float32 difference, float64 length and direction,
+    # A = I - d d^T rounded entry by entry, b = -A p and c = (p^T A) . p in float32.
+    d = (pe32 - ps32).to(_F64)
+    length = _sqrt(d[:, 0] * d[:, 0] + (d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]))
     keep = length >= 1e-6
-    ps32, d, length, eid = ps32[keep], d[keep], length[keep], keep.nonzero().squeeze(1)
+    ps32, d, length = ps32[keep], d[keep], length[keep]
     dh = d / length[:, None]
-    p = ps32.to(_F64)
-    A = torch.eye(3, dtype=_F64, device=dev) - dh[:, :, None] * dh[:, None, :]
-    b = -(A @ p[:, :, None]).squeeze(-1)
-    c = -(p * b).sum(-1)
-    Qb = torch.zeros((len(p), 4, 4), dtype=_F64, device=dev)
-    Qb[:, :3, :3], Qb[:, :3, 3], Qb[:, 3, :3], Qb[:, 3, 3] = A, b, b, c
-    i, j = _UPPER.to(dev)
-    Qb = Qb[:, i, j].float()
+    eye = torch.eye(3, dtype=_F32, device=dev)
+    A = eye - (dh[:, :, None] * dh[:, None, :]).to(_F32)
+    p = ps32
+    b = -(A[:, :, 0] * p[:, 0:1] + (A[:, :, 1] * p[:, 1:2] + A[:, :, 2] * p[:, 2:3]))
+    row = p[:, 0:1] * A[:, 0, :] + (p[:, 1:2] * A[:, 1, :] + p[:, 2:3] * A[:, 2, :])
+    c = (row[:, 0] * p[:, 0] + row[:, 1] * p[:, 1]) + row[:, 2] * p[:, 2]
+    Qb = torch.stack([A[:, 0, 0], A[:, 0, 1], A[:, 0, 2], b[:, 0], A[:, 1, 1], A[:, 1, 2], b[:, 1], A[:, 2, 2],
+                      b[:, 2], c], 1)
     start = torch.floor((ps32 / vs32).to(_F64)).long()
     step = torch.where(dh > 0, 1, -1)
     border = vs32 * (start + (step > 0).long()).float()
     inf = torch.full_like(dh, float("inf"))
     tmax = torch.where(dh == 0, inf, (border - ps32).to(_F64) / dh)
     tdelta = torch.where(dh == 0, inf, vs32.to(_F64) / dh.abs())
-    # Crossings per axis with t <= length; the DDA takes them in t order, ties by priority z, then y, then x.
-    n_steps = torch.where(tmax <= length[:, None], torch.floor((length[:, None] - tmax) / tdelta) + 1, torch.zeros_like(tmax))
-    n_steps = torch.nan_to_num(n_steps, nan=0.0, posinf=0.0).long()
-    item, j = _expand(n_steps.reshape(-1))
-    edge, axis = item // 3, item % 3
-    t = tmax[edge, axis] + j.to(_F64) * tdelta[edge, axis]
-    order = torch.argsort(2 - axis, stable=True)
-    order = order[torch.argsort(t[order], stable=True)]
-    order = order[torch.argsort(edge[order], stable=True)]
-    edge, axis = edge[order], axis[order]
-    steps = torch.nn.functional.one_hot(axis, 3) * step[edge]
-    cum = torch.cumsum(steps, 0)
-    per_edge = torch.bincount(edge, minlength=len(p))
-    before = torch.cumsum(per_edge, 0) - per_edge
-    base = torch.where((before > 0)[:, None], cum[(before - 1).clamp_min(0)], torch.zeros_like(start))
-    visited = torch.cat([start, start[edge] + cum - base[edge]], 0)
-    visited_edge = torch.cat([torch.arange(len(p), device=dev), edge], 0)
+    # The reference's DDA, run for all edges at once: tMax grows by repeated float64 additions (not j * tDelta), so
+    # ties and the last step round exactly as there. One iteration per step of the longest edge.
+    cur = start.clone()
+    edge_ids, cells = [torch.arange(len(ps32), device=dev)], [start]
+    active = torch.arange(len(ps32), device=dev)
+    while len(active):
+        tm = tmax[active]
+        ax = torch.where(tm[:, 0] < tm[:, 1], torch.where(tm[:, 0] < tm[:, 2], 0, 2),
+                         torch.where(tm[:, 1] < tm[:, 2], 1, 2))
+        go = ~(tm.gather(1, ax[:, None]).squeeze(1) > length[active])
+        active, ax = active[go], ax[go]
+        cur[active, ax] += step[active, ax]
+        tmax[active, ax] += tdelta[active, ax]
+        edge_ids.append(active)
+        cells.append(cur[active])
+    visited_edge = torch.cat(edge_ids)
+    # Edge by edge, each edge's voxels in visiting order: the reference adds the edges' terms in sorted edge order.
+    by_edge = torch.argsort(visited_edge, stable=True)
+    visited, visited_edge = torch.cat(cells)[by_edge], visited_edge[by_edge]
     inside = ((visited >= 0) & (visited < res)).all(-1)
     visited, visited_edge = visited[inside], visited_edge[inside]
     vox = _lookup(sorted_keys, index_of_sorted, _keys(visited, res))
     hit = vox >= 0
-    del eid
     return visited_edge[hit], vox[hit], Qb
 
 
-def solve(q: torch.Tensor, coords: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Stage D solve (spec 2.5), batched in float64. q: (N,10) regularised quadric entries. Returns (N,3) float32
-    dual vertices in the shifted frame."""
-    dev = q.device
-    q00, q01, q02, q03, q11, q12, q13, q22, q23, q33 = q.unbind(1)
-    A = torch.stack([torch.stack([q00, q01, q02], -1), torch.stack([q01, q11, q12], -1),
-                     torch.stack([q02, q12, q22], -1)], 1)
+def segment_sum_f32(values: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-segment float32 sums of (P, C) values, each segment summed left to right in the rows' order, as the
+    reference's ``+=`` sequence (no atomics, no tree reduction: bit-identical on any device).
+
+    Rows are ranked inside their segment; step r adds every segment's r-th row at once (one gather-add-scatter on
+    distinct segments), so the work is P additions in max-segment-length steps.
+    """
+    out = torch.zeros((n, values.shape[1]), dtype=_F32, device=values.device)
+    if len(segment) == 0:
+        return out
+    order = torch.argsort(segment, stable=True)
+    seg = segment[order]
+    counts = torch.bincount(seg, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(seg), device=seg.device) - starts[seg]
+    by_rank = torch.argsort(rank, stable=True)
+    bounds = torch.cumsum(torch.bincount(rank), 0).tolist()
+    rows, seg = order[by_rank], seg[by_rank]
+    lo = 0
+    for hi in bounds:
+        s = seg[lo:hi]
+        out[s] = out[s] + values[rows[lo:hi]]
+        lo = hi
+    return out
+
+
+# Float32 constants of Eigen's ColPivHouseholderQR (see scan_numba._qr_factor).
+_EPS = float(np.finfo(np.float32).eps)
+_TINY = float(np.finfo(np.float32).tiny)
+_NORM_DOWNDATE = float(np.sqrt(np.float32(_EPS)))
+
+
+def _col_sq_norm(M, r0, k):
+    n = len(M)
+    if r0 == 0 and n == 3:
+        return M[0][k] * M[0][k] + (M[1][k] * M[1][k] + M[2][k] * M[2][k])
+    s = M[r0][k] * M[r0][k]
+    for r in range(r0 + 1, n):
+        s = s + M[r][k] * M[r][k]
+    return s
+
+
+def _qr_factor(M):
+    """Batched twin of ``scan_numba._qr_factor``: M is an n x n list of (B,) float32 tensors (copied). Returns the
+    factor, the reflector coefficients, the column permutation (list of (B,) long) and the nonzero pivot count."""
+    n = len(M)
+    M = [list(row) for row in M]
+    ref = M[0][0]
+    zero = torch.zeros_like(ref)
+    nrm_d = [_sqrt(_col_sq_norm(M, 0, k)) for k in range(n)]
+    nrm_u = list(nrm_d)
+    biggest = nrm_u[0]
+    for k in range(1, n):
+        biggest = torch.where(nrm_u[k] > biggest, nrm_u[k], biggest)
+    t = biggest * _EPS
+    threshold = t * t / float(n)
+    nonzero = torch.full(ref.shape, n, dtype=torch.long, device=ref.device)
+    hc, trans = [], []
+    for k in range(n):
+        best = torch.full(ref.shape, k, dtype=torch.long, device=ref.device)
+        best_norm = nrm_u[k]
+        for j in range(k + 1, n):
+            take = nrm_u[j] > best_norm
+            best = torch.where(take, j, best)
+            best_norm = torch.where(take, nrm_u[j], best_norm)
+        nonzero = torch.where((nonzero == n) & (best_norm * best_norm < threshold * float(n - k)), k, nonzero)
+        trans.append(best)
+        for j in range(k + 1, n):
+            sw = best == j
+            for r in range(n):
+                M[r][k], M[r][j] = torch.where(sw, M[r][j], M[r][k]), torch.where(sw, M[r][k], M[r][j])
+            nrm_u[k], nrm_u[j] = torch.where(sw, nrm_u[j], nrm_u[k]), torch.where(sw, nrm_u[k], nrm_u[j])
+            nrm_d[k], nrm_d[j] = torch.where(sw, nrm_d[j], nrm_d[k]), torch.where(sw, nrm_d[k], nrm_d[j])
+        c0 = M[k][k]
+        tau = zero
+        if k + 1 < n:
+            tail = _col_sq_norm(M, k + 1, k)
+            small = tail <= _TINY
+            beta = _sqrt(c0 * c0 + tail)
+            beta = torch.where(c0 >= 0, -beta, beta)
+            beta = torch.where(small, c0, beta)
+            for r in range(k + 1, n):
+                M[r][k] = torch.where(small, zero, M[r][k] / (c0 - beta))
+            tau = torch.where(small, zero, (beta - c0) / beta)
+            M[k][k] = beta
+        hc.append(tau)
+        apply = tau != 0
+        for j in range(k + 1, n):
+            w = M[k + 1][k] * M[k + 1][j]
+            for r in range(k + 2, n):
+                w = w + M[r][k] * M[r][j]
+            w = w + M[k][j]
+            M[k][j] = torch.where(apply, M[k][j] - tau * w, M[k][j])
+            for r in range(k + 1, n):
+                M[r][j] = torch.where(apply, M[r][j] - (tau * M[r][k]) * w, M[r][j])
+        for j in range(k + 1, n):
+            live = nrm_u[j] != 0
+            t = M[k][j].abs() / nrm_u[j]
+            t = (1.0 + t) * (1.0 - t)
+            t = torch.where(t < 0, zero, t)
+            ratio = nrm_u[j] / nrm_d[j]
+            again = t * (ratio * ratio) <= _NORM_DOWNDATE
+            direct = _sqrt(_col_sq_norm(M, k + 1, j)) if k + 1 < n else zero
+            nrm_d[j] = torch.where(live & again, direct, nrm_d[j])
+            nrm_u[j] = torch.where(live, torch.where(again, direct, nrm_u[j] * _sqrt(t)), nrm_u[j])
+    perm = [torch.full(ref.shape, k, dtype=torch.long, device=ref.device) for k in range(n)]
+    for k in range(n):
+        for j in range(k + 1, n):
+            sw = trans[k] == j
+            perm[k], perm[j] = torch.where(sw, perm[j], perm[k]), torch.where(sw, perm[k], perm[j])
+    return M, hc, perm, nonzero
+
+
+def _qr_solve(M, hc, perm, nonzero, c):
+    """Batched twin of ``scan_numba._qr_solve``; c is a list of n (B,) float32 right-hand sides. Returns x."""
+    n = len(M)
+    c = list(c)
+    for k in range(n):
+        active = nonzero > k
+        tau = hc[k]
+        if k + 1 == n:
+            c[k] = torch.where(active, c[k] * (1.0 - tau), c[k])
+            continue
+        w = M[k + 1][k] * c[k + 1]
+        for r in range(k + 2, n):
+            w = w + M[r][k] * c[r]
+        w = w + c[k]
+        upd = active & (tau != 0)
+        c[k] = torch.where(upd, c[k] - tau * w, c[k])
+        for r in range(k + 1, n):
+            c[r] = torch.where(upd, c[r] - (tau * M[r][k]) * w, c[r])
+    for i in range(n - 1, -1, -1):
+        active = (nonzero > i) & (c[i] != 0)
+        c[i] = torch.where(active, c[i] / M[i][i], c[i])
+        for r in range(i):
+            c[r] = torch.where(active, c[r] - c[i] * M[r][i], c[r])
+    vals = [torch.where(nonzero > i, c[i], torch.zeros_like(c[i])) for i in range(n)]
+    out = []
+    for t in range(n):
+        x = vals[n - 1]
+        for i in range(n - 2, -1, -1):
+            x = torch.where(perm[i] == t, vals[i], x)
+        out.append(x)
+    return out
+
+
+def _energy(Q, p):
+    """[p, 1] Q [p, 1]^T in float32, summed as the reference's SSE reduction: (0 + 2) + (1 + 3) twice."""
+    def s4(a0, a1, a2, a3):
+        return (a0 + a2) + (a1 + a3)
+
+    r = [s4(p[0] * Q[0][j], p[1] * Q[1][j], p[2] * Q[2][j], Q[3][j]) for j in range(4)]
+    return s4(r[0] * p[0], r[1] * p[1], r[2] * p[2], r[3])
+
+
+def solve(Qf: torch.Tensor, coords: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Stage D solve (spec 2.5), batched, in the reference's float32 arithmetic (Eigen's pivoting QR reproduced,
+    see ``scan_numba.solve_dual_vertices``). Qf: (N,10) regularised float32 quadric entries. Returns (N,3)
+    float32 dual vertices in the shifted frame."""
+    dev = Qf.device
+    e = Qf.unbind(1)
+    Q = [[e[0], e[1], e[2], e[3]], [e[1], e[4], e[5], e[6]], [e[2], e[5], e[7], e[8]], [e[3], e[6], e[8], e[9]]]
     vs = torch.as_tensor(grid.voxel_size, device=dev)
-    lo = (vs * coords.float()).to(_F64)
-    hi = (vs * (coords + 1).float()).to(_F64)
-    bq = torch.stack([q03, q13, q23], -1)
-    # Closed-form inverse (adjugate / determinant): elementwise, far faster than batched LU for 3x3 systems.
-    a00, a01, a02, a11, a12, a22 = A[:, 0, 0], A[:, 0, 1], A[:, 0, 2], A[:, 1, 1], A[:, 1, 2], A[:, 2, 2]
-    c00, c01, c02 = a11 * a22 - a12 * a12, a02 * a12 - a01 * a22, a01 * a12 - a02 * a11
-    c11, c12, c22 = a00 * a22 - a02 * a02, a01 * a02 - a00 * a12, a00 * a11 - a01 * a01
-    det = a00 * c00 + a01 * c01 + a02 * c02
-    r0, r1, r2 = -bq[:, 0], -bq[:, 1], -bq[:, 2]
-    x = torch.stack([c00 * r0 + c01 * r1 + c02 * r2, c01 * r0 + c11 * r1 + c12 * r2,
-                     c02 * r0 + c12 * r1 + c22 * r2], -1) / det[:, None]
-    x = torch.where((det != 0)[:, None], x, torch.full_like(x, float("nan")))
-    inside = ((x >= lo) & (x <= hi)).all(-1)
+    lo = coords.to(_F32) * vs
+    hi = (coords + 1).to(_F32) * vs
+    M, hc, perm, nz = _qr_factor([[Q[i][j] for j in range(3)] for i in range(3)])
+    x = _qr_solve(M, hc, perm, nz, [-Q[i][3] for i in range(3)])
+    x = torch.stack(x, 1)
+    inside = ((x >= lo) & (x <= hi)).all(1)
+    out = x.clone()
+    idx = (~inside).nonzero().squeeze(1)
+    if len(idx) == 0:
+        return out
+    Q = [[q[idx] for q in row] for row in Q]
+    lo, hi, x = lo[idx], hi[idx], x[idx]
+    L = lo.unbind(1)
+    H = hi.unbind(1)
+    best = torch.full_like(L[0], float("inf"))
+    xs = list(x.unbind(1))
 
-    def energy(p):
-        x, y, z = p[:, 0], p[:, 1], p[:, 2]
-        return (q00 * x * x + q11 * y * y + q22 * z * z + q33
-                + 2 * (q01 * x * y + q02 * x * z + q12 * y * z + q03 * x + q13 * y + q23 * z))
+    def offer(p, ok):
+        nonlocal best
+        en = _energy(Q, p)
+        take = ok & (en < best)
+        best = torch.where(take, en, best)
+        for i in range(3):
+            xs[i] = torch.where(take, p[i], xs[i])
 
-    cands, energies = [], []
-    inf = torch.tensor(float("inf"), dtype=_F64, device=dev)
-    for f in range(3):  # faces
+    def inbox(v, i):
+        return (L[i] <= v) & (v <= H[i])
+
+    for f in range(3):  # faces: fix axis f at lo then hi, solve the 2x2 system of the other two
         g, h = (f + 1) % 3, (f + 2) % 3
-        for bound in (lo, hi):
-            beta = bound[:, f]
-            rg = -(A[:, g, f] * beta + bq[:, g])
-            rh = -(A[:, h, f] * beta + bq[:, h])
-            dd = A[:, g, g] * A[:, h, h] - A[:, g, h] ** 2
-            yg = (A[:, h, h] * rg - A[:, g, h] * rh) / dd
-            yh = (A[:, g, g] * rh - A[:, g, h] * rg) / dd
-            p = torch.empty_like(lo)
-            p[:, f], p[:, g], p[:, h] = beta, yg, yh
-            ok = (dd != 0) & (yg >= lo[:, g]) & (yg <= hi[:, g]) & (yh >= lo[:, h]) & (yh <= hi[:, h])
-            cands.append(p)
-            energies.append(torch.where(ok, energy(p), inf))
-    for f in range(3):  # edges
+        M2, hc2, perm2, nz2 = _qr_factor([[Q[g][g], Q[g][h]], [Q[h][g], Q[h][h]]])
+        for bound in (L, H):
+            beta = bound[f]
+            y = _qr_solve(M2, hc2, perm2, nz2, [-(Q[g][f] * beta + Q[g][3]), -(Q[h][f] * beta + Q[h][3])])
+            p = [None] * 3
+            p[f], p[g], p[h] = beta, y[0], y[1]
+            offer(p, inbox(y[0], g) & inbox(y[1], h))
+    for f in range(3):  # edges: free axis f, the others at (lo,lo), (lo,hi), (hi,lo), (hi,hi)
         g, h = (f + 1) % 3, (f + 2) % 3
-        for bg, bh in ((lo, lo), (lo, hi), (hi, lo), (hi, hi)):
-            xf = -(A[:, f, g] * bg[:, g] + A[:, f, h] * bh[:, h] + bq[:, f]) / A[:, f, f]
-            p = torch.empty_like(lo)
-            p[:, f], p[:, g], p[:, h] = xf, bg[:, g], bh[:, h]
-            ok = (A[:, f, f] != 0) & (xf >= lo[:, f]) & (xf <= hi[:, f])
-            cands.append(p)
-            energies.append(torch.where(ok, energy(p), inf))
+        for bg, bh in ((L, L), (L, H), (H, L), (H, H)):
+            xf = -((Q[f][g] * bg[g] + Q[f][h] * bh[h]) + Q[f][3]) / Q[f][f]
+            p = [None] * 3
+            p[f], p[g], p[h] = xf, bg[g], bh[h]
+            offer(p, inbox(xf, f))
+    every = torch.ones_like(best, dtype=torch.bool)
     for corner in range(8):  # corners: x slowest, hi before lo
-        p = torch.stack([(lo if corner & (4 >> i) else hi)[:, i] for i in range(3)], -1)
-        cands.append(p)
-        energies.append(energy(p))
-    E = torch.stack(energies, 1)
-    best = torch.argmin(E, 1)  # first minimum: earlier candidates win ties
-    constrained = torch.stack(cands, 1)[torch.arange(len(q), device=dev), best]
-    return torch.where(inside[:, None], x, constrained).float()
+        offer([(L if corner & (4 >> i) else H)[i] for i in range(3)], every)
+    out[idx] = torch.stack(xs, 1)
+    return out
 
 
 def mesh_to_dual_grid(vertices, faces, edges, grid: Grid, face_term: bool, boundary_weight: float,
@@ -387,20 +546,21 @@ def mesh_to_dual_grid(vertices, faces, edges, grid: Grid, face_term: bool, bound
         ids.append(fv)
     if boundary_weight > 0 and len(edges):
         be, bv, Qb = _boundary_pairs(shifted, edges, grid, sorted_keys, sort_idx)
-        rows.append(torch.nn.functional.pad(Qb[be] * boundary_weight, (0, 4)))
+        w = torch.tensor(np.float32(boundary_weight), device=dev)
+        rows.append(torch.nn.functional.pad(w * Qb[be], (0, 4)))
         ids.append(bv)
-    sums = segment_sum(torch.cat(rows, 0), torch.cat(ids), n)
-    q, psum, cnt = sums[:, :10], sums[:, 10:13].float(), sums[:, 13].float()
+    sums = segment_sum_f32(torch.cat(rows, 0), torch.cat(ids), n)
+    q, psum, cnt = sums[:, :10], sums[:, 10:13], sums[:, 13]
     if regularization_weight > 0:
-        mean = psum / cnt[:, None]
-        s = (regularization_weight * cnt).to(_F64)[:, None]
-        m = mean.to(_F64)
-        # Entries (see _UPPER) of the quadric of the squared distance to the mean: [[I, -m], [-m^T, |m|^2]].
-        reg = torch.zeros_like(q)
-        reg[:, [0, 4, 7]] = 1.0
-        reg[:, [3, 6, 8]] = -m
-        reg[:, 9] = (m * m).sum(-1)
-        q = q + s * reg
+        # Float32, in the reference's order: Q += (w * cnt) * [[I, -m], [-m^T, m . m]], m = sum / cnt.
+        m = psum / cnt[:, None]
+        s = torch.tensor(np.float32(regularization_weight), device=dev) * cnt
+        q = q.clone()
+        for k in (0, 4, 7):
+            q[:, k] = q[:, k] + s
+        for k, i in ((3, 0), (6, 1), (8, 2)):
+            q[:, k] = q[:, k] + s * -m[:, i]
+        q[:, 9] = q[:, 9] + s * ((m[:, 0] * m[:, 0] + m[:, 1] * m[:, 1]) + m[:, 2] * m[:, 2])
     dual = solve(q, coords, grid)
     return coords.int(), dual, flags
 
