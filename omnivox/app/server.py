@@ -11,7 +11,8 @@ Endpoints (the OpenAPI spec is served at `/openapi.json`, interactive docs at `/
 
 Bad input gets a 4xx answer with {"detail": "..."} naming the upload and the problem: 413 for a body over
 `Limits.max_upload_bytes` (checked while it streams in, before any parsing), 422 for an unreadable image, image
-dimensions out of bounds or parameters out of range, 404 for unknown jobs, 503 when the queue is full.
+dimensions out of bounds or parameters out of range, 404 for unknown jobs and for `/v1/texture` when the weights
+have no texturing pipeline, 503 when the queue is full.
 
 `create_app` takes a ready `JobQueue` whose workers own the resident pipelines, so the models are loaded once per
 process (by `omnivox serve`) and tests can pass tiny pipelines.
@@ -197,6 +198,17 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
 
             return submit("texture", lambda worker_models, ctx: tasks.texture_upload(
                 worker_models, ctx, suffix, mesh_bytes, picture, params, resolution=resolution))
+    else:
+        # Without this route a client would get FastAPI's bare "Not Found", which reads like a wrong URL.
+        missing = Path(models.image_to_3d.config.root) / "texturing_pipeline.json"
+
+        @app.post("/v1/texture", status_code=202, response_model=JobStatus,
+                  summary="Texture an existing mesh (this server has no texturing weights: always 404)",
+                  responses={404: {"description": "the weights folder has no texturing_pipeline.json"}})
+        def texture_unavailable() -> JobStatus:
+            raise HTTPException(404, f"texturing weights not found: {missing} does not exist, so this server only "
+                                     "generates (POST /v1/generate); start `omnivox serve` with a weights folder "
+                                     "that has texturing_pipeline.json (TRELLIS.2-4B has it) to texture meshes")
 
     @app.get("/v1/jobs/{job_id}", response_model=JobStatus, summary="State, queue position and progress")
     def job_status(job_id: str) -> JobStatus:

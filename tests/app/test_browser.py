@@ -1,12 +1,11 @@
 """The gradio app in a real browser: `omnivox app` in its own process, driven by headless Chromium (Playwright).
 
-Needs Node, `npm ci` in tests/app/browser (playwright-core) and /usr/bin/chromium; skipped locally without them,
-a failure under CI (`.ci/run` installs them).
+Needs Node.js with npm (the test runs `npm ci` in tests/app/browser for playwright-core) and Chromium
+(/usr/bin/chromium, or $CHROMIUM); skipped locally without them, a failure under CI (`.ci/run` installs Chromium).
 """
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,22 +15,20 @@ import trimesh
 from PIL import Image
 
 from tests.app.conftest import CROWN, Process
+from tests.conftest import HANG_GUARD_S, node_with
 
 HARNESS = Path(__file__).parent / "browser"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 def _browser_or_skip() -> str:
-    node = shutil.which("node")
-    missing = [what for what, ok in (("node", node is not None), (f"chromium at {CHROMIUM}", Path(CHROMIUM).exists()),
-                                     ("tests/app/browser/node_modules (npm ci)",
-                                      (HARNESS / "node_modules" / "playwright-core").is_dir())) if not ok]
-    if missing:
-        reason = "browser test needs " + ", ".join(missing)
+    """`node` with playwright-core (`npm ci` in tests/app/browser on first use), once Chromium is known present."""
+    if not Path(CHROMIUM).exists():
+        reason = f"no Chromium at {CHROMIUM} (Debian/Ubuntu: apt-get install chromium; or set CHROMIUM=path)"
         if os.environ.get("CI"):
-            pytest.fail(f"CI must run the browser test, but it {reason[len('browser test '):]}")
+            pytest.fail(f"CI must run the browser test, but there is {reason}")
         pytest.skip(reason)
-    return node
+    return node_with(HARNESS, "playwright-core")
 
 
 def _assert_viewer_drew(screenshot: Path) -> None:
@@ -63,7 +60,7 @@ def test_app_in_the_browser(test_weights, assets, tmp_path):
     try:
         result = subprocess.run([node, str(HARNESS / "app_flow.js"), app.url, str(assets / CROWN),
                                  str(assets / "mesh/wallhole.obj"), str(tmp_path)],
-                                capture_output=True, text=True, timeout=540, cwd=HARNESS)
+                                capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=HARNESS)
     finally:
         app.stop()
     assert result.returncode == 0, result.stderr

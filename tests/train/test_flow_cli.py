@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from omnivox.cli import app
 from omnivox.models import from_pretrained
+from tests.conftest import HANG_GUARD_S
 from tests.train.conftest import TOOLKIT_RESOLUTION as RESOLUTION
 
 
@@ -85,7 +86,7 @@ def test_train_command_under_torchrun_two_cpu_processes(toolkit_root, tmp_path):
                                           os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(entry),
                "train", "--config", str(config), "--output-dir", str(out), "--data", str(root), "--device", "cpu"]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 process(es) on cpu" in result.stdout
     misc = json.loads((out / "ckpts" / "misc_step0000002.json").read_text())
