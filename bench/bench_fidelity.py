@@ -508,6 +508,8 @@ def short_notes(r: dict) -> str:
             or "non-triangle" in n or "NEAREST" in n or "not unique" in n or n.startswith("GLB")]
     if any("without a readable MTL" in n for n in notes):
         out.append("no MTL: default grey")
+    if r.get("seconds", {}).get("unwrap", 0) >= 299:
+        out.append("xatlas hit its 300 s wall-clock limit: one UV chart per triangle (coarser texture)")
     if any("skinned" in n for n in notes):
         out.append(f"skinned, read unskinned by trimesh (bbox agrees to {r.get('frame_check', 0):.0e})")
     return "; ".join(out)
