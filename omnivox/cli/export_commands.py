@@ -29,7 +29,11 @@ def export_glb(
     resolution: Optional[int] = typer.Option(
         None, "--resolution", "-r", help="Grid resolution of the file (default: smallest power of two holding it)."),
     texture_size: int = typer.Option(2048, "--texture-size", "-t", help="Side of the square textures."),
-    decimation_target: int = typer.Option(500_000, "--faces", help="Decimate to this many faces (0: keep all)."),
+    # Defaults are export.DEFAULT_FACE_BUDGET and DEFAULT_SURFACE_TOLERANCE (literal here: importing export.py
+    # loads torch; tests/cli checks that they agree).
+    decimation_target: int = typer.Option(200_000, "--faces", help="At most this many faces (0: no budget)."),
+    tolerance: float = typer.Option(0.5, "--tolerance", help="Then fewer faces while the surface stays within "
+                                                             "this many voxels (0: keep the budget's faces)."),
     fill_holes: bool = typer.Option(True, "--fill-holes/--no-fill-holes", help="Close small boundary loops."),
     image_format: str = typer.Option("png", "--image-format", help="Texture images: png or webp."),
     alpha_mode: str = typer.Option("auto", "--alpha-mode", help="auto, OPAQUE, MASK or BLEND."),
@@ -73,6 +77,7 @@ def export_glb(
                                      for k in ("base_color", "metallic", "roughness", "alpha")], axis=1)
         mesh, report = bake_glb(vertices, faces, coords, attributes, grid, texture_size=texture_size,
                                 decimation_target=decimation_target or None, fill_holes=fill_holes,
+                                surface_tolerance=tolerance or None,
                                 image_format=image_format, alpha_mode=alpha_mode, device=device)
         save_glb(mesh, output)
     except (ValueError, TypeError, OSError, RuntimeError) as error:

@@ -123,7 +123,9 @@ def generate(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Resume from a --save-intermediates folder or "
                                                                   "file (IMAGE may then be omitted with '-')."),
     texture_size: int = typer.Option(2048, "--texture-size", help="Side of the baked textures."),
-    faces: int = typer.Option(500_000, "--faces", help="Decimate to this many faces (0: keep all)."),
+    faces: int = typer.Option(200_000, "--faces", help="At most this many faces (0: no budget)."),
+    tolerance: float = typer.Option(0.5, "--tolerance", help="Then fewer faces while the surface stays within "
+                                                             "this many voxels (0: keep the budget's faces)."),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Also write a turntable video (.mp4)."),
     show_plan: bool = typer.Option(False, "--show-plan", help="Print the memory plan."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -175,7 +177,8 @@ def generate(
             if len(assets) != len(paths):  # an internal invariant: _resumed_samples reads the same run.json
                 raise RuntimeError(f"the pipeline returned {len(assets)} assets for {len(paths)} outputs")
             for asset, path in zip(assets, paths):
-                asset.to_glb(path, decimation_target=faces or None, texture_size=texture_size)
+                asset.to_glb(path, decimation_target=faces or None, surface_tolerance=tolerance or None,
+                             texture_size=texture_size)
                 typer.echo(f"{image if image is not None else resume} -> {path}: {len(asset.coords)} voxels at "
                            f"{asset.resolution}^3, {len(asset.faces)} faces before export")
         if preview is not None:

@@ -55,6 +55,13 @@ OPAQUE_ALPHA = 0.95
 CLEAR_ALPHA = 0.05
 PARTIAL_FRACTION = 0.2
 MASK_CUTOFF = 0.5
+# Default face budget of an exported mesh: enough for any viewer and engine import (the reference app's 500k made
+# GLBs of tens of MB from small objects), and the surface tolerance below usually ends far under it.
+DEFAULT_FACE_BUDGET = 200_000
+# Default surface tolerance, in voxels: after the budget, faces are halved while 99.9% of the surface stays within
+# half a voxel of the budget's surface (`meshops.decimate_within`), so a file holds what the surface needs. Half a
+# voxel is below what the voxel grid itself resolves.
+DEFAULT_SURFACE_TOLERANCE = 0.5
 # Surface clean-up in voxels (the median edge of the extracted surface): fringe strips narrower than FRINGE_WIDTH at
 # non-manifold edges are dropped; holes with a shorter perimeter than PIN_HOLE_PERIMETER are always filled.
 FRINGE_WIDTH = 1.5
@@ -193,10 +200,15 @@ def resolve_alpha_mode(alpha_mode: str, alpha: np.ndarray) -> tuple[str, Optiona
 
 
 def _check_options(decimation_target, texture_size, image_format, alpha_mode, hole_max_perimeter,
-                   min_component_area):
+                   min_component_area, surface_tolerance=None):
     if decimation_target is not None and (not isinstance(decimation_target, (int, np.integer))
                                           or isinstance(decimation_target, bool) or decimation_target < 4):
         raise ValueError(f"decimation_target must be None or an int >= 4 (a face count), got {decimation_target!r}")
+    if surface_tolerance is not None and (isinstance(surface_tolerance, bool)
+                                          or not isinstance(surface_tolerance, (int, float))
+                                          or not np.isfinite(surface_tolerance) or surface_tolerance < 0):
+        raise ValueError(f"surface_tolerance must be None or a finite number of voxels >= 0, "
+                         f"got {surface_tolerance!r}")
     check_texture_options(texture_size, image_format, alpha_mode)
     for name, value in (("hole_max_perimeter", hole_max_perimeter), ("min_component_area", min_component_area)):
         if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
@@ -235,13 +247,14 @@ def _drop_fringes(vertices: np.ndarray, faces: np.ndarray, voxel_edge: float, ho
 
 def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = True,
                     hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
-                    decimation_target: Optional[int] = None, timings: Optional[dict] = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                    decimation_target: Optional[int] = None, timings: Optional[dict] = None,
+                    tolerance: Optional[float] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Clean, orient, optionally fill small holes and decimate an extracted surface (spec 7 steps 1 and 3).
 
     Order: clean (degenerate/duplicate faces, specks, fringes up to ``FRINGE_WIDTH`` voxels wide at non-manifold
     edges) -> orient -> fill holes -> decimate to ``3 * target`` ->
-    clean -> fill holes -> decimate to ``target`` -> clean -> orient. Orienting before decimation keeps the
+    clean -> fill holes -> decimate to ``target`` -> clean -> [halve while within ``tolerance``
+    (`meshops.decimate_within`) -> clean] -> orient. Orienting before decimation keeps the
     collapses' normal-flip checks meaningful; the final orientation repairs anything decimation disturbed.
 
     Args:
@@ -253,6 +266,8 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         min_component_area: parts with less total area (world units squared) are dropped.
         decimation_target: face count to decimate to, or None to keep every face.
         timings: optional dict receiving seconds for "clean" and "decimate".
+        tolerance: world units; after the budget, keep halving the faces while the surface stays this close
+            to the budget's surface (None: stop at the budget).
 
     Returns:
         vertices (V', 3) float32, faces (F', 3) int64 oriented, closed (F',) bool per face, holes filled count.
@@ -285,6 +300,10 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
             v, f = meshops.clean(v, f, min_component_area)
             if target != decimation_target:
                 v, f = fill(v, f)
+    if tolerance is not None and tolerance > 0:
+        smaller = meshops.decimate_within(v, f, tolerance)
+        if smaller[1] is not f:
+            v, f = meshops.clean(*smaller, min_component_area)
     timings["decimate"] = time.perf_counter() - start
     f, closed = meshops.orient_faces(v, f)
     if len(f) == 0:
@@ -441,21 +460,23 @@ def textured_mesh(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, norm
 
 
 def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[int]], *,
-             aabb: AABB = UNIT_AABB, decimation_target: Optional[int] = 500_000, texture_size: int = 2048,
+             aabb: AABB = UNIT_AABB, decimation_target: Optional[int] = DEFAULT_FACE_BUDGET, texture_size: int = 2048,
              fill_holes: bool = True, image_format: str = "png", alpha_mode: str = "auto",
              hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
-             device: Union[str, torch.device, None] = None) -> tuple["trimesh.Trimesh", ExportReport]:
+             device: Union[str, torch.device, None] = None,
+             surface_tolerance: Optional[float] = None) -> tuple["trimesh.Trimesh", ExportReport]:
     """``to_glb`` that also returns an ``ExportReport`` (counts, chosen alphaMode, per-stage timings)."""
     grid = _as_grid(grid, aabb)
     _check_options(decimation_target, texture_size, image_format, alpha_mode, hole_max_perimeter,
-                   min_component_area)
+                   min_component_area, surface_tolerance)
     v, f, c, a = _check_inputs(vertices, faces, coords, attributes, grid)
     device = torch.device(device) if device is not None else torch.device("cpu")
     report = ExportReport(input_faces=len(f), texture_size=int(texture_size))
     timings = report.timings
 
+    tolerance = None if surface_tolerance is None else float(surface_tolerance) * float(np.min(grid.voxel_size))
     v, f, _, report.holes_filled = prepare_surface(v, f, fill_holes, hole_max_perimeter, min_component_area,
-                                                   decimation_target, timings)
+                                                   decimation_target, timings, tolerance)
     start = time.perf_counter()
     vmapping, uv_faces, uvs = unwrap_uv(v, f, int(texture_size))
     timings["unwrap"] = time.perf_counter() - start
@@ -497,10 +518,11 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
 
 
 def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[int]], *,
-           aabb: AABB = UNIT_AABB, decimation_target: Optional[int] = 500_000, texture_size: int = 2048,
+           aabb: AABB = UNIT_AABB, decimation_target: Optional[int] = DEFAULT_FACE_BUDGET, texture_size: int = 2048,
            fill_holes: bool = True, image_format: str = "png", alpha_mode: str = "auto",
            hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
-           device: Union[str, torch.device, None] = None) -> "trimesh.Trimesh":
+           device: Union[str, torch.device, None] = None,
+           surface_tolerance: Optional[float] = None) -> "trimesh.Trimesh":
     """Turn an extracted O-Voxel surface and its voxel materials into a textured, glTF-ready mesh.
 
     Args:
@@ -511,8 +533,8 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
             alpha 5:6.
         grid: an ``omnivox.ovoxel.grid.Grid``, or a resolution (int or 3 ints) used with ``aabb``.
         aabb: box of the grid when ``grid`` is a resolution; ignored for a ``Grid``.
-        decimation_target: decimate to this many faces (None keeps all). xatlas time grows with the face count;
-            500k is the reference app's default.
+        decimation_target: decimate to at most this many faces (None: no budget). xatlas time grows with the face
+            count; the reference app's default is 500k, ours ``DEFAULT_FACE_BUDGET``.
         texture_size: side of the square base-colour and metallic-roughness textures.
         fill_holes: close boundary loops shorter than ``hole_max_perimeter`` (pin-holes of the extraction).
         image_format: "png" or "webp" (written by ``save_glb``; WebP uses ``EXT_texture_webp``).
@@ -520,6 +542,9 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
         hole_max_perimeter: world units.
         min_component_area: connected parts with less total area (world units squared) are removed.
         device: torch device for rasterisation, lookup and gutter filling (default CPU).
+        surface_tolerance: in voxels; after the budget, halve the faces while 99.9% of the surface stays this
+            close to the extracted one (``meshops.decimate_within``); None or 0 stops at the budget. The command
+            line, the app and ``Generated.to_glb`` pass ``DEFAULT_SURFACE_TOLERANCE``.
 
     Returns:
         ``trimesh.Trimesh`` in glTF's Y-up frame, with UVs, unit vertex normals and a ``PBRMaterial``:
@@ -531,7 +556,7 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
     mesh, _ = bake_glb(vertices, faces, coords, attributes, grid, aabb=aabb, decimation_target=decimation_target,
                        texture_size=texture_size, fill_holes=fill_holes, image_format=image_format,
                        alpha_mode=alpha_mode, hole_max_perimeter=hole_max_perimeter,
-                       min_component_area=min_component_area, device=device)
+                       min_component_area=min_component_area, device=device, surface_tolerance=surface_tolerance)
     return mesh
 
 

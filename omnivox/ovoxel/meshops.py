@@ -575,8 +575,8 @@ DECIMATION_FORK_FACES = 1_000_000
 
 
 def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
-             batch_faces: int = DECIMATION_BATCH_FACES, fork_faces: int = DECIMATION_FORK_FACES
-             ) -> tuple[np.ndarray, np.ndarray]:
+             batch_faces: int = DECIMATION_BATCH_FACES, fork_faces: int = DECIMATION_FORK_FACES,
+             preserve_border: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Quadric edge-collapse decimation to at most about ``target_faces`` faces (``fast-simplification``).
 
     Meshes already at or below the target are returned unchanged. The library keeps the input winding, so orient
@@ -595,9 +595,10 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
     if len(faces) > batch_faces:
         component = face_components(faces)
         if component.max() > 0:
-            return _decimate_in_batches(vertices, faces, component, target_faces, batch_faces, fork_faces)
+            return _decimate_in_batches(vertices, faces, component, target_faces, batch_faces, fork_faces,
+                                        preserve_border)
     args = (np.ascontiguousarray(vertices, dtype=np.float64), np.ascontiguousarray(faces, dtype=np.int64),
-            int(target_faces))
+            int(target_faces), bool(preserve_border))
     result = None
     if len(faces) > fork_faces and fork_available():
         # The library never frees its working arrays; a child process gives them back when it exits.
@@ -609,14 +610,80 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
     return points.astype(vertices.dtype), triangles
 
 
-def _simplify(points: np.ndarray, triangles: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+# Deviation checks sample this many points on each surface; the largest surface measured against (a face
+# budget's output) is capped so the check's search structure stays small.
+DEVIATION_SAMPLES = 10_000
+MAX_DEVIATION_REFERENCE_FACES = 2_000_000
+DEVIATION_QUANTILE = 0.999
+
+
+class _DeviationFrom:
+    """Two-sided point-to-surface distances between one fixed surface and others (its samples and search
+    structure are built once)."""
+
+    def __init__(self, vertices, faces, samples: int, rng: np.random.Generator):
+        from omnivox.ovoxel.metrics import SurfaceDistance, sample_surface
+
+        self.samples, self.rng = samples, rng
+        self.points, _ = sample_surface(vertices, faces, samples, rng)
+        self.distance = SurfaceDistance(vertices, faces, samples, rng)
+
+    def to(self, vertices, faces) -> np.ndarray:
+        from omnivox.ovoxel.metrics import SurfaceDistance, sample_surface
+
+        points, _ = sample_surface(vertices, faces, self.samples, self.rng)
+        there, _ = SurfaceDistance(vertices, faces, self.samples, self.rng).query(self.points)
+        back, _ = self.distance.query(points)
+        return np.concatenate([there, back])
+
+
+def surface_deviation(vertices_a, faces_a, vertices_b, faces_b, samples: int = DEVIATION_SAMPLES,
+                      rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Two-sided point-to-surface distances: ``samples`` area-uniform points of A to B, then of B to A."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    return _DeviationFrom(vertices_a, faces_a, samples, rng).to(vertices_b, faces_b)
+
+
+def decimate_within(vertices: np.ndarray, faces: np.ndarray, tolerance: float, min_faces: int = 64
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The fewest faces, among halvings of ``faces``, whose surface stays within ``tolerance`` of the input.
+
+    "Within" means the 99.9th percentile of the two-sided point-to-surface distance (`surface_deviation`), so one
+    stray sample does not decide. Each halving decimates the previous one (quadric collapses, `decimate`) and is
+    measured against the input, so errors cannot pile up unseen; open borders stay where they are (a sheet keeps
+    its outline); the search stops at the first halving that
+    leaves the tolerance, or at ``min_faces``. A flat region collapses to a few triangles, a detailed one keeps
+    what its detail needs: the face count follows the surface, not a fixed budget.
+
+    Inputs of more than ``MAX_DEVIATION_REFERENCE_FACES`` faces are returned unchanged (decimate them to a budget
+    first); so are inputs of ``min_faces`` or fewer.
+    """
+    if not np.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"tolerance must be a finite distance >= 0, got {tolerance!r}")
+    if len(faces) <= min_faces or len(faces) > MAX_DEVIATION_REFERENCE_FACES:
+        return vertices, faces
+    reference = _DeviationFrom(vertices, faces, DEVIATION_SAMPLES, np.random.default_rng(0))
+    best = (vertices, faces)
+    while len(best[1]) > min_faces:
+        candidate = decimate(best[0], best[1], max(min_faces, len(best[1]) // 2), preserve_border=True)
+        if len(candidate[1]) >= len(best[1]) or len(candidate[1]) == 0:
+            break  # the library could not reduce further
+        if np.quantile(reference.to(*candidate), DEVIATION_QUANTILE) > tolerance:
+            break
+        best = candidate
+    return best
+
+
+def _simplify(points: np.ndarray, triangles: np.ndarray, target: int, preserve_border: bool = False
+              ) -> tuple[np.ndarray, np.ndarray]:
     import fast_simplification
 
-    points, triangles = fast_simplification.simplify(points, triangles, target_count=target)
+    points, triangles = fast_simplification.simplify(points, triangles, target_count=target,
+                                                     preserve_border=preserve_border)
     return points, np.asarray(triangles, dtype=np.int64)
 
 
-def _decimate_in_batches(vertices, faces, component, target_faces, batch_faces, fork_faces):
+def _decimate_in_batches(vertices, faces, component, target_faces, batch_faces, fork_faces, preserve_border=False):
     order = np.argsort(component, kind="stable")
     sizes = np.bincount(component)
     # Components in label order; a batch closes once it holds batch_faces faces.
@@ -627,7 +694,7 @@ def _decimate_in_batches(vertices, faces, component, target_faces, batch_faces, 
     for chunk in np.split(order, bounds):
         v, f = compact(vertices, faces[chunk])
         share = max(1, round(target_faces * len(chunk) / len(faces)))
-        v, f = decimate(v, f, share, batch_faces=len(faces) + 1, fork_faces=fork_faces)
+        v, f = decimate(v, f, share, batch_faces=len(faces) + 1, fork_faces=fork_faces, preserve_border=preserve_border)
         out_vertices.append(v)
         out_faces.append(f + offset)
         offset += len(v)

@@ -60,31 +60,64 @@ def surface_fidelity(vertices_a, faces_a, vertices_b, faces_b, samples: int = 10
     return SurfaceFidelity(chamfer, float(nc))
 
 
+class SurfaceDistance:
+    """Distances from points to one triangle mesh, for many queries (the search structure is built once).
+
+    Candidate triangles are those of the ``candidates`` nearest points of a dense sampling of the mesh; the distance
+    to each candidate is exact. The sampling is area-uniform (4 samples per expected query point) plus every
+    triangle's centroid and points along every triangle's edges at the same spacing, so thin triangles (slivers, which
+    decimation makes) are never missed: without the edge points a query point near a sliver found only its
+    neighbours and distances came out several times too large.
+    """
+
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray, expected_points: int,
+                 rng: Optional[np.random.Generator] = None, candidates: int = 8):
+        from scipy.spatial import cKDTree
+
+        rng = np.random.default_rng(0) if rng is None else rng
+        self.triangles = tri = np.asarray(vertices, np.float64)[np.asarray(faces)]
+        # Centroids and edge points put samples on every triangle, so the area samples only need the density
+        # of the queries.
+        dense, _, face_of = sample_surface(vertices, faces, max(4 * expected_points, 1), rng, return_faces=True)
+        cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        self.normals = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-300)[:, None]
+        spacing = np.sqrt(np.linalg.norm(cross, axis=1).sum() / 2 / max(len(dense), 1))
+        edge_points, edge_face = _edge_samples(tri, spacing)
+        self.face_of = np.concatenate([face_of, np.arange(len(tri)), edge_face])
+        self.tree = cKDTree(np.concatenate([dense, tri.mean(1), edge_points]))
+        self.candidates = candidates
+
+    def query(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances (P,), unit normals (P, 3) of the closest triangles)``."""
+        _, idx = self.tree.query(np.asarray(points, np.float64), k=self.candidates, workers=-1)
+        cand = self.face_of[idx]  # (P, k)
+        best = np.full(len(points), np.inf)
+        best_face = np.zeros(len(points), np.int64)
+        for k in range(cand.shape[1]):
+            d = _point_triangle_distance(points, self.triangles[cand[:, k]])
+            better = d < best
+            best[better], best_face[better] = d[better], cand[better, k]
+        return best, self.normals[best_face]
+
+
+def _edge_samples(tri: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """Points along the triangle edges longer than ``spacing``, about ``spacing`` apart, and their face. (Shorter
+    edges need none: their triangle's centroid is within ``spacing`` of every point of it.)"""
+    start = tri.reshape(-1, 3)  # corner k of face i starts edge (i, k)
+    end = np.roll(tri, -1, axis=1).reshape(-1, 3)
+    length = np.linalg.norm(end - start, axis=1)
+    long_edges = np.nonzero(length > spacing)[0]
+    count = np.clip(np.ceil(length[long_edges] / max(spacing, 1e-300)), 1, 1e6).astype(np.int64)
+    edge = np.repeat(long_edges, count)
+    first = np.repeat(np.cumsum(count) - count, count)
+    t = (np.arange(int(count.sum())) - first + 0.5) / np.repeat(count, count)
+    return start[edge] + t[:, None] * (end[edge] - start[edge]), edge // 3
+
+
 def distance_to_surface(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
                         rng: Optional[np.random.Generator] = None, candidates: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Distance from each point to a triangle mesh, and the unit normal of the closest triangle.
-
-    Candidate triangles are those of the ``candidates`` nearest points of a dense area-uniform sampling of the mesh
-    (plus every triangle's centroid, so large triangles are never missed); the distance to each candidate is exact.
-    """
-    from scipy.spatial import cKDTree
-
-    rng = np.random.default_rng(0) if rng is None else rng
-    tri = np.asarray(vertices, np.float64)[np.asarray(faces)]
-    dense, _, face_of = sample_surface(vertices, faces, max(4 * len(points), 2 * len(tri)), rng, return_faces=True)
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normal = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-300)[:, None]
-    dense = np.concatenate([dense, tri.mean(1)])
-    face_of = np.concatenate([face_of, np.arange(len(tri))])
-    _, idx = cKDTree(dense).query(points, k=candidates, workers=-1)
-    cand = face_of[idx]  # (P, k)
-    best = np.full(len(points), np.inf)
-    best_face = np.zeros(len(points), np.int64)
-    for k in range(cand.shape[1]):
-        d = _point_triangle_distance(points, tri[cand[:, k]])
-        better = d < best
-        best[better], best_face[better] = d[better], cand[better, k]
-    return best, normal[best_face]
+    """Distance from each point to a triangle mesh, and the unit normal of the closest triangle (`SurfaceDistance`)."""
+    return SurfaceDistance(vertices, faces, len(points), rng, candidates).query(points)
 
 
 def _point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from omnivox.ovoxel.grid import Grid
+from omnivox.ovoxel.export import DEFAULT_FACE_BUDGET, DEFAULT_SURFACE_TOLERANCE
 
 if TYPE_CHECKING:
     import trimesh
@@ -140,10 +141,13 @@ class Generated:
         attributes = {k: np.asarray(attrs[k], np.float32).reshape(len(coords), -1) / 255 for k in ATTRIBUTE_NAMES}
         return cls.from_dual_grid(coords, local, flags, attributes, resolution)
 
-    def to_glb(self, path: Union[str, Path, None] = None, *, decimation_target: Optional[int] = 500_000,
-               texture_size: int = 2048, device=None, **options) -> "trimesh.Trimesh":
+    def to_glb(self, path: Union[str, Path, None] = None, *, decimation_target: Optional[int] = DEFAULT_FACE_BUDGET,
+               surface_tolerance: Optional[float] = DEFAULT_SURFACE_TOLERANCE, texture_size: int = 2048, device=None,
+               **options) -> "trimesh.Trimesh":
         """Export a textured mesh (``omnivox.ovoxel.export.to_glb``) and write it when ``path`` is given.
 
+        At most ``decimation_target`` faces, then fewer while the surface stays within ``surface_tolerance``
+        voxels (``export.DEFAULT_FACE_BUDGET`` / ``DEFAULT_SURFACE_TOLERANCE``; None keeps the budget's faces).
         ``options`` go to ``to_glb`` (``image_format``, ``alpha_mode``, ``fill_holes`` ...).
         """
         from omnivox.ovoxel.export import save_glb, to_glb
@@ -152,7 +156,7 @@ class Generated:
             raise ValueError("the generated shape has no surface (no faces were extracted)")
         mesh = to_glb(self.vertices.numpy(), self.faces.numpy(), self.coords.numpy(), self.attribute_matrix(),
                       self.grid, decimation_target=decimation_target, texture_size=texture_size, device=device,
-                      **options)
+                      surface_tolerance=surface_tolerance, **options)
         if path is not None:
             save_glb(mesh, path)
         return mesh

@@ -166,3 +166,45 @@ def test_clean_compacts_vertices():
     extra = np.concatenate([vertices, [[9.0, 9.0, 9.0]]])  # an unused vertex
     out_vertices, out_faces = meshops.clean(extra, np.concatenate([faces, faces[:3]]), 1e-5)
     assert len(out_vertices) == len(vertices) and len(out_faces) == len(faces)
+
+
+# ------------------------------------------------------------------------------ faces the surface needs
+def _independent_deviation(reference: trimesh.Trimesh, other: trimesh.Trimesh, count: int = 4000) -> np.ndarray:
+    """Two-sided point-to-surface distances measured by trimesh (not omnivox's metric)."""
+    a, _ = trimesh.sample.sample_surface(reference, count, seed=1)
+    b, _ = trimesh.sample.sample_surface(other, count, seed=2)
+    return np.concatenate([trimesh.proximity.closest_point(other, a)[1],
+                           trimesh.proximity.closest_point(reference, b)[1]])
+
+
+def test_decimate_within_collapses_a_flat_sheet_to_a_few_faces():
+    plane = trimesh.Trimesh(*trimesh.remesh.subdivide_to_size(np.asarray([[0, 0, 0], [1, 0, 0], [1, 1, 0],
+                                                                          [0, 1, 0]], float),
+                                                              np.array([[0, 1, 2], [0, 2, 3]]), 0.02))
+    assert len(plane.faces) > 4000
+    v, f = meshops.decimate_within(np.asarray(plane.vertices, np.float32), np.asarray(plane.faces), 1e-4)
+    boundary_edges = len(trimesh.grouping.group_rows(np.sort(plane.edges, 1), require_count=1))
+    # A flat square needs little more than its (kept) outline: far fewer than the input's faces.
+    assert len(f) <= 2 * boundary_edges + 64 < len(plane.faces) // 8, (len(f), boundary_edges)
+    assert _independent_deviation(plane, trimesh.Trimesh(v, f)).max() < 1e-3
+
+
+@pytest.mark.parametrize("tolerance", [2e-3, 1e-2])
+def test_decimate_within_keeps_a_curved_surface_within_tolerance(tolerance):
+    sphere = trimesh.creation.icosphere(subdivisions=5)  # 20,480 faces, radius 1
+    v, f = meshops.decimate_within(np.asarray(sphere.vertices, np.float32), np.asarray(sphere.faces), tolerance)
+    assert 64 < len(f) < len(sphere.faces) // 2
+    deviation = _independent_deviation(sphere, trimesh.Trimesh(v, f))
+    assert np.quantile(deviation, 0.999) <= 1.2 * tolerance  # the bound it promises, up to sampling noise
+    # A tolerance 5x smaller keeps more faces: the count follows the surface's need.
+    _, tighter = meshops.decimate_within(np.asarray(sphere.vertices, np.float32), np.asarray(sphere.faces),
+                                         tolerance / 5)
+    assert len(tighter) > len(f)
+
+
+def test_decimate_within_rejects_bad_tolerances_and_leaves_small_meshes():
+    box = trimesh.creation.box()
+    with pytest.raises(ValueError, match="tolerance"):
+        meshops.decimate_within(box.vertices, box.faces, -1.0)
+    v, f = meshops.decimate_within(box.vertices, box.faces, 0.1)
+    assert f is box.faces or np.array_equal(f, box.faces)
