@@ -50,9 +50,9 @@ def _npm_install(folder: Path, package: str) -> tuple:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another pytest process on this checkout may be installing it right now
         if not installed.is_file():
             try:
-                result = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=folder,
+                result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=folder,
                                         capture_output=True, text=True, timeout=HANG_GUARD_S)
-                log = (result.stderr or result.stdout).strip()[-800:]
+                log = (result.stderr or result.stdout).strip()[:600]  # npm says what went wrong first
             except subprocess.TimeoutExpired:
                 log = f"no answer in {HANG_GUARD_S} s"
             if not installed.is_file():
