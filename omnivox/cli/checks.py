@@ -7,7 +7,7 @@ as ``omnivox COMMAND: MESSAGE`` and exit with code 1 before doing any work. Only
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import typer
 
@@ -86,3 +86,19 @@ def fail(command: str, error: Exception) -> typer.Exit:
         message = f"missing key {message}"
     typer.echo(f"omnivox {command}: {message}", err=True)
     return typer.Exit(code=1)
+
+
+def compute_device(device: Optional[str]) -> str:
+    """``--device``: ``cpu``, ``cuda`` (checked to exist) or None for CUDA when there is one, as `generate` does.
+
+    Imports torch, so call it after the light checks.
+    """
+    if device not in (None, "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available")
+    return device

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from omnivox.cli import app
-from omnivox.cli.checks import ASSET_SUFFIXES, fail, input_file, output_file
+from omnivox.cli.checks import ASSET_SUFFIXES, compute_device, fail, input_file, output_file
 
 
 @app.command()
@@ -16,7 +16,7 @@ def convert(
     source: Path = typer.Argument(..., help="Input asset: .glb, .gltf, .obj, .ply or .stl."),
     output: Path = typer.Argument(..., help="Output .vxz file."),
     resolution: int = typer.Option(512, "--resolution", "-r", help="Grid resolution per axis."),
-    device: str = typer.Option("cpu", help="Where to compute: cpu or cuda."),
+    device: Optional[str] = typer.Option(None, help="Where to compute: cpu or cuda (default: cuda when available)."),
     mip_level_offset: float = typer.Option(0.0, help="Added to every texture's mip level (negative = sharper)."),
     emissive: bool = typer.Option(False, help="Also store the emissive colour (3 channels)."),
     compression: str = typer.Option("lzma", help="vxz codec: lzma, deflate, zstd or none."),
@@ -42,6 +42,7 @@ def convert(
         from omnivox.ovoxel.io import write_vxz
         from omnivox.ovoxel.materials import scene_to_ovoxel
 
+        device = compute_device(device)
         scene = load_asset(source, up_axis=up).normalized()
         record = scene_to_ovoxel(scene, resolution, mip_level_offset=mip_level_offset, emissive=emissive,
                                  device=device)

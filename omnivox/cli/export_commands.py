@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from omnivox.cli import app
-from omnivox.cli.checks import fail, input_file, output_file
+from omnivox.cli.checks import compute_device, fail, input_file, output_file
 
 
 def infer_resolution(max_coord: int) -> int:
@@ -37,7 +37,8 @@ def export_glb(
     fill_holes: bool = typer.Option(True, "--fill-holes/--no-fill-holes", help="Close small boundary loops."),
     image_format: str = typer.Option("png", "--image-format", help="Texture images: png or webp."),
     alpha_mode: str = typer.Option("auto", "--alpha-mode", help="auto, OPAQUE, MASK or BLEND."),
-    device: str = typer.Option("cpu", help="Where to bake textures: cpu or cuda."),
+    device: Optional[str] = typer.Option(None, help="Where to bake textures: cpu or cuda (default: cuda when "
+                                                    "available)."),
 ) -> None:
     """Extract the surface, unwrap it, bake base colour / metallic-roughness / alpha textures and write a GLB."""
     import time
@@ -68,6 +69,7 @@ def export_glb(
         from omnivox.ovoxel.io import read_vxz
         from omnivox.ovoxel.packing import unpack_geometry
 
+        device = compute_device(device)
         coords, attrs = read_vxz(source)
         local, flags = unpack_geometry(attrs)
         grid_size = resolution if resolution is not None else infer_resolution(int(coords.max()))

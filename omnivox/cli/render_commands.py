@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from omnivox.cli import app
-from omnivox.cli.checks import ASSET_SUFFIXES, fail, input_file, output_file
+from omnivox.cli.checks import ASSET_SUFFIXES, compute_device, fail, input_file, output_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -30,7 +30,7 @@ def render(
                                                         ".obj, z for .stl/.ply/.vxz)."),
     ssao: bool = typer.Option(True, "--ssao/--no-ssao", help="Screen-space ambient occlusion."),
     fps: int = typer.Option(15, "--fps", help="Frames per second of videos."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Render previews. A still shows one shaded view unless --panel and/or --grid (stacked) are given; a
     video turns the object around once (PBR panels per frame with --panel)."""
@@ -49,12 +49,7 @@ def render(
             views = 48 if suffix in VIDEO_SUFFIXES else 8
         if not 1 <= views <= 1000:
             raise ValueError(f"--views must be in [1, 1000], got {views}")
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"--device must be cpu or cuda, got {device!r}")
-        import torch
-
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
+        device = compute_device(device)
         from omnivox.render import preview
         from omnivox.render.environment import resolve_environment
 

@@ -42,3 +42,20 @@ def test_up_override_and_bad_value(tmp_path):
     assert np.ptp(coords[:, 2]) <= 1 < np.ptp(coords[:, 1])  # taken as Z-up: the quad lies flat
     bad = runner.invoke(app, ["convert", str(source), str(tmp_path / "x.vxz"), "--up", "x"])
     assert bad.exit_code == 1 and "--up must be y or z" in bad.output
+
+
+def test_device_default_is_cuda_when_present(monkeypatch):
+    import torch
+
+    from omnivox.cli.checks import compute_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compute_device(None) == "cpu" and compute_device("cpu") == "cpu"
+    import pytest
+
+    with pytest.raises(ValueError, match="no CUDA device"):
+        compute_device("cuda")
+    with pytest.raises(ValueError, match="--device must be cpu or cuda"):
+        compute_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert compute_device(None) == "cuda"
