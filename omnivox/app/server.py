@@ -159,7 +159,7 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
         shape_slat_guidance: Optional[float] = Form(None),
         tex_slat_steps: Optional[int] = Form(None),
         tex_slat_guidance: Optional[float] = Form(None),
-        decimation_target: int = Form(500_000),
+        decimation_target: int = Form(200_000),
         texture_size: int = Form(2048),
     ) -> JobStatus:
         picture = read_image(image.file.read(), image.filename or "image", limits)

@@ -55,7 +55,7 @@ class GenerateParams:
     seed: int = 0
     pipeline_type: str | None = None
     stages: dict[str, StageParams] = field(default_factory=dict)
-    decimation_target: int = 500_000
+    decimation_target: int = 200_000  # export.DEFAULT_FACE_BUDGET (then fewer, within 0.5 voxel)
     texture_size: int = 2048
 
     def validated(self, pipeline_types: tuple[str, ...] = ()) -> "GenerateParams":
@@ -136,12 +136,12 @@ def generate(models: Models, context: JobContext, image: Image.Image, params: Ge
     pipeline_type = params.pipeline_type or pipe.config.default_pipeline_type
     stages = ["sparse_structure", "shape_slat_lr", "shape_slat", "tex_slat"] if pipeline_type.endswith("cascade") \
         else ["sparse_structure", "shape_slat", "tex_slat"]
+    callback = progress_callback(context, stages + ["export"])
     outputs = pipe.run(image, seed=params.seed, pipeline_type=pipeline_type, num_samples=1,
-                       sampler_params=sampler_params(params), callback=progress_callback(context, stages))
-    context.report("export", 0, 1)
+                       sampler_params=sampler_params(params), callback=callback)
     path = context.output_dir / "result.glb"
-    outputs[0].to_glb(path, decimation_target=params.decimation_target, texture_size=params.texture_size)
-    context.report("export", 1, 1)
+    outputs[0].to_glb(path, decimation_target=params.decimation_target, texture_size=params.texture_size,
+                      progress=callback)
     if previews is not None:
         render_previews(outputs[0], context, previews, models.device)
     return path
@@ -156,11 +156,9 @@ def texture(models: Models, context: JobContext, mesh: Path, image: Image.Image,
         raise RuntimeError("no texturing pipeline is loaded (the weights folder has no texturing_pipeline.json)")
     result = models.texturing.run(mesh, image, seed=params.seed, resolution=resolution,
                                   texture_size=params.texture_size, sampler_params=sampler_params(params),
-                                  callback=progress_callback(context, ["tex_slat"]))
-    context.report("export", 0, 1)
+                                  callback=progress_callback(context, ["tex_slat", "export"]))
     path = context.output_dir / "result.glb"
     save_glb(result, path)
-    context.report("export", 1, 1)
     return path
 
 
@@ -190,15 +188,17 @@ def sampler_params(params: GenerateParams) -> dict[str, dict[str, float]]:
 def progress_callback(context: JobContext, stages: list[str]):
     """Adapt the pipelines' `callback(stage, step, total)` to `JobContext.report` (which raises on cancellation).
 
-    `stages` lists the sampling stages of this run in order, so progress reads "stage 2/4 shape (coarse): 3/12";
-    after the last step of the last stage the job reports "decoding" (the decoders report nothing themselves).
+    `stages` lists the stages of this run in order (the sampling stages, then "export" where the job exports), so
+    progress reads "stage 2/5 shape (coarse): 3/12"; after the last step of the last sampling stage the job reports
+    "decoding" in that stage's place (the decoders report nothing themselves).
     """
+    sampling = [stage for stage in stages if stage != "export"]
 
     def callback(stage: str, step: int, total: int) -> None:
         index = stages.index(stage) + 1 if stage in stages else 0
         context.report(STAGE_LABELS.get(stage, stage), step, total, index=index, stages=len(stages) if index else 0)
-        if stage == stages[-1] and step == total:
-            context.report("decoding")
+        if sampling and stage == sampling[-1] and step == total:
+            context.report("decoding", index=index, stages=len(stages))
 
     return callback
 

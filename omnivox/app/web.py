@@ -64,7 +64,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                         seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=tasks.MAX_SEED,
                                          elem_id="seed")
                         randomize = gr.Checkbox(False, label="Random seed", elem_id="randomize")
-                    decimation = gr.Slider(10_000, 1_000_000, value=500_000, step=10_000, label="Decimation target",
+                    decimation = gr.Slider(10_000, 1_000_000, value=200_000, step=10_000, label="Face budget",
                                            elem_id="decimation")
                     texture_size = gr.Radio([str(s) for s in tasks.TEXTURE_SIZES], value="2048",
                                                label="Texture size", elem_id="texture-size")

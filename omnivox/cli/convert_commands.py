@@ -9,6 +9,7 @@ import typer
 
 from omnivox.cli import app
 from omnivox.cli.checks import ASSET_SUFFIXES, compute_device, fail, input_file, output_file
+from omnivox.cli.progress import progress_bar
 
 
 @app.command()
@@ -43,12 +44,17 @@ def convert(
         from omnivox.ovoxel.materials import scene_to_ovoxel
 
         device = compute_device(device)
+        progress = progress_bar()
+        progress("convert", 0, 3)
         scene = load_asset(source, up_axis=up).normalized()
+        progress("convert", 1, 3)
         record = scene_to_ovoxel(scene, resolution, mip_level_offset=mip_level_offset, emissive=emissive,
                                  device=device)
         coords = record.pop("coords")
         output.parent.mkdir(parents=True, exist_ok=True)
+        progress("convert", 2, 3)
         write_vxz(output, coords, record, compression=compression, source_up_axis=scene.source_up_axis)
+        progress("convert", 3, 3)
     except (ValueError, TypeError, OSError, ImportError) as error:
         raise fail("convert", error) from error
     typer.echo(

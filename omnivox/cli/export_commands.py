@@ -9,6 +9,7 @@ import typer
 
 from omnivox.cli import app
 from omnivox.cli.checks import compute_device, fail, input_file, output_file
+from omnivox.cli.progress import progress_bar
 
 
 def infer_resolution(max_coord: int) -> int:
@@ -80,7 +81,8 @@ def export_glb(
         mesh, report = bake_glb(vertices, faces, coords, attributes, grid, texture_size=texture_size,
                                 decimation_target=decimation_target or None, fill_holes=fill_holes,
                                 surface_tolerance=tolerance or None,
-                                image_format=image_format, alpha_mode=alpha_mode, device=device)
+                                image_format=image_format, alpha_mode=alpha_mode, device=device,
+                                progress=progress_bar())
         save_glb(mesh, output)
     except (ValueError, TypeError, OSError, RuntimeError) as error:
         raise fail("export", error) from error

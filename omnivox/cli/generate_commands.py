@@ -10,24 +10,9 @@ import typer
 from omnivox.cli import app
 from omnivox.cli.checks import (ASSET_SUFFIXES, IMAGE_SUFFIXES, fail, input_file, output_file, output_folder,
                                 weights_folder)
+from omnivox.cli.progress import progress_bar
 
 PIPELINE_CHOICES = ("512", "1024", "1024_cascade", "1536_cascade")
-
-
-def _progress_bar():
-    """A ``callback(stage, step, total)`` drawing one tqdm bar per sampling stage."""
-    from tqdm import tqdm
-
-    bars = {}
-
-    def callback(stage: str, step: int, total: int) -> None:
-        if stage not in bars:
-            bars[stage] = tqdm(total=total, desc=stage, leave=False, unit="step")
-        bars[stage].update(1)
-        if step == total:
-            bars.pop(stage).close()
-
-    return callback
 
 
 def _images_of(source: Path) -> list:
@@ -168,7 +153,7 @@ def generate(
 
         pipe = ImageTo3DPipeline.from_pretrained(weights, device=device, max_memory=max_memory,
                                                  background_model=background_model, image_encoder=image_encoder)
-        callback = None if quiet else _progress_bar()
+        callback = None if quiet else progress_bar()
         for image, paths in zip(images, targets):
             assets = pipe.run(image, seed=seed, pipeline_type=pipeline, num_samples=samples, callback=callback,
                               save_intermediates=save_intermediates, resume_from=resume)
@@ -178,7 +163,7 @@ def generate(
                 raise RuntimeError(f"the pipeline returned {len(assets)} assets for {len(paths)} outputs")
             for asset, path in zip(assets, paths):
                 asset.to_glb(path, decimation_target=faces or None, surface_tolerance=tolerance or None,
-                             texture_size=texture_size)
+                             texture_size=texture_size, progress=callback)
                 typer.echo(f"{image if image is not None else resume} -> {path}: {len(asset.coords)} voxels at "
                            f"{asset.resolution}^3, {len(asset.faces)} faces before export")
         if preview is not None:
@@ -227,7 +212,7 @@ def texture(
         pipe = TexturingPipeline.from_pretrained(weights, device=device, max_memory=max_memory,
                                                  background_model=background_model, image_encoder=image_encoder)
         result = pipe.run(mesh, image, seed=seed, resolution=resolution, texture_size=texture_size,
-                          keep_uvs=keep_uvs, up_axis=up_axis, callback=None if quiet else _progress_bar())
+                          keep_uvs=keep_uvs, up_axis=up_axis, callback=None if quiet else progress_bar())
         save_glb(result, output)
     except (ValueError, TypeError, OSError, RuntimeError, KeyError) as error:
         raise fail("texture", error) from error

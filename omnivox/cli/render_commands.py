@@ -9,6 +9,7 @@ import typer
 
 from omnivox.cli import app
 from omnivox.cli.checks import ASSET_SUFFIXES, compute_device, fail, input_file, output_file
+from omnivox.cli.progress import progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -61,7 +62,7 @@ def render(
             environment = resolve_environment(env, device=device)
             if suffix in VIDEO_SUFFIXES:
                 frames = preview.render_turntable(item, views, resolution, panel=panel, environment=environment,
-                                                  ssao=ssao)
+                                                  ssao=ssao, progress=progress_bar())
                 preview.save_video(frames, output, fps=fps)
             else:
                 parts = []

@@ -30,7 +30,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -62,6 +62,8 @@ DEFAULT_FACE_BUDGET = 200_000
 # half a voxel of the budget's surface (`meshops.decimate_within`), so a file holds what the surface needs. Half a
 # voxel is below what the voxel grid itself resolves.
 DEFAULT_SURFACE_TOLERANCE = 0.5
+# The steps an export reports through ``progress`` (their seconds land in ``ExportReport.timings`` too).
+EXPORT_STEPS = ("surface", "unwrap", "rasterize", "lookup", "fill", "assemble")
 # Surface clean-up in voxels (the median edge of the extracted surface): fringe strips narrower than FRINGE_WIDTH at
 # non-manifold edges are dropped; holes with a shorter perimeter than PIN_HOLE_PERIMETER are always filled.
 FRINGE_WIDTH = 1.5
@@ -463,8 +465,8 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
              aabb: AABB = UNIT_AABB, decimation_target: Optional[int] = DEFAULT_FACE_BUDGET, texture_size: int = 2048,
              fill_holes: bool = True, image_format: str = "png", alpha_mode: str = "auto",
              hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
-             device: Union[str, torch.device, None] = None,
-             surface_tolerance: Optional[float] = None) -> tuple["trimesh.Trimesh", ExportReport]:
+             device: Union[str, torch.device, None] = None, surface_tolerance: Optional[float] = None,
+             progress: Optional[Callable[[str, int, int], None]] = None) -> tuple["trimesh.Trimesh", ExportReport]:
     """``to_glb`` that also returns an ``ExportReport`` (counts, chosen alphaMode, per-stage timings)."""
     grid = _as_grid(grid, aabb)
     _check_options(decimation_target, texture_size, image_format, alpha_mode, hole_max_perimeter,
@@ -474,17 +476,27 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
     report = ExportReport(input_faces=len(f), texture_size=int(texture_size))
     timings = report.timings
 
+    def done(step: str) -> None:  # progress("export", k, len(EXPORT_STEPS)) after step k
+        if progress is not None:
+            progress("export", EXPORT_STEPS.index(step) + 1, len(EXPORT_STEPS))
+
+    if progress is not None:
+        progress("export", 0, len(EXPORT_STEPS))
+
     tolerance = None if surface_tolerance is None else float(surface_tolerance) * float(np.min(grid.voxel_size))
     v, f, _, report.holes_filled = prepare_surface(v, f, fill_holes, hole_max_perimeter, min_component_area,
                                                    decimation_target, timings, tolerance)
+    done("surface")
     start = time.perf_counter()
     vmapping, uv_faces, uvs = unwrap_uv(v, f, int(texture_size))
     timings["unwrap"] = time.perf_counter() - start
+    done("unwrap")
 
     start = time.perf_counter()
     positions, mask = bake.rasterize_uv(torch.from_numpy(uvs).to(device), torch.from_numpy(uv_faces).to(device),
                                         torch.from_numpy(v[vmapping]).to(device), int(texture_size))
     timings["rasterize"] = _elapsed(start, device)
+    done("rasterize")
 
     start = time.perf_counter()
     covered = torch.nonzero(mask.view(-1)).squeeze(1)
@@ -496,11 +508,13 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
     valid[covered] = found.to(device)
     report.uncovered_texels = int((~found).sum())
     timings["lookup"] = _elapsed(start, device)
+    done("lookup")
 
     start = time.perf_counter()
     size = int(texture_size)
     filled = bake.fill_gutter(texels.view(size, size, -1), valid.view(size, size))
     timings["fill"] = _elapsed(start, device)
+    done("fill")
 
     start = time.perf_counter()
     report.alpha_mode, report.alpha_cutoff = resolve_alpha_mode(alpha_mode, a[:, ATTRIBUTE_LAYOUT["alpha"]])
@@ -512,6 +526,7 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
                          image_format=image_format)
     report.faces, report.vertices = len(uv_faces), len(vmapping)
     timings["assemble"] = time.perf_counter() - start
+    done("assemble")
     logger.info("to_glb: %d -> %d faces, %s, timings %s", report.input_faces, report.faces, report.alpha_mode,
                 {k: round(t, 3) for k, t in timings.items()})
     return mesh, report
@@ -521,8 +536,8 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
            aabb: AABB = UNIT_AABB, decimation_target: Optional[int] = DEFAULT_FACE_BUDGET, texture_size: int = 2048,
            fill_holes: bool = True, image_format: str = "png", alpha_mode: str = "auto",
            hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
-           device: Union[str, torch.device, None] = None,
-           surface_tolerance: Optional[float] = None) -> "trimesh.Trimesh":
+           device: Union[str, torch.device, None] = None, surface_tolerance: Optional[float] = None,
+           progress: Optional[Callable[[str, int, int], None]] = None) -> "trimesh.Trimesh":
     """Turn an extracted O-Voxel surface and its voxel materials into a textured, glTF-ready mesh.
 
     Args:
@@ -545,6 +560,8 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
         surface_tolerance: in voxels; after the budget, halve the faces while 99.9% of the surface stays this
             close to the extracted one (``meshops.decimate_within``); None or 0 stops at the budget. The command
             line, the app and ``Generated.to_glb`` pass ``DEFAULT_SURFACE_TOLERANCE``.
+        progress: ``progress("export", k, n)`` after each of the ``n`` steps of ``EXPORT_STEPS`` (and k = 0 first),
+            the pipelines' stage-callback shape.
 
     Returns:
         ``trimesh.Trimesh`` in glTF's Y-up frame, with UVs, unit vertex normals and a ``PBRMaterial``:
@@ -556,7 +573,8 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
     mesh, _ = bake_glb(vertices, faces, coords, attributes, grid, aabb=aabb, decimation_target=decimation_target,
                        texture_size=texture_size, fill_holes=fill_holes, image_format=image_format,
                        alpha_mode=alpha_mode, hole_max_perimeter=hole_max_perimeter,
-                       min_component_area=min_component_area, device=device, surface_tolerance=surface_tolerance)
+                       min_component_area=min_component_area, device=device, surface_tolerance=surface_tolerance,
+                       progress=progress)
     return mesh
 
 

@@ -143,11 +143,12 @@ class Generated:
 
     def to_glb(self, path: Union[str, Path, None] = None, *, decimation_target: Optional[int] = DEFAULT_FACE_BUDGET,
                surface_tolerance: Optional[float] = DEFAULT_SURFACE_TOLERANCE, texture_size: int = 2048, device=None,
-               **options) -> "trimesh.Trimesh":
+               progress=None, **options) -> "trimesh.Trimesh":
         """Export a textured mesh (``omnivox.ovoxel.export.to_glb``) and write it when ``path`` is given.
 
         At most ``decimation_target`` faces, then fewer while the surface stays within ``surface_tolerance``
         voxels (``export.DEFAULT_FACE_BUDGET`` / ``DEFAULT_SURFACE_TOLERANCE``; None keeps the budget's faces).
+        ``progress``: a ``callback(stage, step, total)`` as the pipelines take, told ``("export", k, n)``.
         ``options`` go to ``to_glb`` (``image_format``, ``alpha_mode``, ``fill_holes`` ...).
         """
         from omnivox.ovoxel.export import save_glb, to_glb
@@ -156,7 +157,7 @@ class Generated:
             raise ValueError("the generated shape has no surface (no faces were extracted)")
         mesh = to_glb(self.vertices.numpy(), self.faces.numpy(), self.coords.numpy(), self.attribute_matrix(),
                       self.grid, decimation_target=decimation_target, texture_size=texture_size, device=device,
-                      surface_tolerance=surface_tolerance, **options)
+                      surface_tolerance=surface_tolerance, progress=progress, **options)
         if path is not None:
             save_glb(mesh, path)
         return mesh

@@ -198,12 +198,16 @@ class TexturingPipeline(PipelineBase):
                                                     sampler_params=sampler_params, callback=callback,
                                                     preprocess=preprocess, max_memory=max_memory)
         if keep_uvs and uvs is not None:
+            if callback is not None:
+                callback("export", 0, 1)
             welded_vertices, welded_faces, welded_uvs = _weld_corners(model_frame, faces, uvs)
             result = bake_to_uv_layout(welded_vertices, welded_faces, welded_uvs, coords.numpy(), attributes, resolution,
                              texture_size=texture_size)
+            if callback is not None:
+                callback("export", 1, 1)
         else:
             result = export.to_glb(model_frame, faces, coords.numpy(), attributes, resolution,
-                                   decimation_target=decimation_target, texture_size=texture_size)
+                                   decimation_target=decimation_target, texture_size=texture_size, progress=callback)
         # Back to the user's units, place and frame (the writer turned the data frame Y-up: undo that first).
         data_frame = y_up_to_z_up(np.asarray(result.vertices, np.float64)) / float(scale) + center.astype(np.float64)
         result.vertices = from_data_frame(data_frame, source_up).astype(np.float32)

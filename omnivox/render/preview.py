@@ -444,8 +444,11 @@ def render_panel(source: PreviewSource, resolution: int = 256, environment=None,
 
 
 def render_turntable(source: PreviewSource, num_frames: int = 48, resolution: int = 256, panel: bool = False,
-                     environment=None, batch: int = 8, **options) -> List[np.ndarray]:
-    """Frames of a turntable (the reference's video path), PBR-shaded or as PBR panels; uint8 arrays."""
+                     environment=None, batch: int = 8, progress=None, **options) -> List[np.ndarray]:
+    """Frames of a turntable (the reference's video path), PBR-shaded or as PBR panels; uint8 arrays.
+
+    ``progress``: a ``callback(stage, step, total)``, told ``("render", frames done, num_frames)`` per batch.
+    """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     fov = math.radians(40)
@@ -457,6 +460,8 @@ def render_turntable(source: PreviewSource, num_frames: int = 48, resolution: in
                          **options)
         for k in range(out["shaded"].shape[0]):
             frames.append(pbr_panel(out, k) if panel else to_uint8(out["shaded"][k]))
+        if progress is not None:
+            progress("render", len(frames), num_frames)
     return frames
 
 

@@ -46,10 +46,20 @@ def test_progress_names_the_stage_and_its_place():
     callback("tex_slat", 11, 12)
     assert job.progress.describe() == "stage 4/4 material: step 11/12"
     callback("tex_slat", 12, 12)  # the decoders report nothing; say what runs after the last step
-    assert job.progress.describe() == "decoding"
+    assert job.progress.describe() == "stage 4/4 decoding"
     job.cancel_event.set()
     with pytest.raises(JobCancelled):  # cancellation takes effect at the next sampler step
         callback("tex_slat", 1, 12)
+
+
+def test_progress_counts_the_export_as_the_last_stage():
+    job, context = _context()
+    callback = tasks.progress_callback(context, ["sparse_structure", "shape_slat", "tex_slat", "export"])
+    callback("tex_slat", 12, 12)
+    assert job.progress.describe() == "stage 3/4 decoding"  # never "stages": 0 while the decoders run
+    callback("export", 2, 6)
+    assert job.progress.describe() == "stage 4/4 export: step 2/6"
+    assert (job.progress.index, job.progress.stages) == (4, 4)
 
 
 def test_pipeline_defaults_and_background_check(test_weights, assets):

@@ -47,3 +47,17 @@ def test_command_line_defaults_are_the_exporters():
         parameters = inspect.signature(command).parameters
         assert parameters[faces].default.default == export.DEFAULT_FACE_BUDGET
         assert parameters["tolerance"].default.default == export.DEFAULT_SURFACE_TOLERANCE
+
+
+def test_export_and_turntable_report_progress(tmp_path):
+    from omnivox.ovoxel.export import EXPORT_STEPS
+    from omnivox.render.preview import load_preview_source, render_turntable
+
+    seen = []
+    export.bake_glb(*_surface_and_materials(tmp_path, 32), 32, texture_size=32,
+                    progress=lambda *report: seen.append(report))
+    assert seen == [("export", k, len(EXPORT_STEPS)) for k in range(len(EXPORT_STEPS) + 1)]
+    frames = []
+    source = load_preview_source(write_two_tone_gltf(tmp_path / "render", shape="cube"))
+    render_turntable(source, 5, 16, batch=2, progress=lambda *report: frames.append(report))
+    assert frames == [("render", 2, 5), ("render", 4, 5), ("render", 5, 5)]

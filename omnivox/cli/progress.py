@@ -1,0 +1,24 @@
+"""Progress bars for long commands: one tqdm bar per stage, fed by the ``callback(stage, step, total)`` that the
+pipelines, the exporter and the previews report through."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+def progress_bar() -> Callable[[str, int, int], None]:
+    """A ``callback(stage, step, total)`` drawing one bar per stage (on stderr), closed when it reaches ``total``."""
+    from tqdm import tqdm
+
+    bars = {}
+
+    def callback(stage: str, step: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=stage, leave=False, unit="step")
+        bar = bars[stage]
+        bar.n = step  # steps may start at 0 and need not come one by one
+        bar.refresh()
+        if step >= total:
+            bars.pop(stage).close()
+
+    return callback
