@@ -23,6 +23,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from omnivox.assets.confine import resolve_reference
 from omnivox.assets.images import decode_image
 from omnivox.assets.scene import (
     MAX_TRIANGLES,
@@ -53,11 +54,12 @@ _MAX_UV_SETS = 8
 _UNSUPPORTED_EXTENSIONS = {"KHR_draco_mesh_compression", "EXT_meshopt_compression"}
 
 
-def load_gltf(path: Path) -> Scene:
+def load_gltf(path: Path, allow_outside: bool = False) -> Scene:
     """Load a ``.gltf`` (with its external buffers and images) or a ``.glb`` file.
 
     Args:
-        path: the file. External resources are resolved relative to its folder.
+        path: the file. External resources are resolved relative to its folder and must lie inside it
+            (``omnivox.assets.confine``) unless ``allow_outside``; URLs other than ``data:`` are never fetched.
 
     Returns:
         the scene in world coordinates (not normalised).
@@ -66,7 +68,7 @@ def load_gltf(path: Path) -> Scene:
         ValueError: malformed / truncated file, missing buffer, bad index, or too many triangles.
     """
     document, binary_chunk = _parse_document(path)
-    return _GltfReader(path, document, binary_chunk).scene()
+    return _GltfReader(path, document, binary_chunk, allow_outside).scene()
 
 
 def _parse_document(path: Path):
@@ -84,6 +86,8 @@ def _parse_document(path: Path):
         if not isinstance(json.loads(text), dict):
             raise ValueError("the top-level JSON value is not an object")
         document = pygltflib.GLTF2.from_json(text)
+    except RecursionError as error:
+        raise ValueError(f"{path}: not a valid glTF JSON document (nested too deeply)") from error
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path}: not a valid glTF JSON document ({error})") from error
     version = str(getattr(document.asset, "version", "") or "")
@@ -167,8 +171,9 @@ def _uv_transform_matrix(extension: dict) -> np.ndarray:
 class _GltfReader:
     """One load of one document: buffers, decoded images and materials are cached per instance."""
 
-    def __init__(self, path: Path, document, binary_chunk: Optional[bytes]):
+    def __init__(self, path: Path, document, binary_chunk: Optional[bytes], allow_outside: bool = False):
         self.path = path
+        self.allow_outside = allow_outside
         self.doc = document
         self.binary_chunk = binary_chunk
         self._buffers: Dict[int, bytes] = {}
@@ -178,6 +183,21 @@ class _GltfReader:
     # ----------------------------------------------------------------------------------- raw data
     def _fail(self, message: str) -> ValueError:
         return ValueError(f"{self.path}: {message}")
+
+    def _natural(self, value, pointer: str) -> int:
+        """``value`` (at JSON pointer ``pointer``) as a non-negative int, or the error naming the pointer."""
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise self._fail(f"{pointer} is {value!r}; it must be a non-negative integer")
+        return value
+
+    def _finite(self, values, pointer: str):
+        try:
+            array = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise self._fail(f"{pointer} is not a number or list of numbers") from error
+        if not np.isfinite(array).all():
+            raise self._fail(f"{pointer} holds NaN or infinity")
+        return values
 
     def _item(self, collection, index, what: str):
         if index is None or not isinstance(index, int) or not 0 <= index < len(collection or []):
@@ -196,9 +216,7 @@ class _GltfReader:
                 return unquote_to_bytes(payload)
             except ValueError as error:
                 raise self._fail(f"{what} has a malformed data URI ({error})") from error
-        from urllib.parse import unquote
-
-        file = self.path.parent / unquote(uri)
+        file = resolve_reference(self.path, uri, what, self.allow_outside, uri=True)
         if not file.is_file():
             return None
         return file.read_bytes()
@@ -224,8 +242,8 @@ class _GltfReader:
     def _view_bytes(self, view_index: int) -> memoryview:
         view = self._item(self.doc.bufferViews, view_index, "bufferView")
         data = self._buffer(view.buffer)
-        start = view.byteOffset or 0
-        end = start + (view.byteLength or 0)
+        start = self._natural(view.byteOffset or 0, f"/bufferViews/{view_index}/byteOffset")
+        end = start + self._natural(view.byteLength or 0, f"/bufferViews/{view_index}/byteLength")
         if end > len(data):
             raise self._fail(f"bufferView {view_index} reads bytes {start}..{end} of a {len(data)}-byte buffer")
         return memoryview(data)[start:end]
@@ -236,6 +254,8 @@ class _GltfReader:
         item = np.dtype(dtype).newbyteorder("<")
         element = item.itemsize * width
         stride = view.byteStride or element
+        if not isinstance(stride, int) or not element <= stride <= 252:
+            raise self._fail(f"/bufferViews/{view_index}/byteStride is {stride!r}; {what} needs {element}..252")
         needed = byte_offset + stride * (count - 1) + element if count else 0
         if needed > len(data):
             raise self._fail(f"{what} needs {needed} bytes of bufferView {view_index}, which has {len(data)}")
@@ -260,18 +280,28 @@ class _GltfReader:
         if accessor.bufferView is None:
             values = np.zeros((count, width), dtype=dtype)
         else:
-            values = self._strided(accessor.bufferView, accessor.byteOffset or 0, count, dtype, width, what)
+            offset = self._natural(accessor.byteOffset or 0, f"/accessors/{index}/byteOffset")
+            if offset % np.dtype(dtype).itemsize:
+                raise self._fail(f"/accessors/{index}/byteOffset {offset} is not a multiple of the component size "
+                                 f"{np.dtype(dtype).itemsize}")
+            values = self._strided(accessor.bufferView, offset, count, dtype, width, what)
         if accessor.sparse is not None and accessor.sparse.count:
             sparse = accessor.sparse
             index_dtype = _COMPONENT_DTYPES.get(sparse.indices.componentType)
             if index_dtype is None:
                 raise self._fail(f"{what} has sparse indices of unsupported type {sparse.indices.componentType}")
-            rows = self._strided(sparse.indices.bufferView, sparse.indices.byteOffset or 0, sparse.count,
+            if not isinstance(sparse.count, int) or not 0 < sparse.count <= count:
+                raise self._fail(f"/accessors/{index}/sparse/count is {sparse.count!r}; must be in 1..{count}")
+            rows = self._strided(sparse.indices.bufferView,
+                                 self._natural(sparse.indices.byteOffset or 0,
+                                               f"/accessors/{index}/sparse/indices/byteOffset"), sparse.count,
                                  index_dtype, 1, what + " sparse indices")[:, 0].astype(np.int64)
             if rows.size and (rows.min() < 0 or rows.max() >= count):
                 raise self._fail(f"{what} has sparse indices outside 0..{count - 1}")
             values = values.copy()
-            values[rows] = self._strided(sparse.values.bufferView, sparse.values.byteOffset or 0, sparse.count,
+            values[rows] = self._strided(sparse.values.bufferView,
+                                         self._natural(sparse.values.byteOffset or 0,
+                                                       f"/accessors/{index}/sparse/values/byteOffset"), sparse.count,
                                          dtype, width, what + " sparse values")
         if not as_float:
             return values
@@ -338,6 +368,19 @@ class _GltfReader:
         if base_color.shape != (4,) or emissive.shape != (3,):
             raise self._fail(f"material {index} has a malformed baseColorFactor or emissiveFactor")
         strength = (gltf_material.extensions or {}).get("KHR_materials_emissive_strength", {})
+        pointer = f"/materials/{index}"
+        self._finite(base_color, pointer + "/pbrMetallicRoughness/baseColorFactor")
+        self._finite(emissive, pointer + "/emissiveFactor")
+        if pbr is not None:
+            self._finite(1.0 if pbr.metallicFactor is None else pbr.metallicFactor,
+                         pointer + "/pbrMetallicRoughness/metallicFactor")
+            self._finite(1.0 if pbr.roughnessFactor is None else pbr.roughnessFactor,
+                         pointer + "/pbrMetallicRoughness/roughnessFactor")
+        self._finite(0.5 if gltf_material.alphaCutoff is None else gltf_material.alphaCutoff, pointer + "/alphaCutoff")
+        if not isinstance(strength, dict):
+            raise self._fail(f"{pointer}/extensions/KHR_materials_emissive_strength is not an object")
+        self._finite(strength.get("emissiveStrength", 1.0),
+                     pointer + "/extensions/KHR_materials_emissive_strength/emissiveStrength")
         emissive = emissive * np.float32(strength.get("emissiveStrength", 1.0))
         alpha_mode = {"MASK": AlphaMode.MASK, "BLEND": AlphaMode.BLEND}.get(gltf_material.alphaMode, AlphaMode.OPAQUE)
         cutoff = gltf_material.alphaCutoff

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -27,6 +28,10 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
+    # Pillow's own bomb limit (about 179 megapixels) would refuse legitimate MAX_TEXTURE_SIDE textures: make
+    # it agree with the documented limit, which the side check below enforces before any pixel is decoded.
+    if (Image.MAX_IMAGE_PIXELS or 0) < MAX_TEXTURE_SIDE * MAX_TEXTURE_SIDE:
+        Image.MAX_IMAGE_PIXELS = MAX_TEXTURE_SIDE * MAX_TEXTURE_SIDE
     try:
         with warnings.catch_warnings():
             # Sizes are bounded by the explicit check below instead of Pillow's pixel-count heuristic.
@@ -42,7 +47,9 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
             image.load()
     except Image.DecompressionBombError as error:
         raise ValueError(f"{name}: texture is too large to decode ({error})") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, struct.error, ValueError, TypeError) as error:
+        if isinstance(error, ValueError) and str(error).startswith(name):
+            raise
         raise ValueError(f"{name}: cannot decode image ({error})") from error
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit / 32-bit grey: Pillow's convert() clips instead of rescaling, so rescale by hand.

@@ -18,6 +18,7 @@ vertex colours the base colour factor is 1 so that the colours show unchanged.
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 from pathlib import Path
@@ -25,33 +26,46 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from omnivox.assets.confine import resolve_reference
 from omnivox.assets.gltf import flat_normals
 from omnivox.assets.images import decode_image
 from omnivox.assets.scene import MAX_TRIANGLES, AlphaMode, Material, Scene, Texture, WrapMode, default_material
 
 # Errors trimesh and its parsers raise on malformed input; anything else is a bug and should surface.
 _PARSE_ERRORS = (ValueError, IndexError, KeyError, TypeError, struct.error, UnicodeDecodeError, EOFError,
-                 AttributeError, OverflowError)
+                 AttributeError, OverflowError, ZeroDivisionError, RecursionError, NotImplementedError)
 
 
-def load_mesh_file(path: Path) -> Scene:
+def load_mesh_file(path: Path, allow_outside: bool = False) -> Scene:
     """Load an ``.obj``, ``.ply`` or ``.stl`` file (world units, not normalised).
 
+    ``mtllib``, ``map_Kd`` and a PLY ``TextureFile`` must name files inside the asset's folder unless
+    ``allow_outside`` (``omnivox.assets.confine``). Text is read as UTF-8, else Latin-1.
+
     Raises:
-        ValueError: unreadable or truncated file, no triangles, or more than ``MAX_TRIANGLES``.
+        ValueError: unreadable or truncated file, a reference outside the folder, no triangles, or more than
+            ``MAX_TRIANGLES``.
     """
     import trimesh
 
     suffix = path.suffix.lower()
+    data = path.read_bytes()
     if suffix == ".stl":
-        _check_binary_stl(path)
+        _check_binary_stl(path, data)
+    elif suffix == ".obj":
+        data = decode_text(data).encode("utf-8")  # trimesh would guess other encodings with an optional package
+        _check_obj_counts(path, data)
+    elif suffix == ".ply":
+        _check_ply_counts(path, data)
+    resolver = _ConfinedResolver(path, allow_outside)
     try:
-        loaded = trimesh.load(str(path), process=False, force="scene")
+        loaded = trimesh.load(io.BytesIO(data), file_type=suffix[1:], resolver=resolver, process=False,
+                              force="scene")
     except _PARSE_ERRORS as error:
         raise ValueError(f"{path}: cannot parse {suffix[1:].upper()} file ({type(error).__name__}: {error})") from error
 
     missing: List[str] = []
-    mtl_materials = _obj_materials(path, missing) if suffix == ".obj" else {}
+    mtl_materials = _obj_materials(path, data.decode("utf-8"), missing, allow_outside) if suffix == ".obj" else {}
     parts = []
     materials: List[Material] = []
     material_index: Dict[str, int] = {}
@@ -63,7 +77,7 @@ def load_mesh_file(path: Path) -> Scene:
         if total > MAX_TRIANGLES:
             raise ValueError(f"{path}: the scene has more than {MAX_TRIANGLES} triangles")
         part = _mesh_part(mesh, path)
-        key, material = _material_for(mesh, mtl_materials, part["colors"] is not None, suffix)
+        key, material = _material_for(mesh, mtl_materials, part["colors"] is not None, suffix, resolver, path)
         if key not in material_index:
             material_index[key] = len(materials)
             materials.append(material)
@@ -80,12 +94,79 @@ def load_mesh_file(path: Path) -> Scene:
     return _concatenate(parts, materials, str(path))
 
 
-def _check_binary_stl(path: Path) -> None:
+def decode_text(data: bytes) -> str:
+    """UTF-8 (with or without a byte-order mark), else Latin-1, which decodes any byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+class _ConfinedResolver:
+    """A trimesh resolver that reads only what `resolve_reference` allows, and remembers what it read."""
+
+    def __init__(self, asset: Path, allow_outside: bool):
+        self.asset = asset
+        self.allow_outside = allow_outside
+        self.read: Dict[str, bytes] = {}
+
+    def get(self, name: str) -> bytes:
+        try:
+            file = resolve_reference(self.asset, name, "a reference", self.allow_outside)
+        except ValueError as error:
+            raise OSError(str(error)) from None  # trimesh treats OSError as "material file not available"
+        data = file.read_bytes()
+        self.read[name] = data
+        return data
+
+    __getitem__ = get
+
+    def write(self, name, data):
+        raise OSError("read-only resolver")
+
+    def namespaced(self, namespace):
+        raise OSError("namespaced references are not supported")
+
+    def keys(self):
+        return iter(())
+
+    def __contains__(self, name) -> bool:
+        return False
+
+
+def _check_obj_counts(path: Path, data: bytes) -> None:
+    """Bound the elements of an OBJ before trimesh allocates them (each ``f`` line is at least one triangle)."""
+    faces = data.count(b"\nf ") + data.startswith(b"f ")
+    if faces > MAX_TRIANGLES:
+        raise ValueError(f"{path}: the file has {faces} faces, more than {MAX_TRIANGLES}")
+
+
+def _check_ply_counts(path: Path, data: bytes) -> None:
+    """Declared PLY element counts against ``MAX_TRIANGLES`` and the file size, before trimesh allocates."""
+    end = data.find(b"end_header")
+    if not data.startswith(b"ply") or end < 0:
+        raise ValueError(f"{path}: not a PLY file (no ply ... end_header header)")
+    binary = b"format binary" in data[:end]
+    for line in data[:end].split(b"\n"):
+        words = line.split()
+        if len(words) == 3 and words[0] == b"element":
+            try:
+                count = int(words[2])
+            except ValueError:
+                raise ValueError(f"{path}: malformed PLY element line {line.decode('latin-1').strip()!r}") from None
+            if count < 0 or count > 3 * MAX_TRIANGLES:
+                raise ValueError(f"{path}: PLY element {words[1].decode('latin-1')!r} declares {count} items, "
+                                 f"more than this loader accepts ({3 * MAX_TRIANGLES})")
+            if binary and count > len(data) - end:
+                raise ValueError(f"{path}: truncated PLY file: element {words[1].decode('latin-1')!r} declares "
+                                 f"{count} items but {len(data) - end} bytes follow the header")
+
+
+def _check_binary_stl(path: Path, data: bytes) -> None:
     """A binary STL declares its triangle count; check it against the file size before trimesh reads it."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(84)
-    if head[:5].lower() == b"solid" and b"facet" in path.read_bytes()[:4096]:
+    size = len(data)
+    head = data[:84]
+    if head[:5].lower() == b"solid" and b"facet" in data[:4096]:
         return  # ASCII STL
     if len(head) < 84:
         raise ValueError(f"{path}: truncated STL file ({size} bytes; a binary STL header needs 84)")
@@ -121,7 +202,7 @@ def _mesh_part(mesh, path: Path) -> dict:
     return part
 
 
-def _material_for(mesh, mtl_materials, has_colors: bool, suffix: str):
+def _material_for(mesh, mtl_materials, has_colors: bool, suffix: str, resolver: _ConfinedResolver, path: Path):
     """(dedup key, Material) for one trimesh geometry."""
     visual_material = getattr(mesh.visual, "material", None)
     name = getattr(visual_material, "name", None)
@@ -133,7 +214,11 @@ def _material_for(mesh, mtl_materials, has_colors: bool, suffix: str):
         # image when there is no MTL, so OBJ textures come only from the MTL parsed here.)
         material = default_material("texture")
         material.base_color_factor = np.ones(4, dtype=np.float32)
-        material.base_color_texture = Texture(np.asarray(image.convert("RGBA"), dtype=np.uint8), name="texture")
+        # Decoded again through decode_image, so that its size limits apply (trimesh opened it unchecked).
+        name, data = next(iter(resolver.read.items()), (None, None))
+        if data is None:
+            return "default", default_material()
+        material.base_color_texture = Texture(decode_image(data, f"{path}: {name}"), name="texture")
         return "texture:" + str(id(image)), material
     if has_colors:
         material = default_material("vertex colors")
@@ -142,27 +227,26 @@ def _material_for(mesh, mtl_materials, has_colors: bool, suffix: str):
     return "default", default_material()
 
 
-def _obj_materials(path: Path, missing: List[str]) -> Dict[str, Material]:
+def _obj_materials(path: Path, text: str, missing: List[str], allow_outside: bool) -> Dict[str, Material]:
     """Parse every ``mtllib`` the OBJ names; missing files are appended to ``missing``."""
     libraries = []
-    with path.open("r", errors="replace") as handle:
-        for line in handle:
-            if line.startswith("mtllib"):
-                libraries.extend(line.split()[1:])
+    for line in text.splitlines():
+        if line.startswith("mtllib"):
+            libraries.extend(line.split()[1:])
     materials: Dict[str, Material] = {}
     for library in libraries:
-        file = path.parent / library
+        file = resolve_reference(path, library, "mtllib", allow_outside)
         if not file.is_file():
             missing.append(library)
             continue
-        materials.update(_parse_mtl(file, missing))
+        materials.update(_parse_mtl(file, missing, path, allow_outside))
     return materials
 
 
-def _parse_mtl(file: Path, missing: List[str]) -> Dict[str, Material]:
+def _parse_mtl(file: Path, missing: List[str], asset: Path, allow_outside: bool) -> Dict[str, Material]:
     statements: Dict[str, Dict[str, List[str]]] = {}
     current: Optional[Dict[str, List[str]]] = None
-    for raw in file.read_text(errors="replace").splitlines():
+    for raw in decode_text(file.read_bytes()).splitlines():
         tokens = raw.strip().split()
         if not tokens or tokens[0].startswith("#"):
             continue
@@ -170,7 +254,11 @@ def _parse_mtl(file: Path, missing: List[str]) -> Dict[str, Material]:
             current = statements.setdefault(" ".join(tokens[1:]), {})
         elif current is not None:
             current[tokens[0]] = tokens[1:]
-    return {name: _mtl_to_pbr(name, values, file, missing) for name, values in statements.items()}
+    for values in statements.values():  # every map_* names a file: each must stay inside the asset's folder
+        for key, arguments in values.items():
+            if key.lower().startswith("map_") and arguments:
+                resolve_reference(asset, arguments[-1], key, allow_outside, base=file.parent, referrer=file)
+    return {name: _mtl_to_pbr(name, values, file, missing, asset, allow_outside) for name, values in statements.items()}
 
 
 def _floats(values: Optional[List[str]], count: int, file: Path, key: str) -> Optional[np.ndarray]:
@@ -187,13 +275,14 @@ def _floats(values: Optional[List[str]], count: int, file: Path, key: str) -> Op
     return np.clip(np.asarray(numbers, dtype=np.float32), 0.0, None)
 
 
-def _mtl_to_pbr(name: str, values: Dict[str, List[str]], file: Path, missing: List[str]) -> Material:
+def _mtl_to_pbr(name: str, values: Dict[str, List[str]], file: Path, missing: List[str], asset: Path,
+                allow_outside: bool) -> Material:
     material = Material(name=name, metallic_factor=0.0, roughness_factor=0.5)
     diffuse = _floats(values.get("Kd"), 3, file, "Kd")
     texture = None
     if "map_Kd" in values and values["map_Kd"]:
         arguments = values["map_Kd"]
-        image_file = file.parent / arguments[-1]
+        image_file = resolve_reference(asset, arguments[-1], "map_Kd", allow_outside, base=file.parent, referrer=file)
         if image_file.is_file():
             clamp = "-clamp" in arguments and arguments[arguments.index("-clamp") + 1:][:1] == ["on"]
             wrap = WrapMode.CLAMP_TO_EDGE if clamp else WrapMode.REPEAT

@@ -14,6 +14,8 @@ import typer
 # What `omnivox.assets.load_asset` reads (tests/cli checks the two lists agree; importing omnivox.assets here
 # would load torch).
 ASSET_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl")
+# omnivox.ovoxel.io.vxz.DEFAULT_MAX_VOXELS (tests/assets/test_untrusted.py checks they agree).
+DEFAULT_MAX_VOXELS = 2**27
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 

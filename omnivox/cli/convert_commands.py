@@ -23,6 +23,9 @@ def convert(
     compression: str = typer.Option("lzma", help="vxz codec: lzma, deflate, zstd or none."),
     up: Optional[str] = typer.Option(None, "--up", help="Up axis of the file: y or z (default: y for .glb/.gltf/.obj, "
                                                "z for .stl/.ply). The O-Voxel is Z-up."),
+    allow_outside_refs: bool = typer.Option(False, "--allow-outside-refs", help="Follow buffer, image and material "
+                                            "references that leave the asset's folder (trusted files only)."),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="Write the file even if no voxel is occupied."),
 ) -> None:
     """Load an asset, turn it Z-up, fit it into the unit box and write its O-Voxel (vertices, intersected,
     materials); the file's up axis is recorded in the .vxz header."""
@@ -46,16 +49,19 @@ def convert(
         device = compute_device(device)
         progress = progress_bar()
         progress("convert", 0, 3)
-        scene = load_asset(source, up_axis=up).normalized()
+        scene = load_asset(source, up_axis=up, allow_outside=allow_outside_refs).normalized()
         progress("convert", 1, 3)
         record = scene_to_ovoxel(scene, resolution, mip_level_offset=mip_level_offset, emissive=emissive,
                                  device=device)
         coords = record.pop("coords")
+        if len(coords) == 0 and not allow_empty:
+            raise ValueError(f"{source}: {scene.num_faces} triangles but no voxel at {resolution}^3 (degenerate or "
+                             "zero-area geometry); pass --allow-empty to write an empty file")
         output.parent.mkdir(parents=True, exist_ok=True)
         progress("convert", 2, 3)
         write_vxz(output, coords, record, compression=compression, source_up_axis=scene.source_up_axis)
         progress("convert", 3, 3)
-    except (ValueError, TypeError, OSError, ImportError) as error:
+    except (ValueError, TypeError, OSError, ImportError, MemoryError) as error:
         raise fail("convert", error) from error
     typer.echo(
         f"{source} -> {output}: {len(coords)} voxels at {resolution}^3, {scene.num_faces} triangles, "

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from omnivox.cli import app
-from omnivox.cli.checks import compute_device, fail, input_file, output_file
+from omnivox.cli.checks import DEFAULT_MAX_VOXELS, compute_device, fail, input_file, output_file
 from omnivox.cli.progress import progress_bar
 
 
@@ -40,6 +40,7 @@ def export_glb(
     alpha_mode: str = typer.Option("auto", "--alpha-mode", help="auto, OPAQUE, MASK or BLEND."),
     device: Optional[str] = typer.Option(None, help="Where to bake textures: cpu or cuda (default: cuda when "
                                                     "available)."),
+    max_voxels: int = typer.Option(DEFAULT_MAX_VOXELS, "--max-voxels", help="Refuse files with more voxels."),
 ) -> None:
     """Extract the surface, unwrap it, bake base colour / metallic-roughness / alpha textures and write a GLB."""
     import time
@@ -52,9 +53,10 @@ def export_glb(
             raise ValueError(f"--image-format must be png or webp, got {image_format!r}")
         if alpha_mode not in ("auto", "OPAQUE", "MASK", "BLEND"):  # omnivox.ovoxel.export.ALPHA_MODES
             raise ValueError(f"--alpha-mode must be auto, OPAQUE, MASK or BLEND, got {alpha_mode!r}")
-        from omnivox.ovoxel.io.vxz import read_vxz_info
+        from omnivox.ovoxel.io.vxz import check_vxz_limits, read_vxz_info
 
         header = read_vxz_info(source)  # the header alone: a wrong file fails before torch loads
+        check_vxz_limits(header, max_voxels=max_voxels, source=str(source))
         names = [name for name, _ in header["attr"]]
         missing = [k for k in ("base_color", "metallic", "roughness", "alpha") if k not in names]
         if missing:
@@ -67,11 +69,11 @@ def export_glb(
         from omnivox.ovoxel.export import bake_glb, save_glb
         from omnivox.ovoxel.extract import dual_grid_to_mesh
         from omnivox.ovoxel.grid import Grid
-        from omnivox.ovoxel.io import read_vxz
+        from omnivox.ovoxel.io.vxz import read_vxz
         from omnivox.ovoxel.packing import unpack_geometry
 
         device = compute_device(device)
-        coords, attrs = read_vxz(source)
+        coords, attrs = read_vxz(source, max_voxels=max_voxels)
         local, flags = unpack_geometry(attrs)
         grid_size = resolution if resolution is not None else infer_resolution(int(coords.max()))
         grid = Grid.make(grid_size)
@@ -84,7 +86,7 @@ def export_glb(
                                 image_format=image_format, alpha_mode=alpha_mode, device=device,
                                 progress=progress_bar())
         save_glb(mesh, output)
-    except (ValueError, TypeError, OSError, RuntimeError) as error:
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as error:
         raise fail("export", error) from error
     typer.echo(
         f"{source} -> {output}: {len(coords)} voxels at {grid_size}^3, {report.faces} faces, "

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from omnivox.cli import app
-from omnivox.cli.checks import ASSET_SUFFIXES, compute_device, fail, input_file, output_file
+from omnivox.cli.checks import ASSET_SUFFIXES, DEFAULT_MAX_VOXELS, compute_device, fail, input_file, output_file
 from omnivox.cli.progress import progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -32,6 +32,9 @@ def render(
     ssao: bool = typer.Option(True, "--ssao/--no-ssao", help="Screen-space ambient occlusion."),
     fps: int = typer.Option(15, "--fps", help="Frames per second of videos."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    allow_outside_refs: bool = typer.Option(False, "--allow-outside-refs", help="Follow buffer, image and material "
+                                            "references that leave the asset's folder (trusted files only)."),
+    max_voxels: int = typer.Option(DEFAULT_MAX_VOXELS, "--max-voxels", help="(.vxz) refuse files with more voxels."),
 ) -> None:
     """Render previews. A still shows one shaded view unless --panel and/or --grid (stacked) are given; a
     video turns the object around once (PBR panels per frame with --panel)."""
@@ -55,10 +58,14 @@ def render(
         from omnivox.render.environment import resolve_environment
 
         if voxels:
-            image = _voxel_image(source, views, resolution, up or "z")
+            image = _voxel_image(source, views, resolution, up or "z", max_voxels)
             preview.save_image(image, output)
         else:
-            item = preview.load_preview_source(source, up=up, device=device)
+            from omnivox.assets.confine import outside_refs_allowed
+            from omnivox.ovoxel.io.vxz import vxz_limits
+
+            with outside_refs_allowed(allow_outside_refs), vxz_limits(max_voxels=max_voxels):
+                item = preview.load_preview_source(source, up=up, device=device)
             environment = resolve_environment(env, device=device)
             if suffix in VIDEO_SUFFIXES:
                 frames = preview.render_turntable(item, views, resolution, panel=panel, environment=environment,
@@ -75,18 +82,18 @@ def render(
                     parts.append(preview.render_panel(item, resolution, environment, ssao=ssao)[:resolution,
                                                                                                 :resolution])
                 preview.save_image(_stack(parts), output)
-    except (ValueError, TypeError, OSError, ImportError) as error:
+    except (ValueError, TypeError, OSError, ImportError, MemoryError) as error:
         raise fail("render", error) from error
     typer.echo(f"{source} -> {output} ({time.perf_counter() - start:.2f} s)")
 
 
-def _voxel_image(source: Path, views: int, resolution: int, up: str):
-    from omnivox.ovoxel.io import read_vxz
+def _voxel_image(source: Path, views: int, resolution: int, up: str, max_voxels: int = DEFAULT_MAX_VOXELS):
+    from omnivox.ovoxel.io.vxz import read_vxz
     from omnivox.render.preview import _smallest_power_of_two_above, render_voxel_preview
 
     if source.suffix.lower() != ".vxz":
         raise ValueError(f"{source}: --voxels needs a .vxz file")
-    coords, attributes = read_vxz(source)
+    coords, attributes = read_vxz(source, max_voxels=max_voxels)
     if len(coords) == 0:
         raise ValueError(f"{source}: the file holds no voxels")
     if "base_color" not in attributes:

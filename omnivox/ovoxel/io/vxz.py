@@ -39,10 +39,12 @@ Example (the 296-byte file of the spec's golden test)::
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import struct
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import numpy as np
 
@@ -284,7 +286,44 @@ def _sort_into_chunks(points: np.ndarray, depth: int):
 # Reading
 
 
-def read_vxz(path: PathLike) -> tuple[np.ndarray, dict]:
+# Limits on what a file may make the reader allocate (its header's claims are checked against them before any
+# voxel is decoded). The voxel count bounds memory (about 40 bytes per voxel while decoding); the ratio of the
+# claimed raw size to the compressed size stops small files that claim huge contents: a flat single-colour
+# 512^2 plane, about the most compressible real content, has a ratio near 2,800, LZMA's ceiling is near 7,000.
+DEFAULT_MAX_VOXELS = 2**27
+DEFAULT_MAX_RATIO = 4096
+_RATIO_FREE_BYTES = 64 * 2**20  # contents up to this raw size are never refused by ratio
+_LIMITS: contextvars.ContextVar[dict] = contextvars.ContextVar("omnivox_vxz_limits", default={})
+
+
+@contextlib.contextmanager
+def vxz_limits(max_voxels: Optional[int] = None, max_ratio: Optional[float] = None):
+    """Within the block, `read_vxz` / `decode_vxz` calls that pass no limits use these (for readers reached
+    through other modules, such as the preview loader)."""
+    token = _LIMITS.set({"max_voxels": max_voxels, "max_ratio": max_ratio})
+    try:
+        yield
+    finally:
+        _LIMITS.reset(token)
+
+
+def check_vxz_limits(header: dict, max_voxels: Optional[int] = None, max_ratio: Optional[float] = None,
+                     source: str = "<bytes>") -> None:
+    """Raise ValueError when a parsed header (`read_vxz_info`) claims more than the limits allow."""
+    limits = _LIMITS.get()
+    max_voxels = max_voxels if max_voxels is not None else limits.get("max_voxels") or DEFAULT_MAX_VOXELS
+    max_ratio = max_ratio if max_ratio is not None else limits.get("max_ratio") or DEFAULT_MAX_RATIO
+    if header["num_voxel"] > max_voxels:
+        raise ValueError(f"{source}: the file claims {header['num_voxel']} voxels, more than the limit {max_voxels} "
+                         "(raise it with max_voxels= / --max-voxels for trusted files)")
+    raw, compressed = header["raw_size"], max(1, header["compressed_size"])
+    if raw > _RATIO_FREE_BYTES and raw > max_ratio * compressed:
+        raise ValueError(f"{source}: the file claims {raw} bytes of voxel data in {compressed} compressed bytes "
+                         f"(ratio {raw / compressed:.0f}, limit {max_ratio:g}); refused as a decompression bomb")
+
+
+def read_vxz(path: PathLike, max_voxels: Optional[int] = None, max_ratio: Optional[float] = None
+             ) -> tuple[np.ndarray, dict]:
     """Read a `.vxz` file, whatever its filter, compression and interleave.
 
     **[quirk 12, fixed]** The reference reader fails on files written with ``attr_interleave="all"``; this one
@@ -292,6 +331,9 @@ def read_vxz(path: PathLike) -> tuple[np.ndarray, dict]:
 
     Args:
         path: the file.
+        max_voxels: refuse files claiming more voxels (default ``DEFAULT_MAX_VOXELS``, or `vxz_limits`'s).
+        max_ratio: refuse files whose claimed raw size exceeds this multiple of their compressed size (above
+            64 MiB raw; default ``DEFAULT_MAX_RATIO``). Both are checked before any voxel is decoded.
 
     Returns:
         coords: (N, 3) int32 voxel coordinates in file order (chunk order, then local Z-order).
@@ -302,8 +344,14 @@ def read_vxz(path: PathLike) -> tuple[np.ndarray, dict]:
             the message names the file.
     """
     with open(path, "rb") as handle:
+        file_size = os.fstat(handle.fileno()).st_size
+        preamble = handle.read(PREAMBLE_SIZE)
+        binary_start = _parse_preamble(preamble, file_size, os.fspath(path))
+        header = _parse_header(handle.read(binary_start - PREAMBLE_SIZE), file_size - binary_start, os.fspath(path))
+        check_vxz_limits(header, max_voxels, max_ratio, os.fspath(path))  # before the data is read
+        handle.seek(0)
         data = handle.read()
-    return decode_vxz(data, source=os.fspath(path))
+    return decode_vxz(data, source=os.fspath(path), max_voxels=max_voxels, max_ratio=max_ratio)
 
 
 def read_vxz_info(path: PathLike) -> dict:
@@ -326,11 +374,24 @@ def read_vxz_info(path: PathLike) -> dict:
     return _parse_header(header_bytes, file_size - binary_start, source)
 
 
-def decode_vxz(data: bytes, source: str = "<bytes>") -> tuple[np.ndarray, dict]:
+def decode_vxz(data: bytes, source: str = "<bytes>", max_voxels: Optional[int] = None,
+               max_ratio: Optional[float] = None) -> tuple[np.ndarray, dict]:
     """Decode the bytes of a `.vxz` file; :func:`read_vxz` without the file. ``source`` names it in errors."""
     data = bytes(data)
     binary_start = _parse_preamble(data[:PREAMBLE_SIZE], len(data), source)
     header = _parse_header(data[PREAMBLE_SIZE:binary_start], len(data) - binary_start, source)
+    check_vxz_limits(header, max_voxels, max_ratio, source)
+    try:
+        return _decode_body(data, binary_start, header, source)
+    except ValueError:
+        raise
+    except MemoryError as error:
+        raise ValueError(f"{source}: cannot read (out of memory)") from error
+    except Exception as error:  # one boundary: whatever a decoder raises, the caller gets the file and the cause
+        raise ValueError(f"{source}: cannot read ({type(error).__name__}: {error})") from error
+
+
+def _decode_body(data: bytes, binary_start: int, header: dict, source: str) -> tuple[np.ndarray, dict]:
     binary = memoryview(data)[binary_start:]
     total_channels = sum(count for _, count in header["attr"])
 
