@@ -5,6 +5,12 @@ Two steps, so the GPU machine (torch, numba, no trimesh, no assets) can run it:
     python bench/bench_dual_grid.py prepare bench/.data          # here: torus + normalised assets -> .npz
     python bench/bench_dual_grid.py run bench/.data --device cpu  # CPU (numba) times
     python bench/bench_dual_grid.py run bench/.data --device cuda # GPU (torch) times + agreement with the CPU path
+    python bench/bench_dual_grid.py parity [--reference-module DIR] # ../shared/reference/ovoxel: times and parity
+
+``parity`` converts the reference's own inputs and compares with its outputs (issue 20). With
+``--reference-module DIR`` (a folder holding an importable build of the reference's C++ converter as ``refdg``, with
+its ``mesh_to_flexible_dual_grid_cpu``; not part of this repository) it also times the reference in the same process,
+interleaved with ours, so the ratio is measured under the same machine load.
 
 Reference times: the reference's single-threaded C++ converter on the 2-core development machine (issue #2).
 """
@@ -97,6 +103,54 @@ def run(data: Path, device: str, repeat: int) -> list[dict]:
     return rows
 
 
+def parity(repeat: int, reference_module: Path | None) -> list[dict]:
+    import torch
+
+    from omnivox.ovoxel import Grid, mesh_to_dual_grid
+
+    folder = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ovoxel"
+    ref_fn = None
+    if reference_module is not None:
+        import sys
+
+        sys.path.insert(0, str(reference_module))
+        import refdg
+
+        def ref_fn(v, f, G):  # the reference's call: shifted vertices, grid range [0, G)
+            lo = torch.full((3,), -0.5)
+            return refdg.mesh_to_flexible_dual_grid_cpu(
+                torch.from_numpy(v) - lo, torch.from_numpy(f.astype(np.int32)), torch.full((3,), 1.0 / G),
+                torch.tensor([[0, 0, 0], [G, G, G]], dtype=torch.int32), 1.0, 0.2, 1e-2, False)
+
+    rows = []
+    for entry in json.loads((folder / "index.json").read_text()):
+        data = np.load(folder / entry["file"])
+        v, f, G = data["vertices"], data["faces"], entry["resolution"]
+        fns = {"ours": lambda: mesh_to_dual_grid(v, f, G)}
+        if ref_fn is not None:
+            fns["reference"] = lambda: ref_fn(v, f, G)
+        times = {k: [] for k in fns}
+        for fn in fns.values():
+            fn()  # warm-up
+        for _ in range(repeat):  # interleaved, so both see the same load
+            for k, fn in fns.items():
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
+        c, d, fl = fns["ours"]()
+        same = np.array_equal(c, data["coords"].astype(np.int32)) and np.array_equal(fl, data["intersected"])
+        err = np.abs(d - data["dual_vertices"]).max(1) / Grid.make(G).voxel_size.max()
+        row = dict(file=entry["file"], resolution=G, voxels=int(len(c)), faces=int(len(f)),
+                   convert_s=statistics.median(times["ours"]), same_voxels_order_flags=bool(same),
+                   bit_equal=float((d == data["dual_vertices"]).all(1).mean()), err_max=float(err.max()))
+        if ref_fn is not None:
+            row["reference_s"] = statistics.median(times["reference"])
+            row["ratio"] = row["convert_s"] / row["reference_s"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| case | G | voxels | convert s | reference s | ratio | extract s (axis winding) | extract s (oriented) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -116,9 +170,15 @@ def main() -> None:
     r.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     r.add_argument("--repeat", type=int, default=3)
     r.add_argument("--json", type=Path)
+    q = sub.add_parser("parity")
+    q.add_argument("--repeat", type=int, default=7)
+    q.add_argument("--reference-module", type=Path)
     args = parser.parse_args()
     if args.cmd == "prepare":
         prepare(args.out)
+        return
+    if args.cmd == "parity":
+        parity(args.repeat, args.reference_module)
         return
     rows = run(args.data, args.device, args.repeat)
     print(table(rows))

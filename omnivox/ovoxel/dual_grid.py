@@ -1,8 +1,9 @@
 """Triangle mesh <-> flexible dual grid (the geometry half of O-Voxel).
 
-Public, validated entry points. The arithmetic lives in ``kernels/``: ``scan_numba`` (CPU, exact reproduction of the
-reference's scan and float32 quadric sums) and ``scan_torch`` (vectorized PyTorch, runs on CUDA or CPU and gives the
-same voxel set, order and flags).
+Public, validated entry points. The arithmetic lives in ``kernels/``: ``scan_numba`` (CPU) and ``scan_torch``
+(vectorized PyTorch, CUDA or CPU). Both reproduce the reference's float32 arithmetic, its Eigen QR solve included: on
+the reference's own outputs (tests/ovoxel/test_reference_parity.py) both CPU paths give identical voxels, order, flags
+and dual vertices, bit for bit (design.md, "Parity with the reference").
 
 Decisions on the reference's quirks (spec ovoxel.md section 12), all tested in tests/ovoxel/test_dual_grid.py:
 
@@ -23,6 +24,8 @@ Decisions on the reference's quirks (spec ovoxel.md section 12), all tested in t
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Union
 
 import numpy as np
@@ -126,7 +129,7 @@ def mesh_to_dual_grid(
         device: ``None`` picks the CPU (numba) path for numpy input and the tensor's device for torch input; a CUDA
             device runs the vectorized torch path on the GPU.
         backend: ``"auto"`` (numba on CPU, torch on GPU), ``"numba"`` (CPU only) or ``"torch"`` (any device). Both
-            give the same voxel set, order and flags; dual vertices agree to ~1e-4 voxel (float32 vs float64 sums).
+            follow the reference's float32 arithmetic; on the CPU they agree bit for bit.
 
     Returns:
         coords: (N, 3) int32 voxel indices, in the reference's first-touch order.
@@ -183,7 +186,50 @@ def _check_overlaps_box(v: np.ndarray, f: np.ndarray, grid: Grid) -> None:
         )
 
 
+# Below these sizes the numba kernels run on the calling thread alone. Waking the thread pool costs a fixed amount
+# per parallel region (tens of ms on a 2-core machine whose other core is busy), more than the whole conversion of
+# a small mesh takes on one core; above them the second core pays off (docs/benchmarks/geometry.md).
+PARALLEL_MIN_TRIANGLES = 200_000
+PARALLEL_MIN_CROSSINGS = 1_000_000
+
+
+# Work arrays of the CPU path kept per thread between calls: a fresh multi-megabyte allocation costs a page fault
+# per 4 KiB on first touch, which was a third of a small conversion's time. Arrays above the cap are not kept.
+_WORK = threading.local()
+_WORK_KEEP_MAX_VOXELS = 1 << 21
+
+
+def _work_arrays() -> tuple:
+    work = getattr(_WORK, "arrays", None)
+    if work is None:
+        e = np.empty
+        work = (e((0, 3), np.int32), e((0, 3), np.float32), e(0, np.float32), e(0, np.uint8), e((0, 10), np.float32),
+                e(0, np.int32), e(0, np.int32))
+    return work
+
+
+def _keep_work_arrays(returned: tuple) -> None:
+    old = _work_arrays()
+    keep = tuple(r if len(r) > len(o) else o for r, o in zip(returned, old))
+    if len(keep[0]) <= _WORK_KEEP_MAX_VOXELS:
+        _WORK.arrays = keep
+
+
+@contextlib.contextmanager
+def _numba_threads(n: int):
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def _mesh_to_dual_grid_numba(v, f, grid, face_weight, boundary_weight, regularization_weight, weld):
+    import numba
+
     from omnivox.ovoxel.kernels import scan_numba as k
 
     if weld:
@@ -191,22 +237,28 @@ def _mesh_to_dual_grid_numba(v, f, grid, face_weight, boundary_weight, regulariz
     shifted = (v - grid.lo).astype(np.float32)
     triangles = np.ascontiguousarray(shifted[f])
     res, vs = grid.resolution, grid.voxel_size
-    tri, axis, owner, point = k.scan_crossings(triangles, res, vs)
+    threads = numba.get_num_threads()
+    with _numba_threads(threads if len(triangles) >= PARALLEL_MIN_TRIANGLES else 1):
+        tri, axis, owner, point = k.scan_crossings(triangles, res, vs)
     if tri.shape[0] > MAX_CROSSINGS:
         raise ValueError(f"the mesh crosses {tri.shape[0]} lattice edges at resolution {res.tolist()}; "
                          f"more than the supported {MAX_CROSSINGS}: lower the resolution")
     if tri.shape[0] == 0:
         return np.zeros((0, 3), np.int32), np.zeros((0, 3), np.float32), np.zeros((0, 3), bool)
-    normals, quadrics = k.plane_quadrics(triangles)
-    coords, psum, cnt, flags, Q, *index = k.accumulate_crossings(tri, axis, owner, point, quadrics, res)
-    if face_weight > 0:
-        k.face_term(triangles, normals, quadrics, vs, res, *index, Q)
-    if boundary_weight > 0:
-        edges = boundary_edges(f, v.shape[0])
-        k.boundary_term(shifted, edges, boundary_weight, vs, res, *index, Q)
-    dual = k.solve_dual_vertices(coords, psum, cnt, Q, regularization_weight, vs)
-    intersected = (flags[:, None] >> np.arange(3, dtype=np.uint8)) & 1
-    return coords, dual, intersected.astype(bool)
+    with _numba_threads(threads if tri.shape[0] >= PARALLEL_MIN_CROSSINGS else 1):
+        normals, quadrics = k.plane_quadrics(triangles)
+        coords, psum, cnt, flags, Q, *index, work = k.accumulate_crossings(tri, axis, owner, point, quadrics,
+                                                                          res, *_work_arrays())
+        if face_weight > 0:
+            k.face_term(triangles, normals, quadrics, vs, res, *index, Q, numba.get_num_threads() == 1)
+        if boundary_weight > 0:
+            edges = boundary_edges(f, v.shape[0])
+            k.boundary_term(shifted, edges, boundary_weight, vs, res, *index, Q)
+        dual = k.solve_dual_vertices(coords, psum, cnt, Q, regularization_weight, vs)
+    intersected = ((flags[:, None] >> np.arange(3, dtype=np.uint8)) & 1).astype(bool)
+    coords = coords.copy()  # the caller's own array, not a view of the work arrays
+    _keep_work_arrays(work)
+    return coords, dual, intersected
 
 
 def to_local(coords: ArrayLike, dual_vertices: ArrayLike, voxel_size) -> ArrayLike:

@@ -116,3 +116,17 @@ def test_a_one_ulp_change_is_detected():
     dual[0, 0] = np.nextafter(dual[0, 0], np.float32(np.inf))
     stats = parity(entry, ref, ref["coords"].astype(np.int32), dual, ref["intersected"])
     assert stats["bit_equal"] == 1.0 - 1.0 / len(dual) and stats["max"] > 0
+
+
+@pytest.mark.parametrize("case", ["stanford-bunny_256.npz" if "stanford-bunny_256.npz" in _ids() else _ids()[0]],
+                         indirect=True)
+def test_cpu_numba_parallel_kernels_equal_reference(case, monkeypatch):
+    """Small meshes run the numba kernels on one thread; forcing the parallel versions (two-pass scan and face
+    term, chunked solve on every thread) must not change a bit."""
+    from omnivox.ovoxel import dual_grid
+
+    monkeypatch.setattr(dual_grid, "PARALLEL_MIN_TRIANGLES", 0)
+    monkeypatch.setattr(dual_grid, "PARALLEL_MIN_CROSSINGS", 0)
+    entry, ref = case
+    stats = parity(entry, ref, *run(ref, entry, backend="numba"))
+    assert stats["bit_equal"] == 1.0 and stats["max"] == 0.0, stats

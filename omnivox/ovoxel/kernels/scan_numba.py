@@ -178,11 +178,16 @@ BRICK_VOLUME = 512
 
 
 @nb.njit(cache=True)
-def brick_directory(res):
+def brick_directory(res, buffer):
+    """The brick directory for ``res``, all -1: a prefix of ``buffer`` when that is large enough (reusing memory
+    avoids the page faults of a fresh allocation on every call), else a new array."""
     dims = np.empty(3, dtype=np.int64)
     for i in range(3):
         dims[i] = (res[i] + BRICK - 1) >> BRICK_SHIFT
-    return np.full(dims[0] * dims[1] * dims[2], -1, dtype=np.int32), dims
+    size = dims[0] * dims[1] * dims[2]
+    directory = buffer[:size] if buffer.shape[0] >= size else np.empty(size, dtype=np.int32)
+    directory[:] = -1
+    return directory, dims
 
 
 @nb.njit(cache=True, inline="always")
@@ -216,8 +221,9 @@ def _around_edge(owner, m, a, b, da, db):
 
 
 @nb.njit(cache=True)
-def allocate_bricks(directory, dims, owner, axis):
-    """Give every brick touched by a crossing's 4 voxels a block of voxel slots (all -1)."""
+def allocate_bricks(directory, dims, owner, axis, buffer):
+    """Give every brick touched by a crossing's 4 voxels a block of voxel slots (all -1), in ``buffer`` if it is
+    large enough."""
     count = 0
     for m in range(owner.shape[0]):
         c = axis[m]
@@ -230,27 +236,60 @@ def allocate_bricks(directory, dims, owner, axis):
                 if directory[k] < 0:
                     directory[k] = count
                     count += 1
-    return np.full(count * BRICK_VOLUME, -1, dtype=np.int32)
+    size = count * BRICK_VOLUME
+    bricks = buffer[:size] if buffer.shape[0] >= size else np.empty(size, dtype=np.int32)
+    bricks[:] = -1
+    return bricks
 
 
 @nb.njit(cache=True)
-def accumulate_crossings(tri, axis, owner, point, quadrics, res):
+def accumulate_crossings(tri, axis, owner, point, quadrics, res, coords, psum, cnt, flags, Q, dir_buffer,
+                         brick_buffer):
     """Stage A accumulation (spec 2.2 table): voxel set in first-touch order, flags, crossing sums, quadrics.
 
-    Returns coords (N,3) int32, point_sum (N,3) float32, count (N,) float32, flags (N,) uint8 (bit c = axis c),
-    Q (N,10) float32, and the voxel index (directory, dims, bricks) for later look-ups.
+    ``coords, psum, cnt, flags, Q`` are work arrays of any common length (grown here when the voxels outgrow them),
+    ``dir_buffer``/``brick_buffer`` memory for the voxel index; pass the returned arrays back next time to reuse
+    their pages. Returns coords (N,3) int32, point_sum (N,3) float32, count (N,) float32, flags (N,) uint8 (bit c =
+    axis c), Q (N,10) float32 (views of the work arrays), the voxel index (directory, dims, bricks) for later
+    look-ups, and the full work arrays.
     """
     M = tri.shape[0]
-    directory, dims = brick_directory(res)
-    bricks = allocate_bricks(directory, dims, owner, axis)
-    cap = max(16, M + 16)  # every voxel is touched by a crossing, each crossing touches 4: N <= 4M
-    coords = np.empty((cap, 3), dtype=np.int32)
-    psum = np.empty((cap, 3), dtype=np.float32)
-    cnt = np.empty(cap, dtype=np.float32)
-    flags = np.empty(cap, dtype=np.uint8)
-    Q = np.empty((cap, 10), dtype=np.float32)
+    directory, dims = brick_directory(res, dir_buffer)
+    bricks = allocate_bricks(directory, dims, owner, axis, brick_buffer)
+    cap = coords.shape[0]
+    if cap < 16:  # every voxel is touched by a crossing, each crossing touches 4: N <= 4M; usually N ~ M
+        cap = max(16, M + 16)
+        coords = np.empty((cap, 3), dtype=np.int32)
+        psum = np.empty((cap, 3), dtype=np.float32)
+        cnt = np.empty(cap, dtype=np.float32)
+        flags = np.empty(cap, dtype=np.uint8)
+        Q = np.empty((cap, 10), dtype=np.float32)
     n = 0
-    for m in range(M):
+    m = 0
+    while True:
+        m, n = _accumulate_run(m, n, tri, axis, owner, point, quadrics, directory, dims, bricks, coords, psum, cnt,
+                               flags, Q)
+        if m == M:
+            break
+        cap *= 2  # out of room: grow every per-voxel array and go on
+        coords = _grow(coords, cap)
+        psum = _grow(psum, cap)
+        cnt = _grow1(cnt, cap)
+        flags = _grow1(flags, cap)
+        Q = _grow(Q, cap)
+    return (coords[:n], psum[:n], cnt[:n], flags[:n], Q[:n], directory, dims, bricks,
+            (coords, psum, cnt, flags, Q, directory, bricks))
+
+
+@nb.njit(cache=True)
+def _accumulate_run(m, n, tri, axis, owner, point, quadrics, directory, dims, bricks, coords, psum, cnt, flags, Q):
+    """Accumulate crossings m, m+1, ... until done or until the arrays might overflow; returns the next crossing
+    and the voxel count. (Growing the arrays inside this loop made LLVM reload them on every access: 4x slower.)"""
+    M = tri.shape[0]
+    cap = coords.shape[0]
+    while m < M:
+        if n + 4 > cap:  # a crossing creates at most 4 voxels
+            return m, n
         c = axis[m]
         a = (c + 1) % 3
         b = (c + 2) % 3
@@ -261,13 +300,6 @@ def accumulate_crossings(tri, axis, owner, point, quadrics, res):
                 slot = np.int64(directory[_brick_of(dims, q0, q1, q2)]) * BRICK_VOLUME + _slot_in_brick(q0, q1, q2)
                 v = bricks[slot]
                 if v < 0:
-                    if n == cap:  # grow every per-voxel array
-                        cap *= 2
-                        coords = _grow(coords, cap)
-                        psum = _grow(psum, cap)
-                        cnt = _grow1(cnt, cap)
-                        flags = _grow1(flags, cap)
-                        Q = _grow(Q, cap)
                     v = n
                     bricks[slot] = v
                     coords[n, 0], coords[n, 1], coords[n, 2] = q0, q1, q2
@@ -286,7 +318,8 @@ def accumulate_crossings(tri, axis, owner, point, quadrics, res):
                         Q[v, k] += quadrics[t, k]
                 if da == 0 and db == 0:
                     flags[v] |= np.uint8(1 << c)
-    return coords[:n].copy(), psum[:n].copy(), cnt[:n].copy(), flags[:n].copy(), Q[:n].copy(), directory, dims, bricks
+        m += 1
+    return m, n
 
 
 @nb.njit(cache=True)
@@ -307,7 +340,7 @@ def _grow1(x, cap):
 # Stage B: face term.
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _overlaps(P, n, vs, x, y, z):
     """Conservative triangle/box overlap test of spec 2.3 (Schwarz & Seidel), float32 arithmetic."""
     px, py, pz = np.float32(x) * vs[0], np.float32(y) * vs[1], np.float32(z) * vs[2]
@@ -344,6 +377,7 @@ def _overlaps(P, n, vs, x, y, z):
 
 
 _SLAB_MARGIN = 0.01
+_BOUND, _STORE, _ADD = 0, 1, 2
 
 
 @nb.njit(cache=True, inline="always")
@@ -356,11 +390,11 @@ def _bbox_cells(P, vs, res, i):
     return max(int(max(a, np.float32(-1.0))), 0), min(int(min(b, np.float32(res[i] + 1))), res[i])
 
 
-@nb.njit(cache=True)
-def _face_candidates(P, n, vs, res, directory, dims, bricks, out, start, write, bound_only=False):
-    """Existing voxels overlapping triangle P. Counts, and with ``write`` stores their indices from ``start``.
-
-    With ``bound_only`` returns just the number of candidate voxels (an upper bound, no look-ups or tests).
+@nb.njit(cache=True, inline="always")  # inlined: the mode flags become constants
+def _face_candidates(P, n, vs, res, directory, dims, bricks, out, start, mode, Q, quadrics, t):
+    """Existing voxels overlapping triangle P (= triangle t). Returns their number; what else it does is ``mode``:
+    _BOUND: count candidate voxels only (an upper bound: no look-ups or tests); _STORE: store the voxels' indices in
+    ``out`` from ``start``; _ADD: add quadric t to their rows of Q.
 
     The reference tests every voxel of the triangle's bounding box; we test only, per column along the triangle's
     dominant normal axis, the voxels between the roots of the plane test, which contain every voxel that can pass it,
@@ -400,7 +434,7 @@ def _face_candidates(P, n, vs, res, directory, dims, bricks, out, start, write, 
                 ke = hi[ax] if kmax >= hi[ax] else min(hi[ax], np.int64(np.floor(kmax)) + 1)
             else:
                 ks, ke = lo[ax], hi[ax]
-            if bound_only:
+            if mode == _BOUND:
                 count += max(ke - ks, 0)
                 continue
             for k in range(ks, ke):
@@ -416,18 +450,30 @@ def _face_candidates(P, n, vs, res, directory, dims, bricks, out, start, write, 
                     continue
                 if not _overlaps(P, n, vs, q[0], q[1], q[2]):
                     continue
-                if write:
+                if mode == _STORE:
                     out[start + count] = v
+                elif mode == _ADD:
+                    for j in range(10):
+                        Q[v, j] += quadrics[t, j]
                 count += 1
     return count
 
 
 @nb.njit(cache=True, parallel=True)
-def face_term(triangles, normals, quadrics, vs, res, directory, dims, bricks, Q):
-    """Stage B (spec 2.3): add each triangle's plane quadric to every existing voxel it overlaps, in triangle order."""
+def face_term(triangles, normals, quadrics, vs, res, directory, dims, bricks, Q, serial=False):
+    """Stage B (spec 2.3): add each triangle's plane quadric to every existing voxel it overlaps, in triangle order.
+
+    ``serial``: one pass on the calling thread (for small inputs); else a parallel search, then a sequential sum."""
     T = triangles.shape[0]
-    counts = np.zeros(T + 1, dtype=np.int64)
     dummy = np.zeros(1, dtype=np.int32)
+    if serial:
+        # One thread: test and add in one pass, in triangle order (the reference's order).
+        for t in range(T):
+            if normals[t, 0] != 0 or normals[t, 1] != 0 or normals[t, 2] != 0:  # else its quadric is zero
+                _face_candidates(triangles[t], normals[t], vs, res, directory, dims, bricks, dummy, 0, _ADD, Q,
+                                 quadrics, t)
+        return
+    counts = np.zeros(T + 1, dtype=np.int64)
     live = np.zeros(T, dtype=np.bool_)
     for t in range(T):
         live[t] = normals[t, 0] != 0 or normals[t, 1] != 0 or normals[t, 2] != 0
@@ -435,14 +481,14 @@ def face_term(triangles, normals, quadrics, vs, res, directory, dims, bricks, Q)
     for t in nb.prange(T):
         if live[t]:  # a degenerate triangle's quadric is zero: nothing to add
             counts[t + 1] = _face_candidates(triangles[t], normals[t], vs, res, directory, dims, bricks, dummy, 0,
-                                             False, True)
+                                             _BOUND, Q, quadrics, t)
     offsets = np.cumsum(counts)
     hits = np.empty(offsets[T], dtype=np.int32)
     found = np.zeros(T, dtype=np.int64)
     for t in nb.prange(T):
         if live[t]:
             found[t] = _face_candidates(triangles[t], normals[t], vs, res, directory, dims, bricks, hits, offsets[t],
-                                        True)
+                                        _STORE, Q, quadrics, t)
     # Sequential in triangle order so every voxel's float32 sum has the reference's order.
     for t in range(T):
         for h in range(offsets[t], offsets[t] + found[t]):
@@ -550,7 +596,7 @@ def _col_sq_norm(M, n, r0, k):
     return s
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")  # inlined: n becomes a constant, the loops unroll
 def _qr_factor(M, n, hc, perm, nrm_u, nrm_d, trans):
     """Column-pivoting Householder QR of M[:n, :n] in place (float32, n = 2 or 3), as Eigen's ColPivHouseholderQR
     computes it: R on and above the diagonal, reflector tails below it, coefficients in ``hc``, the column
@@ -624,7 +670,7 @@ def _qr_factor(M, n, hc, perm, nrm_u, nrm_d, trans):
     return nonzero
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _qr_solve(M, n, nonzero, hc, perm, c, out):
     """Solve with a factorisation from ``_qr_factor``: c (overwritten) holds the right-hand side; out gets x."""
     if nonzero == 0:

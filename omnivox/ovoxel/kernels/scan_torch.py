@@ -1,10 +1,10 @@
 """Vectorized PyTorch mesh -> flexible dual grid (spec ovoxel.md section 2), for CUDA (and CPU, for tests).
 
-Same arithmetic as ``scan_numba`` for everything that decides the voxel set, order and flags (the scan runs in
-float64 with one operation per kernel, so no fused multiply-add changes a rounding). The quadric sums are
-accumulated in float64 in sorted order (deterministic) instead of the reference's float32 sequence, and the
-boundary DDA's tie cases are ordered by exact parametric values rather than repeated additions; both move dual
-vertices only within the spec's ~1e-3 voxel agreement band.
+The same arithmetic as ``scan_numba``, which is the reference's: the scan in float64, quadrics and sums in float32
+in the reference's order, Eigen's float32 QR solve. Each torch call does one floating-point operation (no
+reductions, no fused multiply-add can form), per-voxel sums are sequential in float32 (``segment_sum_f32``) and the
+boundary DDA repeats the reference's additions, so on the CPU the result equals the reference's bit for bit
+(tests/ovoxel/test_reference_parity.py; the CUDA run is held to the issue-20 bound there).
 
 Work is expanded level by level with ``repeat_interleave`` (triangle x axis -> rows -> columns), so memory is
 proportional to the number of crossings, not to the grid.
