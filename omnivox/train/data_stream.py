@@ -180,7 +180,8 @@ class BatchStream:
         loader = torch.utils.data.DataLoader(
             _Indexed(self.dataset), batch_sampler=batches, num_workers=self.num_workers,
             collate_fn=_Collate(self.dataset, self.batch_split, self.loads), pin_memory=self.pin_memory,
-            generator=generator, prefetch_factor=2 if self.num_workers else None)
+            generator=generator, prefetch_factor=2 if self.num_workers else None,
+            worker_init_fn=_seed_worker if self.num_workers else None)
         self._iterator = iter(loader)
 
     def next(self) -> list:
@@ -218,3 +219,15 @@ def first_samples_batch(dataset, count: int, device: torch.device) -> dict:
     samples = [dataset[i] for i in range(min(count, len(dataset)))]
     collate = getattr(dataset, "collate_fn", None)
     return move_to_device(collate(samples) if collate is not None else collate_samples(samples), device)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed a loader worker's numpy and Python generators from its torch seed (which the loader derives from the
+    stream's seeded generator), so datasets drawing from either are reproducible too."""
+    import random
+
+    import numpy as np
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)

@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from pathlib import Path
 from typing import Optional, Union
@@ -105,6 +106,11 @@ class Trainer:
             "cuda" if torch.cuda.is_available() else "cpu")
         self.dataset = dataset
         self.step = 0
+        # numpy's and Python's global generators start from the seed too (torch's is seeded by the entry point
+        # before the models are built), so two fresh runs with one seed are identical; a resume restores all three
+        # from the checkpoint.
+        random.seed(config.seed)
+        np.random.seed(config.seed % 2**32)
         self.rng = torch.Generator(device=self.device)
         self._tensorboard_enabled, self._progress_enabled = tensorboard, progress
         self._writer = None
