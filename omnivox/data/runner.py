@@ -5,7 +5,8 @@ writes the asset's outputs and returns the rows to record. `run_stage`:
 
 * keeps only this rank's tasks (`in_shard`: a hash of the key modulo ``world_size``, so the split is
   deterministic, covers every key exactly once, and does not move when other assets are added or finish);
-* runs them in-process (``workers=0``) or in a process pool (spawned workers, SIGINT ignored in workers,
+* runs them in-process (``workers=0``) or in a process pool (spawned workers, SIGINT ignored in workers, which
+  exit within seconds when the main process dies by any signal: `die_with_parent`,
   numba and torch limited to one thread each so N workers use N cores), with at most ``2 * workers`` tasks in
   flight;
 * appends each outcome's rows to per-run part files (`RecordWriter`) as soon as it arrives, so a crash loses
@@ -119,9 +120,53 @@ def remove_stale_temps(folders: Iterable[PathLike], rank: int | str) -> int:
     return count
 
 
-def _init_worker(threads: int) -> None:
+def die_with_parent(parent_pid: int, poll_s: float = 1.0, grace_s: float = 3.0) -> None:
+    """Make this (worker) process exit soon after ``parent_pid`` dies, whatever signal killed the parent.
+
+    On Linux the kernel sends SIGTERM on the parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere a daemon
+    thread also watches ``os.getppid()`` and sends the same SIGTERM when the parent changes. SIGTERM raises
+    SystemExit in the main thread, so ``atomic_write`` removes its temp file and no partial output remains;
+    ``grace_s`` seconds after the signal the process ends with ``os._exit`` whatever it is doing (native code,
+    or a pool worker that caught the SystemExit as a task's result and went back to its queue).
+    """
+    import sys
+    import threading
+    import time
+
+    def hard_exit(code: int) -> None:
+        time.sleep(grace_s)
+        os._exit(code)
+
+    def terminate(signum, frame):
+        threading.Thread(target=hard_exit, args=(128 + signum,), daemon=True).start()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        hard_exit(1)
+
+    threading.Thread(target=watch, name="omnivox-parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the watch began
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _init_worker(threads: int, parent_pid: Optional[int] = None) -> None:
     # The parent handles Ctrl-C and terminates the pool; workers must not die half-way through a write.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(threads)
@@ -202,7 +247,8 @@ def _run_pool(tasks, work, record, workers: int, threads: int, mp_context: str) 
     crashes: Dict[str, int] = {}
     context = multiprocessing.get_context(mp_context)
     while pending:
-        pool = futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,))
+        pool = futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                           initargs=(threads, os.getpid()))
         in_flight: Dict[futures.Future, Task] = {}
         stopped = False
         try:
@@ -246,8 +292,11 @@ def _terminate(pool: futures.ProcessPoolExecutor) -> None:
         child.join(timeout=5)
 
 
-def _device_main(function: Callable[..., StageSummary], kwargs: dict, queue) -> None:
+def _device_main(function: Callable[..., StageSummary], kwargs: dict, queue, parent_pid: Optional[int] = None
+                 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     queue.put(function(**kwargs))
 
 
@@ -262,7 +311,8 @@ def run_per_device(function: Callable[..., StageSummary], kwargs: dict, devices:
     context = multiprocessing.get_context(mp_context)
     queue = context.Queue()
     processes = [context.Process(target=_device_main, args=(function, {**kwargs, "devices": [device],
-                                                                        "device_slot": (i, len(devices))}, queue))
+                                                                        "device_slot": (i, len(devices))}, queue,
+                                                                  os.getpid()))
                  for i, device in enumerate(devices)]
     total = StageSummary()
     try:
