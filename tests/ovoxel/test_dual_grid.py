@@ -309,3 +309,17 @@ def test_triangle_voxel_pairs_follow_the_geometry_order():
     assert (np.diff(tri) >= 0).all()  # scan order: triangle by triangle
     t2, c2 = scan_torch.triangle_voxel_pairs(torch.from_numpy(tris), grid)
     assert np.array_equal(tri, t2.numpy()) and np.array_equal(pair_coords, c2.numpy())
+
+
+def test_boundary_edges_are_the_edges_of_exactly_one_face_in_ascending_order():
+    from omnivox.ovoxel.dual_grid import boundary_edges
+
+    rng = np.random.default_rng(1)
+    faces = rng.integers(0, 60, (4000, 3))
+    faces[:, 2] = np.where(rng.random(4000) < 0.3, 7, faces[:, 2])  # one vertex of high degree (sorted in bulk)
+    faces[5] = [3, 3, 4]  # a degenerate face: its edge (3, 3) counts like any other
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    uniq, counts = np.unique(e, axis=0, return_counts=True)
+    expected = uniq[counts == 1]  # np.unique sorts rows lexicographically
+    assert len(expected) > 0
+    assert np.array_equal(boundary_edges(faces, 60), expected)
