@@ -410,7 +410,10 @@ class _GltfReader:
                     raise self._fail(f"node {child} has two parents; glTF node graphs must be trees")
                 parent[child] = index
         local = []
-        for node in nodes:
+        for number, node in enumerate(nodes):
+            for key in ("matrix", "translation", "rotation", "scale"):
+                if getattr(node, key, None) is not None:
+                    self._finite(getattr(node, key), f"/nodes/{number}/{key}")
             if node.matrix is not None:
                 matrix = np.asarray(node.matrix, dtype=np.float64)
                 if matrix.shape != (16,):

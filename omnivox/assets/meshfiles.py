@@ -270,6 +270,8 @@ def _floats(values: Optional[List[str]], count: int, file: Path, key: str) -> Op
         raise ValueError(f"{file}: malformed {key} statement {' '.join(values)!r}") from error
     if not numbers:
         raise ValueError(f"{file}: empty {key} statement")
+    if not np.isfinite(numbers).all():
+        raise ValueError(f"{file}: {key} statement {' '.join(values)!r} holds NaN or infinity")
     if len(numbers) < count:  # "Kd 0.5" means grey
         numbers = numbers + [numbers[-1]] * (count - len(numbers))
     return np.clip(np.asarray(numbers, dtype=np.float32), 0.0, None)

@@ -135,6 +135,15 @@ def voxelize_materials(
     return coords, _weighted_means(values, samples.weight, voxel_of_pair, coords.shape[0], names)
 
 
+def _check_finite_factors(scene) -> None:
+    """Non-finite material factors would bake as black or garbage without a word: refuse them, naming them."""
+    for material in scene.materials:
+        for name in ("base_color_factor", "metallic_factor", "roughness_factor", "emissive_factor", "alpha_cutoff"):
+            value = getattr(material, name, None)
+            if value is not None and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+                raise ValueError(f"{scene.source}: material {material.name!r} has a non-finite {name} ({value})")
+
+
 def scene_to_ovoxel(
     scene: Scene,
     resolution: Resolution,
@@ -162,6 +171,7 @@ def scene_to_ovoxel(
 
     if not isinstance(scene, Scene):
         raise TypeError(f"scene_to_ovoxel: scene must be an omnivox.assets.Scene, got {type(scene).__name__}")
+    _check_finite_factors(scene)
     grid = Grid.make(resolution, aabb)
     coords, dual_vertices, flags = mesh_to_dual_grid(
         scene.vertices, scene.faces, resolution, aabb, device=device

@@ -362,3 +362,22 @@ def test_render_and_export_apply_max_voxels(tmp_path):
         result = _cli(*args)
         assert result.exit_code == 1 and "more than the limit" in result.output, result.output
         assert "Traceback" not in result.output and len(_message_lines(result.output)) == 1
+
+
+def test_non_finite_mtl_factors_are_refused(tmp_path):
+    (tmp_path / "a.mtl").write_text("newmtl red\nKd nan 1 1\n")
+    file = tmp_path / "a.obj"
+    file.write_text(_OBJ.format(lib="a.mtl"))
+    with pytest.raises(ValueError, match=r"a.mtl: Kd statement 'nan 1 1' holds NaN or infinity"):
+        load_asset(file)
+
+
+def test_scene_to_ovoxel_refuses_non_finite_factors(tmp_path):
+    from omnivox.ovoxel.materials import scene_to_ovoxel
+
+    file = tmp_path / "ok.obj"
+    file.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    scene = load_asset(file).normalized()
+    scene.materials[0].roughness_factor = float("nan")
+    with pytest.raises(ValueError, match="ok.obj: material .* non-finite roughness_factor"):
+        scene_to_ovoxel(scene, 8, device="cpu")

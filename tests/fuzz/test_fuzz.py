@@ -137,6 +137,8 @@ def test_every_case_ends_cleanly_without_reading_outside(fuzz_cases, tmp_path):
             if result.exception is not None and not isinstance(result.exception, SystemExit):
                 output += f"\nTraceback (uncaught {type(result.exception).__name__}: {result.exception})"
             problem = _judge(case, command, result.exit_code, output, out)
+            if any(k in case.name for k in ("nan", "inf")) and result.exit_code != 1:
+                problem += " non-finite values were accepted"
             if any(k in case.name for k in ("traversal", "mtllib", "map_")) and (
                     result.exit_code != 1 or not re.search(r"refused|never fetched", output)):
                 problem += " an outside reference was not refused"
