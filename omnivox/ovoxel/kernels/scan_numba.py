@@ -699,33 +699,22 @@ def _qr_solve(M, n, nonzero, hc, perm, c, out):
         out[perm[i]] = c[i] if i < nonzero else _ZERO
 
 
-ENERGY_ROW = 0
-ENERGY_FINAL = 0
-
-
 @nb.njit(cache=True, inline="always")
-def _sum4(a0, a1, a2, a3, order):
-    if order == 0:
-        return (a0 + a2) + (a1 + a3)
-    elif order == 1:
-        return ((a0 + a1) + a2) + a3
-    elif order == 2:
-        return (a0 + a1) + (a2 + a3)
-    else:
-        return a0 + (a1 + (a2 + a3))
+def _sum4(a0, a1, a2, a3):
+    """A 4-term float32 sum as the reference's SSE reduction adds it: (0 + 2) + (1 + 3)."""
+    return (a0 + a2) + (a1 + a3)
 
 
 @nb.njit(cache=True, inline="always")
 def _energy32(Qf, p):
-    """[p, 1] Q [p, 1]^T in float32 with the reference's summation order (p[3] == 1)."""
-    r0 = _sum4(p[0] * Qf[0, 0], p[1] * Qf[1, 0], p[2] * Qf[2, 0], p[3] * Qf[3, 0], ENERGY_ROW)
-    r1 = _sum4(p[0] * Qf[0, 1], p[1] * Qf[1, 1], p[2] * Qf[2, 1], p[3] * Qf[3, 1], ENERGY_ROW)
-    r2 = _sum4(p[0] * Qf[0, 2], p[1] * Qf[1, 2], p[2] * Qf[2, 2], p[3] * Qf[3, 2], ENERGY_ROW)
-    r3 = _sum4(p[0] * Qf[0, 3], p[1] * Qf[1, 3], p[2] * Qf[2, 3], p[3] * Qf[3, 3], ENERGY_ROW)
-    return _sum4(r0 * p[0], r1 * p[1], r2 * p[2], r3 * p[3], ENERGY_FINAL)
+    """[p, 1] Q [p, 1]^T in float32 (p[3] == 1): each entry of p^T Q and then their products with p summed with
+    ``_sum4`` (of the orders tried, the one that reproduces the reference's choices between near-tied candidates)."""
+    r0 = _sum4(p[0] * Qf[0, 0], p[1] * Qf[1, 0], p[2] * Qf[2, 0], p[3] * Qf[3, 0])
+    r1 = _sum4(p[0] * Qf[0, 1], p[1] * Qf[1, 1], p[2] * Qf[2, 1], p[3] * Qf[3, 1])
+    r2 = _sum4(p[0] * Qf[0, 2], p[1] * Qf[1, 2], p[2] * Qf[2, 2], p[3] * Qf[3, 2])
+    r3 = _sum4(p[0] * Qf[0, 3], p[1] * Qf[1, 3], p[2] * Qf[2, 3], p[3] * Qf[3, 3])
+    return _sum4(r0 * p[0], r1 * p[1], r2 * p[2], r3 * p[3])
 
-
-EDGE_DOT_TREE = False
 
 _SOLVE_CHUNK = 1024
 
@@ -813,10 +802,7 @@ def solve_dual_vertices(coords, psum, cnt, Q, reg_weight, vs):
                 for combo in range(4):
                     bg = lo[g] if combo < 2 else hi[g]
                     bh = lo[h] if combo % 2 == 0 else hi[h]
-                    if EDGE_DOT_TREE:
-                        xf = -(Qf[f, g] * bg + (Qf[f, h] * bh + Qf[f, 3] * _ONE)) / a
-                    else:
-                        xf = -((Qf[f, g] * bg + Qf[f, h] * bh) + Qf[f, 3] * _ONE) / a
+                    xf = -((Qf[f, g] * bg + Qf[f, h] * bh) + Qf[f, 3] * _ONE) / a  # a dot: left to right
                     if lo[f] <= xf <= hi[f]:
                         p[f], p[g], p[h] = xf, bg, bh
                         e = _energy32(Qf, p)
