@@ -174,6 +174,9 @@ class _GltfReader:
     def __init__(self, path: Path, document, binary_chunk: Optional[bytes], allow_outside: bool = False):
         self.path = path
         self.allow_outside = allow_outside
+        self.data_size = path.stat().st_size + sum(int(b.byteLength or 0) for b in (document.buffers or [])
+                                                    if isinstance(b.byteLength, int) and b.uri is not None
+                                                    and b.byteLength <= 2**31)
         self.doc = document
         self.binary_chunk = binary_chunk
         self._buffers: Dict[int, bytes] = {}
@@ -278,6 +281,12 @@ class _GltfReader:
         if count > 3 * MAX_TRIANGLES:
             raise self._fail(f"{what} has {count} elements, more than this loader accepts ({3 * MAX_TRIANGLES})")
         if accessor.bufferView is None:
+            # Zero-filled (sparse) accessors take no bytes in the file: bound them by what the file holds, so a
+            # few hundred bytes cannot ask for gigabytes.
+            allowed = max(64 * 2**20, 16 * self.data_size)
+            if count * width * np.dtype(dtype).itemsize > allowed:
+                raise self._fail(f"/accessors/{index}/count {count} without a bufferView asks for "
+                                 f"{count * width * np.dtype(dtype).itemsize} bytes, more than this file may ({allowed})")
             values = np.zeros((count, width), dtype=dtype)
         else:
             offset = self._natural(accessor.byteOffset or 0, f"/accessors/{index}/byteOffset")

@@ -146,7 +146,6 @@ def _check_ply_counts(path: Path, data: bytes) -> None:
     end = data.find(b"end_header")
     if not data.startswith(b"ply") or end < 0:
         raise ValueError(f"{path}: not a PLY file (no ply ... end_header header)")
-    binary = b"format binary" in data[:end]
     for line in data[:end].split(b"\n"):
         words = line.split()
         if len(words) == 3 and words[0] == b"element":
@@ -157,7 +156,7 @@ def _check_ply_counts(path: Path, data: bytes) -> None:
             if count < 0 or count > 3 * MAX_TRIANGLES:
                 raise ValueError(f"{path}: PLY element {words[1].decode('latin-1')!r} declares {count} items, "
                                  f"more than this loader accepts ({3 * MAX_TRIANGLES})")
-            if binary and count > len(data) - end:
+            if count > len(data) - end:  # every item takes at least one byte, in ASCII or binary
                 raise ValueError(f"{path}: truncated PLY file: element {words[1].decode('latin-1')!r} declares "
                                  f"{count} items but {len(data) - end} bytes follow the header")
 

@@ -381,3 +381,13 @@ def test_scene_to_ovoxel_refuses_non_finite_factors(tmp_path):
     scene.materials[0].roughness_factor = float("nan")
     with pytest.raises(ValueError, match="ok.obj: material .* non-finite roughness_factor"):
         scene_to_ovoxel(scene, 8, device="cpu")
+
+
+def test_gltf_zero_filled_accessor_cannot_ask_for_gigabytes(tmp_path):
+    document = _gltf("data:application/octet-stream;base64," + base64.b64encode(_triangle_buffer()).decode())
+    document["accessors"].append({"componentType": 5126, "count": 100_000_000, "type": "MAT4"})  # 6.4 GB of zeros
+    document["meshes"][0]["primitives"][0]["attributes"]["NORMAL"] = 1
+    file = tmp_path / "zeros.gltf"
+    file.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=r"zeros.gltf: /accessors/1/count 100000000 without a bufferView"):
+        load_asset(file)
