@@ -12,33 +12,13 @@ absolute paths and ``file:`` URIs are then followed anywhere.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import os
 import re
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 from urllib.parse import unquote, urlsplit
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
-_ALLOW_OUTSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("omnivox_allow_outside_refs", default=False)
-
-
-@contextlib.contextmanager
-def outside_refs_allowed(allowed: bool = True) -> Iterator[None]:
-    """Within the block, `load_asset` calls that do not pass ``allow_outside`` use ``allowed``.
-
-    For callers that reach `load_asset` through other modules (``omnivox render`` through the preview module).
-    """
-    token = _ALLOW_OUTSIDE.set(bool(allowed))
-    try:
-        yield
-    finally:
-        _ALLOW_OUTSIDE.reset(token)
-
-
-def default_allow_outside(allow_outside: Optional[bool]) -> bool:
-    return _ALLOW_OUTSIDE.get() if allow_outside is None else bool(allow_outside)
 
 
 def _refuse(asset: Path, what: str, reference: str, why: str) -> ValueError:

@@ -9,7 +9,6 @@ from typing import Optional, Union
 
 import numpy as np
 
-from omnivox.assets.confine import default_allow_outside
 from omnivox.assets.frames import file_up_axis, to_data_frame
 from omnivox.assets.scene import Scene
 
@@ -17,7 +16,7 @@ SUPPORTED_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl")
 
 
 def load_asset(path: Union[str, os.PathLike], up_axis: Optional[str] = None,
-               allow_outside: Optional[bool] = None) -> Scene:
+               allow_outside: bool = False) -> Scene:
     """Load a GLB, glTF, OBJ, PLY or STL file into a `Scene` in world units, Z-up.
 
     Call ``.normalized()`` on the result to fit it into the unit box as the TRELLIS.2 data toolkit does.
@@ -28,8 +27,7 @@ def load_asset(path: Union[str, os.PathLike], up_axis: Optional[str] = None,
             Z-up, as Blender imports them: ``omnivox.assets.frames``). A Y-up file is rotated into the Z-up data
             frame; ``scene.source_up_axis`` records which it was.
         allow_outside: follow references (glTF buffers/images, ``mtllib``, ``map_Kd``) that leave the file's
-            folder; only for trusted files. None: False, unless inside ``confine.outside_refs_allowed()``.
-            URLs are never fetched.
+            folder; only for trusted files. URLs are never fetched.
 
     Returns:
         the scene (all node instances, transforms applied, one material list), Z-up.
@@ -50,7 +48,7 @@ def load_asset(path: Union[str, os.PathLike], up_axis: Optional[str] = None,
     if suffix not in SUPPORTED_SUFFIXES:
         raise ValueError(f"{file}: unsupported file type {suffix!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}")
     source_up = file_up_axis(file, up_axis)
-    allow = default_allow_outside(allow_outside)
+    allow = bool(allow_outside)
     try:
         if suffix in (".glb", ".gltf"):
             from omnivox.assets.gltf import load_gltf

@@ -61,11 +61,8 @@ def render(
             image = _voxel_image(source, views, resolution, up or "z", max_voxels)
             preview.save_image(image, output)
         else:
-            from omnivox.assets.confine import outside_refs_allowed
-            from omnivox.ovoxel.io.vxz import vxz_limits
-
-            with outside_refs_allowed(allow_outside_refs), vxz_limits(max_voxels=max_voxels):
-                item = preview.load_preview_source(source, up=up, device=device)
+            item = preview.load_preview_source(source, up=up, device=device, allow_outside=allow_outside_refs,
+                                               max_voxels=max_voxels)
             environment = resolve_environment(env, device=device)
             if suffix in VIDEO_SUFFIXES:
                 frames = preview.render_turntable(item, views, resolution, panel=panel, environment=environment,

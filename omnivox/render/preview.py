@@ -123,19 +123,24 @@ class PreviewSource:
         return float(self.vertices.norm(dim=1).max())
 
 
-def load_preview_source(path: Union[str, os.PathLike], up: Optional[str] = None, device=None) -> PreviewSource:
-    """A mesh file (.glb/.gltf/.obj/.ply/.stl) or an O-Voxel file (.vxz) -> `PreviewSource`."""
+def load_preview_source(path: Union[str, os.PathLike], up: Optional[str] = None, device=None,
+                        allow_outside: bool = False, max_voxels: Optional[int] = None) -> PreviewSource:
+    """A mesh file (.glb/.gltf/.obj/.ply/.stl) or an O-Voxel file (.vxz) -> `PreviewSource`.
+
+    ``allow_outside`` goes to `load_asset` (references outside the file's folder, trusted files only),
+    ``max_voxels`` to `read_vxz`.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in VOXEL_SUFFIXES:
         from omnivox.ovoxel.io import read_vxz
 
-        coords, attributes = read_vxz(path)
+        coords, attributes = read_vxz(path, max_voxels=max_voxels)
         return PreviewSource.from_ovoxel(coords, attributes, up=up or "z", device=device, name=str(path))
     if suffix in SUPPORTED_SUFFIXES:
         from omnivox.assets import load_asset
 
-        scene = load_asset(path, up_axis=up)  # Z-up
+        scene = load_asset(path, up_axis=up, allow_outside=allow_outside)  # Z-up
         if scene.num_faces == 0:
             raise ValueError(f"{path}: the file holds no triangles")
         return PreviewSource.from_scene(scene, device=device)

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from omnivox.assets import MAX_TEXTURE_SIDE, load_asset
-from omnivox.assets.confine import outside_refs_allowed
 from omnivox.assets.images import decode_image
 
 _OPENED = []
@@ -96,8 +95,6 @@ def test_gltf_buffer_outside_the_folder_is_refused(folders, kind):
     # The opt-in follows paths (never URLs): the same triangle loads.
     if kind != "file_uri":
         assert load_asset(file, allow_outside=True).num_faces == 1
-        with outside_refs_allowed():
-            assert load_asset(file).num_faces == 1
     else:
         assert load_asset(file, allow_outside=True).num_faces == 1
 
@@ -295,15 +292,15 @@ def test_vxz_claiming_2_to_the_30_voxels_is_refused_before_reading_data(tmp_path
 
 
 def test_vxz_ratio_check_refuses_small_files_claiming_huge_contents(tmp_path):
-    from omnivox.ovoxel.io.vxz import decode_vxz, read_vxz, vxz_limits
+    from omnivox.ovoxel.io.vxz import decode_vxz, read_vxz
 
     file = _vxz_claiming(tmp_path, 2**26)  # under the voxel limit, ~1 GB raw in a few hundred bytes
     with pytest.raises(ValueError, match="decompression bomb"):
         read_vxz(file)
     with pytest.raises(ValueError, match="more than the limit 1000"):
         decode_vxz(file.read_bytes(), str(file), max_voxels=1000)
-    with vxz_limits(max_voxels=10), pytest.raises(ValueError, match="more than the limit 10 "):
-        read_vxz(_vxz_claiming(tmp_path, 11))
+    with pytest.raises(ValueError, match="more than the limit 10 "):
+        read_vxz(_vxz_claiming(tmp_path, 11), max_voxels=10)
 
 
 def test_vxz_limit_defaults_agree():

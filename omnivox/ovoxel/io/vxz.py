@@ -39,8 +39,6 @@ Example (the 296-byte file of the spec's golden test)::
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import os
 import struct
@@ -293,26 +291,13 @@ def _sort_into_chunks(points: np.ndarray, depth: int):
 DEFAULT_MAX_VOXELS = 2**27
 DEFAULT_MAX_RATIO = 4096
 _RATIO_FREE_BYTES = 64 * 2**20  # contents up to this raw size are never refused by ratio
-_LIMITS: contextvars.ContextVar[dict] = contextvars.ContextVar("omnivox_vxz_limits", default={})
-
-
-@contextlib.contextmanager
-def vxz_limits(max_voxels: Optional[int] = None, max_ratio: Optional[float] = None):
-    """Within the block, `read_vxz` / `decode_vxz` calls that pass no limits use these (for readers reached
-    through other modules, such as the preview loader)."""
-    token = _LIMITS.set({"max_voxels": max_voxels, "max_ratio": max_ratio})
-    try:
-        yield
-    finally:
-        _LIMITS.reset(token)
 
 
 def check_vxz_limits(header: dict, max_voxels: Optional[int] = None, max_ratio: Optional[float] = None,
                      source: str = "<bytes>") -> None:
     """Raise ValueError when a parsed header (`read_vxz_info`) claims more than the limits allow."""
-    limits = _LIMITS.get()
-    max_voxels = max_voxels if max_voxels is not None else limits.get("max_voxels") or DEFAULT_MAX_VOXELS
-    max_ratio = max_ratio if max_ratio is not None else limits.get("max_ratio") or DEFAULT_MAX_RATIO
+    max_voxels = DEFAULT_MAX_VOXELS if max_voxels is None else max_voxels
+    max_ratio = DEFAULT_MAX_RATIO if max_ratio is None else max_ratio
     if header["num_voxel"] > max_voxels:
         raise ValueError(f"{source}: the file claims {header['num_voxel']} voxels, more than the limit {max_voxels} "
                          "(raise it with max_voxels= / --max-voxels for trusted files)")
@@ -331,7 +316,7 @@ def read_vxz(path: PathLike, max_voxels: Optional[int] = None, max_ratio: Option
 
     Args:
         path: the file.
-        max_voxels: refuse files claiming more voxels (default ``DEFAULT_MAX_VOXELS``, or `vxz_limits`'s).
+        max_voxels: refuse files claiming more voxels (default ``DEFAULT_MAX_VOXELS``).
         max_ratio: refuse files whose claimed raw size exceeds this multiple of their compressed size (above
             64 MiB raw; default ``DEFAULT_MAX_RATIO``). Both are checked before any voxel is decoded.
 
