@@ -100,7 +100,8 @@ def _rms_rope_kernel(X, Y, GAMMA, COS, SIN, R, H, D, stride_row, stride_head, sc
     gamma = tl.load(GAMMA + head * D + channel, mask=(head < H) & (channel < D), other=0.0)
     for i in tl.static_range(ROWS):  # a few rows per program: one row is too little work to keep memory busy
         row = tl.program_id(0).to(tl.int64) * ROWS + i
-        mask = (head < H) & (channel < D) & (row < R)
+        # (row < R) broadcast to a tensor first: Triton 3.9's interpreter refuses a mask made from a scalar.
+        mask = (head < H) & (channel < D) & ((head * 0 + row) < R)
         x = tl.load(X + row * stride_row + head * stride_head + channel, mask=mask, other=0.0).to(tl.float32)
         # F.normalize: x / max(||x||, 1e-12), per head.
         inv = scale / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), 1e-12)[:, None]
@@ -110,7 +111,7 @@ def _rms_rope_kernel(X, Y, GAMMA, COS, SIN, R, H, D, stride_row, stride_head, sc
             # contiguous (a second, partner-indexed load of the row ran at a third of the memory bandwidth).
             a, b = tl.split(tl.reshape(y, (BLOCK_H, BLOCK_D // 2, 2)))
             pair = tl.arange(0, BLOCK_D // 2)[None, :]
-            pair_mask = (pair < D // 2) & (row < R)
+            pair_mask = (pair < D // 2) & ((pair * 0 + row) < R)
             cos = tl.load(COS + row * (D // 2) + pair, mask=pair_mask, other=1.0)
             sin = tl.load(SIN + row * (D // 2) + pair, mask=pair_mask, other=0.0)
             y = tl.reshape(tl.join(a * cos - b * sin, a * sin + b * cos), (BLOCK_H, BLOCK_D))
