@@ -14,7 +14,7 @@ from omnivox.render import orbit_cameras, render_mesh
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SIZE = 64
-# (asset path under shared/assets, file stem); both are Y-up files, turned Z-up for the Z-up cameras.
+# (asset path under shared/assets, file stem); Y-up files, which load_asset turns Z-up for the Z-up cameras.
 CASES = [("mesh/spot/spot_triangulated.obj", "spot"), ("gltf/Fox.glb", "fox"),
          ("gltf/SheenChair/SheenChair.gltf", "chair")]
 
@@ -23,8 +23,7 @@ def render_case(assets: Path, relative: str) -> dict:
     from omnivox.assets import load_asset
 
     scene = load_asset(assets / relative).normalized()
-    vertices = torch.from_numpy(scene.vertices).float()
-    vertices = torch.stack([vertices[:, 0], -vertices[:, 2], vertices[:, 1]], dim=1)  # Y-up -> Z-up
+    vertices = torch.from_numpy(scene.vertices).float()  # Z-up (load_asset)
     faces = torch.from_numpy(scene.faces).long()
     extrinsics, intrinsics = orbit_cameras(2, radius=2.0, fov=math.radians(40), elevation=math.radians(20),
                                            yaw_offset=math.radians(30))
@@ -38,18 +37,17 @@ def render_case(assets: Path, relative: str) -> dict:
 
 
 def render_textured_spot(assets: Path) -> np.ndarray:
-    """Spot with its texture: per-corner UVs, mipmapped lookups (OBJ UVs have v up, so v -> 1 - v)."""
+    """Spot with its texture: per-corner UVs, mipmapped lookups (scene UVs have v up: image_coordinates)."""
     from PIL import Image
 
     from omnivox.assets import load_asset
+    from omnivox.assets.scene import image_coordinates
 
     folder = assets / "mesh/spot"
     scene = load_asset(folder / "spot_triangulated.obj").normalized()
-    vertices = torch.from_numpy(scene.vertices).float()
-    vertices = torch.stack([vertices[:, 0], -vertices[:, 2], vertices[:, 1]], dim=1)
+    vertices = torch.from_numpy(scene.vertices).float()  # Z-up (load_asset)
     faces = torch.from_numpy(scene.faces).long()
-    uvs = torch.from_numpy(scene.uvs[0]).float()
-    uvs = torch.stack([uvs[..., 0], 1 - uvs[..., 1]], -1)
+    uvs = image_coordinates(torch.from_numpy(scene.uvs[0]).float())
     with Image.open(folder / "spot_texture.png") as image:
         texture = torch.from_numpy(np.array(image.convert("RGB"))).float() / 255
     extrinsics, intrinsics = orbit_cameras(2, radius=2.0, fov=math.radians(40), elevation=math.radians(20),
