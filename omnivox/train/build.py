@@ -205,6 +205,11 @@ def _image_encoder_width(spec) -> tuple:
     return width, f"trainer.args.image_cond_model ({folder}) gives {width}-channel tokens"
 
 
+def _channels(value) -> int:
+    """Feature channels of a sample entry: a tensor's last dimension, or a SparseTensor's feature width."""
+    return int((value.feats if hasattr(value, "feats") else value).shape[-1])
+
+
 def _check_vae_models(experiment: ExperimentConfig, sample: dict) -> None:
     encoder, decoder = experiment.models["encoder"], experiment.models["decoder"]
     latent = _model_arg(encoder, "latent_channels")
@@ -212,12 +217,12 @@ def _check_vae_models(experiment: ExperimentConfig, sample: dict) -> None:
         raise _mismatch(decoder, "latent_channels", _model_arg(decoder, "latent_channels"),
                         f"{encoder.path}.args.latent_channels is {latent}")
     if "x" in sample:  # material voxels (N, C)
-        channels, what = int(sample["x"].shape[-1]), f"dataset.name {experiment.dataset.name} gives"
+        channels, what = _channels(sample["x"]), f"dataset.name {experiment.dataset.name} gives"
         for spec, key in ((encoder, "in_channels"), (decoder, "out_channels")):
             if _model_arg(spec, key) != channels:
                 raise _mismatch(spec, key, _model_arg(spec, key), f"{what} {channels} attribute channels")
     elif "vertices" in sample:  # dual-grid geometry: dual vertices + intersection flags
-        channels = int(sample["vertices"].shape[-1] + sample["intersected"].shape[-1])
+        channels = int(_channels(sample["vertices"]) + _channels(sample["intersected"]))
         if _model_arg(encoder, "in_channels") != channels:
             raise _mismatch(encoder, "in_channels", _model_arg(encoder, "in_channels"),
                             f"dataset.name {experiment.dataset.name} gives {channels} geometry channels (dual "
