@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.conftest import HANG_GUARD_S
 
 CROWN = "images/0a34fae7ba57cb8870df5325b9c30ea474def1b0913c19c596655b85a79fdee4.webp"  # RGBA, 774x774
 CAR = "images/ToyCar_screenshot_large.jpg"  # RGB, 1870x1033, 670 KB
@@ -31,7 +32,7 @@ def free_port() -> int:
 class Process:
     """A command-line server started in its own process on a free loopback port (`url`), with its log."""
 
-    def __init__(self, args: list, log: Path, ready_path: str, timeout: float = 180.0):
+    def __init__(self, args: list, log: Path, ready_path: str, timeout: float = HANG_GUARD_S):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log

@@ -6,9 +6,10 @@ import time
 import pytest
 
 from omnivox.app.jobs import JobCancelled, JobQueue, JobState, QueueFull
+from tests.conftest import HANG_GUARD_S
 
 
-def _until(predicate, timeout=10.0):
+def _until(predicate, timeout=HANG_GUARD_S):
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -29,7 +30,7 @@ def test_jobs_run_in_order_with_visible_positions(tmp_path):
     order = []
 
     def blocked(resource, ctx):
-        gate.wait(10)
+        gate.wait(HANG_GUARD_S)
         order.append("first")
         return _write("first")(resource, ctx)
 
@@ -43,7 +44,7 @@ def test_jobs_run_in_order_with_visible_positions(tmp_path):
         assert queue.status(third.id)["position"] == 2
         assert queue.counts() == {"queued": 2, "running": 1, "finished": 0, "workers": 1}
         gate.set()
-        assert queue.wait(third.id, timeout=10).state is JobState.DONE
+        assert queue.wait(third.id, timeout=HANG_GUARD_S).state is JobState.DONE
         assert order == ["first", "second", "third"]
         assert queue.result(second.id).read_text() == "second on dev0"
         assert queue.status(third.id)["kind"] == "texture"
@@ -68,7 +69,7 @@ def test_one_job_at_a_time_per_resource(tmp_path):
     with JobQueue(["dev0", "dev1"], tmp_path / "jobs") as queue:
         jobs = [queue.submit("generate", work) for _ in range(8)]
         for job in jobs:
-            assert queue.wait(job.id, timeout=10).state is JobState.DONE
+            assert queue.wait(job.id, timeout=HANG_GUARD_S).state is JobState.DONE
     assert peak == {"dev0": 1, "dev1": 1}
     assert total_peak[0] == 2  # both devices were used at once
 
@@ -96,12 +97,12 @@ def test_cancel_queued_and_running_jobs(tmp_path):
         assert queue.cancel(waiting.id) is True
         assert queue.status(waiting.id)["state"] == "cancelled"
         assert queue.cancel(running.id) is True
-        assert queue.wait(running.id, timeout=10).state is JobState.CANCELLED
+        assert queue.wait(running.id, timeout=HANG_GUARD_S).state is JobState.CANCELLED
         assert len(steps) < 1000
         assert queue.result(running.id) is None
         assert queue.cancel(running.id) is False  # already finished
         after = queue.submit("generate", _write("after"))  # the worker survived
-        assert queue.wait(after.id, timeout=10).state is JobState.DONE
+        assert queue.wait(after.id, timeout=HANG_GUARD_S).state is JobState.DONE
 
 
 def test_failure_is_recorded_and_the_worker_survives(tmp_path):
@@ -111,24 +112,24 @@ def test_failure_is_recorded_and_the_worker_survives(tmp_path):
     with JobQueue(["dev0"], tmp_path / "jobs") as queue:
         bad = queue.submit("generate", broken)
         good = queue.submit("generate", _write("good"))
-        assert queue.wait(bad.id, timeout=10).state is JobState.FAILED
+        assert queue.wait(bad.id, timeout=HANG_GUARD_S).state is JobState.FAILED
         assert queue.status(bad.id)["error"] == "ValueError: no voxels survived"
-        assert queue.wait(good.id, timeout=10).state is JobState.DONE
+        assert queue.wait(good.id, timeout=HANG_GUARD_S).state is JobState.DONE
 
 
 def test_bounds_on_pending_and_remembered_jobs(tmp_path):
     gate = threading.Event()
     with JobQueue(["dev0"], tmp_path / "jobs", max_pending=2, keep_finished=3) as queue:
-        blocker = queue.submit("generate", lambda r, c: (gate.wait(10), _write("b")(r, c))[1])
+        blocker = queue.submit("generate", lambda r, c: (gate.wait(HANG_GUARD_S), _write("b")(r, c))[1])
         queue.submit("generate", _write("q"))
         with pytest.raises(QueueFull, match="limit 2"):
             queue.submit("generate", _write("refused"))
         gate.set()
-        queue.wait(blocker.id, timeout=10)
+        queue.wait(blocker.id, timeout=HANG_GUARD_S)
         outputs = []
         for i in range(6):
             job = queue.submit("generate", _write(f"n{i}"))
-            queue.wait(job.id, timeout=10)
+            queue.wait(job.id, timeout=HANG_GUARD_S)
             outputs.append((job.id, queue.result(job.id).parent))
         assert queue.counts()["finished"] == 3
         for job_id, folder in outputs[:3]:
@@ -153,7 +154,7 @@ def test_context_raises_when_cancelled(tmp_path):
 
     with JobQueue(["dev0"], tmp_path / "jobs") as queue:
         job = queue.submit("generate", work)
-        assert queue.wait(job.id, timeout=10).state is JobState.CANCELLED
+        assert queue.wait(job.id, timeout=HANG_GUARD_S).state is JobState.CANCELLED
     assert seen == ["raised"]
 
 
@@ -182,7 +183,7 @@ def test_finished_jobs_release_their_inputs(tmp_path):
     with JobQueue(["dev0"], tmp_path / "jobs") as queue:
         job = queue.submit("generate", make_work(payload))
         del payload
-        assert queue.wait(job.id, timeout=10).state is JobState.DONE
+        assert queue.wait(job.id, timeout=HANG_GUARD_S).state is JobState.DONE
         gc.collect()
         assert alive() is None
         assert queue.status(job.id)["state"] == "done"  # still remembered, just without its inputs

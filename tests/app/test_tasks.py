@@ -10,6 +10,7 @@ from omnivox.app import tasks
 from omnivox.app.inputs import InputError
 from omnivox.app.jobs import Job, JobCancelled, JobContext
 from tests.app.conftest import CAR, CROWN
+from tests.conftest import HANG_GUARD_S
 
 
 def test_parameters_are_checked_with_named_fields():
@@ -91,6 +92,6 @@ def test_cli_and_app_package_import_no_web_frameworks():
 
     code = ("import sys, omnivox.cli, omnivox.app, omnivox.app.jobs, omnivox.app.inputs; "
             "print(sorted(m for m in ('gradio', 'fastapi', 'uvicorn', 'starlette') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -12,6 +12,7 @@ gr = pytest.importorskip("gradio")
 
 from omnivox.app import web  # noqa: E402
 from omnivox.app.jobs import JobQueue  # noqa: E402
+from tests.conftest import HANG_GUARD_S
 
 
 def _stepping_job(steps, delay, gate=None):
@@ -52,9 +53,9 @@ def test_leaving_the_page_cancels_the_job(tmp_path):
         lines = web._follow(queue, job.id, poll_seconds=0.01)
         next(lines)
         lines.close()  # gradio closes the generator when the visitor leaves or presses Cancel
-        assert queue.wait(job.id, timeout=10).state.value == "cancelled"
+        assert queue.wait(job.id, timeout=HANG_GUARD_S).state.value == "cancelled"
         assert web._results(queue, job.id)[0] is None
         assert web._cancel(queue, job.id) == "Nothing to cancel."
         other = queue.submit("generate", _stepping_job(1000, 0.01))
         assert web._cancel(queue, other.id) == "**Cancelled.**"
-        assert queue.wait(other.id, timeout=10).state.value == "cancelled"
+        assert queue.wait(other.id, timeout=HANG_GUARD_S).state.value == "cancelled"

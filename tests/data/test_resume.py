@@ -15,6 +15,7 @@ from omnivox.data.convert import run_convert
 from omnivox.data.index import run_index
 from omnivox.data.metadata import load_table, merge_records
 from omnivox.ovoxel.io import read_vxz
+from tests.conftest import HANG_GUARD_S
 
 REPO = Path(__file__).resolve().parents[2]
 RESOLUTION = 96
@@ -35,7 +36,7 @@ def _outputs(root: Path) -> list:
     return sorted((root / layout.dual_grid_dir(RESOLUTION)).glob("*.vxz"))
 
 
-def _wait_for_outputs(root: Path, process: subprocess.Popen, count: int, timeout: float = 240) -> None:
+def _wait_for_outputs(root: Path, process: subprocess.Popen, count: int, timeout: float = HANG_GUARD_S) -> None:
     deadline = time.monotonic() + timeout
     while len(_outputs(root)) < count:
         assert process.poll() is None, process.communicate()
@@ -62,12 +63,12 @@ def test_kill_and_ctrl_c_mid_run_then_rerun_completes_without_duplicates(assets,
     process = _start_convert(root)
     _wait_for_outputs(root, process, 1)
     os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    process.wait(timeout=HANG_GUARD_S)
     # 2. Ctrl-C: SIGINT to the process group; the run stops its worker and exits with 130.
     process = _start_convert(root)
     _wait_for_outputs(root, process, 2)
     os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == 130, stderr.decode()[-2000:]
     assert b"interrupted" in stderr
     deadline = time.monotonic() + 10

@@ -13,6 +13,7 @@ from omnivox.sparse import SparseTensor
 
 from .fused_block_check import TOLERANCES, check
 from .helpers import random_voxels, randomize, relative_error, tiny_flow_config
+from tests.conftest import HANG_GUARD_S
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -25,7 +26,7 @@ def test_fused_block_in_triton_interpreter():
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     seed = str(torch.randint(0, 10_000, ()).item())
     result = subprocess.run([sys.executable, str(HERE / "fused_block_check.py"), seed], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert result.stdout.count(" ok") == 16
 

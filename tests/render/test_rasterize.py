@@ -278,6 +278,7 @@ import json, math, sys, torch
 sys.path.insert(0, sys.argv[1])
 from tests.render.test_rasterize import uv_sphere, _grid_plane
 from omnivox.render import rasterize, random_sphere_cameras
+from tests.conftest import HANG_GUARD_S
 vertices, faces = uv_sphere(0.5, 10, 20)
 plane_v, plane_f = _grid_plane(4, 0.6)
 faces = torch.cat([faces, plane_f + vertices.shape[0]]); vertices = torch.cat([vertices, plane_v])
@@ -298,7 +299,7 @@ def test_triton_kernel_matches_torch_in_the_interpreter():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, "-c", _COMPARE_SCRIPT, str(ROOT)], env=env, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     assert stats["covered"] > 300
@@ -353,7 +354,7 @@ def test_triton_matches_torch_on_cuda():
 def test_package_imports_stay_light_and_names_resolve():
     code = ("import sys, omnivox.render as r; missing = [n for n in r.__all__ if not hasattr(r, n)]; "
             "heavy = [m for m in ('triton', 'trimesh', 'scipy', 'PIL') if m in sys.modules]; print(missing, heavy)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[] []"
     # Every Triton launcher has a PyTorch reference with the same name stem (style guide 8.2).

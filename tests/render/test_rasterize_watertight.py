@@ -104,6 +104,7 @@ sys.path.insert(0, sys.argv[1])
 from tests.render.test_rasterize import _grid_plane
 from tests.render.test_rasterize_watertight import VIEWS, pinholes, sheet_cameras, wavy_sheet
 from omnivox.render import intrinsics_from_fov, look_at, rasterize
+from tests.conftest import HANG_GUARD_S
 vertices, faces = wavy_sheet(12)
 extrinsics, intrinsics = sheet_cameras(VIEWS[:2])
 out = {"sheet": []}
@@ -131,7 +132,7 @@ def test_triton_kernel_covers_the_sheet_like_the_torch_path_in_the_interpreter()
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT, str(ROOT)], env=env, capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     for stats in out["sheet"]:

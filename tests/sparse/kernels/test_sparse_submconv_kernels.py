@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from omnivox.sparse import SparseTensor, functional as SF
+from tests.conftest import HANG_GUARD_S
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -42,7 +43,7 @@ def test_triton_kernels_in_interpreter():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run([sys.executable, str(HERE / "triton_interpret_check.py"), "7"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
 
