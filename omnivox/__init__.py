@@ -4,4 +4,14 @@ Subpackages:
     ovoxel   -- the O-Voxel format: mesh <-> flexible dual grid, materials, files, export
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# numba caches compiled kernels beside their source by default, i.e. inside the installed package. A later
+# `pip install -e .` removes the package but not those cache folders, which then shadow the editable install (every
+# command failed with "No module named omnivox.ovoxel.io.compression" after the README's two set-up commands). A
+# per-user cache outside the package avoids that and survives reinstalls. Set before any omnivox module imports
+# numba; a caller's own NUMBA_CACHE_DIR wins.
+_os.environ.setdefault("NUMBA_CACHE_DIR", _os.path.join(_os.environ.get("XDG_CACHE_HOME") or
+                                                        _os.path.expanduser("~/.cache"), "omnivox", "numba"))

@@ -47,6 +47,11 @@ def convert(
         from omnivox.ovoxel.materials import scene_to_ovoxel
 
         device = compute_device(device)
+        if device == "cpu":
+            from omnivox.demo import kernels_need_compiling
+
+            if kernels_need_compiling():
+                typer.echo("compiling CPU kernels with numba (first run only, about 1-2 minutes)...", err=True)
         progress = progress_bar()
         progress("convert", 0, 3)
         scene = load_asset(source, up_axis=up, allow_outside=allow_outside_refs).normalized()

@@ -61,12 +61,15 @@ def render(
             image = _voxel_image(source, views, resolution, up or "z", max_voxels)
             preview.save_image(image, output)
         else:
+            progress = progress_bar()
+            progress("render", 0, 3)  # loading (and extracting a .vxz surface), rendering, writing
             item = preview.load_preview_source(source, up=up, device=device, allow_outside=allow_outside_refs,
                                                max_voxels=max_voxels)
             environment = resolve_environment(env, device=device)
+            progress("render", 1, 3)
             if suffix in VIDEO_SUFFIXES:
                 frames = preview.render_turntable(item, views, resolution, panel=panel, environment=environment,
-                                                  ssao=ssao, progress=progress_bar())
+                                                  ssao=ssao, batch=4, progress=progress_bar())
                 preview.save_video(frames, output, fps=fps)
             else:
                 parts = []
@@ -78,7 +81,9 @@ def render(
                 if not parts:
                     parts.append(preview.render_panel(item, resolution, environment, ssao=ssao)[:resolution,
                                                                                                 :resolution])
+                progress("render", 2, 3)
                 preview.save_image(_stack(parts), output)
+            progress("render", 3, 3)
     except (ValueError, TypeError, OSError, ImportError, MemoryError) as error:
         raise fail("render", error) from error
     typer.echo(f"{source} -> {output} ({time.perf_counter() - start:.2f} s)")

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from tests.conftest import HANG_GUARD_S
 
 import pytest
 import torch
@@ -278,7 +279,6 @@ import json, math, sys, torch
 sys.path.insert(0, sys.argv[1])
 from tests.render.test_rasterize import uv_sphere, _grid_plane
 from omnivox.render import rasterize, random_sphere_cameras
-from tests.conftest import HANG_GUARD_S
 vertices, faces = uv_sphere(0.5, 10, 20)
 plane_v, plane_f = _grid_plane(4, 0.6)
 faces = torch.cat([faces, plane_f + vertices.shape[0]]); vertices = torch.cat([vertices, plane_v])

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from tests.conftest import HANG_GUARD_S
 
 from omnivox.render import intrinsics_from_fov, look_at, rasterize
 from omnivox.render.cameras import to_camera, yaw_pitch_eye
@@ -104,7 +105,6 @@ sys.path.insert(0, sys.argv[1])
 from tests.render.test_rasterize import _grid_plane
 from tests.render.test_rasterize_watertight import VIEWS, pinholes, sheet_cameras, wavy_sheet
 from omnivox.render import intrinsics_from_fov, look_at, rasterize
-from tests.conftest import HANG_GUARD_S
 vertices, faces = wavy_sheet(12)
 extrinsics, intrinsics = sheet_cameras(VIEWS[:2])
 out = {"sheet": []}
