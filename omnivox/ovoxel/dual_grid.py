@@ -16,12 +16,7 @@ Decisions on the reference's quirks (spec ovoxel.md section 12), all tested in t
    the reference: a mesh partly outside the box is clipped; surfaces lying exactly on the ``hi`` faces are lost. Keep
    meshes strictly inside (``omnivox.assets`` normalises with a 0.99999 margin).
 7. Pin-holes from floating-point ties on shared triangle edges are reproduced (the same voxel set as the reference);
-   the GLB exporter's hole filling closes them. **Deviation:** a crossing that lies exactly on a lattice plane
-   (the surface passes through a lattice vertex, e.g. a mesh edge on a lattice line: the symmetry seam of a
-   mirrored model at x = 0 after normalisation) is decided as if the lattice were shifted by -eps on all axes,
-   like the half-open row and column rules. The reference files it to the edge above on every axis, which is not
-   one consistent side and cut the demo's sheet open along its whole middle (tests/ovoxel/test_sheet_surface.py).
-   The reference's own outputs are unchanged by this (test_reference_parity.py).
+   the GLB exporter's hole filling closes them.
 8. The defaults are the values every reference caller passes (1.0, 0.2, 1e-2), not its function-signature defaults.
 9. ``aabb`` always has an explicit default (the unit box); there is no broken auto-fit.
 15. Files store local dual vertices ``v / voxel_size - ijk`` (not ``v * G - ijk``), correct for any box.

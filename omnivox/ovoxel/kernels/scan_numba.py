@@ -45,10 +45,6 @@ def _scan_triangle(P, res, vs, out_tri, out_axis, out_owner, out_point, tri, sta
     With ``write`` False only counts; with True also stores them from index ``start`` on.
     """
     count = 0
-    # Plane normal (float64 from the float32 corners), for the tie rule on crossing heights below.
-    e1x, e1y, e1z = np.float64(P[1, 0]) - P[0, 0], np.float64(P[1, 1]) - P[0, 1], np.float64(P[1, 2]) - P[0, 2]
-    e2x, e2y, e2z = np.float64(P[2, 0]) - P[0, 0], np.float64(P[2, 1]) - P[0, 1], np.float64(P[2, 2]) - P[0, 2]
-    normal = (e1y * e2z - e1z * e2y, e1z * e2x - e1x * e2z, e1x * e2y - e1y * e2x)
     for c in range(3):
         a = (c + 1) % 3
         b = (c + 2) % 3
@@ -92,15 +88,6 @@ def _scan_triangle(P, res, vs, out_tri, out_axis, out_owner, out_point, tri, sta
                     if not (y > -1.0 and y < gc):
                         continue
                     K = int(y)
-                    if y == K and K > 0 and (normal[a] + normal[b] + normal[c]) * normal[c] < 0.0:
-                        # The crossing lies exactly on the lattice plane h = K (the surface passes through a
-                        # lattice vertex, e.g. a mesh edge lying on a lattice line). trunc() alone would put it
-                        # on the edge above for every axis, which is not one consistent choice: the demo's
-                        # sheet got a crack along such a line. Decide as if the lattice were shifted by -eps on
-                        # all axes, as the half-open row and column rules already do for w and u: the crossing
-                        # moves to h - eps (h_u + h_w) = h + eps (n_a + n_b) / n_c against the plane's K - eps,
-                        # so it lies below K when (n_a + n_b + n_c) / n_c < 0.
-                        K -= 1
                     if write:
                         m = start + count
                         out_tri[m] = tri

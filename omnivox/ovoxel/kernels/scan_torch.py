@@ -110,18 +110,6 @@ def scan_crossings(triangles: torch.Tensor, grid: Grid):
     K = torch.trunc(y).long()
     J_, jb = J[row], job_b[job[row]]
     ja_ = (jc + 1) % 3
-    # Crossings exactly on a lattice plane h = K: the tie rule of scan_numba._scan_triangle (lattice shifted by
-    # -eps on all axes), with the plane normal from one operation per kernel, as there.
-    tie = (y == K.to(_F64)) & (K > 0)
-    if bool(tie.any()):
-        P0, P1, P2 = P[:, 0], P[:, 1], P[:, 2]
-        e1, e2 = P1 - P0, P2 - P0
-        normal = torch.stack([e1[:, 1] * e2[:, 2] - e1[:, 2] * e2[:, 1], e1[:, 2] * e2[:, 0] - e1[:, 0] * e2[:, 2],
-                              e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]], 1)
-        n = normal[job[row] // 3]
-        ar_ = torch.arange(len(row), device=dev)
-        na, nb, nc = n[ar_, ja_], n[ar_, jb], n[ar_, jc]
-        K = K - (tie & ((na + nb + nc) * nc < 0)).long()
     m = len(row)
     owner = torch.empty((m, 3), dtype=torch.long, device=dev)
     point = torch.empty((m, 3), dtype=_F64, device=dev)
