@@ -14,6 +14,8 @@ def progress_bar() -> Callable[[str, int, int], None]:
 
     def callback(stage: str, step: int, total: int) -> None:
         if stage not in bars:
+            if step <= 0:
+                return  # a bar appears with the first finished step, so an early error stays one clean line
             bars[stage] = tqdm(total=total, desc=stage, leave=False, unit="step")
         bar = bars[stage]
         bar.n = step  # steps may start at 0 and need not come one by one
