@@ -105,20 +105,6 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def kernels_need_compiling() -> bool:
-    """Whether numba has no usable cached machine code for the O-Voxel scan (the demo's first compiled kernel).
-
-    Reads numba's cache index the way numba does before compiling (an index for another source version counts as
-    missing). That is numba's internal API; if it changes, the answer is True, which only prints a note.
-    """
-    try:
-        from omnivox.ovoxel.kernels import scan_numba
-
-        return not scan_numba.scan_crossings._cache._cache_file._load_index()
-    except Exception:  # noqa: BLE001 - any change in numba's internals: say the kernels may need compiling
-        return True
-
-
 def _json_number(value):
     """Strict JSON has no Infinity or NaN: a non-finite float becomes null (PSNR of identical colours is inf)."""
     return value if not isinstance(value, float) or math.isfinite(value) else None
@@ -154,6 +140,8 @@ def run_demo(out: Path, resolution: int = 256, log: Optional[Callable[[str], Non
     grid = Grid.make(resolution)
     results = []
     environment = Environment.builtin("studio")
+    from omnivox.ovoxel.kernels import kernels_need_compiling
+
     if kernels_need_compiling():
         log("compiling CPU kernels with numba (first run only, about 1-2 minutes; later runs reuse them)...")
     for scene in demo_shapes():

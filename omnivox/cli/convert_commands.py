@@ -48,7 +48,7 @@ def convert(
 
         device = compute_device(device)
         if device == "cpu":
-            from omnivox.demo import kernels_need_compiling
+            from omnivox.ovoxel.kernels import kernels_need_compiling
 
             if kernels_need_compiling():
                 typer.echo("compiling CPU kernels with numba (first run only, about 1-2 minutes)...", err=True)
