@@ -72,6 +72,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omnivox.ovoxel.packing import PBR_ATTRIBUTES
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
 VALIDATOR = ROOT / "tests" / "gltf_validator" / "validate.js"
@@ -438,7 +440,7 @@ def run_one(rel: str, resolution: int, texture_size: int, decimation_target: int
     from omnivox.ovoxel.io import decode_vxz, encode_vxz
     from omnivox.ovoxel.materials import scene_to_ovoxel
     from omnivox.ovoxel.metrics import surface_fidelity
-    from omnivox.ovoxel.packing import unpack_geometry
+    from omnivox.ovoxel.packing import stack_attributes, unpack_geometry
     from scipy.spatial import cKDTree
 
     timings = {}
@@ -458,8 +460,7 @@ def run_one(rel: str, resolution: int, texture_size: int, decimation_target: int
     vertices, faces = dual_grid_to_mesh(coords, local, flags, resolution)
     timings["extract"] = time.perf_counter() - start
     del local, flags
-    attributes = np.concatenate([attrs[k].reshape(len(coords), -1) for k in ("base_color", "metallic", "roughness",
-                                                                             "alpha")], axis=1)
+    attributes = stack_attributes(attrs, len(coords))
     mesh, report = bake_glb(vertices, faces, coords, attributes, Grid.make(resolution), texture_size=texture_size,
                             decimation_target=decimation_target)
     timings.update(report.timings)
@@ -489,7 +490,7 @@ def run_one(rel: str, resolution: int, texture_size: int, decimation_target: int
         "alpha_mode": report.alpha_mode, "double_sided": report.double_sided, "holes_filled": report.holes_filled,
         "validator_errors": errors, "chamfer_x1e6": fidelity.chamfer * 1e6,
         "normal_consistency": fidelity.normal_consistency,
-        **{f"psnr_{k}": psnr(truth[k], predicted[k]) for k in ("base_color", "metallic", "roughness", "alpha")},
+        **{f"psnr_{k}": psnr(truth[k], predicted[k]) for k in PBR_ATTRIBUTES},
         "psnr_base_color_trimesh_only": psnr(truth["base_color_trimesh_only"], predicted["base_color"]),
         "truth": "trimesh", "truth_triangles": truth_triangles, "frame_check": frame_check, "notes": notes,
         "omnivox_commit": omnivox_commit(),

@@ -122,16 +122,16 @@ def run_demo(out: Path, resolution: int = 256, log: Optional[Callable[[str], Non
     ``log`` receives one line per step that takes a while: numba's first-use compilation, then each shape.
     """
     log = log or (lambda line: None)
-    import torch
     import trimesh
 
     from omnivox.ovoxel.export import bake_glb, save_glb
 
-    from omnivox.ovoxel import Grid, dual_grid_to_mesh, mesh_to_dual_grid
+    from omnivox.ovoxel import Grid, mesh_to_dual_grid
+    from omnivox.ovoxel.asset import OVoxel
     from omnivox.ovoxel.io import read_vxz, write_vxz
     from omnivox.ovoxel.materials import voxelize_materials
     from omnivox.ovoxel.metrics import surface_fidelity
-    from omnivox.ovoxel.packing import pack_geometry, unpack_geometry
+    from omnivox.ovoxel.packing import pack_geometry
     from omnivox.render.environment import Environment
     from omnivox.render.preview import PreviewSource, render_panel, save_image
 
@@ -158,17 +158,15 @@ def run_demo(out: Path, resolution: int = 256, log: Optional[Callable[[str], Non
         write_vxz(path, coords, {**pack_geometry(coords, dual, flags, grid), **{k: v.numpy() for k, v in attrs.items()}})
         file_coords, file_attrs = read_vxz(path)
         t3 = time.perf_counter()
-        local, file_flags = unpack_geometry(file_attrs)
-        vertices, faces = dual_grid_to_mesh(file_coords, local, file_flags, resolution)
+        asset = OVoxel.from_file_attributes(file_coords, file_attrs, resolution, source=str(path))
+        vertices, faces = asset.vertices.numpy(), asset.faces.numpy()
         t4 = time.perf_counter()
         mesh = trimesh.Trimesh(vertices, faces, vertex_colors=file_attrs["base_color"], process=False)
         mesh.export(out / f"{scene.source}.ply")
-        pbr = np.concatenate([file_attrs[k] for k in ("base_color", "metallic", "roughness", "alpha")], axis=1)
-        glb, _ = bake_glb(vertices, faces, file_coords, torch.from_numpy(pbr), grid,
+        glb, _ = bake_glb(vertices, faces, file_coords, asset.attribute_matrix(), asset.grid,
                           decimation_target=50_000, texture_size=1024)
         save_glb(glb, out / f"{scene.source}.glb")
-        preview = PreviewSource.from_ovoxel(file_coords, file_attrs, resolution, up="z", name=scene.source,
-                                            mesh=(vertices, faces))
+        preview = PreviewSource.from_asset(asset, up="z", name=scene.source)
         save_image(render_panel(preview, 160, environment), out / f"{scene.source}_pbr.png")
         t5 = time.perf_counter()
         fidelity = surface_fidelity(scene.vertices, scene.faces, vertices, faces, samples=50_000)

@@ -12,17 +12,6 @@ from omnivox.cli.checks import DEFAULT_MAX_VOXELS, compute_device, fail, input_f
 from omnivox.cli.progress import progress_bar
 
 
-def infer_resolution(max_coord: int) -> int:
-    """The smallest power of two above the largest voxel index (files do not store the grid size).
-
-    Exact for assets normalised into the unit box (spec 1.1): their longest side spans the whole grid.
-    """
-    resolution = 1
-    while resolution <= max_coord:
-        resolution *= 2
-    return resolution
-
-
 @app.command("export")
 def export_glb(
     source: Path = typer.Argument(..., help="Input O-Voxel .vxz file with geometry and material attributes."),
@@ -54,33 +43,21 @@ def export_glb(
         if alpha_mode not in ("auto", "OPAQUE", "MASK", "BLEND"):  # omnivox.ovoxel.export.ALPHA_MODES
             raise ValueError(f"--alpha-mode must be auto, OPAQUE, MASK or BLEND, got {alpha_mode!r}")
         from omnivox.ovoxel.io.vxz import check_vxz_limits, read_vxz_info
+        from omnivox.ovoxel.packing import require_attributes
 
         header = read_vxz_info(source)  # the header alone: a wrong file fails before torch loads
         check_vxz_limits(header, max_voxels=max_voxels, source=str(source))
-        names = [name for name, _ in header["attr"]]
-        missing = [k for k in ("base_color", "metallic", "roughness", "alpha") if k not in names]
-        if missing:
-            raise ValueError(f"{source}: no material attributes {missing} (has {sorted(names)}); "
-                             "write it with `omnivox convert`")
+        require_attributes([name for name, _ in header["attr"]], str(source), hint="; write it with `omnivox convert`")
         if header["num_voxel"] == 0:
             raise ValueError(f"{source}: the file holds no voxels")
-        import numpy as np
-
+        from omnivox.ovoxel.asset import OVoxel
         from omnivox.ovoxel.export import bake_glb, save_glb
-        from omnivox.ovoxel.extract import dual_grid_to_mesh
-        from omnivox.ovoxel.grid import Grid
-        from omnivox.ovoxel.io.vxz import read_vxz
-        from omnivox.ovoxel.packing import unpack_geometry
 
         device = compute_device(device)
-        coords, attrs = read_vxz(source, max_voxels=max_voxels)
-        local, flags = unpack_geometry(attrs)
-        grid_size = resolution if resolution is not None else infer_resolution(int(coords.max()))
-        grid = Grid.make(grid_size)
-        vertices, faces = dual_grid_to_mesh(coords, local, flags, grid_size)
-        attributes = np.concatenate([np.asarray(attrs[k], np.uint8).reshape(len(coords), -1)
-                                     for k in ("base_color", "metallic", "roughness", "alpha")], axis=1)
-        mesh, report = bake_glb(vertices, faces, coords, attributes, grid, texture_size=texture_size,
+        asset = OVoxel.from_vxz(source, resolution, max_voxels=max_voxels)
+        coords, grid_size = asset.coords.numpy(), asset.resolution
+        mesh, report = bake_glb(asset.vertices.numpy(), asset.faces.numpy(), coords, asset.attribute_matrix(),
+                                asset.grid, texture_size=texture_size,
                                 decimation_target=decimation_target or None, fill_holes=fill_holes,
                                 surface_tolerance=tolerance or None,
                                 image_format=image_format, alpha_mode=alpha_mode, device=device,

@@ -90,8 +90,9 @@ def render(
 
 
 def _voxel_image(source: Path, views: int, resolution: int, up: str, max_voxels: int = DEFAULT_MAX_VOXELS):
+    from omnivox.ovoxel.asset import infer_resolution
     from omnivox.ovoxel.io.vxz import read_vxz
-    from omnivox.render.preview import _smallest_power_of_two_above, render_voxel_preview
+    from omnivox.render.preview import render_voxel_preview
 
     if source.suffix.lower() != ".vxz":
         raise ValueError(f"{source}: --voxels needs a .vxz file")
@@ -103,7 +104,7 @@ def _voxel_image(source: Path, views: int, resolution: int, up: str, max_voxels:
     if up not in ("y", "z"):
         raise ValueError(f"--up must be y or z, got {up!r}")
     colors = attributes["base_color"].astype("float32") / 255
-    grid = _smallest_power_of_two_above(int(coords.max()))
+    grid = infer_resolution(int(coords.max()))
     if up == "y":  # the same rotation as the shaded path, (x, y, z) -> (x, -z, y), on voxel indices
         coords = coords[:, [0, 2, 1]].copy()
         coords[:, 1] = grid - 1 - coords[:, 1]

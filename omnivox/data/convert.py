@@ -34,11 +34,12 @@ import numpy as np
 from omnivox.data import layout
 from omnivox.data.metadata import RecordWriter, as_bool, load_table
 from omnivox.data.runner import Outcome, StageSummary, Task, atomic_write, in_shard, remove_stale_temps, run_stage
+from omnivox.ovoxel.packing import PBR_ATTRIBUTES
 
 VXZ_COMPRESSION = "lzma"
 VXZ_LEVEL = 6
 GEOMETRY_ATTRS = ("vertices", "intersected")
-MATERIAL_ATTRS = ("base_color", "metallic", "roughness", "alpha")
+MATERIAL_ATTRS = PBR_ATTRIBUTES  # the material file holds the PBR channels
 DUAL_GRID_COLUMNS = ["sha256", "dual_grid_converted", "dual_grid_size", "dual_grid_error"]
 PBR_COLUMNS = ["sha256", "pbr_voxelized", "num_pbr_voxels", "pbr_voxels_error"]
 MESH_COLUMNS = ["sha256", "mesh_dumped", "mesh_dump_error"]

@@ -55,12 +55,12 @@ from torch.utils.data import Dataset
 
 from omnivox.data import layout
 from omnivox.data.metadata import Row, as_bool, as_float, has_table, union_tables
+from omnivox.ovoxel.packing import PBR_ATTRIBUTES, require_attributes, stack_attributes
 from omnivox.sparse import SparseTensor
 
 logger = logging.getLogger(__name__)
 
 Roots = Union[str, os.PathLike, Mapping[str, Mapping[str, str]]]
-PBR_ATTRIBUTES = ("base_color", "metallic", "roughness", "alpha")
 _MAX_SUBSTITUTIONS = 16
 
 
@@ -245,10 +245,8 @@ def read_pbr_features(path: Path, attrs: Sequence[str] = PBR_ATTRIBUTES) -> Tupl
     from omnivox.ovoxel.io import read_vxz
 
     coords, values = read_vxz(path)
-    missing = [a for a in attrs if a not in values]
-    if missing:
-        raise ValueError(f"{path}: missing attributes {missing} (has {sorted(values)})")
-    stacked = np.concatenate([values[a].reshape(len(coords), -1) for a in attrs], axis=1)
+    require_attributes(values, str(path), attrs)
+    stacked = stack_attributes(values, len(coords), attrs)
     x = torch.from_numpy(stacked.astype(np.float32)) / 255 * 2 - 1
     return torch.from_numpy(coords.astype(np.int32)), x
 

@@ -7,6 +7,9 @@ Geometry:
 
 Material:
     voxelize_materials    textured scene (omnivox.assets) -> PBR attributes on the geometry's voxels
+
+Asset:
+    OVoxel                voxels + dual grid + PBR attributes + mesh: from_vxz / save_vxz / to_glb (asset.py)
 """
 
 from typing import TYPE_CHECKING
@@ -17,6 +20,7 @@ from omnivox._lazy import lazy_exports
 # torch in through this package's __init__.
 _EXPORTS = {
     "Grid": "grid",
+    "OVoxel": "asset",
     "UNIT_AABB": "grid",
     "decode_seq": "serialize",
     "dual_grid_to_mesh": "extract",
@@ -30,6 +34,7 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 if TYPE_CHECKING:  # what the names are, for readers and type checkers
+    from omnivox.ovoxel.asset import OVoxel
     from omnivox.ovoxel.dual_grid import mesh_to_dual_grid, to_local
     from omnivox.ovoxel.extract import dual_grid_to_mesh
     from omnivox.ovoxel.grid import UNIT_AABB, Grid

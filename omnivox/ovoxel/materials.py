@@ -43,6 +43,7 @@ import torch
 
 from omnivox.assets.scene import AlphaMode, FilterMode, Scene, Texture, WrapMode
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid, Resolution
+from omnivox.ovoxel.packing import PBR_ATTRIBUTES
 from omnivox.ovoxel.scan import triangle_voxel_pairs
 
 ATTRIBUTE_CHANNELS = {"base_color": 3, "metallic": 1, "roughness": 1, "alpha": 1, "emissive": 3}
@@ -111,7 +112,7 @@ def voxelize_materials(
     if backend == "numba" and device.type != "cpu":
         raise ValueError(f"voxelize_materials: backend 'numba' runs on the CPU only, got device {device}")
     use_numba = device.type == "cpu" and backend != "torch"
-    names = ["base_color", "metallic", "roughness", "alpha"] + (["emissive"] if emissive else [])
+    names = list(PBR_ATTRIBUTES) + (["emissive"] if emissive else [])
 
     shifted = (scene.vertices.astype(np.float32) - grid.lo).astype(np.float32)
     triangles_np = np.ascontiguousarray(shifted[scene.faces])

@@ -3,15 +3,21 @@
 ``vertices``: uint8 (N, 3) = trunc(clamp(local, 0, 1) * 255), where local = dual / voxel_size - coords (the reference
 scripts write ``dual * G - coords``, which equals this only for a unit box; spec quirk 15).
 ``intersected``: uint8 (N, 1) = x + 2y + 4z.
+Materials: uint8 ``base_color`` (N, 3), ``metallic``, ``roughness``, ``alpha`` (N, 1 each) = `PBR_ATTRIBUTES`, in the
+exporter's channel order (`PBR_SLICES`).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from omnivox.ovoxel.grid import Grid
+
+# The PBR channels of an O-Voxel, in the order the exporter, the material VAE and the data toolkit stack them.
+PBR_ATTRIBUTES = ("base_color", "metallic", "roughness", "alpha")
+PBR_SLICES = {"base_color": slice(0, 3), "metallic": slice(3, 4), "roughness": slice(4, 5), "alpha": slice(5, 6)}
 
 
 def pack_geometry(coords: np.ndarray, dual_vertices: np.ndarray, intersected: np.ndarray, grid: Grid) -> dict:
@@ -19,10 +25,30 @@ def pack_geometry(coords: np.ndarray, dual_vertices: np.ndarray, intersected: np
     local = np.asarray(dual_vertices, np.float32) / grid.voxel_size - np.asarray(coords, np.float32)
     if local.size and (local.min() < -1e-3 or local.max() > 1 + 1e-3):
         raise ValueError(f"dual vertices leave their voxels (local range {local.min():.4f} .. {local.max():.4f})")
-    q = np.trunc(np.clip(local, 0, 1) * 255).astype(np.uint8)
+    return quantize_geometry(local, intersected)
+
+
+def quantize_geometry(local: np.ndarray, intersected: np.ndarray) -> dict:
+    """File attributes for local dual vertices (voxel units; clamped into the voxel) and (N, 3) edge flags."""
+    q = np.trunc(np.clip(np.asarray(local, np.float32), 0, 1) * 255).astype(np.uint8)
     bits = np.asarray(intersected).astype(np.uint8)
     flags = (bits[:, 0] | (bits[:, 1] << 1) | (bits[:, 2] << 2)).astype(np.uint8)[:, None]
     return {"vertices": q, "intersected": flags}
+
+
+def require_attributes(available, source: str, names: Sequence[str] = PBR_ATTRIBUTES, hint: str = "") -> None:
+    """Raise ``ValueError`` naming the attributes of ``names`` (default: the PBR channels) missing from
+    ``available`` (the attribute names of a file or record); ``hint`` is appended to the message."""
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise ValueError(f"{source}: no material attributes {missing} (has {sorted(available)}){hint}")
+
+
+def stack_attributes(attrs: Mapping[str, np.ndarray], count: int, names: Sequence[str] = PBR_ATTRIBUTES
+                     ) -> np.ndarray:
+    """``(count, C)`` array of the named attributes side by side (default: the exporter's 6 PBR channels), in their
+    stored dtype."""
+    return np.concatenate([np.asarray(attrs[name]).reshape(count, -1) for name in names], axis=1)
 
 
 def unpack_geometry(attrs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

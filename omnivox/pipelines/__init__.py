@@ -2,7 +2,7 @@
 
     samplers      rectified-flow Euler sampling, CFG with rescale and interval (spec models.md 8)
     preprocess    image preprocessing and background removal (spec 9.1)
-    image_to_3d   `ImageTo3DPipeline` (spec 9.3) returning `Generated` assets
+    image_to_3d   `ImageTo3DPipeline` (spec 9.3) returning `omnivox.ovoxel.asset.OVoxel` assets
     texturing     `TexturingPipeline` (spec 9.6)
     memory        the memory planner (`plan_memory`, `MemoryPlan`)
     intermediates saving / resuming a run's stages
@@ -21,7 +21,7 @@ from omnivox._lazy import lazy_exports
 # Public name -> submodule, imported on first use (see omnivox._lazy), so that a light submodule (or a command
 # line that only checks its arguments) does not load every model.
 _EXPORTS = {
-    "Generated": "generated",
+    "Generated": "generated",  # deprecated alias of omnivox.ovoxel.asset.OVoxel
     "ImageTo3DPipeline": "image_to_3d",
     "MemoryPlan": "memory",
     "StagePlan": "memory",
@@ -41,7 +41,7 @@ __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 if TYPE_CHECKING:
-    from omnivox.pipelines.generated import Generated
+    from omnivox.ovoxel.asset import OVoxel as Generated
     from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
     from omnivox.pipelines.memory import MemoryPlan, StagePlan, parse_memory, plan_memory
     from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, preprocess_image

@@ -1,163 +1,26 @@
-"""`Generated`: one generated asset (O-Voxel geometry + PBR attributes + extracted mesh), and its exports."""
+"""Deprecated: the generated asset is `omnivox.ovoxel.asset.OVoxel` (this module's names stay for one release).
+
+``Generated`` -> ``OVoxel``, ``ATTRIBUTE_NAMES`` -> ``PBR_ATTRIBUTES``, ``ATTRIBUTE_SLICES`` -> ``PBR_SLICES``;
+``unoriented_mesh`` and ``orient_mesh`` moved unchanged.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+import warnings
 
-import numpy as np
-import torch
-
-from omnivox.ovoxel.grid import Grid
-from omnivox.ovoxel.export import DEFAULT_FACE_BUDGET, DEFAULT_SURFACE_TOLERANCE
-
-if TYPE_CHECKING:
-    import trimesh
-
-ATTRIBUTE_NAMES = ("base_color", "metallic", "roughness", "alpha")
-ATTRIBUTE_SLICES = {"base_color": slice(0, 3), "metallic": slice(3, 4), "roughness": slice(4, 5), "alpha": slice(5, 6)}
+_MOVED = {"Generated": "OVoxel", "ATTRIBUTE_NAMES": "PBR_ATTRIBUTES", "ATTRIBUTE_SLICES": "PBR_SLICES",
+          "unoriented_mesh": "unoriented_mesh", "orient_mesh": "orient_mesh"}
 
 
-def _grid_tensors(coords, dual_vertices, intersected, split_weights):
-    """The dual grid as the extraction takes it: int32 coords, float32 vertices, bool flags, (N, 1) weights."""
-    coords = torch.as_tensor(coords).to(torch.int32)
-    device = coords.device
-    dual_vertices = torch.as_tensor(dual_vertices, dtype=torch.float32).to(device)
-    intersected = torch.as_tensor(intersected).bool().to(device)
-    if split_weights is not None:
-        split_weights = torch.as_tensor(split_weights, dtype=torch.float32).to(device).reshape(-1, 1)
-    return coords, dual_vertices, intersected, split_weights
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from omnivox.ovoxel import asset
+
+    warnings.warn(f"omnivox.pipelines.generated.{name} is deprecated; use omnivox.ovoxel.asset.{_MOVED[name]}",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(asset, _MOVED[name])
 
 
-def unoriented_mesh(coords, dual_vertices, intersected, resolution: int, split_weights=None) -> tuple:
-    """The first part of `Generated.from_dual_grid`'s extraction, where ``coords`` lives: ``(vertices, faces,
-    hint)`` on the CPU, before orientation (`omnivox.ovoxel.extract.dual_grid_to_unoriented_mesh`)."""
-    from omnivox.ovoxel.extract import dual_grid_to_unoriented_mesh
-
-    coords, dual_vertices, intersected, split_weights = _grid_tensors(coords, dual_vertices, intersected,
-                                                                      split_weights)
-    if not len(coords):
-        return torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.int64), torch.zeros(0, dtype=torch.bool)
-    vertices, faces, hint = dual_grid_to_unoriented_mesh(coords, dual_vertices, intersected, int(resolution),
-                                                         split_weight=split_weights)
-    return vertices.float().cpu(), faces.cpu(), hint.cpu()
-
-
-def orient_mesh(vertices: torch.Tensor, faces: torch.Tensor, hint: torch.Tensor) -> tuple:
-    """The second part: ``(vertices, faces)`` with consistent, outward winding (CPU; releases the GIL)."""
-    from omnivox.ovoxel.extract import orient_faces
-
-    return vertices, orient_faces(faces, vertices, hint)
-
-
-@dataclass
-class Generated:
-    """One generated asset on a ``resolution^3`` grid over the unit box ``[-0.5, 0.5]^3`` (Z-up).
-
-    Attributes:
-        coords: ``(N, 3) int32`` active voxels.
-        attributes: ``name -> (N, k) float32`` in ``[0, 1]``: ``base_color`` (3), ``metallic``, ``roughness``,
-            ``alpha`` (1 each), on the rows of ``coords``.
-        resolution: grid size (512, 1024, up to 1536).
-        dual_vertices: ``(N, 3) float32`` dual vertex inside each voxel, voxel units (decoder output; may
-            leave ``[0, 1]`` by the decoder's margin).
-        intersected: ``(N, 3) bool`` edge flags.
-        split_weights: ``(N, 1) float32`` quad-split weights, or None.
-        vertices, faces: the extracted triangle mesh (world units, Z-up), float32 / int64.
-    """
-
-    coords: torch.Tensor
-    attributes: dict
-    resolution: int
-    dual_vertices: torch.Tensor
-    intersected: torch.Tensor
-    split_weights: Optional[torch.Tensor]
-    vertices: torch.Tensor
-    faces: torch.Tensor
-
-    @property
-    def grid(self) -> Grid:
-        return Grid.make(int(self.resolution))
-
-    @property
-    def mesh(self) -> tuple:
-        """``(vertices, faces)`` of the extracted surface (world units, Z-up)."""
-        return self.vertices, self.faces
-
-    @classmethod
-    def from_dual_grid(cls, coords, dual_vertices, intersected, attributes: dict, resolution: int,
-                       split_weights=None, mesh: Optional[tuple] = None) -> "Generated":
-        """Build one from a flexible dual grid and its attributes, extracting the mesh (unless ``mesh``, the
-        ``(vertices, faces)`` that `unoriented_mesh` + `orient_mesh` made from the same grid, is given).
-
-        The mesh is extracted where ``coords`` lives (a CUDA tensor: on the GPU); everything kept is moved to the CPU.
-        """
-        coords, dual_vertices, intersected, split_weights = _grid_tensors(coords, dual_vertices, intersected,
-                                                                          split_weights)
-        if mesh is None:
-            mesh = orient_mesh(*unoriented_mesh(coords, dual_vertices, intersected, resolution, split_weights))
-        vertices, faces = mesh
-        attributes = {k: torch.as_tensor(v, dtype=torch.float32).cpu().reshape(len(coords), -1)
-                      for k, v in attributes.items()}
-        return cls(coords.cpu(), attributes, int(resolution), dual_vertices.cpu(), intersected.cpu(),
-                   None if split_weights is None else split_weights.cpu(), vertices.float().cpu(), faces.long().cpu())
-
-    def attribute_matrix(self) -> np.ndarray:
-        """``(N, 6) float32`` in the exporter's layout (base_color, metallic, roughness, alpha)."""
-        return np.concatenate([self.attributes[k].numpy() for k in ATTRIBUTE_NAMES], axis=1).astype(np.float32)
-
-    def file_attributes(self) -> dict:
-        """The ``.vxz`` attributes: uint8 geometry (spec ovoxel 1.4) and uint8 materials."""
-        local = self.dual_vertices.clamp(0, 1).numpy()
-        bits = self.intersected.numpy().astype(np.uint8)
-        attrs = {"vertices": np.trunc(local * 255).astype(np.uint8),
-                 "intersected": (bits[:, 0] | (bits[:, 1] << 1) | (bits[:, 2] << 2)).astype(np.uint8)[:, None]}
-        for name in ATTRIBUTE_NAMES:
-            attrs[name] = np.round(self.attributes[name].clamp(0, 1).numpy() * 255).astype(np.uint8)
-        return attrs
-
-    def save_vxz(self, path: Union[str, Path]) -> Path:
-        """Write geometry and materials as a ``.vxz`` file (uint8 attributes: dual vertices are quantised to
-        1/255 voxel and clamped into their voxel, materials rounded to bytes)."""
-        from omnivox.ovoxel.io import write_vxz
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_vxz(path, self.coords.numpy().astype(np.int64), self.file_attributes())
-        return path
-
-    @classmethod
-    def load_vxz(cls, path: Union[str, Path], resolution: int) -> "Generated":
-        """Read a ``.vxz`` written by `save_vxz` (or ``omnivox convert``) back, re-extracting the mesh."""
-        from omnivox.ovoxel.io import read_vxz
-        from omnivox.ovoxel.packing import unpack_geometry
-
-        coords, attrs = read_vxz(path)
-        missing = [k for k in ATTRIBUTE_NAMES if k not in attrs]
-        if missing:
-            raise ValueError(f"{path}: no material attributes {missing} (has {sorted(attrs)})")
-        local, flags = unpack_geometry(attrs)
-        attributes = {k: np.asarray(attrs[k], np.float32).reshape(len(coords), -1) / 255 for k in ATTRIBUTE_NAMES}
-        return cls.from_dual_grid(coords, local, flags, attributes, resolution)
-
-    def to_glb(self, path: Union[str, Path, None] = None, *, decimation_target: Optional[int] = DEFAULT_FACE_BUDGET,
-               surface_tolerance: Optional[float] = DEFAULT_SURFACE_TOLERANCE, texture_size: int = 2048, device=None,
-               progress=None, **options) -> "trimesh.Trimesh":
-        """Export a textured mesh (``omnivox.ovoxel.export.to_glb``) and write it when ``path`` is given.
-
-        At most ``decimation_target`` faces, then fewer while the surface stays within ``surface_tolerance``
-        voxels (``export.DEFAULT_FACE_BUDGET`` / ``DEFAULT_SURFACE_TOLERANCE``; None keeps the budget's faces).
-        ``progress``: a ``callback(stage, step, total)`` as the pipelines take, told ``("export", k, n)``.
-        ``options`` go to ``to_glb`` (``image_format``, ``alpha_mode``, ``fill_holes`` ...).
-        """
-        from omnivox.ovoxel.export import save_glb, to_glb
-
-        if len(self.faces) == 0:
-            raise ValueError("the generated shape has no surface (no faces were extracted)")
-        mesh = to_glb(self.vertices.numpy(), self.faces.numpy(), self.coords.numpy(), self.attribute_matrix(),
-                      self.grid, decimation_target=decimation_target, texture_size=texture_size, device=device,
-                      surface_tolerance=surface_tolerance, progress=progress, **options)
-        if path is not None:
-            save_glb(mesh, path)
-        return mesh
+def __dir__():
+    return sorted(_MOVED)

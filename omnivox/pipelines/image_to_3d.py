@@ -3,7 +3,7 @@
 Stages (all noise drawn on one CPU `torch.Generator` seeded with ``seed``, in the reference's order, so a seed gives
 the reference's noise): DINOv3 condition tokens -> sparse structure (dense flow + SS decoder) -> shape latent (one
 flow, or the cascade: 512 flow, decoder upsampling, 1024 flow) -> material latent (texture flow with the shape
-latent as ``concat_cond``) -> decoding (shape decoder, material decoder guided by its subdivisions) -> `Generated`.
+latent as ``concat_cond``) -> decoding (shape decoder, material decoder guided by its subdivisions) -> `OVoxel`.
 
 Differences from the reference, all deliberate:
 
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from omnivox.pipelines.base import PipelineBase, StageCallback, StageConditions
 from omnivox.pipelines.config import PIPELINE_TYPES
-from omnivox.pipelines.generated import ATTRIBUTE_SLICES, Generated, orient_mesh, unoriented_mesh
+from omnivox.ovoxel.asset import PBR_SLICES, OVoxel, orient_mesh, unoriented_mesh
 from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
                                       parse_memory, ss_decoder_stage)
 from omnivox.pipelines.preprocess import BackgroundRemover
@@ -267,7 +267,7 @@ class ImageTo3DPipeline(PipelineBase):
 
     @torch.no_grad()
     def decode_material(self, decoded: "ShapeDecoding", tex_feats: torch.Tensor, plan: MemoryPlan) -> list:
-        """The second half: the material decoder on the shape decoder's voxels; one `Generated` per sample."""
+        """The second half: the material decoder on the shape decoder's voxels; one `OVoxel` per sample."""
         shape = decoded.shape
         with self.models.on_device(["tex_slat_decoder"], plan.offload) as models:
             material = models["tex_slat_decoder"](
@@ -279,8 +279,8 @@ class ImageTo3DPipeline(PipelineBase):
         results = []
         for rows, mesh in zip(decoded.rows, decoded.meshes.result()):
             item = pbr[rows]
-            attributes = {name: item[:, columns] for name, columns in ATTRIBUTE_SLICES.items()}
-            results.append(Generated.from_dual_grid(shape.coords[rows, 1:], shape.vertices[rows],
+            attributes = {name: item[:, columns] for name, columns in PBR_SLICES.items()}
+            results.append(OVoxel.from_dual_grid(shape.coords[rows, 1:], shape.vertices[rows],
                                                     shape.intersected[rows], attributes, decoded.resolution,
                                                     shape.split_weights[rows], mesh=mesh))
         return results
@@ -313,7 +313,7 @@ class ImageTo3DPipeline(PipelineBase):
             max_memory: overrides the pipeline's budget for this run.
 
         Returns:
-            One `Generated` per sample.
+            One `OVoxel` per sample.
         """
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")

@@ -108,7 +108,7 @@ def _load_tensors(path: Path, expected: dict) -> dict:
 
 def load_intermediates(source: Union[str, Path]):
     """A `RunState` holding every stage up to the latest one in ``source`` (see the module docstring)."""
-    from omnivox.pipelines.generated import Generated
+    from omnivox.ovoxel.asset import OVoxel
     from omnivox.pipelines.image_to_3d import RunState
 
     source = Path(source)
@@ -121,7 +121,7 @@ def load_intermediates(source: Union[str, Path]):
     if source.suffix == ".vxz":
         if not state.resolution:
             raise ValueError(f"{folder}/run.json has no resolution for {source.name}")
-        state.generated = [Generated.load_vxz(source, int(state.resolution))]
+        state.generated = [OVoxel.from_vxz(source, int(state.resolution))]
         return state
     if source.is_dir():
         last = max((ORDER.index(s) for s in run.get("stages", []) if s in ORDER and (folder / FILES[s]).is_file()),

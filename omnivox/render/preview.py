@@ -84,36 +84,33 @@ class PreviewSource:
     @classmethod
     def from_ovoxel(cls, coords, attributes: Dict[str, np.ndarray], resolution: Optional[int] = None,
                     up: str = "z", device=None, name: str = "", mesh=None) -> "PreviewSource":
-        """An O-Voxel with geometry (``vertices``/``intersected``) and material attributes (uint8).
+        """An O-Voxel with geometry (``vertices``/``intersected``) and material attributes (uint8), as a file
+        holds them (`OVoxel.from_file_attributes`).
 
         ``mesh``: ``(vertices, faces)`` already extracted from these voxels with `dual_grid_to_mesh` (in the
         voxels' own frame), so that a caller holding it does not pay for a second extraction.
         """
-        from omnivox.ovoxel.extract import dual_grid_to_mesh
-        from omnivox.ovoxel.packing import unpack_geometry
+        from omnivox.ovoxel.asset import OVoxel
 
-        coords = np.asarray(coords)
         if len(coords) == 0:
             raise ValueError(f"{name or 'O-Voxel'}: holds no voxels")
-        missing = [k for k in ("base_color", "metallic", "roughness", "alpha") if k not in attributes]
-        if missing:
-            raise ValueError(f"{name or 'O-Voxel'}: no material attributes {missing} (has {sorted(attributes)})")
-        resolution = resolution or _smallest_power_of_two_above(int(coords.max()))
-        if mesh is None:
-            local, flags = unpack_geometry(attributes)
-            mesh = dual_grid_to_mesh(coords, local, flags, resolution)
-        vertices, faces = mesh
-        vertices = torch.as_tensor(np.asarray(vertices), dtype=torch.float32, device=device)
-        faces = torch.as_tensor(np.asarray(faces), dtype=torch.int64, device=device)
-        values = np.concatenate([np.asarray(attributes[k]).reshape(len(coords), -1)
-                                 for k in ("base_color", "metallic", "roughness", "alpha")], axis=1)
+        asset = OVoxel.from_file_attributes(coords, attributes, resolution or None, source=name or "O-Voxel",
+                                            mesh=mesh)
+        return cls.from_asset(asset, up=up, device=device, name=name)
+
+    @classmethod
+    def from_asset(cls, asset, up: str = "z", device=None, name: str = "") -> "PreviewSource":
+        """An `omnivox.ovoxel.asset.OVoxel` (a generated asset, or one read with ``OVoxel.from_vxz``)."""
+        values = asset.attribute_matrix()
         if values.shape[1] != 6:
             raise ValueError(f"{name or 'O-Voxel'}: expected 3+1+1+1 material channels, got {values.shape[1]}")
-        values = torch.as_tensor(values.astype(np.float32) / 255, device=device)
-        coords_t = torch.as_tensor(coords.astype(np.int64), device=device)
+        vertices = asset.vertices.to(device=device, dtype=torch.float32)
+        faces = asset.faces.to(device=device, dtype=torch.int64)
+        values = torch.as_tensor(values, device=device)
+        coords_t = asset.coords.to(device=device, dtype=torch.int64)
         if check_up_axis(up) == "y":
             vertices = y_up_to_z_up(vertices)
-        return cls(vertices=vertices, faces=faces, voxels=(coords_t, values, resolution, up == "y"),
+        return cls(vertices=vertices, faces=faces, voxels=(coords_t, values, asset.resolution, up == "y"),
                    name=name)
 
     def bounding_radius(self) -> float:
@@ -520,14 +517,3 @@ def save_video(frames: Sequence[np.ndarray], path: Union[str, os.PathLike], fps:
                             ffmpeg_log_level="error") as writer:
         for frame in padded:
             writer.append_data(frame)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Helpers
-
-
-def _smallest_power_of_two_above(max_coord: int) -> int:
-    resolution = 1
-    while resolution <= max_coord:
-        resolution *= 2
-    return resolution

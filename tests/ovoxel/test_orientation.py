@@ -166,14 +166,14 @@ def test_closed_real_asset_exports_single_sided_glb(assets):
 
 def test_orientation_split_off_the_extraction_gives_the_same_mesh(assets):
     """`dual_grid_to_unoriented_mesh` + `orient_faces` (the pipeline's two steps, the second on a worker thread)
-    equals `dual_grid_to_mesh`; the Generated built from them equals the one that extracts by itself."""
+    equals `dual_grid_to_mesh`; the OVoxel built from them equals the one that extracts by itself."""
     import threading
 
     import torch
 
     from omnivox.assets import load_asset
     from omnivox.ovoxel.extract import dual_grid_to_unoriented_mesh, orient_faces
-    from omnivox.pipelines.generated import Generated, orient_mesh, unoriented_mesh
+    from omnivox.ovoxel.asset import OVoxel, orient_mesh, unoriented_mesh
 
     scene = load_asset(assets / "gltf/Fox.glb").normalized()
     coords, dual, flags = mesh_to_dual_grid(scene.vertices, scene.faces, RESOLUTION)
@@ -193,7 +193,7 @@ def test_orientation_split_off_the_extraction_gives_the_same_mesh(assets):
     worker.join()
     attributes = {"base_color": torch.rand(len(coords), 3), "metallic": torch.rand(len(coords), 1),
                   "roughness": torch.rand(len(coords), 1), "alpha": torch.ones(len(coords), 1)}
-    direct = Generated.from_dual_grid(coords, local, flags, attributes, RESOLUTION, weights)
-    split = Generated.from_dual_grid(coords, local, flags, attributes, RESOLUTION, weights, mesh=result["mesh"])
+    direct = OVoxel.from_dual_grid(coords, local, flags, attributes, RESOLUTION, weights)
+    split = OVoxel.from_dual_grid(coords, local, flags, attributes, RESOLUTION, weights, mesh=result["mesh"])
     assert torch.equal(direct.vertices, split.vertices) and torch.equal(direct.faces, split.faces)
     assert len(direct.faces) > 1000

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from omnivox.ovoxel.dual_grid import mesh_to_dual_grid
-from omnivox.pipelines.generated import Generated
+from omnivox.ovoxel.asset import OVoxel
 from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
 
 from tests.conftest import _assets_dir
@@ -15,13 +15,13 @@ from tests.conftest import _assets_dir
 from .conftest import RGB_IMAGE, RGBA_IMAGE, RGBA_IMAGE_2
 
 
-def same(a: Generated, b: Generated) -> bool:
+def same(a: OVoxel, b: OVoxel) -> bool:
     return (a.resolution == b.resolution and torch.equal(a.coords, b.coords)
             and all(torch.equal(a.attributes[k], b.attributes[k]) for k in a.attributes)
             and torch.equal(a.dual_vertices, b.dual_vertices) and torch.equal(a.faces, b.faces))
 
 
-def check_asset(asset: Generated, resolution: int) -> None:
+def check_asset(asset: OVoxel, resolution: int) -> None:
     assert asset.resolution == resolution
     assert asset.coords.dtype == torch.int32 and len(asset.coords) > 0
     assert int(asset.coords.min()) >= 0 and int(asset.coords.max()) < resolution
