@@ -26,6 +26,7 @@ Axes: O-Voxel data is Z-up (Blender); glTF is Y-up, so positions and normals are
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ import torch
 
 from omnivox.assets.frames import z_up_to_y_up  # noqa: F401  (also re-exported: export.z_up_to_y_up)
 from omnivox.ovoxel import bake, meshops
+from omnivox.ovoxel.atlas import Atlas, default_padding, describe_atlas, voxel_atlas
 from omnivox.ovoxel.forked import call_in_fork, fork_available
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid
 
@@ -74,6 +76,13 @@ OPENING_AREA = 0.5
 MAX_CHART_AREA_DIVISOR = 256.0
 
 
+class UvMethod(enum.Enum):
+    """How ``unwrap_uv`` lays out the texture atlas (values are the command line's ``--uv`` words)."""
+
+    VOXEL = "voxel"  # omnivox.ovoxel.atlas.voxel_atlas: axis-projected charts, shelf-packed; bounded time, any device
+    XATLAS = "xatlas"  # xatlas in a forked child (CPU), falling back to triangle_atlas on a crash or timeout
+
+
 @dataclass
 class ExportReport:
     """What ``bake_glb`` did, for logs and benchmarks.
@@ -86,6 +95,10 @@ class ExportReport:
         alpha_mode, alpha_cutoff: the material's alphaMode and (for MASK) alphaCutoff.
         double_sided: True when an opening of at least ``OPENING_AREA`` voxel faces remains.
         uncovered_texels: texels inside the UV charts whose point had no active voxel within reach (filled like gutter).
+        uv_method: the ``UvMethod`` that made the atlas.
+        uv_charts: charts in the atlas (groups of faces connected through shared UV vertices).
+        uv_utilisation: fraction of the texture covered by UV triangles.
+        seam_length, seam_fraction: 3-D length of the UV seams (world units) and its share of all edge length.
         timings: seconds per stage ("clean", "decimate", "unwrap", "rasterize", "lookup", "fill", "assemble").
     """
 
@@ -98,6 +111,11 @@ class ExportReport:
     alpha_cutoff: Optional[float] = None
     double_sided: bool = False
     uncovered_texels: int = 0
+    uv_method: Optional[UvMethod] = None
+    uv_charts: int = 0
+    uv_utilisation: float = 0.0
+    seam_length: float = 0.0
+    seam_fraction: float = 0.0
     timings: dict = field(default_factory=dict)
 
 
@@ -363,30 +381,53 @@ def triangle_atlas(faces: np.ndarray, texture_size: int) -> tuple[np.ndarray, np
 
 
 def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, isolate: bool = True,
-              timeout: Optional[float] = 300.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """UV-unwrap with xatlas into one square atlas (spec 7 step 5), falling back to ``triangle_atlas``.
-
-    Charts are packed with ``texture_size // 512 + 2`` texels of padding (bilinear-safe), rotated to fit; the UVs are
-    normalised to [0, 1] by the atlas size. xatlas occasionally crashes the whole process (a segmentation fault in
-    its packer on some very regular meshes) and can take very long on thousands of tiny disconnected pieces, so by
-    default it runs in a forked child process; a crash, a run longer than ``timeout`` seconds or a multi-atlas result
-    falls back to one chart per triangle with a warning.
-
-    Args:
-        vertices: (V, 3) float32.
-        faces: (F, 3) int64.
-        texture_size: the texture side the charts are packed for.
-        isolate: run xatlas in a child process (on platforms with ``fork``); without it there is no timeout.
-        timeout: seconds to wait for xatlas in the child process (None waits forever).
+              timeout: Optional[float] = 300.0, *, method: UvMethod = UvMethod.VOXEL,
+              device: Union[str, torch.device, None] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """UV-unwrap into one square atlas (spec 7 step 5): ``unwrap_atlas`` without the statistics.
 
     Returns:
         vmapping: (V',) int64, original vertex of each unwrapped vertex (vertices are split along seams).
         faces: (F, 3) int64 into the unwrapped vertices.
         uvs: (V', 2) float32 in [0, 1].
     """
+    atlas = unwrap_atlas(vertices, faces, texture_size, isolate, timeout, method=method, device=device)
+    return atlas.vmapping, atlas.faces, atlas.uvs
+
+
+def unwrap_atlas(vertices: np.ndarray, faces: np.ndarray, texture_size: int, isolate: bool = True,
+                 timeout: Optional[float] = 300.0, *, method: UvMethod = UvMethod.VOXEL,
+                 device: Union[str, torch.device, None] = None) -> Atlas:
+    """UV-unwrap into one square atlas with ``texture_size // 512 + 2`` texels of padding between charts.
+
+    ``UvMethod.VOXEL`` (default) projects axis-dominated charts (``omnivox.ovoxel.atlas.voxel_atlas``) on
+    ``device``. ``UvMethod.XATLAS`` runs xatlas on the CPU, charts rotated to fit, UVs normalised by the atlas
+    size. xatlas occasionally crashes the whole process (a segmentation fault in its packer on some very regular
+    meshes) and can take very long on thousands of tiny disconnected pieces, so by default it runs in a forked child
+    process; a crash, a run longer than ``timeout`` seconds or a multi-atlas result falls back to one chart per
+    triangle with a warning.
+
+    Args:
+        vertices: (V, 3) float32.
+        faces: (F, 3) int64.
+        texture_size: the texture side the charts are packed for.
+        isolate: xatlas only: run it in a child process (on platforms with ``fork``); without it there is no
+            timeout.
+        timeout: xatlas only: seconds to wait for the child process (None waits forever).
+        method: a ``UvMethod``.
+        device: where ``UvMethod.VOXEL`` computes (default CPU).
+
+    Returns:
+        ``omnivox.ovoxel.atlas.Atlas``: vmapping (V',) int64, faces (F, 3) int64, uvs (V', 2) float32 in [0, 1],
+        and chart count, utilisation, seam length, seconds.
+    """
     import warnings
 
-    padding = texture_size // 512 + 2
+    if not isinstance(method, UvMethod):
+        raise ValueError(f"method must be a UvMethod ({', '.join(m.name for m in UvMethod)}), got {method!r}")
+    if method is UvMethod.VOXEL:
+        return voxel_atlas(vertices, faces, texture_size, device=device)
+    start = time.perf_counter()
+    padding = default_padding(texture_size)
     problem = None
     if isolate and fork_available():
         result, problem = call_in_fork(_xatlas_unwrap, (vertices, faces, texture_size, padding), timeout)
@@ -397,9 +438,8 @@ def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, isolat
     if result is None:
         warnings.warn(f"xatlas {problem} while unwrapping {len(faces)} faces; using one UV chart per triangle "
                       "(lower texture detail)", RuntimeWarning, stacklevel=2)
-        return triangle_atlas(faces, texture_size)
-    vmapping, new_faces, uvs, _ = result
-    return vmapping, new_faces, uvs
+        result = triangle_atlas(faces, texture_size)
+    return describe_atlas(vertices, *result[:3], start_time=start)
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -466,8 +506,10 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
              fill_holes: bool = True, image_format: str = "png", alpha_mode: str = "auto",
              hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
              device: Union[str, torch.device, None] = None, surface_tolerance: Optional[float] = None,
-             progress: Optional[Callable[[str, int, int], None]] = None) -> tuple["trimesh.Trimesh", ExportReport]:
-    """``to_glb`` that also returns an ``ExportReport`` (counts, chosen alphaMode, per-stage timings)."""
+             progress: Optional[Callable[[str, int, int], None]] = None,
+             uv_method: UvMethod = UvMethod.VOXEL) -> tuple["trimesh.Trimesh", ExportReport]:
+    """``to_glb`` that also returns an ``ExportReport`` (counts, chosen alphaMode, atlas statistics, per-stage
+    timings)."""
     grid = _as_grid(grid, aabb)
     _check_options(decimation_target, texture_size, image_format, alpha_mode, hole_max_perimeter,
                    min_component_area, surface_tolerance)
@@ -488,8 +530,11 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
                                                    decimation_target, timings, tolerance)
     done("surface")
     start = time.perf_counter()
-    vmapping, uv_faces, uvs = unwrap_uv(v, f, int(texture_size))
-    timings["unwrap"] = time.perf_counter() - start
+    atlas = unwrap_atlas(v, f, int(texture_size), method=uv_method, device=device)
+    vmapping, uv_faces, uvs = atlas.vmapping, atlas.faces, atlas.uvs
+    report.uv_method, report.uv_charts, report.uv_utilisation = uv_method, atlas.charts, atlas.utilisation
+    report.seam_length, report.seam_fraction = atlas.seam_length, atlas.seam_fraction
+    timings["unwrap"] = _elapsed(start, device)
     done("unwrap")
 
     start = time.perf_counter()
@@ -537,7 +582,8 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
            fill_holes: bool = True, image_format: str = "png", alpha_mode: str = "auto",
            hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
            device: Union[str, torch.device, None] = None, surface_tolerance: Optional[float] = None,
-           progress: Optional[Callable[[str, int, int], None]] = None) -> "trimesh.Trimesh":
+           progress: Optional[Callable[[str, int, int], None]] = None,
+           uv_method: UvMethod = UvMethod.VOXEL) -> "trimesh.Trimesh":
     """Turn an extracted O-Voxel surface and its voxel materials into a textured, glTF-ready mesh.
 
     Args:
@@ -548,20 +594,21 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
             alpha 5:6.
         grid: an ``omnivox.ovoxel.grid.Grid``, or a resolution (int or 3 ints) used with ``aabb``.
         aabb: box of the grid when ``grid`` is a resolution; ignored for a ``Grid``.
-        decimation_target: decimate to at most this many faces (None: no budget). xatlas time grows with the face
-            count; the reference app's default is 500k, ours ``DEFAULT_FACE_BUDGET``.
+        decimation_target: decimate to at most this many faces (None: no budget). Unwrap time grows with the face
+            count (xatlas's steeply); the reference app's default is 500k, ours ``DEFAULT_FACE_BUDGET``.
         texture_size: side of the square base-colour and metallic-roughness textures.
         fill_holes: close boundary loops shorter than ``hole_max_perimeter`` (pin-holes of the extraction).
         image_format: "png" or "webp" (written by ``save_glb``; WebP uses ``EXT_texture_webp``).
         alpha_mode: "auto" (rule in ``choose_alpha_mode``) or a glTF alphaMode to force.
         hole_max_perimeter: world units.
         min_component_area: connected parts with less total area (world units squared) are removed.
-        device: torch device for rasterisation, lookup and gutter filling (default CPU).
+        device: torch device for the voxel UV atlas, rasterisation, lookup and gutter filling (default CPU).
         surface_tolerance: in voxels; after the budget, halve the faces while 99.9% of the surface stays this
             close to the extracted one (``meshops.decimate_within``); None or 0 stops at the budget. The command
             line, the app and ``Generated.to_glb`` pass ``DEFAULT_SURFACE_TOLERANCE``.
         progress: ``progress("export", k, n)`` after each of the ``n`` steps of ``EXPORT_STEPS`` (and k = 0 first),
             the pipelines' stage-callback shape.
+        uv_method: ``UvMethod.VOXEL`` (axis-projected charts, on ``device``) or ``UvMethod.XATLAS``.
 
     Returns:
         ``trimesh.Trimesh`` in glTF's Y-up frame, with UVs, unit vertex normals and a ``PBRMaterial``:
@@ -574,7 +621,7 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
                        texture_size=texture_size, fill_holes=fill_holes, image_format=image_format,
                        alpha_mode=alpha_mode, hole_max_perimeter=hole_max_perimeter,
                        min_component_area=min_component_area, device=device, surface_tolerance=surface_tolerance,
-                       progress=progress)
+                       progress=progress, uv_method=uv_method)
     return mesh
 
 

@@ -268,10 +268,11 @@ def test_unwrap_falls_back_to_triangle_atlas(sphere, monkeypatch, tmp_path):
 
     grid, coords, vertices, faces = sphere
     value = np.random.default_rng().uniform(0.1, 0.9, 6).astype(np.float32)
-    original = export.unwrap_uv
-    monkeypatch.setattr(export, "unwrap_uv", lambda *a, **k: original(*a, **k, timeout=0.0))
+    original = export.unwrap_atlas
+    monkeypatch.setattr(export, "unwrap_atlas", lambda *a, **k: original(*a, **k, timeout=0.0))
     with pytest.warns(RuntimeWarning, match="one UV chart per triangle"):
-        mesh, report = bake_glb(vertices, faces, coords, np.tile(value, (len(coords), 1)), grid, texture_size=256)
+        mesh, report = bake_glb(vertices, faces, coords, np.tile(value, (len(coords), 1)), grid, texture_size=256,
+                                uv_method=export.UvMethod.XATLAS)
     uv = np.asarray(mesh.visual.uv)
     assert len(uv) == 3 * report.faces and uv.min() > 0 and uv.max() < 1
     assert (_texture(mesh, "baseColorTexture")[..., :3] == np.round(value[:3] * 255)).all()

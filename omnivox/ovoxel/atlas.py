@@ -1,0 +1,520 @@
+"""UV atlas for surfaces extracted from a voxel grid: axis-projected charts, shelf-packed (issue 16 item 2).
+
+Why not a general unwrapper (xatlas): a voxel surface is made of large, locally flat, axis-dominated pieces, so
+projecting each piece orthographically onto its axis plane is already a good parameterisation: angles are kept
+except for one stretch of ``1 / |n_axis|`` along the slope, and nothing has to be optimised. Every stage is a
+vectorised pass over faces or edges (torch, so the same code runs on CPU and CUDA); only the packer loops, once per
+shelf of charts.
+
+Method (``voxel_atlas``):
+
+1. **Labels.** Each face takes the signed axis (+x, -x, +y, -y, +z, -z) its unit normal leans to most.
+2. **Smoothing.** A few rounds of area-weighted majority vote over edge-adjacent faces, restricted to labels whose
+   axis keeps ``n . axis > normal_floor`` for that face: diagonal staircases do not break into confetti, and no face
+   is projected edge-on or folded (the stretch stays below ``1 / normal_floor``). Votes are integers (quantised
+   areas), so CPU and GPU agree bit for bit.
+3. **Charts** are the connected components of equal label over shared edges (hook-and-jump label propagation with
+   ``scatter_reduce``, O(log n) rounds).
+4. **Splits.** A chart whose projection overlaps itself (a helical ramp, a screw thread: all faces face the axis,
+   yet the surface winds over itself) is found by rasterising every chart in its own frame at a check resolution
+   and looking for a texel claimed by two of its faces; a large chart that fills less than ``min_fill`` of its
+   bounding box (a ring, an L) wastes packing space. Both are cut in two across the middle of their longest
+   extent and re-split into connected pieces, for a few rounds; faces of charts that still overlap become charts
+   of their own.
+5. **Packing.** Chart rectangles (turned to lie flat) are sorted by height and packed in shelves; the largest
+   common scale that fits (binary search) gives every chart the same texel density. Charts start at whole
+   texels and are ``padding`` texels apart (also across the texture's wrap-around), so bilinear filtering and the
+   gutter fill of ``bake.fill_gutter`` do not bleed between charts.
+
+Overlaps smaller than a texel of the check resolution (``OVERLAP_CHECK_SIZE``, a 512^2 texture) can escape step 4;
+they cost a few texels' colour, not a wrong chart.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numba
+import numpy as np
+import torch
+
+# A face may only take a label whose axis has n . axis above this (its projection is at most 1 / 0.4 = 2.5 times
+# squeezed along the slope); a face's own dominant axis always passes (>= 1 / sqrt(3)).
+NORMAL_FLOOR = 0.4
+# Rounds of the majority vote of step 2 (each settles one more ring of faces along a label boundary).
+SMOOTHING_ROUNDS = 4
+# Self-overlap check resolution: charts are rasterised as if the whole atlas were this many texels wide.
+OVERLAP_CHECK_SIZE = 512
+# Rounds of chart splitting (each halves the flagged charts); charts still overlapping afterwards become one chart
+# per face.
+SPLIT_ROUNDS = 8
+# Step 4's packing split: charts above LARGE_CHART_AREA of the total projected area and filling less than
+# MIN_FILL of their bounding rectangle are cut.
+LARGE_CHART_AREA = 1.0 / 64.0
+MIN_FILL = 0.5
+# Bisection steps for the common scale of step 5 (relative precision 2^-30).
+SCALE_STEPS = 30
+# Candidate (texel, face) pairs per chunk of the overlap check (bounds memory).
+CHECK_CHUNK = 1 << 22
+
+# Label k means the signed axis AXIS_OF_LABEL[k] * SIGN_OF_LABEL[k]: +x, -x, +y, -y, +z, -z.
+AXIS_OF_LABEL = (0, 0, 1, 1, 2, 2)
+SIGN_OF_LABEL = (1.0, -1.0, 1.0, -1.0, 1.0, -1.0)
+
+
+@dataclass
+class Atlas:
+    """A UV atlas in ``unwrap_uv``'s contract, plus what it cost and how good it is.
+
+    Attributes:
+        vmapping: (V',) int64, original vertex of each atlas vertex (vertices are split along chart seams).
+        faces: (F, 3) int64 into the atlas vertices, same face order as the input.
+        uvs: (V', 2) float32 in [0, 1]; texel column = u * S, row = v * S (``bake.rasterize_uv``).
+        face_chart: (F,) int64 chart of each face.
+        charts: number of charts.
+        utilisation: fraction of the texture covered by chart triangles (sum of UV areas).
+        seam_length: total 3-D length of edges whose faces lie in different charts.
+        seam_fraction: seam_length over the total length of all edges.
+        seconds: wall-clock time of the unwrap (statistics included).
+    """
+
+    vmapping: np.ndarray
+    faces: np.ndarray
+    uvs: np.ndarray
+    face_chart: np.ndarray
+    charts: int
+    utilisation: float
+    seam_length: float
+    seam_fraction: float
+    seconds: float
+
+
+def default_padding(texture_size: int) -> int:
+    """Texels between charts: ``texture_size // 512 + 2``, as for xatlas (bilinear and a few mip levels safe)."""
+    return int(texture_size) // 512 + 2
+
+
+# ------------------------------------------------------------------------------------------------ graph helpers
+
+
+def _undirected_keys(faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
+    """(3F,) key ``min * V + max`` of each corner edge (corner k to corner k + 1 of each face, face-major)."""
+    a = faces.reshape(-1)
+    b = faces[:, [1, 2, 0]].reshape(-1)
+    return torch.minimum(a, b) * num_vertices + torch.maximum(a, b)
+
+
+def _edges(faces: torch.Tensor, num_vertices: int):
+    """Corner edges sorted by undirected key: keys (3F,), face of each (3F,), endpoints (3F, 2) and the sorting
+    permutation of the face-major corner edges (3F,)."""
+    a = faces.reshape(-1)
+    b = faces[:, [1, 2, 0]].reshape(-1)
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    keys, order = torch.sort(lo * num_vertices + hi, stable=True)
+    face_of = torch.div(order, 3, rounding_mode="floor")
+    return keys, face_of, torch.stack([lo[order], hi[order]], dim=1), order
+
+
+def _components(num_nodes: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Connected components of an undirected graph given by edges (a, b): each node gets its component's smallest
+    node index (hooking of roots, then pointer jumping; integer-only, so identical on every device)."""
+    label = torch.arange(num_nodes, device=a.device)
+    if a.numel() == 0:
+        return label
+    while True:
+        la, lb = label[a], label[b]
+        low, high = torch.minimum(la, lb), torch.maximum(la, lb)
+        hooked = label.scatter_reduce(0, high, low, reduce="amin")
+        while True:  # pointer jumping until every node points at its root
+            jumped = hooked[hooked]
+            if torch.equal(jumped, hooked):
+                break
+            hooked = jumped
+        if torch.equal(hooked, label):
+            return label
+        label = hooked
+
+
+def _group_components(group: torch.Tensor, pair_a: torch.Tensor, pair_b: torch.Tensor,
+                      chart: Optional[torch.Tensor] = None, redo: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Chart ids 0..C-1 (ordered by smallest face) of the connected pieces of equal ``group`` over face pairs.
+
+    With ``chart`` (F,) and ``redo`` (C,) bool, only the faces of the ``redo`` charts are regrouped; every other
+    chart stays whole (``group`` must not mix charts)."""
+    same = group[pair_a] == group[pair_b]
+    if redo is not None:
+        same &= redo[chart[pair_a]]
+    root = _components(group.numel(), pair_a[same], pair_b[same])
+    if redo is not None:
+        faces = torch.arange(group.numel(), device=group.device)
+        first_face = torch.full_like(redo, group.numel(), dtype=torch.int64).scatter_reduce(
+            0, chart, faces, reduce="amin")
+        root = torch.where(redo[chart], root, first_face[chart])
+    return torch.unique(root, return_inverse=True)[1]
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+
+
+def _smooth_labels(label: torch.Tensor, allowed: torch.Tensor, weight: torch.Tensor, pair_a: torch.Tensor,
+                   pair_b: torch.Tensor, rounds: int) -> torch.Tensor:
+    """Majority vote of each face and its edge neighbours (integer area weights), among the face's allowed labels."""
+    count = label.numel()
+    faces = torch.arange(count, device=label.device)
+    for _ in range(rounds):
+        votes = torch.zeros(count, 6, dtype=torch.int64, device=label.device)
+        votes.index_put_((faces, label), weight, accumulate=True)
+        votes.index_put_((pair_a, label[pair_b]), weight[pair_b], accumulate=True)
+        votes.index_put_((pair_b, label[pair_a]), weight[pair_a], accumulate=True)
+        updated = torch.where(allowed, votes, torch.full_like(votes, -1)).argmax(dim=1)
+        if torch.equal(updated, label):
+            break
+        label = updated
+    return label
+
+
+def _projected_corners(corners: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """(F, 3, 2) coordinates of each face's corners in its label's axis plane, counter-clockwise seen from the
+    axis: +a projects to (p[a+1], p[a+2]), -a to (p[a+2], p[a+1]) (indices mod 3)."""
+    axis = torch.div(label, 2, rounding_mode="floor")
+    negative = label % 2 == 1
+    first = (axis + 1) % 3
+    second = (axis + 2) % 3
+    u_axis = torch.where(negative, second, first)
+    v_axis = torch.where(negative, first, second)
+    u = torch.gather(corners, 2, u_axis.view(-1, 1, 1).expand(-1, 3, 1))
+    v = torch.gather(corners, 2, v_axis.view(-1, 1, 1).expand(-1, 3, 1))
+    return torch.cat([u, v], dim=2)
+
+
+def _chart_boxes(flat: torch.Tensor, chart: torch.Tensor, charts: int):
+    """Per-chart (lo (C, 2), hi (C, 2)) of projected corners ``flat`` (F, 3, 2)."""
+    index = chart.repeat_interleave(3).view(-1, 1).expand(-1, 2)
+    points = flat.reshape(-1, 2)
+    lo = torch.full((charts, 2), math.inf, dtype=flat.dtype, device=flat.device)
+    hi = torch.full((charts, 2), -math.inf, dtype=flat.dtype, device=flat.device)
+    return lo.scatter_reduce(0, index, points, reduce="amin"), hi.scatter_reduce(0, index, points, reduce="amax")
+
+
+def _strict_claims_torch(pix, first, width, count, twice_area, chart, stride):
+    """Keys ``(chart * stride + row) * stride + col`` of every (face, texel) with the texel centre strictly inside
+    the face (barycentrics > 1e-9: centres on a shared edge belong to neither face)."""
+    device = pix.device
+    face_ids = torch.nonzero(count > 0).squeeze(1)
+    count = count[face_ids]
+    ends = torch.cumsum(count, 0)
+    claims = [torch.zeros(0, dtype=torch.int64, device=device)]
+    start = 0
+    while start < face_ids.numel():
+        offset = int(ends[start - 1]) if start > 0 else 0
+        stop = max(int(torch.searchsorted(ends, offset + CHECK_CHUNK, right=True)), start + 1)
+        local = torch.repeat_interleave(torch.arange(stop - start, device=device), count[start:stop])
+        rank = torch.arange(local.numel(), device=device) + offset - (ends[start:stop] - count[start:stop])[local]
+        face = face_ids[start:stop][local]
+        col = first[face, 0] + rank % width[face]
+        row = first[face, 1] + torch.div(rank, width[face], rounding_mode="floor")
+        c = pix[face]
+        x, y = col.to(pix.dtype), row.to(pix.dtype)
+        w0 = ((c[:, 1, 0] - x) * (c[:, 2, 1] - y) - (c[:, 1, 1] - y) * (c[:, 2, 0] - x)) / twice_area[face]
+        w1 = ((c[:, 2, 0] - x) * (c[:, 0, 1] - y) - (c[:, 2, 1] - y) * (c[:, 0, 0] - x)) / twice_area[face]
+        w2 = 1.0 - w0 - w1
+        strictly = (w0 > 1e-9) & (w1 > 1e-9) & (w2 > 1e-9)
+        claims.append((chart[face[strictly]] * stride + row[strictly]) * stride + col[strictly])
+        start = stop
+    return torch.cat(claims)
+
+
+@numba.njit(cache=True)
+def _strict_claims_numba(pix, first, width, count, twice_area, chart, stride, bound):
+    """``_strict_claims_torch`` on the CPU, same arithmetic (no fused multiply-adds without fastmath)."""
+    keys = np.empty(bound, np.int64)
+    found = 0
+    for face in range(pix.shape[0]):
+        c = pix[face]
+        for rank in range(count[face]):
+            col = first[face, 0] + rank % width[face]
+            row = first[face, 1] + rank // width[face]
+            x, y = float(col), float(row)
+            w0 = ((c[1, 0] - x) * (c[2, 1] - y) - (c[1, 1] - y) * (c[2, 0] - x)) / twice_area[face]
+            w1 = ((c[2, 0] - x) * (c[0, 1] - y) - (c[2, 1] - y) * (c[0, 0] - x)) / twice_area[face]
+            w2 = 1.0 - w0 - w1
+            if w0 > 1e-9 and w1 > 1e-9 and w2 > 1e-9:
+                keys[found] = (chart[face] * stride + row) * stride + col
+                found += 1
+    return keys[:found]
+
+
+def _overlapping_charts(flat: torch.Tensor, chart: torch.Tensor, charts: int, lo: torch.Tensor,
+                        scale: float, selected: torch.Tensor) -> torch.Tensor:
+    """(C,) bool: charts with a texel centre strictly inside two of their faces, each chart rasterised in its own
+    frame at ``scale`` texels per unit; only the ``selected`` (F,) faces are rasterised."""
+    device = flat.device
+    overlapping = torch.zeros(charts, dtype=torch.bool, device=device)
+    if not bool(selected.any()):
+        return overlapping
+    flat, chart = flat[selected], chart[selected]
+    pix = (flat - lo[chart].unsqueeze(1)) * scale - 0.5  # texel (i, j) centre at pixel coordinate (j, i)
+    first = torch.ceil(pix.amin(dim=1)).clamp(min=0).long()
+    last = torch.floor(pix.amax(dim=1)).long()
+    width = (last[:, 0] - first[:, 0] + 1).clamp(min=0)
+    height = (last[:, 1] - first[:, 1] + 1).clamp(min=0)
+    e1 = pix[:, 1] - pix[:, 0]
+    e2 = pix[:, 2] - pix[:, 0]
+    twice_area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    count = torch.where(twice_area.abs() > 0, width * height, torch.zeros_like(width))
+    stride = int(last.max()) + 2
+    if device.type == "cpu":
+        keys = torch.from_numpy(_strict_claims_numba(pix.numpy(), first.numpy(), width.numpy(), count.numpy(),
+                                                     twice_area.numpy(), chart.numpy(), stride, int(count.sum())))
+    else:
+        keys = _strict_claims_torch(pix, first, width, count, twice_area, chart, stride)
+    keys = torch.sort(keys).values
+    twice = keys[1:][keys[1:] == keys[:-1]]
+    overlapping[torch.div(twice, stride * stride, rounding_mode="floor")] = True
+    return overlapping
+
+
+def _split_in_two(chart: torch.Tensor, flagged: torch.Tensor, centroid: torch.Tensor, charts: int) -> torch.Tensor:
+    """(F,) 0/1: the side of the middle of its chart's longest 3-D extent each face's centroid lies on (0 for
+    faces of charts that are not ``flagged``)."""
+    index = chart.view(-1, 1).expand(-1, 3)
+    lo = torch.full((charts, 3), math.inf, dtype=centroid.dtype, device=centroid.device)
+    hi = torch.full((charts, 3), -math.inf, dtype=centroid.dtype, device=centroid.device)
+    lo = lo.scatter_reduce(0, index, centroid, reduce="amin")
+    hi = hi.scatter_reduce(0, index, centroid, reduce="amax")
+    axis = (hi - lo).argmax(dim=1)
+    middle = 0.5 * (lo + hi).gather(1, axis.view(-1, 1)).squeeze(1)
+    side = centroid.gather(1, axis[chart].view(-1, 1)).squeeze(1) > middle[chart]
+    return (side & flagged[chart]).long()
+
+
+def _shelf_height(widths: np.ndarray, heights: np.ndarray, capacity: int) -> int:
+    """Height of a shelf packing of rectangles in the given order (heights non-increasing) into rows of
+    ``capacity``; a rectangle wider than a row gives a height above any capacity."""
+    if widths.max() > capacity:
+        return np.iinfo(np.int64).max
+    total_width = np.concatenate([[0], np.cumsum(widths)])
+    height, start, count = 0, 0, len(widths)
+    while start < count:
+        stop = int(np.searchsorted(total_width, total_width[start] + capacity, side="right")) - 1
+        height += int(heights[start])  # the row's tallest is its first (sorted)
+        start = stop
+    return height
+
+
+def _shelf_positions(widths: np.ndarray, heights: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower-left corners of the rectangles of ``_shelf_height`` in the same order."""
+    x = np.zeros(len(widths), np.int64)
+    y = np.zeros(len(widths), np.int64)
+    total_width = np.concatenate([[0], np.cumsum(widths)])
+    row_y, start = 0, 0
+    while start < len(widths):
+        stop = int(np.searchsorted(total_width, total_width[start] + capacity, side="right")) - 1
+        x[start:stop] = total_width[start:stop] - total_width[start]
+        y[start:stop] = row_y
+        row_y += int(heights[start])
+        start = stop
+    return x, y
+
+
+def _pack(extent: np.ndarray, texture_size: int, padding: int):
+    """Shelf-pack chart rectangles of size ``extent`` (C, 2) (world units) at the largest common scale.
+
+    Returns (scale in texels per unit, origin (C, 2) int64 texel of each chart's lower-left corner, turned (C,)
+    bool: the chart is rotated a quarter turn to lie flat).
+    """
+    turned = extent[:, 1] > extent[:, 0]
+    size = np.where(turned[:, None], extent[:, ::-1], extent)
+    # Tallest first; ties by width then chart index, so the order (and the packing) is deterministic.
+    order = np.lexsort((np.arange(len(size)), -size[:, 0], -size[:, 1]))
+    size = size[order]
+    margin = (padding + 1) // 2  # the texture wraps: margins on both sides add up to at least the padding
+    capacity = texture_size - 2 * margin + padding  # each rectangle carries its padding on the far side
+
+    def rectangles(scale: float):
+        return np.ceil(size * scale).astype(np.int64) + padding
+
+    def fits(scale: float) -> bool:
+        r = rectangles(scale)
+        return _shelf_height(r[:, 0], r[:, 1], capacity) <= capacity
+
+    low, high = 0.0, math.sqrt(texture_size ** 2 / max(float((size[:, 0] * size[:, 1]).sum()), 1e-300))
+    high = min(high, (texture_size - 2 * margin) / max(float(size.max()), 1e-300))
+    if fits(high):
+        low = high
+    for _ in range(SCALE_STEPS):
+        middle = 0.5 * (low + high)
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    r = rectangles(low)
+    x, y = _shelf_positions(r[:, 0], r[:, 1], capacity)
+    origin = np.zeros((len(size), 2), np.int64)
+    origin[order] = np.stack([x, y], axis=1) + margin
+    return low, origin, turned
+
+
+# ------------------------------------------------------------------------------------------------------ public
+
+
+def voxel_atlas(vertices, faces, texture_size: int, *, padding: Optional[int] = None,
+                device: Union[str, torch.device, None] = None, normal_floor: float = NORMAL_FLOOR,
+                smoothing_rounds: int = SMOOTHING_ROUNDS) -> Atlas:
+    """UV atlas of a (voxel-derived) triangle surface: axis-projected charts packed into one square texture.
+
+    Args:
+        vertices: (V, 3) float array or tensor.
+        faces: (F, 3) int array or tensor, non-degenerate triangles.
+        texture_size: S, the side of the square texture the charts are packed for.
+        padding: texels between charts (default ``default_padding(S)``).
+        device: where the per-face stages run (default: the device of ``vertices`` if a tensor, else CPU).
+        normal_floor: smallest ``n . axis`` a face may be projected with (0 < floor < 1 / sqrt(3)).
+        smoothing_rounds: rounds of label smoothing (0: pure dominant axis).
+
+    Returns:
+        ``Atlas`` (numpy arrays; same bytes for the same input on any device).
+    """
+    start_time = time.perf_counter()
+    if not 0.0 < normal_floor < 1.0 / math.sqrt(3.0):
+        raise ValueError(f"normal_floor must lie in (0, 1/sqrt(3)), got {normal_floor!r}")
+    padding = default_padding(texture_size) if padding is None else int(padding)
+    if padding < 0 or 2 * padding >= texture_size:
+        raise ValueError(f"padding must lie in [0, texture_size / 2), got {padding}")
+    if device is None:
+        device = vertices.device if isinstance(vertices, torch.Tensor) else torch.device("cpu")
+    device = torch.device(device)
+    v = torch.as_tensor(np.asarray(vertices) if not isinstance(vertices, torch.Tensor) else vertices)
+    v = v.to(device=device, dtype=torch.float64)
+    f = torch.as_tensor(np.asarray(faces) if not isinstance(faces, torch.Tensor) else faces)
+    f = f.to(device=device, dtype=torch.int64)
+    num_vertices, num_faces = v.shape[0], f.shape[0]
+    if num_faces == 0:
+        raise ValueError("voxel_atlas needs at least one face")
+
+    corners = v[f]  # (F, 3, 3)
+    normal = torch.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=1)
+    twice_area = torch.linalg.vector_norm(normal, dim=1)
+    if not bool((twice_area > 0).all()):
+        raise ValueError(f"{int((twice_area <= 0).sum())} faces have zero area; remove degenerate faces first")
+    unit = normal / twice_area.unsqueeze(1)
+    alignment = torch.stack([unit[:, 0], -unit[:, 0], unit[:, 1], -unit[:, 1], unit[:, 2], -unit[:, 2]], dim=1)
+
+    # Step 1-2: labels, smoothed over edge neighbours.
+    keys, face_of, _, _ = _edges(f, num_vertices)
+    shared = torch.nonzero(keys[1:] == keys[:-1]).squeeze(1)  # consecutive corner edges of one undirected edge
+    pair_a, pair_b = face_of[shared], face_of[shared + 1]
+    weight = torch.round(twice_area / torch.median(twice_area) * 16).clamp(1, 1 << 20).long()
+    label = alignment.argmax(dim=1)
+    label = _smooth_labels(label, alignment > normal_floor, weight, pair_a, pair_b, smoothing_rounds)
+
+    # Step 3: charts.
+    chart = _group_components(label, pair_a, pair_b)
+    flat = _projected_corners(corners, label)
+    centroid = corners.mean(dim=1)
+
+    # Step 4: split self-overlapping and sparse large charts. Only pieces of overlapping charts are checked again:
+    # a piece of a chart that does not overlap itself cannot either.
+    projected_area = 0.5 * twice_area * alignment.gather(1, label.view(-1, 1)).squeeze(1)
+    total_area = projected_area.sum()
+    check_scale = OVERLAP_CHECK_SIZE / math.sqrt(float(total_area))
+    unchecked = torch.ones(num_faces, dtype=torch.bool, device=device)
+    for split_round in range(SPLIT_ROUNDS + 1):
+        charts = int(chart.max()) + 1
+        lo, hi = _chart_boxes(flat, chart, charts)
+        overlapping = _overlapping_charts(flat, chart, charts, lo, check_scale, unchecked)
+        chart_area = torch.zeros(charts, dtype=torch.float64, device=device).index_add_(0, chart, projected_area)
+        box_area = (hi - lo).prod(dim=1)
+        sparse = (chart_area > LARGE_CHART_AREA * total_area) & (chart_area < MIN_FILL * box_area)
+        flagged = overlapping | sparse
+        if not bool(flagged.any()):
+            break
+        if split_round == SPLIT_ROUNDS:  # halving did not help: faces of overlapping charts become charts of their own
+            alone = overlapping[chart]
+            group = torch.where(alone, num_faces + torch.arange(num_faces, device=device), chart)
+            chart = torch.unique(group, return_inverse=True)[1]
+            break
+        unchecked = overlapping[chart]
+        chart = _group_components(chart * 2 + _split_in_two(chart, flagged, centroid, charts), pair_a, pair_b,
+                                  chart, flagged)
+    charts = int(chart.max()) + 1
+    lo, hi = _chart_boxes(flat, chart, charts)
+
+    # Step 5: pack (a handful of numbers per chart: on the host).
+    scale, origin, turned = _pack((hi - lo).cpu().numpy(), int(texture_size), padding)
+    origin_t = torch.from_numpy(origin).to(device=device, dtype=torch.float64)
+    turned_t = torch.from_numpy(turned).to(device)
+    local = (flat - lo[chart].unsqueeze(1)) * scale  # (F, 3, 2) texels from the chart's lower-left corner
+    chart_height = ((hi - lo)[:, 1] * scale)[chart].view(-1, 1)
+    quarter_turn = torch.stack([chart_height - local[:, :, 1], local[:, :, 0]], dim=2)  # counter-clockwise
+    local = torch.where(turned_t[chart].view(-1, 1, 1), quarter_turn, local)
+    corner_uv = (local + origin_t[chart].unsqueeze(1)) / float(texture_size)
+
+    # Atlas vertices: one per (chart, original vertex).
+    vertex_key = chart.view(-1, 1) * num_vertices + f
+    unique_keys, new_faces = torch.unique(vertex_key.reshape(-1), return_inverse=True)
+    uvs = torch.zeros(unique_keys.numel(), 2, dtype=torch.float64, device=device)
+    uvs[new_faces] = corner_uv.reshape(-1, 2)  # every corner of one atlas vertex has the same uv
+    vmapping = unique_keys % num_vertices
+
+    vmapping = vmapping.cpu().numpy()
+    new_faces = new_faces.view(-1, 3).cpu().numpy()
+    uvs = uvs.to(torch.float32).cpu().numpy()
+    return describe_atlas(v, vmapping, new_faces, uvs, start_time)
+
+
+def describe_atlas(vertices, vmapping: np.ndarray, faces: np.ndarray, uvs: np.ndarray,
+                   start_time: Optional[float] = None) -> Atlas:
+    """An ``Atlas`` with statistics for any unwrap result (``voxel_atlas``, xatlas, ``triangle_atlas``).
+
+    Charts are the groups of faces connected through shared atlas vertices; a seam is a mesh edge whose faces do
+    not share that edge's atlas vertices. Runs on the device of ``vertices`` if a tensor.
+
+    Args:
+        vertices: (V, 3) float, the mesh's vertices.
+        vmapping: (V',) int64, faces: (F, 3) int64, uvs: (V', 2) float32, as ``unwrap_uv`` returns them.
+        start_time: ``time.perf_counter()`` when the unwrap began (``seconds`` is measured from it; 0 without).
+    """
+    v = vertices if isinstance(vertices, torch.Tensor) else torch.from_numpy(np.asarray(vertices))
+    device = v.device
+    v = v.to(torch.float64)
+    vm = torch.from_numpy(np.asarray(vmapping, np.int64)).to(device)
+    f = torch.from_numpy(np.asarray(faces, np.int64)).to(device)
+    uv = torch.from_numpy(np.asarray(uvs, np.float64)).to(device)
+    num_faces = f.shape[0]
+
+    # Charts: faces sharing an atlas vertex.
+    corner_vertex, corner_order = torch.sort(f.reshape(-1), stable=True)
+    same = torch.nonzero(corner_vertex[1:] == corner_vertex[:-1]).squeeze(1)
+    face_of_corner = torch.div(corner_order, 3, rounding_mode="floor")
+    root = _components(num_faces, face_of_corner[same], face_of_corner[same + 1])
+    face_chart = torch.unique(root, return_inverse=True)[1]
+
+    corner_uv = uv[f]
+    e1 = corner_uv[:, 1] - corner_uv[:, 0]
+    e2 = corner_uv[:, 2] - corner_uv[:, 0]
+    utilisation = float((0.5 * (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).abs()).sum())
+
+    # Seams: mesh edges (original vertices) whose corner edges do not all use the same atlas vertices.
+    keys, face_of, endpoints, order = _edges(vm[f], v.shape[0])
+    atlas_key = _undirected_keys(f, max(int(vm.numel()), 1))[order]
+    edge_start = torch.ones(keys.numel(), dtype=torch.bool, device=device)
+    edge_start[1:] = keys[1:] != keys[:-1]
+    edge_id = torch.cumsum(edge_start.long(), 0) - 1
+    edges = int(edge_id[-1]) + 1
+    key_lo = torch.full((edges,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device).scatter_reduce(
+        0, edge_id, atlas_key, reduce="amin")
+    key_hi = torch.full((edges,), -1, dtype=torch.int64, device=device).scatter_reduce(
+        0, edge_id, atlas_key, reduce="amax")
+    ends = endpoints[edge_start]
+    length = torch.linalg.vector_norm(v[ends[:, 1]] - v[ends[:, 0]], dim=1)
+    seam_length = float(length[key_lo != key_hi].sum())
+    return Atlas(
+        vmapping=np.asarray(vmapping, np.int64), faces=np.asarray(faces, np.int64), uvs=np.asarray(uvs, np.float32),
+        face_chart=face_chart.cpu().numpy(), charts=int(face_chart.max()) + 1, utilisation=utilisation,
+        seam_length=seam_length, seam_fraction=seam_length / max(float(length.sum()), 1e-300),
+        seconds=0.0 if start_time is None else time.perf_counter() - start_time,
+    )
