@@ -10,6 +10,6 @@ def kernels_need_compiling() -> bool:
     try:
         from omnivox.ovoxel.kernels import scan_numba
 
-        return not scan_numba.scan_crossings._cache._cache_file._load_index()
+        return not scan_numba.scan_crossings_as_reference._cache._cache_file._load_index()
     except Exception:  # noqa: BLE001 - any change in numba's internals: say the kernels may need compiling
         return True

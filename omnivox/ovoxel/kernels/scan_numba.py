@@ -16,6 +16,7 @@ import numba as nb
 import numpy as np
 
 from omnivox.ovoxel.kernels import hashtable
+from omnivox.ovoxel.kernels.ties import settle_vertex_ties
 
 
 @nb.njit(cache=True, inline="always")
@@ -39,7 +40,7 @@ def _clamped_cell(x, size, n):
 
 
 @nb.njit(cache=True)
-def _scan_triangle(P, res, vs, out_tri, out_axis, out_owner, out_point, tri, start, write):
+def _scan_triangle(P, res, vs, out_tri, out_axis, out_owner, out_point, out_tie, tri, start, write):
     """Scan one triangle for lattice-edge crossings (spec 2.2). Returns the number of crossings.
 
     With ``write`` False only counts; with True also stores them from index ``start`` on.
@@ -88,6 +89,16 @@ def _scan_triangle(P, res, vs, out_tri, out_axis, out_owner, out_point, tri, sta
                     if not (y > -1.0 and y < gc):
                         continue
                     K = int(y)
+                    # Rows and columns sit at float32(index) * voxel size; the height index comes from a division,
+                    # which for a voxel size that is not a power of two can land on the other side of a plane that
+                    # h lies on (or within rounding of). Use the rows' planes here too, so all axes see one lattice.
+                    plane = np.float64(np.float32(K) * vs[c])
+                    if K > 0 and h < plane:
+                        K -= 1
+                        plane = np.float64(np.float32(K) * vs[c])
+                    elif K + 1 < gc and h >= np.float64(np.float32(K + 1) * vs[c]):
+                        K += 1
+                        plane = np.float64(np.float32(K) * vs[c])
                     if write:
                         m = start + count
                         out_tri[m] = tri
@@ -98,13 +109,14 @@ def _scan_triangle(P, res, vs, out_tri, out_axis, out_owner, out_point, tri, sta
                         out_point[m, a] = np.float32(ul)
                         out_point[m, b] = np.float32(wl)
                         out_point[m, c] = np.float32(h)
+                        out_tie[m] = h == plane  # exactly on a lattice vertex: see ties.py
                     count += 1
     return count
 
 
-@nb.njit(cache=True, parallel=True)
 def scan_crossings(triangles, res, vs):
-    """All lattice-edge crossings of all triangles, in the reference's scan order.
+    """All lattice-edge crossings of all triangles, in the reference's scan order, with crossings exactly on a
+    lattice vertex settled (``ties.settle_vertex_ties``).
 
     Args:
         triangles: (T, 3, 3) float32, shifted frame (world - lo).
@@ -115,23 +127,35 @@ def scan_crossings(triangles, res, vs):
         tri (M,) int32, axis (M,) int8, owner (M, 3) int32 (the voxel owning the crossed edge),
         point (M, 3) float32 (the crossing point, shifted frame).
     """
+    tri, axis, owner, point, tie = scan_crossings_as_reference(triangles, res, vs)
+    settle_vertex_ties(triangles, tri, axis, owner, tie)
+    return tri, axis, owner, point
+
+
+@nb.njit(cache=True, parallel=True)
+def scan_crossings_as_reference(triangles, res, vs):
+    """``scan_crossings`` as the reference computes it (a crossing exactly on a lattice plane takes the edge above on
+    every axis), plus ``tie`` (M,) bool: the crossings exactly on a lattice vertex."""
     T = triangles.shape[0]
     counts = np.zeros(T + 1, dtype=np.int64)
     dummy_i = np.zeros(1, dtype=np.int32)
     dummy_a = np.zeros(1, dtype=np.int8)
     dummy_o = np.zeros((1, 3), dtype=np.int32)
     dummy_p = np.zeros((1, 3), dtype=np.float32)
+    dummy_t = np.zeros(1, dtype=np.bool_)
     for t in nb.prange(T):
-        counts[t + 1] = _scan_triangle(triangles[t], res, vs, dummy_i, dummy_a, dummy_o, dummy_p, t, 0, False)
+        counts[t + 1] = _scan_triangle(triangles[t], res, vs, dummy_i, dummy_a, dummy_o, dummy_p, dummy_t, t, 0,
+                                       False)
     offsets = np.cumsum(counts)
     M = offsets[T]
     tri = np.empty(M, dtype=np.int32)
     axis = np.empty(M, dtype=np.int8)
     owner = np.empty((M, 3), dtype=np.int32)
     point = np.empty((M, 3), dtype=np.float32)
+    tie = np.empty(M, dtype=np.bool_)
     for t in nb.prange(T):
-        _scan_triangle(triangles[t], res, vs, tri, axis, owner, point, t, offsets[t], True)
-    return tri, axis, owner, point
+        _scan_triangle(triangles[t], res, vs, tri, axis, owner, point, tie, t, offsets[t], True)
+    return tri, axis, owner, point, tie
 
 
 @nb.njit(cache=True, parallel=True)

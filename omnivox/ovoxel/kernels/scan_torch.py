@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from omnivox.ovoxel.grid import Grid
+from omnivox.ovoxel.kernels.ties import settle_vertex_ties
 
 _F64 = torch.float64
 _F32 = torch.float32
@@ -108,6 +109,14 @@ def scan_crossings(triangles: torch.Tensor, grid: Grid):
     valid = (y > -1.0) & (y < res[jc].to(_F64))
     row, I, ul, h, y, jc = row[valid], I[valid], ul[valid], h[valid], y[valid], jc[valid]
     K = torch.trunc(y).long()
+    # The rows' and columns' planes (float32(index) * voxel size) for the height too (see scan_numba._scan_triangle).
+    vsc32 = vs32[jc]
+
+    def plane(k):
+        return (k.to(_F32) * vsc32).to(_F64)
+
+    K = torch.where((K > 0) & (h < plane(K)), K - 1, K)
+    K = torch.where((K + 1 < res[jc]) & (h >= plane(K + 1)), K + 1, K)
     J_, jb = J[row], job_b[job[row]]
     ja_ = (jc + 1) % 3
     m = len(row)
@@ -117,6 +126,12 @@ def scan_crossings(triangles: torch.Tensor, grid: Grid):
     owner[ar, ja_], owner[ar, jb], owner[ar, jc] = I, J_, K
     point[ar, ja_], point[ar, jb], point[ar, jc] = ul, wl[row], h
     tri = job[row] // 3
+    tie = torch.nonzero(h == plane(K)).squeeze(1)
+    if len(tie):  # few: settled on the CPU by the one implementation of the rule
+        tie_owner = owner[tie].cpu().numpy()
+        settle_vertex_ties(triangles[tri[tie]].cpu().numpy(), np.arange(len(tie)), jc[tie].cpu().numpy(), tie_owner,
+                           np.ones(len(tie), bool))
+        owner[tie] = torch.from_numpy(tie_owner).to(dev)
     return tri, jc, owner, point.float()
 
 
