@@ -7,7 +7,7 @@ after normalisation -- that is not one consistent side for all three axes: one o
 needs was never flagged and a neighbouring one was flagged instead, so the extracted surface was cut open along the
 whole line (with a dangling fin). The rasteriser was not involved (tests/render/test_rasterize_watertight.py).
 
-The scan now settles such ties per lattice vertex (``scan_numba._settle_vertex_ties``): these tests fail with the
+The scan now settles such ties consistently (``omnivox/ovoxel/kernels/ties.py``): these tests fail with the
 reference's rule and pass with ours, on both backends.
 """
 
@@ -44,7 +44,7 @@ def _tilted_sheet(n: int, slope: float, half: float = 0.3):
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 # 24 and 48 are not powers of two: their voxel size is inexact in float32, and the height of a crossing must be
-# compared with the same float32 planes the rows and columns use (ovoxel.md 2.2, "[decision] vertex ties").
+# compared with the same float32 planes the rows and columns use (omnivox/ovoxel/design.md, "Crossings on a lattice vertex").
 @pytest.mark.parametrize("n,slope,resolution", [(2, 0.37, 16), (4, 0.37, 32), (6, 1.7, 32), (4, 0.37, 64),
                                                 (4, 0.37, 24), (6, 1.7, 48), (6, -1.7, 48), (4, -0.37, 32)])
 def test_sheet_with_an_edge_on_a_lattice_line_extracts_without_a_crack(n, slope, resolution, backend):
