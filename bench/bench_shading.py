@@ -21,7 +21,7 @@ import torch
 
 from omnivox.render.environment import Environment
 from omnivox.render.pbr import shade_pbr
-from omnivox.render.preview import framing_radius, load_preview_source, render_pbr, snapshot_cameras
+from omnivox.preview import framing_radius, load_preview_source, render_pbr, snapshot_cameras
 from omnivox.render.rasterize import rasterize
 from omnivox.render.ssao import ambient_visibility
 from omnivox.render.tonemap import tonemap
@@ -50,7 +50,7 @@ def _load(path: Path, device):
     import numpy as np
 
     from omnivox.assets.scene import Scene, default_material
-    from omnivox.render.preview import PreviewSource
+    from omnivox.preview import PreviewSource
 
     data = np.load(path, allow_pickle=False)
     vertices, faces = data["vertices"].astype(np.float32), data["faces"].astype(np.int64)

@@ -133,7 +133,7 @@ def run_demo(out: Path, resolution: int = 256, log: Optional[Callable[[str], Non
     from omnivox.ovoxel.metrics import surface_fidelity
     from omnivox.ovoxel.packing import pack_geometry
     from omnivox.render.environment import Environment
-    from omnivox.render.preview import PreviewSource, render_panel, save_image
+    from omnivox.preview import PreviewSource, render_panel, save_image
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -235,7 +235,7 @@ def render_previews(generated: Any, context: JobContext, settings: Previews, dev
     Previews are a bonus beside the GLB: if rendering fails, the job still succeeds (a warning is logged).
     """
     try:
-        from omnivox.render import preview
+        from omnivox import preview
     except ImportError as exc:
         logger.warning("no previews: the renderer is not available (%s)", exc)
         return

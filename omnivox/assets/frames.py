@@ -55,6 +55,14 @@ def z_up_to_y_up(points):
     return _stack(points, (points[..., 0], points[..., 2], -points[..., 1]))
 
 
+def y_up_to_z_up_voxels(coords, resolution: int):
+    """(N, 3) integer voxel indices of a Y-up grid of ``resolution`` cells per side -> the Z-up grid's indices:
+    `y_up_to_z_up` on the cell centres, ``(x, y, z) -> (x, resolution - 1 - z, y)``. NumPy, a new array."""
+    coords = np.asarray(coords)[:, [0, 2, 1]].copy()
+    coords[:, 1] = resolution - 1 - coords[:, 1]
+    return coords
+
+
 def to_data_frame(points, up_axis: str):
     """Points of a file whose up axis is ``up_axis`` in the Z-up data frame."""
     return y_up_to_z_up(points) if check_up_axis(up_axis) == "y" else points

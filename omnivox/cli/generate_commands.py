@@ -76,7 +76,7 @@ def _check_memory(max_memory: Optional[str]) -> None:
 def write_preview(glb: Path, video: Path, frames: int = 48, resolution: int = 256) -> None:
     """Render a turntable video of ``glb`` with ``omnivox.render``."""
     try:
-        from omnivox.render.preview import load_preview_source, render_turntable, save_video
+        from omnivox.preview import load_preview_source, render_turntable, save_video
     except ImportError as error:
         raise ValueError(f"--preview needs omnivox.render (not available here: {error})") from error
     source = load_preview_source(glb)

@@ -54,7 +54,7 @@ def render(
         if not 1 <= views <= 1000:
             raise ValueError(f"--views must be in [1, 1000], got {views}")
         device = compute_device(device)
-        from omnivox.render import preview
+        from omnivox import preview
         from omnivox.render.environment import resolve_environment
 
         if voxels:
@@ -92,7 +92,7 @@ def render(
 def _voxel_image(source: Path, views: int, resolution: int, up: str, max_voxels: int = DEFAULT_MAX_VOXELS):
     from omnivox.ovoxel.asset import infer_resolution
     from omnivox.ovoxel.io.vxz import read_vxz
-    from omnivox.render.preview import render_voxel_preview
+    from omnivox.preview import render_voxel_preview
 
     if source.suffix.lower() != ".vxz":
         raise ValueError(f"{source}: --voxels needs a .vxz file")
@@ -105,9 +105,10 @@ def _voxel_image(source: Path, views: int, resolution: int, up: str, max_voxels:
         raise ValueError(f"--up must be y or z, got {up!r}")
     colors = attributes["base_color"].astype("float32") / 255
     grid = infer_resolution(int(coords.max()))
-    if up == "y":  # the same rotation as the shaded path, (x, y, z) -> (x, -z, y), on voxel indices
-        coords = coords[:, [0, 2, 1]].copy()
-        coords[:, 1] = grid - 1 - coords[:, 1]
+    if up == "y":  # the same rotation as the shaded path, on voxel indices
+        from omnivox.assets.frames import y_up_to_z_up_voxels
+
+        coords = y_up_to_z_up_voxels(coords, grid)
     return render_voxel_preview(coords, colors, grid, resolution, views=min(views, 8))
 
 

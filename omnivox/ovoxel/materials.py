@@ -41,7 +41,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from omnivox.assets.scene import AlphaMode, FilterMode, Scene, Texture, WrapMode
+from omnivox.assets.scene import AlphaMode, FilterMode, Scene, Texture
+from omnivox.assets.texture import wrap_texel_index
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid, Resolution
 from omnivox.ovoxel.packing import PBR_ATTRIBUTES
 from omnivox.ovoxel.scan import triangle_voxel_pairs
@@ -487,32 +488,20 @@ def _level_of_detail(corners, corner_uv, grid, levels, mip_level_offset) -> torc
     return torch.log2(footprint * height) + mip_level_offset
 
 
-def _wrap(index: torch.Tensor, size: torch.Tensor, mode: int, power_of_two: bool) -> torch.Tensor:
-    """Spec 4.4 wrap of integer texel indices into ``[0, size)``; ``size`` broadcasts against ``index``.
-
-    With power-of-two sizes the two's-complement ``index & (period - 1)`` equals the mathematical modulo,
-    and is much cheaper than an integer division.
-    """
-    if mode == WrapMode.CLAMP_TO_EDGE:
-        return torch.minimum(index.clamp(min=0), size - 1)
-    if mode == WrapMode.MIRRORED_REPEAT:
-        period = index & (2 * size - 1) if power_of_two else torch.remainder(index, 2 * size)
-        return torch.where(period < size, period, 2 * size - period - 1)
-    return index & (size - 1) if power_of_two else torch.remainder(index, size)
-
-
 def _nearest(levels: _PreparedTexture, u, v, wrap_s, wrap_t) -> torch.Tensor:
     width, height = levels.widths[0], levels.heights[0]
     x = torch.nan_to_num(u * width.float()).floor().long()
     y = torch.nan_to_num((1 - v) * height.float()).floor().long()
-    index = _wrap(y, height, wrap_t, False) * width + _wrap(x, width, wrap_s, False)
+    index = wrap_texel_index(y, height, wrap_t) * width + wrap_texel_index(x, width, wrap_s)
     return levels.texels.index_select(0, index).float() / 255
 
 
 def _bilinear(levels: _PreparedTexture, level, u, v, wrap_s, wrap_t) -> torch.Tensor:
     """Bilinear read with texel centres at +0.5 on per-sample mip ``level`` (K,) int64 -> (K, C) in [0, 1].
 
-    Only for power-of-two square levels (LINEAR textures are resized to those).
+    Only for power-of-two square levels (LINEAR textures are resized to those). Not the float
+    `omnivox.assets.texture.bilinear`: these texels are the uint8 levels of the reference's truncating mips,
+    read per sample from one packed buffer.
     """
     width, height, offset = levels.widths[level], levels.heights[level], levels.offsets[level]
     x = torch.nan_to_num(u * width.float()) - 0.5
@@ -520,8 +509,9 @@ def _bilinear(levels: _PreparedTexture, level, u, v, wrap_s, wrap_t) -> torch.Te
     x0, y0 = x.floor(), y.floor()
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
     x0, y0 = x0.long(), y0.long()
-    xs = (_wrap(x0, width, wrap_s, True), _wrap(x0 + 1, width, wrap_s, True))
-    rows = (offset + _wrap(y0, height, wrap_t, True) * width, offset + _wrap(y0 + 1, height, wrap_t, True) * width)
+    xs = (wrap_texel_index(x0, width, wrap_s, True), wrap_texel_index(x0 + 1, width, wrap_s, True))
+    rows = (offset + wrap_texel_index(y0, height, wrap_t, True) * width,
+            offset + wrap_texel_index(y0 + 1, height, wrap_t, True) * width)
     texels = levels.texels
     c00 = texels.index_select(0, rows[0] + xs[0]).float()
     c10 = texels.index_select(0, rows[0] + xs[1]).float()

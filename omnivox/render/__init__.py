@@ -1,5 +1,7 @@
 """Rendering: cameras, rasterization, deferred-shading buffers and voxel previews (spec training.md 5).
 
+Pure rendering: no O-Voxel and no file loading here (pictures of assets and `.vxz` files: `omnivox.preview`).
+
 Conventions: OpenCV cameras with normalised intrinsics (`omnivox.render.cameras`); images are (B, H, W, ...)
 with row 0 at the top; textures use the glTF UV convention. The rasterizer runs in PyTorch on any device and
 as a Triton kernel on CUDA (`backend=`).

@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from omnivox.assets.texture import WRAP_NAMES, bilinear, wrap_mode, wrap_texel_index
 from omnivox.render.cameras import project, to_camera
 from omnivox.render.rasterize import Fragments, rasterize
 
@@ -40,7 +41,7 @@ __all__ = [
     "WRAP_MODES",
 ]
 
-WRAP_MODES = ("repeat", "clamp", "mirror")
+WRAP_MODES = tuple(WRAP_NAMES)  # ("repeat", "clamp", "mirror")
 
 
 def _gather_pixels(fragments: Fragments):
@@ -311,15 +312,6 @@ def _uv_with_derivatives(uvs, vertices, faces, extrinsics, intrinsics, first: Fr
     return uv_img.view(batch, height, width, 2), grad.view(batch, height, width, 4)
 
 
-def _wrap_index(index: torch.Tensor, size: int, wrap: str) -> torch.Tensor:
-    if wrap == "repeat":
-        return torch.remainder(index, size)
-    if wrap == "clamp":
-        return index.clamp(0, size - 1)
-    period = torch.remainder(index, 2 * size)  # mirrored repeat: 0..size-1, size-1..0, ...
-    return torch.where(period < size, period, 2 * size - 1 - period)
-
-
 def mip_pyramid(texture: torch.Tensor) -> list:
     """Mip levels of an (H, W, C) float texture, level 0 first, each half the size (2x2 box filter, rounding
     odd sizes down as OpenGL does), down to 1 x 1."""
@@ -330,20 +322,6 @@ def mip_pyramid(texture: torch.Tensor) -> list:
         current = F.adaptive_avg_pool2d(current, size)
         levels.append(current[0].permute(1, 2, 0))
     return levels
-
-
-def _bilinear(texture: torch.Tensor, uv: torch.Tensor, wrap: str) -> torch.Tensor:
-    height, width = texture.shape[:2]
-    x = uv[..., 0] * width - 0.5
-    y = uv[..., 1] * height - 0.5
-    x0, y0 = torch.floor(x), torch.floor(y)
-    fx, fy = (x - x0).unsqueeze(-1), (y - y0).unsqueeze(-1)
-    x0, y0 = x0.long(), y0.long()
-    xs = (_wrap_index(x0, width, wrap), _wrap_index(x0 + 1, width, wrap))
-    ys = (_wrap_index(y0, height, wrap), _wrap_index(y0 + 1, height, wrap))
-    c00, c01 = texture[ys[0], xs[0]], texture[ys[0], xs[1]]
-    c10, c11 = texture[ys[1], xs[0]], texture[ys[1], xs[1]]
-    return (c00 * (1 - fx) + c01 * fx) * (1 - fy) + (c10 * (1 - fx) + c11 * fx) * fy
 
 
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor, *, wrap: str = "repeat", mipmaps: bool = True,
@@ -361,7 +339,8 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, *, wrap: str = "repe
     Args:
         texture: (H, W, C) float.
         uv: (..., 2) float.
-        wrap: ``"repeat"``, ``"clamp"`` (to edge) or ``"mirror"`` (mirrored repeat).
+        wrap: ``"repeat"``, ``"clamp"`` (to edge) or ``"mirror"`` (mirrored repeat), or an
+            `omnivox.assets.WrapMode` (`omnivox.assets.texture`, the one wrap rule).
         mipmaps: use a mip pyramid (needs ``uv_derivatives``; level 0 otherwise).
         uv_derivatives: (..., 4) ``(du/dx, dv/dx, du/dy, dv/dy)`` per pixel.
         filter: ``"linear"`` or ``"nearest"``.
@@ -370,8 +349,7 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, *, wrap: str = "repe
     Returns:
         (..., C) values in the texture's dtype.
     """
-    if wrap not in WRAP_MODES:
-        raise ValueError(f"wrap must be one of {WRAP_MODES}, got {wrap!r}")
+    wrap = wrap_mode(wrap)
     if filter not in ("linear", "nearest"):
         raise ValueError(f"filter must be 'linear' or 'nearest', got {filter!r}")
     if texture.dim() != 3 or not texture.is_floating_point():
@@ -381,11 +359,11 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, *, wrap: str = "repe
     uv = torch.nan_to_num(uv.to(texture.dtype), nan=0.0, posinf=0.0, neginf=0.0)
     if filter == "nearest":
         height, width = texture.shape[:2]
-        x = _wrap_index(torch.floor(uv[..., 0] * width).long(), width, wrap)
-        y = _wrap_index(torch.floor(uv[..., 1] * height).long(), height, wrap)
+        x = wrap_texel_index(torch.floor(uv[..., 0] * width).long(), width, wrap)
+        y = wrap_texel_index(torch.floor(uv[..., 1] * height).long(), height, wrap)
         return texture[y, x]
     if not mipmaps or uv_derivatives is None:
-        return _bilinear(texture, uv, wrap)
+        return bilinear(texture, uv, wrap, wrap)
     levels = list(levels) if levels is not None else mip_pyramid(texture)
     height, width = texture.shape[:2]
     g = torch.nan_to_num(uv_derivatives.detach().to(texture.dtype))
@@ -399,7 +377,7 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, *, wrap: str = "repe
         use_low, use_high = low == level, (low + 1 == level) & (frac[..., 0] > 0)
         if not bool(use_low.any() | use_high.any()):
             continue
-        value = _bilinear(levels[level], uv, wrap)
+        value = bilinear(levels[level], uv, wrap, wrap)
         weight = torch.where(use_low.unsqueeze(-1), 1 - frac, torch.zeros_like(frac)) + \
             torch.where(use_high.unsqueeze(-1), frac, torch.zeros_like(frac))
         out = out + weight * value

@@ -180,7 +180,7 @@ def _red_above_blue(rgb: np.ndarray) -> None:
 @pytest.mark.parametrize("kind", ["gltf", "obj"])
 def test_preview_render_is_upright(tmp_path, kind):
     from omnivox.render.environment import resolve_environment
-    from omnivox.render.preview import load_preview_source, render_pbr
+    from omnivox.preview import load_preview_source, render_pbr
 
     source = load_preview_source(WRITERS[kind](tmp_path, shape="cube"))
     extrinsics, intrinsics = _front_cameras()

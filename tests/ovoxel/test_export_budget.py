@@ -51,7 +51,7 @@ def test_command_line_defaults_are_the_exporters():
 
 def test_export_and_turntable_report_progress(tmp_path):
     from omnivox.ovoxel.export import EXPORT_STEPS
-    from omnivox.render.preview import load_preview_source, render_turntable
+    from omnivox.preview import load_preview_source, render_turntable
 
     seen = []
     export.bake_glb(*_surface_and_materials(tmp_path, 32), 32, texture_size=32,

@@ -9,7 +9,7 @@ import torch
 from omnivox.assets.scene import Material, Scene
 from omnivox.render.environment import Environment
 from omnivox.render.tonemap import srgb_encode
-from omnivox.render.preview import (
+from omnivox.preview import (
     PreviewSource, grid_image, load_preview_source, pbr_panel, render_pbr, render_turntable, save_video,
     snapshot_cameras,
 )
@@ -174,3 +174,13 @@ def test_environment_background_shows_sky_above_and_ground_below():
     assert float(sky[2]) > float(sky[0]) + 0.05, sky  # blue sky
     assert float(ground[0]) > float(ground[2]) + 0.02, ground  # brownish ground
     assert float(sky.mean()) > float(ground.mean()) + 0.1
+
+
+def test_the_old_render_preview_module_forwards_with_a_deprecation_warning():
+    import omnivox.preview
+    from omnivox.render import preview as old
+
+    with pytest.warns(DeprecationWarning, match="omnivox.preview.render_panel"):
+        assert old.render_panel is omnivox.preview.render_panel
+    with pytest.raises(AttributeError):
+        old.no_such_name
