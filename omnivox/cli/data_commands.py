@@ -3,6 +3,9 @@
 Every stage takes ``--rank R --world-size W`` (this machine's shard), is resumable (re-running skips what is
 done and, unless ``--retry-failed``, what failed) and shows a progress bar with rate and ETA on stderr.
 Ctrl-C stops the workers and exits with code 130; re-running then completes the stage.
+
+``index``, ``convert``, ``render`` and ``encode`` take ``--ray ADDRESS`` to run every asset as a task on a Ray
+cluster instead of local processes (`omnivox.data.ray_runner`; needs ``pip install "omnivox[ray]"``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ RANK = typer.Option(0, "--rank", help="This machine's shard, 0 <= rank < world s
 WORLD = typer.Option(1, "--world-size", help="Number of shards (machines).")
 RETRY = typer.Option(False, "--retry-failed", help="Also redo assets whose previous attempt failed.")
 QUIET = typer.Option(False, "--quiet", help="No progress bar.")
+RAY = typer.Option(None, "--ray", metavar="ADDRESS",
+                   help="Run each asset as a task on a Ray cluster: auto (RAY_ADDRESS or the cluster of this machine, "
+                        "else a private one here), HOST:PORT, or ray://HOST:10001. Workers must see ROOT and the raw "
+                        "assets at the same paths. Needs pip install \"omnivox[ray]\".")
+TASK_CPUS = typer.Option(None, "--task-cpus", help="With --ray: CPU cores each task declares (default 1).")
+TASK_MEMORY = typer.Option(None, "--task-memory", help="With --ray: GiB of memory each task declares "
+                           "(default: convert by resolution, others none).")
+TASK_GPUS = typer.Option(None, "--task-gpus", help="With --ray: GPUs each render/encode task declares (default 0.5: "
+                         "two per GPU; 0 runs them on CPUs).")
 
 
 def _local_cores() -> int:
@@ -57,9 +69,42 @@ def _dataset_root(label: str, root: Path) -> None:
         raise typer.Exit(code=2)
 
 
+def _ray_cluster(label: str, address: Optional[str], cpus: Optional[float] = None, memory_gib: Optional[float] = None,
+                 gpus: Optional[float] = None):
+    """The `RayCluster` of ``--ray`` and ``--task-*`` (None without ``--ray``); one line if Ray is missing."""
+    if address is None:
+        if cpus is not None or memory_gib is not None or gpus is not None:
+            typer.echo(f"omnivox data {label}: --task-cpus/--task-memory/--task-gpus need --ray", err=True)
+            raise typer.Exit(code=2)
+        return None
+    import importlib.util
+
+    from omnivox.data.ray_runner import GIB, INSTALL_HINT, RayCluster
+
+    if importlib.util.find_spec("ray") is None:
+        typer.echo(f"omnivox data {label}: {INSTALL_HINT}", err=True)
+        raise typer.Exit(code=2)
+    if any(value is not None and value < 0 for value in (cpus, memory_gib, gpus)) or cpus == 0:
+        typer.echo(f"omnivox data {label}: --task-cpus must be > 0, --task-memory and --task-gpus >= 0", err=True)
+        raise typer.Exit(code=2)
+    return RayCluster(address=address.strip() or "auto", cpus_per_task=cpus,
+                      memory_per_task=None if memory_gib is None else int(memory_gib * GIB), gpus_per_task=gpus)
+
+
 def _run(label: str, function, **kwargs) -> None:
+    cluster = kwargs.get("ray")
     try:
-        summary = function(**kwargs)
+        if cluster is None:
+            summary = function(**kwargs)
+        else:
+            from omnivox.data.ray_runner import RayClusterError, connected
+
+            try:
+                with connected(cluster):  # once for the whole stage (encode runs one pass per encoder)
+                    summary = function(**kwargs)
+            except RayClusterError as error:
+                typer.echo(f"omnivox data {label}: {error}", err=True)
+                raise typer.Exit(code=2) from error
     except KeyboardInterrupt:
         typer.echo(f"omnivox data {label}: interrupted; re-run the same command to finish", err=True)
         raise typer.Exit(code=130)
@@ -76,6 +121,7 @@ def index_command(
     source: Optional[Path] = typer.Option(None, "--source", help="Folder of raw assets (default ROOT/raw)."),
     rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: local cores; 0 = in-process)."),
+    ray: Optional[str] = RAY, task_cpus: Optional[float] = TASK_CPUS,
 ) -> None:
     """Hash and describe every asset file (sizes, triangles, texture channels, licence) into ROOT/metadata.csv.
 
@@ -92,9 +138,10 @@ def index_command(
         typer.echo(f"omnivox data index: source folder {source or root / 'raw'} does not exist (put the assets in "
                    "ROOT/raw or give --source FOLDER)", err=True)
         raise typer.Exit(code=2)
+    cluster = _ray_cluster("index", ray, task_cpus)
     root.mkdir(parents=True, exist_ok=True)
     _run("index", run_index, root=root, source=source, rank=rank, world_size=world_size, workers=_workers(workers),
-         retry_failed=retry_failed, progress=not quiet)
+         retry_failed=retry_failed, progress=not quiet, ray=cluster)
     if world_size == 1:
         rows = merge_records(root)
         typer.echo(f"index: {rows} rows in {root / 'metadata.csv'}")
@@ -110,6 +157,7 @@ def convert_command(
     mesh_dump: bool = typer.Option(True, "--mesh-dump/--no-mesh-dump", help="Also write mesh_dumps/<sha>.npz."),
     rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: local cores; 0 = in-process)."),
+    ray: Optional[str] = RAY, task_cpus: Optional[float] = TASK_CPUS, task_memory: Optional[float] = TASK_MEMORY,
 ) -> None:
     """O-Voxels (dual_grid_<R>, pbr_voxels_<R>) of every indexed asset."""
     _dataset_root("convert", root)
@@ -120,7 +168,8 @@ def convert_command(
     except ValueError as error:
         raise typer.BadParameter(f"--resolution must be integers separated by commas, got {resolution!r}") from error
     _run("convert", run_convert, root=root, resolutions=resolutions, rank=rank, world_size=world_size,
-         workers=_workers(workers), retry_failed=retry_failed, mesh_dump=mesh_dump, progress=not quiet)
+         workers=_workers(workers), retry_failed=retry_failed, mesh_dump=mesh_dump, progress=not quiet,
+         ray=_ray_cluster("convert", ray, task_cpus, task_memory))
 
 
 @data_app.command("render")
@@ -133,14 +182,17 @@ def render_command(
     seed: int = typer.Option(0, "--seed", help="Seed mixed with each asset's hash for cameras and lights."),
     rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
     workers: Optional[int] = typer.Option(None, "--workers", help="CPU processes when rendering on the CPU."),
+    ray: Optional[str] = RAY, task_cpus: Optional[float] = TASK_CPUS, task_memory: Optional[float] = TASK_MEMORY,
+    task_gpus: Optional[float] = TASK_GPUS,
 ) -> None:
     """RGBA condition views (renders_cond/<sha>/NNN.png + transforms.json); one process per GPU."""
     _dataset_root("render", root)
     from omnivox.data.render import run_render
 
+    cluster = _ray_cluster("render", ray, task_cpus, task_memory, task_gpus)
     _run("render", run_render, root=root, num_views=views, size=size, rank=rank, world_size=world_size,
-         workers=_workers(workers), devices=_devices(devices), retry_failed=retry_failed, seed=seed,
-         progress=not quiet)
+         workers=_workers(workers), devices=["cpu"] if cluster else _devices(devices), retry_failed=retry_failed,
+         seed=seed, progress=not quiet, ray=cluster)
 
 
 @data_app.command("encode")
@@ -153,14 +205,18 @@ def encode_command(
                                               help="Sparse-structure encoder checkpoint .../NAME (64^3 occupancy)."),
     devices: str = typer.Option("auto", "--devices", help="auto (every GPU, else CPU), cpu, or cuda:0,cuda:1,..."),
     rank: int = RANK, world_size: int = WORLD, retry_failed: bool = RETRY, quiet: bool = QUIET,
+    ray: Optional[str] = RAY, task_cpus: Optional[float] = TASK_CPUS, task_memory: Optional[float] = TASK_MEMORY,
+    task_gpus: Optional[float] = TASK_GPUS,
 ) -> None:
     """Shape / material / structure latents (shape_latents/NAME_<R>, pbr_latents/NAME_<R>, ss_latents/NAME_64)."""
     _dataset_root("encode", root)
     from omnivox.data.encode import run_encode
 
+    cluster = _ray_cluster("encode", ray, task_cpus, task_memory, task_gpus)
     _run("encode", run_encode, root=root, resolution=resolution, shape_encoder=shape_encoder,
-         pbr_encoder=pbr_encoder, ss_encoder=ss_encoder, rank=rank, world_size=world_size, devices=_devices(devices),
-         retry_failed=retry_failed, progress=not quiet)
+         pbr_encoder=pbr_encoder, ss_encoder=ss_encoder, rank=rank, world_size=world_size,
+         devices=["cpu"] if cluster else _devices(devices), retry_failed=retry_failed, progress=not quiet,
+         ray=cluster)
 
 
 @data_app.command("columns")

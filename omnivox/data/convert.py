@@ -27,7 +27,7 @@ streams are far smaller than preset 6's 8 MiB dictionary, so the ratio is unchan
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -43,6 +43,25 @@ MATERIAL_ATTRS = PBR_ATTRIBUTES  # the material file holds the PBR channels
 DUAL_GRID_COLUMNS = ["sha256", "dual_grid_converted", "dual_grid_size", "dual_grid_error"]
 PBR_COLUMNS = ["sha256", "pbr_voxelized", "num_pbr_voxels", "pbr_voxels_error"]
 MESH_COLUMNS = ["sha256", "mesh_dumped", "mesh_dump_error"]
+
+if TYPE_CHECKING:
+    from omnivox.data.ray_runner import RayCluster, TaskResources
+
+
+def convert_task_resources(max_resolution: int) -> "TaskResources":
+    """What one `convert` task declares on a Ray cluster: one core, and memory for the largest resolution.
+
+    Peak resident memory of one worker on the worst development asset (``mesh/soup.stl``, 100 triangles
+    across the whole box) was 0.76 GB at 256 (1.3M voxels) and 1.41 GB at 512 (5.5M voxels): about 0.3 GB of
+    libraries plus ~200 bytes per voxel, and voxel counts grow with R^2. Declared: 0.5 GiB + 1.25 GiB x
+    (R / 512)^2, rounded up to 0.5 GiB (1 GiB at 256, 2 GiB at 512, 5.5 GiB at 1024); ``--task-memory``
+    overrides it for collections of denser assets.
+    """
+    from omnivox.data.ray_runner import GIB, TaskResources
+
+    half_gib = GIB // 2
+    estimate = 0.5 * GIB + 1.25 * GIB * (max_resolution / 512) ** 2
+    return TaskResources(num_cpus=1.0, memory=int(-(-estimate // half_gib)) * half_gib)
 
 
 def load_for_dataset(path):
@@ -112,6 +131,12 @@ def indexed_assets(root: Path) -> Dict[str, str]:
     return assets
 
 
+def _paths_workers_read(root: Path, tasks: Sequence[Task]) -> List[str]:
+    """The root and the folder of each distinct raw-asset parent a worker must read (checked on every node)."""
+    folders = sorted({str(Path(task.payload["path"]).parent) for task in tasks})
+    return [str(root.resolve())] + folders[:16]  # a sample is enough to catch a missing mount
+
+
 def stage_status(root: Path, folder: str, flag: str, error_column: str, suffix: str) -> Dict[str, str]:
     """sha256 -> ``"done"`` (flag true and file present) or ``"failed"`` for one output folder."""
     _, table = load_table(root / folder)
@@ -126,9 +151,12 @@ def stage_status(root: Path, folder: str, flag: str, error_column: str, suffix: 
 
 def run_convert(root: Path, resolutions: Sequence[int] = (512,), rank: int = 0, world_size: int = 1,
                 workers: int = 0, retry_failed: bool = False, mesh_dump: bool = True,
-                progress: bool = True) -> StageSummary:
-    """Convert this shard's indexed assets at ``resolutions``; see the module docstring."""
-    root = Path(root)
+                progress: bool = True, ray: Optional["RayCluster"] = None) -> StageSummary:
+    """Convert this shard's indexed assets at ``resolutions``; see the module docstring.
+
+    ``ray``: run each asset as a task on that Ray cluster (`convert_task_resources`) instead of ``workers``.
+    """
+    root = Path(root).resolve() if ray is not None else Path(root)  # workers on other nodes need absolute paths
     resolutions = sorted({int(r) for r in resolutions})
     if not resolutions or any(r < 2 or r > 4096 for r in resolutions):
         raise ValueError(f"convert: resolutions must be in [2, 4096], got {resolutions}")
@@ -177,7 +205,13 @@ def run_convert(root: Path, resolutions: Sequence[int] = (512,), rank: int = 0, 
         writers[layout.pbr_voxels_dir(r)] = RecordWriter(root / layout.pbr_voxels_dir(r), PBR_COLUMNS, rank)
     if mesh_dump:
         writers[layout.MESH_DUMPS] = RecordWriter(root / layout.MESH_DUMPS, MESH_COLUMNS, rank)
+    ray_stage = None
+    if ray is not None:
+        from omnivox.data.ray_runner import RayStage
+
+        ray_stage = RayStage(ray, ray.resources(convert_task_resources(max(resolutions))),
+                             must_see=_paths_workers_read(root, tasks))
     result = run_stage(tasks, convert_asset, writers, failure_rows, workers,
-                       f"convert {','.join(map(str, resolutions))}", progress=progress)
+                       f"convert {','.join(map(str, resolutions))}", progress=progress, ray=ray_stage)
     summary.done, summary.failed = result.done, result.failed
     return summary

@@ -25,8 +25,9 @@ device takes an independent share of this rank's assets (`omnivox.data.runner.ru
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,6 +43,12 @@ SHAPE_COLUMNS = ["sha256", "shape_latent_encoded", "shape_latent_tokens", "shape
 PBR_COLUMNS = ["sha256", "pbr_latent_encoded", "pbr_latent_tokens", "pbr_latent_error"]
 SS_COLUMNS = ["sha256", "ss_latent_encoded", "ss_occupied_voxels", "ss_latent_error"]
 SS_RESOLUTION = 64
+# On a Ray cluster each encode actor declares one core and half a GPU by default (two share a GPU: one reads
+# and decodes its .vxz on the CPU while the other runs the encoder).
+RAY_GPUS_PER_TASK = 0.5
+
+if TYPE_CHECKING:
+    from omnivox.data.ray_runner import RayCluster
 
 
 def checkpoint_name(path: Path) -> str:
@@ -112,10 +119,62 @@ def _save_dense_latent(path: Path, z: np.ndarray, tag: str) -> None:
     atomic_write(path, write, tag)
 
 
+@dataclass
+class LatentEncoding:
+    """The per-asset work of one encoder over one folder: ``work(task) -> Outcome`` for `run_stage`.
+
+    Picklable (sent to Ray actors before the model is loaded); `load` reads the checkpoint once, on the
+    process that encodes, and a pickled copy never carries the loaded model.
+    """
+
+    kind: str  # "shape", "pbr" or "ss"
+    checkpoint: str
+    root: str
+    resolution: int
+    source: str  # input folder under the root
+    out: str  # output folder under the root
+    flag: str
+    tokens: str
+    error_column: str
+    device: str
+    tag: str  # temp-file owner (`temp_tag`)
+    encoder: Any = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "encoder": None}
+
+    def load(self) -> None:
+        if self.encoder is None:
+            self.encoder = load_encoder(Path(self.checkpoint), torch.device(self.device))
+
+    def __call__(self, task: Task) -> Outcome:
+        self.load()
+        device = torch.device(self.device)
+        root = Path(self.root)
+        source = root / self.source / f"{task.key}.vxz"
+        target = root / self.out / f"{task.key}.npz"
+        if self.kind == "ss":
+            cells, z = encode_sparse_structure(self.encoder, source, self.resolution, device)
+            if not np.isfinite(z).all():
+                raise ValueError("the encoder produced non-finite latents")
+            _save_dense_latent(target, z, self.tag)
+            return Outcome(task.key, rows={self.out: {"sha256": task.key, self.flag: True, self.tokens: cells,
+                                                      self.error_column: ""}})
+        encode = encode_shape if self.kind == "shape" else encode_pbr
+        coords, feats = encode(self.encoder, source, device)
+        if not np.isfinite(feats).all():
+            raise ValueError("the encoder produced non-finite latents")
+        if coords.size and coords.max() > 255:
+            raise ValueError(f"latent coordinate {coords.max()} does not fit uint8")
+        _save_latent(target, coords, feats, self.tag)
+        return Outcome(task.key, rows={self.out: {"sha256": task.key, self.flag: True, self.tokens: len(coords),
+                                                  self.error_column: ""}})
+
+
 def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None, pbr_encoder: Optional[Path] = None,
                ss_encoder: Optional[Path] = None, rank: int = 0, world_size: int = 1, devices: Sequence[str] = ("cpu",),
                retry_failed: bool = False, progress: bool = True,
-               device_slot: Tuple[int, int] = (0, 1)) -> StageSummary:
+               device_slot: Tuple[int, int] = (0, 1), ray: Optional["RayCluster"] = None) -> StageSummary:
     """Encode this shard's converted assets; see the module docstring.
 
     Args:
@@ -127,8 +186,11 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
         devices: one process per entry when several (e.g. ``["cuda:0", "cuda:1"]``).
         retry_failed: redo assets whose previous attempt failed.
         device_slot: internal (which share of the shard a per-device process takes).
+        ray: encode on that Ray cluster instead (``devices`` unused): actors that each keep the encoder loaded,
+            one core and `RAY_GPUS_PER_TASK` GPU each unless the cluster options say otherwise (0 GPUs: on
+            their CPU).
     """
-    root = Path(root)
+    root = Path(root).resolve() if ray is not None else Path(root)  # workers on other nodes need absolute paths
     if shape_encoder is None and pbr_encoder is None and ss_encoder is None:
         raise ValueError("encode: give a shape, material or sparse-structure encoder (or several)")
     if ss_encoder is not None and resolution % SS_RESOLUTION:
@@ -137,7 +199,16 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
         raise ValueError(f"encode: resolution must be a multiple of 16 with R/16 <= 256, got {resolution}")
     kwargs = dict(root=root, resolution=resolution, shape_encoder=shape_encoder, pbr_encoder=pbr_encoder,
                   ss_encoder=ss_encoder, rank=rank, world_size=world_size, retry_failed=retry_failed, progress=progress)
-    if len(devices) > 1:
+    ray_stage = None
+    if ray is not None:
+        from omnivox.data.ray_runner import RayStage, TaskResources
+
+        resources = ray.resources(TaskResources(num_cpus=1.0, num_gpus=RAY_GPUS_PER_TASK))
+        ray_stage = RayStage(ray, resources, keep_work_loaded=True)
+        devices = ["cuda" if resources.num_gpus else "cpu"]  # inside an actor, Ray's CUDA_VISIBLE_DEVICES picks it
+        shape_encoder, pbr_encoder, ss_encoder = (None if path is None else Path(path).resolve()
+                                                  for path in (shape_encoder, pbr_encoder, ss_encoder))
+    elif len(devices) > 1:
         return run_per_device(run_encode, kwargs, list(devices))
     device = torch.device(devices[0])
     tag = temp_tag(rank, device_slot)
@@ -174,33 +245,19 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
             tasks.append(Task(sha))
         if not tasks:
             continue
-        encoder = load_encoder(checkpoint, device)
-        encode = encode_shape if kind == "shape" else encode_pbr
-
-        def work(task: Task, encoder=encoder, encode=encode, kind=kind, source=source, out=out, flag=flag,
-                 tokens=tokens, error_column=error_column) -> Outcome:
-            if kind == "ss":
-                cells, z = encode_sparse_structure(encoder, root / source / f"{task.key}.vxz", resolution, device)
-                if not np.isfinite(z).all():
-                    raise ValueError("the encoder produced non-finite latents")
-                _save_dense_latent(root / out / f"{task.key}.npz", z, tag)
-                return Outcome(task.key, rows={out: {"sha256": task.key, flag: True, tokens: cells,
-                                                     error_column: ""}})
-            coords, feats = encode(encoder, root / source / f"{task.key}.vxz", device)
-            if not np.isfinite(feats).all():
-                raise ValueError("the encoder produced non-finite latents")
-            if coords.size and coords.max() > 255:
-                raise ValueError(f"latent coordinate {coords.max()} does not fit uint8")
-            _save_latent(root / out / f"{task.key}.npz", coords, feats, tag)
-            return Outcome(task.key, rows={out: {"sha256": task.key, flag: True, tokens: len(coords), error_column: ""}})
+        work = LatentEncoding(kind, str(checkpoint), str(root), resolution, source, out, flag, tokens,
+                              error_column, str(device), tag)
+        if ray_stage is None:
+            work.load()  # a bad checkpoint stops the stage here instead of failing every asset
 
         def failure_rows(task: Task, error: str, out=out, flag=flag, error_column=error_column) -> Dict[str, dict]:
             return {out: {"sha256": task.key, flag: False, error_column: error}}
 
         writers = {out: RecordWriter(root / out, columns, rank)}
-        # In-process: the model stays loaded; the device does the parallel work.
+        # In-process: the model stays loaded; the device does the parallel work. On Ray: actors keep it loaded.
+        stage = None if ray_stage is None else replace(ray_stage, must_see=[str(root), str(checkpoint.parent)])
         result = run_stage(tasks, work, writers, failure_rows, workers=0, desc=f"encode {kind} {resolution}",
-                           progress=progress)
+                           progress=progress, ray=stage)
         summary.done += result.done
         summary.failed += result.failed
     return summary

@@ -22,10 +22,13 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from omnivox.data.metadata import RecordWriter, as_bool, load_table
 from omnivox.data.runner import Outcome, StageSummary, Task, in_shard, run_stage
+
+if TYPE_CHECKING:
+    from omnivox.data.ray_runner import RayCluster
 
 SUPPORTED = (".glb", ".gltf", ".obj", ".ply", ".stl")
 # Recognised as 3D assets so they are reported, but not readable without Blender/assimp.
@@ -135,7 +138,7 @@ def index_file(task: Task) -> Outcome:
 
 
 def run_index(root: Path, source: Optional[Path] = None, rank: int = 0, world_size: int = 1, workers: int = 0,
-              retry_failed: bool = False, progress: bool = True) -> StageSummary:
+              retry_failed: bool = False, progress: bool = True, ray: Optional["RayCluster"] = None) -> StageSummary:
     """Index the assets under ``source`` (default ``<root>/raw``) into the root's table.
 
     Rows land in ``<root>/new_records`` (every reader sees them); `omnivox.data.metadata.merge_records` folds them
@@ -143,9 +146,13 @@ def run_index(root: Path, source: Optional[Path] = None, rank: int = 0, world_si
 
     Sharded by file path; a file is skipped when a row with its path and size exists (and, unless
     ``retry_failed``, also when that row records a failure).
+
+    ``ray``: hash and load each file as a task (one core) on that Ray cluster instead of ``workers``.
     """
     root = Path(root)
     source = Path(source) if source is not None else root / "raw"
+    if ray is not None:  # workers on other nodes need absolute paths (local_path stays relative to the root)
+        root, source = root.resolve(), source.resolve()
     files = scan_folder(source)
     _, table = load_table(root)
     known = {(row.get("local_path"), row.get("file_size")): row for row in table.values()}
@@ -173,7 +180,12 @@ def run_index(root: Path, source: Optional[Path] = None, rank: int = 0, world_si
                       "file_size": size, "indexed": False, "index_error": error}}
 
     writers = {".": RecordWriter(root, COLUMNS, rank)}
-    result = run_stage(tasks, index_file, writers, failure_rows, workers, "index", progress=progress)
+    ray_stage = None
+    if ray is not None:
+        from omnivox.data.ray_runner import RayStage, TaskResources
+
+        ray_stage = RayStage(ray, ray.resources(TaskResources(num_cpus=1.0)), must_see=[str(root), str(source)])
+    result = run_stage(tasks, index_file, writers, failure_rows, workers, "index", progress=progress, ray=ray_stage)
     summary.done, summary.failed = result.done, result.failed
     return summary
 

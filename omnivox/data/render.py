@@ -41,7 +41,7 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -52,7 +52,14 @@ from omnivox.data.metadata import RecordWriter, as_bool, load_table
 from omnivox.data.runner import (Outcome, StageSummary, Task, in_shard, remove_stale_temps, run_per_device,
                                  run_stage, temp_path, temp_tag)
 
+if TYPE_CHECKING:
+    from omnivox.data.ray_runner import RayCluster
+
 COLUMNS = ["sha256", "cond_rendered", "num_cond_views", "render_error"]
+# On a Ray cluster each render task declares one core and half a GPU by default: two tasks share a GPU, so one
+# loads its asset and encodes PNGs on the CPU while the other rasterizes (the CPU work is about 2/3 of an
+# asset's time, docs/benchmarks/data.md).
+RAY_GPUS_PER_TASK = 0.5
 BOUNDING_RADIUS = math.sqrt(3) / 2
 MIN_RADIUS = BOUNDING_RADIUS / math.sin(math.radians(35))
 MAX_RADIUS = BOUNDING_RADIUS / math.sin(math.radians(5))
@@ -316,7 +323,8 @@ def render_asset(task: Task) -> Outcome:
 
 def run_render(root: Path, num_views: int = 16, size: int = 512, rank: int = 0, world_size: int = 1,
                workers: int = 0, devices: Sequence[str] = ("cpu",), retry_failed: bool = False, seed: int = 0,
-               progress: bool = True, device_slot: Tuple[int, int] = (0, 1)) -> StageSummary:
+               progress: bool = True, device_slot: Tuple[int, int] = (0, 1),
+               ray: Optional["RayCluster"] = None) -> StageSummary:
     """Render this shard's indexed assets; see the module docstring.
 
     Args:
@@ -329,13 +337,23 @@ def run_render(root: Path, num_views: int = 16, size: int = 512, rank: int = 0, 
             it, which overlaps one's CPU work (loading, PNG encoding) with the other's GPU work.
         retry_failed: redo assets whose previous attempt failed.
         seed: mixed with each asset's hash to draw its cameras and lights (re-renders are identical).
+        ray: run each asset as a task on that Ray cluster instead (``devices`` and ``workers`` unused): one
+            core and `RAY_GPUS_PER_TASK` GPU each unless the cluster options say otherwise; with 0 GPUs per
+            task the tasks render on their CPU.
     """
-    root = Path(root)
+    root = Path(root).resolve() if ray is not None else Path(root)  # workers on other nodes need absolute paths
     if not 16 <= size <= 4096 or not 1 <= num_views <= 1000:
         raise ValueError(f"render: need 16 <= size <= 4096 and 1 <= num_views <= 1000, got {size}, {num_views}")
     kwargs = dict(root=root, num_views=num_views, size=size, rank=rank, world_size=world_size, workers=workers,
                   retry_failed=retry_failed, seed=seed, progress=progress)
-    if len(devices) > 1:
+    ray_stage = None
+    if ray is not None:
+        from omnivox.data.ray_runner import RayStage, TaskResources
+
+        resources = ray.resources(TaskResources(num_cpus=1.0, num_gpus=RAY_GPUS_PER_TASK))
+        ray_stage = RayStage(ray, resources, must_see=[str(root)])
+        devices = ["cuda" if resources.num_gpus else "cpu"]  # inside a task, Ray's CUDA_VISIBLE_DEVICES picks the GPU
+    elif len(devices) > 1:
         return run_per_device(run_render, kwargs, list(devices))
     out = root / layout.RENDERS_COND
     tag = temp_tag(rank, device_slot)
@@ -361,6 +379,6 @@ def run_render(root: Path, num_views: int = 16, size: int = 512, rank: int = 0, 
     writers = {layout.RENDERS_COND: RecordWriter(out, COLUMNS, rank)}
     on_gpu = torch.device(devices[0]).type != "cpu"
     result = run_stage(tasks, render_asset, writers, failure_rows, workers=0 if on_gpu else workers,
-                       desc=f"render {num_views}x{size}", progress=progress)
+                       desc=f"render {num_views}x{size}", progress=progress, ray=ray_stage)
     summary.done, summary.failed = result.done, result.failed
     return summary

@@ -15,6 +15,9 @@ writes the asset's outputs and returns the rows to record. `run_stage`:
 * if a worker process dies (out of memory, a segfault), restarts the pool and retries the assets that were
   in flight; an asset in flight during two such deaths is recorded as failed.
 
+With ``ray`` (a `omnivox.data.ray_runner.RayStage`), the same tasks run as Ray tasks on a cluster instead of
+the pool; each calls the same `process_asset` and the driver records the outcomes with the same code.
+
 Outputs are written with `atomic_write` (a rank-tagged temp file in the same folder, then ``os.replace``), so
 a file either exists complete or not at all; `remove_stale_temps` deletes what a killed run of the same rank
 left behind.
@@ -32,13 +35,17 @@ import shutil
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from omnivox.data.metadata import RecordWriter
+
+if TYPE_CHECKING:
+    from omnivox.data.ray_runner import RayStage
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
+WORKER_DIED_TWICE = "worker process died twice on this asset (out of memory?)"
 
 
 @dataclass
@@ -162,14 +169,16 @@ def die_with_parent(parent_pid: int, poll_s: float = 1.0, grace_s: float = 3.0) 
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _init_worker(threads: int, parent_pid: Optional[int] = None) -> None:
-    # The parent handles Ctrl-C and terminates the pool; workers must not die half-way through a write.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if parent_pid is not None:
-        die_with_parent(parent_pid)
+def limit_threads(threads: int) -> None:
+    """torch and numba use ``threads`` threads in this process (a pool worker's or a Ray task's cores).
+
+    Results depend on it: parallel reductions sum in a different order, so two engines that must write
+    identical files give each asset the same number of threads.
+    """
     import torch
 
-    torch.set_num_threads(threads)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     try:
         import numba
 
@@ -178,7 +187,20 @@ def _init_worker(threads: int, parent_pid: Optional[int] = None) -> None:
         pass
 
 
-def _guarded(work: Callable[[Task], Outcome], task: Task) -> Outcome:
+def _init_worker(threads: int, parent_pid: Optional[int] = None) -> None:
+    # The parent handles Ctrl-C and terminates the pool; workers must not die half-way through a write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    limit_threads(threads)
+
+
+def process_asset(work: Callable[[Task], Outcome], task: Task) -> Outcome:
+    """Process one asset: ``work(task)``, with any exception turned into a failed `Outcome` carrying its reason.
+
+    The one per-asset entry point of every engine: the local pool, the in-process loop and Ray's tasks and
+    actors (`omnivox.data.ray_runner`) all call it, so they write the same files and records.
+    """
     try:
         return work(task)
     except MemoryError:
@@ -196,7 +218,8 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def run_stage(tasks: Sequence[Task], work: Callable[[Task], Outcome], writers: Mapping[str, RecordWriter],
               failure_rows: Callable[[Task, str], Dict[str, dict]], workers: int = 0, desc: str = "",
-              threads_per_worker: int = 1, progress: bool = True, mp_context: str = "spawn") -> StageSummary:
+              threads_per_worker: int = 1, progress: bool = True, mp_context: str = "spawn",
+              ray: Optional["RayStage"] = None) -> StageSummary:
     """Run ``work`` on every task and record the outcomes.
 
     Args:
@@ -209,6 +232,7 @@ def run_stage(tasks: Sequence[Task], work: Callable[[Task], Outcome], writers: M
         threads_per_worker: torch/numba threads in each worker.
         progress: show the tqdm bar (rate and ETA) on stderr.
         mp_context: multiprocessing start method for the pool.
+        ray: run every task on a Ray cluster instead (`omnivox.data.ray_runner`; ``workers`` is then unused).
 
     Returns:
         `StageSummary` with ``done`` and ``failed`` counts (``total``/``skipped`` are the caller's).
@@ -230,9 +254,14 @@ def run_stage(tasks: Sequence[Task], work: Callable[[Task], Outcome], writers: M
         bar.set_postfix(failed=summary.failed, refresh=False)
 
     try:
-        if workers <= 0:
+        if ray is not None:
+            if tasks:  # nothing to do needs no cluster
+                from omnivox.data.ray_runner import run_on_ray
+
+                run_on_ray(tasks, work, record, ray, progress=progress)
+        elif workers <= 0:
             for task in tasks:
-                record(task, _guarded(work, task))
+                record(task, process_asset(work, task))
         else:
             _run_pool(tasks, work, record, workers, threads_per_worker, mp_context)
     finally:
@@ -255,7 +284,7 @@ def _run_pool(tasks, work, record, workers: int, threads: int, mp_context: str) 
             while pending or in_flight:
                 while pending and len(in_flight) < 2 * workers:
                     task = pending.pop()
-                    in_flight[pool.submit(_guarded, work, task)] = task
+                    in_flight[pool.submit(process_asset, work, task)] = task
                 finished, _ = futures.wait(in_flight, return_when=futures.FIRST_COMPLETED)
                 broken = None
                 for future in finished:
@@ -270,7 +299,7 @@ def _run_pool(tasks, work, record, workers: int, threads: int, mp_context: str) 
             for task in in_flight.values():
                 crashes[task.key] = crashes.get(task.key, 0) + 1
                 if crashes[task.key] >= 2:
-                    record(task, Outcome(task.key, error="worker process died twice on this asset (out of memory?)"))
+                    record(task, Outcome(task.key, error=WORKER_DIED_TWICE))
                 else:
                     pending.append(task)
             logger.warning("a worker process died; restarting the pool (%d assets retried)", len(in_flight))

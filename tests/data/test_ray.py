@@ -1,0 +1,276 @@
+"""The data stages on a local Ray instance (2 CPUs) against the local runner: same root, killed workers, failures.
+
+The Ray instance is started once for the module and shut down after it. Local and Ray runs use the same
+dataset root path one after the other (the local result is copied aside), so recorded paths and messages agree.
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from omnivox.data import layout
+from omnivox.data.convert import run_convert
+from omnivox.data.encode import run_encode
+from omnivox.data.index import run_index
+from omnivox.data.metadata import RECORDS_DIR, load_table, part_files
+from omnivox.data.ray_runner import RayCluster, RayClusterError, _task_body
+from omnivox.data.render import run_render
+from omnivox.data.runner import WORKER_DIED_TWICE
+from omnivox.data.stats import stage_folders
+from omnivox.models import FlexiDualGridVaeEncoder, SparseUnetVaeEncoder, save_pretrained
+from tests.conftest import HANG_GUARD_S, _assets_dir
+from tests.models.helpers import randomize, tiny_encoder_config
+
+RESOLUTION = 64
+SOURCES = ["gltf/Fox.glb", "gltf/VertexColorTest.glb", "gltf/OrientationTest.glb", "mesh/joined_tetrahedra.obj",
+           "mesh/large_block.STL", "mesh/thingi10k/73340.stl", "mesh/thingi10k/68254.stl", "mesh/featuretype.STL"]
+# Indexed, then overwritten with garbage before convert: the convert failure every run must record.
+REPO = Path(__file__).resolve().parents[2]
+SPOILED = "spoiled.obj"
+SPOILED_TEXT = "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n"
+# Ray runs: CPU stages at one core per task; GPU stages declared with 0 GPUs so they run here on the CPU.
+CLUSTER = RayCluster(address="auto", gpus_per_task=0.0)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    if os.environ.get("CI"):
+        import ray  # CI installs the test extra, which includes Ray: its absence is a failure there
+    else:
+        ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ray_ckpts")
+    save_pretrained(randomize(FlexiDualGridVaeEncoder(tiny_encoder_config()), seed=1), folder / "shape_enc_tiny")
+    save_pretrained(randomize(SparseUnetVaeEncoder(tiny_encoder_config()), seed=2), folder / "tex_enc_tiny")
+    return folder
+
+
+def _fill_raw(root: Path, assets: Path, names=SOURCES) -> None:
+    raw = root / "raw"
+    raw.mkdir(parents=True)
+    for name in names:
+        shutil.copy(assets / name, raw / Path(name).name)
+    (raw / "broken.glb").write_bytes(b"glTF\x02\x00\x00\x00garbage")  # fails index
+    (raw / SPOILED).write_text(SPOILED_TEXT)
+
+
+def _all_stages(root: Path, checkpoints: Path, cluster, workers: int = 0) -> dict:
+    """index -> (spoil one asset) -> convert -> render -> encode; local when ``cluster`` is None (convert in a
+    pool of ``workers`` processes, the rest in-process)."""
+    summaries = {"index": run_index(root, progress=False, ray=cluster)}
+    (root / "raw" / SPOILED).write_text("f 1 2 999\n")  # no vertices: convert fails to load it
+    summaries["convert"] = run_convert(root, [RESOLUTION], progress=False, ray=cluster, workers=workers)
+    summaries["render"] = run_render(root, num_views=2, size=32, progress=False, ray=cluster)
+    summaries["encode"] = run_encode(root, RESOLUTION, checkpoints / "shape_enc_tiny", checkpoints / "tex_enc_tiny",
+                                     progress=False, ray=cluster)
+    return {name: vars(summary) for name, summary in summaries.items()}
+
+
+def _outputs(root: Path) -> dict:
+    """Every file of the root except raw/ and the record part files: relative path -> bytes."""
+    files = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.is_file() and relative.parts[0] != "raw" and RECORDS_DIR not in relative.parts:
+            files[relative.as_posix()] = path.read_bytes()
+    return files
+
+
+def _records(root: Path) -> dict:
+    """Each stage folder's rows. Excluded on purpose, as run-specific: the part files' names
+    (``part_r<rank>_<time_ns>_<pid>.csv``) and the order of rows (the order assets finished in)."""
+    return {name: load_table(root / name) for name, _ in stage_folders(root)}
+
+
+def _rows_per_asset(folder: Path) -> dict:
+    """sha256 -> how many rows all part files of ``folder`` hold for it (1 = recorded exactly once)."""
+    counts = {}
+    for part in part_files(folder):
+        for line in part.read_text().splitlines()[1:]:
+            sha = line.split(",")[0]
+            counts[sha] = counts.get(sha, 0) + 1
+    return counts
+
+
+def _clear_outputs(root: Path) -> None:
+    for entry in root.iterdir():
+        if entry.name != "raw":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+class WorkerKiller:
+    """Background thread that SIGKILLs this test's Ray workers while they run an asset task (``ray::_task_body``,
+    the process title Ray gives a worker executing it), at most ``limit`` times."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.killed = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._title = f"ray::{_task_body.__name__}".encode()
+
+    def __enter__(self) -> "WorkerKiller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set() and len(self.killed) < self.limit:
+            for path in glob.glob("/proc/[0-9]*/cmdline"):
+                pid = int(path.split("/")[2])
+                try:
+                    with open(path, "rb") as handle:
+                        title = handle.read()
+                except OSError:
+                    continue
+                if title.split(b"\0")[0] == self._title and pid not in self.killed and _descends_from(pid, os.getpid()):
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append(pid)
+                    break
+            time.sleep(0.005)
+
+
+# The local reference run: a fresh process on one thread per asset, as each Ray task declaring one CPU (pool
+# workers already are). The encoders' float sums depend on the thread counts: torch's is fixed by
+# OMP_NUM_THREADS at process start (Ray sets it for its workers; set_num_threads later does not give the same
+# bits), numba's by numba.set_num_threads. Only the in-process stages (encode here) need this pinning.
+LOCAL_RUN = """
+import json, sys
+from pathlib import Path
+from omnivox.data.runner import limit_threads
+from tests.data.test_ray import _all_stages
+limit_threads(1)
+summaries = _all_stages(Path(sys.argv[1]), Path(sys.argv[2]), None, workers=2)
+print(json.dumps({"summaries": summaries, "ray_imported": "ray" in sys.modules}))
+"""
+
+
+@pytest.fixture(scope="module")
+def local_and_ray(ray_instance, checkpoints, tmp_path_factory):
+    """The same root built by the local runner (copied aside) and then by Ray."""
+    base = tmp_path_factory.mktemp("ray_vs_local")
+    root = base / "dataset"
+    _fill_raw(root, _assets_dir())
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", LOCAL_RUN, str(root), str(checkpoints)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    local_run = json.loads(result.stdout.strip().splitlines()[-1])
+    local = base / "local"
+    shutil.copytree(root, local)
+    _clear_outputs(root)
+    (root / "raw" / SPOILED).write_text(SPOILED_TEXT)  # what the local run's index hashed
+    ray_summaries = _all_stages(root, checkpoints, CLUSTER)
+    return {"root": root, "local": local, "local_summaries": local_run["summaries"],
+            "local_imported_ray": local_run["ray_imported"], "ray_summaries": ray_summaries}
+
+
+def test_ray_and_local_runs_give_identical_roots(local_and_ray):
+    root, local = local_and_ray["root"], local_and_ray["local"]
+    assert local_and_ray["local_imported_ray"] is False  # the local runner needs no Ray
+    assert local_and_ray["ray_summaries"] == local_and_ray["local_summaries"]
+    assert local_and_ray["ray_summaries"]["convert"] == {"total": 9, "skipped": 0, "done": 8, "failed": 1}
+    ray_files, local_files = _outputs(root), _outputs(local)
+    assert sorted(ray_files) == sorted(local_files)
+    kinds = {Path(name).suffix for name in ray_files}
+    assert {".vxz", ".npz", ".png", ".json"} <= kinds  # O-Voxels, mesh dumps and latents, views, transforms
+    different = [name for name in ray_files if ray_files[name] != local_files[name]]
+    assert different == []
+    assert _records(root) == _records(local)
+
+
+def test_failures_are_recorded_with_their_reason(local_and_ray):
+    root = local_and_ray["root"]
+    _, index = load_table(root)
+    rows = {row["file_identifier"]: row for row in index.values()}
+    assert rows["broken.glb"]["indexed"] == "False" and "broken.glb" in rows["broken.glb"]["index_error"]
+    spoiled = rows[SPOILED]["sha256"]
+    _, converted = load_table(root / layout.dual_grid_dir(RESOLUTION))
+    assert converted[spoiled]["dual_grid_converted"] == "False"
+    assert converted[spoiled]["dual_grid_error"].startswith(("ValueError", "IndexError"))
+    assert not (root / layout.dual_grid_dir(RESOLUTION) / f"{spoiled}.vxz").exists()
+
+
+def test_killed_worker_is_retried_and_a_rerun_has_nothing_left(ray_instance, local_and_ray, assets, tmp_path):
+    root = tmp_path / "dataset"
+    _fill_raw(root, assets)
+    assert run_index(root, progress=False, ray=CLUSTER).done == len(SOURCES) + 1
+    (root / "raw" / SPOILED).write_text("f 1 2 999\n")
+    with WorkerKiller(limit=1) as killer:
+        summary = run_convert(root, [RESOLUTION], progress=False, ray=CLUSTER)
+    assert len(killer.killed) == 1
+    assert (summary.done, summary.failed) == (len(SOURCES), 1)  # the killed asset was retried, not lost
+    for folder in (layout.dual_grid_dir(RESOLUTION), layout.pbr_voxels_dir(RESOLUTION), layout.MESH_DUMPS):
+        counts = _rows_per_asset(root / folder)
+        assert len(counts) == len(SOURCES) + 1 and set(counts.values()) == {1}  # every asset recorded exactly once
+        assert not [p for p in (root / folder).iterdir() if p.name.endswith(".tmp")]
+    # The outputs are those of the undisturbed runs.
+    reference = local_and_ray["local"]
+    for path in (root / layout.dual_grid_dir(RESOLUTION)).glob("*.vxz"):
+        assert path.read_bytes() == (reference / path.relative_to(root)).read_bytes()
+    again = run_convert(root, [RESOLUTION], progress=False, ray=CLUSTER)
+    assert (again.total, again.skipped, again.done, again.failed) == (len(SOURCES) + 1, len(SOURCES) + 1, 0, 0)
+    assert set(_rows_per_asset(root / layout.dual_grid_dir(RESOLUTION)).values()) == {1}
+
+
+def test_an_asset_whose_worker_dies_twice_is_recorded_and_retried_on_request(ray_instance, assets, tmp_path):
+    root = tmp_path / "dataset"
+    raw = root / "raw"
+    raw.mkdir(parents=True)
+    shutil.copy(assets / "gltf/Fox.glb", raw)
+    run_index(root, progress=False, ray=CLUSTER)
+    with WorkerKiller(limit=2) as killer:
+        summary = run_convert(root, [RESOLUTION], progress=False, ray=CLUSTER)
+    assert len(killer.killed) == 2 and (summary.done, summary.failed) == (0, 1)
+    _, rows = load_table(root / layout.dual_grid_dir(RESOLUTION))
+    (row,) = rows.values()
+    assert row["dual_grid_converted"] == "False" and row["dual_grid_error"] == WORKER_DIED_TWICE
+    assert run_convert(root, [RESOLUTION], progress=False, ray=CLUSTER).skipped == 1
+    retried = run_convert(root, [RESOLUTION], progress=False, ray=CLUSTER, retry_failed=True)
+    assert (retried.done, retried.failed) == (1, 0)
+
+
+def test_gpu_stages_declare_half_a_gpu_per_task(ray_instance, local_and_ray, checkpoints, tmp_path):
+    """The module's cluster has no GPU: the default declaration (0.5 GPU) must be refused before any task runs."""
+    root = tmp_path / "dataset"
+    shutil.copytree(local_and_ray["local"], root)
+    shutil.rmtree(root / layout.RENDERS_COND)
+    shutil.rmtree(root / "shape_latents")
+    with pytest.raises(RayClusterError, match=r"needing 1 CPU, 0.5 GPU .*0 GPU"):
+        run_render(root, num_views=2, size=32, progress=False, ray=RayCluster())
+    assert not part_files(root / layout.RENDERS_COND)  # nothing ran, nothing recorded
+    with pytest.raises(RayClusterError, match=r"needing 1 CPU, 0.5 GPU"):
+        run_encode(root, RESOLUTION, checkpoints / "shape_enc_tiny", progress=False, ray=RayCluster())
+    assert not part_files(root / layout.shape_latents_dir("shape_enc_tiny", RESOLUTION))
