@@ -221,6 +221,191 @@ def markdown(conv_rows, attn_rows, matmul_tflops, copy_tbps, device_name, window
         lines.append(f"| {r['tokens']} | {r['ms']:.2f} | {r['tokens_per_s']:,.0f} | {r['tflops']:.0f} ({r['frac_matmul']:.2f}) |")
     return "\n".join(lines)
 
+# ------------------------------------------------------------------ --vs-flexgemm (issue #19, measurement only)
+
+def reference_conv_subset(coords, feats, weight, bias, rows) -> torch.Tensor:
+    """float64 ``out[rows]`` of the submanifold conv as `SF.submanifold_conv3d` defines it (first kernel axis walks
+    x), found by binary search on sorted voxel keys: independent of both implementations' neighbour maps."""
+    c64 = coords.long()
+    span = int(c64[:, 1:].max()) + 3
+    key = lambda c: ((c[:, 0] * span + c[:, 1] + 1) * span + c[:, 2] + 1) * span + c[:, 3] + 1
+    keys, order = key(c64).sort()
+    out = bias.double()[None].repeat(len(rows), 1) if bias is not None else 0
+    f64, w64 = feats.double(), weight.double()
+    for a in range(3):
+        for b in range(3):
+            for c in range(3):
+                q = c64[rows].clone()
+                q[:, 1:] += torch.tensor([a - 1, b - 1, c - 1], device=q.device)
+                k = key(q)
+                pos = torch.searchsorted(keys, k).clamp(max=len(keys) - 1)
+                hit = keys[pos] == k
+                src = torch.zeros(len(rows), feats.shape[1], dtype=torch.float64, device=feats.device)
+                src[hit] = f64[order[pos[hit]]]
+                out = out + src @ w64[:, a, b, c, :].T
+    return out
+
+
+def _load_flexgemm():
+    try:
+        import flex_gemm
+        from flex_gemm.ops import spconv as flex_spconv
+        return flex_gemm, flex_spconv, None
+    except Exception as error:  # not built: report and go on with ours
+        return None, None, f"{type(error).__name__}: {str(error)[:200]}"
+
+
+def bench_vs_flexgemm_level(coords, c, resolution, bench, device, flex_spconv, log, subset=4096):
+    n = coords.shape[0]
+    g = torch.Generator(device=device).manual_seed(n)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    feats = torch.randn(n, c, device=device, generator=g).to(dtype)
+    weight = (torch.randn(c, 3, 3, 3, c, device=device, generator=g) / (27 * c) ** 0.5).to(dtype)
+    bias = torch.randn(c, device=device, generator=g).to(dtype)
+    cot = torch.randn(n, c, device=device, generator=g).to(dtype)
+    rows = torch.randperm(n, device=device, generator=g)[:subset]
+    ref = reference_conv_subset(coords, feats, weight, bias, rows)
+    row = {"N": n, "C": c, "R": resolution}
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def first(fn):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    # ours: cached neighbour map (SparseTensor keeps it), Triton on CUDA
+    backend = "triton" if device == "cuda" else "torch"
+    x = SparseTensor.from_coords(coords, feats)
+    row["ours_map_first_ms"] = first(lambda: SF.neighbor_map(x)) * 1e3
+    row["ours_map_ms"] = bench(lambda: SF.neighbor_map(x.without_cache()))
+    row["ours_pairs_per_voxel"] = int((SF.neighbor_map(x).table >= 0).sum()) / n
+    row["ours_first_fwd_s"] = first(lambda: SF.submanifold_conv3d(x, weight, bias, backend=backend))
+    out_ours = SF.submanifold_conv3d(x, weight, bias, backend=backend).feats
+    row["ours_rel_err_f64"] = rel_err(out_ours[rows], ref)
+    row["ours_fwd_ms"] = bench(lambda: SF.submanifold_conv3d(x, weight, bias, backend=backend))
+    xf = x.replace(feats.clone().requires_grad_(True))
+    wr, br = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+
+    def ours_fwd_bwd():
+        SF.submanifold_conv3d(xf, wr, br, backend=backend).feats.backward(cot)
+
+    row["ours_first_fwd_bwd_s"] = first(ours_fwd_bwd)
+    row["ours_fwd_bwd_ms"] = bench(ours_fwd_bwd)
+
+    if flex_spconv is not None:
+        flex_spconv.set_algorithm(flex_spconv.Algorithm.MASKED_IMPLICIT_GEMM_SPLITK)  # their default/benchmark
+        shape = torch.Size([1, c, resolution, resolution, resolution])
+        fn_cache = flex_spconv.SubMConv3dFunction._compute_neighbor_cache
+        coords_c = coords.int().contiguous()
+        cache = {}
+        row["flex_map_first_ms"] = first(
+            lambda: cache.setdefault("c", fn_cache(coords_c, shape, (3, 3, 3), (1, 1, 1), True))) * 1e3
+        row["flex_map_ms"] = bench(lambda: fn_cache(coords_c, shape, (3, 3, 3), (1, 1, 1), True))
+        nc = cache["c"]
+
+        def flex_fwd(w=weight):
+            return flex_spconv.sparse_submanifold_conv3d(feats, coords_c, shape, w, bias, nc)[0]
+
+        row["flex_first_fwd_s"] = first(flex_fwd)
+        out_flex = flex_fwd()
+        row["flex_rel_err_f64"] = rel_err(out_flex[rows], ref)
+        row["flex_vs_ours_rel"] = rel_err(out_flex, out_ours)
+        if row["flex_rel_err_f64"] > 0.05:  # tap convention differs? try the flipped kernel, say so
+            err = rel_err(flex_fwd(weight.flip(1, 2, 3).contiguous())[rows], ref)
+            row["flex_rel_err_f64_flipped_weight"] = err
+        row["flex_fwd_ms"] = bench(flex_fwd)
+        ff = feats.clone().requires_grad_(True)
+        wf, bf = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+
+        def flex_fwd_bwd():
+            flex_spconv.sparse_submanifold_conv3d(ff, coords_c, shape, wf, bf, nc)[0].backward(cot)
+
+        row["flex_first_fwd_bwd_s"] = first(flex_fwd_bwd)
+        row["flex_fwd_bwd_ms"] = bench(flex_fwd_bwd)
+        # gradients against ours (same cotangent)
+        xf.feats.grad = None
+        wr.grad = None
+        ours_fwd_bwd()
+        ff.grad = None
+        wf.grad = None
+        flex_fwd_bwd()
+        row["grad_in_rel"] = rel_err(ff.grad, xf.feats.grad)
+        row["grad_w_rel"] = rel_err(wf.grad, wr.grad)
+        del nc, cache
+    log(str({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}))
+    return row
+
+
+def markdown_vs_flexgemm(rows, device_name, flex_note) -> str:
+    f = lambda r, k, fmt: format(r[k], fmt) if k in r else "-"
+    lines = [f"Submanifold conv 3x3x3, ours (omnivox.sparse, Triton) vs FlexGEMM "
+             f"(masked implicit GEMM split-K); {device_name}; torch {torch.__version__}; {datetime.date.today()}; "
+             f"FlexGEMM: {flex_note}. Neighbour maps cached; medians of triton.testing.do_bench; "
+             "rel err: ||out - ref|| / ||ref|| on 4096 random rows against a float64 reference.", "",
+             "| N | C | nbrs/voxel | map ms ours / flex | fwd ms ours / flex | fwd+bwd ms ours / flex "
+             "| first fwd s ours / flex | first fwd+bwd s ours / flex | rel err ours / flex | flex vs ours "
+             "(out, grad in, grad w) |",
+             "|" + "---|" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r['N']:,} | {r['C']} | {r['ours_pairs_per_voxel']:.1f} | {f(r, 'ours_map_ms', '.2f')} / "
+            f"{f(r, 'flex_map_ms', '.2f')} | {f(r, 'ours_fwd_ms', '.3f')} / {f(r, 'flex_fwd_ms', '.3f')} | "
+            f"{f(r, 'ours_fwd_bwd_ms', '.3f')} / {f(r, 'flex_fwd_bwd_ms', '.3f')} | "
+            f"{f(r, 'ours_first_fwd_s', '.2f')} / {f(r, 'flex_first_fwd_s', '.2f')} | "
+            f"{f(r, 'ours_first_fwd_bwd_s', '.2f')} / {f(r, 'flex_first_fwd_bwd_s', '.2f')} | "
+            f"{f(r, 'ours_rel_err_f64', '.1e')} / {f(r, 'flex_rel_err_f64', '.1e')} | "
+            f"{f(r, 'flex_vs_ours_rel', '.1e')}, {f(r, 'grad_in_rel', '.1e')}, {f(r, 'grad_w_rel', '.1e')} |")
+    return "\n".join(lines)
+
+
+def run_vs_flexgemm(args, log) -> None:
+    device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
+    flex_gemm, flex_spconv, why = _load_flexgemm() if device == "cuda" else (None, None, "no CUDA device")
+    flex_note = f"{getattr(flex_gemm, '__file__', '?')}" if flex_gemm is not None else f"not available ({why})"
+    log(f"flexgemm: {flex_note}")
+    top = 64 if args.smoke else 1024
+    if args.coords:
+        xyz = torch.from_numpy(np.load(args.coords).astype(np.int32)).to(device)
+    else:
+        xyz = shell_coords(top, device)
+    levels = 2 if args.smoke else args.levels
+    coords_list = level_coords(xyz, levels)
+    log(f"levels N = {[c.shape[0] for c in coords_list]}")
+    if device == "cuda":
+        import triton.testing
+
+        def bench(fn):
+            return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+        device_name = torch.cuda.get_device_name()
+    else:
+        def bench(fn):
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+            return sorted(times)[1]
+        device_name = f"CPU ({torch.get_num_threads()} threads, float32: bf16 is GPU-only here)"
+    rows = []
+    for level, coords in enumerate(coords_list):
+        c = LEVELS[level][1] if not args.smoke else 16 * 2 ** level
+        try:
+            rows.append(bench_vs_flexgemm_level(coords, c, top >> level, bench, device, flex_spconv, log))
+        except Exception as exc:  # keep the other shapes' numbers when one fails
+            log(f"vs-flexgemm N={coords.shape[0]} C={c} failed: {exc!r}")
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    table = markdown_vs_flexgemm(rows, device_name, flex_note)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n\n" + "\n".join(log.lines) + "\n")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -228,12 +413,20 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="time the plain PyTorch path on the CPU only")
     parser.add_argument("--out", help="write the markdown tables here")
     parser.add_argument("--levels", type=int, default=5)
+    parser.add_argument("--vs-flexgemm", action="store_true",
+                        help="ours against FlexGEMM's submanifold conv (bench/build_reference.sh builds it)")
+    parser.add_argument("--smoke", action="store_true", help="with --vs-flexgemm: a 64^3 shell, 2 small levels")
     args = parser.parse_args()
     lines = []
 
     def log(s):
         print(s, flush=True)
         lines.append(s)
+
+    log.lines = lines
+    if args.vs_flexgemm:
+        run_vs_flexgemm(args, log)
+        return
 
     device = "cpu" if args.cpu else "cuda"
     if args.coords:
