@@ -60,6 +60,21 @@ build_one() {  # name dir
   fi
 }
 
+build_cumesh() {  # CuMesh; if it fails inside the pinned Eigen, once more with the kit's Eigen master
+  local line
+  line=$(build_one cumesh "$REFSRC/cumesh")
+  if [[ $line == "cumesh failed"* ]] && grep -q "third_party/eigen/Eigen" "$LOGS/build_cumesh.log" \
+     && [ -d "$REFSRC/eigen-master/Eigen" ]; then
+    echo "$line" | sed 's/^cumesh /cumesh(pinned-eigen) /'
+    local eig="$REFSRC/cumesh/third_party/cubvh/third_party/eigen"
+    mv "$eig" "$eig.pinned" && cp -a "$REFSRC/eigen-master" "$eig" && rm -rf "$REFSRC/cumesh/build"
+    mv "$LOGS/build_cumesh.log" "$LOGS/build_cumesh_pinned_eigen.log"
+    line=$(build_one cumesh "$REFSRC/cumesh")
+    line="${line/cumesh /cumesh(eigen-master) }"
+  fi
+  echo "$line"
+}
+
 patch_sources
 declare -A DIRS=([flexgemm]=$REFSRC/flexgemm [cumesh]=$REFSRC/cumesh [nvdiffrast]=$REFSRC/nvdiffrast)
 RESULTS=$(mktemp)
@@ -70,7 +85,9 @@ for name in "${PACKAGES[@]}"; do
       rm -rf "$REFSITE/o_voxel" && cp -a "$REFSRC/trellis2/o-voxel/o_voxel" "$REFSITE/o_voxel" \
         && echo "o_voxel ok(python files only; _C not built) $((SECONDS - start))" >>"$RESULTS" \
         || echo "o_voxel failed $((SECONDS - start))" >>"$RESULTS" ;;
-    flexgemm|cumesh|nvdiffrast)
+    cumesh)
+      build_cumesh >>"$RESULTS" & ;;
+    flexgemm|nvdiffrast)
       build_one "$name" "${DIRS[$name]}" >>"$RESULTS" & ;;
     *) echo "unknown package $name" >>"$RESULTS" ;;
   esac

@@ -56,6 +56,7 @@ SOURCES = [
 CUBVH = ("ashawkey+cubvh", ["LICENSE", "LICENSE_NVIDIA", "src/bvh.cu", "src/api_gpu.cu", "src/bindings.cpp",
                             "include"])
 EIGEN = ("live-clones+eigen", "e63d9f6ccb7f6f29f31241b87c542f3f0ab3112b", ["COPYING.MPL2", "Eigen"])  # cubvh's pin
+EIGEN_FALLBACK = "eigen-master"  # the mirror's HEAD, tried by build_reference.sh only if CuMesh fails in Eigen
 
 DEFAULT_ASSETS = [
     "mesh/spot/spot_triangulated.obj:512,1024",
@@ -110,6 +111,11 @@ def pack(args) -> None:
                          "cumesh/third_party/cubvh/third_party/eigen")
         record["eigen"] = {"repository": "libeigen/eigen", "commit": commit, "bytes": size}
         print(f"  {'eigen':<11} {'libeigen/eigen':<24} {commit[:12]}  {size / 2**20:6.2f} MiB raw")
+        head = _git(mirror_root / folder / "repo", "rev-parse", "HEAD").decode().strip()
+        size = _add_tree(out, mirror_root / folder / "repo", head, paths, EIGEN_FALLBACK)
+        record[EIGEN_FALLBACK] = {"repository": "libeigen/eigen", "commit": head, "bytes": size,
+                                  "note": "fallback for cubvh if the pinned Eigen fails under nvcc"}
+        print(f"  {EIGEN_FALLBACK:<11} {'libeigen/eigen':<24} {head[:12]}  {size / 2**20:6.2f} MiB raw")
         blob = json.dumps(record, indent=1).encode()
         info = tarfile.TarInfo("SOURCES.json")
         info.size, info.mtime = len(blob), int(time.time())
