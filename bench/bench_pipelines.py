@@ -211,7 +211,8 @@ def run_type(report: Report, pipe: ImageTo3DPipeline, tokens: dict, image, pipel
             torch.cuda.reset_peak_memory_stats()
         sync(pipe.device)
         start = time.perf_counter()
-        (asset,) = pipe.run(image, seed=0, pipeline_type=pipeline_type)
+        output = pipe.run(image, seed=0, pipeline_type=pipeline_type)
+        (asset,) = output
         sync(pipe.device)
         total = time.perf_counter() - start
         decoder_flops = sum(c.close() for c in counters)
@@ -222,7 +223,7 @@ def run_type(report: Report, pipe: ImageTo3DPipeline, tokens: dict, image, pipel
             total_s=total, floor_s=floor, ratio=total / floor if floor == floor else None, peak_GiB=run_peak,
             peak_reserved_GiB=reserved, voxels=len(asset.coords), resolution=asset.resolution,
             faces=len(asset.faces), stages=list(stages.records),
-            plan=str(pipe.last_plan) if pipe.last_plan is not None else None))
+            plan=str(output.plan) if output.plan is not None else None))
 
 
 def run(args) -> None:

@@ -134,8 +134,9 @@ def generate(models: Models, context: JobContext, image: Image.Image, params: Ge
     """
     pipe = models.image_to_3d
     pipeline_type = params.pipeline_type or pipe.config.default_pipeline_type
-    stages = ["sparse_structure", "shape_slat_lr", "shape_slat", "tex_slat"] if pipeline_type.endswith("cascade") \
-        else ["sparse_structure", "shape_slat", "tex_slat"]
+    from omnivox.pipelines.types import pipeline_type as type_named
+
+    stages = list(type_named(pipeline_type).stages)
     callback = progress_callback(context, stages + ["export"])
     outputs = pipe.run(image, seed=params.seed, pipeline_type=pipeline_type, num_samples=1,
                        sampler_params=sampler_params(params), callback=callback)
@@ -205,9 +206,9 @@ def progress_callback(context: JobContext, stages: list[str]):
 
 def pipeline_types(models: Models) -> tuple[str, ...]:
     """The pipeline types a user may choose (all four the pipelines implement)."""
-    from omnivox.pipelines.config import PIPELINE_TYPES
+    from omnivox.pipelines.types import PIPELINE_TYPES
 
-    return tuple(PIPELINE_TYPES)
+    return PIPELINE_TYPES
 
 
 def default_pipeline_type(models: Models) -> str:

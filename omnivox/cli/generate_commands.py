@@ -11,8 +11,7 @@ from omnivox.cli import app
 from omnivox.cli.checks import (ASSET_SUFFIXES, IMAGE_SUFFIXES, fail, input_file, output_file, output_folder,
                                 weights_folder)
 from omnivox.cli.progress import progress_bar
-
-PIPELINE_CHOICES = ("512", "1024", "1024_cascade", "1536_cascade")
+from omnivox.pipelines.types import PIPELINE_TYPES as PIPELINE_CHOICES  # standard library only: no torch
 
 
 def _images_of(source: Path) -> list:
@@ -157,8 +156,8 @@ def generate(
         for image, paths in zip(images, targets):
             assets = pipe.run(image, seed=seed, pipeline_type=pipeline, num_samples=samples, callback=callback,
                               save_intermediates=save_intermediates, resume_from=resume)
-            if show_plan and pipe.last_plan is not None:
-                typer.echo(str(pipe.last_plan))
+            if show_plan and assets.plan is not None:
+                typer.echo(str(assets.plan))
             if len(assets) != len(paths):  # an internal invariant: _resumed_samples reads the same run.json
                 raise RuntimeError(f"the pipeline returned {len(assets)} assets for {len(paths)} outputs")
             for asset, path in zip(assets, paths):

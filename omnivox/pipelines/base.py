@@ -6,6 +6,7 @@ conditioning of spec 9.2 and the structured-latent flow sampling of spec 9.3, so
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -111,7 +112,15 @@ class PipelineBase:
         # Work of a later stage that needs no GPU sync with the current one runs inside it (image-to-3D: shape
         # decoding during texture sampling). False runs stages strictly one after another (per-stage timing).
         self.overlap_decoding = True
-        self.last_plan: Optional[MemoryPlan] = None
+        self._last_plan: Optional[MemoryPlan] = None
+
+    @property
+    def last_plan(self) -> Optional[MemoryPlan]:
+        """Deprecated (kept for one release): the memory plan of the latest run. ``ImageTo3DPipeline.run``
+        returns it with its assets (``output.plan``); `TexturingPipeline.texture_voxels` returns it too."""
+        warnings.warn("pipeline.last_plan is deprecated; use the plan that run() returns (output.plan)",
+                      DeprecationWarning, stacklevel=2)
+        return self._last_plan
 
     @classmethod
     def _open_folder(cls, path, filename: str, *, device, dtype, max_memory, background_model, image_encoder,
@@ -155,6 +164,14 @@ class PipelineBase:
             for role in need.roles:
                 weights[role] = self.models.weights_bytes(role)
         return plan_memory(needs, weights, budget, str(self.device))
+
+    @staticmethod
+    def check_sampler_params(overrides: Optional[dict], stages: Sequence[str]) -> None:
+        """Refuse ``sampler_params`` keys that name no sampling stage of this run (a misspelt stage was
+        silently ignored before)."""
+        unknown = sorted(set(overrides or {}) - set(stages))
+        if unknown:
+            raise ValueError(f"sampler_params: no sampling stage {unknown}; the stages are {list(stages)}")
 
     def sampler_params(self, stage: str, overrides: Optional[dict] = None) -> SamplerParams:
         """Defaults of ``stage`` from ``pipeline.json`` with ``overrides[stage]`` merged over them."""
@@ -203,11 +220,14 @@ class PipelineBase:
 
     @torch.no_grad()
     def sample_latent(self, role: str, coords: torch.Tensor, cond: torch.Tensor, generator: torch.Generator,
-                      params: SamplerParams, token_chunk: Optional[int], offload: bool, stage: str,
+                      params: SamplerParams, plan: MemoryPlan, stage: str,
                       concat_cond: Optional[torch.Tensor] = None, callback: Optional[StageCallback] = None,
                       after_first_step: Optional[Callable[[], None]] = None) -> torch.Tensor:
         """Sample a (normalised) structured latent on ``coords`` with the flow of ``role``; ``(N, C)`` float32.
+
+        ``plan`` decides placement (``plan.offload``) and the token chunking of ``stage`` (``plan.stage(stage)``).
         ``after_first_step()`` runs once the first step's work is queued (other work to overlap the rest)."""
+        token_chunk, offload = plan.stage(stage).token_chunk, plan.offload
         flow = self.models.get(role)
         channels = flow.config.in_channels - (concat_cond.shape[1] if concat_cond is not None else 0)
         coords = coords.cpu()

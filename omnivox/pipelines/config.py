@@ -25,9 +25,9 @@ from typing import Optional, Union
 import torch
 
 from omnivox.pipelines.samplers import SamplerParams
+from omnivox.pipelines.types import PIPELINE_TYPES  # noqa: F401  (also read from here)
 
 PathLike = Union[str, Path]
-PIPELINE_TYPES = ("512", "1024", "1024_cascade", "1536_cascade")
 MAX_CONFIG_BYTES = 1 << 20
 
 

@@ -17,8 +17,9 @@ Differences from the reference, all deliberate:
   sample; ``resume_from=DIR`` (or one of those files) restarts after the latest stage found there and gives
   the same result as the uninterrupted run. Nothing is ever unpickled.
 * **Memory.** A `MemoryPlan` (``max_memory``) decides placement and chunking instead of a ``low_vram`` flag;
-  ``pipeline.plan(...)`` shows it, and ``run`` returns what it used in ``last_plan``.
-* **No global RNG.** ``torch.manual_seed`` is never called; a private generator is.
+  ``pipeline.plan(...)`` shows it, and ``run`` returns the one it used with the assets (``output.plan``).
+* **No global RNG.** ``torch.manual_seed`` is never called; a private generator is (or the caller's
+  ``generator=``).
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from omnivox.pipelines.base import PipelineBase, StageCallback, StageConditions
-from omnivox.pipelines.config import PIPELINE_TYPES
 from omnivox.ovoxel.asset import PBR_SLICES, OVoxel, orient_mesh, unoriented_mesh
+from omnivox.pipelines.base import DEFAULT_SAMPLERS, PipelineBase, StageCallback, StageConditions
+from omnivox.pipelines.intermediates import IntermediateWriter, RunState, load_intermediates
 from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
                                       parse_memory, ss_decoder_stage)
 from omnivox.pipelines.preprocess import BackgroundRemover
 from omnivox.pipelines.samplers import SamplerParams
+from omnivox.pipelines.types import TYPES, PipelineType, pipeline_type as type_named
 from omnivox.sparse.tensor import SparseTensor
 
 logger = logging.getLogger(__name__)
@@ -47,8 +49,9 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 
 MAX_NUM_TOKENS = 49152
-SS_RESOLUTION = {"512": 32, "1024": 64, "1024_cascade": 32, "1536_cascade": 32}
-TARGET_RESOLUTION = {"512": 512, "1024": 1024, "1024_cascade": 1024, "1536_cascade": 1536}
+# Read from the `omnivox.pipelines.types` table (kept as dicts for callers of these module names).
+SS_RESOLUTION = {name: kind.ss_resolution for name, kind in TYPES.items()}
+TARGET_RESOLUTION = {name: kind.resolution for name, kind in TYPES.items()}
 LATENT_DOWNSAMPLING = 16
 
 
@@ -64,23 +67,18 @@ class ShapeDecoding:
     resolution: int
 
 
-@dataclass
-class RunState:
-    """What a run has produced so far (and what `save_intermediates` writes)."""
+class ImageTo3DOutput(list):
+    """What `ImageTo3DPipeline.run` returns: the assets, one `OVoxel` per sample (it is that list, so
+    ``run(...)[0]`` is the first asset), and ``plan``, the `MemoryPlan` the run used (None when it only read a
+    finished ``.vxz`` back)."""
 
-    pipeline_type: str
-    seed: int
-    num_samples: int
-    cond_512: Optional[torch.Tensor] = None
-    cond_1024: Optional[torch.Tensor] = None
-    ss_coords: Optional[torch.Tensor] = None          # (N, 4) int32 on the SS grid
-    ss_resolution: Optional[int] = None
-    shape_coords: Optional[torch.Tensor] = None       # (N, 4) int32 on the latent grid
-    shape_feats: Optional[torch.Tensor] = None        # (N, 32) denormalised
-    resolution: Optional[int] = None                  # O-Voxel resolution of the decoded result
-    tex_feats: Optional[torch.Tensor] = None          # (N, 32) denormalised, rows of shape_coords
-    rng_state: Optional[torch.Tensor] = None
-    generated: Optional[list] = None
+    def __init__(self, assets, plan: Optional[MemoryPlan]) -> None:
+        super().__init__(assets)
+        self.plan = plan
+
+    @property
+    def assets(self) -> list:
+        return list(self)
 
 
 class ImageTo3DPipeline(PipelineBase):
@@ -119,24 +117,23 @@ class ImageTo3DPipeline(PipelineBase):
     def stage_needs(self, pipeline_type: str, num_samples: int, ss_tokens: int, latent_tokens: int,
                     lr_tokens: Optional[int] = None) -> list:
         """The stages of a run with the given token counts (all samples together), for `plan_memory`."""
+        kind = type_named(pipeline_type)
         width = self._flow_width()
         dec_width = self._decoder_width()
-        cascade = pipeline_type.endswith("cascade")
-        shape_flow = "shape_slat_flow_model_512" if pipeline_type == "512" else "shape_slat_flow_model_1024"
-        tex_flow = "tex_slat_flow_model_512" if pipeline_type == "512" else "tex_slat_flow_model_1024"
-        cond_tokens = 4101 if pipeline_type != "512" else 1029
+        cond_tokens = kind.condition_tokens
         pair = 2 if self.batch_guidance else 1  # guided flows run cond + uncond as one batch
         needs = [image_encoder_stage(("image_cond_model",), cond_tokens, self._encoder_width()),
                  flow_stage("sparse_structure", ("sparse_structure_flow_model",), pair * num_samples * ss_tokens,
                             width, num_samples * 1029),
                  ss_decoder_stage(("sparse_structure_decoder",), dec_width / 1024)]
-        if cascade:
+        if kind.cascade:
             lr = lr_tokens if lr_tokens is not None else latent_tokens
             needs.append(flow_stage("shape_slat_lr", ("shape_slat_flow_model_512",), pair * lr, width,
                                     num_samples * 1029))
             needs.append(decoder_stage("upsample", ("shape_slat_decoder",), lr, dec_width))
-        needs.append(flow_stage("shape_slat", (shape_flow,), pair * latent_tokens, width, num_samples * cond_tokens))
-        needs.append(flow_stage("tex_slat", (tex_flow,), latent_tokens, width, num_samples * cond_tokens))
+        needs.append(flow_stage("shape_slat", (kind.shape_flow,), pair * latent_tokens, width,
+                                num_samples * cond_tokens))
+        needs.append(flow_stage("tex_slat", (kind.tex_flow,), latent_tokens, width, num_samples * cond_tokens))
         needs.append(decoder_stage("decode", ("shape_slat_decoder", "tex_slat_decoder"), latent_tokens, dec_width))
         return needs
 
@@ -160,16 +157,13 @@ class ImageTo3DPipeline(PipelineBase):
         Example:
             >>> print(pipe.plan("1024_cascade", max_memory="16GB"))        # doctest: +SKIP
         """
-        pipeline_type = self._check_type(pipeline_type)
+        kind = self._check_type(pipeline_type)
         budget = parse_memory(max_memory) if max_memory is not None else self.max_memory
-        needs = self.stage_needs(pipeline_type, num_samples, ss_tokens, latent_tokens, lr_tokens)
+        needs = self.stage_needs(kind.name, num_samples, ss_tokens, latent_tokens, lr_tokens)
         return self._plan(needs, budget)
 
-    def _check_type(self, pipeline_type: Optional[str]) -> str:
-        pipeline_type = pipeline_type or self.config.default_pipeline_type
-        if pipeline_type not in PIPELINE_TYPES:
-            raise ValueError(f"pipeline_type must be one of {PIPELINE_TYPES}, got {pipeline_type!r}")
-        return pipeline_type
+    def _check_type(self, pipeline_type: Optional[str]) -> PipelineType:
+        return type_named(pipeline_type or self.config.default_pipeline_type)
 
     # ------------------------------------------------------------------------------------------ stages
     @torch.no_grad()
@@ -220,12 +214,12 @@ class ImageTo3DPipeline(PipelineBase):
 
     @torch.no_grad()
     def cascade_coords(self, lr_coords: torch.Tensor, lr_feats: torch.Tensor, target: int, max_num_tokens: int,
-                       offload: bool) -> tuple[torch.Tensor, int]:
+                       plan: MemoryPlan) -> tuple[torch.Tensor, int]:
         """Upsample a low-resolution shape latent 4 times with the shape decoder and re-quantise its voxels
         onto the ``hr_res / 16`` latent grid, lowering ``hr_res`` by 128 until every sample has fewer than
         ``max_num_tokens`` tokens or it reaches 1024 (spec 9.3 cascade steps 2-3)."""
         num_samples = int(lr_coords[:, 0].max()) + 1
-        with self.models.on_device(["shape_slat_decoder"], offload) as models:
+        with self.models.on_device(["shape_slat_decoder"], plan.offload) as models:
             decoder = models["shape_slat_decoder"]
             latent = SparseTensor.from_coords(lr_coords.to(self.device), lr_feats.to(self.device), num_samples)
             fine = decoder.upsample(latent, decoder.num_upsamplings)
@@ -286,22 +280,25 @@ class ImageTo3DPipeline(PipelineBase):
         return results
 
     # ------------------------------------------------------------------------------------------ run
-    def run(self, image=None, *, seed: int = 0, pipeline_type: Optional[str] = None, num_samples: int = 1,
+    def run(self, image=None, *, seed: int = 0, generator: Optional[torch.Generator] = None,
+            pipeline_type: Optional[str] = None, num_samples: int = 1,
             sampler_params: Optional[dict] = None, sparse_structure=None,
             callback: Optional[StageCallback] = None, save_intermediates: Optional[PathLike] = None,
             resume_from: Optional[PathLike] = None, preprocess: bool = True,
-            max_num_tokens: int = MAX_NUM_TOKENS, max_memory=None) -> list:
+            max_num_tokens: int = MAX_NUM_TOKENS, max_memory=None) -> ImageTo3DOutput:
         """Generate ``num_samples`` assets from one image.
 
         Args:
             image: PIL image or image path (RGBA with alpha, or RGB with a background remover); may be None
                 when resuming from a stage after the condition.
-            seed: seeds the private CPU generator that draws all noise.
+            seed: seeds the private CPU generator that draws all noise (when no ``generator`` is given).
+            generator: a CPU ``torch.Generator`` to draw all noise from instead (``seed`` is then only recorded
+                in saved intermediates).
             pipeline_type: ``'512'``, ``'1024'``, ``'1024_cascade'`` (default of the released JSON) or
-                ``'1536_cascade'``.
+                ``'1536_cascade'`` (`omnivox.pipelines.types`).
             num_samples: independent samples of the same image (one batch).
             sampler_params: per-stage overrides, e.g. ``{"shape_slat": {"steps": 20}}`` (stages:
-                ``sparse_structure``, ``shape_slat``, ``tex_slat``).
+                ``sparse_structure``, ``shape_slat``, ``tex_slat``; any other key is an error).
             sparse_structure: skip stage 1 with these voxels: ``(N, 3)`` (replicated per sample) or ``(N, 4)``
                 ``(b, x, y, z)`` ints on the sparse-structure grid (32^3 for '512' and the cascades, 64^3
                 for '1024').
@@ -313,116 +310,102 @@ class ImageTo3DPipeline(PipelineBase):
             max_memory: overrides the pipeline's budget for this run.
 
         Returns:
-            One `OVoxel` per sample.
+            `ImageTo3DOutput`: one `OVoxel` per sample (a list), and ``.plan``, the memory plan used.
         """
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        # 1. Check the inputs that need no model.
+        self._check_inputs(num_samples, sampler_params, generator)
+        # 2. The run's state: fresh, or what ``resume_from`` holds.
         state = None
         if resume_from is not None:
-            from omnivox.pipelines.intermediates import load_intermediates
-
             state = load_intermediates(resume_from)
             if pipeline_type is not None and pipeline_type != state.pipeline_type and state.shape_coords is not None:
                 raise ValueError(f"{resume_from} holds a {state.pipeline_type!r} run; cannot continue it as "
                                  f"{pipeline_type!r}")
             if state.generated is not None:
-                return state.generated
+                return ImageTo3DOutput(state.generated, None)
             pipeline_type, num_samples = state.pipeline_type, state.num_samples
-        pipeline_type = self._check_type(pipeline_type)
+        kind = self._check_type(pipeline_type)
         if state is None:
-            state = RunState(pipeline_type, int(seed), num_samples)
-        state.pipeline_type = pipeline_type
-        generator = torch.Generator().manual_seed(state.seed)
+            state = RunState(kind.name, int(seed), num_samples)
+        state.pipeline_type = kind.name
+        if generator is None:
+            generator = torch.Generator().manual_seed(state.seed)
         if state.rng_state is not None:
             generator.set_state(state.rng_state)
         budget = parse_memory(max_memory) if max_memory is not None else self.max_memory
-        writer = None
-        if save_intermediates is not None:
-            from omnivox.pipelines.intermediates import IntermediateWriter
+        writer = IntermediateWriter(save_intermediates, state) if save_intermediates is not None else None
 
-            writer = IntermediateWriter(save_intermediates, state)
-
-        # A first plan from typical counts decides placement for the condition and sparse-structure stages;
+        # 3. A first plan from typical counts decides placement for the condition and sparse-structure stages;
         # each later stage is re-planned with its real token counts.
-        typical = {"512": 2200, "1024": 9600, "1024_cascade": 9600, "1536_cascade": 21000}[pipeline_type]
-        plan = self._replan(pipeline_type, num_samples, typical * num_samples, 2200 * num_samples, budget)
-        self.last_plan = plan
+        plan = self._replan(kind.name, num_samples, kind.typical_tokens * num_samples, 2200 * num_samples, budget)
+        self._last_plan = plan
 
+        # 4. Condition tokens.
         if state.cond_512 is None:
             if image is None:
                 raise ValueError("run() needs an image (or resume_from a folder with the condition tokens)")
             picture = self.prepare_image(image, preprocess)
             state.cond_512 = self.encode_image(picture, 512, plan.offload)
-            if pipeline_type != "512":
+            if kind.condition_size == 1024:
                 state.cond_1024 = self.encode_image(picture, 1024, plan.offload)
             if writer:
                 writer.condition(generator)
-        elif pipeline_type != "512" and state.cond_1024 is None:
-            raise ValueError(f"the saved condition has no 1024-pixel tokens; {pipeline_type!r} needs them")
-        cond_512 = state.cond_512.to(self.device)
-        cond_1024 = state.cond_1024.to(self.device) if state.cond_1024 is not None else None
+        elif kind.condition_size == 1024 and state.cond_1024 is None:
+            raise ValueError(f"the saved condition has no 1024-pixel tokens; {kind.name!r} needs them")
+        conditions = {512: state.cond_512.to(self.device),
+                      1024: state.cond_1024.to(self.device) if state.cond_1024 is not None else None}
 
-        ss_res = SS_RESOLUTION[pipeline_type]
+        # 5. Sparse structure.
         if state.ss_coords is None:
             if sparse_structure is not None:
-                state.ss_coords = self._given_structure(sparse_structure, ss_res, num_samples)
+                state.ss_coords = self._given_structure(sparse_structure, kind.ss_resolution, num_samples)
             else:
                 state.ss_coords = self.sample_sparse_structure(
-                    cond_512, ss_res, num_samples, generator, self.sampler_params("sparse_structure", sampler_params),
-                    plan, callback)
-            state.ss_resolution = ss_res
+                    conditions[512], kind.ss_resolution, num_samples, generator,
+                    self.sampler_params("sparse_structure", sampler_params), plan, callback)
+            state.ss_resolution = kind.ss_resolution
             if writer:
                 writer.sparse_structure(generator)
 
+        # 6. Shape latent (for a cascade: at 512, upsampled, then at the target resolution).
         if state.shape_coords is None:
             shape_params = self.sampler_params("shape_slat", sampler_params)
             norm = self._normalization("shape")
             coords = state.ss_coords
-            if pipeline_type.endswith("cascade"):
-                role = "shape_slat_flow_model_512"
-                plan = self._replan(pipeline_type, num_samples, len(coords), len(coords), budget)
-                lr = self.sample_latent(role, coords, cond_512, generator, shape_params,
-                                        plan.stage("shape_slat_lr").token_chunk, plan.offload, "shape_slat_lr",
-                                        callback=callback)
+            if kind.cascade:
+                plan = self._replan(kind.name, num_samples, len(coords), len(coords), budget)
+                lr = self.sample_latent("shape_slat_flow_model_512", coords, conditions[512], generator, shape_params,
+                                        plan, "shape_slat_lr", callback=callback)
                 lr = norm.denormalize(lr)
-                coords, resolution = self.cascade_coords(coords, lr, TARGET_RESOLUTION[pipeline_type],
-                                                         max_num_tokens, plan.offload)
-                plan = self._replan(pipeline_type, num_samples, len(coords), len(state.ss_coords), budget)
-                feats = self.sample_latent("shape_slat_flow_model_1024", coords, cond_1024, generator, shape_params,
-                                           plan.stage("shape_slat").token_chunk, plan.offload, "shape_slat",
-                                           callback=callback)
+                coords, resolution = self.cascade_coords(coords, lr, kind.resolution, max_num_tokens, plan)
+                plan = self._replan(kind.name, num_samples, len(coords), len(state.ss_coords), budget)
             else:
-                role = "shape_slat_flow_model_512" if pipeline_type == "512" else "shape_slat_flow_model_1024"
-                cond = cond_512 if pipeline_type == "512" else cond_1024
-                resolution = TARGET_RESOLUTION[pipeline_type]
-                plan = self._replan(pipeline_type, num_samples, len(coords), None, budget)
-                feats = self.sample_latent(role, coords, cond, generator, shape_params,
-                                           plan.stage("shape_slat").token_chunk, plan.offload, "shape_slat",
-                                           callback=callback)
+                resolution = kind.resolution
+                plan = self._replan(kind.name, num_samples, len(coords), None, budget)
+            feats = self.sample_latent(kind.shape_flow, coords, conditions[kind.condition_size], generator,
+                                       shape_params, plan, "shape_slat", callback=callback)
             state.shape_coords, state.shape_feats = coords, norm.denormalize(feats)
             state.resolution = int(resolution)
             if writer:
                 writer.shape_latent(generator)
 
-        plan = self._replan(pipeline_type, num_samples, len(state.shape_coords), None, budget)
-        self.last_plan = plan
+        # 7. Material latent, and decoding.
+        plan = self._replan(kind.name, num_samples, len(state.shape_coords), None, budget)
+        self._last_plan = plan
         decoded = []
 
         def decode_shape() -> None:
             decoded.append(self.decode_shape(state.shape_coords, state.shape_feats, state.resolution, plan))
 
         if state.tex_feats is None:
-            role = "tex_slat_flow_model_512" if pipeline_type == "512" else "tex_slat_flow_model_1024"
-            cond = cond_512 if pipeline_type == "512" else cond_1024
             shape_norm, tex_norm = self._normalization("shape"), self._normalization("tex")
             # Shape decoding runs inside the texture stage, once its first step is queued: the stage's set-up
             # and graph capture then overlap the shape stage's last kernels, and the mesh orientation (CPU,
             # worker thread) overlaps the remaining texture steps. Not with offloading, which holds one stage's
             # models on the device at a time.
             overlap = self.overlap_decoding and not plan.offload
-            feats = self.sample_latent(role, state.shape_coords, cond, generator,
-                                       self.sampler_params("tex_slat", sampler_params),
-                                       plan.stage("tex_slat").token_chunk, plan.offload, "tex_slat",
+            feats = self.sample_latent(kind.tex_flow, state.shape_coords, conditions[kind.condition_size], generator,
+                                       self.sampler_params("tex_slat", sampler_params), plan, "tex_slat",
                                        concat_cond=shape_norm.normalize(state.shape_feats), callback=callback,
                                        after_first_step=decode_shape if overlap else None)
             state.tex_feats = tex_norm.denormalize(feats)
@@ -435,7 +418,16 @@ class ImageTo3DPipeline(PipelineBase):
             writer.generated(results)
         # No gc.collect() here: a run leaves no tensors in reference cycles (tests/pipelines/test_image_to_3d.py),
         # and a full collection costs ~0.15 s per run in a process holding the models.
-        return results
+        return ImageTo3DOutput(results, plan)
+
+    @staticmethod
+    def _check_inputs(num_samples, sampler_params: Optional[dict], generator: Optional[torch.Generator]) -> None:
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        PipelineBase.check_sampler_params(sampler_params, tuple(DEFAULT_SAMPLERS))
+        if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
+            raise ValueError(f"generator must be a CPU torch.Generator (all noise is drawn on the CPU), got "
+                             f"{generator!r}")
 
     def _replan(self, pipeline_type: str, num_samples: int, latent_tokens: int, lr_tokens: Optional[int],
                 budget: Optional[int]) -> MemoryPlan:

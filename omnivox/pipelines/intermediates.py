@@ -1,4 +1,5 @@
-"""Saving a generation's intermediates and resuming from them (safetensors + JSON; never pickle).
+"""A run's state (`RunState`), and saving its intermediates and resuming from them (safetensors + JSON; never
+pickle).
 
 A folder written by ``run(..., save_intermediates=DIR)``::
 
@@ -17,12 +18,15 @@ one of the files (continue after that stage, ignoring later ones) or a ``.vxz`` 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
-from omnivox.pipelines.config import PIPELINE_TYPES, read_bounded_json
+from omnivox.ovoxel.asset import OVoxel
+from omnivox.pipelines.config import read_bounded_json
+from omnivox.pipelines.types import PIPELINE_TYPES
 
 FILES = {"condition": "condition.safetensors", "sparse_structure": "sparse_structure.safetensors",
          "shape_latent": "shape_latent.safetensors", "material_latent": "material_latent.safetensors"}
@@ -30,10 +34,29 @@ ORDER = ("condition", "sparse_structure", "shape_latent", "material_latent")
 MAX_TOKENS = 1 << 24
 
 
+@dataclass
+class RunState:
+    """What an image-to-3D run has produced so far (and what `IntermediateWriter` writes)."""
+
+    pipeline_type: str
+    seed: int
+    num_samples: int
+    cond_512: Optional[torch.Tensor] = None
+    cond_1024: Optional[torch.Tensor] = None
+    ss_coords: Optional[torch.Tensor] = None          # (N, 4) int32 on the SS grid
+    ss_resolution: Optional[int] = None
+    shape_coords: Optional[torch.Tensor] = None       # (N, 4) int32 on the latent grid
+    shape_feats: Optional[torch.Tensor] = None        # (N, 32) denormalised
+    resolution: Optional[int] = None                  # O-Voxel resolution of the decoded result
+    tex_feats: Optional[torch.Tensor] = None          # (N, 32) denormalised, rows of shape_coords
+    rng_state: Optional[torch.Tensor] = None
+    generated: Optional[list] = None
+
+
 class IntermediateWriter:
     """Writes each stage of a `RunState` as it completes."""
 
-    def __init__(self, folder: Union[str, Path], state) -> None:
+    def __init__(self, folder: Union[str, Path], state: RunState) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.state = state
@@ -106,11 +129,8 @@ def _load_tensors(path: Path, expected: dict) -> dict:
     return tensors
 
 
-def load_intermediates(source: Union[str, Path]):
+def load_intermediates(source: Union[str, Path]) -> RunState:
     """A `RunState` holding every stage up to the latest one in ``source`` (see the module docstring)."""
-    from omnivox.ovoxel.asset import OVoxel
-    from omnivox.pipelines.image_to_3d import RunState
-
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"resume_from: {source} not found")

@@ -28,6 +28,7 @@ import torch
 from omnivox.pipelines.base import PipelineBase, StageCallback
 from omnivox.pipelines.memory import decoder_stage, encoder_stage, flow_stage, image_encoder_stage, parse_memory
 from omnivox.pipelines.preprocess import BackgroundRemover
+from omnivox.pipelines.types import TYPES
 from omnivox.sparse.tensor import SparseTensor
 
 if TYPE_CHECKING:
@@ -119,19 +120,19 @@ class TexturingPipeline(PipelineBase):
         coords, dual, intersected = mesh_to_dual_grid(vertices, faces, resolution)
         if len(coords) == 0:
             raise ValueError("the mesh produced no voxels (is it empty or degenerate?)")
-        flow_role = "tex_slat_flow_model_512" if resolution == 512 else "tex_slat_flow_model_1024"
-        cond_size = 512 if resolution == 512 else 1024
+        kind = TYPES["512"] if resolution == 512 else TYPES["1024"]  # the texture flow and condition of that type
+        flow_role, cond_size = kind.tex_flow, kind.condition_size
         latent_estimate = max(1, len(coords) // 256)
         budget = parse_memory(max_memory) if max_memory is not None else self.max_memory
         width = self._config_of(flow_role).model_channels
         dec_width = self._config_of("tex_slat_decoder").model_channels[0]
-        needs = [image_encoder_stage(("image_cond_model",), 4101 if cond_size == 1024 else 1029,
+        needs = [image_encoder_stage(("image_cond_model",), kind.condition_tokens,
                                      self._config_of("image_cond_model").hidden_size),
                  encoder_stage("encode", ("shape_slat_encoder",), latent_estimate, dec_width),
-                 flow_stage("tex_slat", (flow_role,), latent_estimate, width, 4101 if cond_size == 1024 else 1029),
+                 flow_stage("tex_slat", (flow_role,), latent_estimate, width, kind.condition_tokens),
                  decoder_stage("decode", ("tex_slat_decoder",), latent_estimate, dec_width)]
         plan = self._plan(needs, budget)
-        self.last_plan = plan
+        self._last_plan = plan
         cond = self.encode_image(picture, cond_size, plan.offload)
 
         voxel_coords = torch.as_tensor(np.asarray(coords), dtype=torch.int32)
@@ -146,9 +147,8 @@ class TexturingPipeline(PipelineBase):
         shape_norm, tex_norm = self._normalization("shape"), self._normalization("tex")
         latent_coords = encoded.mean.coords.cpu()
         feats = self.sample_latent(flow_role, latent_coords, cond, generator,
-                                   self.sampler_params("tex_slat", sampler_params), plan.stage("tex_slat").token_chunk,
-                                   plan.offload, "tex_slat", concat_cond=shape_norm.normalize(encoded.mean.feats.cpu()),
-                                   callback=callback)
+                                   self.sampler_params("tex_slat", sampler_params), plan, "tex_slat",
+                                   concat_cond=shape_norm.normalize(encoded.mean.feats.cpu()), callback=callback)
         tex = tex_norm.denormalize(feats)
         with self.models.on_device(["tex_slat_decoder"], plan.offload) as models:
             decoder = models["tex_slat_decoder"]
@@ -201,13 +201,14 @@ class TexturingPipeline(PipelineBase):
             if callback is not None:
                 callback("export", 0, 1)
             welded_vertices, welded_faces, welded_uvs = _weld_corners(model_frame, faces, uvs)
-            result = bake_to_uv_layout(welded_vertices, welded_faces, welded_uvs, coords.numpy(), attributes, resolution,
-                             texture_size=texture_size)
+            result = bake_to_uv_layout(welded_vertices, welded_faces, welded_uvs, coords.numpy(), attributes,
+                                       resolution, texture_size=texture_size, device=self.device)
             if callback is not None:
                 callback("export", 1, 1)
         else:
             result = export.to_glb(model_frame, faces, coords.numpy(), attributes, resolution,
-                                   decimation_target=decimation_target, texture_size=texture_size, progress=callback)
+                                   decimation_target=decimation_target, texture_size=texture_size,
+                                   device=self.device, progress=callback)
         # Back to the user's units, place and frame (the writer turned the data frame Y-up: undo that first).
         data_frame = y_up_to_z_up(np.asarray(result.vertices, np.float64)) / float(scale) + center.astype(np.float64)
         result.vertices = from_data_frame(data_frame, source_up).astype(np.float32)

@@ -78,6 +78,39 @@ def test_same_seed_same_output_other_seed_differs(pipe, assets, saved_run):
     assert not same(first, other)
 
 
+def test_generator_draws_the_noise_and_the_plan_comes_back_with_the_assets(pipe, assets, saved_run):
+    from omnivox.pipelines.memory import MemoryPlan
+
+    _, (first,), _ = saved_run
+    output = pipe.run(assets / RGBA_IMAGE, seed=99, generator=torch.Generator().manual_seed(3),
+                      pipeline_type="1024_cascade")
+    assert same(first, output[0]) and output.assets == list(output)  # the generator's seed, not seed=99
+    assert isinstance(output.plan, MemoryPlan) and [s.name for s in output.plan.stages][-1] == "decode"
+    with pytest.warns(DeprecationWarning, match="output.plan"):
+        assert pipe.last_plan is output.plan
+    with pytest.raises(ValueError, match="CPU torch.Generator"):
+        pipe.run(assets / RGBA_IMAGE, generator=3, pipeline_type="512")
+
+
+def test_misspelt_sampler_stage_is_refused_before_any_work(pipe):
+    with pytest.raises(ValueError, match=r"no sampling stage \['shape_slta'\]"):
+        pipe.run(None, pipeline_type="512", sampler_params={"shape_slta": {"steps": 2}})
+
+
+def test_pipeline_type_table_keeps_the_released_values():
+    from omnivox.pipelines import image_to_3d
+    from omnivox.pipelines.types import TYPES, pipeline_type
+
+    assert image_to_3d.SS_RESOLUTION == {"512": 32, "1024": 64, "1024_cascade": 32, "1536_cascade": 32}
+    assert image_to_3d.TARGET_RESOLUTION == {"512": 512, "1024": 1024, "1024_cascade": 1024, "1536_cascade": 1536}
+    assert [t.condition_tokens for t in TYPES.values()] == [1029, 4101, 4101, 4101]
+    assert [t.shape_flow[-4:] for t in TYPES.values()] == ["_512", "1024", "1024", "1024"]
+    assert pipeline_type("1536_cascade").stages == ("sparse_structure", "shape_slat_lr", "shape_slat", "tex_slat")
+    assert pipeline_type("1024").stages == ("sparse_structure", "shape_slat", "tex_slat")
+    with pytest.raises(ValueError, match="pipeline_type must be one of"):
+        pipeline_type("2048")
+
+
 def test_num_samples_batch(pipe, assets):
     results = pipe.run(assets / RGBA_IMAGE, seed=5, pipeline_type="512", num_samples=2)
     assert len(results) == 2
