@@ -9,7 +9,8 @@ Stages (each resumable, idempotent and shardable with ``rank`` / ``world_size``;
     columns  -- `omnivox.data.index.import_columns`: extra per-asset columns (aesthetic_score) for the filters
 
 Datasets for the trainers: `omnivox.data.datasets` (by the class names of the experiment JSONs).
-Folder layout: `omnivox.data.layout`; metadata tables: `omnivox.data.metadata`.
+Folder layout: `omnivox.data.layout`; metadata tables: `omnivox.data.metadata`. Engines: `omnivox.data.runner`
+(local processes) and `omnivox.data.ray_runner` (a Ray cluster, ``ray=RayCluster(...)`` on each stage).
 """
 
 from omnivox.data.datasets import (DATASET_CLASSES, FlexiDualGridDataset, ImageConditionedSLatPbr,

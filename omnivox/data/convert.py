@@ -131,7 +131,7 @@ def indexed_assets(root: Path) -> Dict[str, str]:
     return assets
 
 
-def _paths_workers_read(root: Path, tasks: Sequence[Task]) -> List[str]:
+def paths_workers_read(root: Path, tasks: Sequence[Task]) -> List[str]:
     """The root and the folder of each distinct raw-asset parent a worker must read (checked on every node)."""
     folders = sorted({str(Path(task.payload["path"]).parent) for task in tasks})
     return [str(root.resolve())] + folders[:16]  # a sample is enough to catch a missing mount
@@ -210,7 +210,7 @@ def run_convert(root: Path, resolutions: Sequence[int] = (512,), rank: int = 0, 
         from omnivox.data.ray_runner import RayStage
 
         ray_stage = RayStage(ray, ray.resources(convert_task_resources(max(resolutions))),
-                             must_see=_paths_workers_read(root, tasks))
+                             must_see=paths_workers_read(root, tasks))
     result = run_stage(tasks, convert_asset, writers, failure_rows, workers,
                        f"convert {','.join(map(str, resolutions))}", progress=progress, ray=ray_stage)
     summary.done, summary.failed = result.done, result.failed

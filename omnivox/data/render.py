@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from omnivox.data import layout
-from omnivox.data.convert import indexed_assets, load_for_dataset
+from omnivox.data.convert import indexed_assets, load_for_dataset, paths_workers_read
 from omnivox.data.metadata import RecordWriter, as_bool, load_table
 from omnivox.data.runner import (Outcome, StageSummary, Task, in_shard, remove_stale_temps, run_per_device,
                                  run_stage, temp_path, temp_tag)
@@ -115,17 +115,6 @@ def random_lights(rng: np.random.Generator) -> Tuple[float, np.ndarray, np.ndarr
 
 
 # ------------------------------------------------------------------------------------------- materials
-def _wrap(coord: torch.Tensor, size: int, mode: int) -> torch.Tensor:
-    from omnivox.assets import WrapMode
-
-    if mode == WrapMode.CLAMP_TO_EDGE:
-        return coord.clamp(0, size - 1)
-    if mode == WrapMode.MIRRORED_REPEAT:
-        period = coord.remainder(2 * size)
-        return torch.where(period < size, period, 2 * size - 1 - period)
-    return coord.remainder(size)
-
-
 def sample_texture(texture, uv: torch.Tensor, image: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Bilinear RGBA lookup (N, 4) float in [0, 1] at scene UVs (N, 2) (v up, ``omnivox.assets.scene``; the
     texture's UV transform applied, wrap per axis).
@@ -133,21 +122,11 @@ def sample_texture(texture, uv: torch.Tensor, image: Optional[torch.Tensor] = No
     ``image``: the texture as an (H, W, 4) float tensor in [0, 1] on the UVs' device, if already converted.
     """
     from omnivox.assets.scene import image_coordinates
+    from omnivox.assets.texture import bilinear
 
     if image is None:
         image = torch.from_numpy(np.array(texture.image, dtype=np.float32) / 255).to(uv.device)
-    height, width = image.shape[:2]
-    position = image_coordinates(uv, texture.uv_transform)
-    x = position[:, 0] * width - 0.5
-    y = position[:, 1] * height - 0.5
-    x0, y0 = torch.floor(x), torch.floor(y)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    x0, y0 = x0.long(), y0.long()
-    xs = [_wrap(x0, width, int(texture.wrap_s)), _wrap(x0 + 1, width, int(texture.wrap_s))]
-    ys = [_wrap(y0, height, int(texture.wrap_t)), _wrap(y0 + 1, height, int(texture.wrap_t))]
-    top = image[ys[0], xs[0]] * (1 - fx) + image[ys[0], xs[1]] * fx
-    bottom = image[ys[1], xs[0]] * (1 - fx) + image[ys[1], xs[1]] * fx
-    return top * (1 - fy) + bottom * fy
+    return bilinear(image, image_coordinates(uv, texture.uv_transform), int(texture.wrap_s), int(texture.wrap_t))
 
 
 def surface_materials(scene, face: torch.Tensor, bary: torch.Tensor,
@@ -351,7 +330,6 @@ def run_render(root: Path, num_views: int = 16, size: int = 512, rank: int = 0, 
         from omnivox.data.ray_runner import RayStage, TaskResources
 
         resources = ray.resources(TaskResources(num_cpus=1.0, num_gpus=RAY_GPUS_PER_TASK))
-        ray_stage = RayStage(ray, resources, must_see=[str(root)])
         devices = ["cuda" if resources.num_gpus else "cpu"]  # inside a task, Ray's CUDA_VISIBLE_DEVICES picks the GPU
     elif len(devices) > 1:
         return run_per_device(run_render, kwargs, list(devices))
@@ -376,6 +354,8 @@ def run_render(root: Path, num_views: int = 16, size: int = 512, rank: int = 0, 
     def failure_rows(task: Task, error: str) -> Dict[str, dict]:
         return {layout.RENDERS_COND: {"sha256": task.key, "cond_rendered": False, "render_error": error}}
 
+    if ray is not None:
+        ray_stage = RayStage(ray, resources, must_see=paths_workers_read(root, tasks))
     writers = {layout.RENDERS_COND: RecordWriter(out, COLUMNS, rank)}
     on_gpu = torch.device(devices[0]).type != "cpu"
     result = run_stage(tasks, render_asset, writers, failure_rows, workers=0 if on_gpu else workers,
