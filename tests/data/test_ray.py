@@ -274,3 +274,76 @@ def test_gpu_stages_declare_half_a_gpu_per_task(ray_instance, local_and_ray, che
     with pytest.raises(RayClusterError, match=r"needing 1 CPU, 0.5 GPU"):
         run_encode(root, RESOLUTION, checkpoints / "shape_enc_tiny", progress=False, ray=RayCluster())
     assert not part_files(root / layout.shape_latents_dir("shape_enc_tiny", RESOLUTION))
+
+
+def test_workers_that_cannot_see_the_root_stop_the_stage_before_any_asset(ray_instance, tmp_path):
+    from omnivox.data.ray_runner import RayStage, TaskResources, check_workers
+
+    missing = tmp_path / "not_mounted"
+    with pytest.raises(RayClusterError, match=f"cannot read {missing}: mount the shared filesystem"):
+        check_workers(ray_instance, RayStage(CLUSTER, TaskResources(), must_see=[str(tmp_path), str(missing)]))
+    assert len(check_workers(ray_instance, RayStage(CLUSTER, TaskResources(), must_see=[str(tmp_path)]))) == 1
+
+
+def test_command_line_runs_a_stage_on_the_cluster(ray_instance, local_and_ray, tmp_path):
+    from typer.testing import CliRunner
+
+    from omnivox.cli import app
+
+    root = tmp_path / "dataset"
+    shutil.copytree(local_and_ray["local"], root)
+    result = CliRunner().invoke(app, ["data", "convert", str(root), "-r", "32", "--ray", "auto", "--task-memory",
+                                      "0.5", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(SOURCES) + 1} assets in shard, 0 already handled, {len(SOURCES)} done, 1 failed" in result.output
+    assert len(list((root / layout.dual_grid_dir(32)).glob("*.vxz"))) == len(SOURCES)
+
+
+def test_ray_options_without_ray_installed_or_without_ray_say_what_to_do(tmp_path, monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from omnivox.cli import app
+
+    root = tmp_path / "dataset"
+    root.mkdir()
+    result = CliRunner().invoke(app, ["data", "convert", str(root), "--task-memory", "2"])
+    assert result.exit_code == 2 and "--task-cpus/--task-memory/--task-gpus need --ray" in result.output
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "ray" else
+                        find_spec(name, *args))
+    result = CliRunner().invoke(app, ["data", "convert", str(root), "--ray", "auto"])
+    assert result.exit_code == 2
+    assert result.output.strip() == 'omnivox data convert: Ray is not installed: pip install "omnivox[ray]"'
+
+
+def test_killed_driver_loses_nothing_and_the_same_command_finishes(ray_instance, local_and_ray, tmp_path):
+    """A driver SIGKILLed after its first recorded asset: the re-run does the rest, each asset recorded once."""
+    root = tmp_path / "dataset"
+    shutil.copytree(local_and_ray["local"], root)
+    converted = [layout.dual_grid_dir(RESOLUTION), layout.pbr_voxels_dir(RESOLUTION), layout.MESH_DUMPS]
+    for folder in converted:
+        shutil.rmtree(root / folder)
+    address = ray_instance.get_runtime_context().gcs_address
+    command = [sys.executable, "-c", "from omnivox.cli import app; app()", "data", "convert", str(root),
+               "-r", str(RESOLUTION), "--ray", address, "--quiet"]
+    driver = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not _rows_per_asset(root / layout.dual_grid_dir(RESOLUTION)):
+        assert driver.poll() is None, driver.communicate()
+        assert time.monotonic() < deadline, "the Ray driver recorded nothing"
+        time.sleep(0.01)
+    driver.kill()
+    driver.wait()
+    recorded = len(_rows_per_asset(root / layout.dual_grid_dir(RESOLUTION)))
+    assert 1 <= recorded < len(SOURCES) + 1  # killed mid-run
+    again = run_convert(root, [RESOLUTION], progress=False, ray=CLUSTER)
+    assert again.skipped == recorded and again.done + again.failed == len(SOURCES) + 1 - recorded
+    for folder in converted:
+        counts = _rows_per_asset(root / folder)
+        assert len(counts) == len(SOURCES) + 1 and set(counts.values()) == {1}
+        assert not [p for p in (root / folder).iterdir() if p.name.endswith(".tmp")]
+        for path in (root / folder).glob("*.*"):
+            assert path.read_bytes() == (local_and_ray["local"] / path.relative_to(root)).read_bytes()
