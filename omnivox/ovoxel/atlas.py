@@ -55,6 +55,9 @@ SPLIT_ROUNDS = 8
 # MIN_FILL of their bounding rectangle are cut.
 LARGE_CHART_AREA = 1.0 / 64.0
 MIN_FILL = 0.5
+# In the packed layout, a chart with more than 1 / HALVE_SHARE of its faces in overlaps is halved; otherwise
+# only the overlapping faces are cut out of it.
+HALVE_SHARE = 8
 # Bisection steps for the common scale of step 5 (relative precision 2^-30).
 SCALE_STEPS = 30
 # Candidate (texel, face) pairs per chunk of the overlap check (bounds memory).
@@ -277,6 +280,75 @@ def _overlapping_charts(flat: torch.Tensor, chart: torch.Tensor, charts: int, lo
     return overlapping
 
 
+def _layout(flat: torch.Tensor, chart: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, texture_size: int,
+            padding: int) -> torch.Tensor:
+    """(F, 3, 2) float64 UVs of every corner after packing the charts' boxes ``lo``-``hi`` (``_pack``).
+
+    A quarter-turned chart is turned about a whole number of texels, so texel centres sample every chart on the
+    same half-integer lattice of its own frame whatever the packing did."""
+    device = flat.device
+    scale, origin, turned = _pack((hi - lo).cpu().numpy(), texture_size, padding)
+    origin_t = torch.from_numpy(origin).to(device=device, dtype=torch.float64)
+    turned_t = torch.from_numpy(turned).to(device)
+    local = (flat - lo[chart].unsqueeze(1)) * scale  # (F, 3, 2) texels from the chart's lower-left corner
+    chart_height = torch.ceil((hi - lo)[:, 1] * scale)[chart].view(-1, 1)
+    quarter_turn = torch.stack([chart_height - local[:, :, 1], local[:, :, 0]], dim=2)  # counter-clockwise
+    local = torch.where(turned_t[chart].view(-1, 1, 1), quarter_turn, local)
+    return (local + origin_t[chart].unsqueeze(1)) / float(texture_size)
+
+
+def _overlapping_faces(pix: torch.Tensor, texture_size: int) -> torch.Tensor:
+    """(F,) bool: faces that share a texel centre strictly inside both with another face, in the packed layout
+    ``pix`` (F, 3, 2) (texel (i, j) centre at pixel coordinate (j, i))."""
+    device = pix.device
+    first = torch.ceil(pix.amin(dim=1)).clamp(0, texture_size - 1).long()
+    last = torch.floor(pix.amax(dim=1)).clamp(0, texture_size - 1).long()
+    width = (last[:, 0] - first[:, 0] + 1).clamp(min=0)
+    height = (last[:, 1] - first[:, 1] + 1).clamp(min=0)
+    e1 = pix[:, 1] - pix[:, 0]
+    e2 = pix[:, 2] - pix[:, 0]
+    twice_area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    count = torch.where(twice_area.abs() > 0, width * height, torch.zeros_like(width))
+    if device.type == "cpu":
+        return torch.from_numpy(_overlapping_faces_numba(pix.numpy(), first.numpy(), width.numpy(), count.numpy(),
+                                                         twice_area.numpy(), texture_size))
+    face_ids = torch.arange(pix.shape[0], device=device)
+    keys = _strict_claims_torch(pix, first, width, count, twice_area, face_ids, texture_size)
+    texel = keys % (texture_size * texture_size)
+    face = torch.div(keys, texture_size * texture_size, rounding_mode="floor")
+    texel, order = torch.sort(texel, stable=True)
+    face = face[order]
+    twice = torch.nonzero(texel[1:] == texel[:-1]).squeeze(1)
+    involved = torch.zeros(pix.shape[0], dtype=torch.bool, device=device)
+    involved[face[twice]] = True
+    involved[face[twice + 1]] = True
+    return involved
+
+
+@numba.njit(cache=True)
+def _overlapping_faces_numba(pix, first, width, count, twice_area, texture_size):
+    """``_overlapping_faces`` on the CPU: one owner image instead of sorting claims (same arithmetic)."""
+    owner = np.full(texture_size * texture_size, -1, np.int64)
+    involved = np.zeros(pix.shape[0], np.bool_)
+    for face in range(pix.shape[0]):
+        c = pix[face]
+        for rank in range(count[face]):
+            col = first[face, 0] + rank % width[face]
+            row = first[face, 1] + rank // width[face]
+            x, y = float(col), float(row)
+            w0 = ((c[1, 0] - x) * (c[2, 1] - y) - (c[1, 1] - y) * (c[2, 0] - x)) / twice_area[face]
+            w1 = ((c[2, 0] - x) * (c[0, 1] - y) - (c[2, 1] - y) * (c[0, 0] - x)) / twice_area[face]
+            w2 = 1.0 - w0 - w1
+            if w0 > 1e-9 and w1 > 1e-9 and w2 > 1e-9:
+                texel = row * texture_size + col
+                if owner[texel] < 0:
+                    owner[texel] = face
+                else:
+                    involved[owner[texel]] = True
+                    involved[face] = True
+    return involved
+
+
 def _split_in_two(chart: torch.Tensor, flagged: torch.Tensor, centroid: torch.Tensor, charts: int) -> torch.Tensor:
     """(F,) 0/1: the side of the middle of its chart's longest 3-D extent each face's centroid lies on (0 for
     faces of charts that are not ``flagged``)."""
@@ -440,18 +512,28 @@ def voxel_atlas(vertices, faces, texture_size: int, *, padding: Optional[int] = 
         unchecked = overlapping[chart]
         chart = _group_components(chart * 2 + _split_in_two(chart, flagged, centroid, charts), pair_a, pair_b,
                                   chart, flagged)
-    charts = int(chart.max()) + 1
-    lo, hi = _chart_boxes(flat, chart, charts)
-
-    # Step 5: pack (a handful of numbers per chart: on the host).
-    scale, origin, turned = _pack((hi - lo).cpu().numpy(), int(texture_size), padding)
-    origin_t = torch.from_numpy(origin).to(device=device, dtype=torch.float64)
-    turned_t = torch.from_numpy(turned).to(device)
-    local = (flat - lo[chart].unsqueeze(1)) * scale  # (F, 3, 2) texels from the chart's lower-left corner
-    chart_height = ((hi - lo)[:, 1] * scale)[chart].view(-1, 1)
-    quarter_turn = torch.stack([chart_height - local[:, :, 1], local[:, :, 0]], dim=2)  # counter-clockwise
-    local = torch.where(turned_t[chart].view(-1, 1, 1), quarter_turn, local)
-    corner_uv = (local + origin_t[chart].unsqueeze(1)) / float(texture_size)
+    # Step 5: pack (a handful of numbers per chart: on the host), then check the layout the baker will see
+    # (float32 UVs, texel centres of the final scale) for self-overlaps the coarse check missed; split, repack.
+    for layout_round in range(num_faces + 1):  # each round after SPLIT_ROUNDS dissolves a chart: bounded
+        charts = int(chart.max()) + 1
+        lo, hi = _chart_boxes(flat, chart, charts)
+        corner_uv = _layout(flat, chart, lo, hi, int(texture_size), padding)
+        pix = corner_uv.to(torch.float32).to(torch.float64) * texture_size - 0.5
+        involved = _overlapping_faces(pix, int(texture_size))
+        if not bool(involved.any()):
+            break
+        if layout_round < SPLIT_ROUNDS:
+            # Slivers (a few faces of a chart) are cut out into their own pieces; a chart that overlaps over a
+            # large part of itself is halved instead.
+            faces_in_chart = torch.bincount(chart, minlength=charts)
+            involved_in_chart = torch.bincount(chart[involved], minlength=charts)
+            halve = involved_in_chart * HALVE_SHARE > faces_in_chart
+            redo = involved_in_chart > 0
+            side = torch.where(halve[chart], _split_in_two(chart, halve, centroid, charts), involved.long())
+            chart = _group_components(chart * 2 + side, pair_a, pair_b, chart, redo)
+        else:
+            group = torch.where(involved, num_faces + torch.arange(num_faces, device=device), chart)
+            chart = torch.unique(group, return_inverse=True)[1]
 
     # Atlas vertices: one per (chart, original vertex).
     vertex_key = chart.view(-1, 1) * num_vertices + f
