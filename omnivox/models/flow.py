@@ -329,13 +329,15 @@ class FlowBlock(nn.Module):
         self.mlp = FeedForward(cfg)
         # Learned offset added to the shared adaLN output; float32, like the reference.
         self.modulation = nn.Parameter(torch.randn(6 * c, dtype=torch.float32) / c ** 0.5)
-        self.token_chunk: Optional[int] = None  # see _FlowTransformer.set_token_chunking
         self.fused_kernels = True  # see _FlowTransformer.set_fused_kernels
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, cond: torch.Tensor, tokens,
+                token_chunk: Optional[int] = None) -> torch.Tensor:
+        """One block; ``token_chunk``: run the feed-forward on at most this many tokens at a time (see
+        `_FlowTransformer` ``forward``'s ``token_chunk``)."""
         # The sum runs in float32 (the parameter is float32) and is rounded once to the stream dtype.
         m = (self.modulation + mod).to(x.dtype)
-        if self._can_fuse(x):
+        if token_chunk is None and self._can_fuse(x):
             return self.forward_fused(x, m, cond, tokens)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             tokens.per_sample(chunk) for chunk in m.chunk(6, dim=-1))
@@ -349,15 +351,15 @@ class FlowBlock(nn.Module):
         if split < len(rows):  # zero-condition samples: a constant cross-attention output
             parts.append(rows[split:] + cond.null_output)
         x = (torch.cat(parts) if len(parts) > 1 else parts[0]).view(x.shape)
-        if self.token_chunk is None or x.shape[-2] <= self.token_chunk:
+        if token_chunk is None or x.shape[-2] <= token_chunk:
             h = self.norm3(x) * (1 + scale_mlp) + shift_mlp
             return x + self.mlp(h) * gate_mlp
         # Token chunking (inference memory): the feed-forward is per token, so running it on slices of rows
         # bounds its wide (T, mlp_hidden) temporaries without changing any value.
         out = torch.empty_like(x)
         total = x.shape[-2]
-        for start in range(0, total, self.token_chunk):
-            rows = slice(start, min(start + self.token_chunk, total))
+        for start in range(0, total, token_chunk):
+            rows = slice(start, min(start + token_chunk, total))
             shift, scale, gate = (t[..., rows, :] if t.shape[-2] == total else t
                                   for t in (shift_mlp, scale_mlp, gate_mlp))
             xs = x[..., rows, :]
@@ -365,7 +367,7 @@ class FlowBlock(nn.Module):
         return out
 
     def _can_fuse(self, x: torch.Tensor) -> bool:
-        return (self.fused_kernels and x.is_cuda and not torch.is_grad_enabled() and self.token_chunk is None
+        return (self.fused_kernels and x.is_cuda and not torch.is_grad_enabled()
                 and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
                 and self.self_attn.q_rms_norm is not None and self.cross_attn.q_rms_norm is not None
                 and triton_available())
@@ -429,6 +431,7 @@ class _FlowTransformer(nn.Module):
         self.input_layer = nn.Linear(config.in_channels, c)
         self.blocks = nn.ModuleList(FlowBlock(config) for _ in range(config.num_blocks))
         self.out_layer = nn.Linear(c, config.out_channels)
+        self._token_chunk: Optional[int] = None  # only the deprecated set_token_chunking changes it
         self.initialize_weights()  # a no-op cost on the meta device, where the loader builds models
 
     @property
@@ -458,16 +461,12 @@ class _FlowTransformer(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def set_token_chunking(self, rows: Optional[int]) -> None:
-        """Run each block's feed-forward on at most ``rows`` tokens at a time (None: all at once).
+        """Deprecated (kept for one release): pass ``token_chunk=`` to the call. Sets the default of later calls."""
+        import warnings
 
-        An inference memory option chosen by the pipelines' memory planner: the ``(T, mlp_hidden)`` temporaries
-        are the largest per-token tensors of a block (attention goes through memory-efficient SDPA kernels,
-        whose memory is already linear in T). Outputs are identical up to GEMM blocking.
-        """
-        if rows is not None and (not isinstance(rows, int) or rows < 1):
-            raise ValueError(f"rows must be a positive int or None, got {rows!r}")
-        for block in self.blocks:
-            block.token_chunk = rows
+        warnings.warn("set_token_chunking is deprecated; pass token_chunk= to the flow model's call",
+                      DeprecationWarning, stacklevel=2)
+        self._token_chunk = _check_token_chunk(rows)
 
     def set_fused_kernels(self, enabled: bool) -> None:
         """Use the Triton block kernels for CUDA inference (default on; `FlowBlock.forward_fused`).
@@ -520,20 +519,34 @@ class _FlowTransformer(nn.Module):
             got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
             raise ValueError(f"cond must have shape ({'B' if batch is None else batch}, M, {cc}), got {got}")
 
-    def _run_blocks(self, h: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
-        """``h`` float32 tokens after the input layer -> float32 output-layer values."""
+    def _run_blocks(self, h: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, tokens,
+                    token_chunk: Optional[int]) -> torch.Tensor:
+        """``h`` float32 tokens after the input layer -> float32 output-layer values.
+
+        ``token_chunk``: run each block's feed-forward on at most this many tokens at a time (None: all at once).
+        An inference memory option chosen by the pipelines' memory planner: the ``(T, mlp_hidden)`` temporaries
+        are the largest per-token tensors of a block (attention goes through memory-efficient SDPA kernels,
+        whose memory is already linear in T). Outputs are identical up to GEMM blocking.
+        """
+        token_chunk = self._token_chunk if token_chunk is None else _check_token_chunk(token_chunk)
         dtype = self.config.torch_dtype
         mod = self.adaLN_modulation(self.t_embedder(t)).to(dtype)
         h = h.to(dtype)
         if isinstance(cond, PreparedCondition):
             for index, block in enumerate(self.blocks):
-                h = block(h, mod, cond.block(index), tokens)
+                h = block(h, mod, cond.block(index), tokens, token_chunk)
         else:
             cond = cond.to(dtype)
             for block in self.blocks:
-                h = block(h, mod, cond, tokens)
+                h = block(h, mod, cond, tokens, token_chunk)
         h = F.layer_norm(h.float(), h.shape[-1:], eps=1e-5)
         return self.out_layer(h)
+
+
+def _check_token_chunk(rows) -> Optional[int]:
+    if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
+        raise ValueError(f"token_chunk must be a positive int or None (rows per feed-forward call), got {rows!r}")
+    return rows
 
 
 class SparseStructureFlowModel(_FlowTransformer):
@@ -546,13 +559,15 @@ class SparseStructureFlowModel(_FlowTransformer):
 
     ignored_checkpoint_keys = ("rope_phases",)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                token_chunk: Optional[int] = None) -> torch.Tensor:
         """Predict the flow velocity.
 
         Args:
             x: ``(B, in_channels, R, R, R)`` float noisy latent, ``R = config.resolution``.
             t: ``(B,)`` float timesteps already multiplied by 1000.
             cond: ``(B, M, cond_channels)`` image tokens (M = 1029 for DINOv3 at 512 px).
+            token_chunk: feed-forward on at most this many tokens at a time (memory; same values).
 
         Returns:
             ``(B, out_channels, R, R, R) float32``.
@@ -567,7 +582,7 @@ class SparseStructureFlowModel(_FlowTransformer):
         positions = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
         tokens = DenseTokens(positions, batch, self.config.head_dim, self.config.rope_freq)
         h = self.input_layer(x.float().reshape(batch, cin, -1).transpose(1, 2))
-        h = self._run_blocks(h, t, cond, tokens)
+        h = self._run_blocks(h, t, cond, tokens, token_chunk)
         return h.transpose(1, 2).reshape(batch, self.config.out_channels, r, r, r)
 
 
@@ -581,7 +596,7 @@ class SLatFlowModel(_FlowTransformer):
     ignored_checkpoint_keys = ()
 
     def forward(self, x: SparseTensor, t: torch.Tensor, cond: torch.Tensor,
-                concat_cond: Optional[SparseTensor] = None) -> SparseTensor:
+                concat_cond: Optional[SparseTensor] = None, token_chunk: Optional[int] = None) -> SparseTensor:
         """Predict the flow velocity on the active voxels of ``x``.
 
         Args:
@@ -590,6 +605,7 @@ class SLatFlowModel(_FlowTransformer):
             t: ``(B,)`` float timesteps already multiplied by 1000.
             cond: ``(B, M, cond_channels)`` image tokens.
             concat_cond: optional `SparseTensor` with the same coords (same rows, same order) as ``x``.
+            token_chunk: feed-forward on at most this many tokens at a time (memory; same values).
 
         Returns:
             `SparseTensor` on ``x``'s coordinates with ``(N, out_channels) float32`` features.
@@ -616,5 +632,5 @@ class SLatFlowModel(_FlowTransformer):
         longest = max(tokens.seq_lens, default=0)
         backends = VARIABLE_LENGTH_ATTENTION if longest < CUDNN_MIN_TOKENS else LONG_SEQUENCE_ATTENTION
         with sdpa_kernel(backends, set_priority=True):
-            h = self._run_blocks(self.input_layer(feats.float()), t, cond, tokens)
+            h = self._run_blocks(self.input_layer(feats.float()), t, cond, tokens, token_chunk)
         return x.replace(h)

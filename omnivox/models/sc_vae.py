@@ -513,7 +513,7 @@ class FlexiDualGridOutput:
         intersected: ``(M, 3) bool``: the voxel's x / y / z edge is crossed by the surface.
         split_weights: ``(M, 1) float32`` positive quad-split weights.
         subdivision_logits: four ``(N_s, 8)`` logit tensors, coarsest first (guide for the material decoder).
-        resolution: grid size the vertices refer to (`FlexiDualGridVaeDecoder.set_resolution`).
+        resolution: grid size the vertices refer to (``FlexiDualGridVaeDecoder.forward(..., resolution=)``).
     """
 
     coords: torch.Tensor
@@ -531,26 +531,31 @@ class FlexiDualGridVaeDecoder(SparseUnetVaeDecoder):
 
     def __init__(self, config: FlexiDualGridDecoderConfig) -> None:
         super().__init__(config)
-        self.resolution = config.resolution
+        self.resolution = config.resolution  # the default of forward's ``resolution``: the checkpoint's
 
     def set_resolution(self, resolution: int) -> None:
-        """Set the grid size used to interpret the output (512 / 1024 / 1536); the network is unchanged."""
-        if not isinstance(resolution, int) or resolution <= 0:
-            raise ValueError(f"resolution must be a positive int, got {resolution!r}")
-        self.resolution = resolution
+        """Deprecated (kept for one release): pass ``resolution=`` to `forward` instead. Sets the default."""
+        import warnings
+
+        warnings.warn("FlexiDualGridVaeDecoder.set_resolution is deprecated; pass resolution= to the call",
+                      DeprecationWarning, stacklevel=2)
+        self.resolution = _check_resolution(resolution)
 
     def forward(self, z: SparseTensor, chunk_rows: Optional[int] = None,
-                chunk_voxels: Optional[int] = None) -> FlexiDualGridOutput:
+                chunk_voxels: Optional[int] = None, resolution: Optional[int] = None) -> FlexiDualGridOutput:
         """Decode a (denormalised) shape latent.
 
         Args:
             z: `SparseTensor` ``(N, 32)`` float on the latent grid.
             chunk_rows: see `SparseUnetVaeDecoder.forward`.
             chunk_voxels: low-memory mode, see `SparseUnetVaeDecoder.forward`.
+            resolution: the grid size the output refers to (512 / 1024 / 1536; the network is the same for
+                all); default the checkpoint's ``resolution``.
 
         Returns:
             `FlexiDualGridOutput`.
         """
+        resolution = self.resolution if resolution is None else _check_resolution(resolution)
         out = super().forward(z, chunk_rows=chunk_rows, chunk_voxels=chunk_voxels)
         h, margin = out.voxels.feats, self.config.voxel_margin
         return FlexiDualGridOutput(
@@ -559,5 +564,11 @@ class FlexiDualGridVaeDecoder(SparseUnetVaeDecoder):
             intersected=h[:, 3:6] > 0,
             split_weights=F.softplus(h[:, 6:7]),
             subdivision_logits=out.subdivision_logits,
-            resolution=self.resolution,
+            resolution=resolution,
         )
+
+
+def _check_resolution(resolution) -> int:
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0:
+        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+    return resolution

@@ -243,7 +243,6 @@ class PipelineBase:
         extra = None if concat_cond is None else template.replace(concat_cond.to(self.device))
         with self.models.on_device([role], offload) as models:
             model = models[role]
-            model.set_token_chunking(token_chunk)
             rows = len(coords)
             doubled = doubled_extra = None
             if self.batch_guidance:
@@ -259,8 +258,10 @@ class PipelineBase:
 
             def forward(feats, tvec):  # conditional samples, or both CFG passes (told apart by the row count)
                 if feats.shape[0] == rows:
-                    return model(template.replace(feats), tvec, conditions.single, concat_cond=extra).feats
-                return model(doubled.replace(feats), tvec, conditions.pair, concat_cond=doubled_extra).feats
+                    return model(template.replace(feats), tvec, conditions.single, concat_cond=extra,
+                                 token_chunk=token_chunk).feats
+                return model(doubled.replace(feats), tvec, conditions.pair, concat_cond=doubled_extra,
+                             token_chunk=token_chunk).feats
 
             largest_call = rows * (2 if doubled is not None else 1)
             # A flow already captured in this process has its kernels compiled and its libraries initialised,
@@ -277,7 +278,8 @@ class PipelineBase:
                 if condition is cond:
                     return network(x, tvec)
                 # The unconditional pass on its own (CPU runs, where batch_guidance is off).
-                return model(template.replace(x), tvec, conditions.null, concat_cond=extra).feats
+                return model(template.replace(x), tvec, conditions.null, concat_cond=extra,
+                             token_chunk=token_chunk).feats
 
             pair = None
             if self.batch_guidance:

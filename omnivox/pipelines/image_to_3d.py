@@ -179,17 +179,17 @@ class ImageTo3DPipeline(PipelineBase):
         stage = plan.stage("sparse_structure")
         with self.models.on_device(roles[:1], plan.offload) as models:
             model = models[roles[0]]
-            model.set_token_chunking(stage.token_chunk)
 
             conditions = StageConditions(model, cond, prepare=stage.token_chunk is None)
 
             def velocity(x, t, condition):
                 tvec = torch.full((num_samples,), 1000.0 * t, device=self.device)
-                return model(x, tvec, conditions.single if condition is cond else conditions.null)
+                return model(x, tvec, conditions.single if condition is cond else conditions.null,
+                             token_chunk=stage.token_chunk)
 
             def pair(x, t, condition, negative):  # both CFG passes in one batch (see PipelineBase.batch_guidance)
                 out = model(torch.cat([x, x]), torch.full((2 * num_samples,), 1000.0 * t, device=self.device),
-                            conditions.pair)
+                            conditions.pair, token_chunk=stage.token_chunk)
                 return out[:num_samples], out[num_samples:]
 
             latent = self.sampler.sample(velocity, noise, cond, conditions.zeros, params,
@@ -249,8 +249,7 @@ class ImageTo3DPipeline(PipelineBase):
         latent = SparseTensor.from_coords(shape_coords.to(self.device), shape_feats.to(self.device), num_samples)
         with self.models.on_device(["shape_slat_decoder"], plan.offload) as models:
             decoder = models["shape_slat_decoder"]
-            decoder.set_resolution(int(resolution))
-            shape = decoder(latent, chunk_voxels=stage.chunk_voxels)
+            shape = decoder(latent, chunk_voxels=stage.chunk_voxels, resolution=int(resolution))
         counts = torch.bincount(shape.coords[:, 0].long(), minlength=num_samples).tolist()
         starts = np.cumsum([0] + counts)
         rows = [slice(int(starts[b]), int(starts[b + 1])) for b in range(num_samples)]  # batch-major blocks

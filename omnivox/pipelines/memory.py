@@ -13,7 +13,7 @@ token count. `plan_memory` is a pure function of those numbers, so it is tested 
    * decoders get ``chunk_voxels`` (spatial chunks of the last two stages, `omnivox.models.sc_vae_chunks`),
      the largest of `CHUNK_VOXEL_CHOICES` that fits;
    * flow transformers get feed-forward / attention chunking over tokens (``token_chunk`` rows at a time,
-     `omnivox.models.flow` ``set_token_chunking``), which bounds the per-token temporaries.
+     `omnivox.models.flow` ``token_chunk=``), which bounds the per-token temporaries.
    If nothing fits, the plan says so (``fits=False``) and the run proceeds with the smallest settings.
 
 Working-memory estimates are linear in the token counts; the coefficients were calibrated on the H100

@@ -4,7 +4,8 @@
   activation checkpointing, DDP / FSDP2, checkpoints, logs, snapshots.
 * `FlowMatchingTrainer` (`flow_trainers.py`): the three flow stages (sparse structure, shape latent,
   material latent).
-* `omnivox.train.vae_trainers`: the SC-VAE trainers.
+* `omnivox.train.vae_trainers`: the SC-VAE trainers; their losses and teacher-forced encode/decode in
+  `vae_losses.py`.
 * `build.py`: the experiment JSON's names -> classes (one table) and `build_trainer`.
 * `config.py`: the experiment JSON, read as-is into dataclasses.
 

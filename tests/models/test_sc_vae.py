@@ -130,10 +130,14 @@ def test_shape_decoder_matches_float64_reference_and_heads():
     assert relative_error(out.split_weights, F.softplus(raw[:, 6:7])) < 1e-5
     assert bool((out.vertices > -margin).all() and (out.vertices < 1 + margin).all())
     assert bool((out.split_weights > 0).all()) and out.resolution == 16
-    model.set_resolution(32)
     with torch.no_grad():
-        again = model(z)
+        again = model(z, resolution=32)
     assert again.resolution == 32 and torch.equal(again.vertices, out.vertices)
+    assert model.resolution == 16  # a call argument: the model is unchanged
+    with pytest.warns(DeprecationWarning, match="resolution="):
+        model.set_resolution(32)  # the deprecated setter still sets the default, for one release
+    with torch.no_grad():
+        assert model(z).resolution == 32
 
 
 def test_texture_decoder_follows_shape_decoder_subdivisions():
@@ -246,7 +250,7 @@ def test_decoder_guide_errors_are_clear():
     with pytest.raises(ValueError, match=r"z.feats must be \(N, 4\)"):
         shape(sparse_from(z.coords, 5))
     with pytest.raises(ValueError, match="resolution must be a positive int"):
-        shape.set_resolution(0)
+        shape(z, resolution=0)
     with pytest.raises(ValueError, match="out_channels=7 and pred_subdiv=True"):
         tiny_shape_decoder_config(pred_subdiv=False)
     with pytest.raises(ValueError, match="block_type must be 3"):

@@ -101,15 +101,20 @@ def test_token_chunking_gives_the_same_velocity(pipe):
     cond = torch.randn(1, 7, model.config.cond_channels, generator=gen)
     t = torch.tensor([500.0])
     with torch.no_grad():
-        model.set_token_chunking(None)
         whole = model(x, t, cond).feats
-        model.set_token_chunking(7)
-        chunked = model(x, t, cond).feats
-        model.set_token_chunking(None)
+        chunked = model(x, t, cond, token_chunk=7).feats
     assert whole.abs().max() > 0
     assert float((chunked - whole).norm() / whole.norm()) < 1e-6
     with pytest.raises(ValueError, match="rows"):
-        model.set_token_chunking(0)
+        model(x, t, cond, token_chunk=0)
+    with pytest.warns(DeprecationWarning, match="token_chunk="):  # the old setter, for one release
+        model.set_token_chunking(7)
+    try:
+        with torch.no_grad():
+            assert torch.equal(model(x, t, cond).feats, chunked)
+    finally:
+        with pytest.warns(DeprecationWarning):
+            model.set_token_chunking(None)
 
 
 def test_model_store_counts_weight_bytes_once_per_model():
