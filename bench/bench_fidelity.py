@@ -48,6 +48,7 @@ Usage:
     python bench/bench_fidelity.py --resolutions 256 512 --out docs/benchmarks/fidelity_independent.jsonl
     python bench/bench_fidelity.py --table docs/benchmarks/fidelity_independent.jsonl  # print the markdown table
     python bench/bench_fidelity.py --compare OLD.jsonl NEW.jsonl                        # before/after table
+    python bench/bench_fidelity.py --resolutions 256 --uv xatlas ...                   # xatlas atlas (default voxel)
     PYTHONPATH=/path/to/other/worktree python bench/bench_fidelity.py ...  # measure another omnivox commit
 
 The Khronos validator runs when ``tests/gltf_validator/node_modules`` exists or ``NODE_PATH`` names an install
@@ -432,9 +433,10 @@ def omnivox_commit() -> str:
     return out.stdout.strip() + ("+local changes" if dirty else "")
 
 
-def run_one(rel: str, resolution: int, texture_size: int, decimation_target: int, samples: int, workdir: Path):
+def run_one(rel: str, resolution: int, texture_size: int, decimation_target: int, samples: int, workdir: Path,
+            uv: str = "voxel"):
     from omnivox.assets import load_asset
-    from omnivox.ovoxel.export import bake_glb, save_glb
+    from omnivox.ovoxel.export import UvMethod, bake_glb, save_glb
     from omnivox.ovoxel.extract import dual_grid_to_mesh
     from omnivox.ovoxel.grid import Grid
     from omnivox.ovoxel.io import decode_vxz, encode_vxz
@@ -462,7 +464,7 @@ def run_one(rel: str, resolution: int, texture_size: int, decimation_target: int
     del local, flags
     attributes = stack_attributes(attrs, len(coords))
     mesh, report = bake_glb(vertices, faces, coords, attributes, Grid.make(resolution), texture_size=texture_size,
-                            decimation_target=decimation_target)
+                            decimation_target=decimation_target, uv_method=UvMethod(uv))
     timings.update(report.timings)
     start = time.perf_counter()
     path = save_glb(mesh, workdir / f"{Path(rel).stem}_{resolution}.glb")
@@ -488,6 +490,8 @@ def run_one(rel: str, resolution: int, texture_size: int, decimation_target: int
         "asset": rel, "resolution": resolution, "voxels": int(len(coords)), "input_triangles": scene.num_faces,
         "extracted_faces": int(len(faces)), "faces": report.faces, "texture_size": texture_size,
         "alpha_mode": report.alpha_mode, "double_sided": report.double_sided, "holes_filled": report.holes_filled,
+        "uv": uv, "uv_charts": report.uv_charts, "uv_utilisation": report.uv_utilisation,
+        "seam_fraction": report.seam_fraction,
         "validator_errors": errors, "chamfer_x1e6": fidelity.chamfer * 1e6,
         "normal_consistency": fidelity.normal_consistency,
         **{f"psnr_{k}": psnr(truth[k], predicted[k]) for k in PBR_ATTRIBUTES},
@@ -565,6 +569,7 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=500_000, help="decimation target")
     parser.add_argument("--samples", type=int, default=100_000, help="surface samples per metric")
     parser.add_argument("--assets", nargs="*", help="relative asset paths (default: all)")
+    parser.add_argument("--uv", choices=("voxel", "xatlas"), default="voxel", help="UV atlas (export.UvMethod)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "fidelity.jsonl")
     parser.add_argument("--skip-done", action="store_true", help="skip asset/resolution pairs already in --out")
     parser.add_argument("--table", type=Path, help="print the markdown table of a results file and exit")
@@ -592,7 +597,7 @@ def main() -> None:
                     continue
                 start = time.perf_counter()
                 try:
-                    result = run_one(rel, resolution, args.texture_size, args.faces, args.samples, Path(tmp))
+                    result = run_one(rel, resolution, args.texture_size, args.faces, args.samples, Path(tmp), args.uv)
                 except (ValueError, RuntimeError) as error:
                     result = {"asset": rel, "resolution": resolution, "error": str(error)[:200]}
                 result["wall_s"] = round(time.perf_counter() - start, 1)

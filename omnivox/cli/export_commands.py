@@ -27,6 +27,7 @@ def export_glb(
     fill_holes: bool = typer.Option(True, "--fill-holes/--no-fill-holes", help="Close small boundary loops."),
     image_format: str = typer.Option("png", "--image-format", help="Texture images: png or webp."),
     alpha_mode: str = typer.Option("auto", "--alpha-mode", help="auto, OPAQUE, MASK or BLEND."),
+    uv: str = typer.Option("voxel", "--uv", help="UV atlas: voxel (axis-projected charts, fast) or xatlas."),
     device: Optional[str] = typer.Option(None, help="Where to bake textures: cpu or cuda (default: cuda when "
                                                     "available)."),
     max_voxels: int = typer.Option(DEFAULT_MAX_VOXELS, "--max-voxels", help="Refuse files with more voxels."),
@@ -42,6 +43,8 @@ def export_glb(
             raise ValueError(f"--image-format must be png or webp, got {image_format!r}")
         if alpha_mode not in ("auto", "OPAQUE", "MASK", "BLEND"):  # omnivox.ovoxel.export.ALPHA_MODES
             raise ValueError(f"--alpha-mode must be auto, OPAQUE, MASK or BLEND, got {alpha_mode!r}")
+        if uv not in ("voxel", "xatlas"):  # the values of omnivox.ovoxel.export.UvMethod
+            raise ValueError(f"--uv must be voxel or xatlas, got {uv!r}")
         from omnivox.ovoxel.io.vxz import check_vxz_limits, read_vxz_info
         from omnivox.ovoxel.packing import require_attributes
 
@@ -51,7 +54,7 @@ def export_glb(
         if header["num_voxel"] == 0:
             raise ValueError(f"{source}: the file holds no voxels")
         from omnivox.ovoxel.asset import OVoxel
-        from omnivox.ovoxel.export import bake_glb, save_glb
+        from omnivox.ovoxel.export import UvMethod, bake_glb, save_glb
 
         device = compute_device(device)
         asset = OVoxel.from_vxz(source, resolution, max_voxels=max_voxels)
@@ -61,7 +64,7 @@ def export_glb(
                                 decimation_target=decimation_target or None, fill_holes=fill_holes,
                                 surface_tolerance=tolerance or None,
                                 image_format=image_format, alpha_mode=alpha_mode, device=device,
-                                progress=progress_bar())
+                                progress=progress_bar(), uv_method=UvMethod(uv))
         save_glb(mesh, output)
     except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as error:
         raise fail("export", error) from error
