@@ -20,6 +20,10 @@ What is identical to the local runner (`omnivox.data.runner`):
   ``--retry-failed`` tries it again;
 * torch and numba use as many threads as the task declares CPUs.
 
+One difference: a task killed by Ray's memory monitor (not by the kernel) is retried by Ray as often as its
+``task_oom_retries`` setting allows, infinitely by default; a cluster started with ``RAY_task_oom_retries=1``
+records such an asset as failed instead.
+
 Stages whose work loads a model (`encode`) set ``keep_work_loaded``: then a pool of actors, each holding the
 work object (and so its model) for the whole run, takes the assets one call at a time with the same
 declared resources, retry rule and records.
@@ -149,7 +153,6 @@ class _AssetWorker:
     def __init__(self, work, num_cpus: float) -> None:
         _set_threads(num_cpus)
         self.work = work
-        self.num_cpus = num_cpus
         load = getattr(work, "load", None)
         if load is not None:
             load()  # fail here (one clear error for the whole stage), not once per asset
@@ -193,7 +196,9 @@ def check_workers(ray, stage: RayStage) -> List[dict]:
             .remote([str(path) for path in stage.must_see]) for node in nodes]
     try:
         reports = ray.get(refs, timeout=300)
-    except ray.exceptions.RayTaskError as error:
+    except ray.exceptions.GetTimeoutError as error:
+        raise RayClusterError("a Ray node did not answer the start-up probe within 300 s") from error
+    except ray.exceptions.RayError as error:
         cause = str(error.cause if getattr(error, "cause", None) else error).strip().splitlines()[0]
         raise RayClusterError(f"a Ray worker cannot run omnivox ({cause}); install the same omnivox on every "
                               "node") from error
@@ -233,10 +238,10 @@ def cluster_slots(ray, resources: TaskResources) -> int:
     return slots
 
 
-def _describe_cluster(ray, address: str) -> str:
+def _describe_cluster(ray) -> str:
     nodes = _alive_nodes(ray)
     totals = ray.cluster_resources()
-    return (f"Ray cluster {address}: {len(nodes)} node(s), {totals.get('CPU', 0):g} CPU, "
+    return (f"Ray cluster at {ray.get_runtime_context().gcs_address}: {len(nodes)} node(s), {totals.get('CPU', 0):g} CPU, "
             f"{totals.get('GPU', 0):g} GPU, {totals.get('memory', 0) / GIB:.0f} GiB")
 
 
@@ -263,8 +268,11 @@ def run_on_ray(tasks: Sequence, work: Callable, record: Callable, stage: RayStag
         check_workers(ray, stage)
         slots = cluster_slots(ray, stage.resources)
         if progress:
-            print(f"{_describe_cluster(ray, stage.cluster.address)}; each task {stage.resources.describe()}, "
-                  f"{slots} at once", file=sys.stderr, flush=True)
+            from tqdm import tqdm
+
+            # Through tqdm, so the line lands above the stage's progress bar instead of inside it.
+            tqdm.write(f"{_describe_cluster(ray)}; each task {stage.resources.describe()}, {slots} at once",
+                       file=sys.stderr)
         if stage.keep_work_loaded:
             _run_actors(ray, list(tasks), work, record, stage, slots)
         else:
