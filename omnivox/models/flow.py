@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from omnivox._backend import triton_available
 from omnivox.models.layers import LayerNorm32, dtype_from_name
 from omnivox.sparse.attention import apply_rope, host_seq_lens, rope_3d_phases, varlen_attention
-from omnivox.sparse.kernels import triton_available
 from omnivox.sparse.modules import MultiHeadRMSNorm
 from omnivox.sparse.tensor import SparseTensor
 

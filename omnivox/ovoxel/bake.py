@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from omnivox._backend import NUMBA_BACKENDS, resolve_backend
 from omnivox.ovoxel.grid import Grid
 from omnivox.ovoxel.kernels import hashtable
 
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = NUMBA_BACKENDS
 
 # Candidate (texel, triangle) pairs tested per rasterisation chunk; bounds the memory to a few hundred MB.
 RASTER_CHUNK = 1 << 23
@@ -128,9 +129,7 @@ def sample_sparse_trilinear(coords: torch.Tensor, attributes: torch.Tensor, grid
         values: (P, C) float32, on the device of ``points``.
         found: (P,) bool, False where neither the trilinear stencil nor the fallback found an active voxel.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "numba" or (backend == "auto" and points.device.type == "cpu"):
+    if resolve_backend(backend, BACKENDS, "numba", preferred=points.device.type == "cpu") == "numba":
         return _sample_sparse_trilinear_numba(coords, attributes, grid, points, fallback_radius)
     return _sample_sparse_trilinear_torch(coords, attributes, grid, points, fallback_radius)
 

@@ -31,6 +31,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from omnivox._backend import NUMBA_BACKENDS, resolve_backend
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid, Resolution
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -144,16 +145,14 @@ def mesh_to_dual_grid(
     """
     is_torch = isinstance(vertices, torch.Tensor)
     target = torch.device(device) if device is not None else (vertices.device if is_torch else torch.device("cpu"))
-    if backend not in ("auto", "numba", "torch"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
-    if backend == "numba" and target.type != "cpu":
-        raise ValueError(f"backend='numba' runs on the CPU only, but device is {target}")
+    backend = resolve_backend(backend, NUMBA_BACKENDS, "numba", preferred=target.type == "cpu",
+                              possible=target.type == "cpu", requirement=f"runs on the CPU only, but device is {target}")
     grid = Grid.make(resolution, aabb)
     _check_weights(face_weight, boundary_weight, regularization_weight)
     v, f = validate_mesh(vertices, faces)
     _check_overlaps_box(v, f, grid)
 
-    if backend == "numba" or (backend == "auto" and target.type == "cpu"):
+    if backend == "numba":
         coords, dual, flags = _mesh_to_dual_grid_numba(v, f, grid, face_weight, boundary_weight,
                                                        regularization_weight, weld)
         if is_torch:

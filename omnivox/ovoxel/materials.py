@@ -41,6 +41,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from omnivox._backend import NUMBA_BACKENDS, check_backend, resolve_backend
 from omnivox.assets.scene import AlphaMode, FilterMode, Scene, Texture
 from omnivox.assets.texture import wrap_texel_index
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid, Resolution
@@ -96,8 +97,7 @@ def voxelize_materials(
     """
     if not isinstance(scene, Scene):
         raise TypeError(f"voxelize_materials: scene must be an omnivox.assets.Scene, got {type(scene).__name__}")
-    if backend not in ("auto", "torch", "numba"):
-        raise ValueError(f"voxelize_materials: backend must be 'auto', 'torch' or 'numba', got {backend!r}")
+    check_backend(backend, NUMBA_BACKENDS, "voxelize_materials: backend")
     if isinstance(mip_level_offset, bool) or not isinstance(mip_level_offset, (int, float)) or not math.isfinite(
         mip_level_offset
     ):
@@ -110,9 +110,9 @@ def voxelize_materials(
             "sample weight 1 - distance (it must stay positive); normalise the scene into a smaller box"
         )
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if backend == "numba" and device.type != "cpu":
-        raise ValueError(f"voxelize_materials: backend 'numba' runs on the CPU only, got device {device}")
-    use_numba = device.type == "cpu" and backend != "torch"
+    use_numba = resolve_backend(backend, NUMBA_BACKENDS, "numba", preferred=device.type == "cpu",
+                                possible=device.type == "cpu", requirement=f"runs on the CPU only, got device {device}",
+                                name="voxelize_materials: backend") == "numba"
     names = list(PBR_ATTRIBUTES) + (["emissive"] if emissive else [])
 
     shifted = (scene.vertices.astype(np.float32) - grid.lo).astype(np.float32)

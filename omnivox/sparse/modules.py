@@ -10,9 +10,9 @@ import math
 import torch
 from torch import nn
 
+from omnivox._backend import TRITON_BACKENDS as BACKENDS, check_backend
 from omnivox.sparse import functional as SF
 from omnivox.sparse.attention import multi_head_rms_norm
-from omnivox.sparse.kernels import BACKENDS
 from omnivox.sparse.tensor import SparseTensor
 
 __all__ = ["SubmanifoldConv3d", "SparseLinear", "SparseLayerNorm32", "SparseGroupNorm32", "SparseSiLU",
@@ -30,9 +30,7 @@ class SubmanifoldConv3d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True, backend: str = "auto") -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.backend = check_backend(backend, BACKENDS)
         self.weight = nn.Parameter(torch.empty(out_channels, 3, 3, 3, in_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         # Same fan-in scaling as a dense Conv3d's default initialisation.

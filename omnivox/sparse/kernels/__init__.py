@@ -3,15 +3,15 @@
 
 Backends: ``"torch"`` runs `kernels.reference` (any device), ``"triton"`` runs `kernels.triton` (CUDA only),
 ``"auto"`` picks Triton for CUDA tensors when Triton imports and the dtype is supported, else torch.
-Triton is imported only when a Triton backend is actually used.
+Triton is imported only when a Triton backend is actually used. The rule and the Triton probe are
+`omnivox._backend`'s, shared by every package with kernels.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from omnivox._backend import TRITON_BACKENDS, resolve_backend as _resolve, triton_available
 from omnivox.sparse.kernels.reference import (
     neighbor_map_reference,
     submanifold_conv3d_backward_reference,
@@ -27,18 +27,8 @@ __all__ = [
     "SubmanifoldConv3dFunction",
 ]
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = TRITON_BACKENDS
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@functools.lru_cache(maxsize=1)
-def triton_available() -> bool:
-    """Whether `triton` imports (checked once; the answer cannot change within a process)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -47,17 +37,11 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     Raises:
         ValueError: unknown backend, or ``"triton"`` requested where it cannot run.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     usable = device.type == "cuda" and dtype in TRITON_DTYPES
-    if backend == "auto":
-        return "triton" if usable and triton_available() else "torch"
-    if backend == "triton":
-        if not usable:
-            raise ValueError(f"backend='triton' needs CUDA tensors of dtype {TRITON_DTYPES}, got {device} {dtype}")
-        if not triton_available():
-            raise ValueError("backend='triton' needs the triton package (pip install triton)")
-    return backend
+    requirement = (f"needs CUDA tensors of dtype {TRITON_DTYPES}, got {device} {dtype}" if not usable
+                   else "needs the triton package (pip install triton)")
+    runs = usable and triton_available()
+    return _resolve(backend, BACKENDS, "triton", preferred=runs, possible=runs, requirement=requirement)
 
 
 def conv_forward(feats, neighbor_map, weight, bias, backend: str):
