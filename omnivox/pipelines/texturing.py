@@ -104,7 +104,7 @@ class TexturingPipeline(PipelineBase):
 
     @torch.no_grad()
     def texture_voxels(self, vertices: np.ndarray, faces: np.ndarray, image, *, seed: int = 0,
-                       resolution: int = 1024, sampler_params: Optional[dict] = None,
+                       generator: Optional[torch.Generator] = None, resolution: int = 1024, sampler_params: Optional[dict] = None,
                        callback: Optional[StageCallback] = None, preprocess: bool = True, max_memory=None):
         """The PBR voxels of an already normalised, Z-up mesh.
 
@@ -115,7 +115,11 @@ class TexturingPipeline(PipelineBase):
 
         if resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
-        generator = torch.Generator().manual_seed(int(seed))
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(seed))
+        elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+            raise ValueError(f"generator must be a CPU torch.Generator (all noise is drawn on the CPU), got "
+                             f"{generator!r}")
         picture = self.prepare_image(image, preprocess)
         coords, dual, intersected = mesh_to_dual_grid(vertices, faces, resolution)
         if len(coords) == 0:
@@ -159,7 +163,7 @@ class TexturingPipeline(PipelineBase):
         pbr = (out.voxels.feats.float() * 0.5 + 0.5).clamp(0, 1).cpu().numpy()
         return voxel_coords, pbr, plan
 
-    def run(self, mesh, image, *, seed: int = 0, resolution: int = 1024, texture_size: int = 2048,
+    def run(self, mesh, image, *, seed: int = 0, generator: Optional[torch.Generator] = None, resolution: int = 1024, texture_size: int = 2048,
             keep_uvs: bool = True, decimation_target: Optional[int] = None, up_axis: Optional[str] = None,
             sampler_params: Optional[dict] = None, callback: Optional[StageCallback] = None, preprocess: bool = True,
             max_memory=None) -> "trimesh.Trimesh":
@@ -169,7 +173,8 @@ class TexturingPipeline(PipelineBase):
             mesh: a mesh file (GLB/glTF/OBJ/PLY/STL), an omnivox ``Scene``, a ``trimesh.Trimesh`` or
                 ``(vertices, faces[, uvs])`` (uvs per vertex ``(V, 2)`` or per corner ``(F, 3, 2)``).
             image: the reference image (see `ImageTo3DPipeline.run`).
-            seed: noise seed.
+            seed: noise seed (of a private CPU generator).
+            generator: a CPU ``torch.Generator`` to draw the noise from instead of ``seed``'s.
             resolution: O-Voxel grid of the shape encoding (the reference's default 1024; 512 selects the 512
                 texture flow).
             texture_size: side of the baked textures.
@@ -194,7 +199,8 @@ class TexturingPipeline(PipelineBase):
             check_up_axis(up_axis)
         vertices, faces, uvs, source_up = _mesh_arrays(mesh, up_axis)
         model_frame, center, scale = normalize_vertices(vertices, source="mesh")  # Z-up, in the unit box
-        coords, attributes, _ = self.texture_voxels(model_frame, faces, image, seed=seed, resolution=resolution,
+        coords, attributes, _ = self.texture_voxels(model_frame, faces, image, seed=seed, generator=generator,
+                                                    resolution=resolution,
                                                     sampler_params=sampler_params, callback=callback,
                                                     preprocess=preprocess, max_memory=max_memory)
         if keep_uvs and uvs is not None:

@@ -48,6 +48,11 @@ def test_material_decoder_lands_on_the_encoded_voxels(texturing, assets):
     assert attributes.std(0).min() > 0
     np.testing.assert_array_equal(attributes, texturing.texture_voxels(
         vertices, scene.faces, assets / RGBA_IMAGE, seed=1, resolution=256)[1])
+    import torch  # a caller's generator draws the same noise as the seed it was seeded with
+
+    np.testing.assert_array_equal(attributes, texturing.texture_voxels(
+        vertices, scene.faces, assets / RGBA_IMAGE, seed=7, generator=torch.Generator().manual_seed(1),
+        resolution=256)[1])
     assert [s.name for s in plan.stages] == ["condition", "encode", "tex_slat", "decode"]
 
 
