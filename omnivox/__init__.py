@@ -1,7 +1,17 @@
 """omnivox: TRELLIS.2 (native and compact structured latents for 3D generation) in Python + PyTorch.
 
-Subpackages:
-    ovoxel   -- the O-Voxel format: mesh <-> flexible dual grid, materials, files, export
+Subpackages, bottom floor first (a package imports only those below it: docs/layout.md, tests/test_layout.py):
+    assets     Scene / Material / Texture and their loaders; axis frames, texture addressing
+    sparse     sparse tensors, submanifold convolution, attention
+    ovoxel     the O-Voxel format: mesh <-> flexible dual grid, materials, files, export; the `OVoxel` asset
+    models     the TRELLIS.2 networks and strict checkpoint loading
+    render     cameras, rasterization, G-buffers, PBR shading (pure rendering)
+    pipelines  samplers, `ImageTo3DPipeline`, `TexturingPipeline`
+    preview    PBR panels, grids and turntables of assets and O-Voxel files
+    data       the data toolkit and the trainers' datasets
+    app        the web app and service
+    train      the trainers
+    cli        the `omnivox` command
 """
 
 import os as _os

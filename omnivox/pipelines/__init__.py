@@ -2,10 +2,11 @@
 
     samplers      rectified-flow Euler sampling, CFG with rescale and interval (spec models.md 8)
     preprocess    image preprocessing and background removal (spec 9.1)
+    types         the pipeline types ("512", "1024", "1024_cascade", "1536_cascade") as one table
     image_to_3d   `ImageTo3DPipeline` (spec 9.3) returning `omnivox.ovoxel.asset.OVoxel` assets
     texturing     `TexturingPipeline` (spec 9.6)
     memory        the memory planner (`plan_memory`, `MemoryPlan`)
-    intermediates saving / resuming a run's stages
+    intermediates a run's state (`RunState`), saving / resuming its stages
     testing       `make_test_pipeline`: tiny random-weight pipelines in the official layout
 
 Example:
