@@ -98,15 +98,6 @@ def all_reduce_mean(sums: dict, counts: dict, info: DistInfo, device: torch.devi
     return {k: sums[k] / counts[k] for k in sums if counts[k]}
 
 
-def broadcast_object(value, info: DistInfo):
-    """Rank 0's ``value`` on every process (JSON-like values only)."""
-    if not info.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def check_replicas_equal(params, info: DistInfo, device: torch.device) -> None:
     """Raise if any parameter differs between processes (the reference's ``check_ddp``), bit for bit."""
     if not info.distributed:

@@ -44,10 +44,6 @@ class EMA:
             # lerp_(w, 1 - rho) = ema + (1 - rho)(w - ema) = rho*ema + (1 - rho)*w
             torch._foreach_lerp_(shadow, values, 1.0 - rate)
 
-    def state_tensors(self, names: Sequence[str]) -> dict:
-        """``{rate: {param name: tensor}}`` for saving."""
-        return {rate: dict(zip(names, shadow)) for rate, shadow in self.shadows.items()}
-
     @torch.no_grad()
     def load(self, rate: float, tensors: Sequence[torch.Tensor]) -> None:
         """Replace the average of ``rate`` (same order and shapes as the parameters)."""

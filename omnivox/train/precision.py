@@ -105,13 +105,6 @@ class MixedPrecision:
         elif not stepped:
             logger.warning("non-finite gradients: optimiser step skipped")
 
-    @torch.no_grad()
-    def sync_masters_from_model(self) -> None:
-        """Copy model values into the masters (after loading weights into the model)."""
-        for p, m in zip(self.params, self.master_params):
-            if m is not p:
-                m.copy_(p.float())
-
     def state_dict(self) -> dict:
         return {"log_scale": self.log_scale} if self.use_scaling else {}
 
