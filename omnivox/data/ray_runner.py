@@ -232,16 +232,17 @@ def cluster_slots(ray, resources: TaskResources) -> int:
     if slots == 0:
         largest = max(nodes, key=lambda node: node["Resources"].get("CPU", 0)) if nodes else {"Resources": {}}
         have = largest["Resources"]
-        raise RayClusterError(f"no node of the Ray cluster can run a task needing {resources.describe()} (largest node: "
-                         f"{have.get('CPU', 0):g} CPU, {have.get('memory', 0) / GIB:.1f} GiB, "
-                         f"{have.get('GPU', 0):g} GPU); lower --task-cpus / --task-memory / --task-gpus")
+        raise RayClusterError(f"no node of the Ray cluster can run a task needing {resources.describe()} "
+                              f"(largest node: {have.get('CPU', 0):g} CPU, {have.get('memory', 0) / GIB:.1f} GiB, "
+                              f"{have.get('GPU', 0):g} GPU); lower --task-cpus / --task-memory / --task-gpus")
     return slots
 
 
-def _describe_cluster(ray) -> str:
+def _describe_cluster(ray, address: str) -> str:
     nodes = _alive_nodes(ray)
     totals = ray.cluster_resources()
-    return (f"Ray cluster at {ray.get_runtime_context().gcs_address}: {len(nodes)} node(s), {totals.get('CPU', 0):g} CPU, "
+    where = getattr(ray.get_runtime_context(), "gcs_address", address)  # a Ray Client context may not have it
+    return (f"Ray cluster at {where}: {len(nodes)} node(s), {totals.get('CPU', 0):g} CPU, "
             f"{totals.get('GPU', 0):g} GPU, {totals.get('memory', 0) / GIB:.0f} GiB")
 
 
@@ -271,8 +272,8 @@ def run_on_ray(tasks: Sequence, work: Callable, record: Callable, stage: RayStag
             from tqdm import tqdm
 
             # Through tqdm, so the line lands above the stage's progress bar instead of inside it.
-            tqdm.write(f"{_describe_cluster(ray)}; each task {stage.resources.describe()}, {slots} at once",
-                       file=sys.stderr)
+            tqdm.write(f"{_describe_cluster(ray, stage.cluster.address)}; each task {stage.resources.describe()}, "
+                       f"{slots} at once", file=sys.stderr)
         if stage.keep_work_loaded:
             _run_actors(ray, list(tasks), work, record, stage, slots)
         else:
@@ -327,7 +328,8 @@ def _run_actors(ray, tasks: List, work: Callable, record: Callable, stage: RaySt
     except ray.exceptions.RayError as error:
         cause = getattr(error, "cause", None) or error
         text = str(cause).strip().splitlines()
-        raise RayClusterError(f"a Ray worker could not load the stage's model: {text[-1] if text else cause}") from error
+        reason = text[-1] if text else cause
+        raise RayClusterError(f"a Ray worker could not load the stage's model: {reason}") from error
     pending = list(reversed(tasks))
     crashes: Dict[str, int] = {}
     in_flight: Dict = {}  # ref -> (task, actor index)
