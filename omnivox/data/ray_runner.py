@@ -21,8 +21,8 @@ What is identical to the local runner (`omnivox.data.runner`):
 * torch and numba use as many threads as the task declares CPUs.
 
 One difference: a task killed by Ray's memory monitor (not by the kernel) is retried by Ray as often as its
-``task_oom_retries`` setting allows, infinitely by default; a cluster started with ``RAY_task_oom_retries=1``
-records such an asset as failed instead.
+``task_oom_retries`` setting allows (unlimited by default in recent versions); ``RAY_task_oom_retries=1`` in the
+environment of ``ray start`` and of the driver should record such an asset as failed instead (untested).
 
 Stages whose work loads a model (`encode`) set ``keep_work_loaded``: then a pool of actors, each holding the
 work object (and so its model) for the whole run, takes the assets one call at a time with the same
