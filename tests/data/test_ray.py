@@ -347,3 +347,18 @@ def test_killed_driver_loses_nothing_and_the_same_command_finishes(ray_instance,
         assert not [p for p in (root / folder).iterdir() if p.name.endswith(".tmp")]
         for path in (root / folder).glob("*.*"):
             assert path.read_bytes() == (local_and_ray["local"] / path.relative_to(root)).read_bytes()
+
+
+def test_convert_declares_memory_by_resolution_and_the_cluster_counts_slots_by_every_resource(ray_instance):
+    from omnivox.data.convert import convert_task_resources
+    from omnivox.data.ray_runner import GIB, TaskResources, cluster_slots
+
+    assert [convert_task_resources(r).memory / GIB for r in (256, 512, 1024)] == [1.0, 2.0, 5.5]
+    assert RayCluster(memory_per_task=3 * GIB).resources(convert_task_resources(1024)).memory == 3 * GIB
+    assert RayCluster(cpus_per_task=2).resources(convert_task_resources(256)) == TaskResources(2, GIB, 0)
+    assert cluster_slots(ray_instance, TaskResources(num_cpus=1)) == 2
+    assert cluster_slots(ray_instance, TaskResources(num_cpus=2)) == 1
+    memory = ray_instance.cluster_resources()["memory"]
+    assert cluster_slots(ray_instance, TaskResources(num_cpus=1, memory=int(memory * 0.6))) == 1  # memory-bound
+    with pytest.raises(RayClusterError, match="needing 3 CPU"):
+        cluster_slots(ray_instance, TaskResources(num_cpus=3))
