@@ -280,6 +280,17 @@ def run_on_ray(tasks: Sequence, work: Callable, record: Callable, stage: RayStag
             _run_tasks(ray, list(tasks), work, record, stage, slots)
 
 
+def _finished(ray, refs: List, timeout: Optional[float]) -> List:
+    """The refs that are done: waits for the first (up to ``timeout``), then takes every other finished one in
+    the same pass, so the driver calls ``ray.wait`` once per batch of outcomes, not once per asset (with
+    thousands in flight, each call scans them all)."""
+    ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+    if not ready or len(refs) == 1:
+        return ready
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    return ready
+
+
 def _run_tasks(ray, tasks: List, work: Callable, record: Callable, stage: RayStage, slots: int) -> None:
     resources = stage.resources
     remote = ray.remote(_task_body).options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
@@ -297,8 +308,7 @@ def _run_tasks(ray, tasks: List, work: Callable, record: Callable, stage: RaySta
             while pending and len(in_flight) < IN_FLIGHT_PER_SLOT * slots:
                 task = pending.pop()
                 in_flight[remote.remote(work_ref, task, resources.num_cpus)] = task
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=RESOURCE_REFRESH_S)
-            for ref in ready:
+            for ref in _finished(ray, list(in_flight), RESOURCE_REFRESH_S):
                 task = in_flight.pop(ref)
                 try:
                     outcome = ray.get(ref)
@@ -341,8 +351,7 @@ def _run_actors(ray, tasks: List, work: Callable, record: Callable, stage: RaySt
                     task = pending.pop()
                     in_flight[actor.run.remote(task)] = (task, index)
                     busy[index] += 1
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in ready:
+            for ref in _finished(ray, list(in_flight), None):
                 task, index = in_flight.pop(ref)
                 busy[index] -= 1
                 try:
