@@ -281,20 +281,21 @@ def _overlapping_charts(flat: torch.Tensor, chart: torch.Tensor, charts: int, lo
 
 
 def _layout(flat: torch.Tensor, chart: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, texture_size: int,
-            padding: int) -> torch.Tensor:
-    """(F, 3, 2) float64 UVs of every corner after packing the charts' boxes ``lo``-``hi`` (``_pack``).
+            padding: int, keep_scale: Optional[float] = None) -> tuple[torch.Tensor, float]:
+    """(F, 3, 2) float64 UVs of every corner after packing the charts' boxes ``lo``-``hi`` (``_pack``), and the
+    scale (texels per unit).
 
     A quarter-turned chart is turned about a whole number of texels, so texel centres sample every chart on the
     same half-integer lattice of its own frame whatever the packing did."""
     device = flat.device
-    scale, origin, turned = _pack((hi - lo).cpu().numpy(), texture_size, padding)
+    scale, origin, turned = _pack((hi - lo).cpu().numpy(), texture_size, padding, keep_scale)
     origin_t = torch.from_numpy(origin).to(device=device, dtype=torch.float64)
     turned_t = torch.from_numpy(turned).to(device)
     local = (flat - lo[chart].unsqueeze(1)) * scale  # (F, 3, 2) texels from the chart's lower-left corner
     chart_height = torch.ceil((hi - lo)[:, 1] * scale)[chart].view(-1, 1)
     quarter_turn = torch.stack([chart_height - local[:, :, 1], local[:, :, 0]], dim=2)  # counter-clockwise
     local = torch.where(turned_t[chart].view(-1, 1, 1), quarter_turn, local)
-    return (local + origin_t[chart].unsqueeze(1)) / float(texture_size)
+    return (local + origin_t[chart].unsqueeze(1)) / float(texture_size), scale
 
 
 def _overlapping_faces(pix: torch.Tensor, texture_size: int) -> torch.Tensor:
@@ -328,7 +329,7 @@ def _overlapping_faces(pix: torch.Tensor, texture_size: int) -> torch.Tensor:
 @numba.njit(cache=True)
 def _overlapping_faces_numba(pix, first, width, count, twice_area, texture_size):
     """``_overlapping_faces`` on the CPU: one owner image instead of sorting claims (same arithmetic)."""
-    owner = np.full(texture_size * texture_size, -1, np.int64)
+    owner = np.full(texture_size * texture_size, -1, np.int32)
     involved = np.zeros(pix.shape[0], np.bool_)
     for face in range(pix.shape[0]):
         c = pix[face]
@@ -392,8 +393,9 @@ def _shelf_positions(widths: np.ndarray, heights: np.ndarray, capacity: int) -> 
     return x, y
 
 
-def _pack(extent: np.ndarray, texture_size: int, padding: int):
-    """Shelf-pack chart rectangles of size ``extent`` (C, 2) (world units) at the largest common scale.
+def _pack(extent: np.ndarray, texture_size: int, padding: int, keep_scale: Optional[float] = None):
+    """Shelf-pack chart rectangles of size ``extent`` (C, 2) (world units) at the largest common scale
+    (``keep_scale`` instead when the charts fit at it).
 
     Returns (scale in texels per unit, origin (C, 2) int64 texel of each chart's lower-left corner, turned (C,)
     bool: the chart is rotated a quarter turn to lie flat).
@@ -413,16 +415,19 @@ def _pack(extent: np.ndarray, texture_size: int, padding: int):
         r = rectangles(scale)
         return _shelf_height(r[:, 0], r[:, 1], capacity) <= capacity
 
-    low, high = 0.0, math.sqrt(texture_size ** 2 / max(float((size[:, 0] * size[:, 1]).sum()), 1e-300))
-    high = min(high, (texture_size - 2 * margin) / max(float(size.max()), 1e-300))
-    if fits(high):
-        low = high
-    for _ in range(SCALE_STEPS):
-        middle = 0.5 * (low + high)
-        if fits(middle):
-            low = middle
-        else:
-            high = middle
+    if keep_scale is not None and fits(keep_scale):
+        low = keep_scale
+    else:
+        low, high = 0.0, math.sqrt(texture_size ** 2 / max(float((size[:, 0] * size[:, 1]).sum()), 1e-300))
+        high = min(high, (texture_size - 2 * margin) / max(float(size.max()), 1e-300))
+        if fits(high):
+            low = high
+        for _ in range(SCALE_STEPS):
+            middle = 0.5 * (low + high)
+            if fits(middle):
+                low = middle
+            else:
+                high = middle
     r = rectangles(low)
     x, y = _shelf_positions(r[:, 0], r[:, 1], capacity)
     origin = np.zeros((len(size), 2), np.int64)
@@ -450,15 +455,28 @@ def voxel_atlas(vertices, faces, texture_size: int, *, padding: Optional[int] = 
     Returns:
         ``Atlas`` (numpy arrays; same bytes for the same input on any device).
     """
+    if device is None:
+        device = vertices.device if isinstance(vertices, torch.Tensor) else torch.device("cpu")
+    device = torch.device(device)
+    if device.type != "cpu":
+        return _voxel_atlas(vertices, faces, texture_size, padding, device, normal_floor, smoothing_rounds)
+    # Hundreds of small tensor operations: on the CPU, intra-op threads buy nothing here and spin against other
+    # processes on shared cores (4x slower on a loaded 2-core machine), so this call runs them on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _voxel_atlas(vertices, faces, texture_size, padding, device, normal_floor, smoothing_rounds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _voxel_atlas(vertices, faces, texture_size, padding, device, normal_floor, smoothing_rounds) -> Atlas:
     start_time = time.perf_counter()
     if not 0.0 < normal_floor < 1.0 / math.sqrt(3.0):
         raise ValueError(f"normal_floor must lie in (0, 1/sqrt(3)), got {normal_floor!r}")
     padding = default_padding(texture_size) if padding is None else int(padding)
     if padding < 0 or 2 * padding >= texture_size:
         raise ValueError(f"padding must lie in [0, texture_size / 2), got {padding}")
-    if device is None:
-        device = vertices.device if isinstance(vertices, torch.Tensor) else torch.device("cpu")
-    device = torch.device(device)
     v = torch.as_tensor(np.asarray(vertices) if not isinstance(vertices, torch.Tensor) else vertices)
     v = v.to(device=device, dtype=torch.float64)
     f = torch.as_tensor(np.asarray(faces) if not isinstance(faces, torch.Tensor) else faces)
@@ -514,21 +532,29 @@ def voxel_atlas(vertices, faces, texture_size: int, *, padding: Optional[int] = 
                                   chart, flagged)
     # Step 5: pack (a handful of numbers per chart: on the host), then check the layout the baker will see
     # (float32 UVs, texel centres of the final scale) for self-overlaps the coarse check missed; split, repack.
+    # The scale of the first packing is kept while the pieces still fit: charts are then sampled exactly as before
+    # (whole-texel origins, whole-texel turns), so only the faces of re-split charts need checking again.
+    scale, unchecked = None, torch.ones(num_faces, dtype=torch.bool, device=device)
     for layout_round in range(num_faces + 1):  # each round after SPLIT_ROUNDS dissolves a chart: bounded
         charts = int(chart.max()) + 1
         lo, hi = _chart_boxes(flat, chart, charts)
-        corner_uv = _layout(flat, chart, lo, hi, int(texture_size), padding)
+        corner_uv, new_scale = _layout(flat, chart, lo, hi, int(texture_size), padding, scale)
+        if new_scale != scale:
+            unchecked = torch.ones(num_faces, dtype=torch.bool, device=device)
+        scale = new_scale
         pix = corner_uv.to(torch.float32).to(torch.float64) * texture_size - 0.5
-        involved = _overlapping_faces(pix, int(texture_size))
+        involved = torch.zeros(num_faces, dtype=torch.bool, device=device)
+        involved[unchecked] = _overlapping_faces(pix[unchecked], int(texture_size))
         if not bool(involved.any()):
             break
+        faces_in_chart = torch.bincount(chart, minlength=charts)
+        involved_in_chart = torch.bincount(chart[involved], minlength=charts)
+        redo = involved_in_chart > 0
+        unchecked = redo[chart]
         if layout_round < SPLIT_ROUNDS:
             # Slivers (a few faces of a chart) are cut out into their own pieces; a chart that overlaps over a
             # large part of itself is halved instead.
-            faces_in_chart = torch.bincount(chart, minlength=charts)
-            involved_in_chart = torch.bincount(chart[involved], minlength=charts)
             halve = involved_in_chart * HALVE_SHARE > faces_in_chart
-            redo = involved_in_chart > 0
             side = torch.where(halve[chart], _split_in_two(chart, halve, centroid, charts), involved.long())
             chart = _group_components(chart * 2 + side, pair_a, pair_b, chart, redo)
         else:
