@@ -12,7 +12,8 @@ top of ours, and the ``ray[data]`` dependencies (pyarrow, pandas); plain ``ray``
 What is identical to the local runner (`omnivox.data.runner`):
 
 * the per-asset function: a task runs `runner.process_asset(work, task)` (the stage's ``work`` under the same
-  exception guard), so a Ray run and a local run write byte-identical files and rows;
+  exception guard), so a Ray run and a local run write byte-identical files and rows (given the same threads
+  per asset: see docs/benchmarks/data.md);
 * records are written by the driver only, one flushed row per finished asset, so a killed driver loses only
   the assets in flight (re-run the same command; outputs are replaced atomically, never duplicated);
 * a worker that dies (killed, out of memory, segfault) has its asset retried once (Ray's ``max_retries=1``);
@@ -36,19 +37,16 @@ version with its dependencies. `check_workers` verifies both on every node befor
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
-logger = logging.getLogger(__name__)
-
 INSTALL_HINT = 'Ray is not installed: pip install "omnivox[ray]"'
 GIB = 1 << 30
 # How many tasks the driver keeps submitted per slot the cluster can run at once: enough that a slot never
-# waits for the driver, few enough that a 800K-asset stage does not sit in the scheduler's queues.
+# waits for the driver, few enough that an 800K-asset stage does not sit in the scheduler's queues.
 IN_FLIGHT_PER_SLOT = 2
 RESOURCE_REFRESH_S = 30.0  # re-read the cluster's size this often (nodes may join or leave)
 
