@@ -44,3 +44,38 @@ def call_in_fork(fn: Callable[..., Any], args: tuple, timeout: Optional[float] =
     if result is None and problem is None:
         problem = f"crashed (exit code {child.exitcode})"
     return result, problem
+
+
+def map_in_forks(fn: Callable[..., Any], jobs: list, workers: int) -> list:
+    """``[fn(*args) for args in jobs]`` computed in up to ``workers`` forked children at a time, results in job order.
+
+    Each job runs in a child of its own (the library's process-wide buffers go back to the system when it exits).
+    A job whose child crashes is run again in this process. Needs `fork_available`; results must be picklable.
+    """
+    context = multiprocessing.get_context("fork")
+    results: list = [None] * len(jobs)
+    done = [False] * len(jobs)
+    running: dict = {}  # receiver -> (index, process)
+    pending = list(range(len(jobs)))
+    from multiprocessing.connection import wait
+
+    while pending or running:
+        while pending and len(running) < max(1, workers):
+            index = pending.pop(0)
+            receiver, sender = context.Pipe(duplex=False)
+            child = context.Process(target=_child, args=(sender, fn, jobs[index]))
+            child.start()
+            sender.close()
+            running[receiver] = (index, child)
+        for receiver in wait(list(running)):
+            index, child = running.pop(receiver)
+            try:
+                results[index], done[index] = receiver.recv(), True
+            except EOFError:
+                pass  # crashed: redone below
+            receiver.close()
+            child.join()
+    for index, finished in enumerate(done):
+        if not finished:
+            results[index] = fn(*jobs[index])
+    return results
