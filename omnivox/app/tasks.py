@@ -142,7 +142,7 @@ def generate(models: Models, context: JobContext, image: Image.Image, params: Ge
                        sampler_params=sampler_params(params), callback=callback)
     path = context.output_dir / "result.glb"
     outputs[0].to_glb(path, decimation_target=params.decimation_target, texture_size=params.texture_size,
-                      progress=callback)
+                      device=models.device, progress=callback)  # bake where the pipeline ran
     if previews is not None:
         render_previews(outputs[0], context, previews, models.device)
     return path

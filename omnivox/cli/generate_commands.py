@@ -162,7 +162,7 @@ def generate(
                 raise RuntimeError(f"the pipeline returned {len(assets)} assets for {len(paths)} outputs")
             for asset, path in zip(assets, paths):
                 asset.to_glb(path, decimation_target=faces or None, surface_tolerance=tolerance or None,
-                             texture_size=texture_size, progress=callback)
+                             texture_size=texture_size, device=pipe.device, progress=callback)
                 typer.echo(f"{image if image is not None else resume} -> {path}: {len(asset.coords)} voxels at "
                            f"{asset.resolution}^3, {len(asset.faces)} faces before export")
         if preview is not None:
