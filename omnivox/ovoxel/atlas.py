@@ -3,8 +3,8 @@
 Why not a general unwrapper (xatlas): a voxel surface is made of large, locally flat, axis-dominated pieces, so
 projecting each piece orthographically onto its axis plane is already a good parameterisation: angles are kept
 except for one stretch of ``1 / |n_axis|`` along the slope, and nothing has to be optimised. Every stage is a
-vectorised pass over faces or edges (torch, so the same code runs on CPU and CUDA); only the packer loops, once per
-shelf of charts.
+vectorised pass over faces or edges (torch, so the same code runs on CPU and CUDA; the two texel rasterisers have
+a numba twin on the CPU with the same arithmetic); only the packer loops, once per shelf of charts.
 
 Method (``voxel_atlas``):
 
@@ -16,18 +16,25 @@ Method (``voxel_atlas``):
 3. **Charts** are the connected components of equal label over shared edges (hook-and-jump label propagation with
    ``scatter_reduce``, O(log n) rounds).
 4. **Splits.** A chart whose projection overlaps itself (a helical ramp, a screw thread: all faces face the axis,
-   yet the surface winds over itself) is found by rasterising every chart in its own frame at a check resolution
-   and looking for a texel claimed by two of its faces; a large chart that fills less than ``min_fill`` of its
-   bounding box (a ring, an L) wastes packing space. Both are cut in two across the middle of their longest
-   extent and re-split into connected pieces, for a few rounds; faces of charts that still overlap become charts
-   of their own.
-5. **Packing.** Chart rectangles (turned to lie flat) are sorted by height and packed in shelves; the largest
-   common scale that fits (binary search) gives every chart the same texel density. Charts start at whole
-   texels and are ``padding`` texels apart (also across the texture's wrap-around), so bilinear filtering and the
-   gutter fill of ``bake.fill_gutter`` do not bleed between charts.
+   yet the surface winds over itself) is found by rasterising every chart in its own frame at a coarse check
+   resolution (``OVERLAP_CHECK_SIZE``) and looking for a texel centre strictly inside two of its faces; a large
+   chart that fills less than ``MIN_FILL`` of its bounding box (a ring, an L) wastes packing space. Both are cut in
+   two across the middle of their longest 3-D extent and re-split into connected pieces, for a few rounds.
+5. **Packing.** Chart rectangles (turned a quarter to lie flat) are sorted by height and packed in shelves; the
+   largest common scale that fits (binary search) gives every chart the same texel density. Charts start at
+   whole texels and are ``padding`` texels apart (also across the texture's wrap-around), so bilinear filtering
+   and the gutter fill of ``bake.fill_gutter`` do not bleed between charts.
+6. **Exact check.** The packed layout is rasterised as the baker will see it (float32 UVs, the texture's texel
+   centres). Faces that share a texel centre strictly inside both (slivers of folds below the coarse resolution)
+   are cut out of their chart into pieces of their own (a chart with more than 1/8 of its faces involved is
+   halved instead), and the layout is packed again at the same scale where it fits, so only the re-split charts
+   need checking; after ``SPLIT_ROUNDS`` rounds the faces still involved become one-face charts. The result has
+   no texel claimed twice.
 
-Overlaps smaller than a texel of the check resolution (``OVERLAP_CHECK_SIZE``, a 512^2 texture) can escape step 4;
-they cost a few texels' colour, not a wrong chart.
+Stretch: texel density along a face's slope is ``|n . axis|`` times the density across it (>= ``NORMAL_FLOOR``);
+xatlas trades that for seams and optimisation time. Utilisation (covered fraction of the texture) is about that
+of xatlas with ``max_chart_area`` (0.4-0.7 on the dev assets); the fidelity comparison is in
+docs/benchmarks/atlas.md.
 """
 
 from __future__ import annotations
@@ -48,8 +55,7 @@ NORMAL_FLOOR = 0.4
 SMOOTHING_ROUNDS = 4
 # Self-overlap check resolution: charts are rasterised as if the whole atlas were this many texels wide.
 OVERLAP_CHECK_SIZE = 512
-# Rounds of chart splitting (each halves the flagged charts); charts still overlapping afterwards become one chart
-# per face.
+# Rounds of chart splitting in steps 4 and 6 (step 6 then dissolves what still overlaps into one-face charts).
 SPLIT_ROUNDS = 8
 # Step 4's packing split: charts above LARGE_CHART_AREA of the total projected area and filling less than
 # MIN_FILL of their bounding rectangle are cut.
@@ -63,9 +69,7 @@ SCALE_STEPS = 30
 # Candidate (texel, face) pairs per chunk of the overlap check (bounds memory).
 CHECK_CHUNK = 1 << 22
 
-# Label k means the signed axis AXIS_OF_LABEL[k] * SIGN_OF_LABEL[k]: +x, -x, +y, -y, +z, -z.
-AXIS_OF_LABEL = (0, 0, 1, 1, 2, 2)
-SIGN_OF_LABEL = (1.0, -1.0, 1.0, -1.0, 1.0, -1.0)
+# Face labels 0..5 are the signed axes +x, -x, +y, -y, +z, -z: axis = label // 2, negative when label is odd.
 
 
 @dataclass
