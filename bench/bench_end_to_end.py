@@ -78,7 +78,7 @@ def export_to_disk(asset, path: Path, device) -> dict:
 
 
 def run_type(report: Report, pipe, tokens: dict, image, pipeline_type: str, real, out: Path, repeats: int,
-             device) -> None:
+             device, export_own: bool = True) -> None:
     stages = Stages(pipe, tokens, device)
     stages.sync_stages = False  # totals only: stage syncs would stop the pipeline's own overlap
     runs = []
@@ -89,10 +89,11 @@ def run_type(report: Report, pipe, tokens: dict, image, pipeline_type: str, real
         (asset,) = pipe.run(image, seed=0, pipeline_type=pipeline_type)
         sync(device)
         pipeline_s = time.perf_counter() - start
-        own = export_to_disk(asset, out / f"{pipeline_type}_own.glb", device)
+        own = export_to_disk(asset, out / f"{pipeline_type}_own.glb", device) if export_own else None
         real_export = export_to_disk(real, out / f"{pipeline_type}_real.glb", device)
         entry = dict(pipeline_s=pipeline_s, export_own=own, export_real=real_export,
-                     image_to_glb_s=pipeline_s + real_export["s"], image_to_glb_own_s=pipeline_s + own["s"])
+                     image_to_glb_s=pipeline_s + real_export["s"],
+                     image_to_glb_own_s=pipeline_s + own["s"] if own else None)
         runs.append(entry)
         report.add(f"{pipeline_type}/{'cold' if attempt == 0 else f'warm_{attempt}'}", entry)
     warm = runs[1:] or runs
@@ -101,8 +102,9 @@ def run_type(report: Report, pipe, tokens: dict, image, pipeline_type: str, real
         warm_image_to_glb_s=statistics.median(r["image_to_glb_s"] for r in warm),
         warm_pipeline_s=statistics.median(r["pipeline_s"] for r in warm),
         warm_export_real_s=statistics.median(r["export_real"]["s"] for r in warm),
-        warm_export_own_s=statistics.median(r["export_own"]["s"] for r in warm),
-        real_faces_in=runs[-1]["export_real"]["faces_in"], own_faces_in=runs[-1]["export_own"]["faces_in"]))
+        warm_export_own_s=statistics.median(r["export_own"]["s"] for r in warm) if export_own else float("nan"),
+        real_faces_in=runs[-1]["export_real"]["faces_in"],
+        own_faces_in=runs[-1]["export_own"]["faces_in"] if export_own else 0))
 
 
 def run(args) -> None:
@@ -135,7 +137,7 @@ def run(args) -> None:
         report.add(f"{pipeline_type}/real_asset", dict(resolution=resolution, voxels=len(real.coords),
                                                        faces=len(real.faces), convert_s=time.perf_counter() - start))
         try:
-            run_type(report, pipe, tokens, image, pipeline_type, real, out, args.repeats, device)
+            run_type(report, pipe, tokens, image, pipeline_type, real, out, args.repeats, device, not args.skip_own)
         except Exception as error:  # keep the other types' numbers
             report.add(f"error/{pipeline_type}", f"{type(error).__name__}: {error}")
     rows = ["| type | cold image->GLB s | warm image->GLB s | warm pipeline s | warm export s (real) | "
@@ -160,6 +162,7 @@ def main() -> None:
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--types", nargs="*", default=list(OUTPUT_RESOLUTION))
     r.add_argument("--repeats", type=int, default=3, help="runs per type: one cold, then warm ones")
+    r.add_argument("--skip-own", action="store_true", help="do not export the random networks' own output")
     r.add_argument("--smoke", action="store_true", help="tiny test pipeline on a 64^3 asset (checks the script)")
     args = parser.parse_args()
     run(args)
