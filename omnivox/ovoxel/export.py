@@ -331,7 +331,8 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         # pin-holes and fringes are still found and treated afterwards, on a mesh a fraction of the size.
         v, f = vertices, meshops.remove_duplicate_faces(meshops.remove_degenerate_faces(vertices, faces))
         v, f = meshops.compact(v, f)
-        f, _ = meshops.orient_faces(v, f)
+        if not meshops.consistently_wound(f):  # extracted surfaces already are: checking costs a quarter of orienting
+            f, _ = meshops.orient_faces(v, f)
         v, f = meshops.decimate(v, f, 3 * decimation_target, preserve_border=True)
         timings["early_decimate"] = time.perf_counter() - start
         start = time.perf_counter()

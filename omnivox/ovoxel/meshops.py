@@ -169,8 +169,31 @@ def remove_duplicate_faces(faces: np.ndarray) -> np.ndarray:
     Thin plates collapse to one sheet in the dual grid and can yield the same triangle twice with opposite windings;
     keeping both would z-fight and make orientation impossible.
     """
-    _, first = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
-    return faces[np.sort(first)]
+    if len(faces) == 0:
+        return faces
+    corners = np.sort(faces, axis=1)
+    # One int64 key for the two smallest corners (V^2 fits; V^3 would not at 1024^3 surfaces), the largest as a
+    # second sort key: about 3x faster than np.unique over rows.
+    key = corners[:, 0] * (int(corners[:, 2].max()) + 1) + corners[:, 1]
+    order = np.lexsort((corners[:, 2], key))  # stable: the first face of each set comes first
+    key, largest = key[order], corners[order, 2]
+    first = np.ones(len(order), bool)
+    first[1:] = (key[1:] != key[:-1]) | (largest[1:] != largest[:-1])
+    return faces[np.sort(order[first])]
+
+
+def consistently_wound(faces: np.ndarray, table: Optional[tuple] = None) -> bool:
+    """Whether the two faces of every edge shared by exactly two faces run along it in opposite directions (one
+    winding per sheet; which side is out is not checked). ``table`` may pass ``edge_table(faces)``."""
+    if len(faces) == 0:
+        return True
+    order, edge_of, face_count = edge_table(faces) if table is None else table
+    sorted_edges = edge_of[order]
+    starts = np.ones(len(order), bool)
+    starts[1:] = sorted_edges[1:] != sorted_edges[:-1]
+    pair = np.flatnonzero(starts & (face_count[sorted_edges] == 2))  # the first of two consecutive half-edges
+    start_vertex = faces.reshape(-1)
+    return bool((start_vertex[order[pair]] != start_vertex[order[pair + 1]]).all())
 
 
 def remove_small_components(vertices: np.ndarray, faces: np.ndarray, min_area: float) -> np.ndarray:

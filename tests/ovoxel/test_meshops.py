@@ -255,3 +255,14 @@ def test_map_in_forks_keeps_job_order_and_redoes_a_crashed_job():
         return x * x
 
     assert map_in_forks(square_or_crash, [(k,) for k in range(7)], workers=3) == [k * k for k in range(7)]
+
+
+def test_consistently_wound_sees_one_flipped_face():
+    vertices, faces = _sphere(0.3, subdivisions=3)
+    assert meshops.consistently_wound(faces)
+    assert meshops.consistently_wound(faces[:, ::-1])  # all inward is still one winding
+    flipped = faces.copy()
+    k = np.random.default_rng().integers(len(faces))
+    flipped[k] = flipped[k, ::-1]
+    assert not meshops.consistently_wound(flipped)
+    assert meshops.consistently_wound(meshops.orient_faces(vertices, flipped)[0])
