@@ -621,7 +621,8 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int,
             return _decimate_in_batches(vertices, faces, component, target_faces, batch_faces, fork_faces,
                                         preserve_border)
     workers = decimation_workers()
-    if len(faces) >= PARALLEL_DECIMATION_FACES and workers >= MIN_DECIMATION_WORKERS and fork_available():
+    if (len(faces) >= PARALLEL_DECIMATION_FACES and len(faces) >= 2 * target_faces  # blocks keep 1.15x: need room
+            and workers >= MIN_DECIMATION_WORKERS and fork_available()):
         return _decimate_in_blocks(vertices, faces, target_faces, workers, preserve_border)
     args = (np.ascontiguousarray(vertices, dtype=np.float64), np.ascontiguousarray(faces, dtype=np.int64),
             int(target_faces), bool(preserve_border))
