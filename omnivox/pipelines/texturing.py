@@ -207,8 +207,8 @@ class TexturingPipeline(PipelineBase):
             if callback is not None:
                 callback("export", 0, 1)
             welded_vertices, welded_faces, welded_uvs = _weld_corners(model_frame, faces, uvs)
-            result = bake_to_uv_layout(welded_vertices, welded_faces, welded_uvs, coords.numpy(), attributes, resolution,
-                             texture_size=texture_size)
+            result = bake_to_uv_layout(welded_vertices, welded_faces, welded_uvs, coords.numpy(), attributes,
+                                       resolution, texture_size=texture_size, device=self.device)
             if callback is not None:
                 callback("export", 1, 1)
         else:
