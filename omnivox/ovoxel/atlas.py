@@ -575,11 +575,11 @@ def _voxel_atlas(vertices, faces, texture_size, padding, device, normal_floor, s
     vmapping = vmapping.cpu().numpy()
     new_faces = new_faces.view(-1, 3).cpu().numpy()
     uvs = uvs.to(torch.float32).cpu().numpy()
-    return describe_atlas(v, vmapping, new_faces, uvs, start_time)
+    return describe_atlas(v, vmapping, new_faces, uvs, start_time, face_chart=chart)
 
 
 def describe_atlas(vertices, vmapping: np.ndarray, faces: np.ndarray, uvs: np.ndarray,
-                   start_time: Optional[float] = None) -> Atlas:
+                   start_time: Optional[float] = None, face_chart: Optional[torch.Tensor] = None) -> Atlas:
     """An ``Atlas`` with statistics for any unwrap result (``voxel_atlas``, xatlas, ``triangle_atlas``).
 
     Charts are the groups of faces connected through shared atlas vertices; a seam is a mesh edge whose faces do
@@ -589,6 +589,7 @@ def describe_atlas(vertices, vmapping: np.ndarray, faces: np.ndarray, uvs: np.nd
         vertices: (V, 3) float, the mesh's vertices.
         vmapping: (V',) int64, faces: (F, 3) int64, uvs: (V', 2) float32, as ``unwrap_uv`` returns them.
         start_time: ``time.perf_counter()`` when the unwrap began (``seconds`` is measured from it; 0 without).
+        face_chart: (F,) chart ids 0..C-1 when the caller knows them (they must be the groups above).
     """
     v = vertices if isinstance(vertices, torch.Tensor) else torch.from_numpy(np.asarray(vertices))
     device = v.device
@@ -598,12 +599,12 @@ def describe_atlas(vertices, vmapping: np.ndarray, faces: np.ndarray, uvs: np.nd
     uv = torch.from_numpy(np.asarray(uvs, np.float64)).to(device)
     num_faces = f.shape[0]
 
-    # Charts: faces sharing an atlas vertex.
-    corner_vertex, corner_order = torch.sort(f.reshape(-1), stable=True)
-    same = torch.nonzero(corner_vertex[1:] == corner_vertex[:-1]).squeeze(1)
-    face_of_corner = torch.div(corner_order, 3, rounding_mode="floor")
-    root = _components(num_faces, face_of_corner[same], face_of_corner[same + 1])
-    face_chart = torch.unique(root, return_inverse=True)[1]
+    if face_chart is None:  # charts: faces sharing an atlas vertex
+        corner_vertex, corner_order = torch.sort(f.reshape(-1), stable=True)
+        same = torch.nonzero(corner_vertex[1:] == corner_vertex[:-1]).squeeze(1)
+        face_of_corner = torch.div(corner_order, 3, rounding_mode="floor")
+        root = _components(num_faces, face_of_corner[same], face_of_corner[same + 1])
+        face_chart = torch.unique(root, return_inverse=True)[1]
 
     corner_uv = uv[f]
     e1 = corner_uv[:, 1] - corner_uv[:, 0]

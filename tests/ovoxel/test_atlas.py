@@ -10,7 +10,7 @@ import trimesh
 
 from omnivox.ovoxel import Grid, dual_grid_to_mesh, mesh_to_dual_grid, to_local
 from omnivox.ovoxel import atlas as atlas_module
-from omnivox.ovoxel.atlas import NORMAL_FLOOR, default_padding, voxel_atlas
+from omnivox.ovoxel.atlas import NORMAL_FLOOR, default_padding, describe_atlas, voxel_atlas
 from omnivox.ovoxel.export import UvMethod, bake_glb, prepare_surface, save_glb, unwrap_uv
 from tests.conftest import ASSETS
 
@@ -111,6 +111,10 @@ def check_atlas(vertices, faces, atlas, size, padding):
     assert (atlas.vmapping[atlas.faces] == faces).all()  # same corners, same face order
     assert len(np.unique(atlas.faces)) == len(atlas.vmapping)  # no unused atlas vertex
     assert (atlas.uvs >= 0).all() and (atlas.uvs <= 1).all()
+    # The charts are exactly the groups of faces joined by shared UV vertices (what describe_atlas finds for xatlas).
+    generic = describe_atlas(vertices, atlas.vmapping, atlas.faces, atlas.uvs)
+    assert np.array_equal(generic.face_chart, atlas.face_chart) and generic.charts == atlas.charts
+    assert generic.seam_length == pytest.approx(atlas.seam_length, rel=1e-12)
 
     uv = atlas.uvs.astype(np.float64)[atlas.faces] * size
     uv_area = 0.5 * cross2(uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0])
