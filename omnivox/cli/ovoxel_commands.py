@@ -74,8 +74,9 @@ def info(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
+    # The file does not store its grid; its chunks only bound it (a 128^3 asset sits in one 256^3 chunk).
     typer.echo(f"{path}: {summary['num_voxel']:,} voxels in {summary['chunks']} chunk(s) of {size}^3 "
-               f"(grid of at least {extent}^3)")
+               f"(the grid is not stored; the chunks span {extent}^3)")
     typer.echo("attributes: " + ", ".join(f"{k} ({v})" for k, v in summary["attributes"].items()))
     source_up = summary["source_up_axis"]
     typer.echo("frame: Z-up" + (f" (converted from a {source_up.upper()}-up file)" if source_up else
