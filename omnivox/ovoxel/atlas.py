@@ -513,14 +513,17 @@ def _voxel_atlas(vertices, faces, texture_size, padding, device, normal_floor, s
     # Step 4: split self-overlapping and sparse large charts. Only pieces of overlapping charts are checked again:
     # a piece of a chart that does not overlap itself cannot either.
     projected_area = 0.5 * twice_area * alignment.gather(1, label.view(-1, 1)).squeeze(1)
-    total_area = projected_area.sum()
-    check_scale = OVERLAP_CHECK_SIZE / math.sqrt(float(total_area))
+    # Area sums are taken on the host in a fixed order (GPU atomics add in any order), so every device decides
+    # the same splits.
+    host_area = projected_area.cpu().numpy()
+    total_area = float(host_area.sum())
+    check_scale = OVERLAP_CHECK_SIZE / math.sqrt(total_area)
     unchecked = torch.ones(num_faces, dtype=torch.bool, device=device)
     for split_round in range(SPLIT_ROUNDS + 1):
         charts = int(chart.max()) + 1
         lo, hi = _chart_boxes(flat, chart, charts)
         overlapping = _overlapping_charts(flat, chart, charts, lo, check_scale, unchecked)
-        chart_area = torch.zeros(charts, dtype=torch.float64, device=device).index_add_(0, chart, projected_area)
+        chart_area = torch.from_numpy(np.bincount(chart.cpu().numpy(), host_area, charts)).to(device)
         box_area = (hi - lo).prod(dim=1)
         sparse = (chart_area > LARGE_CHART_AREA * total_area) & (chart_area < MIN_FILL * box_area)
         flagged = overlapping | sparse
