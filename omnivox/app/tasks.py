@@ -138,6 +138,9 @@ def generate(models: Models, context: JobContext, image: Image.Image, params: Ge
 
     stages = list(type_named(pipeline_type).stages)
     callback = progress_callback(context, stages + ["export"])
+    # Until the first sampling step (background removal, the image condition, the first call's kernel compilation)
+    # the job would otherwise read "starting" for up to half a minute.
+    context.report("preparing the image and its condition")
     outputs = pipe.run(image, seed=params.seed, pipeline_type=pipeline_type, num_samples=1,
                        sampler_params=sampler_params(params), callback=callback)
     path = context.output_dir / "result.glb"

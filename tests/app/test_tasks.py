@@ -95,3 +95,24 @@ def test_cli_and_app_package_import_no_web_frameworks():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_generate_says_what_it_does_before_the_first_sampling_step():
+    """The service's job read "starting" (and "stages": 0) for its first ~30 s (issue 25, part 4)."""
+    from types import SimpleNamespace
+
+    job, context = _context()
+    seen = []
+
+    class Stopped(Exception):
+        pass
+
+    def run(*args, **kwargs):  # the pipeline: record what the job says when sampling is about to begin
+        seen.append(job.progress.describe())
+        raise Stopped
+
+    pipe = SimpleNamespace(config=SimpleNamespace(default_pipeline_type="512"), run=run)
+    models = tasks.Models(device="cpu", image_to_3d=pipe, texturing=None)
+    with pytest.raises(Stopped):
+        tasks.generate(models, context, Image.new("RGBA", (8, 8)), tasks.GenerateParams())
+    assert seen == ["preparing the image and its condition"]
