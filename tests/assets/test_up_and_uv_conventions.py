@@ -128,7 +128,7 @@ def test_texture_bakes_into_the_users_uvs_upright(tmp_path, kind):
 
     class OwnTexture(TexturingPipeline):
         def __init__(self):  # no models: texture_voxels below stands in for them
-            pass
+            self.device = torch.device("cpu")  # where a pipeline bakes its result
 
         def texture_voxels(self, vertices, faces, image, *, resolution, **_):
             seen.append(np.asarray(vertices))
