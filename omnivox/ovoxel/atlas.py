@@ -462,16 +462,9 @@ def voxel_atlas(vertices, faces, texture_size: int, *, padding: Optional[int] = 
     if device is None:
         device = vertices.device if isinstance(vertices, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
-    if device.type != "cpu":
-        return _voxel_atlas(vertices, faces, texture_size, padding, device, normal_floor, smoothing_rounds)
-    # Hundreds of small tensor operations: on the CPU, intra-op threads buy nothing here and spin against other
-    # processes on shared cores (4x slower on a loaded 2-core machine), so this call runs them on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _voxel_atlas(vertices, faces, texture_size, padding, device, normal_floor, smoothing_rounds)
-    finally:
-        torch.set_num_threads(threads)
+    # No torch.set_num_threads here: the thread count is the caller's process-wide setting, and a library that
+    # changes it for a while surprises every other thread of the process (a service runs several jobs).
+    return _voxel_atlas(vertices, faces, texture_size, padding, device, normal_floor, smoothing_rounds)
 
 
 def _voxel_atlas(vertices, faces, texture_size, padding, device, normal_floor, smoothing_rounds) -> Atlas:
