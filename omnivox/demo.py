@@ -126,10 +126,12 @@ def run_demo(out: Path, resolution: int = 256, log: Optional[Callable[[str], Non
 
     from omnivox.ovoxel.export import bake_glb, save_glb
 
-    from omnivox.ovoxel import Grid, mesh_to_dual_grid
+    from omnivox.ovoxel import Grid
     from omnivox.ovoxel.asset import OVoxel
+    from omnivox.ovoxel.convert import scan_scene
+    from omnivox.ovoxel.dual_grid import dual_grid_from_crossings
     from omnivox.ovoxel.io import read_vxz, write_vxz
-    from omnivox.ovoxel.materials import voxelize_materials
+    from omnivox.ovoxel.materials import materials_from_crossings
     from omnivox.ovoxel.metrics import surface_fidelity
     from omnivox.ovoxel.packing import pack_geometry
     from omnivox.render.environment import Environment
@@ -148,12 +150,12 @@ def run_demo(out: Path, resolution: int = 256, log: Optional[Callable[[str], Non
         scene = scene.normalized()
         log(f"{scene.source}: O-Voxel at {resolution}^3, .vxz, mesh, GLB, PBR panel")
         t0 = time.perf_counter()
-        coords, dual, flags = mesh_to_dual_grid(scene.vertices, scene.faces, resolution)
+        # One scan for both halves (what scene_to_ovoxel does), timed per half: the rows line up by construction.
+        scan = scan_scene(scene, grid)
+        coords, dual, flags = dual_grid_from_crossings(scan.crossings, scan.vertices, scan.faces)
         t1 = time.perf_counter()
-        mat_coords, attrs = voxelize_materials(scene, resolution)
+        _, attrs = materials_from_crossings(scene, scan.crossings, 0.0, emissive=False, use_numba=True)
         t2 = time.perf_counter()
-        if not np.array_equal(mat_coords.numpy(), coords):
-            raise RuntimeError("material voxels are not aligned with geometry voxels")  # internal invariant
         path = out / f"{scene.source}.vxz"
         write_vxz(path, coords, {**pack_geometry(coords, dual, flags, grid), **{k: v.numpy() for k, v in attrs.items()}})
         file_coords, file_attrs = read_vxz(path)

@@ -74,7 +74,7 @@ def test_fox_renders_orange_with_sensible_coverage(assets, studio):
 
 def test_ovoxel_preview_matches_the_mesh(assets, studio):
     from omnivox.assets import load_asset
-    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
 
     scene = load_asset(assets / "gltf" / "Fox.glb")
     record = scene_to_ovoxel(scene.normalized(), 64)
@@ -146,7 +146,7 @@ def test_cuda_render_matches_cpu():
 def test_ovoxel_source_accepts_an_already_extracted_mesh(assets):
     from omnivox.assets import load_asset
     from omnivox.ovoxel.extract import dual_grid_to_mesh
-    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
     from omnivox.ovoxel.packing import unpack_geometry
 
     record = scene_to_ovoxel(load_asset(assets / "gltf" / "Fox.glb").normalized(), 32)

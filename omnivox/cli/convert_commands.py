@@ -44,7 +44,7 @@ def convert(
         make_compressor(compression, resolve_level(compression, None))  # an unknown or missing codec fails here
         from omnivox.assets import load_asset
         from omnivox.ovoxel.io import write_vxz
-        from omnivox.ovoxel.materials import scene_to_ovoxel
+        from omnivox.ovoxel.convert import scene_to_ovoxel
 
         device = compute_device(device)
         if device == "cpu":

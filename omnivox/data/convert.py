@@ -84,7 +84,7 @@ def _write_mesh_dump(path: Path, vertices: np.ndarray, faces: np.ndarray) -> Non
 
 def convert_asset(task: Task) -> Outcome:
     """Worker: load once, convert at every requested resolution, write files atomically."""
-    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
 
     root, sha, rank = Path(task.payload["root"]), task.key, task.payload["rank"]
     scene = load_for_dataset(task.payload["path"])

@@ -24,7 +24,6 @@ Decisions on the reference's quirks (spec ovoxel.md section 12), all tested in t
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from typing import Union
 
@@ -33,6 +32,7 @@ import torch
 
 from omnivox._backend import NUMBA_BACKENDS, resolve_backend
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid, Resolution
+from omnivox.ovoxel.scan import Crossings, numba_threads, scan_triangles
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -152,25 +152,52 @@ def mesh_to_dual_grid(
     v, f = validate_mesh(vertices, faces)
     _check_overlaps_box(v, f, grid)
 
+    if weld:  # merges bit-identical positions only: the triangles, and so the scan, stay the same
+        v, f = weld_vertices(v, f)
     if backend == "numba":
-        coords, dual, flags = _mesh_to_dual_grid_numba(v, f, grid, face_weight, boundary_weight,
-                                                       regularization_weight, weld)
+        crossings = scan_triangles(shifted_triangles(v, f, grid), grid, threads=scan_threads(len(f)))
+        coords, dual, flags = _dual_grid_numba(crossings, v, f, face_weight, boundary_weight, regularization_weight)
         if is_torch:
             return tuple(torch.from_numpy(x).to(target) for x in (coords, dual, flags))
         return coords, dual, flags
 
-    from omnivox.ovoxel.kernels import scan_torch
-
-    if weld:
-        v, f = weld_vertices(v, f)
-    edges = boundary_edges(f, v.shape[0]) if boundary_weight > 0 else np.zeros((0, 2), np.int64)
-    coords, dual, flags = scan_torch.mesh_to_dual_grid(
-        torch.from_numpy(v).to(target), torch.from_numpy(f).to(target), torch.from_numpy(edges).to(target), grid,
-        face_weight > 0, float(boundary_weight), float(regularization_weight),
-    )
+    coords, dual, flags = _dual_grid_torch(v, f, grid, target, face_weight, boundary_weight, regularization_weight)
     if is_torch:
         return coords, dual, flags
     return coords.cpu().numpy(), dual.cpu().numpy(), flags.cpu().numpy()
+
+
+def shifted_triangles(vertices: np.ndarray, faces: np.ndarray, grid: Grid) -> np.ndarray:
+    """(F, 3, 3) float32 triangles of a validated mesh (`validate_mesh`) in the shifted frame (world minus lo)."""
+    return np.ascontiguousarray((vertices - grid.lo).astype(np.float32)[faces])
+
+
+def dual_grid_from_crossings(
+    crossings: Crossings,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    face_weight: float = 1.0,
+    boundary_weight: float = 0.2,
+    regularization_weight: float = 1e-2,
+) -> tuple[ArrayLike, ArrayLike, ArrayLike]:
+    """`mesh_to_dual_grid` of a mesh already validated (`validate_mesh`, `_check_overlaps_box`) and scanned
+    (`scan_triangles` of its `shifted_triangles`): the numba path for a numpy scan (numpy out), the torch path on
+    the scan's device for a torch scan (tensors out). The same arithmetic, so the same bits, as `mesh_to_dual_grid`.
+    """
+    if crossings.on_torch:
+        return _dual_grid_torch(vertices, faces, crossings.grid, crossings.tri.device, face_weight, boundary_weight,
+                                regularization_weight, crossings)
+    return _dual_grid_numba(crossings, vertices, faces, face_weight, boundary_weight, regularization_weight)
+
+
+def _dual_grid_torch(v, f, grid, target, face_weight, boundary_weight, regularization_weight, crossings=None):
+    from omnivox.ovoxel.kernels import scan_torch
+
+    edges = boundary_edges(f, v.shape[0]) if boundary_weight > 0 else np.zeros((0, 2), np.int64)
+    return scan_torch.mesh_to_dual_grid(
+        torch.from_numpy(v).to(target), torch.from_numpy(f).to(target), torch.from_numpy(edges).to(target), grid,
+        face_weight > 0, float(boundary_weight), float(regularization_weight), crossings,
+    )
 
 
 def _check_overlaps_box(v: np.ndarray, f: np.ndarray, grid: Grid) -> None:
@@ -214,37 +241,30 @@ def _keep_work_arrays(returned: tuple) -> None:
         _WORK.arrays = keep
 
 
-@contextlib.contextmanager
-def _numba_threads(n: int):
+def scan_threads(num_triangles: int) -> int:
+    """Threads for the numba scan of this many triangles (one below `PARALLEL_MIN_TRIANGLES`)."""
     import numba
 
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
+    return numba.get_num_threads() if num_triangles >= PARALLEL_MIN_TRIANGLES else 1
 
 
-def _mesh_to_dual_grid_numba(v, f, grid, face_weight, boundary_weight, regularization_weight, weld):
+def _dual_grid_numba(crossings, v, f, face_weight, boundary_weight, regularization_weight):
     import numba
 
     from omnivox.ovoxel.kernels import scan_numba as k
 
-    if weld:
-        v, f = weld_vertices(v, f)
+    grid = crossings.grid
     shifted = (v - grid.lo).astype(np.float32)
-    triangles = np.ascontiguousarray(shifted[f])
+    triangles = crossings.triangles
     res, vs = grid.resolution, grid.voxel_size
     threads = numba.get_num_threads()
-    with _numba_threads(threads if len(triangles) >= PARALLEL_MIN_TRIANGLES else 1):
-        tri, axis, owner, point = k.scan_crossings(triangles, res, vs)
+    tri, axis, owner, point = crossings.tri, crossings.axis, crossings.owner, crossings.point
     if tri.shape[0] > MAX_CROSSINGS:
         raise ValueError(f"the mesh crosses {tri.shape[0]} lattice edges at resolution {res.tolist()}; "
                          f"more than the supported {MAX_CROSSINGS}: lower the resolution")
     if tri.shape[0] == 0:
         return np.zeros((0, 3), np.int32), np.zeros((0, 3), np.float32), np.zeros((0, 3), bool)
-    with _numba_threads(threads if tri.shape[0] >= PARALLEL_MIN_CROSSINGS else 1):
+    with numba_threads(threads if tri.shape[0] >= PARALLEL_MIN_CROSSINGS else 1):
         normals, quadrics = k.plane_quadrics(triangles)
         coords, psum, cnt, flags, Q, *index, work = k.accumulate_crossings(tri, axis, owner, point, quadrics,
                                                                           res, *_work_arrays())

@@ -4,7 +4,7 @@ Two implementations of the same float32 arithmetic: a vectorized PyTorch path (a
 the reference) and a fused numba kernel for the CPU (``kernels/materials_numba.py``); ``backend="auto"``
 picks numba on the CPU and PyTorch elsewhere, and the tests compare the two.
 
-Every (triangle, voxel) incidence of the geometry scan (``triangle_voxel_pairs``) is one sample: the voxel
+Every (triangle, voxel) incidence of the geometry scan (``scan.triangle_voxel_pairs``) is one sample: the voxel
 centre is projected onto the triangle's plane, its **unclamped** barycentrics interpolate UVs and vertex
 colours, textures are read with the material's sampler (wrap per axis, NEAREST or trilinear over a mip
 pyramid of truncating 2x2 averages, level ``log2(footprint * H) + mip_level_offset``), and each voxel takes
@@ -46,7 +46,7 @@ from omnivox.assets.scene import AlphaMode, FilterMode, Scene, Texture
 from omnivox.assets.texture import wrap_texel_index
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid, Resolution
 from omnivox.ovoxel.packing import PBR_ATTRIBUTES
-from omnivox.ovoxel.scan import triangle_voxel_pairs
+from omnivox.ovoxel.scan import Crossings, scan_triangles
 
 ATTRIBUTE_CHANNELS = {"base_color": 3, "metallic": 1, "roughness": 1, "alpha": 1, "emissive": 3}
 # Spec 4.3: UV parametrisations with |det| below this count as degenerate (footprint -> level 0).
@@ -98,107 +98,71 @@ def voxelize_materials(
     if not isinstance(scene, Scene):
         raise TypeError(f"voxelize_materials: scene must be an omnivox.assets.Scene, got {type(scene).__name__}")
     check_backend(backend, NUMBA_BACKENDS, "voxelize_materials: backend")
+    grid = Grid.make(resolution, aabb)
+    check_material_arguments(grid, mip_level_offset)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    use_numba = resolve_backend(backend, NUMBA_BACKENDS, "numba", preferred=device.type == "cpu",
+                                possible=device.type == "cpu", requirement=f"runs on the CPU only, got device {device}",
+                                name="voxelize_materials: backend") == "numba"
+
+    shifted = (scene.vertices.astype(np.float32) - grid.lo).astype(np.float32)
+    triangles = np.ascontiguousarray(shifted[scene.faces])
+    # The CPU numbers its pairs from the numba scan; other devices scan and number with torch.
+    crossings = scan_triangles(triangles if device.type == "cpu" else torch.from_numpy(triangles).to(device), grid)
+    return materials_from_crossings(scene, crossings, mip_level_offset, emissive, use_numba)
+
+
+def check_material_arguments(grid: Grid, mip_level_offset: float) -> None:
+    """Refuse a non-finite ``mip_level_offset`` and voxels too large for the ``1 - d`` sample weight."""
     if isinstance(mip_level_offset, bool) or not isinstance(mip_level_offset, (int, float)) or not math.isfinite(
         mip_level_offset
     ):
         raise ValueError(f"voxelize_materials: mip_level_offset must be a finite number, got {mip_level_offset!r}")
-    grid = Grid.make(resolution, aabb)
     half_diagonal = float(np.linalg.norm(grid.voxel_size.astype(np.float64))) / 2
     if half_diagonal >= 0.5:
         raise ValueError(
             f"voxelize_materials: voxels of size {grid.voxel_size.tolist()} are too large for the reference's "
             "sample weight 1 - distance (it must stay positive); normalise the scene into a smaller box"
         )
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    use_numba = resolve_backend(backend, NUMBA_BACKENDS, "numba", preferred=device.type == "cpu",
-                                possible=device.type == "cpu", requirement=f"runs on the CPU only, got device {device}",
-                                name="voxelize_materials: backend") == "numba"
-    names = list(PBR_ATTRIBUTES) + (["emissive"] if emissive else [])
 
-    shifted = (scene.vertices.astype(np.float32) - grid.lo).astype(np.float32)
-    triangles_np = np.ascontiguousarray(shifted[scene.faces])
-    if device.type == "cpu":
-        tri_index, voxel_of_pair, coords = (torch.from_numpy(a) for a in _numbered_pairs_numba(triangles_np, grid))
-        triangles = torch.from_numpy(triangles_np)
-    else:
-        triangles = torch.from_numpy(triangles_np).to(device)
-        tri_index, pair_coords = triangle_voxel_pairs(triangles, grid)
+
+def materials_from_crossings(
+    scene: Scene, crossings: Crossings, mip_level_offset: float, emissive: bool, use_numba: bool
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """`voxelize_materials` from the scan of the scene's triangles (`scan.scan_triangles`), arguments checked.
+
+    A numpy scan numbers its pairs with the numba kernel and stays on the CPU; a torch scan numbers them with
+    torch on its device. ``use_numba`` (numpy scan only) samples with the fused numba kernel, else with PyTorch.
+    Returns ``coords`` (the scan's first-touch voxel order = the geometry's) and the attributes, as
+    `voxelize_materials` does.
+    """
+    grid = crossings.grid
+    names = list(PBR_ATTRIBUTES) + (["emissive"] if emissive else [])
+    if crossings.on_torch:
+        from omnivox.ovoxel.kernels import scan_torch
+
+        triangles = crossings.triangles
+        tri_index, pair_coords = scan_torch.crossing_voxel_pairs(crossings)
         voxel_of_pair, coords = _first_touch_voxels(pair_coords, grid)
+    else:
+        from omnivox.ovoxel.kernels import materials_numba
+
+        triangles = torch.from_numpy(crossings.triangles)
+        numbered = materials_numba.number_pairs(crossings.tri, crossings.axis, crossings.owner,
+                                                grid.resolution.astype(np.int64))
+        tri_index, voxel_of_pair, coords = (torch.from_numpy(a) for a in numbered)
+    device = triangles.device
     if tri_index.numel() == 0:
         empty = {name: torch.zeros((0, ATTRIBUTE_CHANNELS[name]), dtype=torch.uint8, device=device) for name in names}
         return torch.zeros((0, 3), dtype=torch.int32, device=device), empty
 
     if use_numba:
-        sums = _voxelize_numba(scene, triangles_np, tri_index.numpy(), voxel_of_pair.numpy(), coords.numpy(), grid,
-                               float(mip_level_offset), emissive)
+        sums = _voxelize_numba(scene, crossings.triangles, tri_index.numpy(), voxel_of_pair.numpy(), coords.numpy(),
+                               grid, float(mip_level_offset), emissive)
         return coords, _quantize(torch.from_numpy(sums), names)
     samples = _PairSamples.compute(triangles, tri_index, coords[voxel_of_pair], grid)
     values = _sample_channels(scene, triangles, samples, tri_index, names, float(mip_level_offset), grid, device)
     return coords, _weighted_means(values, samples.weight, voxel_of_pair, coords.shape[0], names)
-
-
-def _check_finite_factors(scene) -> None:
-    """Non-finite material factors would bake as black or garbage without a word: refuse them, naming them."""
-    for material in scene.materials:
-        for name in ("base_color_factor", "metallic_factor", "roughness_factor", "emissive_factor", "alpha_cutoff"):
-            value = getattr(material, name, None)
-            if value is not None and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
-                raise ValueError(f"{scene.source}: material {material.name!r} has a non-finite {name} ({value})")
-
-
-def scene_to_ovoxel(
-    scene: Scene,
-    resolution: Resolution,
-    aabb: AABB = UNIT_AABB,
-    mip_level_offset: float = 0.0,
-    emissive: bool = False,
-    device: Union[str, torch.device, None] = None,
-) -> Dict[str, np.ndarray]:
-    """Geometry and material of a scene as one aligned O-Voxel record, ready for ``write_vxz``.
-
-    Runs ``mesh_to_dual_grid`` (weights 1.0 / 0.2 / 1e-2) and `voxelize_materials` on the same triangles;
-    both emit the scan's first-touch voxel order, so rows line up without sorting.
-
-    Args:
-        scene: already placed in ``aabb`` (e.g. ``load_asset(path).normalized()``).
-        resolution, aabb, mip_level_offset, emissive, device: as for `voxelize_materials`.
-
-    Returns:
-        ``coords`` (N, 3) int32 and uint8 arrays: ``vertices`` (N, 3) = ``trunc(clamp(v_local, 0, 1) * 255)``,
-        ``intersected`` (N, 1) = ``x + 2y + 4z`` edge flags, ``base_color`` (N, 3), ``metallic``,
-        ``roughness``, ``alpha`` (N, 1) each, and ``emissive`` (N, 3) if requested. NumPy, on the CPU.
-    """
-    from omnivox.ovoxel.dual_grid import mesh_to_dual_grid
-    from omnivox.ovoxel.packing import pack_geometry
-
-    if not isinstance(scene, Scene):
-        raise TypeError(f"scene_to_ovoxel: scene must be an omnivox.assets.Scene, got {type(scene).__name__}")
-    _check_finite_factors(scene)
-    grid = Grid.make(resolution, aabb)
-    coords, dual_vertices, flags = mesh_to_dual_grid(
-        scene.vertices, scene.faces, resolution, aabb, device=device
-    )
-    coords, dual_vertices, flags = (np.asarray(torch.as_tensor(a).cpu()) for a in (coords, dual_vertices, flags))
-    material_coords, attributes = voxelize_materials(scene, resolution, aabb, mip_level_offset, emissive, device)
-    if not np.array_equal(material_coords.cpu().numpy(), coords):
-        raise RuntimeError("internal error: geometry and material voxels differ; please report this asset")
-    record = {"coords": coords, **pack_geometry(coords, dual_vertices, flags, grid)}
-    record.update({name: value.cpu().numpy() for name, value in attributes.items()})
-    return record
-
-
-def _numbered_pairs_numba(triangles: np.ndarray, grid: Grid):
-    """CPU: the scan's (triangle, voxel) pairs with voxels numbered in first-touch order, in one hash pass.
-
-    Equivalent to ``triangle_voxel_pairs`` followed by `_first_touch_voxels`, without sorting.
-
-    Returns:
-        tri_index (P,) int64, voxel_of_pair (P,) int64, coords (N, 3) int32.
-    """
-    from omnivox.ovoxel.kernels import materials_numba, scan_numba
-
-    tri, axis, owner, _ = scan_numba.scan_crossings(triangles, grid.resolution, grid.voxel_size)
-    return materials_numba.number_pairs(tri, axis, owner, grid.resolution.astype(np.int64))
 
 
 def _voxelize_numba(scene, triangles, tri_index, voxel_of_pair, coords, grid, mip_level_offset, emissive):
@@ -573,3 +537,16 @@ def _prepare_texture(image: np.ndarray, filter_mode: FilterMode, device) -> _Pre
         heights=torch.tensor([h for h, _ in sizes], dtype=torch.long, device=device),
         num_mips=len(levels) - 1,
     )
+
+
+def __getattr__(name: str):
+    # Deprecated (one release): scene_to_ovoxel moved to omnivox.ovoxel.convert.
+    if name == "scene_to_ovoxel":
+        import warnings
+
+        warnings.warn("omnivox.ovoxel.materials.scene_to_ovoxel moved to omnivox.ovoxel.convert.scene_to_ovoxel",
+                      DeprecationWarning, stacklevel=2)
+        from omnivox.ovoxel.convert import scene_to_ovoxel
+
+        return scene_to_ovoxel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

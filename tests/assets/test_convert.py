@@ -7,7 +7,7 @@ from omnivox.assets import load_asset
 from omnivox.cli import app
 from omnivox.ovoxel import mesh_to_dual_grid
 from omnivox.ovoxel.io import read_vxz
-from omnivox.ovoxel.materials import scene_to_ovoxel
+from omnivox.ovoxel.convert import scene_to_ovoxel
 
 
 def rows_by_coords(coords):

@@ -370,7 +370,7 @@ def test_non_finite_mtl_factors_are_refused(tmp_path):
 
 
 def test_scene_to_ovoxel_refuses_non_finite_factors(tmp_path):
-    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
 
     file = tmp_path / "ok.obj"
     file.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")

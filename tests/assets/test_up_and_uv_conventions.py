@@ -46,7 +46,7 @@ def ovoxel_to_glb(coords, record, resolution, path, texture_size=64):
 
 
 def convert(path, resolution, **load_options):
-    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
 
     scene = load_asset(path, **load_options).normalized()
     record = scene_to_ovoxel(scene, resolution)

@@ -80,7 +80,7 @@ def test_index_records_assets_and_failures_without_stopping(built, assets):
 
 
 def test_convert_writes_exactly_the_converters_output(built):
-    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
 
     root = built["root"]
     assert vars(built["summaries"]["convert"]) == {"total": 4, "skipped": 0, "done": 4, "failed": 0}

@@ -149,7 +149,7 @@ def test_real_asset_with_cavity_and_no_hidden_shell(assets):
 def test_closed_real_asset_exports_single_sided_glb(assets):
     from omnivox.assets import load_asset
     from omnivox.ovoxel.export import bake_glb
-    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
     from omnivox.ovoxel.packing import unpack_geometry
 
     resolution = 64

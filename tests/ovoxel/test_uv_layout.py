@@ -27,7 +27,7 @@ def _covered(uvs, faces, size):
 @pytest.fixture(scope="module")
 def avocado_bake(assets_dir, tmp_path_factory):
     from omnivox.assets import load_asset
-    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
 
     scene = load_asset(assets_dir / "gltf/Avocado/Avocado.gltf").normalized()
     resolution, size = 128, 512

@@ -56,7 +56,7 @@ def test_render_errors(assets, tmp_path):
 def test_render_vxz_shaded_and_as_voxels(assets, tmp_path):
     from omnivox.assets import load_asset
     from omnivox.ovoxel.io import write_vxz
-    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
 
     record = scene_to_ovoxel(load_asset(assets / "gltf" / "Fox.glb").normalized(), 32)
     coords = record.pop("coords")

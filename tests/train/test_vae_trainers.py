@@ -49,7 +49,7 @@ def samples():
 def load_samples(assets: Path, resolution: int, names=ASSETS) -> list:
     """Real assets as O-Voxel records: shape and material channels plus the normalised mesh."""
     from omnivox.assets import load_asset
-    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
 
     out = []
     for name in names:

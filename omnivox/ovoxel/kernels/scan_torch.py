@@ -531,14 +531,21 @@ def solve(Qf: torch.Tensor, coords: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 
 def mesh_to_dual_grid(vertices, faces, edges, grid: Grid, face_term: bool, boundary_weight: float,
-                      regularization_weight: float):
-    """Full conversion on the tensors' device. Inputs validated by ``omnivox.ovoxel.dual_grid``."""
+                      regularization_weight: float, crossings=None):
+    """Full conversion on the tensors' device. Inputs validated by ``omnivox.ovoxel.dual_grid``.
+
+    ``crossings``: the scan of these triangles (``omnivox.ovoxel.scan.Crossings``, torch) when the caller has it
+    already; scanned here otherwise.
+    """
     dev = vertices.device
     res = torch.as_tensor(grid.resolution, device=dev)
     lo = torch.as_tensor(grid.lo, device=dev)
     shifted = (vertices - lo).float()
     tris = shifted[faces]
-    tri, axis, owner, point = scan_crossings(tris, grid)
+    if crossings is None:
+        tri, axis, owner, point = scan_crossings(tris, grid)
+    else:
+        tri, axis, owner, point = crossings.tri, crossings.axis, crossings.owner, crossings.point
     if len(tri) == 0:
         return (torch.zeros((0, 3), dtype=torch.int32, device=dev), torch.zeros((0, 3), device=dev),
                 torch.zeros((0, 3), dtype=torch.bool, device=dev))
@@ -582,8 +589,17 @@ def mesh_to_dual_grid(vertices, faces, edges, grid: Grid, face_term: bool, bound
 
 def triangle_voxel_pairs(triangles: torch.Tensor, grid: Grid):
     """GPU version of ``omnivox.ovoxel.scan.triangle_voxel_pairs``."""
-    res = torch.as_tensor(grid.resolution, device=triangles.device)
     tri, axis, owner, _ = scan_crossings(triangles, grid)
+    return _voxel_pairs(tri, axis, owner, grid)
+
+
+def crossing_voxel_pairs(crossings):
+    """``triangle_voxel_pairs`` of an existing torch scan (``omnivox.ovoxel.scan.Crossings``)."""
+    return _voxel_pairs(crossings.tri, crossings.axis, crossings.owner, crossings.grid)
+
+
+def _voxel_pairs(tri, axis, owner, grid: Grid):
+    res = torch.as_tensor(grid.resolution, device=tri.device)
     inc = _incidences(owner, axis).reshape(-1, 3)
     keys = _keys(inc, res)
     total = int(res.prod().item())
