@@ -35,6 +35,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from omnivox.models.layers import LayerNorm32
 from omnivox.models.sc_vae_chunks import check_chunk_voxels, decode_tail_in_chunks
@@ -226,6 +227,17 @@ def _blocks_dtype(use_fp16: bool) -> torch.dtype:
     return torch.float16 if use_fp16 else torch.float32
 
 
+def _run_block(block: nn.Module, h: SparseTensor, chunk_rows: Optional[int], checkpoint: bool) -> SparseTensor:
+    """One ConvNeXt block; with ``checkpoint`` (and autograd on) its activations are recomputed in backward.
+
+    Non-reentrant checkpoint: the block re-runs in backward on the same coords (and neighbour map cache).
+    """
+    if not checkpoint or not torch.is_grad_enabled():
+        return block(h, chunk_rows)
+    return h.replace(activation_checkpoint(lambda f: block(h.replace(f), chunk_rows).feats, h.feats,
+                                           use_reentrant=False))
+
+
 # --------------------------------------------------------------------------------------------- encoders
 @dataclass
 class EncoderOutput:
@@ -267,13 +279,15 @@ class SparseUnetVaeEncoder(nn.Module):
             self.blocks.append(nn.ModuleList(stage))
         self.to_latent = nn.Linear(ch[-1], 2 * config.latent_channels)
 
-    def forward(self, x: SparseTensor, chunk_rows: Optional[int] = None) -> EncoderOutput:
+    def forward(self, x: SparseTensor, chunk_rows: Optional[int] = None, checkpoint: bool = False) -> EncoderOutput:
         """Encode.
 
         Args:
             x: `SparseTensor` with ``(N, in_channels)`` float features at the O-Voxel resolution.
             chunk_rows: if set, run per-voxel work (norms, MLPs) at most this many rows at a time (lower
                 peak memory).
+            checkpoint: activation checkpointing (training): recompute every ConvNeXt block in backward instead
+                of storing its activations. No effect without autograd.
 
         Returns:
             `EncoderOutput` (latent mean, log-variance, downsampling maps).
@@ -290,7 +304,7 @@ class SparseUnetVaeEncoder(nn.Module):
                     h, down_map = block(h, chunk_rows)
                     maps.append(down_map)
                 else:
-                    h = block(h, chunk_rows)
+                    h = _run_block(block, h, chunk_rows, checkpoint)
         feats = F.layer_norm(h.feats.float(), h.feats.shape[-1:], eps=1e-5)
         mean, logvar = self.to_latent(feats).chunk(2, dim=-1)
         return EncoderOutput(mean=h.replace(mean), logvar=logvar, downsample_maps=tuple(maps))
@@ -308,13 +322,13 @@ class FlexiDualGridVaeEncoder(SparseUnetVaeEncoder):
         super().__init__(config)
 
     def forward(self, vertices: SparseTensor, intersected: SparseTensor,
-                chunk_rows: Optional[int] = None) -> EncoderOutput:
+                chunk_rows: Optional[int] = None, checkpoint: bool = False) -> EncoderOutput:
         """Encode a flexible dual grid.
 
         Args:
             vertices: ``(N, 3)`` float dual-vertex position inside its voxel, in voxel units (nominally [0, 1]).
             intersected: ``(N, 3) bool`` on the same coords: the voxel's x/y/z edge crosses the surface.
-            chunk_rows: see `SparseUnetVaeEncoder.forward`.
+            chunk_rows, checkpoint: see `SparseUnetVaeEncoder.forward`.
         """
         for name, t, dtype_ok in (("vertices", vertices, lambda d: d.is_floating_point),
                                   ("intersected", intersected, lambda d: d == torch.bool)):
@@ -326,7 +340,7 @@ class FlexiDualGridVaeEncoder(SparseUnetVaeEncoder):
         if intersected.coords is not vertices.coords and not torch.equal(intersected.coords, vertices.coords):
             raise ValueError("vertices and intersected must have the same coords in the same row order")
         feats = torch.cat([vertices.feats.float() - 0.5, intersected.feats.float() - 0.5], dim=1)
-        return super().forward(vertices.replace(feats), chunk_rows)
+        return super().forward(vertices.replace(feats), chunk_rows, checkpoint)
 
 
 # --------------------------------------------------------------------------------------------- decoders
@@ -385,8 +399,9 @@ class SparseUnetVaeDecoder(nn.Module):
                 raise ValueError("this decoder does not predict subdivisions (pred_subdiv=False): pass "
                                  "guide_subdivisions (from the shape decoder) or downsample_maps (from an encoder)")
             return [None] * n
-        if self.config.pred_subdiv:
-            raise ValueError("this decoder predicts its own subdivisions (pred_subdiv=True); do not pass a guide")
+        if self.config.pred_subdiv and guide_subdivisions is not None:
+            raise ValueError("this decoder predicts its own subdivisions (pred_subdiv=True); do not pass "
+                             "guide_subdivisions (downsample_maps teacher-force it)")
         if len(given) != n:
             raise ValueError(f"need {n} guides (one per upsampling), got {len(given)}")
         if downsample_maps is not None:
@@ -416,8 +431,9 @@ class SparseUnetVaeDecoder(nn.Module):
         if guide is None:
             logits = h.replace(block.to_subdiv(h.feats))
             return block(h, subdivision=logits.feats > 0, chunk_rows=chunk_rows), logits
-        if isinstance(guide, DownsampleMap):
-            return block(h, downsample_map=guide, chunk_rows=chunk_rows), None
+        if isinstance(guide, DownsampleMap):  # teacher forcing: a pred_subdiv block still predicts its logits
+            logits = h.replace(block.to_subdiv(h.feats)) if block.to_subdiv is not None else None
+            return block(h, downsample_map=guide, chunk_rows=chunk_rows), logits
         self._check_guide(h, guide, stage)
         return block(h, subdivision=guide.feats > 0, chunk_rows=chunk_rows), None
 
@@ -426,12 +442,13 @@ class SparseUnetVaeDecoder(nn.Module):
         return _rowwise(lambda f: self.output_layer(F.layer_norm(f.float(), f.shape[-1:], eps=1e-5)), feats,
                         chunk_rows)
 
-    def _run_stages(self, z: SparseTensor, guides: list, num_stages: int, chunk_rows: Optional[int]):
+    def _run_stages(self, z: SparseTensor, guides: list, num_stages: int, chunk_rows: Optional[int],
+                    checkpoint: bool = False):
         h = z.replace(self.from_latent(z.feats.float()).to(_blocks_dtype(self.config.use_fp16)))
-        return self._run_stages_from(h, guides, 0, chunk_rows, stop=num_stages)
+        return self._run_stages_from(h, guides, 0, chunk_rows, stop=num_stages, checkpoint=checkpoint)
 
     def _run_stages_from(self, h: SparseTensor, guides: list, start: int, chunk_rows: Optional[int],
-                         stop: Optional[int] = None):
+                         stop: Optional[int] = None, checkpoint: bool = False):
         """Run stages ``start .. stop - 1`` (default: to the end); returns ``(h, predicted logits tuple)``."""
         logits = []
         for s in range(start, len(self.blocks) if stop is None else stop):
@@ -441,12 +458,13 @@ class SparseUnetVaeDecoder(nn.Module):
                     if predicted is not None:
                         logits.append(predicted)
                 else:
-                    h = block(h, chunk_rows)
+                    h = _run_block(block, h, chunk_rows, checkpoint)
         return h, tuple(logits)
 
     def forward(self, z: SparseTensor, guide_subdivisions: Optional[Sequence[SparseTensor]] = None,
                 downsample_maps: Optional[Sequence[DownsampleMap]] = None,
-                chunk_rows: Optional[int] = None, chunk_voxels: Optional[int] = None) -> DecoderOutput:
+                chunk_rows: Optional[int] = None, chunk_voxels: Optional[int] = None,
+                checkpoint: bool = False) -> DecoderOutput:
         """Decode a structured latent to full-resolution voxels.
 
         Args:
@@ -454,7 +472,9 @@ class SparseUnetVaeDecoder(nn.Module):
             guide_subdivisions: four ``(N_s, 8)`` logit tensors from a ``pred_subdiv`` decoder run on a latent
                 with the same coords and row order (children kept where logits > 0).
             downsample_maps: the four maps of `EncoderOutput` (finest first): upsample onto exactly the
-                encoder's voxels; the output rows are then the encoder input's rows, in order.
+                encoder's voxels; the output rows are then the encoder input's rows, in order. On a
+                ``pred_subdiv`` decoder this is teacher forcing (training, spec training.md 2.2): each
+                upsampling block still predicts its logits (in ``subdivision_logits``) but follows the map.
             chunk_rows: if set, run per-voxel work (norms, activations, MLPs, output layer) at most this many
                 rows at a time (bounds the wide per-voxel temporaries; equal up to GEMM rounding).
                 Convolutions and resampling still see all rows.
@@ -464,15 +484,22 @@ class SparseUnetVaeDecoder(nn.Module):
                 neighbours that makes it exact (`omnivox.models.sc_vae_chunks`). Same voxels, same row
                 order and same values up to GEMM rounding; lower peak memory, some halo work repeated.
                 Combine with ``chunk_rows`` for the lowest peak.
+            checkpoint: activation checkpointing (training): recompute every ConvNeXt block in backward.
+                Not with ``chunk_voxels``.
 
         Returns:
             `DecoderOutput`.
         """
         self._check_latent(z)
         check_chunk_voxels(chunk_voxels, len(self.blocks))
+        if checkpoint and chunk_voxels is not None:
+            raise ValueError("checkpoint (training) and chunk_voxels (low-memory inference) do not combine")
+        if chunk_voxels is not None and downsample_maps is not None and self.config.pred_subdiv:
+            raise ValueError("teacher forcing (downsample_maps on a pred_subdiv decoder) does not combine with "
+                             "chunk_voxels")
         guides = self._guides(guide_subdivisions, downsample_maps)
         if chunk_voxels is None:
-            h, logits = self._run_stages(z, guides, len(self.blocks), chunk_rows)
+            h, logits = self._run_stages(z, guides, len(self.blocks), chunk_rows, checkpoint)
             return DecoderOutput(voxels=h.replace(self._head(h.feats, chunk_rows)), subdivision_logits=logits)
         tail_stage = len(self.blocks) - 2
         h, logits = self._run_stages(z, guides, tail_stage, chunk_rows)

@@ -4,9 +4,11 @@ The networks (`omnivox.models.sc_vae`) decode at inference from predicted (or gu
 needs the decoder *teacher-forced* (spec 2.2): every upsampling step follows the encoder's recorded
 `DownsampleMap`, so the output voxels are exactly the input voxels in input row order, while each shape
 upsampling block still predicts its 8 child logits, supervised by the true child mask. `decode_teacher_forced`
-runs the decoder's own blocks that way; `encode` runs the encoder's blocks. Both optionally checkpoint the
-ConvNeXt blocks (activation checkpointing: recompute in backward, lower peak memory) and run the blocks in the
-dtype of their parameters (float32, or 16-bit blocks as the released ``use_fp16`` policy sets them).
+is the decoder's own forward with ``downsample_maps=`` (and `encode` the encoder's), both with ``checkpoint=``
+(activation checkpointing of the ConvNeXt blocks: recompute in backward, lower peak memory). The networks run
+their blocks in their config's dtype (``use_fp16``); the trainers build them with the blocks' weights in that
+dtype (`omnivox.train.build`), which is the dtype the former training copy of this loop took from the weights
+(tests/train/test_vae_forward_equality.py compares the two, bit for bit).
 
 Batches (what the trainers read):
 
@@ -36,16 +38,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from omnivox.models.sc_vae import (
-    ConvNeXtBlock,
-    DownsampleBlock,
     EncoderOutput,
     FlexiDualGridVaeDecoder,
     SparseUnetVaeDecoder,
     SparseUnetVaeEncoder,
-    UpsampleBlock,
 )
 from omnivox.sparse.maps import DownsampleMap
 from omnivox.sparse.tensor import SparseTensor
@@ -65,23 +63,8 @@ from omnivox.train.losses import (
 
 
 # ------------------------------------------------------------------------------------ encode / decode
-def _blocks_dtype(blocks: torch.nn.Module) -> torch.dtype:
-    """The dtype the residual stream runs in: that of the blocks' conv weights (float32 or 16-bit)."""
-    for module in blocks.modules():
-        if isinstance(module, ConvNeXtBlock):
-            return module.conv.weight.dtype
-    return next(blocks.parameters()).dtype
-
-
-def _run_convnext(block: ConvNeXtBlock, h: SparseTensor, checkpointed: bool) -> SparseTensor:
-    if not checkpointed or not torch.is_grad_enabled():
-        return block(h)
-    # Non-reentrant checkpoint: the block is re-run in backward on the same coords (and neighbour map cache).
-    return h.replace(activation_checkpoint(lambda f: block(h.replace(f)).feats, h.feats, use_reentrant=False))
-
-
 def encode(encoder: SparseUnetVaeEncoder, x: SparseTensor, checkpointed: bool = False) -> EncoderOutput:
-    """Run an SC-VAE encoder on ``x`` (its ``in_channels`` features), as ``encoder.forward`` does.
+    """The encoder's own forward on built features ``x`` (`SparseUnetVaeEncoder.forward`, ``checkpoint=``).
 
     Args:
         encoder: `SparseUnetVaeEncoder` or `FlexiDualGridVaeEncoder` (pass the shape encoder its 6 built
@@ -92,20 +75,7 @@ def encode(encoder: SparseUnetVaeEncoder, x: SparseTensor, checkpointed: bool = 
     Returns:
         `EncoderOutput` (mean, logvar, the four downsampling maps, finest first).
     """
-    if x.feats.dim() != 2 or x.feats.shape[1] != encoder.config.in_channels:
-        raise ValueError(f"x.feats must be (N, {encoder.config.in_channels}), got {tuple(x.feats.shape)}")
-    h = x.replace(encoder.input_layer(x.feats.float()).to(_blocks_dtype(encoder.blocks)))
-    maps = []
-    for stage in encoder.blocks:
-        for block in stage:
-            if isinstance(block, DownsampleBlock):
-                h, down_map = block(h)
-                maps.append(down_map)
-            else:
-                h = _run_convnext(block, h, checkpointed)
-    feats = F.layer_norm(h.feats.float(), h.feats.shape[-1:], eps=1e-5)
-    mean, logvar = encoder.to_latent(feats).chunk(2, dim=-1)
-    return EncoderOutput(mean=h.replace(mean), logvar=logvar, downsample_maps=tuple(maps))
+    return SparseUnetVaeEncoder.forward(encoder, x, checkpoint=checkpointed)
 
 
 def child_mask(downsample_map: DownsampleMap) -> torch.Tensor:
@@ -132,7 +102,10 @@ class TeacherForcedOutput:
 
 def decode_teacher_forced(decoder: SparseUnetVaeDecoder, z: SparseTensor, downsample_maps: Sequence[DownsampleMap],
                           checkpointed: bool = False) -> TeacherForcedOutput:
-    """Decode ``z`` following the encoder's downsampling maps, collecting predicted subdivision logits.
+    """Decode ``z`` following the encoder's downsampling maps, with the true subdivision beside each predicted one.
+
+    The decoder's own forward (`SparseUnetVaeDecoder.forward` with ``downsample_maps=`` and ``checkpoint=``; the
+    raw head output, for the shape decoder too), plus `child_mask` of each map as the target of its logits.
 
     Args:
         decoder: an SC-VAE decoder (shape or material).
@@ -140,21 +113,13 @@ def decode_teacher_forced(decoder: SparseUnetVaeDecoder, z: SparseTensor, downsa
         downsample_maps: `EncoderOutput.downsample_maps` (finest first).
         checkpointed: recompute the ConvNeXt blocks in backward.
     """
-    maps = list(downsample_maps)[::-1]  # coarsest first, one per upsampling stage
+    maps = list(downsample_maps)
     if len(maps) != decoder.num_upsamplings:
         raise ValueError(f"need {decoder.num_upsamplings} downsample maps, got {len(maps)}")
-    h = z.replace(decoder.from_latent(z.feats.float()).to(_blocks_dtype(decoder.blocks)))
-    levels = []
-    for s, stage in enumerate(decoder.blocks):
-        for block in stage:
-            if isinstance(block, UpsampleBlock):
-                if block.to_subdiv is not None:
-                    levels.append((block.to_subdiv(h.feats), child_mask(maps[s])))
-                h = block(h, downsample_map=maps[s])
-            else:
-                h = _run_convnext(block, h, checkpointed)
-    out = decoder.output_layer(F.layer_norm(h.feats.float(), h.feats.shape[-1:], eps=1e-5))
-    return TeacherForcedOutput(voxels=h.replace(out), subdivisions=levels)
+    out = SparseUnetVaeDecoder.forward(decoder, z, downsample_maps=maps, checkpoint=checkpointed)
+    targets = [child_mask(m) for m in maps[::-1]]  # coarsest first, as the logits
+    return TeacherForcedOutput(voxels=out.voxels,
+                               subdivisions=[(lg.feats, t) for lg, t in zip(out.subdivision_logits, targets)])
 
 
 # ----------------------------------------------------------------------------------------- shape VAE
