@@ -1,4 +1,4 @@
-"""Time each fused flow-block kernel (`omnivox.models.triton_block`) against the PyTorch ops it replaces.
+"""Time each fused flow-block kernel (`omnivox.models.kernels.triton.block`) against the PyTorch ops it replaces.
 
 Shapes of the dense sparse-structure flow with batched CFG (8,192 rows, width 1536, 12 heads of 128, bf16). Prints
 microseconds per call and the effective memory bandwidth of the fused kernel (bytes it must read and write).
@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from omnivox.models import triton_block as kernels
+from omnivox.models.kernels.triton import block as kernels
 from omnivox.models.layers import layer_norm_fp32
 from omnivox.sparse.attention import apply_rope, multi_head_rms_norm, rope_3d_phases
 

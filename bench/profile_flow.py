@@ -10,7 +10,8 @@ Variants, each on the same weights and inputs:
 
 * ``eager`` / ``graph``: the PyTorch block path (``set_fused_kernels(False)``), run eagerly or replayed from a CUDA
   graph (`omnivox.models.cuda_graphs.GraphedCall`);
-* ``fused`` / ``fused graph``: the same with the Triton block kernels (`omnivox.models.triton_block`), the default.
+* ``fused`` / ``fused graph``: the same with the Triton block kernels (`omnivox.models.kernels.triton.block`), the
+  default.
 
 Each line also gives the relative difference to ``eager``.
 

@@ -373,10 +373,11 @@ class FlowBlock(nn.Module):
                 and triton_available())
 
     def forward_fused(self, x: torch.Tensor, m: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
-        """`forward` for inference through `omnivox.models.triton_block` (no autograd): one kernel for each
-        norm + modulation, each q/k RMSNorm + RoPE and each gated residual instead of a chain of small ones.
+        """`forward` for inference through `omnivox.models.kernels.triton.block` (no autograd): one kernel for
+        each norm + modulation, each q/k RMSNorm + RoPE and each gated residual instead of a chain of small ones
+        (their PyTorch references, same signatures: `omnivox.models.kernels.reference`).
         ``m`` is the ``(B, 6C)`` modulation table already in ``x.dtype``. Rounds where `forward` rounds."""
-        from omnivox.models import triton_block as kernels
+        from omnivox.models.kernels.triton import block as kernels
 
         c = x.shape[-1]
         lead = x.shape[:-1]

@@ -1,4 +1,4 @@
-"""Fused Triton kernels of the flow block (`omnivox.models.triton_block`) against the PyTorch block path."""
+"""Fused Triton kernels of the flow block (`omnivox.models.kernels.triton.block`) against the PyTorch block path."""
 
 import os
 import subprocess

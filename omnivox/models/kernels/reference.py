@@ -1,0 +1,45 @@
+"""PyTorch references of the fused flow-block ops (`omnivox.models.kernels.triton.block`), same signatures.
+
+Each function is the chain of PyTorch ops ``FlowBlock.forward`` runs for that step, written against the fused
+kernel's interface (rows ``(R, C)`` and a per-sample modulation ``table`` indexed by ``rows``): the kernels round
+to the stream dtype where these do, and ``tests/models/test_block_kernels.py`` compares each launcher with its
+reference (Triton's CPU interpreter; the GPU when there is one).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from omnivox.models.layers import layer_norm_fp32
+from omnivox.sparse.attention import apply_rope, multi_head_rms_norm
+
+
+def layer_norm_reference(x: torch.Tensor, eps: float, weight: Optional[torch.Tensor] = None,
+                         bias: Optional[torch.Tensor] = None, table: Optional[torch.Tensor] = None,
+                         rows: Optional[torch.Tensor] = None, shift_col: int = 0, scale_col: int = 0) -> torch.Tensor:
+    """float32 LayerNorm of ``x (R, C)``, optionally affine, optionally modulated as
+    ``norm * (1 + table[rows[r], scale_col:+C]) + table[rows[r], shift_col:+C]``; returns ``x.dtype``."""
+    y = layer_norm_fp32(x, eps, weight, bias)
+    if table is None:
+        return y
+    c = x.shape[-1]
+    per_row = table[rows]
+    return y * (1 + per_row[:, scale_col:scale_col + c]) + per_row[:, shift_col:shift_col + c]
+
+
+def gated_add_reference(x: torch.Tensor, y: torch.Tensor, table: torch.Tensor, rows: torch.Tensor,
+                        gate_col: int) -> torch.Tensor:
+    """``x + y * table[rows[r], gate_col:+C]`` for ``x, y (R, C)`` of one dtype."""
+    return x + y * table[rows][:, gate_col:gate_col + x.shape[-1]]
+
+
+def rms_norm_rope_reference(x: torch.Tensor, gamma: torch.Tensor, cos: Optional[torch.Tensor] = None,
+                            sin: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-head RMSNorm of ``x (R, H, D)`` with ``gamma (H, D)``, then, with ``cos``/``sin (R, D/2)`` float32,
+    rotary embedding of channel pairs. Returns contiguous ``x.dtype``."""
+    y = multi_head_rms_norm(x, gamma)
+    if cos is not None:
+        y = apply_rope(y, torch.complex(cos, sin))
+    return y.contiguous()

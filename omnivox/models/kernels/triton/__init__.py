@@ -1,0 +1,1 @@
+"""Triton kernels of the flow block (`block.py`); imported only when they run (CUDA, or TRITON_INTERPRET=1)."""
