@@ -1,16 +1,10 @@
-"""The `omnivox` command line. Each topic registers its commands on `app` from its own module."""
+"""The `omnivox` command line: `app` (defined in `main.py`) with every topic's commands registered on it.
 
-import typer
+Each command module imports `app` from `omnivox.cli.main` (not from this package, which imports them: no cycle)
+and registers its commands; importing them here makes ``omnivox.cli.app`` the whole command line.
+"""
 
-app = typer.Typer(
-    name="omnivox",
-    help="TRELLIS.2 in pure Python + PyTorch: O-Voxel conversion, 3D generation and training.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    # Plain help and one-line usage errors: rich's boxes cost ~0.1-0.25 s of imports per command (issue 25).
-    rich_markup_mode=None,
-)
+from omnivox.cli.main import app
 
 # Command modules: importing one registers its commands on `app`. Keep their top-level imports light.
 from omnivox.cli import ovoxel_commands  # noqa: E402,F401
@@ -21,3 +15,5 @@ from omnivox.cli import render_commands  # noqa: E402,F401
 from omnivox.cli import generate_commands  # noqa: E402,F401
 from omnivox.cli import app_commands  # noqa: E402,F401
 from omnivox.cli import train_commands  # noqa: E402,F401
+
+__all__ = ["app"]

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from omnivox.cli import app
+from omnivox.cli.main import app
 from omnivox.cli.checks import require_extra
 
 # Options that `serve` and `app` share (as `omnivox.cli.data_commands` shares its options between stages).

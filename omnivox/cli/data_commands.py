@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from omnivox.cli import app
+from omnivox.cli.main import app
 
 data_app = typer.Typer(help="Prepare training data: index -> convert -> render -> encode, plus stats and merge.",
                        no_args_is_help=True)

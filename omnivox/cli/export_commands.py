@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from omnivox.cli import app
+from omnivox.cli.main import app
 from omnivox.cli.checks import DEFAULT_MAX_VOXELS, compute_device, fail, input_file, output_file
 from omnivox.cli.progress import progress_bar
 

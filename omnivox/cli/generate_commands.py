@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from omnivox.cli import app
+from omnivox.cli.main import app
 from omnivox.cli.checks import (ASSET_SUFFIXES, IMAGE_SUFFIXES, fail, input_file, output_file, output_folder,
                                 weights_folder)
 from omnivox.cli.progress import progress_bar

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from omnivox.cli import app
+from omnivox.cli.main import app
 
 
 @app.command()

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from omnivox.cli import app
+from omnivox.cli.main import app
 from omnivox.cli.checks import output_folder, require_extra
 
 

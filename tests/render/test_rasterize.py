@@ -351,13 +351,9 @@ def test_triton_matches_torch_on_cuda():
     assert (cpu.triangle_id == b.triangle_id.cpu()).float().mean().item() > 0.999
 
 
-def test_package_imports_stay_light_and_names_resolve():
-    code = ("import sys, omnivox.render as r; missing = [n for n in r.__all__ if not hasattr(r, n)]; "
-            "heavy = [m for m in ('triton', 'trimesh', 'scipy', 'PIL') if m in sys.modules]; print(missing, heavy)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "[] []"
-    # Every Triton launcher has a PyTorch reference with the same name stem (style guide 8.2).
+def test_every_triton_launcher_has_a_reference():
+    """Every Triton launcher has a PyTorch reference with the same name stem (style guide 8.2). (What importing
+    the package loads, and that its names resolve: tests/test_import_cost.py.)"""
     from omnivox.render import kernels
 
     assert "rasterize_keys_reference" in kernels.__all__
