@@ -9,7 +9,7 @@ batch); the dense sparse-structure flow (4,096 tokens) runs at batch 2. Per vari
 Variants, each on the same weights and inputs:
 
 * ``eager`` / ``graph``: the PyTorch block path (``set_fused_kernels(False)``), run eagerly or replayed from a CUDA
-  graph (`omnivox.models.cuda_graphs.GraphedCall`);
+  graph (`omnivox.pipelines.runtime.GraphedCall`);
 * ``fused`` / ``fused graph``: the same with the Triton block kernels (`omnivox.models.kernels.triton.block`), the
   default.
 
@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omnivox.models import build_model  # noqa: E402
-from omnivox.models.cuda_graphs import GraphedCall  # noqa: E402
+from omnivox.pipelines.runtime import GraphedCall  # noqa: E402
 from omnivox.sparse.tensor import SparseTensor  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / ".pipeline_data"

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_models import Report, sync  # noqa: E402
 from bench.bench_pipelines import DATA, Stages, full_size_models, pipeline_with  # noqa: E402
-from omnivox.models.cuda_graphs import GraphedCall  # noqa: E402
+from omnivox.pipelines.runtime import GraphedCall  # noqa: E402
 from omnivox.pipelines.image_to_3d import ImageTo3DPipeline  # noqa: E402
 from omnivox.pipelines.testing import make_test_pipeline  # noqa: E402
 

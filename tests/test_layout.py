@@ -30,7 +30,7 @@ ALLOWED = {
 }
 
 # Deprecated modules that forward an old name to its new home for one release (and so may point up).
-FORWARDERS = {"omnivox/render/preview.py": {"preview"}}
+FORWARDERS = {"omnivox/render/preview.py": {"preview"}, "omnivox/models/cuda_graphs.py": {"pipelines"}}
 
 
 def _package(module: str) -> str:

@@ -175,7 +175,7 @@ class SparseTokens:
         self.phases = rope_3d_phases(x.coords[:, 1:], head_dim, rope_freq)  # (N, D/2)
         self.batch_index = x.batch_index
         # From the coordinate cache: read back from the device once per token set, not in every forward, so a
-        # forward issues no host synchronisation (needed for CUDA-graph capture, see `omnivox.models.cuda_graphs`).
+        # forward issues no host synchronisation (needed for CUDA-graph capture, see `omnivox.pipelines.runtime`).
         self.seq_lens = host_seq_lens(x)
         self._fused_tables = None
 

@@ -7,7 +7,6 @@ conditioning of spec 9.2 and the structured-latent flow sampling of spec 9.3, so
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -16,12 +15,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from omnivox.models.cuda_graphs import GraphedCall
 from omnivox.pipelines.config import (PipelineConfig, find_background_model, image_encoder_error,
                                       load_pipeline_config)
 from omnivox.pipelines.memory import MemoryPlan, StageNeed, parse_memory, plan_memory
 from omnivox.pipelines.placement import ModelStore
 from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, load_image, preprocess_image
+from omnivox.pipelines.runtime import GraphedCall, RunContext
 from omnivox.pipelines.samplers import FlowEulerSampler, SamplerParams
 from omnivox.sparse.tensor import SparseTensor
 
@@ -101,18 +100,14 @@ class PipelineBase:
         # calls (11K+ tokens, the dense 16^3 structure flow with batched CFG) are compute-bound there, so the
         # capture would only cost time. Not used when a stage offloads or chunks tokens (memory plans), since the
         # graphs' memory pool holds about one forward's working set; the pipeline keeps that pool (and the last
-        # stage's graphs) between stages and runs, so no capture has to allocate device memory.
+        # stage's graphs) between stages and runs (`runtime`), so no capture has to allocate device memory.
         self.cuda_graphs = self.device.type == "cuda"
         self.cuda_graph_max_tokens = 8192
-        self._captured_roles: set = set()
-        self._graph_pool = None
-        self._image_encoder_graph: Optional[GraphedCall] = None
-        self._pool_keeper: list = []
-        self._executor: Optional[ThreadPoolExecutor] = None
         # Work of a later stage that needs no GPU sync with the current one runs inside it (image-to-3D: shape
         # decoding during texture sampling). False runs stages strictly one after another (per-stage timing).
         self.overlap_decoding = True
-        self._last_plan: Optional[MemoryPlan] = None
+        # Graphs, their pool, the worker thread and the latest plan, kept between stages and runs.
+        self.runtime = RunContext()
 
     @property
     def last_plan(self) -> Optional[MemoryPlan]:
@@ -120,7 +115,7 @@ class PipelineBase:
         returns it with its assets (``output.plan``); `TexturingPipeline.texture_voxels` returns it too."""
         warnings.warn("pipeline.last_plan is deprecated; use the plan that run() returns (output.plan)",
                       DeprecationWarning, stacklevel=2)
-        return self._last_plan
+        return self.runtime.last_plan
 
     @classmethod
     def _open_folder(cls, path, filename: str, *, device, dtype, max_memory, background_model, image_encoder,
@@ -132,12 +127,6 @@ class PipelineBase:
             background_model = find_background_model(config)  # e.g. RMBG-2.0/onnx/model.onnx beside the weights
         remover = BiRefNetOnnx(background_model) if isinstance(background_model, (str, Path)) else background_model
         return cls(config, device=device, dtype=dtype, max_memory=max_memory, background_remover=remover)
-
-    def _worker(self) -> ThreadPoolExecutor:
-        """One background thread per pipeline for CPU work that overlaps GPU work (mesh orientation)."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnivox-cpu")
-        return self._executor
 
     # ------------------------------------------------------------------------------------------ loading
     def _load_role(self, role: str) -> torch.nn.Module:
@@ -199,9 +188,7 @@ class PipelineBase:
             if self.cuda_graphs and self.device.type == "cuda" and not offload:
                 # The input shape never changes, so one graph per size serves every run of the process (its
                 # 24 layers are launch-bound at 1,029 tokens: ~47 ms eager against ~27 ms of GPU work on an H100).
-                if self._image_encoder_graph is None or self._image_encoder_graph.fn.__self__ is not model:
-                    self._image_encoder_graph = GraphedCall(model.forward)
-                tokens = self._image_encoder_graph(images)
+                tokens = self.runtime.image_encoder_call(model)(images)
             else:
                 tokens = model(images)
         return tokens.float()
@@ -268,10 +255,8 @@ class PipelineBase:
             # so its graphs are captured on the first call instead of after an eager warm-up call.
             graphed = (self.cuda_graphs and self.device.type == "cuda" and not offload and token_chunk is None
                        and largest_call <= self.cuda_graph_max_tokens)
-            if graphed and self._graph_pool is None:
-                self._graph_pool = torch.cuda.graph_pool_handle()  # shared by all stages (see GraphedCall)
-            network = GraphedCall(forward, enabled=graphed, warmup=role not in self._captured_roles,
-                                  pool=self._graph_pool)
+            network = GraphedCall(forward, enabled=graphed, warmup=role not in self.runtime.captured_roles,
+                                  pool=self.runtime.shared_graph_pool() if graphed else None)
 
             def velocity(x, t, condition):
                 tvec = torch.full((num_samples,), 1000.0 * t, device=self.device)
@@ -292,12 +277,7 @@ class PipelineBase:
                                          callback=self._progress(callback, stage, after_first_step),
                                          velocity_pair=pair)
             if network.replays:
-                self._captured_roles.add(role)
-                # Keep this stage's graphs until the next stage has captured its own: a graph memory pool is
-                # returned to the device (cudaFree, which waits for all queued work) when its last graph dies,
-                # and would then be allocated again (cudaMalloc) for the next capture.
-                # (Only the graph objects: they hold the pool, not this stage's tensors.)
-                self._pool_keeper = network.captured_graphs()
+                self.runtime.keep_graphs(role, network)
             return latent
 
     def _normalization(self, which: str):

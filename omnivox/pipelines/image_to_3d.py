@@ -255,7 +255,7 @@ class ImageTo3DPipeline(PipelineBase):
         rows = [slice(int(starts[b]), int(starts[b + 1])) for b in range(num_samples)]  # batch-major blocks
         unoriented = [unoriented_mesh(shape.coords[r, 1:], shape.vertices[r], shape.intersected[r], int(resolution),
                                       shape.split_weights[r]) for r in rows]
-        meshes = self._worker().submit(lambda: [orient_mesh(*mesh) for mesh in unoriented])
+        meshes = self.runtime.worker().submit(lambda: [orient_mesh(*mesh) for mesh in unoriented])
         return ShapeDecoding(latent.coords, shape, rows, meshes, int(resolution))
 
     @torch.no_grad()
@@ -337,7 +337,7 @@ class ImageTo3DPipeline(PipelineBase):
         # 3. A first plan from typical counts decides placement for the condition and sparse-structure stages;
         # each later stage is re-planned with its real token counts.
         plan = self._replan(kind.name, num_samples, kind.typical_tokens * num_samples, 2200 * num_samples, budget)
-        self._last_plan = plan
+        self.runtime.last_plan = plan
 
         # 4. Condition tokens.
         if state.cond_512 is None:
@@ -390,7 +390,7 @@ class ImageTo3DPipeline(PipelineBase):
 
         # 7. Material latent, and decoding.
         plan = self._replan(kind.name, num_samples, len(state.shape_coords), None, budget)
-        self._last_plan = plan
+        self.runtime.last_plan = plan
         decoded = []
 
         def decode_shape() -> None:

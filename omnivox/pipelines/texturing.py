@@ -136,7 +136,7 @@ class TexturingPipeline(PipelineBase):
                  flow_stage("tex_slat", (flow_role,), latent_estimate, width, kind.condition_tokens),
                  decoder_stage("decode", ("tex_slat_decoder",), latent_estimate, dec_width)]
         plan = self._plan(needs, budget)
-        self._last_plan = plan
+        self.runtime.last_plan = plan
         cond = self.encode_image(picture, cond_size, plan.offload)
 
         voxel_coords = torch.as_tensor(np.asarray(coords), dtype=torch.int32)

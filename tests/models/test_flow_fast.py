@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from omnivox.models import SLatFlowModel, SparseStructureFlowModel
-from omnivox.models.cuda_graphs import GraphedCall
+from omnivox.pipelines.runtime import GraphedCall
 from omnivox.sparse import SparseTensor
 from omnivox.sparse.attention import varlen_attention
 

@@ -44,7 +44,7 @@ def test_every_sampling_stage_is_captured_as_cuda_graphs(tiny_weights, pipeline_
 
     from PIL import Image
 
-    from omnivox.models import cuda_graphs
+    from omnivox.pipelines import runtime as cuda_graphs
 
     replays = []
     original = cuda_graphs.GraphedCall.__call__
