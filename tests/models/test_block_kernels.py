@@ -62,3 +62,46 @@ def test_every_launcher_has_a_reference():
         theirs = inspect.signature(getattr(reference, name + "_reference"))
         assert list(ours.parameters) == list(theirs.parameters), name
         assert [p.default for p in ours.parameters.values()] == [p.default for p in theirs.parameters.values()]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_fused_block_structure_on_the_references_is_the_pytorch_forward(monkeypatch, dtype, layout):
+    """`FlowBlock.forward_fused` with every launcher replaced by its reference gives `FlowBlock.forward`'s bits on
+    the CPU (inference): the references are the PyTorch path, op for op (the step before one forward serves both)."""
+    pytest.importorskip("triton")
+    import dataclasses
+
+    from omnivox.models import SLatFlowModel, SparseStructureFlowModel
+    from omnivox.models.flow import DenseTokens, SparseTokens
+    from omnivox.models.kernels import reference
+    from omnivox.models.kernels.triton import block
+    from omnivox.sparse import SparseTensor
+
+    from .helpers import tiny_flow_config
+
+    for name in ("layer_norm", "gated_add", "rms_norm_rope"):
+        monkeypatch.setattr(block, name, getattr(reference, name + "_reference"))
+    config = dataclasses.replace(tiny_flow_config(), dtype=dtype)
+    generator = torch.Generator().manual_seed(11)
+    c = config.model_channels
+    if layout == "dense":
+        axis = torch.arange(3)
+        positions = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        model, tokens = SparseStructureFlowModel(config), DenseTokens(positions, 2, config.head_dim, config.rope_freq)
+        x = torch.randn(2, 27, c, generator=generator)
+    else:
+        coords = torch.tensor([[b, i % 5, i // 5 % 5, i // 25] for b, n in ((0, 23), (1, 9)) for i in range(n)],
+                              dtype=torch.int32)
+        model = SLatFlowModel(config)
+        tokens = SparseTokens(SparseTensor.from_coords(coords, torch.zeros(len(coords), 1)), config.head_dim,
+                              config.rope_freq)
+        x = torch.randn(len(coords), c, generator=generator)
+    block_module = model.blocks[0]
+    x = x.to(config.torch_dtype)
+    mod = torch.randn(2, 6 * c, generator=generator)
+    cond = torch.randn(2, 5, config.cond_channels, generator=generator).to(config.torch_dtype)
+    with torch.no_grad():
+        expected = block_module(x, mod, cond, tokens)
+        fused = block_module.forward_fused(x, (block_module.modulation + mod).to(x.dtype), cond, tokens)
+    assert fused.dtype == expected.dtype and torch.equal(fused, expected)
