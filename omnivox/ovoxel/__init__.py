@@ -8,6 +8,9 @@ Geometry:
 Material:
     voxelize_materials    textured scene (omnivox.assets) -> PBR attributes on the geometry's voxels
 
+Both from one scan:
+    scene_to_ovoxel       textured scene -> one aligned record (geometry + PBR attributes), ready for write_vxz
+
 Asset:
     OVoxel                voxels + dual grid + PBR attributes + mesh: from_vxz / save_vxz / to_glb (asset.py)
 """
@@ -26,6 +29,7 @@ _EXPORTS = {
     "dual_grid_to_mesh": "extract",
     "encode_seq": "serialize",
     "mesh_to_dual_grid": "dual_grid",
+    "scene_to_ovoxel": "convert",
     "to_local": "dual_grid",
     "triangle_voxel_pairs": "scan",
     "voxelize_materials": "materials",
@@ -35,6 +39,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 if TYPE_CHECKING:  # what the names are, for readers and type checkers
     from omnivox.ovoxel.asset import OVoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
     from omnivox.ovoxel.dual_grid import mesh_to_dual_grid, to_local
     from omnivox.ovoxel.extract import dual_grid_to_mesh
     from omnivox.ovoxel.grid import UNIT_AABB, Grid
