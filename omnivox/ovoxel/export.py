@@ -342,7 +342,8 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
     hole_limit = max(hole_max_perimeter, PIN_HOLE_PERIMETER * voxel_edge)
     f = _drop_fringes(v, f, voxel_edge, hole_limit if fill_holes else 0.0)
     v, f = meshops.compact(v, f)
-    f, _ = meshops.orient_faces(v, f)
+    if not meshops.consistently_wound(f):  # one winding is what decimation needs; the last step turns parts outward
+        f, _ = meshops.orient_faces(v, f)
     v, f = fill(v, f)
     timings["clean"] = time.perf_counter() - start
     start = time.perf_counter()
