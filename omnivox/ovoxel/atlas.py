@@ -48,6 +48,8 @@ import numba
 import numpy as np
 import torch
 
+from omnivox.ovoxel.bake import texel_barycentrics
+
 # A face may only take a label whose axis has n . axis above this (its projection is at most 1 / 0.4 = 2.5 times
 # squeezed along the slope); a face's own dominant axis always passes (>= 1 / sqrt(3)).
 NORMAL_FLOOR = 0.4
@@ -244,10 +246,7 @@ def _strict_claims_numba(pix, first, width, count, twice_area, chart, stride, bo
         for rank in range(count[face]):
             col = first[face, 0] + rank % width[face]
             row = first[face, 1] + rank // width[face]
-            x, y = float(col), float(row)
-            w0 = ((c[1, 0] - x) * (c[2, 1] - y) - (c[1, 1] - y) * (c[2, 0] - x)) / twice_area[face]
-            w1 = ((c[2, 0] - x) * (c[0, 1] - y) - (c[2, 1] - y) * (c[0, 0] - x)) / twice_area[face]
-            w2 = 1.0 - w0 - w1
+            w0, w1, w2 = texel_barycentrics(c, float(col), float(row), twice_area[face])
             if w0 > 1e-9 and w1 > 1e-9 and w2 > 1e-9:
                 keys[found] = (chart[face] * stride + row) * stride + col
                 found += 1
@@ -340,10 +339,7 @@ def _overlapping_faces_numba(pix, first, width, count, twice_area, texture_size)
         for rank in range(count[face]):
             col = first[face, 0] + rank % width[face]
             row = first[face, 1] + rank // width[face]
-            x, y = float(col), float(row)
-            w0 = ((c[1, 0] - x) * (c[2, 1] - y) - (c[1, 1] - y) * (c[2, 0] - x)) / twice_area[face]
-            w1 = ((c[2, 0] - x) * (c[0, 1] - y) - (c[2, 1] - y) * (c[0, 0] - x)) / twice_area[face]
-            w2 = 1.0 - w0 - w1
+            w0, w1, w2 = texel_barycentrics(c, float(col), float(row), twice_area[face])
             if w0 > 1e-9 and w1 > 1e-9 and w2 > 1e-9:
                 texel = row * texture_size + col
                 if owner[texel] < 0:

@@ -265,31 +265,39 @@ def _push_pull(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 # -------------------------------------------------------------------------------- numba CPU path of rasterize_uv
 
 
+@numba.njit(cache=True, inline="always")
+def texel_barycentrics(corners, x, y, twice_area):
+    """Barycentric weights of the point ``(x, y)`` in the triangle ``corners`` ((3, 2), pixel units), from signed
+    sub-triangle areas over the signed total ``twice_area`` (>= 0 inside for either winding): the arithmetic of
+    the PyTorch rasterisers, shared by every numba one (``_rasterize_uv_numba``, the atlas's layout checks)."""
+    w0 = ((corners[1, 0] - x) * (corners[2, 1] - y) - (corners[1, 1] - y) * (corners[2, 0] - x)) / twice_area
+    w1 = ((corners[2, 0] - x) * (corners[0, 1] - y) - (corners[2, 1] - y) * (corners[0, 0] - x)) / twice_area
+    return w0, w1, 1.0 - w0 - w1
+
+
 @numba.njit(cache=True)
 def _rasterize_uv_numba(uvs, faces, values, size):
     """``rasterize_uv`` on arrays: each triangle's bounding box of texel centres, the torch path's barycentrics."""
     channels = values.shape[1]
     image = np.zeros((size, size, channels), np.float32)
     mask = np.zeros((size, size), np.bool_)
+    corners = np.empty((3, 2), np.float64)
     for f in range(faces.shape[0]):
-        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
-        x0, y0 = uvs[a, 0] * size - 0.5, uvs[a, 1] * size - 0.5
-        x1, y1 = uvs[b, 0] * size - 0.5, uvs[b, 1] * size - 0.5
-        x2, y2 = uvs[c, 0] * size - 0.5, uvs[c, 1] * size - 0.5
-        twice_area = (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0)
+        for k in range(3):
+            corners[k, 0] = uvs[faces[f, k], 0] * size - 0.5
+            corners[k, 1] = uvs[faces[f, k], 1] * size - 0.5
+        twice_area = ((corners[1, 0] - corners[0, 0]) * (corners[2, 1] - corners[0, 1])
+                      - (corners[1, 1] - corners[0, 1]) * (corners[2, 0] - corners[0, 0]))
         if abs(twice_area) <= 1e-12:
             continue
-        lo_x = min(max(int(np.ceil(min(x0, x1, x2))), 0), size - 1)
-        hi_x = min(max(int(np.floor(max(x0, x1, x2))), 0), size - 1)
-        lo_y = min(max(int(np.ceil(min(y0, y1, y2))), 0), size - 1)
-        hi_y = min(max(int(np.floor(max(y0, y1, y2))), 0), size - 1)
+        lo_x = min(max(int(np.ceil(corners[:, 0].min())), 0), size - 1)
+        hi_x = min(max(int(np.floor(corners[:, 0].max())), 0), size - 1)
+        lo_y = min(max(int(np.ceil(corners[:, 1].min())), 0), size - 1)
+        hi_y = min(max(int(np.floor(corners[:, 1].max())), 0), size - 1)
+        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
         for row in range(lo_y, hi_y + 1):
-            py = np.float64(row)
             for col in range(lo_x, hi_x + 1):
-                px = np.float64(col)
-                w0 = ((x1 - px) * (y2 - py) - (y1 - py) * (x2 - px)) / twice_area
-                w1 = ((x2 - px) * (y0 - py) - (y2 - py) * (x0 - px)) / twice_area
-                w2 = 1.0 - w0 - w1
+                w0, w1, w2 = texel_barycentrics(corners, np.float64(col), np.float64(row), twice_area)
                 if w0 >= -1e-9 and w1 >= -1e-9 and w2 >= -1e-9:
                     b0, b1, b2 = np.float32(w0), np.float32(w1), np.float32(w2)
                     for k in range(channels):
