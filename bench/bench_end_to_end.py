@@ -42,21 +42,14 @@ OUTPUT_RESOLUTION = {"512": 512, "1024_cascade": 1024, "1536_cascade": 1536}
 
 
 def convert_real_asset(mesh: Path, resolution: int, device) -> "OVoxel":  # noqa: F821
-    """``mesh`` as an O-Voxel at ``resolution`` (geometry and materials converted on ``device``), the way a
+    """``mesh`` as an O-Voxel at ``resolution`` (geometry and materials from one scan on ``device``), the way a
     ``.vxz`` written by ``omnivox convert`` reads back (uint8 geometry and materials)."""
     from omnivox.assets import load_asset
-    from omnivox.ovoxel import Grid, mesh_to_dual_grid
     from omnivox.ovoxel.asset import OVoxel
-    from omnivox.ovoxel.materials import voxelize_materials
-    from omnivox.ovoxel.packing import pack_geometry
+    from omnivox.ovoxel.convert import scene_to_ovoxel
 
-    scene = load_asset(mesh).normalized()
-    coords, dual, flags = mesh_to_dual_grid(scene.vertices, scene.faces, resolution, device=device)
-    _, attributes = voxelize_materials(scene, resolution, device=device)
-    coords, dual, flags = (np.asarray(torch.as_tensor(a).cpu()) for a in (coords, dual, flags))
-    file_attributes = {**pack_geometry(coords, dual, flags, Grid.make(resolution)),
-                       **{k: np.asarray(v.cpu()) for k, v in attributes.items()}}
-    return OVoxel.from_file_attributes(coords, file_attributes, resolution)
+    record = scene_to_ovoxel(load_asset(mesh).normalized(), resolution, device=device)
+    return OVoxel.from_file_attributes(record.pop("coords"), record, resolution)
 
 
 def export_to_disk(asset, path: Path, device) -> dict:

@@ -329,8 +329,7 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         # full-detail clean-up below. Decimate it first to the first stage's 3x budget, with only the clean-up the
         # collapses need (no degenerate or duplicate faces, one winding); open borders stay where they are, so
         # pin-holes and fringes are still found and treated afterwards, on a mesh a fraction of the size.
-        v, f = vertices, meshops.remove_duplicate_faces(meshops.remove_degenerate_faces(vertices, faces))
-        v, f = meshops.compact(v, f)
+        v, f = meshops.clean(vertices, faces, min_component_area=0.0)  # no component pass on the full mesh
         if not meshops.consistently_wound(f):  # extracted surfaces already are: checking costs a quarter of orienting
             f, _ = meshops.orient_faces(v, f)
         v, f = meshops.decimate(v, f, 3 * decimation_target, preserve_border=True)
