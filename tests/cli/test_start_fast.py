@@ -83,6 +83,7 @@ def test_info_reads_the_header_without_torch_or_numba(paths):
     (["export", "{root}/small.vxz", "{root}/folder"], "folder is a folder"),
     (["export", "{root}/small.vxz", "{root}/out.glb"], "no material attributes"),
     (["export", "{root}/folder", "{root}/out.glb"], "folder is a folder"),
+    (["export", "{root}/small.vxz", "{root}/out.glb", "--uv", "lscm"], "--uv must be voxel or xatlas"),
     (["render", "{root}/folder", "-o", "{root}/x.png"], "folder is a folder"),
     (["render", "{root}/small.vxz", "-o", "{root}/folder"], "folder is a folder"),
     (["render", "{root}/small.vxz", "-o", "{root}/x.bmp"], "output must be one of"),

@@ -439,3 +439,12 @@ def test_rasterize_uv_numba_matches_the_torch_path():
     assert reference_mask.sum() > 0.9 * size * size and torch.equal(mask, reference_mask)
     # A texel on a shared edge may take either triangle's value (equal up to rounding): a relative bound.
     assert float((image - reference_image).abs().max() / reference_image.abs().max()) < 1e-5
+
+
+def test_bake_kernels_name_their_backends_in_errors():
+    image, mask = torch.rand(8, 8, 3), torch.ones(8, 8, dtype=torch.bool)
+    with pytest.raises(ValueError, match="backend must be one of .*got 'cuda'"):
+        fill_gutter(image, mask, backend="cuda")
+    uvs, faces = torch.rand(3, 2), torch.tensor([[0, 1, 2]])
+    with pytest.raises(ValueError, match="backend must be one of .*got 'numpy'"):
+        rasterize_uv(uvs, faces, torch.rand(3, 2), 8, backend="numpy")
