@@ -189,20 +189,23 @@ def test_cancel_queued_and_running_jobs(client, server, assets):
     assert response.status_code == 409 and "it is cancelled" in response.json()["detail"]
 
 
-def test_memory_is_steady_over_20_requests(client, server, assets):
-    """20 sequential generate + download rounds; the server's RSS after the 5th is the baseline and may not
-    grow by more than 24 MiB over the next 15. Measured here: +5 MiB (the first rounds warm up allocator and
-    caches, then it stays flat). Keeping each finished job's decoded input image (2.3 MB for this one) grew it
-    by 36 MiB over the same 15 rounds and failed this test."""
+def test_memory_is_steady_over_30_requests(client, server, assets):
+    """30 sequential generate + download rounds; the server's RSS, as the median of rounds 25-29, may not exceed
+    the median of rounds 10-14 by 24 MiB. Keeping each finished job's decoded input image (2.3 MB for this one)
+    grows it by about 34 MiB over those 15 rounds and fails this test. Medians of later windows, because the RSS
+    of a healthy server moves in allocator steps of about 27 MiB, up and down, during its first 10-15 rounds
+    (seen 2026-12-07: e.g. 677 -> 701 MiB at round 6, then flat; in-process, the same jobs grow it 4 MiB in 24)."""
+    import statistics
+
     crown = (assets / CROWN).read_bytes()
     rss = []
-    for i in range(20):
+    for i in range(30):
         job = _submit(client, crown, seed=i).json()
         status, _ = _wait(client, server, job["id"])
         assert status["state"] == "done", status
         assert client.get(f"/v1/jobs/{job['id']}/result.glb").content[:4] == b"glTF"
         rss.append(_rss_bytes(server.pid))
-    growth = max(rss[5:]) - rss[4]
+    growth = statistics.median(rss[25:30]) - statistics.median(rss[10:15])
     assert growth < 24 * 2**20, [f"{r / 2**20:.0f} MiB" for r in rss]
 
 
