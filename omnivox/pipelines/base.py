@@ -6,7 +6,9 @@ conditioning of spec 9.2 and the structured-latent flow sampling of spec 9.3, so
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -19,9 +21,10 @@ from omnivox.pipelines.config import (PipelineConfig, find_background_model, ima
                                       load_pipeline_config)
 from omnivox.pipelines.memory import MemoryPlan, StageNeed, parse_memory, plan_memory
 from omnivox.pipelines.placement import ModelStore
-from omnivox.pipelines.preprocess import BackgroundRemover, BiRefNetOnnx, load_image, preprocess_image
+from omnivox.pipelines.preprocess import (BackgroundRemover, BiRefNetOnnx, has_transparency, load_image,
+                                          preprocess_image)
 from omnivox.pipelines.runtime import GraphedCall, RunContext
-from omnivox.pipelines.samplers import FlowEulerSampler, SamplerParams
+from omnivox.pipelines.samplers import FlowEulerSampler, SamplerParams, check_multiview_mode
 from omnivox.sparse.tensor import SparseTensor
 
 StageCallback = Callable[[str, int, int], None]
@@ -69,6 +72,121 @@ class StageConditions:
     @cached_property
     def pair(self):
         return self.single.with_null(self.cond.shape[0]) if self.prepare else torch.cat([self.cond, self.zeros])
+
+
+@dataclass(frozen=True)
+class MultiView:
+    """How a sampling stage uses several views (see `FlowEulerSampler.sample_views`).
+
+    Attributes:
+        mode: ``"stochastic"`` or ``"multidiffusion"``.
+        batched: multidiffusion evaluates every view (and, on guided steps, the shared unconditional pass) in one
+            network call of ``views (+ 1)`` copies of the latent; False calls the network once per view (the
+            memory plan decides: `ImageTo3DPipeline.stage_needs`).
+    """
+
+    mode: str = "stochastic"
+    batched: bool = False
+
+    def __post_init__(self) -> None:
+        check_multiview_mode(self.mode)
+
+
+def views_of(image, images, what: str = "run()") -> list:
+    """The views of a call taking ``image`` (one) or ``images`` (several), as a list; one of them must be given."""
+    if images is None:
+        return [] if image is None else [image]
+    if image is not None:
+        raise ValueError(f"{what}: pass either image or images, not both")
+    if isinstance(images, (str, Path, Image.Image)):
+        raise TypeError(f"{what}: images must be a list of images or paths, got one {type(images).__name__}")
+    views = list(images)
+    if not views:
+        raise ValueError(f"{what}: images is empty; give at least one view")
+    return views
+
+
+def canonical_view_order(pictures: Sequence[Image.Image]) -> list:
+    """The indices of ``pictures`` sorted by their content (SHA-256 of size and pixels): multidiffusion averages
+    over the views in this order, so its result does not depend on the order the user listed them in."""
+    def key(index: int) -> tuple:
+        picture = pictures[index]
+        digest = hashlib.sha256(repr((picture.mode, picture.size)).encode() + picture.tobytes()).hexdigest()
+        return digest, index
+    return sorted(range(len(pictures)), key=key)
+
+
+class ViewVelocities:
+    """``views_velocity`` of `FlowEulerSampler.sample_views` for one stage's network.
+
+    A call asks for the conditional predictions of some views and maybe the unconditional one. They are
+    computed as one network call over stacked copies of the latent (views first, in the order asked, then the
+    null condition) where `MultiView.batched` (multidiffusion) or for a guided stochastic step under batched
+    guidance (``pair``: that view and the null condition, as the single-view pipeline does); otherwise one call
+    per view plus one for the null condition. Each distinct call (which views, whether the null condition
+    follows) gets its condition prepared once per stage and its own `GraphedCall` from ``wrap``.
+
+    Args:
+        model: the flow (its ``prepare_condition``).
+        run: ``run(copies, x_stacked, tvec, condition) -> prediction`` for ``copies`` copies of the latent
+            stacked along dim 0 (dense: the batch; sparse: the rows, each copy batch-major).
+        cond: ``(V, T, C)`` condition tokens of the views.
+        num_samples: samples per copy.
+        views: the stage's `MultiView`.
+        pair: batched guidance for stochastic steps.
+        prepare: use prepared conditions (`StageConditions`); False when the stage's tokens are chunked.
+        wrap: ``wrap(fn, copies) -> callable``, e.g. a `GraphedCall` of ``fn``; None calls ``fn`` directly.
+    """
+
+    def __init__(self, model, run: Callable, cond: torch.Tensor, num_samples: int, views: MultiView, *,
+                 pair: bool, prepare: bool, wrap: Optional[Callable] = None) -> None:
+        self.model, self.run, self.num_samples, self.views = model, run, num_samples, views
+        self.pair, self.prepare, self.wrap = pair, prepare, wrap
+        self.per_view = [cond[k:k + 1].expand(num_samples, -1, -1) for k in range(cond.shape[0])]
+        self.zeros = torch.zeros_like(self.per_view[0])
+        self._prepared: dict = {}
+        self._conditions: dict = {}
+        self.calls: dict = {}
+
+    def condition(self, views: tuple, null: bool):
+        key = (views, null)
+        if key not in self._conditions:
+            nulls = self.num_samples if null else 0
+            if not self.prepare:
+                self._conditions[key] = torch.cat([self.per_view[k] for k in views] + ([self.zeros] if null else []))
+            elif not views:
+                self._conditions[key] = self.model.prepare_condition(None, num_null=nulls)
+            else:
+                if views not in self._prepared:
+                    self._prepared[views] = self.model.prepare_condition(torch.cat([self.per_view[k] for k in views]))
+                self._conditions[key] = self._prepared[views].with_null(nulls)
+        return self._conditions[key]
+
+    def call(self, x: torch.Tensor, t: float, views: tuple, null: bool) -> list:
+        """The predictions of ``views`` (then the null condition) for ``x``, one tensor per copy."""
+        copies = len(views) + null
+        self.condition(views, null)  # prepared here, outside any graph capture
+        key = (views, null)
+        if key not in self.calls:
+            def fn(stacked, tvec, key=key, copies=copies):
+                return self.run(copies, stacked, tvec, self._conditions[key])
+            self.calls[key] = fn if self.wrap is None else self.wrap(fn, copies)
+        stacked = x if copies == 1 else torch.cat([x] * copies)
+        tvec = torch.full((copies * self.num_samples,), 1000.0 * t, device=x.device)
+        return list(self.calls[key](stacked, tvec).split(x.shape[0]))
+
+    def __call__(self, x: torch.Tensor, t: float, views: Sequence[int], unconditional: bool):
+        views = tuple(views)
+        batched = self.views.batched if self.views.mode == "multidiffusion" else self.pair and len(views) == 1
+        if batched and views:
+            out = self.call(x, t, views, unconditional)
+            return out[:len(views)], (out[-1] if unconditional else None)
+        v_conds = [self.call(x, t, (k,), False)[0] for k in views]
+        return v_conds, (self.call(x, t, (), True)[0] if unconditional else None)
+
+    def graphed(self) -> list:
+        """The `GraphedCall` wrappers that replayed at least once."""
+        return [c for c in self.calls.values() if isinstance(c, GraphedCall) and c.replays]
 
 
 def on_device(tokens: SparseTensor, device: torch.device) -> SparseTensor:
@@ -174,6 +292,23 @@ class PipelineBase:
             return preprocess_image(image, self.background_remover)
         return (image if isinstance(image, Image.Image) else load_image(image)).convert("RGB")
 
+    def prepare_views(self, views: Sequence, preprocess: bool) -> list:
+        """`prepare_image` of each view, each on its own (its own background removal and crop). Without a
+        background remover, every view that has no transparency is named in one error before any work."""
+        if not views:
+            raise ValueError("no views: give at least one image")
+        if len(views) > 1 and preprocess and self.background_remover is None:
+            opened = [v if isinstance(v, Image.Image) else load_image(v) for v in views]
+            opaque = [k for k, v in enumerate(opened) if not has_transparency(v)]
+            if opaque:
+                names = ", ".join(str(k) if isinstance(views[k], Image.Image) else f"{k} ({views[k]})"
+                                  for k in opaque)
+                raise ValueError(f"view(s) {names} of {len(views)} have no transparent background (RGB or fully "
+                                 "opaque) and no background model was given: pass RGBA images for every view, or "
+                                 "a background_model (--background-model PATH.onnx)")
+            views = opened
+        return [self.prepare_image(view, preprocess) for view in views]
+
     @torch.no_grad()
     def encode_image(self, image: Image.Image, size: int, offload: bool = False) -> torch.Tensor:
         """DINOv3 condition tokens ``(1, T, C) float32`` of a preprocessed RGB image at ``size`` pixels."""
@@ -209,18 +344,20 @@ class PipelineBase:
     def sample_latent(self, role: str, coords: torch.Tensor, cond: torch.Tensor, generator: torch.Generator,
                       params: SamplerParams, plan: MemoryPlan, stage: str,
                       concat_cond: Optional[torch.Tensor] = None, callback: Optional[StageCallback] = None,
-                      after_first_step: Optional[Callable[[], None]] = None) -> torch.Tensor:
+                      after_first_step: Optional[Callable[[], None]] = None,
+                      views: Optional[MultiView] = None) -> torch.Tensor:
         """Sample a (normalised) structured latent on ``coords`` with the flow of ``role``; ``(N, C)`` float32.
 
         ``plan`` decides placement (``plan.offload``) and the token chunking of ``stage`` (``plan.stage(stage)``).
-        ``after_first_step()`` runs once the first step's work is queued (other work to overlap the rest)."""
+        ``after_first_step()`` runs once the first step's work is queued (other work to overlap the rest).
+        ``cond`` is ``(V, T, C)``: with ``V > 1`` views the stage samples as ``views`` says (`MultiView`); one view
+        runs exactly the single-image code."""
         token_chunk, offload = plan.stage(stage).token_chunk, plan.offload
         flow = self.models.get(role)
         channels = flow.config.in_channels - (concat_cond.shape[1] if concat_cond is not None else 0)
         coords = coords.cpu()
         num_samples = int(coords[:, 0].max()) + 1
         noise = torch.randn(coords.shape[0], channels, generator=generator)
-        cond = cond.expand(num_samples, -1, -1)
         # Token sets are checked and laid out on the CPU, then moved: nothing here waits for the GPU, so this stage
         # (and a CUDA-graph capture) proceeds while the previous stage's kernels still run.
         template = on_device(SparseTensor.from_coords(coords, noise, num_samples), self.device)
@@ -228,6 +365,10 @@ class PipelineBase:
         # The same coordinate object as the tokens: the flow model then skips comparing them, a host sync that
         # would make the texture stage's CUDA-graph capture fail.
         extra = None if concat_cond is None else template.replace(concat_cond.to(self.device))
+        if cond.shape[0] > 1:
+            return self._sample_latent_views(role, coords, template, extra, cond, params, plan, stage,
+                                             views or MultiView(), callback, after_first_step)
+        cond = cond.expand(num_samples, -1, -1)
         with self.models.on_device([role], offload) as models:
             model = models[role]
             rows = len(coords)
@@ -278,6 +419,54 @@ class PipelineBase:
                                          velocity_pair=pair)
             if network.replays:
                 self.runtime.keep_graphs(role, network)
+            return latent
+
+    def _sample_latent_views(self, role: str, coords: torch.Tensor, template: SparseTensor,
+                             extra: Optional[SparseTensor], cond: torch.Tensor, params: SamplerParams,
+                             plan: MemoryPlan, stage: str, views: MultiView, callback, after_first_step
+                             ) -> torch.Tensor:
+        """`sample_latent` for several views: calls over ``copies`` stacked copies of the token set."""
+        token_chunk, offload = plan.stage(stage).token_chunk, plan.offload
+        num_samples, rows = template.batch_size, len(coords)
+        layouts = {1: (template, extra)}
+
+        def layout(copies: int) -> tuple:
+            if copies not in layouts:
+                shift = torch.tensor([num_samples, 0, 0, 0], dtype=coords.dtype)
+                stacked = torch.cat([coords + c * shift for c in range(copies)])
+                tokens = on_device(SparseTensor.from_coords(stacked, torch.zeros(copies * rows, 0),
+                                                            copies * num_samples), self.device)
+                layouts[copies] = (tokens, None if extra is None else tokens.replace(torch.cat([extra.feats] * copies)))
+            return layouts[copies]
+
+        with self.models.on_device([role], offload) as models:
+            model = models[role]
+
+            def run(copies, feats, tvec, condition):
+                tokens, concat = layout(copies)
+                return model(tokens.replace(feats), tvec, condition, concat_cond=concat, token_chunk=token_chunk).feats
+
+            graphed = self.cuda_graphs and self.device.type == "cuda" and not offload and token_chunk is None
+            made = []
+
+            def wrap(fn, copies):
+                if not graphed or copies * rows > self.cuda_graph_max_tokens:
+                    return fn
+                layout(copies)  # token sets laid out before any capture
+                # A later call of this stage captures at once: the first one compiled the kernels.
+                warm = role in self.runtime.captured_roles or any(c.replays for c in made)
+                network = GraphedCall(fn, warmup=not warm, pool=self.runtime.shared_graph_pool())
+                made.append(network)
+                return network
+
+            velocities = ViewVelocities(model, run, cond, num_samples, views, pair=self.batch_guidance,
+                                        prepare=token_chunk is None, wrap=wrap)
+            latent = self.sampler.sample_views(velocities, template.feats, cond.shape[0], params, views.mode,
+                                               batch_index=template.batch_index, batch_size=num_samples,
+                                               callback=self._progress(callback, stage, after_first_step))
+            replayed = velocities.graphed()
+            if replayed:
+                self.runtime.keep_graphs(role, *replayed)
             return latent
 
     def _normalization(self, which: str):

@@ -28,19 +28,20 @@ import logging
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from omnivox.ovoxel.asset import PBR_SLICES, OVoxel, orient_mesh, unoriented_mesh
-from omnivox.pipelines.base import DEFAULT_SAMPLERS, PipelineBase, StageCallback, StageConditions
+from omnivox.pipelines.base import (DEFAULT_SAMPLERS, MultiView, PipelineBase, StageCallback, StageConditions,
+                                    ViewVelocities, canonical_view_order, views_of)
 from omnivox.pipelines.intermediates import IntermediateWriter, RunState, load_intermediates
 from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
                                       parse_memory, ss_decoder_stage)
 from omnivox.pipelines.preprocess import BackgroundRemover
-from omnivox.pipelines.samplers import SamplerParams
+from omnivox.pipelines.samplers import SamplerParams, check_multiview_mode
 from omnivox.pipelines.types import TYPES, PipelineType, pipeline_type as type_named
 from omnivox.sparse.tensor import SparseTensor
 
@@ -115,25 +116,41 @@ class ImageTo3DPipeline(PipelineBase):
                                 model_paths=model_paths)
 
     def stage_needs(self, pipeline_type: str, num_samples: int, ss_tokens: int, latent_tokens: int,
-                    lr_tokens: Optional[int] = None) -> list:
-        """The stages of a run with the given token counts (all samples together), for `plan_memory`."""
+                    lr_tokens: Optional[int] = None, *, num_views: int = 1, multiview_mode: str = "stochastic",
+                    batch_views: Optional[bool] = None) -> list:
+        """The stages of a run with the given token counts (all samples together), for `plan_memory`.
+
+        With ``num_views > 1`` each flow stage holds every view's prepared condition (``num_views`` condition
+        sets), and multidiffusion with ``batch_views`` (default: `batch_guidance`) runs the views as one batch:
+        ``num_views + 1`` copies of the tokens on the guided stages (the views and the shared unconditional
+        pass) and ``num_views`` on the texture stage, instead of 2 and 1. Looped multidiffusion and stochastic
+        runs hold one call's rows at a time, as a single-image run does."""
         kind = type_named(pipeline_type)
+        if not isinstance(num_views, int) or num_views < 1:
+            raise ValueError(f"num_views must be a positive int, got {num_views!r}")
+        check_multiview_mode(multiview_mode)
         width = self._flow_width()
         dec_width = self._decoder_width()
         cond_tokens = kind.condition_tokens
-        pair = 2 if self.batch_guidance else 1  # guided flows run cond + uncond as one batch
+        guided = 2 if self.batch_guidance else 1  # guided flows run cond + uncond as one batch
+        plain = 1
+        if batch_views is None:
+            batch_views = self.batch_guidance
+        if num_views > 1 and multiview_mode == "multidiffusion":
+            guided, plain = (num_views + 1, num_views) if batch_views else (1, 1)
+        conds = num_views * num_samples  # condition sets held during a flow stage
         needs = [image_encoder_stage(("image_cond_model",), cond_tokens, self._encoder_width()),
-                 flow_stage("sparse_structure", ("sparse_structure_flow_model",), pair * num_samples * ss_tokens,
-                            width, num_samples * 1029),
+                 flow_stage("sparse_structure", ("sparse_structure_flow_model",), guided * num_samples * ss_tokens,
+                            width, conds * 1029),
                  ss_decoder_stage(("sparse_structure_decoder",), dec_width / 1024)]
         if kind.cascade:
             lr = lr_tokens if lr_tokens is not None else latent_tokens
-            needs.append(flow_stage("shape_slat_lr", ("shape_slat_flow_model_512",), pair * lr, width,
-                                    num_samples * 1029))
+            needs.append(flow_stage("shape_slat_lr", ("shape_slat_flow_model_512",), guided * lr, width,
+                                    conds * 1029))
             needs.append(decoder_stage("upsample", ("shape_slat_decoder",), lr, dec_width))
-        needs.append(flow_stage("shape_slat", (kind.shape_flow,), pair * latent_tokens, width,
-                                num_samples * cond_tokens))
-        needs.append(flow_stage("tex_slat", (kind.tex_flow,), latent_tokens, width, num_samples * cond_tokens))
+        needs.append(flow_stage("shape_slat", (kind.shape_flow,), guided * latent_tokens, width,
+                                conds * cond_tokens))
+        needs.append(flow_stage("tex_slat", (kind.tex_flow,), plain * latent_tokens, width, conds * cond_tokens))
         needs.append(decoder_stage("decode", ("shape_slat_decoder", "tex_slat_decoder"), latent_tokens, dec_width))
         return needs
 
@@ -150,17 +167,37 @@ class ImageTo3DPipeline(PipelineBase):
         return config.hidden_size if config is not None else 1024
 
     def plan(self, pipeline_type: Optional[str] = None, num_samples: int = 1, *, latent_tokens: int = 9600,
-             ss_tokens: int = 4096, lr_tokens: Optional[int] = None, max_memory=None) -> MemoryPlan:
+             ss_tokens: int = 4096, lr_tokens: Optional[int] = None, max_memory=None, num_views: int = 1,
+             multiview_mode: str = "stochastic") -> MemoryPlan:
         """The memory plan for a run with these token counts (``latent_tokens`` for all samples together;
-        ~2.2K per sample at 512, ~9.6K at 1024 are typical).
+        ~2.2K per sample at 512, ~9.6K at 1024 are typical) and ``num_views`` views (`stage_needs`; for
+        multidiffusion, the plan of the batched views where it fits without offloading or chunking, else that
+        of one call per view, as `run` chooses).
 
         Example:
             >>> print(pipe.plan("1024_cascade", max_memory="16GB"))        # doctest: +SKIP
         """
         kind = self._check_type(pipeline_type)
         budget = parse_memory(max_memory) if max_memory is not None else self.max_memory
-        needs = self.stage_needs(kind.name, num_samples, ss_tokens, latent_tokens, lr_tokens)
-        return self._plan(needs, budget)
+        return self._views_plan(kind.name, num_samples, ss_tokens, latent_tokens, lr_tokens, budget, num_views,
+                                multiview_mode)[0]
+
+    def _views_plan(self, pipeline_type: str, num_samples: int, ss_tokens: int, latent_tokens: int,
+                    lr_tokens: Optional[int], budget: Optional[int], num_views: int, mode: str
+                    ) -> tuple[MemoryPlan, MultiView]:
+        """The plan and the `MultiView` of a stage: multidiffusion batches the views where that plan needs no
+        offloading and no token chunking (both cost more than one call per view), else it loops over them."""
+        def planned(batch_views: bool) -> MemoryPlan:
+            return self._plan(self.stage_needs(pipeline_type, num_samples, ss_tokens, latent_tokens, lr_tokens,
+                                               num_views=num_views, multiview_mode=mode, batch_views=batch_views),
+                              budget)
+
+        if num_views > 1 and mode == "multidiffusion" and self.batch_guidance:
+            plan = planned(True)
+            if not plan.offload and all(stage.token_chunk is None for stage in plan.stages):
+                return plan, MultiView(mode, batched=True)
+            return planned(False), MultiView(mode, batched=False)
+        return planned(False), MultiView(mode, batched=False)
 
     def _check_type(self, pipeline_type: Optional[str]) -> PipelineType:
         return type_named(pipeline_type or self.config.default_pipeline_type)
@@ -169,13 +206,46 @@ class ImageTo3DPipeline(PipelineBase):
     @torch.no_grad()
     def sample_sparse_structure(self, cond: torch.Tensor, ss_resolution: int, num_samples: int,
                                 generator: torch.Generator, params: SamplerParams, plan: MemoryPlan,
-                                callback: Optional[StageCallback] = None) -> torch.Tensor:
-        """Sparse structure: ``(N, 4) int32`` voxels ``(b, x, y, z)`` on the ``ss_resolution`` grid (spec 9.3)."""
+                                callback: Optional[StageCallback] = None, views: Optional[MultiView] = None
+                                ) -> torch.Tensor:
+        """Sparse structure: ``(N, 4) int32`` voxels ``(b, x, y, z)`` on the ``ss_resolution`` grid (spec 9.3).
+        ``cond`` is ``(V, T, C)``; several views sample as ``views`` says (`MultiView`)."""
         roles = ("sparse_structure_flow_model", "sparse_structure_decoder")
         flow = self.models.get(roles[0])
         r, c = flow.config.resolution, flow.config.in_channels
         noise = torch.randn(num_samples, c, r, r, r, generator=generator).to(self.device)
-        cond = cond.expand(num_samples, -1, -1)
+        if cond.shape[0] > 1:
+            latent = self._sample_structure_views(noise, cond, params, plan, views or MultiView(), callback)
+        else:
+            latent = self._sample_structure_latent(noise, cond.expand(num_samples, -1, -1), params, plan, callback)
+        with self.models.on_device(roles[1:], plan.offload) as models:
+            decoder = models[roles[1]]
+            occupancy = decoder(latent) > 0
+        if ss_resolution != occupancy.shape[-1]:
+            factor = occupancy.shape[-1] // ss_resolution
+            occupancy = F.max_pool3d(occupancy.float(), factor, factor) > 0.5
+        coords = torch.argwhere(occupancy[:, 0]).to(torch.int32)
+        self._check_nonempty(coords, num_samples, "sparse structure")
+        return coords.cpu()
+
+    def _sample_structure_views(self, noise: torch.Tensor, cond: torch.Tensor, params: SamplerParams,
+                                plan: MemoryPlan, views: MultiView, callback) -> torch.Tensor:
+        role, token_chunk = "sparse_structure_flow_model", plan.stage("sparse_structure").token_chunk
+        with self.models.on_device([role], plan.offload) as models:
+            model = models[role]
+
+            def run(copies, x, tvec, condition):
+                return model(x, tvec, condition, token_chunk=token_chunk)
+
+            velocities = ViewVelocities(model, run, cond, noise.shape[0], views, pair=self.batch_guidance,
+                                        prepare=token_chunk is None)
+            return self.sampler.sample_views(velocities, noise, cond.shape[0], params, views.mode,
+                                             callback=self._progress(callback, "sparse_structure"))
+
+    def _sample_structure_latent(self, noise: torch.Tensor, cond: torch.Tensor, params: SamplerParams,
+                                 plan: MemoryPlan, callback) -> torch.Tensor:
+        roles = ("sparse_structure_flow_model",)
+        num_samples = noise.shape[0]
         stage = plan.stage("sparse_structure")
         with self.models.on_device(roles[:1], plan.offload) as models:
             model = models[roles[0]]
@@ -192,18 +262,9 @@ class ImageTo3DPipeline(PipelineBase):
                             conditions.pair, token_chunk=stage.token_chunk)
                 return out[:num_samples], out[num_samples:]
 
-            latent = self.sampler.sample(velocity, noise, cond, conditions.zeros, params,
-                                         callback=self._progress(callback, "sparse_structure"),
-                                         velocity_pair=pair if self.batch_guidance else None)
-        with self.models.on_device(roles[1:], plan.offload) as models:
-            decoder = models[roles[1]]
-            occupancy = decoder(latent) > 0
-        if ss_resolution != occupancy.shape[-1]:
-            factor = occupancy.shape[-1] // ss_resolution
-            occupancy = F.max_pool3d(occupancy.float(), factor, factor) > 0.5
-        coords = torch.argwhere(occupancy[:, 0]).to(torch.int32)
-        self._check_nonempty(coords, num_samples, "sparse structure")
-        return coords.cpu()
+            return self.sampler.sample(velocity, noise, cond, conditions.zeros, params,
+                                       callback=self._progress(callback, "sparse_structure"),
+                                       velocity_pair=pair if self.batch_guidance else None)
 
     @staticmethod
     def _check_nonempty(coords: torch.Tensor, num_samples: int, what: str) -> None:
@@ -279,17 +340,25 @@ class ImageTo3DPipeline(PipelineBase):
         return results
 
     # ------------------------------------------------------------------------------------------ run
-    def run(self, image=None, *, seed: int = 0, generator: Optional[torch.Generator] = None,
+    def run(self, image=None, *, images: Optional[Sequence] = None, multiview_mode: Optional[str] = None,
+            seed: int = 0, generator: Optional[torch.Generator] = None,
             pipeline_type: Optional[str] = None, num_samples: int = 1,
             sampler_params: Optional[dict] = None, sparse_structure=None,
             callback: Optional[StageCallback] = None, save_intermediates: Optional[PathLike] = None,
             resume_from: Optional[PathLike] = None, preprocess: bool = True,
             max_num_tokens: int = MAX_NUM_TOKENS, max_memory=None) -> ImageTo3DOutput:
-        """Generate ``num_samples`` assets from one image.
+        """Generate ``num_samples`` assets from one image, or from several views of one object.
 
         Args:
             image: PIL image or image path (RGBA with alpha, or RGB with a background remover); may be None
                 when resuming from a stage after the condition.
+            images: instead of ``image``, several views of one object (a list of images or paths; passing both
+                is an error). Each is preprocessed on its own; every sampling stage is conditioned on all of
+                them as ``multiview_mode`` says (docs/multiview.md). One view gives exactly the ``image`` result.
+            multiview_mode: ``"stochastic"`` (default): the views condition the steps in turn, step ``i`` of
+                every stage on view ``i mod V`` (the cost of one image); ``"multidiffusion"``: every step
+                averages the guided predictions of all views (V conditional passes per step, batched in one
+                call where the memory plan allows), and the views' order does not matter.
             seed: seeds the private CPU generator that draws all noise (when no ``generator`` is given).
             generator: a CPU ``torch.Generator`` to draw all noise from instead (``seed`` is then only recorded
                 in saved intermediates).
@@ -313,6 +382,9 @@ class ImageTo3DPipeline(PipelineBase):
         """
         # 1. Check the inputs that need no model.
         self._check_inputs(num_samples, sampler_params, generator)
+        views = views_of(image, images)
+        if multiview_mode is not None:
+            check_multiview_mode(multiview_mode)
         # 2. The run's state: fresh, or what ``resume_from`` holds.
         state = None
         if resume_from is not None:
@@ -320,13 +392,19 @@ class ImageTo3DPipeline(PipelineBase):
             if pipeline_type is not None and pipeline_type != state.pipeline_type and state.shape_coords is not None:
                 raise ValueError(f"{resume_from} holds a {state.pipeline_type!r} run; cannot continue it as "
                                  f"{pipeline_type!r}")
+            if multiview_mode is not None and state.multiview_mode is not None \
+                    and multiview_mode != state.multiview_mode:
+                raise ValueError(f"{resume_from} holds a {state.multiview_mode!r} multi-view run; cannot continue "
+                                 f"it as {multiview_mode!r}")
             if state.generated is not None:
                 return ImageTo3DOutput(state.generated, None)
             pipeline_type, num_samples = state.pipeline_type, state.num_samples
+            multiview_mode = multiview_mode or state.multiview_mode
         kind = self._check_type(pipeline_type)
         if state is None:
             state = RunState(kind.name, int(seed), num_samples)
         state.pipeline_type = kind.name
+        mode = multiview_mode or "stochastic"
         if generator is None:
             generator = torch.Generator().manual_seed(state.seed)
         if state.rng_state is not None:
@@ -336,17 +414,26 @@ class ImageTo3DPipeline(PipelineBase):
 
         # 3. A first plan from typical counts decides placement for the condition and sparse-structure stages;
         # each later stage is re-planned with its real token counts.
-        plan = self._replan(kind.name, num_samples, kind.typical_tokens * num_samples, 2200 * num_samples, budget)
+        num_views = state.cond_512.shape[0] if state.cond_512 is not None else max(1, len(views))
+        if num_views > 1:
+            state.multiview_mode = mode
+
+        def replan(latent_tokens: int, lr_tokens: Optional[int]) -> tuple[MemoryPlan, MultiView]:
+            return self._views_plan(kind.name, num_samples, 4096, latent_tokens, lr_tokens, budget, num_views, mode)
+
+        plan, multiview = replan(kind.typical_tokens * num_samples, 2200 * num_samples)
         self.runtime.last_plan = plan
 
-        # 4. Condition tokens.
+        # 4. Condition tokens (one row per view).
         if state.cond_512 is None:
-            if image is None:
+            if not views:
                 raise ValueError("run() needs an image (or resume_from a folder with the condition tokens)")
-            picture = self.prepare_image(image, preprocess)
-            state.cond_512 = self.encode_image(picture, 512, plan.offload)
+            pictures = self.prepare_views(views, preprocess)
+            if mode == "multidiffusion" and len(pictures) > 1:
+                pictures = [pictures[k] for k in canonical_view_order(pictures)]
+            state.cond_512 = self._encode_views(pictures, 512, plan.offload)
             if kind.condition_size == 1024:
-                state.cond_1024 = self.encode_image(picture, 1024, plan.offload)
+                state.cond_1024 = self._encode_views(pictures, 1024, plan.offload)
             if writer:
                 writer.condition(generator)
         elif kind.condition_size == 1024 and state.cond_1024 is None:
@@ -361,7 +448,7 @@ class ImageTo3DPipeline(PipelineBase):
             else:
                 state.ss_coords = self.sample_sparse_structure(
                     conditions[512], kind.ss_resolution, num_samples, generator,
-                    self.sampler_params("sparse_structure", sampler_params), plan, callback)
+                    self.sampler_params("sparse_structure", sampler_params), plan, callback, multiview)
             state.ss_resolution = kind.ss_resolution
             if writer:
                 writer.sparse_structure(generator)
@@ -372,24 +459,24 @@ class ImageTo3DPipeline(PipelineBase):
             norm = self._normalization("shape")
             coords = state.ss_coords
             if kind.cascade:
-                plan = self._replan(kind.name, num_samples, len(coords), len(coords), budget)
+                plan, multiview = replan(len(coords), len(coords))
                 lr = self.sample_latent("shape_slat_flow_model_512", coords, conditions[512], generator, shape_params,
-                                        plan, "shape_slat_lr", callback=callback)
+                                        plan, "shape_slat_lr", callback=callback, views=multiview)
                 lr = norm.denormalize(lr)
                 coords, resolution = self.cascade_coords(coords, lr, kind.resolution, max_num_tokens, plan)
-                plan = self._replan(kind.name, num_samples, len(coords), len(state.ss_coords), budget)
+                plan, multiview = replan(len(coords), len(state.ss_coords))
             else:
                 resolution = kind.resolution
-                plan = self._replan(kind.name, num_samples, len(coords), None, budget)
+                plan, multiview = replan(len(coords), None)
             feats = self.sample_latent(kind.shape_flow, coords, conditions[kind.condition_size], generator,
-                                       shape_params, plan, "shape_slat", callback=callback)
+                                       shape_params, plan, "shape_slat", callback=callback, views=multiview)
             state.shape_coords, state.shape_feats = coords, norm.denormalize(feats)
             state.resolution = int(resolution)
             if writer:
                 writer.shape_latent(generator)
 
         # 7. Material latent, and decoding.
-        plan = self._replan(kind.name, num_samples, len(state.shape_coords), None, budget)
+        plan, multiview = replan(len(state.shape_coords), None)
         self.runtime.last_plan = plan
         decoded = []
 
@@ -406,7 +493,7 @@ class ImageTo3DPipeline(PipelineBase):
             feats = self.sample_latent(kind.tex_flow, state.shape_coords, conditions[kind.condition_size], generator,
                                        self.sampler_params("tex_slat", sampler_params), plan, "tex_slat",
                                        concat_cond=shape_norm.normalize(state.shape_feats), callback=callback,
-                                       after_first_step=decode_shape if overlap else None)
+                                       after_first_step=decode_shape if overlap else None, views=multiview)
             state.tex_feats = tex_norm.denormalize(feats)
             if writer:
                 writer.material_latent(generator)
@@ -428,9 +515,10 @@ class ImageTo3DPipeline(PipelineBase):
             raise ValueError(f"generator must be a CPU torch.Generator (all noise is drawn on the CPU), got "
                              f"{generator!r}")
 
-    def _replan(self, pipeline_type: str, num_samples: int, latent_tokens: int, lr_tokens: Optional[int],
-                budget: Optional[int]) -> MemoryPlan:
-        return self._plan(self.stage_needs(pipeline_type, num_samples, 4096, latent_tokens, lr_tokens), budget)
+    def _encode_views(self, pictures: list, size: int, offload: bool) -> torch.Tensor:
+        """``(V, T, C)`` condition tokens of the views at ``size`` pixels (one view: `encode_image`'s own result)."""
+        tokens = [self.encode_image(picture, size, offload) for picture in pictures]
+        return tokens[0] if len(tokens) == 1 else torch.cat(tokens)
 
     @staticmethod
     def _given_structure(structure, ss_res: int, num_samples: int) -> torch.Tensor:

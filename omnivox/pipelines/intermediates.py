@@ -3,8 +3,9 @@ pickle).
 
 A folder written by ``run(..., save_intermediates=DIR)``::
 
-    run.json                     pipeline type, seed, number of samples, resolution, which stages exist
-    condition.safetensors        cond_512 (1, T, C) [+ cond_1024]
+    run.json                     pipeline type, seed, number of samples, resolution, which stages exist,
+                                 and for several views the multi-view mode
+    condition.safetensors        cond_512 (V, T, C) [+ cond_1024], one row per view
     sparse_structure.safetensors coords (N, 4) int32 on the sparse-structure grid
     shape_latent.safetensors     coords (N, 4) int32 on the latent grid, feats (N, 32) denormalised
     material_latent.safetensors  feats (N, 32) denormalised, rows of the shape latent
@@ -26,6 +27,7 @@ import torch
 
 from omnivox.ovoxel.asset import OVoxel
 from omnivox.pipelines.config import read_bounded_json
+from omnivox.pipelines.samplers import MULTIVIEW_MODES
 from omnivox.pipelines.types import PIPELINE_TYPES
 
 FILES = {"condition": "condition.safetensors", "sparse_structure": "sparse_structure.safetensors",
@@ -51,6 +53,7 @@ class RunState:
     tex_feats: Optional[torch.Tensor] = None          # (N, 32) denormalised, rows of shape_coords
     rng_state: Optional[torch.Tensor] = None
     generated: Optional[list] = None
+    multiview_mode: Optional[str] = None              # of a run with several views (None: one view)
 
 
 class IntermediateWriter:
@@ -77,6 +80,8 @@ class IntermediateWriter:
         data = {"pipeline_type": s.pipeline_type, "seed": s.seed, "num_samples": s.num_samples,
                 "ss_resolution": s.ss_resolution, "resolution": s.resolution, "stages": self.stages,
                 "samples": [f"sample_{k}.vxz" for k in range(samples)]}
+        if s.multiview_mode is not None:
+            data["multiview_mode"] = s.multiview_mode
         (self.folder / "run.json").write_text(json.dumps(data, indent=2))
 
     def condition(self, generator) -> None:
@@ -107,6 +112,8 @@ def _read_run(folder: Path) -> dict:
     for key in ("seed", "num_samples"):
         if not isinstance(data.get(key), int):
             raise ValueError(f"{path}: {key!r} must be an int")
+    if data.get("multiview_mode") not in (None, *MULTIVIEW_MODES):
+        raise ValueError(f"{path}: multiview_mode must be one of {MULTIVIEW_MODES}, got {data['multiview_mode']!r}")
     return data
 
 
@@ -138,6 +145,7 @@ def load_intermediates(source: Union[str, Path]) -> RunState:
     run = _read_run(folder)
     state = RunState(run["pipeline_type"], run["seed"], run["num_samples"])
     state.ss_resolution, state.resolution = run.get("ss_resolution"), run.get("resolution")
+    state.multiview_mode = run.get("multiview_mode")
     if source.suffix == ".vxz":
         if not state.resolution:
             raise ValueError(f"{folder}/run.json has no resolution for {source.name}")
@@ -156,6 +164,9 @@ def load_intermediates(source: Union[str, Path]) -> RunState:
         raise ValueError(f"{folder}: no intermediate stage to resume from")
     t = _load_tensors(folder / FILES["condition"], {"cond_512": (torch.float32, 3)})  # every stage needs it
     state.cond_512, state.cond_1024 = t["cond_512"], t.get("cond_1024")
+    if state.cond_1024 is not None and state.cond_1024.shape[0] != state.cond_512.shape[0]:
+        raise ValueError(f"{folder / FILES['condition']}: cond_512 has {state.cond_512.shape[0]} view(s), cond_1024 "
+                         f"{state.cond_1024.shape[0]}")
     rng = t["rng_state"]
     if last >= 1:
         t = _load_tensors(folder / FILES["sparse_structure"], {"coords": (torch.int32, 2)})

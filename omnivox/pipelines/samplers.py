@@ -12,7 +12,11 @@ The pieces are plain functions and two small classes, composed explicitly:
 * `euler_timesteps` -- the float64 grid;
 * `Guidance`       -- CFG arithmetic (strength, rescale, interval), given the two velocity predictions;
 * `FlowEulerSampler` -- the loop; it calls a ``velocity(x, t, cond)`` function and reports progress through
-  an optional ``callback(step, total)``.
+  an optional ``callback(step, total)``;
+* `FlowEulerSampler.sample_views` -- the same loop conditioned on several views of one object, training-free
+  (`MULTIVIEW_MODES`): ``"stochastic"`` conditions step ``i`` on view ``stochastic_schedule(steps, V)[i] =
+  i mod V`` only; ``"multidiffusion"`` guides every view on its own (strength, interval and rescale per view,
+  against the one shared unconditional prediction) and steps along the mean of the guided velocities.
 
 Batch layout: a dense latent is ``(B, ...)``; a sparse latent is the ``(N, C)`` feature matrix of a
 `SparseTensor` plus its ``batch_index`` (which item each row belongs to). The rescale standard deviation is
@@ -35,6 +39,27 @@ SIGMA_MIN = 1e-5
 Velocity = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]
 VelocityPair = Callable[[torch.Tensor, float, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 ProgressCallback = Callable[[int, int], None]
+# ``views_velocity(x, t, views, unconditional) -> ([v_cond of each view in views], v_uncond or None)``.
+ViewsVelocity = Callable[[torch.Tensor, float, Sequence[int], bool],
+                         Tuple[Sequence[torch.Tensor], Optional[torch.Tensor]]]
+
+MULTIVIEW_MODES = ("stochastic", "multidiffusion")
+
+
+def check_multiview_mode(mode: str) -> str:
+    """``mode`` if it is one of `MULTIVIEW_MODES`; a ValueError naming them otherwise."""
+    if mode not in MULTIVIEW_MODES:
+        raise ValueError(f"multiview_mode must be one of {MULTIVIEW_MODES}, got {mode!r}")
+    return mode
+
+
+def stochastic_schedule(steps: int, num_views: int) -> list[int]:
+    """The view that conditions each step of a ``"stochastic"`` multi-view stage: step ``i`` (from 0) uses view
+    ``i mod num_views``, so the views take turns in the order given and each conditions ``steps / num_views``
+    steps (rounded: the first ``steps mod num_views`` views get one more). Every stage restarts at view 0."""
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    return [i % num_views for i in range(steps)]
 
 
 @dataclass
@@ -266,6 +291,54 @@ class FlowEulerSampler:
                 callback(i + 1, params.steps)
         return x
 
+    def sample_views(self, views_velocity: ViewsVelocity, noise: torch.Tensor, num_views: int,
+                     params: SamplerParams, mode: str, *, batch_index: Optional[torch.Tensor] = None,
+                     batch_size: Optional[int] = None, callback: Optional[ProgressCallback] = None
+                     ) -> torch.Tensor:
+        """Integrate ``noise`` to a sample conditioned on ``num_views`` views of one object (training-free).
+
+        Args:
+            views_velocity: ``views_velocity(x, t, views, unconditional) -> (v_conds, v_uncond)``: the
+                conditional prediction for each view index in ``views`` (a list, in that order) and, when
+                ``unconditional``, the unconditional one (else None). ``views`` is empty on steps of guidance
+                strength 0.
+            noise, params, batch_index, batch_size, callback: as `sample`.
+            num_views: how many views there are (indices ``0 .. num_views - 1``).
+            mode: ``"stochastic"``: step ``i`` is an ordinary guided step conditioned on view
+                ``stochastic_schedule(steps, num_views)[i]`` alone. ``"multidiffusion"``: every step asks for
+                all views; each view's prediction is guided on its own (`Guidance.combine`, so CFG strength,
+                interval and rescale apply per view, all against the one unconditional prediction, which the
+                views share because it sees no image) and the step follows the mean of the guided velocities.
+                The mean is taken in view order; the pipelines sort the views by content first, so the order
+                the user gives them in does not matter.
+
+        Returns:
+            ``x_0`` as float32. With one view both modes do exactly what `sample` does.
+        """
+        check_multiview_mode(mode)
+        guidance = Guidance.from_params(params)
+        ts = euler_timesteps(params.steps, params.rescale_t)
+        schedule = stochastic_schedule(params.steps, num_views)
+        x = noise.float()
+        for i in range(params.steps):
+            t, t_prev = ts[i], ts[i + 1]
+            g = guidance.strength_at(t)
+            views = [] if g == 0.0 else [schedule[i]] if mode == "stochastic" else list(range(num_views))
+            v_conds, v_uncond = views_velocity(x, t, views, g != 1.0)
+            if g == 0.0:
+                v = v_uncond
+            else:
+                guided = [guidance.combine(x, t, v_cond, v_uncond, batch_index, batch_size) for v_cond in v_conds]
+                v = guided[0]
+                for other in guided[1:]:
+                    v = v + other
+                if len(guided) > 1:
+                    v = v / len(guided)
+            x = x - (t - t_prev) * v.float()
+            if callback is not None:
+                callback(i + 1, params.steps)
+        return x
+
 
 def guided_steps(params: SamplerParams) -> int:
     """How many steps of ``params`` run the unconditional pass too (for cost estimates)."""
@@ -278,5 +351,6 @@ def network_calls(params: SamplerParams) -> int:
     return params.steps + guided_steps(params)
 
 
-__all__: Sequence[str] = ["SIGMA_MIN", "SamplerParams", "euler_timesteps", "x0_from_velocity", "velocity_from_x0",
+__all__: Sequence[str] = ["SIGMA_MIN", "MULTIVIEW_MODES", "check_multiview_mode", "stochastic_schedule",
+                          "SamplerParams", "euler_timesteps", "x0_from_velocity", "velocity_from_x0",
                           "item_std", "Guidance", "FlowEulerSampler", "guided_steps", "network_calls"]

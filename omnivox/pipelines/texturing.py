@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from omnivox.pipelines.base import PipelineBase, StageCallback
+from omnivox.pipelines.base import MultiView, PipelineBase, StageCallback, canonical_view_order, views_of
 from omnivox.pipelines.memory import decoder_stage, encoder_stage, flow_stage, image_encoder_stage, parse_memory
 from omnivox.pipelines.preprocess import BackgroundRemover
+from omnivox.pipelines.samplers import check_multiview_mode
 from omnivox.pipelines.types import TYPES
 from omnivox.sparse.tensor import SparseTensor
 
@@ -103,10 +104,11 @@ class TexturingPipeline(PipelineBase):
                                 model_paths=model_paths)
 
     @torch.no_grad()
-    def texture_voxels(self, vertices: np.ndarray, faces: np.ndarray, image, *, seed: int = 0,
+    def texture_voxels(self, vertices: np.ndarray, faces: np.ndarray, image=None, *,
+                       images: Optional[Sequence] = None, multiview_mode: Optional[str] = None, seed: int = 0,
                        generator: Optional[torch.Generator] = None, resolution: int = 1024, sampler_params: Optional[dict] = None,
                        callback: Optional[StageCallback] = None, preprocess: bool = True, max_memory=None):
-        """The PBR voxels of an already normalised, Z-up mesh.
+        """The PBR voxels of an already normalised, Z-up mesh (``image`` or ``images``: see `run`).
 
         Returns:
             ``(coords (N, 3) int32, attributes (N, 6) float32 in [0, 1], plan)`` on the ``resolution^3`` grid.
@@ -120,7 +122,13 @@ class TexturingPipeline(PipelineBase):
         elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
             raise ValueError(f"generator must be a CPU torch.Generator (all noise is drawn on the CPU), got "
                              f"{generator!r}")
-        picture = self.prepare_image(image, preprocess)
+        views = views_of(image, images, "texturing")
+        if not views:
+            raise ValueError("texturing needs a reference image (image=) or several (images=)")
+        mode = check_multiview_mode(multiview_mode or "stochastic")
+        pictures = self.prepare_views(views, preprocess)
+        if mode == "multidiffusion" and len(pictures) > 1:
+            pictures = [pictures[k] for k in canonical_view_order(pictures)]
         coords, dual, intersected = mesh_to_dual_grid(vertices, faces, resolution)
         if len(coords) == 0:
             raise ValueError("the mesh produced no voxels (is it empty or degenerate?)")
@@ -130,14 +138,24 @@ class TexturingPipeline(PipelineBase):
         budget = parse_memory(max_memory) if max_memory is not None else self.max_memory
         width = self._config_of(flow_role).model_channels
         dec_width = self._config_of("tex_slat_decoder").model_channels[0]
-        needs = [image_encoder_stage(("image_cond_model",), kind.condition_tokens,
-                                     self._config_of("image_cond_model").hidden_size),
-                 encoder_stage("encode", ("shape_slat_encoder",), latent_estimate, dec_width),
-                 flow_stage("tex_slat", (flow_role,), latent_estimate, width, kind.condition_tokens),
-                 decoder_stage("decode", ("tex_slat_decoder",), latent_estimate, dec_width)]
-        plan = self._plan(needs, budget)
+
+        def planned(copies: int):
+            # Several views: every view's condition stays prepared; batched multidiffusion runs `copies` copies.
+            return self._plan([image_encoder_stage(("image_cond_model",), kind.condition_tokens,
+                                                   self._config_of("image_cond_model").hidden_size),
+                               encoder_stage("encode", ("shape_slat_encoder",), latent_estimate, dec_width),
+                               flow_stage("tex_slat", (flow_role,), copies * latent_estimate, width,
+                                          len(pictures) * kind.condition_tokens),
+                               decoder_stage("decode", ("tex_slat_decoder",), latent_estimate, dec_width)], budget)
+
+        plan, multiview = planned(1), MultiView(mode, batched=False)
+        if len(pictures) > 1 and mode == "multidiffusion" and self.batch_guidance:
+            batched = planned(len(pictures))
+            if not batched.offload and all(stage.token_chunk is None for stage in batched.stages):
+                plan, multiview = batched, MultiView(mode, batched=True)
         self.runtime.last_plan = plan
-        cond = self.encode_image(picture, cond_size, plan.offload)
+        tokens = [self.encode_image(picture, cond_size, plan.offload) for picture in pictures]
+        cond = tokens[0] if len(tokens) == 1 else torch.cat(tokens)
 
         voxel_coords = torch.as_tensor(np.asarray(coords), dtype=torch.int32)
         batch_coords = torch.cat([torch.zeros(len(voxel_coords), 1, dtype=torch.int32), voxel_coords], 1)
@@ -152,7 +170,8 @@ class TexturingPipeline(PipelineBase):
         latent_coords = encoded.mean.coords.cpu()
         feats = self.sample_latent(flow_role, latent_coords, cond, generator,
                                    self.sampler_params("tex_slat", sampler_params), plan, "tex_slat",
-                                   concat_cond=shape_norm.normalize(encoded.mean.feats.cpu()), callback=callback)
+                                   concat_cond=shape_norm.normalize(encoded.mean.feats.cpu()), callback=callback,
+                                   views=multiview)
         tex = tex_norm.denormalize(feats)
         with self.models.on_device(["tex_slat_decoder"], plan.offload) as models:
             decoder = models["tex_slat_decoder"]
@@ -163,16 +182,20 @@ class TexturingPipeline(PipelineBase):
         pbr = (out.voxels.feats.float() * 0.5 + 0.5).clamp(0, 1).cpu().numpy()
         return voxel_coords, pbr, plan
 
-    def run(self, mesh, image, *, seed: int = 0, generator: Optional[torch.Generator] = None, resolution: int = 1024, texture_size: int = 2048,
+    def run(self, mesh, image=None, *, images: Optional[Sequence] = None, multiview_mode: Optional[str] = None,
+            seed: int = 0, generator: Optional[torch.Generator] = None, resolution: int = 1024, texture_size: int = 2048,
             keep_uvs: bool = True, decimation_target: Optional[int] = None, up_axis: Optional[str] = None,
             sampler_params: Optional[dict] = None, callback: Optional[StageCallback] = None, preprocess: bool = True,
             max_memory=None) -> "trimesh.Trimesh":
-        """Texture ``mesh`` after ``image``.
+        """Texture ``mesh`` after ``image`` (or after several reference ``images`` of it).
 
         Args:
             mesh: a mesh file (GLB/glTF/OBJ/PLY/STL), an omnivox ``Scene``, a ``trimesh.Trimesh`` or
                 ``(vertices, faces[, uvs])`` (uvs per vertex ``(V, 2)`` or per corner ``(F, 3, 2)``).
             image: the reference image (see `ImageTo3DPipeline.run`).
+            images: instead of ``image``, several reference images of the object (each preprocessed on its
+                own); the texture flow is conditioned on them as ``multiview_mode`` says (``"stochastic"``, the
+                default, or ``"multidiffusion"``; see `ImageTo3DPipeline.run` and docs/multiview.md).
             seed: noise seed (of a private CPU generator).
             generator: a CPU ``torch.Generator`` to draw the noise from instead of ``seed``'s.
             resolution: O-Voxel grid of the shape encoding (the reference's default 1024; 512 selects the 512
@@ -197,9 +220,13 @@ class TexturingPipeline(PipelineBase):
 
         if up_axis is not None:
             check_up_axis(up_axis)
+        views = views_of(image, images, "texturing")  # checked before the mesh is loaded
+        if not views:
+            raise ValueError("texturing needs a reference image (image=) or several (images=)")
         vertices, faces, uvs, source_up = _mesh_arrays(mesh, up_axis)
         model_frame, center, scale = normalize_vertices(vertices, source="mesh")  # Z-up, in the unit box
-        coords, attributes, _ = self.texture_voxels(model_frame, faces, image, seed=seed, generator=generator,
+        coords, attributes, _ = self.texture_voxels(model_frame, faces, images=views, multiview_mode=multiview_mode,
+                                                    seed=seed, generator=generator,
                                                     resolution=resolution,
                                                     sampler_params=sampler_params, callback=callback,
                                                     preprocess=preprocess, max_memory=max_memory)
