@@ -173,8 +173,9 @@ class RunContext:
             self.image_encoder_graph = GraphedCall(model.forward)
         return self.image_encoder_graph
 
-    def keep_graphs(self, role: str, network: GraphedCall) -> None:
+    def keep_graphs(self, role: str, *networks: GraphedCall) -> None:
         """After a stage whose graphs replayed: ``role`` counts as captured and its graphs (only the graph
-        objects: they hold the pool, not the stage's tensors) live until the next stage has captured its own."""
+        objects: they hold the pool, not the stage's tensors) live until the next stage has captured its own.
+        A multi-view stage passes one wrapper per distinct call (view, or views and null condition)."""
         self.captured_roles.add(role)
-        self.pool_keeper = network.captured_graphs()
+        self.pool_keeper = [graph for network in networks for graph in network.captured_graphs()]
