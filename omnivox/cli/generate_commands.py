@@ -1,4 +1,5 @@
-"""`omnivox generate` (image(s) -> textured GLB) and `omnivox texture` (mesh + image -> textured GLB)."""
+"""`omnivox generate` (image(s) -> textured GLB; ``--multiview``: several views of one object -> one GLB) and
+`omnivox texture` (mesh + image(s) -> textured GLB)."""
 
 from __future__ import annotations
 
@@ -23,22 +24,55 @@ def _images_of(source: Path) -> list:
     return [input_file(source, IMAGE_SUFFIXES, "image")]
 
 
-def _outputs(images: list, output: Path, samples: int, folder_input: bool) -> list:
-    """One output path per (image, sample), checked before any work.
+def _objects_of(sources: list, multiview: bool) -> list:
+    """``(name, views)`` of each object to generate; the name's stem names its output in a folder.
 
-    ``-o OUT.glb`` (one image): ``OUT.glb``, or ``OUT_0.glb ... OUT_{n-1}.glb`` for ``n`` samples.
-    ``-o FOLDER``: ``FOLDER/IMAGE.glb``, or ``FOLDER/IMAGE_k.glb`` for ``n`` samples; a folder of images needs it.
+    Without ``--multiview`` every image (given, or in a given folder) is its own object. With it, the given
+    images are views of one object, named after the first; one folder gives one object from its images, or,
+    when it holds subfolders of images (a folder of folders), one object per subfolder named after it.
+    """
+    if not multiview:
+        return [(image, [image]) for source in sources for image in _images_of(source)]
+    if len(sources) == 1 and sources[0].is_dir():
+        folder = sources[0]
+        subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
+        if subfolders:
+            loose = [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+            if loose:
+                raise ValueError(f"{folder}: --multiview takes a folder of images (one object) or a folder of "
+                                 f"folders (one object each), not both; move {', '.join(sorted(loose)[:3])} "
+                                 "into a subfolder")
+            return [(sub, _images_of(sub)) for sub in subfolders]
+        return [(folder, _images_of(folder))]
+    folders = [str(s) for s in sources if s.is_dir()]
+    if folders:
+        raise ValueError(f"--multiview takes image files or one folder, got the folder(s) {', '.join(folders)} "
+                         "among other inputs")
+    return [(sources[0], [input_file(source, IMAGE_SUFFIXES, "image") for source in sources])]
+
+
+def _outputs(names: list, output: Path, samples: int, several: bool) -> list:
+    """One output path per (object, sample), checked before any work.
+
+    ``-o OUT.glb`` (one object): ``OUT.glb``, or ``OUT_0.glb ... OUT_{n-1}.glb`` for ``n`` samples.
+    ``-o FOLDER``: ``FOLDER/NAME.glb``, or ``FOLDER/NAME_k.glb`` for ``n`` samples (NAME: the image's, or the
+    views' folder's, stem); ``several`` objects (a folder, several images, a folder of view folders) need it.
     """
     if output.suffix.lower() == ".glb":
-        if folder_input:
-            raise ValueError(f"{output}: with a folder of images, -o must be a folder")
+        if several:
+            raise ValueError(f"{output}: with several objects (a folder of images, several images without "
+                             "--multiview, or a folder of view folders) -o must be a folder")
         output_file(output, (".glb",))
         if samples == 1:
             return [[output]]
         return [[output.with_name(f"{output.stem}_{k}.glb") for k in range(samples)]]
     output_folder(output)
-    return [[output / (f"{img.stem}.glb" if samples == 1 else f"{img.stem}_{k}.glb") for k in range(samples)]
-            for img in images]
+    stems = [name.stem for name in names]
+    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if repeated:
+        raise ValueError(f"two inputs would both write {output}/{repeated[0]}.glb; give them different names")
+    return [[output / (f"{stem}.glb" if samples == 1 else f"{stem}_{k}.glb") for k in range(samples)]
+            for stem in stems]
 
 
 def _resumed_samples(resume: Path) -> int:
@@ -84,8 +118,10 @@ def write_preview(glb: Path, video: Path, frames: int = 48, resolution: int = 25
 
 @app.command("generate")
 def generate(
-    source: Path = typer.Argument(..., help="An image (RGBA with alpha, or RGB with --background-model), or a "
-                                              "folder of images (models are loaded once)."),
+    sources: list[Path] = typer.Argument(..., help="Images (RGBA with alpha, or RGB with --background-model) or "
+                                                    "a folder of images (models are loaded once); with "
+                                                    "--multiview, the views of one object, or a folder of "
+                                                    "view folders (one object each)."),
     weights: Path = typer.Option(..., "--weights", "-w", help="Weights folder with pipeline.json "
                                                                "(e.g. a download of microsoft/TRELLIS.2-4B)."),
     output: Path = typer.Option(..., "--output", "-o", help="OUT.glb (OUT_0.glb, OUT_1.glb ... with --samples N), "
@@ -110,6 +146,12 @@ def generate(
     faces: int = typer.Option(200_000, "--faces", help="At most this many faces (0: no budget)."),
     tolerance: float = typer.Option(0.5, "--tolerance", help="Then fewer faces while the surface stays within "
                                                              "this many voxels (0: keep the budget's faces)."),
+    multiview: bool = typer.Option(False, "--multiview", help="The images are views of one object (front, side, "
+                                                              "back ...): one asset conditioned on all of them."),
+    multiview_mode: Optional[str] = typer.Option(None, "--multiview-mode",
+                                                 help="stochastic (default: views take turns per step, the cost "
+                                                      "of one image) or multidiffusion (every step averages all "
+                                                      "views; order-independent; about V times the flow cost)."),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Also write a turntable video (.mp4)."),
     show_plan: bool = typer.Option(False, "--show-plan", help="Print the memory plan."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -123,21 +165,30 @@ def generate(
             raise ValueError(f"--pipeline must be one of {', '.join(PIPELINE_CHOICES)}, got {pipeline!r}")
         if samples is not None and samples < 1:
             raise ValueError(f"--samples must be >= 1, got {samples}")
-        resuming_without_image = resume is not None and str(source) == "-"
-        images = [None] if resuming_without_image else _images_of(source)
-        folder_input = not resuming_without_image and source.is_dir()
-        if folder_input and (resume is not None or save_intermediates is not None):
-            raise ValueError("--resume and --save-intermediates take one image, not a folder")
+        if multiview_mode is not None:
+            if not multiview:
+                raise ValueError("--multiview-mode needs --multiview (the images are views of one object)")
+            from omnivox.pipelines.samplers import check_multiview_mode
+
+            check_multiview_mode(multiview_mode)
+        resuming_without_image = resume is not None and [str(s) for s in sources] == ["-"]
+        if resuming_without_image:
+            objects = [(Path("resumed"), None)]
+        else:
+            objects = _objects_of(sources, multiview)
+        several = len(objects) > 1 or (not multiview and any(s.is_dir() for s in sources)
+                                       and not resuming_without_image)
+        if several and (resume is not None or save_intermediates is not None):
+            raise ValueError("--resume and --save-intermediates take one object, not a folder or several images")
         if resume is not None:
             resumed = _resumed_samples(resume)
             if samples is not None and samples != resumed:
                 raise ValueError(f"--samples {samples}: the run resumed from {resume} has {resumed} sample(s)")
             samples = resumed
         samples = samples or 1
-        names = [Path("resumed")] if resuming_without_image else images
-        targets = _outputs(names, output, samples, folder_input)
-        if preview is not None and (len(images) > 1 or samples > 1):
-            raise ValueError("--preview renders one asset; use it with one image and one sample")
+        targets = _outputs([name for name, _ in objects], output, samples, several)
+        if preview is not None and (len(objects) > 1 or samples > 1):
+            raise ValueError("--preview renders one asset; use it with one object and one sample")
         if preview is not None:
             output_file(preview, (".mp4", ".gif"), "--preview video")
         if save_intermediates is not None:
@@ -153,9 +204,10 @@ def generate(
         pipe = ImageTo3DPipeline.from_pretrained(weights, device=device, max_memory=max_memory,
                                                  background_model=background_model, image_encoder=image_encoder)
         callback = None if quiet else progress_bar()
-        for image, paths in zip(images, targets):
-            assets = pipe.run(image, seed=seed, pipeline_type=pipeline, num_samples=samples, callback=callback,
-                              save_intermediates=save_intermediates, resume_from=resume)
+        for (name, views), paths in zip(objects, targets):
+            assets = pipe.run(images=views, multiview_mode=multiview_mode, seed=seed, pipeline_type=pipeline,
+                              num_samples=samples, callback=callback, save_intermediates=save_intermediates,
+                              resume_from=resume)
             if show_plan and assets.plan is not None:
                 typer.echo(str(assets.plan))
             if len(assets) != len(paths):  # an internal invariant: _resumed_samples reads the same run.json
@@ -163,7 +215,8 @@ def generate(
             for asset, path in zip(assets, paths):
                 asset.to_glb(path, decimation_target=faces or None, surface_tolerance=tolerance or None,
                              texture_size=texture_size, device=pipe.device, progress=callback)
-                typer.echo(f"{image if image is not None else resume} -> {path}: {len(asset.coords)} voxels at "
+                what = resume if views is None else views[0] if len(views) == 1 else f"{name} ({len(views)} views)"
+                typer.echo(f"{what} -> {path}: {len(asset.coords)} voxels at "
                            f"{asset.resolution}^3, {len(asset.faces)} faces before export")
         if preview is not None:
             write_preview(targets[0][0], preview)
@@ -176,7 +229,8 @@ def generate(
 @app.command("texture")
 def texture(
     mesh: Path = typer.Argument(..., help="Mesh to texture (.glb, .gltf, .obj, .ply, .stl)."),
-    image: Path = typer.Argument(..., help="Reference image (RGBA, or RGB with --background-model)."),
+    images: list[Path] = typer.Argument(..., help="Reference image (RGBA, or RGB with --background-model); "
+                                                   "several: views of the object, all used (--multiview-mode)."),
     weights: Path = typer.Option(..., "--weights", "-w", help="Weights folder with texturing_pipeline.json."),
     output: Path = typer.Option(..., "--output", "-o", help="Output .glb."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
@@ -189,15 +243,23 @@ def texture(
     device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu."),
     background_model: Optional[Path] = typer.Option(None, "--background-model", help=".onnx for RGB images."),
     image_encoder: Optional[Path] = typer.Option(None, "--image-encoder", help="DINOv3 folder."),
+    multiview_mode: Optional[str] = typer.Option(None, "--multiview-mode",
+                                                 help="With several images: stochastic (default) or "
+                                                      "multidiffusion (see omnivox generate --multiview)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Paint a PBR material onto an existing mesh from an image with TRELLIS.2."""
+    """Paint a PBR material onto an existing mesh from an image (or several views) with TRELLIS.2."""
     import time
 
     start = time.perf_counter()
     try:
         input_file(mesh, ASSET_SUFFIXES, "mesh")
-        input_file(image, IMAGE_SUFFIXES, "image")
+        for image in images:
+            input_file(image, IMAGE_SUFFIXES, "image")
+        if multiview_mode is not None:
+            from omnivox.pipelines.samplers import check_multiview_mode
+
+            check_multiview_mode(multiview_mode)
         output_file(output, (".glb",))
         weights_folder(weights, "texturing_pipeline.json")
         if background_model is not None:
@@ -210,10 +272,11 @@ def texture(
 
         pipe = TexturingPipeline.from_pretrained(weights, device=device, max_memory=max_memory,
                                                  background_model=background_model, image_encoder=image_encoder)
-        result = pipe.run(mesh, image, seed=seed, resolution=resolution, texture_size=texture_size,
+        result = pipe.run(mesh, images=images, multiview_mode=multiview_mode, seed=seed, resolution=resolution, texture_size=texture_size,
                           keep_uvs=keep_uvs, up_axis=up_axis, callback=None if quiet else progress_bar())
         save_glb(result, output)
     except (ValueError, TypeError, OSError, RuntimeError, KeyError) as error:
         raise fail("texture", error) from error
-    typer.echo(f"{mesh} + {image} -> {output}: {len(result.faces)} faces, {texture_size}^2 textures "
+    shown = images[0] if len(images) == 1 else f"{len(images)} views"
+    typer.echo(f"{mesh} + {shown} -> {output}: {len(result.faces)} faces, {texture_size}^2 textures "
                f"({time.perf_counter() - start:.1f} s)")
