@@ -48,6 +48,18 @@ def shell_coords(resolution: int, device) -> torch.Tensor:
     return torch.cat(xyz).int()
 
 
+def asset_coords(path: str, resolution: int, device) -> torch.Tensor:
+    """The voxels a real mesh occupies on a ``resolution`` grid (the SC-VAE's top level for that asset)."""
+    from omnivox.assets import load_asset
+    from omnivox.ovoxel import mesh_to_dual_grid
+
+    scene = load_asset(path).normalized()
+    vertices = torch.as_tensor(scene.vertices, dtype=torch.float32, device=device)
+    faces = torch.as_tensor(scene.faces, dtype=torch.int64, device=device)
+    coords, _, _ = mesh_to_dual_grid(vertices, faces, resolution)
+    return torch.as_tensor(coords, device=device).to(torch.int32)
+
+
 def level_coords(xyz: torch.Tensor, levels: int) -> list:
     """Coordinates of the finest level and of ``levels - 1`` successive 2x parent levels, (N, 4) int32."""
     coords = torch.cat([torch.zeros_like(xyz[:, :1]), xyz], 1).int()
@@ -369,7 +381,9 @@ def run_vs_flexgemm(args, log) -> None:
     flex_note = f"{getattr(flex_gemm, '__file__', '?')}" if flex_gemm is not None else f"not available ({why})"
     log(f"flexgemm: {flex_note}")
     top = 64 if args.smoke else 1024
-    if args.coords:
+    if args.asset:
+        xyz = asset_coords(args.asset, top, device)
+    elif args.coords:
         xyz = torch.from_numpy(np.load(args.coords).astype(np.int32)).to(device)
     else:
         xyz = shell_coords(top, device)
@@ -410,6 +424,7 @@ def run_vs_flexgemm(args, log) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--coords", help="(N, 3) integer .npy of voxels on a 1024 grid")
+    parser.add_argument("--asset", help="a mesh file: its surface voxels on a 1024 grid are the coordinates")
     parser.add_argument("--cpu", action="store_true", help="time the plain PyTorch path on the CPU only")
     parser.add_argument("--out", help="write the markdown tables here")
     parser.add_argument("--levels", type=int, default=5)
@@ -429,7 +444,10 @@ def main() -> None:
         return
 
     device = "cpu" if args.cpu else "cuda"
-    if args.coords:
+    if args.asset:
+        xyz = asset_coords(args.asset, 1024, device)
+        source = args.asset
+    elif args.coords:
         xyz = torch.from_numpy(np.load(args.coords).astype(np.int32)).to(device)
         source = args.coords
     else:
