@@ -14,6 +14,13 @@ dtypes. `save_pretrained` writes the same pair, so our checkpoints look exactly 
 
 The DINOv3 image encoder is external (Hugging Face layout): a folder with ``config.json`` and
 ``model.safetensors``; `from_pretrained` recognises a folder and loads it the same strict way.
+
+8-bit weights (`omnivox.models.quantize`): ``from_pretrained(..., weights_dtype="int8" | "fp8")`` loads a flow
+model with its block Linear layers in 8 bits. It reads ``NAME.int8.safetensors`` (``NAME.fp8.safetensors``) when
+that file sits beside the pair, else it quantizes the released ``NAME.safetensors`` on the fly;
+``save_pretrained`` of such a model writes that file (the JSON is the released one: the architecture is the
+same). A quantized file is recognised by its name and checked by its metadata (``"omnivox.weights_dtype"``) and
+its tensors' dtypes, strictly like any other checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from torch import nn
 
 from omnivox.models.dinov3 import DINOv3Config, DINOv3ViT
 from omnivox.models.flow import SLatFlowModel, SparseStructureFlowModel
+from omnivox.models.quantize import (METADATA_KEY, check_weights_dtype, quantize_model, quantized_skeleton,
+                                     supports_8bit_weights, weights_dtype_of)
 from omnivox.models.sc_vae import (FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder, SparseUnetVaeDecoder,
                                    SparseUnetVaeEncoder)
 from omnivox.models.ss_decoder import SparseStructureDecoder
@@ -201,7 +210,7 @@ def load_state_dict_strict(model: nn.Module, weights_path: PathLike, device: Uni
 
 # --------------------------------------------------------------------------------------------- public
 def from_pretrained(path: PathLike, device: Union[str, torch.device] = "cpu",
-                    config_overrides: Optional[dict] = None) -> nn.Module:
+                    config_overrides: Optional[dict] = None, weights_dtype: Optional[str] = None) -> nn.Module:
     """Load a checkpoint in the official layout.
 
     Args:
@@ -210,6 +219,9 @@ def from_pretrained(path: PathLike, device: Union[str, torch.device] = "cpu",
         device: device of the loaded parameters.
         config_overrides: JSON ``args`` to replace before building, e.g. ``{"dtype": "float32"}`` to run a
             flow model in float32 or ``{"use_fp16": False}`` for a VAE.
+        weights_dtype: ``"int8"`` or ``"fp8"``: a flow model's block Linear layers in 8 bits (module docstring),
+            from ``NAME.<weights_dtype>.safetensors`` if present, else quantized on ``device`` from the released
+            file. None: the stored dtypes.
 
     Returns:
         The model in eval mode, each parameter in its runtime dtype.
@@ -219,23 +231,65 @@ def from_pretrained(path: PathLike, device: Union[str, torch.device] = "cpu",
         ValueError: unknown class name, invalid args, LFS pointer or key/shape mismatch.
     """
     path = Path(path)
+    check_weights_dtype(weights_dtype)
     if path.is_dir():
-        model = _dinov3_from_folder(path, device, config_overrides)
+        if weights_dtype is not None:
+            raise ValueError(f"{path}: weights_dtype={weights_dtype!r} is for the flow models, not the image encoder")
+        return _dinov3_from_folder(path, device, config_overrides).eval()
+    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    saved = quantized_weights_path(stem, weights_dtype) if weights_dtype is not None else None
+    if saved is not None and saved.is_file():
+        json_path, weights_path = Path(f"{stem}.json"), saved
+        if not json_path.is_file():
+            raise FileNotFoundError(f"checkpoint file {json_path} not found (it describes {saved})")
     else:
         json_path, weights_path = _checkpoint_paths(path)
-        data = _read_json(json_path)
-        if "name" not in data:
-            raise ValueError(f"{json_path} has no 'name' (expected {{\"name\": ..., \"args\": ...}})")
-        args = {**data.get("args", {}), **(config_overrides or {})}
-        model = build_model(data["name"], args, str(json_path), device="meta")
+    data = _read_json(json_path)
+    if "name" not in data:
+        raise ValueError(f"{json_path} has no 'name' (expected {{\"name\": ..., \"args\": ...}})")
+    args = {**data.get("args", {}), **(config_overrides or {})}
+    model = build_model(data["name"], args, str(json_path), device="meta")
+    if weights_dtype is not None and not supports_8bit_weights(model):
+        raise ValueError(f"{json_path}: weights_dtype={weights_dtype!r} is for the flow models, not "
+                         f"{type(model).__name__}")
+    if weights_path == saved:
+        _check_quantized_file(saved, weights_dtype)
+        load_state_dict_strict(quantized_skeleton(model, weights_dtype), saved, device)
+    else:
         load_state_dict_strict(model, weights_path, device)
+        if weights_dtype is not None:
+            quantize_model(model, weights_dtype)
     return model.eval()
+
+
+def quantized_weights_path(path: PathLike, weights_dtype: str) -> Path:
+    """``ckpts/NAME`` -> ``ckpts/NAME.<weights_dtype>.safetensors``, where the 8-bit copy of a checkpoint lives."""
+    path = Path(path)
+    if path.suffix in (".json", ".safetensors"):
+        path = path.with_suffix("")
+    return Path(f"{path}.{weights_dtype}.safetensors")
+
+
+def _check_quantized_file(path: Path, weights_dtype: str) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    _check_not_lfs_pointer(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            stored = (handle.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+    if stored != weights_dtype:
+        raise ValueError(f"{path} holds {stored or 'unquantized'} weights (metadata {METADATA_KEY!r}), not "
+                         f"{weights_dtype}; delete it to quantize the released weights again")
 
 
 def save_pretrained(model: nn.Module, path: PathLike) -> tuple[Path, Path]:
     """Write ``model`` as ``NAME.json`` + ``NAME.safetensors`` (or a DINOv3 model as an HF folder).
 
-    Tensors are stored in their runtime dtypes, so loading the pair again gives bit-identical outputs.
+    Tensors are stored in their runtime dtypes, so loading the pair again gives bit-identical outputs. A model
+    with 8-bit weights (`omnivox.models.quantize`) is written as ``NAME.json`` + ``NAME.<int8|fp8>.safetensors``,
+    which ``from_pretrained(NAME, weights_dtype=...)`` reads back.
 
     Args:
         model: one of the classes in `MODEL_CLASSES`, or `DINOv3ViT`.
@@ -248,6 +302,8 @@ def save_pretrained(model: nn.Module, path: PathLike) -> tuple[Path, Path]:
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
+    metadata = {"format": "pt"}
+    weights_dtype = weights_dtype_of(model)
     if isinstance(model, DINOv3ViT):
         path.mkdir(parents=True, exist_ok=True)
         json_path, weights_path = path / "config.json", path / "model.safetensors"
@@ -261,7 +317,10 @@ def save_pretrained(model: nn.Module, path: PathLike) -> tuple[Path, Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         json_path, weights_path = Path(f"{path}.json"), Path(f"{path}.safetensors")
         data = {"name": _NAME_OF_CLASS[type(model)], "args": config_to_args(model.config)}
-    save_file(state, str(weights_path), metadata={"format": "pt"})
+        if weights_dtype is not None:  # beside the released file, which keeps its name
+            weights_path = quantized_weights_path(path, weights_dtype)
+            metadata[METADATA_KEY] = weights_dtype
+    save_file(state, str(weights_path), metadata=metadata)
     with open(json_path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)
     return json_path, weights_path

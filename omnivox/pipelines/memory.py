@@ -14,7 +14,14 @@ token count. `plan_memory` is a pure function of those numbers, so it is tested 
      the largest of `CHUNK_VOXEL_CHOICES` that fits;
    * flow transformers get feed-forward / attention chunking over tokens (``token_chunk`` rows at a time,
      `omnivox.models.flow` ``token_chunk=``), which bounds the per-token temporaries.
-   If nothing fits, the plan says so (``fits=False``) and the run proceeds with the smallest settings.
+   If nothing fits, the plan says so (``fits=False``): `MemoryPlan.check_budget` (or ``plan_memory(...,
+   strict=True)``) then raises `BudgetError` saying which stage needs how much and the smallest budget that
+   would do, so a run can refuse before any work starts.
+
+Weights are counted in the bytes the models really hold (`omnivox.pipelines.placement.ModelStore.weights_bytes`):
+with 8-bit flow weights (``weights_dtype="int8"`` / ``"fp8"``) a 1.3B flow is 1.36 GB instead of 2.63 GB, which
+halves what an offloading stage copies and leaves more of a small budget for activations. ``weight_formats``
+(role -> ``"int8"``, ``"bfloat16"``, ...) only labels the printed plan.
 
 Working-memory estimates are linear in the token counts; the coefficients were calibrated on the H100
 measurements of ``docs/benchmarks/models.md`` (full-size models, bf16 flows, fp16 VAEs) and scale with model
@@ -24,6 +31,7 @@ width, so the tiny test models get proportionally tiny estimates. They are estim
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -49,6 +57,8 @@ DECODER_TAIL_BYTES_PER_VOXEL_AT_1024 = 7_000  # 4.6 KB times ~1.5 for the halo
 ENCODER_BYTES_PER_TOKEN_AT_1024 = 210_000
 IMAGE_ENCODER_BYTES_PER_TOKEN_AT_1024 = 48_000
 SS_DECODER_BYTES = 160 << 20
+# Flow calls of at most this many rows replay CUDA graphs in resident runs (the pipelines' cuda_graph_max_tokens).
+CUDA_GRAPH_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -72,15 +82,21 @@ class StageNeed:
     chunk_unit_bytes: int = 0
 
 
+class BudgetError(ValueError):
+    """A memory budget that no plan meets; the message says which stage needs how much."""
+
+
 @dataclass
 class StagePlan:
-    """The planner's choice for one stage."""
+    """The planner's choice for one stage: its estimated peak, of which ``weights_bytes`` are weights on the device
+    (the stage's own models when offloading, all models otherwise)."""
 
     name: str
     roles: tuple
     peak_bytes: int
     chunk_voxels: Optional[int] = None
     token_chunk: Optional[int] = None
+    weights_bytes: int = 0
 
 
 @dataclass
@@ -95,6 +111,8 @@ class MemoryPlan:
         weights_bytes: role -> bytes of weights.
         peak_bytes: the estimated peak over the run.
         fits: whether ``peak_bytes`` is within `HEADROOM` of ``budget_bytes`` (True without a budget).
+        notes: why the planner chose what it chose, and warnings.
+        weight_formats: role -> how its weights are stored (``"int8"``, ``"bfloat16"``, ...), for printing.
     """
 
     device: str
@@ -105,6 +123,39 @@ class MemoryPlan:
     peak_bytes: int
     fits: bool
     notes: list = field(default_factory=list)
+    weight_formats: dict = field(default_factory=dict)
+
+    @property
+    def required_budget_bytes(self) -> int:
+        """The smallest budget under which this plan's estimated peak fits (the peak over `HEADROOM`)."""
+        return int(math.ceil(self.peak_bytes / HEADROOM))
+
+    def check_budget(self) -> "MemoryPlan":
+        """``self`` if it fits its budget; otherwise raise `BudgetError` naming the stage that does not fit, what
+        it needs (weights + work, with the smallest chunks) and the smallest budget that would do."""
+        if self.fits:
+            return self
+        worst = max(self.stages, key=lambda p: p.peak_bytes)
+        chunks = ", ".join(f"{k}={v}" for k, v in (("chunk_voxels", worst.chunk_voxels),
+                                                    ("token_chunk", worst.token_chunk)) if v)
+        roles = ", ".join(self._role_label(r) for r in worst.roles)
+        hint = ""
+        unquantized = [r for r in self.weights_bytes if "flow" in r and self.weight_formats.get(r, "") not in
+                       ("int8", "fp8")]
+        if unquantized and self.weight_formats:
+            hint = "; 8-bit flow weights (weights_dtype='int8') halve the flows' share"
+        raise BudgetError(
+            f"max_memory {format_bytes(self.budget_bytes)} cannot be met on {self.device}: stage {worst.name!r} needs "
+            f"about {format_bytes(worst.peak_bytes)} ({format_bytes(worst.weights_bytes)} of weights: {roles}; "
+            f"{format_bytes(worst.peak_bytes - worst.weights_bytes)} of work"
+            f"{', with ' + chunks if chunks else ''}{', offloading' if self.offload else ''}); this run needs a "
+            f"budget of at least {format_bytes(self.required_budget_bytes)} (plans keep {100 - HEADROOM * 100:.0f} % "
+            f"headroom){hint}")
+
+    def _role_label(self, role: str) -> str:
+        fmt = self.weight_formats.get(role)
+        size = format_bytes(self.weights_bytes[role]) if role in self.weights_bytes else "?"
+        return f"{role} ({fmt + ', ' if fmt else ''}{size})"
 
     def stage(self, name: str) -> StagePlan:
         for stage in self.stages:
@@ -123,7 +174,7 @@ class MemoryPlan:
                 extra.append(f"chunk_voxels={s.chunk_voxels}")
             if s.token_chunk:
                 extra.append(f"token_chunk={s.token_chunk}")
-            lines.append(f"  {s.name:<18} {format_bytes(s.peak_bytes):>10}  {', '.join(s.roles)}"
+            lines.append(f"  {s.name:<18} {format_bytes(s.peak_bytes):>10}  {', '.join(map(self._role_label, s.roles))}"
                          + (f"  [{', '.join(extra)}]" if extra else ""))
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -210,18 +261,26 @@ def _chunked(need: StageNeed, weights: int, budget: int) -> tuple[int, Optional[
 
 
 def plan_memory(stages: Sequence[StageNeed], weights_bytes: dict, budget_bytes: Optional[int] = None,
-                device: str = "cuda") -> MemoryPlan:
+                device: str = "cuda", weight_formats: Optional[dict] = None, strict: bool = False) -> MemoryPlan:
     """Choose placement and chunking (module docstring).
 
     Args:
         stages: the run's stages in order.
-        weights_bytes: role -> bytes of that model's weights at its runtime dtypes.
+        weights_bytes: role -> bytes of that model's weights as held (8-bit flows count their 8-bit bytes).
         budget_bytes: peak device memory allowed (None: unlimited).
         device: the compute device; on ``"cpu"`` there is nothing to offload to, so only chunking applies.
+        weight_formats: role -> storage format (``"int8"``, ``"bfloat16"``, ...), shown in the printed plan.
+        strict: raise `BudgetError` when no plan fits the budget (`MemoryPlan.check_budget`).
 
     Returns:
         `MemoryPlan`.
     """
+    plan = _plan(stages, weights_bytes, budget_bytes, device)
+    plan.weight_formats = dict(weight_formats or {})
+    return plan.check_budget() if strict else plan
+
+
+def _plan(stages: Sequence[StageNeed], weights_bytes: dict, budget_bytes: Optional[int], device: str) -> MemoryPlan:
     used_roles = []
     for need in stages:
         for role in need.roles:
@@ -231,27 +290,68 @@ def plan_memory(stages: Sequence[StageNeed], weights_bytes: dict, budget_bytes: 
                 used_roles.append(role)
     target = None if budget_bytes is None else int(budget_bytes * HEADROOM)
     all_weights = sum(weights_bytes[r] for r in used_roles)
-    max_work = max((n.work_bytes for n in stages), default=0)
     on_cpu = str(device).startswith("cpu")
+    # Resident plans on a GPU replay CUDA graphs, whose memory pool (about one graphed forward) stays allocated
+    # across stages; offloading plans capture none.
+    pool = 0 if on_cpu else graph_pool_bytes(stages)
+    max_work = max((n.work_bytes for n in stages), default=0)
     notes = []
-    if target is None or all_weights + max_work <= target:
-        plans = [StagePlan(n.name, n.roles, all_weights + n.work_bytes) for n in stages]
+    if target is None or all_weights + pool + max_work <= target:
+        if target is not None:
+            notes.append(f"all weights ({format_bytes(all_weights)}) plus the largest stage's work "
+                         f"({format_bytes(max_work + pool)}) fit in {HEADROOM:.0%} of the budget: everything stays "
+                         "resident")
+        plans = [StagePlan(n.name, n.roles, all_weights + pool + n.work_bytes, weights_bytes=all_weights)
+                 for n in stages]
         return MemoryPlan(str(device), budget_bytes, False, plans, dict(weights_bytes),
                           max((p.peak_bytes for p in plans), default=all_weights), True, notes)
-    offload = not on_cpu
+    # Chunking the largest stages with every model resident costs less time than offloading (no copies, CUDA graphs
+    # stay on), so it is tried first; offloading comes next.
+    resident, resident_notes = _stage_plans(stages, weights_bytes, None, all_weights + pool, target)
+    offload = not on_cpu and max(p.peak_bytes for p in resident) > target
     if on_cpu:
         notes.append("on the CPU the weights stay in host memory; only chunking lowers the peak")
-    plans = []
-    for need in stages:
-        weights = sum(weights_bytes[r] for r in need.roles) if offload else all_weights
-        peak, chunk_voxels, token_chunk = weights + need.work_bytes, None, None
-        if peak > target and need.kind in ("decoder", "flow"):
-            peak, chunk_voxels, token_chunk = _chunked(need, weights, target)
-        plans.append(StagePlan(need.name, need.roles, peak, chunk_voxels, token_chunk))
+    elif offload:
+        notes.append(f"all weights ({format_bytes(all_weights)}) plus the largest stage's work "
+                     f"({format_bytes(max_work)}) exceed {HEADROOM:.0%} of the budget ({format_bytes(target)}), even "
+                     "with chunking: models stay in host memory and visit the device per stage")
+    else:
+        notes.append(f"all weights ({format_bytes(all_weights)}) stay resident; the largest stages are chunked to "
+                     f"fit {HEADROOM:.0%} of the budget ({format_bytes(target)})")
+    if offload:
+        plans, stage_notes = _stage_plans(stages, weights_bytes, weights_bytes, 0, target)
+    else:
+        plans, stage_notes = resident, resident_notes
+    notes += stage_notes
     peak = max(p.peak_bytes for p in plans)
     fits = peak <= target
     if not fits:
         worst = max(plans, key=lambda p: p.peak_bytes)
         notes.append(f"stage {worst.name!r} needs about {worst.peak_bytes / GIB:.2f} GiB even with the smallest "
-                     "chunks; the run goes ahead with them")
+                     f"chunks: a budget of at least {math.ceil(worst.peak_bytes / HEADROOM / GIB * 100) / 100:.2f} "
+                     "GiB would be needed")
     return MemoryPlan(str(device), budget_bytes, offload, plans, dict(weights_bytes), peak, fits, notes)
+
+
+def graph_pool_bytes(stages: Sequence[StageNeed]) -> int:
+    """Estimated CUDA-graph memory pool of a resident run: the work of one flow call of `CUDA_GRAPH_ROWS` rows at
+    the widest flow's width (0 without flow stages)."""
+    per_row = max((n.chunk_unit_bytes for n in stages if n.kind == "flow"), default=0)
+    return int(CUDA_GRAPH_ROWS * per_row * FLOW_BYTES_PER_TOKEN_AT_1536 / FLOW_CHUNK_BYTES_PER_ROW_AT_1536)
+
+
+def _stage_plans(stages: Sequence[StageNeed], weights_bytes: dict, own_weights: Optional[dict], shared: int,
+                 target: int) -> tuple[list, list]:
+    """Per-stage plans (and notes on chunking) when each stage holds ``shared`` bytes plus, with ``own_weights``
+    (offloading), its own models' weights."""
+    plans, notes = [], []
+    for need in stages:
+        weights = shared + (sum(own_weights[r] for r in need.roles) if own_weights is not None else 0)
+        peak, chunk_voxels, token_chunk = weights + need.work_bytes, None, None
+        if peak > target and need.kind in ("decoder", "flow"):
+            peak, chunk_voxels, token_chunk = _chunked(need, weights, target)
+            notes.append(f"stage {need.name!r}: {format_bytes(weights + need.work_bytes)} whole; chunked "
+                         f"({'chunk_voxels' if chunk_voxels else 'token_chunk'}={chunk_voxels or token_chunk}) "
+                         f"{format_bytes(peak)}")
+        plans.append(StagePlan(need.name, need.roles, peak, chunk_voxels, token_chunk, weights))
+    return plans, notes

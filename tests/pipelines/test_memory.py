@@ -131,3 +131,65 @@ def test_model_store_counts_weight_bytes_once_per_model():
     assert first == module_bytes(store.get("a")) and store.weights_bytes("a") == first and built == ["a"]
     store._models["a"] = torch.nn.Linear(40, 5, dtype=torch.float64)  # a replaced model is counted again
     assert store.weights_bytes("a") == (40 * 5 + 5) * 8
+
+
+def test_budget_that_cannot_be_met_raises_with_what_it_needs():
+    from omnivox.pipelines.memory import BudgetError
+
+    plan = plan_memory(cascade_stages(), WEIGHTS, 2 * GIB)
+    assert not plan.fits and plan.required_budget_bytes > 2 * GIB
+    with pytest.raises(BudgetError, match=r"stage '.*' needs about .* GiB .* at least .* GiB") as caught:
+        plan_memory(cascade_stages(), WEIGHTS, 2 * GIB, strict=True)
+    assert isinstance(caught.value, ValueError)
+    # The budget the error names is enough: planning again with it fits.
+    assert plan_memory(cascade_stages(), WEIGHTS, plan.required_budget_bytes, strict=True).fits
+    assert plan_memory(cascade_stages(), WEIGHTS, 16 * GIB, strict=True).check_budget().fits
+
+
+def test_8bit_flows_halve_what_offloading_stages_hold_and_are_shown():
+    flows = [r for r in WEIGHTS if "flow" in r]
+    int8 = {r: (b // 2 + 1536 * 200 if r in flows else b) for r, b in WEIGHTS.items()}
+    formats = {r: ("int8" if r in flows else "bfloat16") for r in WEIGHTS}
+    bf16 = plan_memory(cascade_stages(), WEIGHTS, 8 * GIB, weight_formats={r: "bfloat16" for r in WEIGHTS})
+    small = plan_memory(cascade_stages(), int8, 8 * GIB, weight_formats=formats)
+    assert bf16.offload and small.offload and bf16.fits and small.fits
+    for name in ("sparse_structure", "shape_slat", "tex_slat"):
+        assert small.stage(name).weights_bytes < 0.51 * bf16.stage(name).weights_bytes
+        assert small.stage(name).peak_bytes < bf16.stage(name).peak_bytes
+    text = str(small)
+    assert "shape_slat_flow_model_1024 (int8, 1.22 GiB)" in text and "visit the device per stage" in text
+    with pytest.raises(ValueError, match="weights_dtype='int8'"):  # the hint appears while flows are 16-bit
+        plan_memory(cascade_stages(), WEIGHTS, 3 * GIB, weight_formats={r: "bfloat16" for r in WEIGHTS}, strict=True)
+
+
+def test_chunking_with_models_resident_comes_before_offloading():
+    # Weights fit with room for every stage once the decoder is chunked: no offloading (no copies per stage).
+    weights = {r: b // 4 for r, b in WEIGHTS.items()}  # 3.85 GiB in all
+    plan = plan_memory(cascade_stages(tokens=15000), weights, 9 * GIB)
+    assert plan.fits and not plan.offload
+    assert plan.stage("decode").chunk_voxels is not None
+    assert any("stay resident" in note for note in plan.notes)
+    assert plan.peak_bytes <= 0.9 * 9 * GIB
+
+
+def test_capped_device_memory_is_a_no_op_off_cuda():
+    from omnivox.pipelines.placement import capped_device_memory
+
+    with capped_device_memory("cpu", 1 * GIB):
+        pass
+    with capped_device_memory("cuda", None):
+        pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_capped_device_memory_binds_reserved_memory_and_restores():
+    from omnivox.pipelines.placement import capped_device_memory
+
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_reserved()
+    with capped_device_memory("cuda", base + (256 << 20)):
+        kept = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+        del kept
+    torch.empty(512 << 20, dtype=torch.uint8, device="cuda")  # the limit is gone again
