@@ -2,8 +2,12 @@
 
 Endpoints (the OpenAPI spec is served at `/openapi.json`, interactive docs at `/docs`):
 
-    POST   /v1/generate               multipart: image + parameters      -> 202 {"id", "state", "position", ...}
-    POST   /v1/texture                multipart: mesh + image + params   -> 202 job
+    POST   /v1/generate               multipart: image(s) + parameters   -> 202 {"id", "state", "position", ...}
+    POST   /v1/texture                multipart: mesh + image(s) + params -> 202 job
+
+Several ``image`` parts in one request are views of one object (front, side, back ...): one asset conditioned
+on all of them, as the ``multiview_mode`` field says (``stochastic``, the default, or ``multidiffusion``; see
+docs/multiview.md); at most `tasks.MAX_VIEWS`.
     GET    /v1/jobs/{id}              state, queue position, progress per stage
     GET    /v1/jobs/{id}/result.glb   the GLB once the job is done (409 before)
     DELETE /v1/jobs/{id}              cancel (also POST /v1/jobs/{id}/cancel)
@@ -148,9 +152,21 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
             raise HTTPException(404, f"no job with id {job_id!r} (unknown, or finished long ago and forgotten)") \
                 from None
 
-    @app.post("/v1/generate", status_code=202, response_model=JobStatus, summary="Image to a textured 3D model")
+    def read_views(uploads: list) -> list:
+        if len(uploads) > tasks.MAX_VIEWS:
+            raise InputError(f"{len(uploads)} image parts; at most {tasks.MAX_VIEWS} views of one object are "
+                             "accepted", status=422)
+        return [read_image(upload.file.read(), upload.filename or "image", limits) for upload in uploads]
+
+    def named(uploads: list) -> str:
+        return f"image {uploads[0].filename or 'image'!r}" if len(uploads) == 1 else "the images"
+
+    @app.post("/v1/generate", status_code=202, response_model=JobStatus, summary="Image(s) to a textured 3D model")
     def generate(
-        image: UploadFile = File(..., description="PNG/JPEG/WebP; RGBA is used as is, RGB gets background removal"),
+        image: list[UploadFile] = File(..., description="PNG/JPEG/WebP; RGBA is used as is, RGB gets background "
+                                                         "removal. Several parts: views of one object"),
+        multiview_mode: Optional[str] = Form(None, description="with several images: stochastic (default) or "
+                                                                "multidiffusion"),
         seed: int = Form(0),
         pipeline_type: Optional[str] = Form(None, description=f"one of {list(pipeline_types) or 'the pipeline types'}"),
         sparse_structure_steps: Optional[int] = Form(None),
@@ -162,23 +178,27 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
         decimation_target: int = Form(200_000),
         texture_size: int = Form(2048),
     ) -> JobStatus:
-        picture = read_image(image.file.read(), image.filename or "image", limits)
+        pictures = read_views(image)
         params = tasks.GenerateParams(seed=seed, pipeline_type=pipeline_type or None,
-                                      decimation_target=decimation_target, texture_size=texture_size)
+                                      decimation_target=decimation_target, texture_size=texture_size,
+                                      multiview_mode=multiview_mode or None)
         for name, steps, guidance in (("sparse_structure", sparse_structure_steps, sparse_structure_guidance),
                                       ("shape_slat", shape_slat_steps, shape_slat_guidance),
                                       ("tex_slat", tex_slat_steps, tex_slat_guidance)):
             if steps is not None or guidance is not None:
                 params = params.with_stage(name, steps, guidance)
         params = params.validated(pipeline_types)
-        tasks.check_background(models.image_to_3d, picture, f"image {image.filename or 'image'!r}")
-        return submit("generate", lambda worker_models, ctx: tasks.generate(worker_models, ctx, picture, params))
+        tasks.check_background(models.image_to_3d, pictures, named(image))
+        return submit("generate", lambda worker_models, ctx: tasks.generate(worker_models, ctx, pictures, params))
 
     if texturing:
         @app.post("/v1/texture", status_code=202, response_model=JobStatus, summary="Texture an existing mesh")
         def texture(
             mesh: UploadFile = File(..., description="GLB, glTF (embedded), OBJ, PLY or STL"),
-            image: UploadFile = File(..., description="the look to give it (RGBA as is, RGB: background removal)"),
+            image: list[UploadFile] = File(..., description="the look to give it (RGBA as is, RGB: background "
+                                                             "removal); several parts: views of the object"),
+            multiview_mode: Optional[str] = Form(None, description="with several images: stochastic (default) "
+                                                                    "or multidiffusion"),
             seed: int = Form(0),
             resolution: int = Form(1024, description="O-Voxel grid of the shape encoding: 512 or 1024"),
             texture_size: int = Form(2048),
@@ -187,17 +207,17 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
         ) -> JobStatus:
             mesh_name = mesh.filename or "mesh"
             suffix, mesh_bytes = check_mesh_upload(mesh.file.read(), mesh_name, limits)
-            picture = read_image(image.file.read(), image.filename or "image", limits)
+            pictures = read_views(image)
             if resolution not in (512, 1024):
                 raise InputError(f"resolution must be 512 or 1024, got {resolution}", status=422)
-            params = tasks.GenerateParams(seed=seed, texture_size=texture_size)
+            params = tasks.GenerateParams(seed=seed, texture_size=texture_size, multiview_mode=multiview_mode or None)
             if tex_slat_steps is not None or tex_slat_guidance is not None:
                 params = params.with_stage("tex_slat", tex_slat_steps, tex_slat_guidance)
             params = params.validated()
-            tasks.check_background(models.texturing, picture, f"image {image.filename or 'image'!r}")
+            tasks.check_background(models.texturing, pictures, named(image))
 
             return submit("texture", lambda worker_models, ctx: tasks.texture_upload(
-                worker_models, ctx, suffix, mesh_bytes, picture, params, resolution=resolution))
+                worker_models, ctx, suffix, mesh_bytes, pictures, params, resolution=resolution))
     else:
         # Without this route a client would get FastAPI's bare "Not Found", which reads like a wrong URL.
         missing = Path(models.image_to_3d.config.root) / "texturing_pipeline.json"

@@ -1,6 +1,7 @@
 """The work behind a request: typed parameters, the resident pipelines of one device, and the two job functions.
 
-`generate` (image -> textured GLB) and `texture` (mesh + image -> textured GLB) run inside a `JobQueue` worker.
+`generate` (image, or several views of one object -> textured GLB) and `texture` (mesh + image(s) -> textured GLB)
+run inside a `JobQueue` worker.
 Both forward the pipelines' per-step progress to the job, which is also where cancellation takes effect.
 The pipelines are loaded once per device by `load_models` and stay resident for the life of the process.
 """
@@ -30,6 +31,8 @@ MAX_GUIDANCE = 20.0
 MAX_SEED = 2**31 - 1
 TEXTURE_SIZES = (512, 1024, 2048, 4096)
 MAX_DECIMATION_TARGET = 2_000_000
+#: The most views of one object a request may send (each is preprocessed and encoded on its own).
+MAX_VIEWS = 8
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class GenerateParams:
         stages: per-stage sampler settings, keyed by the names in `STAGES` (missing stages keep defaults).
         decimation_target: faces of the exported mesh.
         texture_size: side of the baked textures.
+        multiview_mode: how several images of one object are used ("stochastic" or "multidiffusion"; None: the
+            pipeline's default, stochastic); ignored for one image.
     """
 
     seed: int = 0
@@ -57,6 +62,7 @@ class GenerateParams:
     stages: dict[str, StageParams] = field(default_factory=dict)
     decimation_target: int = 200_000  # export.DEFAULT_FACE_BUDGET (then fewer, within 0.5 voxel)
     texture_size: int = 2048
+    multiview_mode: str | None = None
 
     def validated(self, pipeline_types: tuple[str, ...] = ()) -> "GenerateParams":
         """Return self after checking every range; raises `InputError` (HTTP 422) naming the bad field."""
@@ -75,6 +81,11 @@ class GenerateParams:
         if not 0 <= self.decimation_target <= MAX_DECIMATION_TARGET:
             raise InputError(f"decimation_target must be in 0..{MAX_DECIMATION_TARGET}, "
                              f"got {self.decimation_target}", status=422)
+        from omnivox.pipelines.samplers import MULTIVIEW_MODES
+
+        if self.multiview_mode is not None and self.multiview_mode not in MULTIVIEW_MODES:
+            raise InputError(f"multiview_mode must be one of {list(MULTIVIEW_MODES)}, got {self.multiview_mode!r}",
+                             status=422)
         if self.texture_size not in TEXTURE_SIZES:
             raise InputError(f"texture_size must be one of {list(TEXTURE_SIZES)}, got {self.texture_size}",
                              status=422)
@@ -115,20 +126,39 @@ def load_models(weights: str | Path, device: str = "cpu", background_model: str 
     return models
 
 
-def check_background(pipeline: Any, image: Image.Image, what: str = "the image") -> None:
+def check_background(pipeline: Any, image: "Image.Image | list[Image.Image]", what: str = "the image") -> None:
     """Refuse (HTTP 422) an image without transparency when the pipeline has no background remover, at submit time
-    rather than after the job waited in the queue."""
+    rather than after the job waited in the queue. With several views (a list) every one is checked and the
+    message names the ones without transparency."""
     from omnivox.pipelines.preprocess import has_transparency
 
-    if not has_transparency(image) and pipeline.background_remover is None:
-        raise InputError(f"{what} has no transparent background ({image.mode}, no alpha below 255) and this server "
-                         "has no background remover: upload an RGBA image with the object cut out, or start the "
-                         "server with --background-model PATH.onnx", status=422)
+    if pipeline.background_remover is not None:
+        return
+    views = views_list(image)
+    opaque = [k for k, view in enumerate(views) if not has_transparency(view)]
+    if not opaque:
+        return
+    if len(views) > 1:
+        what = f"{what}: view(s) {', '.join(str(k + 1) for k in opaque)} of {len(views)}"
+    mode = views[opaque[0]].mode
+    raise InputError(f"{what} has no transparent background ({mode}, no alpha below 255) and this server "
+                     "has no background remover: upload RGBA images with the object cut out, or start the "
+                     "server with --background-model PATH.onnx", status=422)
 
 
-def generate(models: Models, context: JobContext, image: Image.Image, params: GenerateParams, *,
-             previews: "Previews | None" = None) -> Path:
-    """Image -> textured GLB in the job's output folder.
+def views_list(image: "Image.Image | list[Image.Image]") -> list[Image.Image]:
+    """One image or several views of one object, as a non-empty list of at most `MAX_VIEWS`."""
+    views = list(image) if isinstance(image, (list, tuple)) else [image]
+    if not views:
+        raise InputError("no image: upload at least one", status=422)
+    if len(views) > MAX_VIEWS:
+        raise InputError(f"{len(views)} images; at most {MAX_VIEWS} views of one object are accepted", status=422)
+    return views
+
+
+def generate(models: Models, context: JobContext, image: "Image.Image | list[Image.Image]", params: GenerateParams,
+             *, previews: "Previews | None" = None) -> Path:
+    """Image (or several views of one object, a list) -> textured GLB in the job's output folder.
 
     With `previews`, also writes `pbr_panel.png` and `turntable.mp4` beside it (see `render_previews`).
     """
@@ -141,8 +171,9 @@ def generate(models: Models, context: JobContext, image: Image.Image, params: Ge
     # Until the first sampling step (background removal, the image condition, the first call's kernel compilation)
     # the job would otherwise read "starting" for up to half a minute.
     context.report("preparing the image and its condition")
-    outputs = pipe.run(image, seed=params.seed, pipeline_type=pipeline_type, num_samples=1,
-                       sampler_params=sampler_params(params), callback=callback)
+    outputs = pipe.run(images=views_list(image), multiview_mode=params.multiview_mode, seed=params.seed,
+                       pipeline_type=pipeline_type, num_samples=1, sampler_params=sampler_params(params),
+                       callback=callback)
     path = context.output_dir / "result.glb"
     outputs[0].to_glb(path, decimation_target=params.decimation_target, texture_size=params.texture_size,
                       device=models.device, progress=callback)  # bake where the pipeline ran
@@ -151,14 +182,16 @@ def generate(models: Models, context: JobContext, image: Image.Image, params: Ge
     return path
 
 
-def texture(models: Models, context: JobContext, mesh: Path, image: Image.Image, params: GenerateParams, *,
-            resolution: int = 1024) -> Path:
-    """Mesh file + image -> the mesh with baked PBR textures, as a GLB in the job's output folder."""
+def texture(models: Models, context: JobContext, mesh: Path, image: "Image.Image | list[Image.Image]",
+            params: GenerateParams, *, resolution: int = 1024) -> Path:
+    """Mesh file + image (or several views, a list) -> the mesh with baked PBR textures, as a GLB in the job's
+    output folder."""
     from omnivox.ovoxel.export import save_glb
 
     if models.texturing is None:
         raise RuntimeError("no texturing pipeline is loaded (the weights folder has no texturing_pipeline.json)")
-    result = models.texturing.run(mesh, image, seed=params.seed, resolution=resolution,
+    result = models.texturing.run(mesh, images=views_list(image), multiview_mode=params.multiview_mode,
+                                  seed=params.seed, resolution=resolution,
                                   texture_size=params.texture_size, sampler_params=sampler_params(params),
                                   callback=progress_callback(context, ["tex_slat", "export"]))
     path = context.output_dir / "result.glb"
@@ -166,8 +199,8 @@ def texture(models: Models, context: JobContext, mesh: Path, image: Image.Image,
     return path
 
 
-def texture_upload(models: Models, context: JobContext, suffix: str, mesh_bytes: bytes, image: Image.Image,
-                   params: GenerateParams, *, resolution: int = 1024) -> Path:
+def texture_upload(models: Models, context: JobContext, suffix: str, mesh_bytes: bytes,
+                   image: "Image.Image | list[Image.Image]", params: GenerateParams, *, resolution: int = 1024) -> Path:
     """Save a checked mesh upload (`omnivox.app.inputs.check_mesh_upload`) in the job's own folder, where there is
     nothing beside it to refer to, then `texture` it."""
     path = context.output_dir / f"input{suffix}"

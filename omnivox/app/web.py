@@ -15,7 +15,9 @@ GLB download). Deliberate differences from the reference demo:
 * "Random seed" starts off (the reference randomizes by default), so the same image and settings give the same
   model, and the seed used is always shown in the seed box;
 * texture sizes include 512 and the decimation target goes down to 10,000 faces, for quick previews on small GPUs;
-* an image without transparency is refused at once when no background model is loaded, instead of failing later.
+* an image without transparency is refused at once when no background model is loaded, instead of failing later;
+* more photos of the same object can be added (side, back ...): one model conditioned on all of them
+  (docs/multiview.md), which the reference demo does not offer for TRELLIS.2.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 import gradio as gr
 
 from omnivox.app import tasks
-from omnivox.app.inputs import InputError, Limits, check_mesh_upload, normalize_mode
+from omnivox.app.inputs import InputError, Limits, check_mesh_upload, normalize_mode, read_image
 from omnivox.app.jobs import JobQueue, JobState, QueueFull
 
 #: How often a waiting handler polls its job, in seconds.
@@ -58,6 +60,13 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                 with gr.Column(scale=1, min_width=320):
                     image = gr.Image(label="Image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                      elem_id="input-image", height=320)
+                    with gr.Accordion("More views of the same object (optional)", open=False):
+                        extra_views = gr.File(label="Other photos of this object (side, back ...)",
+                                              file_count="multiple", file_types=["image"], elem_id="extra-views")
+                        multiview_mode = gr.Radio(["stochastic", "multidiffusion"], value="stochastic",
+                                                  label="How the views are combined", elem_id="multiview-mode",
+                                                  info="stochastic: views take turns per step (cost of one "
+                                                       "image); multidiffusion: every step averages all views")
                     pipeline_type = gr.Radio(list(types), value=tasks.default_pipeline_type(models) or None,
                                              label="Pipeline type", visible=bool(types), elem_id="pipeline-type")
                     with gr.Row():
@@ -112,15 +121,18 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                     texture_download = gr.DownloadButton("Download GLB", visible=False, elem_id="texture-download")
             texture_job = gr.State(None)
 
-        def on_generate(picture, chosen_type, chosen_seed, random_seed, faces, size, *stage_values):
+        def on_generate(picture, more_views, chosen_mode, chosen_type, chosen_seed, random_seed, faces, size,
+                        *stage_values):
             if picture is None:
                 yield "**Error:** upload an image first.", gr.Number(), None
                 return
             try:
-                picture = _checked_image(picture, limits)
+                picture = [_checked_image(picture, limits)] + _uploaded_views(more_views, limits)
+                picture = tasks.views_list(picture)
                 chosen_seed = random.randint(0, tasks.MAX_SEED) if random_seed else int(chosen_seed or 0)
                 params = tasks.GenerateParams(seed=chosen_seed, pipeline_type=chosen_type or None,
-                                              decimation_target=int(faces), texture_size=int(size))
+                                              decimation_target=int(faces), texture_size=int(size),
+                                              multiview_mode=chosen_mode or None)
                 for index, name in enumerate(tasks.STAGES):
                     params = params.with_stage(name, int(stage_values[2 * index]), float(stage_values[2 * index + 1]))
                 params = params.validated(types)
@@ -138,7 +150,8 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
         generate_event = generate_button.click(
             _clear_results, outputs=[viewer, download, video, panel], queue=False,
         ).then(
-            on_generate, inputs=[image, pipeline_type, seed, randomize, decimation, texture_size, *stage_inputs],
+            on_generate, inputs=[image, extra_views, multiview_mode, pipeline_type, seed, randomize, decimation,
+                                 texture_size, *stage_inputs],
             outputs=[status, seed, job_id], concurrency_limit=None,
         )
         generate_event.then(lambda current: _results(queue, current), inputs=[job_id],
@@ -181,6 +194,15 @@ def _checked_image(picture, limits: Limits):
         raise InputError(f"the image is {width}x{height} pixels; sides must be within "
                          f"{limits.min_image_side}..{limits.max_image_side}")
     return normalize_mode(picture)
+
+
+def _uploaded_views(files, limits: Limits) -> list:
+    """The extra views uploaded beside the main image (gradio hands over their temporary paths), checked as uploads."""
+    views = []
+    for entry in files or []:
+        path = Path(entry if isinstance(entry, (str, Path)) else getattr(entry, "name", entry))
+        views.append(read_image(path.read_bytes(), path.name, limits))
+    return views
 
 
 def _clear_results():
