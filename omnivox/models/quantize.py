@@ -30,6 +30,7 @@ layout: each quantized layer's ``weight`` key holds the codes (int8 or float8_e4
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Iterator, Optional
 
 import torch
@@ -57,11 +58,25 @@ def check_weights_dtype(weights_dtype: Optional[str]) -> Optional[str]:
 
 @functools.lru_cache(maxsize=None)
 def fp8_matmul_supported(device: torch.device) -> bool:
-    """Whether ``device`` has fp8 matrix units that ``torch._scaled_mm`` uses (CUDA compute capability >= 8.9)."""
+    """Whether ``device`` has fp8 matrix units that ``torch._scaled_mm`` uses with row-wise scales and a bias
+    (CUDA compute capability >= 8.9, and a torch build whose row-wise kernel runs: checked once on a tiny
+    product, so a build without it falls back to dequantizing instead of failing in the middle of a run)."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available() or not hasattr(torch, "_scaled_mm"):
         return False
-    return torch.cuda.get_device_capability(device) >= (8, 9)
+    if torch.cuda.get_device_capability(device) < (8, 9):
+        return False
+    a = torch.ones(16, 32, device=device).to(torch.float8_e4m3fn)
+    b = torch.ones(16, 32, device=device).to(torch.float8_e4m3fn)
+    try:
+        out = torch._scaled_mm(a, b.t(), scale_a=torch.ones(16, 1, device=device),
+                               scale_b=torch.full((1, 16), 0.5, device=device),
+                               bias=torch.ones(16, device=device, dtype=torch.bfloat16), out_dtype=torch.bfloat16)
+    except RuntimeError as error:  # e.g. "Rowwise scaling is not currently supported on your device"
+        warnings.warn(f"fp8 GEMMs unavailable here ({error}); fp8 weights run dequantized", RuntimeWarning,
+                      stacklevel=2)
+        return False
+    return bool((out.float() == 17.0).all())
 
 
 def check_weights_dtype_for(weights_dtype: Optional[str], device) -> Optional[str]:
@@ -163,6 +178,8 @@ class QuantizedLinear(nn.Module):
         """Quantize ``linear``'s weight (on ``work_device`` if given, e.g. the GPU; the result lives where
         ``linear`` lives)."""
         home = linear.weight.device
+        if weights_dtype == "fp8" and work_device is not None:
+            fp8_matmul_supported(torch.device(work_device))  # probe the GEMM now, outside any CUDA-graph capture
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, weights_dtype=weights_dtype,
                     compute_dtype=linear.weight.dtype, device="meta")
         weight = linear.weight.detach()
