@@ -1,4 +1,9 @@
-"""`omnivox export`: an O-Voxel `.vxz` file (geometry + PBR attributes) -> a textured `.glb`."""
+"""`omnivox export`: an O-Voxel `.vxz` file (geometry + PBR attributes) -> a textured `.glb`.
+
+``--profile game`` writes a game-ready file instead (`omnivox.ovoxel.game`): a triangle budget, a baked normal map
+and occlusion, optional levels of detail (``MSFT_lod``) and a watertight surface, and ``<name>.report.json`` beside
+it (docs/game_export.md).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from omnivox.cli.progress import progress_bar
 
 @app.command("export")
 def export_glb(
+    context: typer.Context,
     source: Path = typer.Argument(..., help="Input O-Voxel .vxz file with geometry and material attributes."),
     output: Path = typer.Argument(..., help="Output .glb file."),
     resolution: Optional[int] = typer.Option(
@@ -31,6 +37,13 @@ def export_glb(
     device: Optional[str] = typer.Option(None, help="Where to bake textures: cpu or cuda (default: cuda when "
                                                     "available)."),
     max_voxels: int = typer.Option(DEFAULT_MAX_VOXELS, "--max-voxels", help="Refuse files with more voxels."),
+    profile: str = typer.Option("plain", "--profile", help="plain (as above) or game: a triangle budget (--faces, "
+                                                           "default 20000 here), baked normal map and occlusion, "
+                                                           "a validity report beside the file."),
+    lods: int = typer.Option(0, "--lods", help="game: coarser levels of detail after the first (MSFT_lod)."),
+    watertight: bool = typer.Option(False, "--watertight", help="game: a closed, manifold, outward surface."),
+    normal_map: bool = typer.Option(True, "--normal-map/--no-normal-map", help="game: bake a normal map."),
+    occlusion: bool = typer.Option(True, "--occlusion/--no-occlusion", help="game: bake ambient occlusion (ORM)."),
 ) -> None:
     """Extract the surface, unwrap it, bake base colour / metallic-roughness / alpha textures and write a GLB."""
     import time
@@ -45,6 +58,7 @@ def export_glb(
             raise ValueError(f"--alpha-mode must be auto, OPAQUE, MASK or BLEND, got {alpha_mode!r}")
         if uv not in ("voxel", "xatlas"):  # the values of omnivox.ovoxel.export.UvMethod
             raise ValueError(f"--uv must be voxel or xatlas, got {uv!r}")
+        game = _check_profile(profile, lods, watertight, normal_map, occlusion, uv)
         from omnivox.ovoxel.io.vxz import check_vxz_limits, read_vxz_info
         from omnivox.ovoxel.packing import require_attributes
 
@@ -59,6 +73,26 @@ def export_glb(
         device = compute_device(device)
         asset = OVoxel.from_vxz(source, resolution, max_voxels=max_voxels)
         coords, grid_size = asset.coords.numpy(), asset.resolution
+        if game:
+            from omnivox.ovoxel.game import GameProfile, export_game, report_path
+
+            # --faces left at the plain default means "the game profile's budget".
+            faces_given = context.get_parameter_source("decimation_target")
+            budget = {} if faces_given is not None and faces_given.name == "DEFAULT" else {"faces": decimation_target}
+            game_profile = GameProfile(**budget, lods=lods, watertight=watertight, normal_map=normal_map,
+                                       occlusion=occlusion, texture_size=texture_size)
+            exported = export_game(asset.vertices.numpy(), asset.faces.numpy(), coords, asset.attribute_matrix(),
+                                   asset.grid, profile=game_profile, fill_holes=fill_holes, image_format=image_format,
+                                   alpha_mode=alpha_mode, device=device, progress=progress_bar())
+            game_report = exported.save(output)
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as error:
+        raise fail("export", error) from error
+    if game:
+        typer.echo(f"{source} -> {output}: game profile, {len(coords)} voxels at {grid_size}^3 "
+                   f"({time.perf_counter() - start:.2f} s)\n{game_report.summary()}\n"
+                   f"  report: {report_path(output)}")
+        return
+    try:
         mesh, report = bake_glb(asset.vertices.numpy(), asset.faces.numpy(), coords, asset.attribute_matrix(),
                                 asset.grid, texture_size=texture_size,
                                 decimation_target=decimation_target or None, fill_holes=fill_holes,
@@ -73,3 +107,19 @@ def export_glb(
         f"{texture_size}^2 {image_format} textures, alphaMode {report.alpha_mode}"
         f"{', double-sided' if report.double_sided else ''} ({time.perf_counter() - start:.2f} s)"
     )
+
+
+def _check_profile(profile: str, lods: int, watertight: bool, normal_map: bool, occlusion: bool, uv: str) -> bool:
+    """Whether the game profile was asked for; a one-line error for options that do not fit the profile."""
+    if profile not in ("plain", "game"):
+        raise ValueError(f"--profile must be plain or game, got {profile!r}")
+    if profile == "plain":
+        extras = [name for name, used in (("--lods", lods != 0), ("--watertight", watertight),
+                                          ("--no-normal-map", not normal_map), ("--no-occlusion", not occlusion))
+                  if used]
+        if extras:
+            raise ValueError(f"{', '.join(extras)} only apply with --profile game")
+        return False
+    if uv != "voxel":
+        raise ValueError("--profile game lays out its atlas with the voxel method (leave out --uv)")
+    return True

@@ -28,13 +28,16 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from omnivox._backend import NUMBA_BACKENDS, resolve_backend
 from omnivox.ovoxel import bake
 from omnivox.ovoxel.grid import Grid
 
+BACKENDS = NUMBA_BACKENDS
 # A looked-up normal shorter than this (the two faces of a sheet thinner than a voxel averaged away) is not used.
 MIN_NORMAL_LENGTH = 0.3
 # Looked-up normals more than this far from the low-poly normal (cosine) are taken as the far side of a thin part.
@@ -239,37 +242,89 @@ def hemisphere_directions(count: int = AO_RAYS) -> torch.Tensor:
 
 
 def ambient_occlusion(points: torch.Tensor, normals: torch.Tensor, occupancy: torch.Tensor, grid: Grid,
-                      rays: int = AO_RAYS, steps: int = AO_STEPS, chunk: int = 1 << 16) -> torch.Tensor:
+                      rays: int = AO_RAYS, steps: int = AO_STEPS, backend: str = "auto") -> torch.Tensor:
     """(K,) visibility in [0, 1] (1 = open sky) of surface points by marching rays through ``occupancy``.
 
     ``occupancy`` covers ``grid``'s box with its own cell count. Each point casts ``rays`` cosine-distributed rays
     about its normal (the spiral turned by a per-point angle, so neighbouring texels do not band), starting
     ``AO_START`` cells out, one sample per cell for ``steps`` cells; a ray that meets an occupied cell is blocked.
+
+    ``backend``: ``"numba"`` (CPU loop), ``"torch"`` (any device) or ``"auto"`` (numba for CPU points). Same
+    arithmetic in float32; a sample exactly on a cell face may round to either cell.
     """
+    if resolve_backend(backend, BACKENDS, "numba", preferred=points.device.type == "cpu") == "numba":
+        cells = occupancy.shape[0]
+        padded = F.pad(occupancy.to(torch.uint8), (1, 1, 1, 1, 1, 1)).cpu().numpy().reshape(-1).astype(np.bool_)
+        frames = _ray_frames(points.cpu(), normals.cpu(), 0)
+        visibility = _occlusion_numba(
+            np.ascontiguousarray(points.detach().cpu().numpy(), np.float32),
+            *(np.ascontiguousarray(x.numpy(), np.float32) for x in frames),
+            np.ascontiguousarray(hemisphere_directions(rays).numpy(), np.float32), padded, cells,
+            np.asarray(grid.lo, np.float32), np.float32(float((grid.hi - grid.lo).max()) / cells), steps)
+        return torch.from_numpy(visibility).to(points.device)
+    return _ambient_occlusion_torch(points, normals, occupancy, grid, rays, steps)
+
+
+def _ray_frames(points: torch.Tensor, normals: torch.Tensor, start: int) -> tuple:
+    """Per point: unit normal and the two tangent directions the ray spiral is laid on (turned by a per-point
+    golden-ratio angle), as float32."""
+    n = _unit(normals.float())
+    t1 = any_perpendicular(n)
+    t2 = torch.linalg.cross(n, t1, dim=1)
+    golden = (math.sqrt(5.0) - 1) / 2
+    angle = ((torch.arange(start, start + points.shape[0], device=points.device, dtype=torch.float64) * golden) % 1.0
+             * 2 * math.pi).float()
+    cos, sin = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
+    return n, cos * t1 + sin * t2, -sin * t1 + cos * t2
+
+
+@numba.njit(parallel=True, cache=True)
+def _occlusion_numba(points, n, u, v, local, padded, cells, lo, cell_size, steps):
+    count = points.shape[0]
+    rays = local.shape[0]
+    out = np.ones(count, np.float32)
+    side = cells + 2
+    for k in numba.prange(count):
+        ox = (points[k, 0] + n[k, 0] * np.float32(AO_START) * cell_size - lo[0]) / cell_size + np.float32(1.0)
+        oy = (points[k, 1] + n[k, 1] * np.float32(AO_START) * cell_size - lo[1]) / cell_size + np.float32(1.0)
+        oz = (points[k, 2] + n[k, 2] * np.float32(AO_START) * cell_size - lo[2]) / cell_size + np.float32(1.0)
+        blocked = 0
+        for r in range(rays):
+            dx = local[r, 0] * u[k, 0] + local[r, 1] * v[k, 0] + local[r, 2] * n[k, 0]
+            dy = local[r, 0] * u[k, 1] + local[r, 1] * v[k, 1] + local[r, 2] * n[k, 1]
+            dz = local[r, 0] * u[k, 2] + local[r, 1] * v[k, 2] + local[r, 2] * n[k, 2]
+            for step in range(steps):
+                t = np.float32(step + 0.5)
+                ix = min(max(int(np.floor(ox + dx * t)), 0), cells + 1)
+                iy = min(max(int(np.floor(oy + dy * t)), 0), cells + 1)
+                iz = min(max(int(np.floor(oz + dz * t)), 0), cells + 1)
+                if padded[(ix * side + iy) * side + iz]:
+                    blocked += 1
+                    break
+        out[k] = np.float32(1.0) - np.float32(blocked) / np.float32(rays)
+    return out
+
+
+def _ambient_occlusion_torch(points, normals, occupancy, grid, rays, steps, chunk: int = 1 << 16):
     device = points.device
     cells = occupancy.shape[0]
+    # One empty cell of padding on every side: samples outside the grid clamp into it and read "open".
+    padded = F.pad(occupancy.to(torch.uint8), (1, 1, 1, 1, 1, 1)).view(-1).bool()
+    stride = torch.tensor([(cells + 2) ** 2, cells + 2, 1], device=device)
     lo = torch.as_tensor(grid.lo, dtype=torch.float32, device=device)
     cell_size = float((grid.hi - grid.lo).max()) / cells
     local = hemisphere_directions(rays).to(device)
     out = torch.ones(points.shape[0], device=device)
-    golden = (math.sqrt(5.0) - 1) / 2
     for start in range(0, points.shape[0], chunk):
-        p, n = points[start:start + chunk], _unit(normals[start:start + chunk])
-        t1 = any_perpendicular(n)
-        t2 = torch.linalg.cross(n, t1, dim=1)
-        angle = ((torch.arange(start, start + p.shape[0], device=device, dtype=torch.float64) * golden) % 1.0
-                 * 2 * math.pi).float()
-        cos, sin = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
-        u, v = cos * t1 + sin * t2, -sin * t1 + cos * t2
+        p = points[start:start + chunk]
+        n, u, v = _ray_frames(p, normals[start:start + chunk], start)
         dirs = local[None, :, 0:1] * u[:, None] + local[None, :, 1:2] * v[:, None] + local[None, :, 2:3] * n[:, None]
-        origin = p + n * (AO_START * cell_size)
+        # In padded cell units: sample s of a ray sits at origin + (s + 0.5) * direction.
+        origin = (p + n * (AO_START * cell_size) - lo) / cell_size + 1.0
         blocked = torch.zeros(p.shape[0], rays, dtype=torch.bool, device=device)
         for step in range(steps):
-            q = origin[:, None] + dirs * ((step + 0.5) * cell_size)
-            index = torch.floor((q - lo) / cell_size).long()
-            inside = ((index >= 0) & (index < cells)).all(-1)
-            index = index.clamp(0, cells - 1)
-            blocked |= inside & occupancy[index[..., 0], index[..., 1], index[..., 2]]
+            q = torch.floor(origin[:, None] + dirs * (step + 0.5)).long().clamp_(0, cells + 1)
+            blocked |= padded[(q * stride).sum(-1)]
         out[start:start + chunk] = 1.0 - blocked.float().mean(1)
     return out
 
@@ -288,7 +343,8 @@ def bake_occlusion_map(vertices, faces, uvs, normals, tangents, texture_size: in
     direction = texels.normal
     if normal_field is not None:
         direction, _ = detail_normals(texels, normal_coords, normal_field, grid, backend)
-    visibility = ambient_occlusion(texels.points, direction, occupancy.to(texels.points.device), grid)
+    visibility = ambient_occlusion(texels.points, direction, occupancy.to(texels.points.device), grid,
+                                   backend=backend)
     dev = texels.points.device
     image = torch.ones(small * small, 1, device=dev)
     image[texels.covered, 0] = visibility
