@@ -281,6 +281,19 @@ def _voxel_edge(vertices: np.ndarray, faces: np.ndarray) -> float:
     return meshops.median_edge_length(vertices, faces)
 
 
+def _decimate_on_gpu(device: torch.device):
+    """`meshops.decimate` for a CUDA device: rounds of collapses on the GPU (open borders kept), then the CPU
+    library for whatever the rounds could not reach (rare: every remaining collapse would fold or tear)."""
+    def decimate(vertices: np.ndarray, faces: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(faces) <= target:
+            return vertices, faces
+        tv, tf = collapse.decimate_in_rounds(torch.from_numpy(np.ascontiguousarray(vertices)).to(device),
+                                             torch.from_numpy(faces).to(device), int(target))
+        v, f = tv.cpu().numpy(), tf.cpu().numpy()
+        return meshops.decimate(v, f, target, preserve_border=True) if len(f) > target else (v, f)
+    return decimate
+
+
 def _early_decimation_on(device: torch.device, vertices: np.ndarray, faces: np.ndarray, target: int
                          ) -> tuple[np.ndarray, np.ndarray]:
     tv = torch.from_numpy(np.ascontiguousarray(vertices)).to(device)
@@ -320,7 +333,8 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         timings: optional dict receiving seconds for "clean" and "decimate" (and "early_decimate").
         tolerance: world units; after the budget, keep halving the faces while the surface stays this close
             to the budget's surface (None: stop at the budget).
-        device: where the early decimation runs; on CUDA it is the GPU's (the rest runs on the CPU).
+        device: on CUDA every decimation runs on the GPU (`collapse.decimate_in_rounds`, open borders kept; the
+            clean-up stays on the CPU); elsewhere the CPU library (`meshops.decimate`).
 
     Returns:
         vertices (V', 3) float32, faces (F', 3) int64 oriented, closed (F',) bool per face, holes filled count.
@@ -368,14 +382,16 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
     v, f = fill(v, f)
     timings["clean"] = time.perf_counter() - start
     start = time.perf_counter()
+    # On CUDA every decimation runs in rounds on the GPU, open borders kept; on the CPU the sequential library.
+    gpu_decimate = _decimate_on_gpu(device) if device.type == "cuda" else None
     if decimation_target is not None and len(f) > decimation_target:
         for target in (3 * decimation_target, decimation_target):
-            v, f = meshops.decimate(v, f, target)
+            v, f = meshops.decimate(v, f, target) if gpu_decimate is None else gpu_decimate(v, f, target)
             v, f = meshops.clean(v, f, min_component_area)
             if target != decimation_target:
                 v, f = fill(v, f)
     if tolerance is not None and tolerance > 0:
-        smaller = meshops.decimate_within(v, f, tolerance)
+        smaller = meshops.decimate_within(v, f, tolerance, halve=gpu_decimate)
         if smaller[1] is not f:
             v, f = meshops.clean(*smaller, min_component_area)
     timings["decimate"] = time.perf_counter() - start

@@ -671,8 +671,8 @@ def surface_deviation(vertices_a, faces_a, vertices_b, faces_b, samples: int = D
     return _DeviationFrom(vertices_a, faces_a, samples, rng).to(vertices_b, faces_b)
 
 
-def decimate_within(vertices: np.ndarray, faces: np.ndarray, tolerance: float, min_faces: int = 64
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def decimate_within(vertices: np.ndarray, faces: np.ndarray, tolerance: float, min_faces: int = 64,
+                    halve=None) -> tuple[np.ndarray, np.ndarray]:
     """The fewest faces, among halvings of ``faces``, whose surface stays within ``tolerance`` of the input.
 
     "Within" means the 99.9th percentile of the two-sided point-to-surface distance (`surface_deviation`), so one
@@ -683,7 +683,8 @@ def decimate_within(vertices: np.ndarray, faces: np.ndarray, tolerance: float, m
     what its detail needs: the face count follows the surface, not a fixed budget.
 
     Inputs of more than ``MAX_DEVIATION_REFERENCE_FACES`` faces are returned unchanged (decimate them to a budget
-    first); so are inputs of ``min_faces`` or fewer.
+    first); so are inputs of ``min_faces`` or fewer. ``halve(vertices, faces, target)`` may replace the border-keeping
+    `decimate` (the exporter passes the GPU's `collapse.decimate_in_rounds` on CUDA).
     """
     if not np.isfinite(tolerance) or tolerance < 0:
         raise ValueError(f"tolerance must be a finite distance >= 0, got {tolerance!r}")
@@ -692,7 +693,9 @@ def decimate_within(vertices: np.ndarray, faces: np.ndarray, tolerance: float, m
     reference = _DeviationFrom(vertices, faces, DEVIATION_SAMPLES, np.random.default_rng(0))
     best = (vertices, faces)
     while len(best[1]) > min_faces:
-        candidate = decimate(best[0], best[1], max(min_faces, len(best[1]) // 2), preserve_border=True)
+        target = max(min_faces, len(best[1]) // 2)
+        candidate = (decimate(best[0], best[1], target, preserve_border=True) if halve is None
+                     else halve(best[0], best[1], target))
         if len(candidate[1]) >= len(best[1]) or len(candidate[1]) == 0:
             break  # the library could not reduce further
         if np.quantile(reference.to(*candidate), DEVIATION_QUANTILE) > tolerance:
