@@ -44,6 +44,11 @@ from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid
 # The steps a game export reports through ``progress``.
 GAME_STEPS = ("surface", "unwrap", "materials", "normal_map", "occlusion", "lods", "assemble")
 MAX_LODS = 6
+# A level gets a normal map only when it has at most this share of the full-resolution surface's faces: closer to
+# the full surface the map has little detail to add, and its 8-bit, voxel-smoothed normals then cost more than they
+# bring (docs/benchmarks/game_export.md: at 100K faces of 114K-132K the forced map lowered PSNR on two of three
+# assets, at 100K of 262K it raised it).
+NORMAL_MAP_MAX_FACE_RATIO = 0.5
 # A chart whose UVs are not an affine function of its 3-D points (residual above this many texels) keeps all its
 # faces in coarser levels: its UVs could not follow moved vertices.
 AFFINE_UV_TOLERANCE_TEXELS = 0.05
@@ -57,7 +62,8 @@ class GameProfile:
         faces: triangle budget of the finest level (level 0).
         lods: coarser levels after level 0 (0: none), each ``lod_ratio`` times the previous one's faces.
         watertight: rebuild the surface as a closed, manifold, outward solid (3-D printing, physics).
-        normal_map: bake a tangent-space normal map from the full-resolution surface.
+        normal_map: bake a tangent-space normal map from the full-resolution surface, on every level with at most
+            ``NORMAL_MAP_MAX_FACE_RATIO`` of its faces (where the map has detail to add).
         occlusion: bake ambient occlusion into the ORM image's red channel.
         texture_size: side of the square textures.
         lod_ratio: face ratio between consecutive levels, in (0, 1).
@@ -276,6 +282,7 @@ def export_game(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequ
     size = int(profile.texture_size)
     _check_options(profile.faces, size, image_format, alpha_mode, hole_max_perimeter, min_component_area)
     v, f, c, a = _check_inputs(vertices, faces, coords, attributes, grid)
+    full_faces = len(f)
     device = torch.device(device) if device is not None else torch.device("cpu")
     report = GameReport(profile=asdict(profile), alpha_mode="OPAQUE")
     timings = report.timings
@@ -328,7 +335,10 @@ def export_game(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequ
         if not meshops.consistently_wound(f):
             f, _ = meshops.orient_faces(v, f)
         field_coords, field_normals = game_normals.voxel_normals(v, f, grid)
-    if profile.normal_map:
+    def pays(level_faces: int) -> bool:
+        return profile.normal_map and level_faces <= NORMAL_MAP_MAX_FACE_RATIO * full_faces
+
+    if pays(len(low_f)):
         normal_image, report.normal_map_coverage = game_normals.bake_normal_map(texels, field_coords, field_normals,
                                                                                 grid, backend)
         level0.normal_map = _to_bytes(normal_image)
@@ -351,7 +361,7 @@ def export_game(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequ
     for _ in range(int(profile.lods)):
         target = max(16, int(len(levels[-1].uv_faces) * profile.lod_ratio))
         level, chart = coarser_level(levels[-1], chart, target, size)
-        if profile.normal_map:
+        if pays(len(level.uv_faces)):
             level_texels = game_normals.surface_texels(level.vertices[level.vmapping], level.uv_faces, level.uvs,
                                                        level.normals, level.tangents, size, device, backend)
             level_map, _ = game_normals.bake_normal_map(level_texels, field_coords, field_normals, grid, backend)
@@ -367,7 +377,8 @@ def export_game(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequ
     report.levels = [level_report(level.vertices, level.faces, len(level.vmapping), level.uvs, level.uv_faces, size)
                      for level in levels]
     report.textures = {"base_color": [size, size], "orm": [size, size]}
-    if profile.normal_map:
-        report.textures.update({f"normal_lod{k}": [size, size] for k in range(len(levels))})
+    report.normal_maps = [level.normal_map is not None for level in levels]
+    report.textures.update({f"normal_lod{k}": [size, size] for k, level in enumerate(levels)
+                            if level.normal_map is not None})
     done("assemble")
     return asset

@@ -77,7 +77,8 @@ class GameReport:
         levels: one `LevelReport` per level of detail, finest first.
         textures: image name -> [width, height].
         alpha_mode, alpha_cutoff, double_sided: the material's.
-        normal_map_coverage: share of texels that took a full-resolution normal (the rest are flat).
+        normal_map_coverage: share of level 0's texels that took a full-resolution normal (the rest are flat).
+        normal_maps: per level, whether it has a normal map (``game.NORMAL_MAP_MAX_FACE_RATIO``).
         validator: the Khronos validator's counts (``errors``, ``warnings``, ``infos``, ``hints``, ``version``) and
             its first messages, or ``{"available": False, "reason": ...}``.
         file_bytes: size of the GLB.
@@ -92,6 +93,7 @@ class GameReport:
     alpha_cutoff: Optional[float] = None
     double_sided: bool = False
     normal_map_coverage: float = 0.0
+    normal_maps: list = field(default_factory=list)
     validator: dict = field(default_factory=dict)
     file_bytes: int = 0
     timings: dict = field(default_factory=dict)
@@ -113,7 +115,8 @@ class GameReport:
             lines.append(f"  lod{index}: {level.triangles} triangles, {level.vertices} vertices, {state}, "
                          f"{level.boundary_loops} boundary loops, {level.non_manifold_edges} non-manifold edges, "
                          f"{level.degenerate_faces} degenerate faces, UV overlap {level.uv_overlap_fraction:.2%}, "
-                         f"{level.texel_density:.0f} texels/m")
+                         f"{level.texel_density:.0f} texels/m"
+                         f"{', normal map' if index < len(self.normal_maps) and self.normal_maps[index] else ''}")
         sizes = ", ".join(f"{name} {w}x{h}" for name, (w, h) in self.textures.items())
         lines.append(f"  textures: {sizes}; alphaMode {self.alpha_mode}"
                      f"{', double-sided' if self.double_sided else ''}")
