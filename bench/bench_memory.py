@@ -307,6 +307,8 @@ def section_budgets(report: Report, model_sets: dict, tokens: dict, image, devic
         result.update(planned_peak_GiB=plan.peak_bytes / GIB, budget_GiB=budget_bytes / GIB, offload=plan.offload,
                       under_budget=(result.get("reserved_GiB") or 1e9) <= budget_bytes / GIB)
         report.add(label, result)
+        for model in model_sets[fmt].values():  # a resident plan moved them to the device for good
+            model.to("cpu")
         del pipe, stages
         gc.collect()
         if device.type == "cuda":
@@ -375,9 +377,7 @@ def run(args) -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         section_refusal(report, model_sets, tokens, device)
-        configs = [("int8", "1024_cascade", "8GB"), ("int8", "512", "6GB"), ("bf16", "1024_cascade", "8GB"),
-                   ("int8", "1536_cascade", "8GB"), ("int8", "1024_cascade", "12GB"), ("int8", "512", "12GB"),
-                   ("int8", "1024_cascade", "8GB"), ("int8", "1536_cascade", "12GB"), ("int8", "512", "8GB")]
+        configs = [tuple(text.split(":")) for text in args.configs]
         section_budgets(report, model_sets, tokens, image, device, configs)
 
 
@@ -448,6 +448,10 @@ def main() -> None:
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--sections", nargs="*", default=["layers", "accuracy", "resident", "budgets"])
     r.add_argument("--smoke", action="store_true", help="tiny test pipeline (CPU check of the script)")
+    r.add_argument("--configs", nargs="*", default=[
+        "int8:1024_cascade:8GB", "int8:512:6GB", "bf16:1024_cascade:8GB", "int8:1536_cascade:8GB",
+        "int8:1024_cascade:12GB", "int8:512:12GB", "int8:512:8GB", "int8:1536_cascade:12GB"],
+        help="budget runs, FORMAT:TYPE:BUDGET (FORMAT bf16, int8 or fp8)")
     c = sub.add_parser("cpu")
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--data", type=Path, default=DATA)
