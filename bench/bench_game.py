@@ -19,6 +19,7 @@ without writing), and at 20K faces the Khronos validator's errors of the normal-
 
 Usage: python bench/bench_game.py --resolution 256 --out docs/benchmarks/raw/game_export.jsonl
        python bench/bench_game.py --table docs/benchmarks/raw/game_export.jsonl
+       python bench/bench_game.py --timing mesh/spot/spot_triangulated.obj --resolution 256 --texture-size 2048
 """
 
 from __future__ import annotations
@@ -221,6 +222,33 @@ def run_asset(rel: str, args, device) -> dict:
     return row
 
 
+def device_timing(args) -> None:
+    """Seconds of ``export_game`` per stage at 20K faces, the plain profile (no maps) against the full game profile
+    (normal map + occlusion), on CUDA and on the CPU of the same machine, after a small warm-up run on each."""
+    from omnivox.assets import load_asset
+    from omnivox.ovoxel.asset import OVoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
+    from omnivox.ovoxel.game import GameProfile, export_game
+
+    devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+    record = scene_to_ovoxel(load_asset(ASSETS / args.timing).normalized(), args.resolution, device=devices[0])
+    asset = OVoxel.from_file_attributes(record["coords"], {k: v for k, v in record.items() if k != "coords"},
+                                        args.resolution)
+    inputs = (asset.vertices.numpy(), asset.faces.numpy(), asset.coords.numpy(), asset.attribute_matrix(), asset.grid)
+    print(json.dumps({"asset": args.timing, "resolution": args.resolution, "voxels": len(asset.coords),
+                      "full_faces": len(asset.faces)}), flush=True)
+    for device in devices:
+        export_game(*inputs, profile=GameProfile(faces=2000, texture_size=256), device=device)  # warm-up
+        for name, profile in (("no maps", GameProfile(faces=20_000, normal_map=False, occlusion=False,
+                                                      texture_size=args.texture_size)),
+                              ("game", GameProfile(faces=20_000, texture_size=args.texture_size))):
+            start = time.perf_counter()
+            game = export_game(*inputs, profile=profile, device=device)
+            print(json.dumps({"device": device, "profile": name, "texture_size": args.texture_size,
+                              "seconds": round(time.perf_counter() - start, 3),
+                              "stages": {k: round(v, 3) for k, v in game.report.timings.items()}}), flush=True)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| asset | budget | tris | PSNR flat | PSNR normal map | angle flat (deg) | angle normal map (deg) | "
              "export s flat | export s game |", "|---|---|---|---|---|---|---|---|---|"]
@@ -261,12 +289,16 @@ def main() -> None:
     parser.add_argument("--assets", nargs="*", help="paths under ../shared/assets (default: all)")
     parser.add_argument("--out", type=Path, help="append one JSON line per asset here")
     parser.add_argument("--table", type=Path, help="print the markdown table of a JSONL file and exit")
+    parser.add_argument("--timing", help="only time the profiles on this asset, on CUDA and the CPU")
     args = parser.parse_args()
     if args.table:
         print(markdown([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
         return
     if not ASSETS.is_dir():
         sys.exit(f"shared assets not found at {ASSETS}")
+    if args.timing:
+        device_timing(args)
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     done = set()
     if args.out and args.out.exists():
