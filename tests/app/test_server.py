@@ -98,6 +98,32 @@ def test_generate_end_to_end(client, server, assets):
     assert "delete" in spec["paths"]["/v1/jobs/{job_id}"]
 
 
+def test_generate_from_several_views_of_one_object(client, server, assets):
+    """Several `image` parts are views of one object: one job, one GLB; bad view sets get clear 4xx answers."""
+    from PIL import Image
+
+    crown = Image.open(assets / CROWN)
+    views = []
+    for side in (256, 200, 224):  # small PNGs of different sizes keep the request under the upload limit
+        buffer = io.BytesIO()
+        crown.resize((side, side)).save(buffer, format="PNG")
+        views.append((f"view{side}.png", buffer.getvalue()))
+    files = [("image", view) for view in views]
+    response = client.post("/v1/generate", files=files, data={**FAST, "multiview_mode": "multidiffusion"})
+    assert response.status_code == 202, response.text
+    status, _ = _wait(client, server, response.json()["id"])
+    assert status["state"] == "done", status
+    glb = client.get(f"/v1/jobs/{status['id']}/result.glb")
+    assert glb.status_code == 200 and glb.content[:4] == b"glTF"
+    response = client.post("/v1/generate", files=files, data={**FAST, "multiview_mode": "average"})
+    assert response.status_code == 422 and "multiview_mode must be one of" in response.text
+    car = ("car.jpg", (assets / CAR).read_bytes())
+    response = client.post("/v1/generate", files=[("image", views[0]), ("image", car)], data=FAST)
+    assert response.status_code == 422 and "view(s) 2 of 2 has no transparent background" in response.text
+    response = client.post("/v1/generate", files=[("image", views[0])] * 9, data=FAST)
+    assert response.status_code == 422 and "at most 8 views" in response.text
+
+
 def test_texture_end_to_end(client, server, assets):
     response = client.post("/v1/texture", files={"mesh": ("wallhole.obj", (assets / "mesh/wallhole.obj").read_bytes()),
                                                  "image": ("crown.webp", (assets / CROWN).read_bytes())},

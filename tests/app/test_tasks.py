@@ -26,6 +26,7 @@ def test_parameters_are_checked_with_named_fields():
         (tasks.GenerateParams().with_stage("decoder", 1, None), "unknown stage 'decoder'"),
         (tasks.GenerateParams(decimation_target=5_000_000), "decimation_target must be in 0..2000000"),
         (tasks.GenerateParams(texture_size=1000), r"texture_size must be one of \[512, 1024, 2048, 4096\]"),
+        (tasks.GenerateParams(multiview_mode="mean"), r"multiview_mode must be one of \['stochastic', "),
     ]
     for bad, message in cases:
         with pytest.raises(InputError, match=message) as err:
@@ -75,6 +76,14 @@ def test_pipeline_defaults_and_background_check(test_weights, assets):
     tasks.check_background(models.image_to_3d, Image.open(assets / CROWN))  # RGBA cut-out: accepted
     with pytest.raises(InputError, match="'car.jpg' has no transparent background .* --background-model"):
         tasks.check_background(models.image_to_3d, Image.open(assets / CAR), "'car.jpg'")
+    # Several views of one object: every one is checked, and the message says which (counted from 1).
+    crown, car = Image.open(assets / CROWN), Image.open(assets / CAR)
+    tasks.check_background(models.image_to_3d, [crown, crown])
+    with pytest.raises(InputError, match=r"the images: view\(s\) 2 of 3 has no transparent background"):
+        tasks.check_background(models.image_to_3d, [crown, car, crown], "the images")
+    with pytest.raises(InputError, match="at most 8 views") as err:
+        tasks.views_list([crown] * 9)
+    assert err.value.status == 422
 
 
 def test_commands_listen_on_loopback_by_default():
