@@ -16,10 +16,16 @@ allocated GPU memory per stage (weights included), the compute floor (FLOPs of t
 divided by the GEMM rates measured in the same run) and our ratio to it; then ``1024_cascade`` again with the
 models in host memory and ``max_memory="16GB"`` (the planner's offload plan), whose peak must stay below 16 GB.
 
+``views`` measures multi-view conditioning (docs/multiview.md): the same runs with 1, 2, 3, 4 views of the
+object (the example image and mirrored / turned copies; random weights make their content irrelevant) in both
+modes, with the real token sets, so each added view's cost in time and peak memory shows against the one-view run
+of the same process (a cold run first compiles and captures everything).
+
 Usage:
     python bench/bench_pipelines.py prepare                  # here: real token sets -> bench/.pipeline_data/
     PYTHONUNBUFFERED=1 python bench/bench_pipelines.py run --out results/     # on the GPU machine
     python bench/bench_pipelines.py run --smoke --out /tmp/smoke              # tiny pipeline on CPU
+    PYTHONUNBUFFERED=1 python bench/bench_pipelines.py views --out results/   # multi-view, on the GPU machine
 """
 
 from __future__ import annotations
@@ -148,7 +154,7 @@ class Stages:
         pipe.encode_image = timed(lambda a, k, o: f"condition_{a[1]}", originals["encode_image"])
         pipe.sample_sparse_structure = timed(lambda a, k, o: "sparse_structure", originals["sample_sparse_structure"],
                                              lambda a, k, o: self.fixed("tokens_512", a[2]))
-        pipe.sample_latent = timed(lambda a, k, o: f"{a[7]} ({len(a[1])} tokens)", originals["sample_latent"])
+        pipe.sample_latent = timed(lambda a, k, o: f"{a[6]} ({len(a[1])} tokens)", originals["sample_latent"])
         pipe.cascade_coords = timed(lambda a, k, o: "cascade_upsample", originals["cascade_coords"],
                                     lambda a, k, o: (self.fixed(f"tokens_{a[2]}", 1), a[2]))
         pipe.decode_shape = timed(lambda a, k, o: f"decode_shape ({len(o.shape.coords)} voxels)",
@@ -276,6 +282,68 @@ def run(args) -> None:
             report.add("error/budget", f"{type(error).__name__}: {error}")
 
 
+def view_images(image, count: int) -> list:
+    """``count`` distinct views made from one image (mirrored, turned): the cost does not depend on content."""
+    from PIL import Image
+
+    variants = [image, image.transpose(Image.FLIP_LEFT_RIGHT), image.transpose(Image.ROTATE_90),
+                image.transpose(Image.ROTATE_270), image.transpose(Image.FLIP_TOP_BOTTOM)]
+    if count > len(variants):
+        raise ValueError(f"at most {len(variants)} views, got {count}")
+    return variants[:count]
+
+
+def run_views(args) -> None:
+    """Time and peak memory of runs with 1..N views in each multi-view mode (module docstring)."""
+    from PIL import Image
+
+    report = Report(Path(args.out))
+    device = torch.device(args.device)
+    data = np.load(args.data)
+    tokens = {k: data[k] for k in ("tokens_512", "tokens_1024", "tokens_1536")}
+    image = Image.fromarray(data["image"], mode="RGBA")
+    info = dict(python=platform.python_version(), torch=torch.__version__, device=str(device),
+                date=time.strftime("%Y-%m-%d %H:%M"), smoke=args.smoke, tokens={k: int(len(v)) for k, v in tokens.items()})
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    report.add("machine", info)
+    if args.smoke:
+        tokens = {k: v[::25] for k, v in tokens.items()}
+        pipe = ImageTo3DPipeline.from_pretrained(make_test_pipeline(Path(args.out) / "tiny"), device=device)
+    else:
+        start = time.perf_counter()
+        pipe = pipeline_with(full_size_models(device), device)
+        report.log(f"built full-size models in {time.perf_counter() - start:.1f} s")
+    stages = Stages(pipe, tokens, pipe.device)
+    stages.sync_stages = False  # totals only: stages overlap as in a user's run
+    configs = [("single", 1)] + [(mode, count) for mode in args.modes for count in args.views if count > 1]
+    for pipeline_type in args.types:
+        for attempt, (mode, count) in enumerate([("cold", 1)] + configs):
+            stages.begin_run()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            sync(device)
+            start = time.perf_counter()
+            try:
+                if count == 1:
+                    output = pipe.run(image, seed=0, pipeline_type=pipeline_type)
+                else:
+                    output = pipe.run(images=view_images(image, count), multiview_mode=mode, seed=0,
+                                      pipeline_type=pipeline_type)
+            except Exception as error:  # keep the other configurations' numbers
+                report.add(f"error/{pipeline_type}/{mode}/{count}", f"{type(error).__name__}: {error}")
+                continue
+            sync(device)
+            total = time.perf_counter() - start
+            peak = torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else float("nan")
+            stage_plan = output.plan.stage("shape_slat") if output.plan is not None else None
+            report.add(f"{pipeline_type}/{mode}/{count}", dict(
+                total_s=total, peak_GiB=peak, voxels=len(output[0].coords),
+                shape_tokens=len(stages.fixed("tokens_1024" if pipeline_type != "512" else "tokens_512", 1)),
+                plan_peak_GiB=output.plan.peak_bytes / GIB if output.plan is not None else None,
+                token_chunk=stage_plan.token_chunk if stage_plan is not None else None))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -295,9 +363,19 @@ def main() -> None:
                    help="every run on the identical token sets (default: each run drops a few cells, see Stages.fixed)")
     r.add_argument("--unfused", action="store_true",
                    help="flow blocks on the PyTorch path instead of the Triton block kernels (the baseline)")
+    v = sub.add_parser("views", help="multi-view conditioning: time and memory per added view")
+    v.add_argument("--out", type=Path, required=True)
+    v.add_argument("--data", type=Path, default=DATA)
+    v.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    v.add_argument("--types", nargs="*", default=["512"])
+    v.add_argument("--views", nargs="*", type=int, default=[2, 3, 4])
+    v.add_argument("--modes", nargs="*", default=["stochastic", "multidiffusion"])
+    v.add_argument("--smoke", action="store_true", help="tiny test pipeline (CPU check of the script)")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args)
+    elif args.command == "views":
+        run_views(args)
     else:
         run(args)
 
