@@ -303,7 +303,8 @@ def run_views(args) -> None:
     tokens = {k: data[k] for k in ("tokens_512", "tokens_1024", "tokens_1536")}
     image = Image.fromarray(data["image"], mode="RGBA")
     info = dict(python=platform.python_version(), torch=torch.__version__, device=str(device),
-                date=time.strftime("%Y-%m-%d %H:%M"), smoke=args.smoke, tokens={k: int(len(v)) for k, v in tokens.items()})
+                date=time.strftime("%Y-%m-%d %H:%M"), smoke=args.smoke,
+                tokens={k: int(len(v)) for k, v in tokens.items()})
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     report.add("machine", info)

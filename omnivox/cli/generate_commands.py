@@ -272,7 +272,8 @@ def texture(
 
         pipe = TexturingPipeline.from_pretrained(weights, device=device, max_memory=max_memory,
                                                  background_model=background_model, image_encoder=image_encoder)
-        result = pipe.run(mesh, images=images, multiview_mode=multiview_mode, seed=seed, resolution=resolution, texture_size=texture_size,
+        result = pipe.run(mesh, images=images, multiview_mode=multiview_mode, seed=seed, resolution=resolution,
+                          texture_size=texture_size,
                           keep_uvs=keep_uvs, up_axis=up_axis, callback=None if quiet else progress_bar())
         save_glb(result, output)
     except (ValueError, TypeError, OSError, RuntimeError, KeyError) as error:

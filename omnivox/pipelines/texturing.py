@@ -106,7 +106,8 @@ class TexturingPipeline(PipelineBase):
     @torch.no_grad()
     def texture_voxels(self, vertices: np.ndarray, faces: np.ndarray, image=None, *,
                        images: Optional[Sequence] = None, multiview_mode: Optional[str] = None, seed: int = 0,
-                       generator: Optional[torch.Generator] = None, resolution: int = 1024, sampler_params: Optional[dict] = None,
+                       generator: Optional[torch.Generator] = None, resolution: int = 1024,
+                       sampler_params: Optional[dict] = None,
                        callback: Optional[StageCallback] = None, preprocess: bool = True, max_memory=None):
         """The PBR voxels of an already normalised, Z-up mesh (``image`` or ``images``: see `run`).
 
@@ -183,7 +184,8 @@ class TexturingPipeline(PipelineBase):
         return voxel_coords, pbr, plan
 
     def run(self, mesh, image=None, *, images: Optional[Sequence] = None, multiview_mode: Optional[str] = None,
-            seed: int = 0, generator: Optional[torch.Generator] = None, resolution: int = 1024, texture_size: int = 2048,
+            seed: int = 0, generator: Optional[torch.Generator] = None, resolution: int = 1024,
+            texture_size: int = 2048,
             keep_uvs: bool = True, decimation_target: Optional[int] = None, up_axis: Optional[str] = None,
             sampler_params: Optional[dict] = None, callback: Optional[StageCallback] = None, preprocess: bool = True,
             max_memory=None) -> "trimesh.Trimesh":

@@ -361,7 +361,8 @@ def test_cuda_multiview_replays_cuda_graphs_and_matches_the_cpu(tiny_weights, vi
         copies.append(len(chosen) + null)
         return original_views(self, x, t, chosen, null)
 
-    latents, assets = {}, {}
+    structure = np.array([[x, y, 8 + (x + y) % 3] for x in range(8, 20) for y in range(10, 18)])
+    latents = {}
     for device in ("cpu", "cuda"):
         pipe = ImageTo3DPipeline.from_pretrained(tiny_weights, device=device, dtype=torch.float32)
         with warnings.catch_warnings(), pytest.MonkeyPatch.context() as patch:
@@ -369,9 +370,9 @@ def test_cuda_multiview_replays_cuda_graphs_and_matches_the_cpu(tiny_weights, vi
             if device == "cuda":
                 patch.setattr(runtime.GraphedCall, "__call__", counting)
                 patch.setattr(base.ViewVelocities, "call", recording)
-            (assets[device],) = pipe.run(images=views[:3], multiview_mode=mode, seed=4, pipeline_type="1024_cascade",
-                                         sampler_params={"shape_slat": {"steps": 6}, "tex_slat": {"steps": 6}},
-                                         save_intermediates=tmp_path / device)
+            pipe.run(images=views[:3], multiview_mode=mode, seed=4, pipeline_type="1024_cascade",
+                     sampler_params={"shape_slat": {"steps": 6}, "tex_slat": {"steps": 6}},
+                     sparse_structure=structure, save_intermediates=tmp_path / device)
         latents[device] = {k: load_file(str(tmp_path / device / f"{k}.safetensors"))["feats"]
                            for k in ("shape_latent", "material_latent")}
         if device == "cuda":
@@ -379,6 +380,9 @@ def test_cuda_multiview_replays_cuda_graphs_and_matches_the_cpu(tiny_weights, vi
             (single,) = pipe.run(views[0], seed=4, pipeline_type="512")
             (one,) = pipe.run(images=[views[0]], multiview_mode=mode, seed=4, pipeline_type="512")
             assert same(single, one)
+            # The dense structure stage with several views (skipped above to compare the same token sets).
+            (asset,) = pipe.run(images=views[:2], multiview_mode=mode, seed=1, pipeline_type="512")
+            assert len(asset.faces) > 0
     assert sum(replays) >= len(replays) // 2 and sum(replays) >= 12, replays
     assert max(copies) == (4 if mode == "multidiffusion" else 2)  # 3 views + null in one batch; or a CFG pair
     for key in ("shape_latent", "material_latent"):
