@@ -9,8 +9,8 @@ adds cells, so it ends. The boundary quads, split into triangles and wound from 
 manifold, consistently outward surface by construction. Taubin smoothing moves vertices without changing
 connectivity, so the staircase softens and nothing else changes. Decimation to the face budget can break
 manifoldness (edge collapses are not checked against the link condition), so the result is checked
-(`closed_manifold_problems`) and, where it fails, the occupancy is pooled onto fewer cells until the undecimated
-boundary fits the budget.
+(`closed_manifold_problems`); where it fails, slightly smaller budgets are tried (another collapse order), then the
+occupancy is pooled onto fewer cells until the undecimated boundary fits the budget.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ WATERTIGHT_GRID = 256
 # boundary of an 8^3 grid is still larger than the budget, which no budget >= 4 faces allows for long).
 MIN_WATERTIGHT_GRID = 8
 TAUBIN_ITERATIONS = 10
+# Shares of the face budget tried, in turn, before the solid is rebuilt on fewer cells.
+DECIMATION_RETRIES = (1.0, 0.9, 0.8)
 
 
 def solid_occupancy(coords, resolution, cells: int) -> np.ndarray:
@@ -212,13 +214,12 @@ def watertight_surface(coords, grid: Grid, target_faces: int, cells: int = WATER
         world = grid.lo.astype(np.float64) + (lattice_v - 1.0) * cell
         world = _taubin(world, faces, smoothing) if smoothing else world
         decimate = len(faces) > target_faces
-        if decimate:
-            v, f = meshops.decimate(world, faces, int(target_faces))
-        else:
-            v, f = world, faces
-        v, f = meshops.compact(v, f)
-        if not any(closed_manifold_problems(v, f).values()):
-            return v.astype(np.float32), f, size
+        # Another target gives another collapse order: one of a few usually keeps the surface manifold.
+        for share in (DECIMATION_RETRIES if decimate else (1.0,)):
+            v, f = meshops.decimate(world, faces, int(target_faces * share)) if decimate else (world, faces)
+            v, f = meshops.compact(v, f)
+            if not any(closed_manifold_problems(v, f).values()):
+                return v.astype(np.float32), f, size
         if not decimate or size <= MIN_WATERTIGHT_GRID:
             if size <= MIN_WATERTIGHT_GRID:
                 raise ValueError(f"watertight: no closed manifold surface of at most {target_faces} faces "
