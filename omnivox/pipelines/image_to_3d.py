@@ -417,6 +417,12 @@ class ImageTo3DPipeline(PipelineBase):
         num_views = state.cond_512.shape[0] if state.cond_512 is not None else max(1, len(views))
         if num_views > 1:
             state.multiview_mode = mode
+            if mode == "stochastic":
+                for name in DEFAULT_SAMPLERS:
+                    steps = self.sampler_params(name, sampler_params).steps
+                    if steps < num_views:
+                        logger.warning("stochastic multi-view: %s has %d steps for %d views; views %s never "
+                                       "condition it", name, steps, num_views, list(range(steps, num_views)))
 
         def replan(latent_tokens: int, lr_tokens: Optional[int]) -> tuple[MemoryPlan, MultiView]:
             return self._views_plan(kind.name, num_samples, 4096, latent_tokens, lr_tokens, budget, num_views, mode)
