@@ -20,6 +20,7 @@ without writing), and at 20K faces the Khronos validator's errors of the normal-
 Usage: python bench/bench_game.py --resolution 256 --out docs/benchmarks/raw/game_export.jsonl
        python bench/bench_game.py --table docs/benchmarks/raw/game_export.jsonl
        python bench/bench_game.py --timing mesh/spot/spot_triangulated.obj --resolution 256 --texture-size 2048
+       python bench/bench_game.py --sweep --resolution 256 --texture-size 1024
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ BUDGETS = (5_000, 20_000, 100_000)
 # Lights in camera space (OpenCV axes: x right, y down, z forward), pointing from the surface to the light.
 LIGHTS = ((np.array([-0.5, -0.7, -0.6]), 0.75), (np.array([0.7, -0.2, -0.5]), 0.35), (np.array([0.1, 0.8, -0.3]), 0.2))
 AMBIENT = 0.12
+# The console script, as a user runs it (pyproject's entry point, without needing it on PATH).
+OMNIVOX = [sys.executable, "-c", "from omnivox.cli import app; app()"]
 
 
 def asset_files(root: Path) -> list[str]:
@@ -249,6 +252,38 @@ def device_timing(args) -> None:
                               "stages": {k: round(v, 3) for k, v in game.report.timings.items()}}), flush=True)
 
 
+def command_line_sweep(args) -> None:
+    """The done-when check through the command line: for every asset ``omnivox convert -r R``, then
+    ``omnivox export --profile game --faces 20000`` with and without ``--watertight``; prints one JSON line per asset
+    with both reports' verdicts and trimesh's closure check of the watertight file."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as folder:
+        for rel in args.assets or asset_files(ASSETS):
+            vxz, row = Path(folder) / "asset.vxz", {"asset": rel, "resolution": args.resolution}
+            subprocess.run([*OMNIVOX, "convert", str(ASSETS / rel), str(vxz), "-r",
+                            str(args.resolution)], check=True, capture_output=True)
+            for name, extra in (("game", []), ("watertight", ["--watertight"])):
+                glb = Path(folder) / f"{name}.glb"
+                start = time.perf_counter()
+                result = subprocess.run([*OMNIVOX, "export", str(vxz), str(glb),
+                                         "--profile", "game", "--faces", "20000", "--texture-size",
+                                         str(args.texture_size), *extra], capture_output=True, text=True)
+                if result.returncode != 0:
+                    row[name] = {"failed": result.stdout[-500:] + result.stderr[-500:]}
+                    continue
+                report = json.loads((Path(folder) / f"{name}.report.json").read_text())
+                level = report["levels"][0]
+                row[name] = {"seconds": round(time.perf_counter() - start, 1), "triangles": level["triangles"],
+                             "manifold": level["manifold"], "watertight": level["watertight"],
+                             "validator_errors": report["validator"].get("errors"),
+                             "validator_warnings": report["validator"].get("warnings")}
+                if extra:
+                    row[name].update(independent_closure(glb))
+            row["date"] = time.strftime("%Y-%m-%d %H:%M")
+            print(json.dumps(row), flush=True)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| asset | budget | tris | PSNR flat | PSNR normal map | angle flat (deg) | angle normal map (deg) | "
              "export s flat | export s game |", "|---|---|---|---|---|---|---|---|---|"]
@@ -290,6 +325,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="append one JSON line per asset here")
     parser.add_argument("--table", type=Path, help="print the markdown table of a JSONL file and exit")
     parser.add_argument("--timing", help="only time the profiles on this asset, on CUDA and the CPU")
+    parser.add_argument("--sweep", action="store_true", help="only the command-line done-when check of every asset")
     args = parser.parse_args()
     if args.table:
         print(markdown([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
@@ -298,6 +334,9 @@ def main() -> None:
         sys.exit(f"shared assets not found at {ASSETS}")
     if args.timing:
         device_timing(args)
+        return
+    if args.sweep:
+        command_line_sweep(args)
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     done = set()
