@@ -80,7 +80,8 @@ class GameProfile:
     def __post_init__(self):
         if isinstance(self.faces, bool) or not isinstance(self.faces, (int, np.integer)) or self.faces < 16:
             raise ValueError(f"GameProfile.faces must be an int >= 16 (a triangle budget), got {self.faces!r}")
-        if isinstance(self.lods, bool) or not isinstance(self.lods, (int, np.integer)) or not 0 <= self.lods <= MAX_LODS:
+        lods = self.lods
+        if isinstance(lods, bool) or not isinstance(lods, (int, np.integer)) or not 0 <= lods <= MAX_LODS:
             raise ValueError(f"GameProfile.lods must be an int in [0, {MAX_LODS}], got {self.lods!r}")
         for name in ("watertight", "normal_map", "occlusion"):
             if not isinstance(getattr(self, name), bool):

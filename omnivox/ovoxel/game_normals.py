@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
-
 import numba
 import numpy as np
 import torch
@@ -363,6 +361,3 @@ def flat_normal_map(texture_size: int, device=None) -> torch.Tensor:
     image[..., 2] = 1.0
     return image
 
-
-def check_device(device: Optional[torch.device]) -> torch.device:
-    return torch.device(device) if device is not None else torch.device("cpu")

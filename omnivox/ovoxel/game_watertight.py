@@ -21,8 +21,7 @@ from omnivox.ovoxel import meshops
 from omnivox.ovoxel.grid import Grid
 
 WATERTIGHT_GRID = 256
-# Cells per axis below which the grid is not coarsened any further (the budget then wins over closure only if the
-# boundary of an 8^3 grid is still larger than the budget, which no budget >= 4 faces allows for long).
+# Cells per axis below which the grid is not coarsened any further (an error then asks for a larger budget).
 MIN_WATERTIGHT_GRID = 8
 TAUBIN_ITERATIONS = 10
 # Shares of the face budget tried, in turn, before the solid is rebuilt on fewer cells.
@@ -47,7 +46,6 @@ def _fill_critical_squares(grid: np.ndarray) -> bool:
     changed = False
     for axis in range(3):
         a, b = [d for d in range(3) if d != axis]
-        lo_lo = [slice(None)] * 3
         index = {}
         for da in (0, 1):
             for db in (0, 1):
@@ -55,7 +53,6 @@ def _fill_critical_squares(grid: np.ndarray) -> bool:
                 s[a] = slice(da, grid.shape[a] - 1 + da)
                 s[b] = slice(db, grid.shape[b] - 1 + db)
                 index[da, db] = tuple(s)
-        del lo_lo
         p00, p11, p01, p10 = (grid[index[k]] for k in ((0, 0), (1, 1), (0, 1), (1, 0)))
         critical = (p00 & p11 & ~p01 & ~p10) | (p01 & p10 & ~p00 & ~p11)
         if critical.any():
@@ -220,8 +217,7 @@ def watertight_surface(coords, grid: Grid, target_faces: int, cells: int = WATER
             v, f = meshops.compact(v, f)
             if not any(closed_manifold_problems(v, f).values()):
                 return v.astype(np.float32), f, size
-        if not decimate or size <= MIN_WATERTIGHT_GRID:
-            if size <= MIN_WATERTIGHT_GRID:
-                raise ValueError(f"watertight: no closed manifold surface of at most {target_faces} faces "
-                                 "(raise the face budget)")
+        if size <= MIN_WATERTIGHT_GRID:
+            raise ValueError(f"watertight: no closed manifold surface of at most {target_faces} faces "
+                             "(raise the face budget)")
         size = max(MIN_WATERTIGHT_GRID, size // 2)

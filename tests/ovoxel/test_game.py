@@ -14,8 +14,9 @@ import trimesh
 
 from omnivox.ovoxel import Grid, mesh_to_dual_grid
 from omnivox.ovoxel.game import GameProfile, export_game, report_path
-from omnivox.ovoxel.game_normals import (MIN_TANGENT_Z, SurfaceTexels, ambient_occlusion, bake_normal_map, occupancy_grid,
-                                         surface_texels, to_tangent_space, vertex_tangents, voxel_normals)
+from omnivox.ovoxel.game_normals import (MIN_TANGENT_Z, SurfaceTexels, ambient_occlusion, bake_normal_map,
+                                         occupancy_grid, surface_texels, to_tangent_space, vertex_tangents,
+                                         voxel_normals)
 from omnivox.ovoxel.game_report import uv_coverage
 from omnivox.ovoxel.game_watertight import (boundary_surface, closed_manifold_problems, make_well_composed,
                                             solid_occupancy, watertight_surface)
