@@ -252,7 +252,10 @@ def test_game_bakes_on_cuda_match_the_cpu(assets):
     assert np.array_equal(cpu.levels[0].uv_faces, gpu.levels[0].uv_faces)
     normal_cpu, normal_gpu = cpu.levels[0].normal_map.astype(int), gpu.levels[0].normal_map.astype(int)
     assert np.abs(normal_cpu - normal_gpu).max() <= 2 and (normal_cpu != normal_gpu).mean() < 0.01
-    assert np.abs(cpu.orm.astype(int) - gpu.orm.astype(int)).max() <= 2
+    orm_difference = np.abs(cpu.orm.astype(int) - gpu.orm.astype(int))
+    assert orm_difference[..., 1:].max() <= 1  # roughness, metallic: the same lookup
+    # Occlusion: a ray sample exactly on a cell face may round to either cell, which flips one of 16 rays.
+    assert (orm_difference[..., 0] > 1).mean() < 0.01
     numba = export_game(*export_inputs(asset), profile=profile, device="cpu")
     assert np.abs(numba.levels[0].normal_map.astype(int) - normal_gpu).max() <= 2
 
