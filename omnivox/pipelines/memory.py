@@ -138,7 +138,8 @@ class MemoryPlan:
         worst = max(self.stages, key=lambda p: p.peak_bytes)
         chunks = ", ".join(f"{k}={v}" for k, v in (("chunk_voxels", worst.chunk_voxels),
                                                     ("token_chunk", worst.token_chunk)) if v)
-        roles = ", ".join(self._role_label(r) for r in worst.roles)
+        roles = (", ".join(self._role_label(r) for r in worst.roles) if self.offload
+                 else "every model of the run, resident")
         hint = ""
         unquantized = [r for r in self.weights_bytes if "flow" in r and self.weight_formats.get(r, "") not in
                        ("int8", "fp8")]
@@ -148,7 +149,7 @@ class MemoryPlan:
             f"max_memory {format_bytes(self.budget_bytes)} cannot be met on {self.device}: stage {worst.name!r} needs "
             f"about {format_bytes(worst.peak_bytes)} ({format_bytes(worst.weights_bytes)} of weights: {roles}; "
             f"{format_bytes(worst.peak_bytes - worst.weights_bytes)} of work"
-            f"{', with ' + chunks if chunks else ''}{', offloading' if self.offload else ''}); this run needs a "
+            f"{', with ' + chunks if chunks else ''}{', models offloaded' if self.offload else ''}); this run needs a "
             f"budget of at least {format_bytes(self.required_budget_bytes)} (plans keep {100 - HEADROOM * 100:.0f} % "
             f"headroom){hint}")
 
