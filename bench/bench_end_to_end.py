@@ -101,6 +101,13 @@ def run_type(report: Report, pipe, tokens: dict, image, pipeline_type: str, real
 
 
 def run(args) -> None:
+    if args.cpu_decimation:
+        # The exporter picks the GPU rounds from prepare_surface's device argument (its last): leaving it out gives
+        # the CPU path, the baseline for this same machine and run.
+        import omnivox.ovoxel.export as export
+
+        on_device = export.prepare_surface
+        export.prepare_surface = lambda *args_, **kwargs: on_device(*args_[:8], **kwargs)
     out = Path(args.out)
     report = Report(out)
     device = torch.device(args.device)
@@ -145,6 +152,32 @@ def run(args) -> None:
     (out / "table.md").write_text("\n".join(rows) + "\n")
 
 
+def export_only(args) -> None:
+    """The export alone on ``mesh`` converted at each resolution, GPU rounds against the CPU decimation (the
+    baseline, same machine and run): first and second call each, stages listed."""
+    import json
+
+    import omnivox.ovoxel.export as export
+
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    on_device = export.prepare_surface
+    results = dict(gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                   date=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__)
+    for resolution in args.resolutions:
+        real = convert_real_asset(args.mesh, resolution, device)
+        for mode in ("gpu_rounds", "cpu_decimation"):
+            export.prepare_surface = on_device if mode == "gpu_rounds" else (
+                lambda *args_, **kwargs: on_device(*args_[:8], **kwargs))  # no device argument: the CPU path
+            runs = [export_to_disk(real, out / f"spot_{resolution}_{mode}.glb", device) for _ in range(2)]
+            results[f"{resolution}/{mode}"] = runs
+            print(resolution, mode, [round(r["s"], 2) for r in runs], runs[-1]["faces_in"], runs[-1]["faces_out"],
+                  runs[-1]["stages"], flush=True)
+            (out / "export_only.json").write_text(json.dumps(results, indent=1))
+    export.prepare_surface = on_device
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,8 +190,15 @@ def main() -> None:
     r.add_argument("--repeats", type=int, default=3, help="runs per type: one cold, then warm ones")
     r.add_argument("--skip-own", action="store_true", help="do not export the random networks' own output")
     r.add_argument("--smoke", action="store_true", help="tiny test pipeline on a 64^3 asset (checks the script)")
+    e = sub.add_parser("export", help="the export alone: GPU rounds against the CPU decimation, same run")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--mesh", type=Path, default=MESH)
+    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    e.add_argument("--resolutions", type=int, nargs="*", default=[1024, 512])
+    r.add_argument("--cpu-decimation", action="store_true",
+                   help="baseline: the surface preparation as before the GPU rounds (CPU library), all else alike")
     args = parser.parse_args()
-    run(args)
+    export_only(args) if args.command == "export" else run(args)
 
 
 if __name__ == "__main__":

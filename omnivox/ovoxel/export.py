@@ -287,8 +287,12 @@ def _decimate_on_gpu(device: torch.device):
     def decimate(vertices: np.ndarray, faces: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
         if len(faces) <= target:
             return vertices, faces
-        tv, tf = collapse.decimate_in_rounds(torch.from_numpy(np.ascontiguousarray(vertices)).to(device),
-                                             torch.from_numpy(faces).to(device), int(target))
+        try:
+            tv, tf = collapse.decimate_in_rounds(torch.from_numpy(np.ascontiguousarray(vertices)).to(device),
+                                                 torch.from_numpy(faces).to(device), int(target))
+        except torch.OutOfMemoryError:  # a small GPU still holding the models: the CPU library does it
+            logger.warning("decimation of %d faces ran out of GPU memory; decimating on the CPU", len(faces))
+            return meshops.decimate(vertices, faces, target, preserve_border=True)
         v, f = tv.cpu().numpy(), tf.cpu().numpy()
         return meshops.decimate(v, f, target, preserve_border=True) if len(f) > target else (v, f)
     return decimate
@@ -301,7 +305,13 @@ def _early_decimation_on(device: torch.device, vertices: np.ndarray, faces: np.n
     if not collapse.consistently_wound(tf):  # extracted surfaces are; anything else is oriented on the CPU first
         oriented, _ = meshops.orient_faces(vertices, tf.cpu().numpy())
         tf = torch.from_numpy(oriented).to(device)
-    tv, tf = collapse.decimate_in_rounds(tv, tf, target)
+    try:
+        tv, tf = collapse.decimate_in_rounds(tv, tf, target)
+    except torch.OutOfMemoryError:  # a small GPU still holding the models: the CPU library does it
+        logger.warning("early decimation of %d faces ran out of GPU memory; decimating on the CPU", len(faces))
+        v, f = tv.cpu().numpy(), tf.cpu().numpy()
+        del tv, tf
+        return meshops.decimate(v, f, target, preserve_border=True)
     return tv.cpu().numpy(), tf.cpu().numpy()
 
 

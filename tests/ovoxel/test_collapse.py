@@ -135,3 +135,18 @@ def test_prepare_surface_on_cuda_takes_the_gpu_early_step(spot_surface):
                                               tolerance=0.5 / 64, device="cuda")
     assert "early_decimate" in timings and len(out_f) <= len(f) // 8
     assert meshops.consistently_wound(out_f)
+
+
+def test_gpu_decimation_falls_back_to_the_cpu_library_when_memory_runs_out(spot_surface, monkeypatch, caplog):
+    from omnivox.ovoxel import export
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(collapse, "decimate_in_rounds", out_of_memory)
+    v, f, _ = spot_surface
+    decimate = export._decimate_on_gpu(torch.device("cpu"))  # the device only says where tensors would go
+    out_v, out_f = decimate(v, f, len(f) // 4)
+    expected_v, expected_f = meshops.decimate(v, f, len(f) // 4, preserve_border=True)
+    np.testing.assert_array_equal(out_f, expected_f)
+    assert "ran out of GPU memory" in caplog.text
