@@ -182,18 +182,33 @@ class OVoxel:
 
     def to_glb(self, path: Union[str, Path, None] = None, *, decimation_target: Optional[int] = DEFAULT_FACE_BUDGET,
                surface_tolerance: Optional[float] = DEFAULT_SURFACE_TOLERANCE, texture_size: int = 2048, device=None,
-               progress=None, **options) -> "trimesh.Trimesh":
+               progress=None, profile: Optional["GameProfile"] = None, **options):  # noqa: F821
         """Export a textured mesh (``omnivox.ovoxel.export.to_glb``) and write it when ``path`` is given.
 
         At most ``decimation_target`` faces, then fewer while the surface stays within ``surface_tolerance``
         voxels (``export.DEFAULT_FACE_BUDGET`` / ``DEFAULT_SURFACE_TOLERANCE``; None keeps the budget's faces).
         ``progress``: a ``callback(stage, step, total)`` as the pipelines take, told ``("export", k, n)``.
         ``options`` go to ``to_glb`` (``image_format``, ``alpha_mode``, ``fill_holes`` ...).
+
+        With ``profile`` (an ``omnivox.ovoxel.game.GameProfile``) the export is the game-ready one instead
+        (``game.export_game``: the profile's triangle budget, levels of detail, normal and occlusion maps,
+        optionally watertight; ``decimation_target``, ``surface_tolerance`` and ``texture_size`` are the profile's
+        then); it returns the ``GameAsset`` and, with ``path``, also writes ``<name>.report.json`` beside the file.
+        Without it, the returned value is the ``trimesh.Trimesh``.
         """
         from omnivox.ovoxel.export import save_glb, to_glb
 
         if len(self.faces) == 0:
             raise ValueError("the generated shape has no surface (no faces were extracted)")
+        if profile is not None:
+            from omnivox.ovoxel.game import export_game
+
+            game = export_game(self.vertices.numpy(), self.faces.numpy(), self.coords.numpy(),
+                               self.attribute_matrix(), self.grid, profile=profile, device=device,
+                               progress=progress, **options)
+            if path is not None:
+                game.save(path)
+            return game
         mesh = to_glb(self.vertices.numpy(), self.faces.numpy(), self.coords.numpy(), self.attribute_matrix(),
                       self.grid, decimation_target=decimation_target, texture_size=texture_size, device=device,
                       surface_tolerance=surface_tolerance, progress=progress, **options)

@@ -99,3 +99,23 @@ def test_old_names_still_work_with_a_deprecation_warning(record, tmp_path):
     with pytest.warns(DeprecationWarning, match="from_vxz"):
         old = OVoxel.load_vxz(tmp_path / "a.vxz", RESOLUTION)
     assert torch.equal(old.faces, OVoxel.from_vxz(tmp_path / "a.vxz").faces)
+
+
+def test_to_glb_with_a_game_profile_writes_the_game_file_and_its_report(record, tmp_path):
+    import json
+
+    import trimesh
+
+    from omnivox.ovoxel.game import GameAsset, GameProfile
+
+    coords, attrs = record
+    asset = OVoxel.from_file_attributes(coords, attrs, RESOLUTION)
+    path = tmp_path / "box.glb"
+    game = asset.to_glb(path, profile=GameProfile(faces=64, texture_size=64, normal_map=False, occlusion=False))
+    assert isinstance(game, GameAsset)
+    report = json.loads((tmp_path / "box.report.json").read_text())
+    assert report["profile"]["faces"] == 64
+    scene = trimesh.load(path, file_type="glb")  # an independent reader opens it
+    assert sum(len(g.faces) for g in scene.geometry.values()) <= 64
+    # Without a profile the plain export is unchanged: a trimesh.Trimesh.
+    assert isinstance(asset.to_glb(texture_size=64), trimesh.Trimesh)
