@@ -18,7 +18,9 @@ the real-asset token sets of ``bench/.pipeline_data`` (Spot: 2,776 / 11,242 / 25
 Usage:
     python bench/bench_pipelines.py prepare                                # once, here: Spot's token sets
     PYTHONUNBUFFERED=1 python bench/bench_memory.py run --out results/     # GPU machine
-    python bench/bench_memory.py cpu --out results_cpu/                    # the CPU path (float32, slow: ~15 min)
+    python bench/bench_memory.py cpu --out results_cpu/                    # the CPU path (float32; 40 min on 2 cores)
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python bench/bench_memory.py run --out r2/ --sections budgets \
+        --configs int8:1024_cascade:8GB int8:512:6GB                         # budget runs only
     python bench/bench_memory.py run --smoke --out /tmp/smoke              # script check with tiny models on CPU
 """
 
@@ -391,7 +393,8 @@ def run_cpu(args) -> None:
     report = Report(Path(args.out))
     torch.set_num_threads(args.threads)
     report.add("machine", dict(python=platform.python_version(), torch=torch.__version__, cpu=platform.processor(),
-                               threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())))
+                               threads=torch.get_num_threads(),
+                               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())))
     data = np.load(args.data)
     flow_args = dict(model_channels=1536, cond_channels=1024, num_blocks=30, num_heads=12, mlp_ratio=5.3334,
                      resolution=32, in_channels=32, out_channels=32, dtype="float32")

@@ -37,8 +37,8 @@ from torch import nn
 
 from omnivox.models.dinov3 import DINOv3Config, DINOv3ViT
 from omnivox.models.flow import SLatFlowModel, SparseStructureFlowModel
-from omnivox.models.quantize import (METADATA_KEY, check_weights_dtype, quantize_model, quantized_skeleton,
-                                     supports_8bit_weights, weights_dtype_of)
+from omnivox.models.quantize import (METADATA_KEY, WEIGHTS_DTYPES, check_weights_dtype, quantize_model,
+                                     quantized_skeleton, supports_8bit_weights, weights_dtype_of)
 from omnivox.models.sc_vae import (FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder, SparseUnetVaeDecoder,
                                    SparseUnetVaeEncoder)
 from omnivox.models.ss_decoder import SparseStructureDecoder
@@ -243,6 +243,11 @@ def from_pretrained(path: PathLike, device: Union[str, torch.device] = "cpu",
         if not json_path.is_file():
             raise FileNotFoundError(f"checkpoint file {json_path} not found (it describes {saved})")
     else:
+        if weights_dtype is None and not Path(f"{stem}.safetensors").is_file():
+            saved_formats = [f for f in WEIGHTS_DTYPES if quantized_weights_path(stem, f).is_file()]
+            if saved_formats:
+                raise FileNotFoundError(f"{stem}.safetensors not found; {stem} has 8-bit weights only: pass "
+                                        f"weights_dtype={saved_formats[0]!r}")
         json_path, weights_path = _checkpoint_paths(path)
     data = _read_json(json_path)
     if "name" not in data:

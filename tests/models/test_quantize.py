@@ -45,7 +45,8 @@ def _sparse_inputs(seed: int = 0):
 @pytest.mark.parametrize("weights_dtype", FORMATS)
 def test_codes_reconstruct_each_row_within_one_step(weights_dtype):
     gen = torch.Generator().manual_seed(1)
-    weight = torch.randn(33, 70, generator=gen, dtype=torch.float64) * torch.rand(33, 1, generator=gen, dtype=torch.float64)
+    weight = torch.randn(33, 70, generator=gen, dtype=torch.float64)
+    weight = weight * torch.rand(33, 1, generator=gen, dtype=torch.float64)
     weight[5] = 0  # an all-zero row must stay zero (scale 1)
     codes, scale = quantize_weight(weight, weights_dtype)
     assert codes.dtype == (torch.int8 if weights_dtype == "int8" else torch.float8_e4m3fn)
@@ -73,7 +74,8 @@ def test_references_against_float64():
     fp8, row_scale = quantize_rows_fp8_reference(x)
     assert row_scale.shape == (9, 1) and float(row_scale[3]) == 1.0
     restored = fp8.double() * row_scale.double()
-    assert bool(((restored - x.double()).abs() <= x.double().abs() * FP8_STEP / 2 + row_scale.double() * 2.0 ** -9).all())
+    bound = x.double().abs() * FP8_STEP / 2 + row_scale.double() * 2.0 ** -9
+    assert bool(((restored - x.double()).abs() <= bound).all())
 
 
 @pytest.mark.parametrize("weights_dtype", FORMATS)
@@ -161,6 +163,8 @@ def test_saved_8bit_file_loads_back_bit_identical(tmp_path, weights_dtype):
         (tmp_path / "flow.safetensors").unlink()  # the 8-bit file alone is enough
         loaded = from_pretrained(tmp_path / "flow", weights_dtype=weights_dtype)
         assert torch.equal(loaded(x, t, cond).feats, expected)
+    with pytest.raises(FileNotFoundError, match=f"8-bit weights only: pass weights_dtype='{weights_dtype}'"):
+        from_pretrained(tmp_path / "flow")
     other = "fp8" if weights_dtype == "int8" else "int8"
     with pytest.raises(FileNotFoundError):  # neither that 8-bit file nor the released weights are there
         from_pretrained(tmp_path / "flow", weights_dtype=other)
@@ -239,7 +243,8 @@ def test_kernels_match_references_in_triton_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     script = ("import torch; from tests.models.test_quantize import check_kernels; "
-              "problems = check_kernels(torch.device('cpu')); print('\\n'.join(problems)); raise SystemExit(bool(problems))")
+              "problems = check_kernels(torch.device('cpu')); print('\\n'.join(problems)); "
+              "raise SystemExit(bool(problems))")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
