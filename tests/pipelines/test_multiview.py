@@ -192,7 +192,7 @@ def test_stochastic_conditions_each_step_on_the_scheduled_view(pipe, views, monk
 @pytest.mark.parametrize("pipeline_type, mode, count", [("512", "stochastic", 2), ("1024", "multidiffusion", 3),
                                                         ("1024_cascade", "multidiffusion", 4),
                                                         ("1536_cascade", "stochastic", 3)])
-def test_every_pipeline_type_runs_with_several_views(pipe, views, pipeline_type, mode, count):
+def test_every_pipeline_type_runs_with_several_views(pipe, views, pipeline_type, mode, count, caplog):
     stages = set()
     output = pipe.run(images=views[:count], multiview_mode=mode, seed=3, pipeline_type=pipeline_type,
                       num_samples=2 if pipeline_type == "1024" else 1,
@@ -206,6 +206,9 @@ def test_every_pipeline_type_runs_with_several_views(pipe, views, pipeline_type,
         check_asset(asset, asset.resolution)
         assert len(asset.faces) > 0
     assert output.plan is not None
+    # The tiny pipeline samples 2 steps per stage: stochastic with 3 views leaves view 2 out, and says so.
+    warned = "views [2] never condition" in caplog.text
+    assert warned == (mode == "stochastic" and count > 2), caplog.text
 
 
 def test_batched_multidiffusion_matches_one_call_per_view(tiny_weights, assets, tmp_path):
