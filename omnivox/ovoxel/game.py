@@ -6,7 +6,7 @@ and ambient occlusion, an optional watertight surface, and a validity report.
 ``<name>.report.json``. Steps:
 
 1. **Surface.** The extracted surface is cleaned and decimated to ``profile.faces`` (``export.prepare_surface``:
-   the same clean-up as ``to_glb``), or, with ``profile.watertight``, rebuilt from the voxels' solid as a closed,
+   the same clean-up as ``to_glb``; where edge collapses stall above the budget, `cluster_to_budget` ends it), or, with ``profile.watertight``, rebuilt from the voxels' solid as a closed,
    manifold, outward surface (`omnivox.ovoxel.game_watertight`).
 2. **Atlas** (``export.unwrap_atlas``, the voxel atlas) and **materials**: base colour, metallic, roughness and
    alpha looked up in the voxels at every texel, as ``to_glb`` does.
@@ -252,6 +252,45 @@ def coarser_level(level: GameLevel, face_chart: np.ndarray, target_faces: int, t
     return GameLevel(welded, faces, vmapping, uv_faces, uvs, normals, tangents), np.concatenate(out_chart)
 
 
+# ------------------------------------------------------------------------------------------------------ the budget
+
+
+# Growth of the clustering cell per try in `cluster_to_budget` (small steps land close under the budget).
+CLUSTER_GROWTH = 1.2
+
+
+def cluster_to_budget(vertices: np.ndarray, faces: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``budget`` faces by vertex clustering, for surfaces edge collapses cannot bring under the budget.
+
+    Quadric decimation refuses collapses that would fold the surface, and on some inputs (a triangle soup's voxel
+    surface: many thin, touching sheets) it stalls well above the target. Clustering always ends under it: vertices
+    are merged per cell of a grid whose cell grows by ``CLUSTER_GROWTH`` until the faces that keep three distinct
+    clusters (duplicates removed) fit; each cluster sits at the mean of its vertices. Returns the input when it fits.
+    """
+    if len(faces) <= budget:
+        return vertices, faces
+    v = np.asarray(vertices, dtype=np.float64)
+    lo = v.min(axis=0)
+    extent = float(np.ptp(v, axis=0).max()) or 1.0
+    cell = meshops.median_edge_length(vertices, faces) or extent / 1024
+    while True:
+        key = np.floor((v - lo) / cell).astype(np.int64)
+        _, cluster = np.unique(key, axis=0, return_inverse=True)
+        cluster = cluster.reshape(-1)
+        merged = meshops.remove_duplicate_faces(meshops.remove_degenerate_faces(v, cluster[faces]))
+        if len(merged) <= budget or cell > extent:
+            count = np.bincount(cluster)
+            centres = np.zeros((len(count), 3))
+            np.add.at(centres, cluster, v)
+            centres /= np.maximum(count, 1)[:, None]
+            centres = centres.astype(np.float32)
+            merged = meshops.remove_degenerate_faces(centres, merged)  # clusters that met at one point
+            out_v, out_f = meshops.compact(centres, merged)
+            out_f, _ = meshops.orient_faces(out_v, out_f)
+            return out_v, out_f
+        cell *= CLUSTER_GROWTH
+
+
 # ---------------------------------------------------------------------------------------------------------- public
 
 
@@ -309,6 +348,7 @@ def export_game(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequ
     else:
         low_v, low_f, _, _ = prepare_surface(v, f, fill_holes, hole_max_perimeter, min_component_area,
                                              int(profile.faces))
+        low_v, low_f = cluster_to_budget(low_v, low_f, int(profile.faces))
         double_sided = bool((meshops.opening_areas(low_v, low_f) >= OPENING_AREA * voxel_face).any())
     done("surface")
 

@@ -115,7 +115,7 @@ class GameReport:
             lines.append(f"  lod{index}: {level.triangles} triangles, {level.vertices} vertices, {state}, "
                          f"{level.boundary_loops} boundary loops, {level.non_manifold_edges} non-manifold edges, "
                          f"{level.degenerate_faces} degenerate faces, UV overlap {level.uv_overlap_fraction:.2%}, "
-                         f"{level.texel_density:.0f} texels/m"
+                         f"{level.texel_density:.4g} texels/m"
                          f"{', normal map' if index < len(self.normal_maps) and self.normal_maps[index] else ''}")
         sizes = ", ".join(f"{name} {w}x{h}" for name, (w, h) in self.textures.items())
         lines.append(f"  textures: {sizes}; alphaMode {self.alpha_mode}"

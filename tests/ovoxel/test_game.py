@@ -13,7 +13,7 @@ import torch
 import trimesh
 
 from omnivox.ovoxel import Grid, mesh_to_dual_grid
-from omnivox.ovoxel.game import GameProfile, export_game, report_path
+from omnivox.ovoxel.game import GameProfile, cluster_to_budget, export_game, report_path
 from omnivox.ovoxel.game_normals import (MIN_TANGENT_Z, SurfaceTexels, ambient_occlusion, bake_normal_map,
                                          occupancy_grid, surface_texels, to_tangent_space, vertex_tangents,
                                          voxel_normals)
@@ -320,6 +320,14 @@ def test_watertight_export_file_is_closed(assets, tmp_path, rel):
 
 
 # ------------------------------------------------------------------------------------------- report and options
+
+
+def test_cluster_to_budget_ends_under_the_budget():
+    sphere = trimesh.creation.icosphere(subdivisions=5)  # 20480 faces
+    vertices, faces = cluster_to_budget(sphere.vertices.astype(np.float32), sphere.faces, 3000)
+    assert 750 < len(faces) <= 3000
+    assert np.abs(np.linalg.norm(vertices, axis=1) - 1).max() < 0.05  # still the sphere
+    assert cluster_to_budget(vertices, faces, 3000)[1] is faces  # already within: untouched
 
 
 def test_uv_overlap_fraction():
