@@ -133,6 +133,9 @@ def generate(
     samples: Optional[int] = typer.Option(None, "--samples", help="Samples per image (default 1; with --resume, "
                                                                    "the resumed run's count)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="GPU memory budget, e.g. 16GB."),
+    weights_dtype: Optional[str] = typer.Option(None, "--weights-dtype", help="int8 or fp8: the flow models' "
+                                                "weights in 8 bits (half their memory; fp8 needs an RTX 40xx, "
+                                                "L4, H100 or newer)."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
     background_model: Optional[Path] = typer.Option(None, "--background-model",
                                                     help="BiRefNet / RMBG-2.0 .onnx for RGB images."),
@@ -202,7 +205,8 @@ def generate(
         from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
 
         pipe = ImageTo3DPipeline.from_pretrained(weights, device=device, max_memory=max_memory,
-                                                 background_model=background_model, image_encoder=image_encoder)
+                                                 background_model=background_model, image_encoder=image_encoder,
+                                                 weights_dtype=weights_dtype)
         callback = None if quiet else progress_bar()
         for (name, views), paths in zip(objects, targets):
             assets = pipe.run(images=views, multiview_mode=multiview_mode, seed=seed, pipeline_type=pipeline,
@@ -240,6 +244,9 @@ def texture(
     up_axis: Optional[str] = typer.Option(None, "--up", help="Up axis of the mesh file: y or z (default: y for "
                                                              ".glb/.gltf/.obj, z for .stl/.ply)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="GPU memory budget, e.g. 16GB."),
+    weights_dtype: Optional[str] = typer.Option(None, "--weights-dtype", help="int8 or fp8: the flow models' "
+                                                "weights in 8 bits (half their memory; fp8 needs an RTX 40xx, "
+                                                "L4, H100 or newer)."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu."),
     background_model: Optional[Path] = typer.Option(None, "--background-model", help=".onnx for RGB images."),
     image_encoder: Optional[Path] = typer.Option(None, "--image-encoder", help="DINOv3 folder."),
@@ -271,7 +278,8 @@ def texture(
         from omnivox.pipelines.texturing import TexturingPipeline
 
         pipe = TexturingPipeline.from_pretrained(weights, device=device, max_memory=max_memory,
-                                                 background_model=background_model, image_encoder=image_encoder)
+                                                 background_model=background_model, image_encoder=image_encoder,
+                                                 weights_dtype=weights_dtype)
         result = pipe.run(mesh, images=images, multiview_mode=multiview_mode, seed=seed, resolution=resolution,
                           texture_size=texture_size,
                           keep_uvs=keep_uvs, up_axis=up_axis, callback=None if quiet else progress_bar())

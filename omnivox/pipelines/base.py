@@ -200,14 +200,14 @@ class PipelineBase:
 
     def __init__(self, config: PipelineConfig, *, device: Union[str, torch.device, None] = None,
                  dtype: Optional[torch.dtype] = None, max_memory=None,
-                 background_remover: Optional[BackgroundRemover] = None) -> None:
+                 background_remover: Optional[BackgroundRemover] = None, weights_dtype: Optional[str] = None) -> None:
         self.config = config
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self.max_memory = parse_memory(max_memory)
         self.background_remover = background_remover
         self._flow_overrides, self._vae_overrides = cpu_default_overrides(self.device, dtype)
-        self.models = ModelStore(self._load_role, self.device)
+        self.models = ModelStore(self._load_role, self.device, weights_dtype)  # 8-bit flows: "int8", "fp8"
         self.sampler = FlowEulerSampler()
         # Guided steps run the conditional and unconditional passes as one batch on GPUs, where small token
         # counts leave the flows bound by kernel launches; on CPUs two calls cost the same and need less memory.
@@ -237,18 +237,19 @@ class PipelineBase:
 
     @classmethod
     def _open_folder(cls, path, filename: str, *, device, dtype, max_memory, background_model, image_encoder,
-                     model_paths):
+                     model_paths, weights_dtype=None):
         """The body of the pipelines' ``from_pretrained``: read ``path / filename`` and pick the background
         remover (the given one, an ``.onnx`` path, or the JSON's ``rembg_model`` found beside the weights)."""
         config = load_pipeline_config(path, filename, model_paths, image_encoder)
         if background_model is None:
             background_model = find_background_model(config)  # e.g. RMBG-2.0/onnx/model.onnx beside the weights
         remover = BiRefNetOnnx(background_model) if isinstance(background_model, (str, Path)) else background_model
-        return cls(config, device=device, dtype=dtype, max_memory=max_memory, background_remover=remover)
+        return cls(config, device=device, dtype=dtype, max_memory=max_memory, background_remover=remover,
+                   weights_dtype=weights_dtype)
 
     # ------------------------------------------------------------------------------------------ loading
     def _load_role(self, role: str) -> torch.nn.Module:
-        from omnivox.models.loading import from_pretrained
+        from omnivox.models.loading import from_pretrained, quantized_weights_path
 
         if role == "image_cond_model":
             if self.config.image_encoder is None:
@@ -256,7 +257,11 @@ class PipelineBase:
             return from_pretrained(self.config.image_encoder)
         path = self.config.model_path(role)
         overrides = self._flow_overrides if "flow" in role else self._vae_overrides
-        return from_pretrained(path, config_overrides=overrides or None)
+        # A saved 8-bit copy beside the checkpoint is read as is; otherwise the store quantizes on the device.
+        saved = self.models.weights_dtype if "flow" in role else None
+        if saved is not None and not quantized_weights_path(path, saved).is_file():
+            saved = None
+        return from_pretrained(path, config_overrides=overrides or None, weights_dtype=saved)
 
     # ------------------------------------------------------------------------------------------ planning
     def _config_of(self, role: str):
@@ -270,7 +275,8 @@ class PipelineBase:
         for need in needs:
             for role in need.roles:
                 weights[role] = self.models.weights_bytes(role)
-        return plan_memory(needs, weights, budget, str(self.device))
+        formats = {role: self.models.weights_format(role) for role in weights}
+        return plan_memory(needs, weights, budget, str(self.device), formats)
 
     @staticmethod
     def check_sampler_params(overrides: Optional[dict], stages: Sequence[str]) -> None:

@@ -40,6 +40,7 @@ from omnivox.pipelines.base import (DEFAULT_SAMPLERS, MultiView, PipelineBase, S
 from omnivox.pipelines.intermediates import IntermediateWriter, RunState, load_intermediates
 from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
                                       parse_memory, ss_decoder_stage)
+from omnivox.pipelines.placement import capped_device_memory
 from omnivox.pipelines.preprocess import BackgroundRemover
 from omnivox.pipelines.samplers import SamplerParams, check_multiview_mode
 from omnivox.pipelines.types import TYPES, PipelineType, pipeline_type as type_named
@@ -94,8 +95,8 @@ class ImageTo3DPipeline(PipelineBase):
     @classmethod
     def from_pretrained(cls, path: PathLike, *, device=None, dtype: Optional[torch.dtype] = None, max_memory=None,
                         background_model: Union[PathLike, BackgroundRemover, None] = None,
-                        image_encoder: Optional[PathLike] = None, model_paths: Optional[dict] = None
-                        ) -> "ImageTo3DPipeline":
+                        image_encoder: Optional[PathLike] = None, model_paths: Optional[dict] = None,
+                        weights_dtype: Optional[str] = None) -> "ImageTo3DPipeline":
         """Open a weights folder holding ``pipeline.json`` (e.g. a download of ``microsoft/TRELLIS.2-4B``).
 
         Args:
@@ -108,12 +109,15 @@ class ImageTo3DPipeline(PipelineBase):
                 downloaded beside the weights; else RGB inputs raise an error listing the options).
             image_encoder: the DINOv3 folder, if not found beside the weights (`config` explains where it looks).
             model_paths: role -> checkpoint path overrides.
+            weights_dtype: ``"int8"`` or ``"fp8"`` (GPUs with fp8 matrix units): the flow models' block weights in
+                8 bits, half their memory (`omnivox.models.quantize`; read from ``NAME.int8.safetensors`` when saved
+                beside the checkpoint, else quantized on the device when loaded). None: the released dtypes.
 
         Models are loaded when first used (memory-mapped where possible).
         """
         return cls._open_folder(path, "pipeline.json", device=device, dtype=dtype, max_memory=max_memory,
                                 background_model=background_model, image_encoder=image_encoder,
-                                model_paths=model_paths)
+                                model_paths=model_paths, weights_dtype=weights_dtype)
 
     def stage_needs(self, pipeline_type: str, num_samples: int, ss_tokens: int, latent_tokens: int,
                     lr_tokens: Optional[int] = None, *, num_views: int = 1, multiview_mode: str = "stochastic",
@@ -428,89 +432,95 @@ class ImageTo3DPipeline(PipelineBase):
             return self._views_plan(kind.name, num_samples, 4096, latent_tokens, lr_tokens, budget, num_views, mode)
 
         plan, multiview = replan(kind.typical_tokens * num_samples, 2200 * num_samples)
+        plan.check_budget()  # a budget no plan meets: BudgetError (what it would need) before any work
         self.runtime.last_plan = plan
 
-        # 4. Condition tokens (one row per view).
-        if state.cond_512 is None:
-            if not views:
-                raise ValueError("run() needs an image (or resume_from a folder with the condition tokens)")
-            pictures = self.prepare_views(views, preprocess)
-            if mode == "multidiffusion" and len(pictures) > 1:
-                pictures = [pictures[k] for k in canonical_view_order(pictures)]
-            state.cond_512 = self._encode_views(pictures, 512, plan.offload)
-            if kind.condition_size == 1024:
-                state.cond_1024 = self._encode_views(pictures, 1024, plan.offload)
+        # The allocator holds to the budget, reserved memory included (it returns cached blocks before it would
+        # pass it), so the plan is a promise rather than an estimate.
+        with capped_device_memory(self.device, budget):
+            # 4. Condition tokens (one row per view).
+            if state.cond_512 is None:
+                if not views:
+                    raise ValueError("run() needs an image (or resume_from a folder with the condition tokens)")
+                pictures = self.prepare_views(views, preprocess)
+                if mode == "multidiffusion" and len(pictures) > 1:
+                    pictures = [pictures[k] for k in canonical_view_order(pictures)]
+                state.cond_512 = self._encode_views(pictures, 512, plan.offload)
+                if kind.condition_size == 1024:
+                    state.cond_1024 = self._encode_views(pictures, 1024, plan.offload)
+                if writer:
+                    writer.condition(generator)
+            elif kind.condition_size == 1024 and state.cond_1024 is None:
+                raise ValueError(f"the saved condition has no 1024-pixel tokens; {kind.name!r} needs them")
+            conditions = {512: state.cond_512.to(self.device),
+                          1024: state.cond_1024.to(self.device) if state.cond_1024 is not None else None}
+
+            # 5. Sparse structure.
+            if state.ss_coords is None:
+                if sparse_structure is not None:
+                    state.ss_coords = self._given_structure(sparse_structure, kind.ss_resolution, num_samples)
+                else:
+                    state.ss_coords = self.sample_sparse_structure(
+                        conditions[512], kind.ss_resolution, num_samples, generator,
+                        self.sampler_params("sparse_structure", sampler_params), plan, callback, multiview)
+                state.ss_resolution = kind.ss_resolution
+                if writer:
+                    writer.sparse_structure(generator)
+
+            # 6. Shape latent (for a cascade: at 512, upsampled, then at the target resolution).
+            if state.shape_coords is None:
+                shape_params = self.sampler_params("shape_slat", sampler_params)
+                norm = self._normalization("shape")
+                coords = state.ss_coords
+                if kind.cascade:
+                    plan, multiview = replan(len(coords), len(coords))
+                    lr = self.sample_latent("shape_slat_flow_model_512", coords, conditions[512], generator,
+                                            shape_params, plan, "shape_slat_lr", callback=callback,
+                                            views=multiview)
+                    lr = norm.denormalize(lr)
+                    coords, resolution = self.cascade_coords(coords, lr, kind.resolution, max_num_tokens, plan)
+                    plan, multiview = replan(len(coords), len(state.ss_coords))
+                else:
+                    resolution = kind.resolution
+                    plan, multiview = replan(len(coords), None)
+                feats = self.sample_latent(kind.shape_flow, coords, conditions[kind.condition_size], generator,
+                                           shape_params, plan, "shape_slat", callback=callback, views=multiview)
+                state.shape_coords, state.shape_feats = coords, norm.denormalize(feats)
+                state.resolution = int(resolution)
+                if writer:
+                    writer.shape_latent(generator)
+
+            # 7. Material latent, and decoding.
+            plan, multiview = replan(len(state.shape_coords), None)
+            self.runtime.last_plan = plan
+            decoded = []
+
+            def decode_shape() -> None:
+                decoded.append(self.decode_shape(state.shape_coords, state.shape_feats, state.resolution, plan))
+
+            if state.tex_feats is None:
+                shape_norm, tex_norm = self._normalization("shape"), self._normalization("tex")
+                # Shape decoding runs inside the texture stage, once its first step is queued: the stage's set-up
+                # and graph capture then overlap the shape stage's last kernels, and the mesh orientation (CPU,
+                # worker thread) overlaps the remaining texture steps. Not with offloading, which holds one stage's
+                # models on the device at a time.
+                overlap = self.overlap_decoding and not plan.offload
+                feats = self.sample_latent(kind.tex_flow, state.shape_coords, conditions[kind.condition_size],
+                                           generator, self.sampler_params("tex_slat", sampler_params), plan,
+                                           "tex_slat",
+                                           concat_cond=shape_norm.normalize(state.shape_feats), callback=callback,
+                                           after_first_step=decode_shape if overlap else None, views=multiview)
+                state.tex_feats = tex_norm.denormalize(feats)
+                if writer:
+                    writer.material_latent(generator)
+            if not decoded:
+                decode_shape()
+            results = self.decode_material(decoded[0], state.tex_feats, plan)
             if writer:
-                writer.condition(generator)
-        elif kind.condition_size == 1024 and state.cond_1024 is None:
-            raise ValueError(f"the saved condition has no 1024-pixel tokens; {kind.name!r} needs them")
-        conditions = {512: state.cond_512.to(self.device),
-                      1024: state.cond_1024.to(self.device) if state.cond_1024 is not None else None}
-
-        # 5. Sparse structure.
-        if state.ss_coords is None:
-            if sparse_structure is not None:
-                state.ss_coords = self._given_structure(sparse_structure, kind.ss_resolution, num_samples)
-            else:
-                state.ss_coords = self.sample_sparse_structure(
-                    conditions[512], kind.ss_resolution, num_samples, generator,
-                    self.sampler_params("sparse_structure", sampler_params), plan, callback, multiview)
-            state.ss_resolution = kind.ss_resolution
-            if writer:
-                writer.sparse_structure(generator)
-
-        # 6. Shape latent (for a cascade: at 512, upsampled, then at the target resolution).
-        if state.shape_coords is None:
-            shape_params = self.sampler_params("shape_slat", sampler_params)
-            norm = self._normalization("shape")
-            coords = state.ss_coords
-            if kind.cascade:
-                plan, multiview = replan(len(coords), len(coords))
-                lr = self.sample_latent("shape_slat_flow_model_512", coords, conditions[512], generator, shape_params,
-                                        plan, "shape_slat_lr", callback=callback, views=multiview)
-                lr = norm.denormalize(lr)
-                coords, resolution = self.cascade_coords(coords, lr, kind.resolution, max_num_tokens, plan)
-                plan, multiview = replan(len(coords), len(state.ss_coords))
-            else:
-                resolution = kind.resolution
-                plan, multiview = replan(len(coords), None)
-            feats = self.sample_latent(kind.shape_flow, coords, conditions[kind.condition_size], generator,
-                                       shape_params, plan, "shape_slat", callback=callback, views=multiview)
-            state.shape_coords, state.shape_feats = coords, norm.denormalize(feats)
-            state.resolution = int(resolution)
-            if writer:
-                writer.shape_latent(generator)
-
-        # 7. Material latent, and decoding.
-        plan, multiview = replan(len(state.shape_coords), None)
-        self.runtime.last_plan = plan
-        decoded = []
-
-        def decode_shape() -> None:
-            decoded.append(self.decode_shape(state.shape_coords, state.shape_feats, state.resolution, plan))
-
-        if state.tex_feats is None:
-            shape_norm, tex_norm = self._normalization("shape"), self._normalization("tex")
-            # Shape decoding runs inside the texture stage, once its first step is queued: the stage's set-up
-            # and graph capture then overlap the shape stage's last kernels, and the mesh orientation (CPU,
-            # worker thread) overlaps the remaining texture steps. Not with offloading, which holds one stage's
-            # models on the device at a time.
-            overlap = self.overlap_decoding and not plan.offload
-            feats = self.sample_latent(kind.tex_flow, state.shape_coords, conditions[kind.condition_size], generator,
-                                       self.sampler_params("tex_slat", sampler_params), plan, "tex_slat",
-                                       concat_cond=shape_norm.normalize(state.shape_feats), callback=callback,
-                                       after_first_step=decode_shape if overlap else None, views=multiview)
-            state.tex_feats = tex_norm.denormalize(feats)
-            if writer:
-                writer.material_latent(generator)
-        if not decoded:
-            decode_shape()
-        results = self.decode_material(decoded[0], state.tex_feats, plan)
-        if writer:
-            writer.generated(results)
-        # No gc.collect() here: a run leaves no tensors in reference cycles (tests/pipelines/test_image_to_3d.py),
-        # and a full collection costs ~0.15 s per run in a process holding the models.
-        return ImageTo3DOutput(results, plan)
+                writer.generated(results)
+            # No gc.collect() here: a run leaves no tensors in reference cycles (tests/pipelines/test_image_to_3d.py),
+            # and a full collection costs ~0.15 s per run in a process holding the models.
+            return ImageTo3DOutput(results, plan)
 
     @staticmethod
     def _check_inputs(num_samples, sampler_params: Optional[dict], generator: Optional[torch.Generator]) -> None:

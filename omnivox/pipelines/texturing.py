@@ -95,13 +95,13 @@ class TexturingPipeline(PipelineBase):
     @classmethod
     def from_pretrained(cls, path: PathLike, *, device=None, dtype: Optional[torch.dtype] = None, max_memory=None,
                         background_model: Union[PathLike, BackgroundRemover, None] = None,
-                        image_encoder: Optional[PathLike] = None, model_paths: Optional[dict] = None
-                        ) -> "TexturingPipeline":
+                        image_encoder: Optional[PathLike] = None, model_paths: Optional[dict] = None,
+                        weights_dtype: Optional[str] = None) -> "TexturingPipeline":
         """Open a weights folder holding ``texturing_pipeline.json`` (arguments as
         `ImageTo3DPipeline.from_pretrained`)."""
         return cls._open_folder(path, "texturing_pipeline.json", device=device, dtype=dtype, max_memory=max_memory,
                                 background_model=background_model, image_encoder=image_encoder,
-                                model_paths=model_paths)
+                                model_paths=model_paths, weights_dtype=weights_dtype)
 
     @torch.no_grad()
     def texture_voxels(self, vertices: np.ndarray, faces: np.ndarray, image=None, *,
@@ -154,6 +154,7 @@ class TexturingPipeline(PipelineBase):
             batched = planned(len(pictures))
             if not batched.offload and all(stage.token_chunk is None for stage in batched.stages):
                 plan, multiview = batched, MultiView(mode, batched=True)
+        plan.check_budget()  # a budget no plan meets: BudgetError (what it would need) before any work
         self.runtime.last_plan = plan
         tokens = [self.encode_image(picture, cond_size, plan.offload) for picture in pictures]
         cond = tokens[0] if len(tokens) == 1 else torch.cat(tokens)

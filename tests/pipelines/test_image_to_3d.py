@@ -234,3 +234,25 @@ def test_a_run_leaves_no_tensors_in_reference_cycles(pipe, assets):
     for pipeline_type in ("512", "1024_cascade"):
         assert tensors_left_in_cycles(lambda: pipe.run(assets / RGBA_IMAGE_2, seed=1,
                                                        pipeline_type=pipeline_type)) == []
+
+
+def test_8bit_flow_weights_from_pretrained_run_close_to_the_released_dtype(pipe, tiny_weights, assets):
+    from omnivox.models.quantize import QuantizedLinear
+    from omnivox.pipelines.memory import BudgetError
+
+    pipe8 = ImageTo3DPipeline.from_pretrained(tiny_weights, device="cpu", weights_dtype="int8")
+    (asset8,) = pipe8.run(assets / RGBA_IMAGE, seed=4, pipeline_type="512")
+    (asset,) = pipe.run(assets / RGBA_IMAGE, seed=4, pipeline_type="512")
+    flow = pipe8.models.get("shape_slat_flow_model_512")
+    assert any(isinstance(module, QuantizedLinear) for module in flow.modules())
+    assert not any(isinstance(module, QuantizedLinear) for module in pipe.models.get("shape_slat_flow_model_512")
+                   .modules())
+    # Same seed: the 8-bit run keeps most of the released run's voxels.
+    ours = {tuple(c) for c in asset8.coords.tolist()}
+    theirs = {tuple(c) for c in asset.coords.tolist()}
+    assert len(ours & theirs) / len(ours | theirs) > 0.5
+    with pytest.raises(ValueError, match="weights_dtype"):
+        ImageTo3DPipeline.from_pretrained(tiny_weights, device="cpu", weights_dtype="int4")
+    # A budget no plan can meet fails before any work, saying what it would need.
+    with pytest.raises(BudgetError):
+        pipe.run(assets / RGBA_IMAGE, seed=4, pipeline_type="512", max_memory=1024)
