@@ -104,3 +104,24 @@ def compute_device(device: Optional[str]) -> str:
     if device != "cpu" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA device is available")
     return device
+
+
+def game_profile(profile: str, *, faces: Optional[int], lods: int, watertight: bool, normal_map: bool,
+                 occlusion: bool, texture_size: int):
+    """The ``--profile`` options as an ``omnivox.ovoxel.game.GameProfile`` (``profile == "game"``) or None
+    (``"plain"``); a one-line error for a bad profile or game options given without it. ``faces`` None keeps the
+    game profile's own budget (the commands' ``--faces`` default is the plain export's)."""
+    if profile not in ("plain", "game"):
+        raise ValueError(f"--profile must be plain or game, got {profile!r}")
+    if profile == "plain":
+        extras = [name for name, used in (("--lods", lods != 0), ("--watertight", watertight),
+                                          ("--no-normal-map", not normal_map), ("--no-occlusion", not occlusion))
+                  if used]
+        if extras:
+            raise ValueError(f"{', '.join(extras)} only apply with --profile game")
+        return None
+    from omnivox.ovoxel.game import GameProfile  # numpy/torch: only when the game profile is asked for
+
+    budget = {} if faces is None else {"faces": faces}
+    return GameProfile(**budget, lods=lods, watertight=watertight, normal_map=normal_map, occlusion=occlusion,
+                       texture_size=texture_size)

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from omnivox.cli.main import app
-from omnivox.cli.checks import (ASSET_SUFFIXES, IMAGE_SUFFIXES, fail, input_file, output_file, output_folder,
-                                weights_folder)
+from omnivox.cli.checks import (ASSET_SUFFIXES, IMAGE_SUFFIXES, fail, game_profile, input_file, output_file,
+                                output_folder, weights_folder)
 from omnivox.cli.progress import progress_bar
 from omnivox.pipelines.types import PIPELINE_TYPES as PIPELINE_CHOICES  # standard library only: no torch
 
@@ -118,6 +118,7 @@ def write_preview(glb: Path, video: Path, frames: int = 48, resolution: int = 25
 
 @app.command("generate")
 def generate(
+    context: typer.Context,
     sources: list[Path] = typer.Argument(..., help="Images (RGBA with alpha, or RGB with --background-model) or "
                                                     "a folder of images (models are loaded once); with "
                                                     "--multiview, the views of one object, or a folder of "
@@ -149,6 +150,13 @@ def generate(
     faces: int = typer.Option(200_000, "--faces", help="At most this many faces (0: no budget)."),
     tolerance: float = typer.Option(0.5, "--tolerance", help="Then fewer faces while the surface stays within "
                                                              "this many voxels (0: keep the budget's faces)."),
+    profile: str = typer.Option("plain", "--profile", help="plain, or game: a triangle budget (--faces, default "
+                                                           "20000 here), baked normal map and occlusion, a "
+                                                           "validity report beside each file (docs/game_export.md)."),
+    lods: int = typer.Option(0, "--lods", help="game: coarser levels of detail after the first (MSFT_lod)."),
+    watertight: bool = typer.Option(False, "--watertight", help="game: a closed, manifold, outward surface."),
+    normal_map: bool = typer.Option(True, "--normal-map/--no-normal-map", help="game: bake a normal map."),
+    occlusion: bool = typer.Option(True, "--occlusion/--no-occlusion", help="game: bake ambient occlusion (ORM)."),
     multiview: bool = typer.Option(False, "--multiview", help="The images are views of one object (front, side, "
                                                               "back ...): one asset conditioned on all of them."),
     multiview_mode: Optional[str] = typer.Option(None, "--multiview-mode",
@@ -202,6 +210,10 @@ def generate(
         if image_encoder is not None and not image_encoder.is_dir():
             raise FileNotFoundError(f"--image-encoder {image_encoder}: no such folder")
         _check_memory(max_memory)
+        faces_given = context.get_parameter_source("faces").name != "DEFAULT"
+        export_profile = game_profile(profile, faces=faces if faces_given else None, lods=lods,
+                                      watertight=watertight, normal_map=normal_map, occlusion=occlusion,
+                                      texture_size=texture_size)
         from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
 
         pipe = ImageTo3DPipeline.from_pretrained(weights, device=device, max_memory=max_memory,
@@ -217,8 +229,11 @@ def generate(
             if len(assets) != len(paths):  # an internal invariant: _resumed_samples reads the same run.json
                 raise RuntimeError(f"the pipeline returned {len(assets)} assets for {len(paths)} outputs")
             for asset, path in zip(assets, paths):
-                asset.to_glb(path, decimation_target=faces or None, surface_tolerance=tolerance or None,
-                             texture_size=texture_size, device=pipe.device, progress=callback)
+                if export_profile is None:
+                    asset.to_glb(path, decimation_target=faces or None, surface_tolerance=tolerance or None,
+                                 texture_size=texture_size, device=pipe.device, progress=callback)
+                else:  # the game-ready file and its report beside it
+                    asset.to_glb(path, profile=export_profile, device=pipe.device, progress=callback)
                 what = resume if views is None else views[0] if len(views) == 1 else f"{name} ({len(views)} views)"
                 typer.echo(f"{what} -> {path}: {len(asset.coords)} voxels at "
                            f"{asset.resolution}^3, {len(asset.faces)} faces before export")

@@ -99,6 +99,19 @@ def test_cli_generate_and_texture_write_valid_glbs(tiny_weights, assets, tmp_pat
                                  "--faces", "4000", "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
     assert validate(again)["info"]["totalTriangleCount"] == report["info"]["totalTriangleCount"]
+    # The same asset as a game-ready file (--profile game): a budget, one more level, the report beside it.
+    game = tmp_path / "game.glb"
+    result = runner.invoke(app, ["generate", "-", "--weights", str(tiny_weights), "-o", str(game), "--resume",
+                                 str(tmp_path / "steps" / "material_latent.safetensors"), "--texture-size", "64",
+                                 "--profile", "game", "--faces", "600", "--lods", "1", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    game_report = validate(game)
+    assert game_report["issues"]["numErrors"] == 0
+    assert (tmp_path / "game.report.json").is_file()
+    assert "MSFT_lod" in game_report["info"].get("extensionsUsed", [])
+    result = runner.invoke(app, ["generate", "-", "--weights", str(tiny_weights), "-o", str(game), "--resume",
+                                 str(tmp_path / "steps"), "--lods", "2", "--device", "cpu", "--quiet"])
+    assert result.exit_code != 0 and "--lods only apply with --profile game" in result.output
 
     textured = tmp_path / "avocado.glb"
     result = runner.invoke(app, ["texture", str(assets / AVOCADO), str(assets / RGBA_IMAGE_2), "--weights",
