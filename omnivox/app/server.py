@@ -175,13 +175,22 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
         shape_slat_guidance: Optional[float] = Form(None),
         tex_slat_steps: Optional[int] = Form(None),
         tex_slat_guidance: Optional[float] = Form(None),
-        decimation_target: int = Form(200_000),
+        decimation_target: Optional[int] = Form(None, description="faces of the file (default 200000; with "
+                                                                   "profile=game its triangle budget, default "
+                                                                   "20000)"),
         texture_size: int = Form(2048),
+        profile: str = Form("plain", description="plain, or game: baked normal map and occlusion, a triangle "
+                                                 "budget, result.report.json beside the file"),
+        lods: int = Form(0, description="profile=game: coarser levels of detail after the first (MSFT_lod)"),
+        watertight: bool = Form(False, description="profile=game: a closed, manifold, outward surface"),
     ) -> JobStatus:
         pictures = read_views(image)
+        if decimation_target is None:
+            decimation_target = tasks.GAME_FACES if profile == "game" else 200_000
         params = tasks.GenerateParams(seed=seed, pipeline_type=pipeline_type or None,
                                       decimation_target=decimation_target, texture_size=texture_size,
-                                      multiview_mode=multiview_mode or None)
+                                      multiview_mode=multiview_mode or None, profile=profile, lods=lods,
+                                      watertight=watertight)
         for name, steps, guidance in (("sparse_structure", sparse_structure_steps, sparse_structure_guidance),
                                       ("shape_slat", shape_slat_steps, shape_slat_guidance),
                                       ("tex_slat", tex_slat_steps, tex_slat_guidance)):

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 STAGES = ("sparse_structure", "shape_slat", "tex_slat")
 #: Human-readable names of the stages the pipelines report progress for (the cascade adds `shape_slat_lr`).
 STAGE_LABELS = {"sparse_structure": "sparse structure", "shape_slat_lr": "shape (coarse)", "shape_slat": "shape",
-                "tex_slat": "material"}
+                "tex_slat": "material", "game_export": "game export"}
 
 MAX_STEPS = 100
 MAX_GUIDANCE = 20.0
@@ -33,6 +33,10 @@ TEXTURE_SIZES = (512, 1024, 2048, 4096)
 MAX_DECIMATION_TARGET = 2_000_000
 #: The most views of one object a request may send (each is preprocessed and encoded on its own).
 MAX_VIEWS = 8
+EXPORT_PROFILES = ("plain", "game")
+GAME_FACES = 20_000  # omnivox.ovoxel.game.GameProfile's default budget (a test checks they agree)
+MIN_GAME_FACES = 16  # GameProfile's smallest budget
+MAX_LODS = 6  # omnivox.ovoxel.game.MAX_LODS (a test checks they agree)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ class GenerateParams:
         texture_size: side of the baked textures.
         multiview_mode: how several images of one object are used ("stochastic" or "multidiffusion"; None: the
             pipeline's default, stochastic); ignored for one image.
+        profile: "plain" (the textured GLB) or "game" (`omnivox.ovoxel.game`: ``decimation_target`` is then the
+            triangle budget, with a baked normal map and occlusion, and ``result.report.json`` beside the file).
+        lods: "game": coarser levels of detail after the first (``MSFT_lod``).
+        watertight: "game": a closed, manifold, outward surface.
     """
 
     seed: int = 0
@@ -63,6 +71,9 @@ class GenerateParams:
     decimation_target: int = 200_000  # export.DEFAULT_FACE_BUDGET (then fewer, within 0.5 voxel)
     texture_size: int = 2048
     multiview_mode: str | None = None
+    profile: str = "plain"
+    lods: int = 0
+    watertight: bool = False
 
     def validated(self, pipeline_types: tuple[str, ...] = ()) -> "GenerateParams":
         """Return self after checking every range; raises `InputError` (HTTP 422) naming the bad field."""
@@ -86,6 +97,15 @@ class GenerateParams:
         if self.multiview_mode is not None and self.multiview_mode not in MULTIVIEW_MODES:
             raise InputError(f"multiview_mode must be one of {list(MULTIVIEW_MODES)}, got {self.multiview_mode!r}",
                              status=422)
+        if self.profile not in EXPORT_PROFILES:
+            raise InputError(f"profile must be one of {list(EXPORT_PROFILES)}, got {self.profile!r}", status=422)
+        if self.profile == "plain" and (self.lods or self.watertight):
+            raise InputError("lods and watertight only apply with profile 'game'", status=422)
+        if not 0 <= self.lods <= MAX_LODS:
+            raise InputError(f"lods must be in 0..{MAX_LODS}, got {self.lods}", status=422)
+        if self.profile == "game" and self.decimation_target < MIN_GAME_FACES:
+            raise InputError(f"decimation_target must be at least {MIN_GAME_FACES} with profile 'game', "
+                             f"got {self.decimation_target}", status=422)
         if self.texture_size not in TEXTURE_SIZES:
             raise InputError(f"texture_size must be one of {list(TEXTURE_SIZES)}, got {self.texture_size}",
                              status=422)
@@ -167,7 +187,7 @@ def generate(models: Models, context: JobContext, image: "Image.Image | list[Ima
     from omnivox.pipelines.types import pipeline_type as type_named
 
     stages = list(type_named(pipeline_type).stages)
-    callback = progress_callback(context, stages + ["export"])
+    callback = progress_callback(context, stages + ["export" if params.profile == "plain" else "game_export"])
     # Until the first sampling step (background removal, the image condition, the first call's kernel compilation)
     # the job would otherwise read "starting" for up to half a minute.
     context.report("preparing the image and its condition")
@@ -175,8 +195,15 @@ def generate(models: Models, context: JobContext, image: "Image.Image | list[Ima
                        pipeline_type=pipeline_type, num_samples=1, sampler_params=sampler_params(params),
                        callback=callback)
     path = context.output_dir / "result.glb"
-    outputs[0].to_glb(path, decimation_target=params.decimation_target, texture_size=params.texture_size,
-                      device=models.device, progress=callback)  # bake where the pipeline ran
+    if params.profile == "game":
+        from omnivox.ovoxel.game import GameProfile
+
+        profile = GameProfile(faces=params.decimation_target, lods=params.lods, watertight=params.watertight,
+                              texture_size=params.texture_size)
+        outputs[0].to_glb(path, profile=profile, device=models.device, progress=callback)  # + result.report.json
+    else:
+        outputs[0].to_glb(path, decimation_target=params.decimation_target, texture_size=params.texture_size,
+                          device=models.device, progress=callback)  # bake where the pipeline ran
     if previews is not None:
         render_previews(outputs[0], context, previews, models.device)
     return path
@@ -229,7 +256,7 @@ def progress_callback(context: JobContext, stages: list[str]):
     progress reads "stage 2/5 shape (coarse): 3/12"; after the last step of the last sampling stage the job reports
     "decoding" in that stage's place (the decoders report nothing themselves).
     """
-    sampling = [stage for stage in stages if stage != "export"]
+    sampling = [stage for stage in stages if stage not in ("export", "game_export")]
 
     def callback(stage: str, step: int, total: int) -> None:
         index = stages.index(stage) + 1 if stage in stages else 0

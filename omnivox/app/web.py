@@ -77,6 +77,13 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                                            elem_id="decimation")
                     texture_size = gr.Radio([str(s) for s in tasks.TEXTURE_SIZES], value="2048",
                                                label="Texture size", elem_id="texture-size")
+                    with gr.Accordion("Game-ready export", open=False):
+                        game_profile = gr.Checkbox(False, label="Game-ready file: the face budget as a triangle "
+                                                                "budget, baked normal map and occlusion",
+                                                   elem_id="game-profile")
+                        lods = gr.Slider(0, tasks.MAX_LODS, value=0, step=1, label="Levels of detail (MSFT_lod)",
+                                         elem_id="lods")
+                        watertight = gr.Checkbox(False, label="Watertight (closed, manifold)", elem_id="watertight")
                     stage_inputs = []
                     with gr.Accordion("Advanced: sampler settings per stage", open=False):
                         for name in tasks.STAGES:
@@ -122,7 +129,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
             texture_job = gr.State(None)
 
         def on_generate(picture, more_views, chosen_mode, chosen_type, chosen_seed, random_seed, faces, size,
-                        *stage_values):
+                        game, levels, closed, *stage_values):
             if picture is None:
                 yield "**Error:** upload an image first.", gr.Number(), None
                 return
@@ -132,7 +139,9 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                 chosen_seed = random.randint(0, tasks.MAX_SEED) if random_seed else int(chosen_seed or 0)
                 params = tasks.GenerateParams(seed=chosen_seed, pipeline_type=chosen_type or None,
                                               decimation_target=int(faces), texture_size=int(size),
-                                              multiview_mode=chosen_mode or None)
+                                              multiview_mode=chosen_mode or None,
+                                              profile="game" if game else "plain",
+                                              lods=int(levels) if game else 0, watertight=bool(closed and game))
                 for index, name in enumerate(tasks.STAGES):
                     params = params.with_stage(name, int(stage_values[2 * index]), float(stage_values[2 * index + 1]))
                 params = params.validated(types)
@@ -151,7 +160,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
             _clear_results, outputs=[viewer, download, video, panel], queue=False,
         ).then(
             on_generate, inputs=[image, extra_views, multiview_mode, pipeline_type, seed, randomize, decimation,
-                                 texture_size, *stage_inputs],
+                                 texture_size, game_profile, lods, watertight, *stage_inputs],
             outputs=[status, seed, job_id], concurrency_limit=None,
         )
         generate_event.then(lambda current: _results(queue, current), inputs=[job_id],

@@ -6,6 +6,7 @@ end when the job does, and fail only when the server dies or reports no progress
 """
 
 import io
+import json
 import struct
 import time
 import zlib
@@ -122,6 +123,22 @@ def test_generate_from_several_views_of_one_object(client, server, assets):
     assert response.status_code == 422 and "view(s) 2 of 2 has no transparent background" in response.text
     response = client.post("/v1/generate", files=[("image", views[0])] * 9, data=FAST)
     assert response.status_code == 422 and "at most 8 views" in response.text
+
+
+def test_generate_with_the_game_profile(client, server, assets):
+    """profile=game gives the game-ready file (MSFT_lod with lods=1), read back by an independent reader."""
+    response = _submit(client, (assets / CROWN).read_bytes(), profile="game", lods=1, decimation_target=800)
+    assert response.status_code == 202, response.text
+    status, _ = _wait(client, server, response.json()["id"])
+    assert status["state"] == "done", status
+    glb = client.get(f"/v1/jobs/{status['id']}/result.glb")
+    assert glb.status_code == 200 and glb.content[:4] == b"glTF"
+    scene = trimesh.load(io.BytesIO(glb.content), file_type="glb")
+    assert 0 < sum(len(g.faces) for g in scene.geometry.values())
+    header = json.loads(glb.content[20:20 + int.from_bytes(glb.content[12:16], "little")])
+    assert "MSFT_lod" in header.get("extensionsUsed", [])
+    response = _submit(client, (assets / CROWN).read_bytes(), watertight=True)
+    assert response.status_code == 422 and "only apply with profile 'game'" in response.text
 
 
 def test_texture_end_to_end(client, server, assets):
