@@ -243,6 +243,18 @@ def test_ambient_occlusion_backends_agree_and_see_a_wall():
     assert float(a[column < 20].mean()) > 0.97 and float(a[(column > 36) & (column < 40)].mean()) < 0.8
 
 
+def test_torch_path_matches_numba_end_to_end(assets):
+    """The PyTorch path (what CUDA runs) against the numba kernels, the whole export on the CPU."""
+    asset = converted(SPOT, 48)
+    profile = GameProfile(faces=1500, lods=1, texture_size=128)
+    torch_path = export_game(*export_inputs(asset), profile=profile, backend="torch")
+    numba_path = export_game(*export_inputs(asset), profile=profile, backend="numba")
+    for a, b in zip(torch_path.levels, numba_path.levels):
+        assert np.abs(a.normal_map.astype(int) - b.normal_map.astype(int)).max() <= 1
+    assert np.abs(torch_path.orm.astype(int) - numba_path.orm.astype(int)).max() <= 1
+    assert np.abs(torch_path.base_color.astype(int) - numba_path.base_color.astype(int)).max() <= 1
+
+
 @pytest.mark.gpu
 def test_game_bakes_on_cuda_match_the_cpu(assets):
     asset = converted(SPOT, 48)
