@@ -9,8 +9,9 @@ adds cells, so it ends. The boundary quads, split into triangles and wound from 
 manifold, consistently outward surface by construction. Taubin smoothing moves vertices without changing
 connectivity, so the staircase softens and nothing else changes. Decimation to the face budget can break
 manifoldness (edge collapses are not checked against the link condition), so the result is checked
-(`closed_manifold_problems`); where it fails, slightly smaller budgets are tried (another collapse order), then the
-occupancy is pooled onto fewer cells until the undecimated boundary fits the budget.
+(`closed_manifold_problems`); where collapses pressed two sheets together along edges, `split_pinches` cuts them
+apart again; where that fails, slightly smaller budgets are tried (another collapse order), then the occupancy is
+pooled onto fewer cells until the undecimated boundary fits the budget.
 """
 
 from __future__ import annotations
@@ -171,6 +172,95 @@ def closed_manifold_problems(vertices: np.ndarray, faces: np.ndarray) -> dict:
     return out
 
 
+def _pair_half_edges(vertices: np.ndarray, faces: np.ndarray, order: np.ndarray, edge_of: np.ndarray,
+                     face_count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) half-edge pairs that form the manifold edges after cutting: the two half-edges of every
+    two-face edge, and around an edge with more faces each face paired with its neighbour across the solid behind
+    it, where the geometry says so (so parts that touch along an edge separate, not cross)."""
+    start = faces.reshape(-1)
+    sorted_edges = edge_of[order]
+    first = np.ones(len(order), bool)
+    first[1:] = sorted_edges[1:] != sorted_edges[:-1]
+    pair = np.flatnonzero(first & (face_count[sorted_edges] == 2))
+    a_side, b_side = order[pair], order[pair + 1]
+    forward, backward = [np.where(start[a_side] < start[b_side], a_side, b_side)], []
+    backward.append(np.where(start[a_side] < start[b_side], b_side, a_side))
+    v = np.asarray(vertices, dtype=np.float64)
+    for group_start in np.flatnonzero(first & (face_count[sorted_edges] > 2)):
+        half = order[group_start:group_start + face_count[sorted_edges[group_start]]]
+        face, corner = half // 3, half % 3
+        tail, head = faces[face, corner], faces[face, (corner + 1) % 3]
+        low, high = np.minimum(tail, head)[0], np.maximum(tail, head)[0]
+        axis = v[high] - v[low]
+        axis /= max(np.linalg.norm(axis), 1e-300)
+        wing = v[faces[face, (corner + 2) % 3]] - v[low]
+        wing -= np.outer(wing @ axis, axis)
+        reference = wing[0] / max(np.linalg.norm(wing[0]), 1e-300)
+        angle = np.arctan2(wing @ np.cross(axis, reference), wing @ reference)
+        normal = np.cross(v[faces[face, 1]] - v[faces[face, 0]], v[faces[face, 2]] - v[faces[face, 0]])
+        turn = np.sign(np.einsum("ij,ij->i", normal, np.cross(axis, wing)))  # +1: outside lies at larger angles
+        ring = np.argsort(angle)
+        # Pair neighbours around the edge (pairs never cross): ring[2i + offset] with ring[2i + 1 + offset]. Of
+        # the two offsets, take one whose pairs run opposite ways, preferring pairs that enclose solid between them
+        # (as the two faces of an ordinary edge do), so each touching part keeps its own edge.
+        best, best_score = None, -1
+        for offset in (0, 1):
+            left = ring[(np.arange(0, len(ring), 2) + offset) % len(ring)]
+            right = ring[(np.arange(1, len(ring), 2) + offset) % len(ring)]
+            if (tail[left] != head[right]).any():
+                continue
+            score = int((turn[left] < 0).sum() + (turn[right] > 0).sum())  # left's inside (solid) faces right
+            if score > best_score:
+                best, best_score = (left, right), score
+        if best is None:
+            raise ValueError("split_pinches: the faces around an edge do not alternate in direction")
+        partner = np.empty(len(ring), np.int64)
+        partner[best[0]], partner[best[1]] = best[1], best[0]
+        is_forward = tail < head
+        forward.append(half[is_forward])
+        backward.append(half[partner[is_forward]])
+    return np.concatenate(forward), np.concatenate(backward)
+
+
+def split_pinches(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make a closed, consistently wound mesh manifold by cutting it where sheets touch.
+
+    Half-edges are paired into edges (`_pair_half_edges`: around an edge with four or more faces, each face with
+    its neighbour across the solid behind it), corners are joined only across those pairs, and every vertex gets
+    one copy per fan of corners so joined. Each edge then has exactly two faces and each vertex one fan: a closed
+    2-manifold with the same faces and winding. Copies of a split vertex move a thousandth of the median edge
+    towards their own faces, so that a checker merging vertices by position does not pinch them together again.
+
+    Returns the input unchanged when nothing is pinched; raises ValueError where the faces around an edge do not
+    alternate in direction (the mesh is not consistently wound there).
+    """
+    faces = np.asarray(faces, dtype=np.int64)
+    order, edge_of, face_count = meshops.edge_table(faces)
+    if (face_count == 1).any():
+        raise ValueError("split_pinches: the mesh has boundary edges")
+    forward, backward = _pair_half_edges(vertices, faces, order, edge_of, face_count)
+    start = faces.reshape(-1)
+    f1, c1, f2, c2 = forward // 3, forward % 3, backward // 3, backward % 3  # forward runs a -> b, backward b -> a
+    links = np.concatenate([np.stack([3 * f1 + c1, 3 * f2 + (c2 + 1) % 3], 1),
+                            np.stack([3 * f1 + (c1 + 1) % 3, 3 * f2 + c2], 1)])
+    fan = meshops.connected_components(3 * len(faces), links)  # corner -> fan, numbered from 0
+    fan_vertex = np.zeros(int(fan.max()) + 1, np.int64)
+    fan_vertex[fan] = start
+    copies = np.bincount(fan_vertex, minlength=len(vertices))
+    if len(fan_vertex) == len(np.unique(start)) and (copies <= 1).all():
+        return vertices, faces  # nothing pinched
+    new_vertices = np.asarray(vertices, dtype=np.float64)[fan_vertex]
+    split = copies[fan_vertex] > 1
+    centroid = new_vertices[fan.reshape(-1, 3)].mean(axis=1)
+    toward = np.zeros_like(new_vertices)
+    np.add.at(toward, fan, np.repeat(centroid, 3, axis=0))
+    toward = toward / np.bincount(fan, minlength=len(new_vertices))[:, None] - new_vertices
+    length = np.linalg.norm(toward, axis=1, keepdims=True)
+    step = 1e-3 * meshops.median_edge_length(vertices, faces)
+    new_vertices[split] += (toward / np.maximum(length, 1e-30) * step)[split]
+    return new_vertices.astype(np.asarray(vertices).dtype), fan.reshape(-1, 3)
+
+
 def _taubin(vertices: np.ndarray, faces: np.ndarray, iterations: int) -> np.ndarray:
     """Taubin lambda/mu smoothing with uniform weights (connectivity untouched, little shrinkage)."""
     import scipy.sparse as sp
@@ -215,7 +305,15 @@ def watertight_surface(coords, grid: Grid, target_faces: int, cells: int = WATER
         for share in (DECIMATION_RETRIES if decimate else (1.0,)):
             v, f = meshops.decimate(world, faces, int(target_faces * share)) if decimate else (world, faces)
             v, f = meshops.compact(v, f)
-            if not any(closed_manifold_problems(v, f).values()):
+            problems = closed_manifold_problems(v, f)
+            if (problems["non_manifold_edges"] or problems["non_manifold_vertices"]) and not (
+                    problems["boundary_edges"] or problems["inconsistent_edges"] or problems["degenerate_faces"]):
+                try:
+                    v, f = split_pinches(v, f)  # collapses pressed two sheets together: cut them apart
+                    problems = closed_manifold_problems(v, f)
+                except ValueError:
+                    pass  # not a clean touch of sheets: the next try or fewer cells
+            if not any(problems.values()):
                 return v.astype(np.float32), f, size
         if size <= MIN_WATERTIGHT_GRID:
             raise ValueError(f"watertight: no closed manifold surface of at most {target_faces} faces "

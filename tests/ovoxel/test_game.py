@@ -19,7 +19,7 @@ from omnivox.ovoxel.game_normals import (MIN_TANGENT_Z, SurfaceTexels, ambient_o
                                          voxel_normals)
 from omnivox.ovoxel.game_report import uv_coverage
 from omnivox.ovoxel.game_watertight import (boundary_surface, closed_manifold_problems, make_well_composed,
-                                            solid_occupancy, watertight_surface)
+                                            solid_occupancy, split_pinches, watertight_surface)
 from tests.conftest import ASSETS, _assets_dir
 from tests.ovoxel.test_real_assets import asset_files, normalized_mesh
 
@@ -290,6 +290,14 @@ def test_well_composed_boundary_is_closed_on_random_volumes():
         assert not any(closed_manifold_problems(vertices, faces).values())
         assert _trimesh_closed(vertices, faces)
         assert raw_problems["non_manifold_edges"] + raw_problems["non_manifold_vertices"] > 0  # there was work
+
+
+def test_split_pinches_cuts_boxes_touching_along_an_edge():
+    two = trimesh.util.concatenate([trimesh.creation.box(), trimesh.creation.box().apply_translation([1, 1, 0])])
+    welded = trimesh.Trimesh(two.vertices, two.faces, process=True)  # one edge with four faces
+    vertices, faces = split_pinches(welded.vertices, welded.faces)
+    assert not any(closed_manifold_problems(vertices, faces).values())
+    assert len(vertices) == len(welded.vertices) + 2 and _trimesh_closed(vertices, faces)
 
 
 def test_closed_manifold_problems_agrees_with_trimesh():
