@@ -38,11 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnivox._backend import triton_available
+from omnivox.models.kernels.reference import FP8_MAX, dequantize_rows_reference, quantize_rows_fp8_reference
 
 WEIGHTS_DTYPES = ("int8", "fp8")
 STORAGE_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 # The largest code of each format: int8 keeps -127..127 (symmetric), e4m3 tops out at 448.
-CODE_MAX = {"int8": 127.0, "fp8": 448.0}
+CODE_MAX = {"int8": 127.0, "fp8": FP8_MAX}
 # fp8 calls with fewer rows dequantize instead: the GEMM is then too small for fp8 to gain anything, and the
 # scaled GEMM wants row counts the tensor-core tiles like.
 FP8_MIN_ROWS = 64
@@ -109,20 +110,6 @@ def quantize_weight(weight: torch.Tensor, weights_dtype: str) -> tuple[torch.Ten
     if weights_dtype == "int8":
         scaled = torch.round(scaled)
     return scaled.to(STORAGE_DTYPES[weights_dtype]), scale
-
-
-def dequantize_rows_reference(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``codes (N, K) * scale (N,)`` in float32, rounded once to ``dtype`` (what the Triton kernel computes)."""
-    return (codes.float() * scale.float()[:, None]).to(dtype)
-
-
-def quantize_rows_fp8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x (M, K)`` -> fp8 e4m3 codes ``(M, K)`` and scales ``(M, 1) float32`` (absmax / 448 per row)."""
-    top = CODE_MAX["fp8"]
-    xf = x.float()
-    amax = xf.abs().amax(dim=1, keepdim=True)
-    scale = torch.where(amax > 0, amax / top, torch.ones_like(amax))
-    return (xf / scale).clamp(-top, top).to(torch.float8_e4m3fn), scale
 
 
 def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""PyTorch references of the fused flow-block ops (`omnivox.models.kernels.triton.block`), same signatures.
+"""PyTorch references of the models' Triton kernels, same signatures: the fused flow-block ops
+(`omnivox.models.kernels.triton.block`) and the 8-bit weight helpers (`omnivox.models.kernels.triton.weights8`).
 
 Each function is the chain of PyTorch ops ``FlowBlock.forward`` runs for that step, written against the fused
 kernel's interface (rows ``(R, C)`` and a per-sample modulation ``table`` indexed by ``rows``): the kernels round
@@ -43,3 +44,21 @@ def rms_norm_rope_reference(x: torch.Tensor, gamma: torch.Tensor, cos: Optional[
     if cos is not None:
         y = apply_rope(y, torch.complex(cos, sin))
     return y.contiguous()
+
+
+# Largest finite float8 e4m3 value: the fp8 codes' range (omnivox.models.quantize.CODE_MAX['fp8']).
+FP8_MAX = 448.0
+
+
+def dequantize_rows_reference(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``codes (N, K) * scale (N,)`` in float32, rounded once to ``dtype`` (what the Triton kernel computes)."""
+    return (codes.float() * scale.float()[:, None]).to(dtype)
+
+
+def quantize_rows_fp8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x (M, K)`` -> fp8 e4m3 codes ``(M, K)`` and scales ``(M, 1) float32`` (absmax / 448 per row)."""
+    top = FP8_MAX
+    xf = x.float()
+    amax = xf.abs().amax(dim=1, keepdim=True)
+    scale = torch.where(amax > 0, amax / top, torch.ones_like(amax))
+    return (xf / scale).clamp(-top, top).to(torch.float8_e4m3fn), scale

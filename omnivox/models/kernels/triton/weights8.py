@@ -8,7 +8,7 @@
   448), the left operand of a row-wise scaled fp8 GEMM (``torch._scaled_mm``). One pass instead of the five
   PyTorch kernels of `quantize_rows_fp8_reference`.
 
-Both have a same-signature PyTorch reference in `omnivox.models.quantize`; ``tests/models/test_quantize.py``
+Both have a same-signature PyTorch reference in `omnivox.models.kernels.reference`; ``tests/models/test_quantize.py``
 compares them in Triton's CPU interpreter and on the GPU. Imported only when a CUDA forward uses them.
 """
 
