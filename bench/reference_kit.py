@@ -21,8 +21,14 @@ Usage:
     python bench/reference_kit.py pack [--mirror /work/.mirror]
     python bench/reference_kit.py inputs [--assets mesh/spot/spot_triangulated.obj:512,1024 ...]
     python bench/reference_kit.py wheels   # .whl/ less llvmlite+numba (the device has both) -> .refkit/wheels
+    python bench/reference_kit.py ray      # Ray for the device's Python, trimmed to what `omnivox data --ray` runs
 
 ``wheels`` exists for the 64 MiB a device call may carry: ``.whl`` alone is ~49 MiB, 40 of them llvmlite.
+``ray`` exists for the same limit: Ray's wheel is ~76 MiB. It downloads the wheel for the device's Python (3.12,
+manylinux x86_64) and the wheels of its core dependencies, drops what a task cluster does not use (Java jars, RLlib,
+Serve, Tune, Train, Ray Data, the dashboard's web client) and writes ``.refkit/ray/ray_core.tar.xz`` (~27 MiB)
+plus the dependency wheels. On the device: ``tar -xJf .refkit/ray/ray_core.tar.xz -C /tmp/site`` and install the
+wheels into ``/tmp/site`` like the others.
 """
 
 from __future__ import annotations
@@ -169,6 +175,44 @@ def wheels(args) -> None:
     print(f"{out.relative_to(ROOT)}: {len(kept)} wheels, {total / 2**20:.2f} MiB (left out: {', '.join(args.skip)})")
 
 
+RAY_DROPPED = ("jars", "rllib", "serve", "tune", "train", "data", "llm", "dashboard/client")
+RAY_DEPENDENCIES = ("click", "filelock", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "attrs",
+                    "msgpack", "protobuf", "pyyaml", "requests", "urllib3", "idna", "certifi", "charset-normalizer",
+                    "packaging")
+
+
+def ray(args) -> None:
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    out = KIT / "ray"
+    out.mkdir(parents=True, exist_ok=True)
+    target = ["--python-version", args.python, "--platform", "manylinux2014_x86_64", "--only-binary=:all:",
+              "--no-deps"]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", f"ray=={args.version}", *target, "-d", tmp],
+                       check=True)
+        (wheel,) = Path(tmp).glob("ray-*.whl")
+        tree = Path(tmp) / "tree"
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(tree)
+        for part in RAY_DROPPED:
+            shutil.rmtree(tree / "ray" / part, ignore_errors=True)
+        names = sorted(p.name for p in tree.iterdir())
+        subprocess.run(["tar", "-C", str(tree), "-cf", str(out / "ray_core.tar.xz"), "--use-compress-program",
+                        "xz -6 -T0", *names], check=True)
+    for old in out.glob("*.whl"):
+        old.unlink()
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", *RAY_DEPENDENCIES, *target, "-d", str(out)],
+                   check=True)
+    total = sum(p.stat().st_size for p in out.iterdir())
+    print(f"{out.relative_to(ROOT)}: ray {args.version} trimmed + {len(list(out.glob('*.whl')))} wheels, "
+          f"{total / 2**20:.1f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,8 +224,11 @@ def main() -> None:
     p.add_argument("--out", default=str(KIT / "inputs"))
     p = sub.add_parser("wheels", help="copy .whl/*.whl less the device's own packages to .refkit/wheels")
     p.add_argument("--skip", nargs="*", default=["llvmlite", "numba"])
+    p = sub.add_parser("ray", help="write .refkit/ray: Ray trimmed for the device's Python, and its dependencies")
+    p.add_argument("--version", default="2.60.0")
+    p.add_argument("--python", default="3.12", help="the device's Python version")
     args = parser.parse_args()
-    {"pack": pack, "inputs": inputs, "wheels": wheels}[args.command](args)
+    {"pack": pack, "inputs": inputs, "wheels": wheels, "ray": ray}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid
 if TYPE_CHECKING:
     import trimesh
 
+    from omnivox.ovoxel.game import GameProfile
+
 logger = logging.getLogger(__name__)
 
 ATTRIBUTE_LAYOUT = {"base_color": slice(0, 3), "metallic": slice(3, 4), "roughness": slice(4, 5), "alpha": slice(5, 6)}
@@ -663,7 +665,7 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
            hole_max_perimeter: float = 3e-2, min_component_area: float = 1e-5,
            device: Union[str, torch.device, None] = None, surface_tolerance: Optional[float] = None,
            progress: Optional[Callable[[str, int, int], None]] = None,
-           uv_method: UvMethod = UvMethod.VOXEL) -> "trimesh.Trimesh":
+           uv_method: UvMethod = UvMethod.VOXEL, profile: Optional["GameProfile"] = None):
     """Turn an extracted O-Voxel surface and its voxel materials into a textured, glTF-ready mesh.
 
     Args:
@@ -689,14 +691,26 @@ def to_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequence[
         progress: ``progress("export", k, n)`` after each of the ``n`` steps of ``EXPORT_STEPS`` (and k = 0 first),
             the pipelines' stage-callback shape.
         uv_method: ``UvMethod.VOXEL`` (axis-projected charts, on ``device``) or ``UvMethod.XATLAS``.
+        profile: an ``omnivox.ovoxel.game.GameProfile`` for a game-ready export (docs/game_export.md): the budget,
+            texture size, levels of detail, normal map, occlusion and watertight option come from it
+            (``decimation_target``, ``texture_size``, ``surface_tolerance`` and ``uv_method`` are not used).
 
     Returns:
         ``trimesh.Trimesh`` in glTF's Y-up frame, with UVs, unit vertex normals and a ``PBRMaterial``:
         baseColorTexture RGBA (base colour, alpha), metallicRoughnessTexture RGB (0, roughness, metallic).
+        With ``profile``: an ``omnivox.ovoxel.game.GameAsset`` (``.save(path)`` writes the GLB and
+        ``<name>.report.json``).
 
     Raises:
         ValueError: bad shapes, dtypes, ranges, indices, options, or nothing left after clean-up.
     """
+    if profile is not None:
+        from omnivox.ovoxel.game import export_game
+
+        return export_game(vertices, faces, coords, attributes, grid, profile=profile, aabb=aabb,
+                           image_format=image_format, alpha_mode=alpha_mode, fill_holes=fill_holes,
+                           hole_max_perimeter=hole_max_perimeter, min_component_area=min_component_area,
+                           device=device, progress=progress)
     mesh, _ = bake_glb(vertices, faces, coords, attributes, grid, aabb=aabb, decimation_target=decimation_target,
                        texture_size=texture_size, fill_holes=fill_holes, image_format=image_format,
                        alpha_mode=alpha_mode, hole_max_perimeter=hole_max_perimeter,

@@ -349,7 +349,7 @@ def export_game(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequ
         double_sided = False
     else:
         low_v, low_f, _, _ = prepare_surface(v, f, fill_holes, hole_max_perimeter, min_component_area,
-                                             int(profile.faces))
+                                             int(profile.faces), device=device)
         low_v, low_f = cluster_to_budget(low_v, low_f, int(profile.faces))
         double_sided = bool((meshops.opening_areas(low_v, low_f) >= OPENING_AREA * voxel_face).any())
     done("surface")

@@ -119,3 +119,9 @@ def test_to_glb_with_a_game_profile_writes_the_game_file_and_its_report(record, 
     assert sum(len(g.faces) for g in scene.geometry.values()) <= 64
     # Without a profile the plain export is unchanged: a trimesh.Trimesh.
     assert isinstance(asset.to_glb(texture_size=64), trimesh.Trimesh)
+    # The module-level exporter takes the profile the same way.
+    from omnivox.ovoxel.export import to_glb
+
+    direct = to_glb(asset.vertices.numpy(), asset.faces.numpy(), asset.coords.numpy(), asset.attribute_matrix(),
+                    asset.grid, profile=GameProfile(faces=64, texture_size=64, normal_map=False, occlusion=False))
+    assert isinstance(direct, GameAsset) and direct.to_glb_bytes()[:4] == b"glTF"
