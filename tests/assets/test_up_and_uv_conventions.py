@@ -130,7 +130,7 @@ def test_texture_bakes_into_the_users_uvs_upright(tmp_path, kind):
         def __init__(self):  # no models: texture_voxels below stands in for them
             self.device = torch.device("cpu")  # where a pipeline bakes its result
 
-        def texture_voxels(self, vertices, faces, image, *, resolution, **_):
+        def texture_voxels(self, vertices, faces, *, images, resolution, **_):
             seen.append(np.asarray(vertices))
             scene = load_asset(source).normalized()
             np.testing.assert_array_equal(scene.vertices, vertices)  # the model sees the scene Z-up
@@ -139,7 +139,10 @@ def test_texture_bakes_into_the_users_uvs_upright(tmp_path, kind):
             return coords, (values / 255).numpy(), None
 
     seen = []
-    mesh = OwnTexture().run(source, image=None, resolution=256, texture_size=32)
+    from PIL import Image
+
+    reference = Image.new("RGBA", (8, 8))  # the stand-in ignores it; run() needs a view to pass on
+    mesh = OwnTexture().run(source, image=reference, resolution=256, texture_size=32)
     assert seen and np.ptp(seen[0][:, 2]) > 0.9  # upright in the model's frame
     positions, uv, triangles, image = read_glb_independently(save_glb(mesh, tmp_path / "t.glb") or tmp_path / "t.glb")
     file_positions, file_uv, file_triangles = _file_geometry(source, kind)
