@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from omnivox.cli.main import app
+from omnivox.cli import checks
 from omnivox.cli.checks import DEFAULT_MAX_VOXELS, compute_device, fail, input_file, output_file
 from omnivox.cli.progress import progress_bar
 
@@ -58,7 +59,14 @@ def export_glb(
             raise ValueError(f"--alpha-mode must be auto, OPAQUE, MASK or BLEND, got {alpha_mode!r}")
         if uv not in ("voxel", "xatlas"):  # the values of omnivox.ovoxel.export.UvMethod
             raise ValueError(f"--uv must be voxel or xatlas, got {uv!r}")
-        game = _check_profile(profile, lods, watertight, normal_map, occlusion, uv)
+        # --faces left at the plain default means "the game profile's budget".
+        faces_given = context.get_parameter_source("decimation_target").name != "DEFAULT"
+        game_profile = checks.game_profile(profile, faces=decimation_target if faces_given else None, lods=lods,
+                                           watertight=watertight, normal_map=normal_map, occlusion=occlusion,
+                                           texture_size=texture_size)
+        game = game_profile is not None
+        if game and uv != "voxel":
+            raise ValueError("--profile game lays out its atlas with the voxel method (leave out --uv)")
         from omnivox.ovoxel.io.vxz import check_vxz_limits, read_vxz_info
         from omnivox.ovoxel.packing import require_attributes
 
@@ -74,13 +82,8 @@ def export_glb(
         asset = OVoxel.from_vxz(source, resolution, max_voxels=max_voxels)
         coords, grid_size = asset.coords.numpy(), asset.resolution
         if game:
-            from omnivox.ovoxel.game import GameProfile, export_game, report_path
+            from omnivox.ovoxel.game import export_game, report_path
 
-            # --faces left at the plain default means "the game profile's budget".
-            faces_given = context.get_parameter_source("decimation_target")
-            budget = {} if faces_given is not None and faces_given.name == "DEFAULT" else {"faces": decimation_target}
-            game_profile = GameProfile(**budget, lods=lods, watertight=watertight, normal_map=normal_map,
-                                       occlusion=occlusion, texture_size=texture_size)
             exported = export_game(asset.vertices.numpy(), asset.faces.numpy(), coords, asset.attribute_matrix(),
                                    asset.grid, profile=game_profile, fill_holes=fill_holes, image_format=image_format,
                                    alpha_mode=alpha_mode, device=device, progress=progress_bar())
@@ -108,18 +111,3 @@ def export_glb(
         f"{', double-sided' if report.double_sided else ''} ({time.perf_counter() - start:.2f} s)"
     )
 
-
-def _check_profile(profile: str, lods: int, watertight: bool, normal_map: bool, occlusion: bool, uv: str) -> bool:
-    """Whether the game profile was asked for; a one-line error for options that do not fit the profile."""
-    if profile not in ("plain", "game"):
-        raise ValueError(f"--profile must be plain or game, got {profile!r}")
-    if profile == "plain":
-        extras = [name for name, used in (("--lods", lods != 0), ("--watertight", watertight),
-                                          ("--no-normal-map", not normal_map), ("--no-occlusion", not occlusion))
-                  if used]
-        if extras:
-            raise ValueError(f"{', '.join(extras)} only apply with --profile game")
-        return False
-    if uv != "voxel":
-        raise ValueError("--profile game lays out its atlas with the voxel method (leave out --uv)")
-    return True
