@@ -234,7 +234,7 @@ def test_cancel_queued_and_running_jobs(client, server, assets):
 
 def test_memory_is_steady_over_30_requests(client, server, assets):
     """30 sequential generate + download rounds; the server's RSS, as the median of rounds 25-29, may not exceed
-    the median of rounds 10-14 by 24 MiB. Keeping each finished job's decoded input image (2.3 MB for this one)
+    the median of rounds 10-14 by 24 MiB, or if it does, the next 15 rounds may not grow it by that much again. Keeping each finished job's decoded input image (2.3 MB for this one)
     grows it by about 34 MiB over those 15 rounds and fails this test. Medians of later windows, because the RSS
     of a healthy server moves in allocator steps of about 27 MiB, up and down, during its first 10-15 rounds
     (seen 2026-12-07: e.g. 677 -> 701 MiB at round 6, then flat; in-process, the same jobs grow it 4 MiB in 24)."""
@@ -242,14 +242,24 @@ def test_memory_is_steady_over_30_requests(client, server, assets):
 
     crown = (assets / CROWN).read_bytes()
     rss = []
-    for i in range(30):
-        job = _submit(client, crown, seed=i).json()
-        status, _ = _wait(client, server, job["id"])
-        assert status["state"] == "done", status
-        assert client.get(f"/v1/jobs/{job['id']}/result.glb").content[:4] == b"glTF"
-        rss.append(_rss_bytes(server.pid))
-    growth = statistics.median(rss[25:30]) - statistics.median(rss[10:15])
-    assert growth < 24 * 2**20, [f"{r / 2**20:.0f} MiB" for r in rss]
+
+    def rounds(count: int) -> None:
+        for _ in range(count):
+            job = _submit(client, crown, seed=len(rss)).json()
+            status, _ = _wait(client, server, job["id"])
+            assert status["state"] == "done", status
+            assert client.get(f"/v1/jobs/{job['id']}/result.glb").content[:4] == b"glTF"
+            rss.append(_rss_bytes(server.pid))
+
+    def growth(first: int, second: int) -> float:  # median RSS of rounds second..+4 minus that of first..+4
+        return statistics.median(rss[second:second + 5]) - statistics.median(rss[first:first + 5])
+
+    rounds(30)
+    if growth(10, 25) >= 24 * 2**20:
+        # Once in a full CI run (not reproduced alone) the RSS rose 85 MiB between the windows: a leak keeps rising,
+        # an allocator step does not, so 15 more rounds decide. A kept 2.3 MB image grows both windows by ~34 MiB.
+        rounds(15)
+        assert growth(25, 40) < 24 * 2**20, [f"{r / 2**20:.0f} MiB" for r in rss]
 
 
 def test_texture_without_texturing_weights_is_a_clear_404(tmp_path, assets):
