@@ -126,9 +126,11 @@ class Models:
     texturing: Any = None
 
 
-def load_models(weights: str | Path, device: str = "cpu", background_model: str | Path | None = None) -> Models:
+def load_models(weights: str | Path, device: str = "cpu", background_model: str | Path | None = None, *,
+                max_memory=None, weights_dtype: str | None = None) -> Models:
     """Open the pipelines in `weights` for `device`: image-to-3D from `pipeline.json`, and texturing too when the
-    folder has `texturing_pipeline.json`. `background_model` (a BiRefNet `.onnx`) enables RGB inputs.
+    folder has `texturing_pipeline.json`. `background_model` (a BiRefNet `.onnx`) enables RGB inputs;
+    `max_memory` (e.g. "8GB") and `weights_dtype` ("int8", "fp8") are the pipelines' own options.
 
     The pipelines load each network on first use and keep it (see `omnivox.pipelines`), so a server pays the
     loading once; `warm_up` can pay it before the first request.
@@ -136,13 +138,13 @@ def load_models(weights: str | Path, device: str = "cpu", background_model: str 
     from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
 
     weights = Path(weights)
-    models = Models(device=device, image_to_3d=ImageTo3DPipeline.from_pretrained(
-        weights, device=device, background_model=background_model))
+    options = dict(device=device, background_model=background_model, max_memory=max_memory,
+                   weights_dtype=weights_dtype)
+    models = Models(device=device, image_to_3d=ImageTo3DPipeline.from_pretrained(weights, **options))
     if (weights / "texturing_pipeline.json").is_file():
         from omnivox.pipelines.texturing import TexturingPipeline
 
-        models.texturing = TexturingPipeline.from_pretrained(weights, device=device,
-                                                             background_model=background_model)
+        models.texturing = TexturingPipeline.from_pretrained(weights, **options)
     return models
 
 

@@ -21,9 +21,14 @@ BACKGROUND_MODEL = typer.Option(None, "--background-model", help=(
 DEVICES = typer.Option([], "--device", help=(
     "Device to run on; repeat for several GPUs (one job at a time on each). Default: cuda if present."))
 MAX_IMAGE_SIDE = typer.Option(4096, help="Largest image width or height in pixels.")
+MAX_MEMORY = typer.Option(None, "--max-memory", help="GPU memory budget per device, e.g. 8GB (models offloaded "
+                                                     "and work chunked to stay under it).")
+WEIGHTS_DTYPE = typer.Option(None, "--weights-dtype", help="int8 or fp8: the flow models' weights in 8 bits (half "
+                                                           "their memory; fp8 needs an RTX 40xx, L4, H100 or newer).")
 
 
-def _start_queue(weights: Path, background_model: Optional[Path], devices: List[str], max_pending: int):
+def _start_queue(weights: Path, background_model: Optional[Path], devices: List[str], max_pending: int,
+                 max_memory: Optional[str] = None, weights_dtype: Optional[str] = None):
     """Open the pipelines once per device (they stay resident) and start one worker per device."""
     if not (Path(weights) / "pipeline.json").is_file():
         typer.echo(f"error: {weights} is not a weights folder (no pipeline.json in it)", err=True)
@@ -38,7 +43,8 @@ def _start_queue(weights: Path, background_model: Optional[Path], devices: List[
 
     devices = devices or ["cuda" if torch.cuda.is_available() else "cpu"]
     try:
-        models = [load_models(weights, device, background_model) for device in devices]
+        models = [load_models(weights, device, background_model, max_memory=max_memory, weights_dtype=weights_dtype)
+                  for device in devices]
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -67,6 +73,8 @@ def serve(
     max_upload_mb: float = typer.Option(32.0, help="Largest request body in MiB."),
     max_image_side: int = MAX_IMAGE_SIDE,
     max_pending: int = typer.Option(32, help="Most jobs waiting or running; more get HTTP 503."),
+    max_memory: Optional[str] = MAX_MEMORY,
+    weights_dtype: Optional[str] = WEIGHTS_DTYPE,
 ) -> None:
     """HTTP API: POST /v1/generate, POST /v1/texture, GET/DELETE /v1/jobs/{id}, OpenAPI at /docs."""
     _require_app_extra("serve")
@@ -74,7 +82,7 @@ def serve(
 
     from omnivox.app.server import create_app
 
-    queue, models = _start_queue(weights, background_model, device, max_pending)
+    queue, models = _start_queue(weights, background_model, device, max_pending, max_memory, weights_dtype)
     service = create_app(queue, models, limits=_limits(max_upload_mb, max_image_side))
     typer.echo(f"omnivox service on http://{host}:{port} (OpenAPI: /docs)")
     try:
@@ -94,13 +102,15 @@ def web_app(
     max_image_side: int = MAX_IMAGE_SIDE,
     preview_frames: int = typer.Option(48, help="Frames of the turntable video (0: no video)."),
     preview_size: int = typer.Option(256, help="Pixel size of the turntable and PBR panel (0: no previews)."),
+    max_memory: Optional[str] = MAX_MEMORY,
+    weights_dtype: Optional[str] = WEIGHTS_DTYPE,
 ) -> None:
     """Web app in the browser: image to 3D with progress, 3D viewer, previews and GLB download; texturing tab."""
     _require_app_extra("app")
     from omnivox.app.tasks import Previews
     from omnivox.app.web import build_app
 
-    queue, models = _start_queue(weights, background_model, device, max_pending=32)
+    queue, models = _start_queue(weights, background_model, device, 32, max_memory, weights_dtype)
     previews = Previews(frames=preview_frames, resolution=preview_size) if preview_size > 0 else None
     limits = _limits(max_upload_mb, max_image_side)
     demo = build_app(queue, models, limits=limits, previews=previews)

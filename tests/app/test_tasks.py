@@ -88,6 +88,13 @@ def test_pipeline_defaults_and_background_check(test_weights, assets):
     with pytest.raises(InputError, match="at most 8 views") as err:
         tasks.views_list([crown] * 9)
     assert err.value.status == 422
+    # The pipelines' memory options reach both pipelines (`omnivox serve/app --max-memory --weights-dtype`).
+    small = tasks.load_models(test_weights, "cpu", max_memory="8GB", weights_dtype="int8")
+    for pipeline in (small.image_to_3d, small.texturing):
+        assert pipeline.max_memory == 8 * 2**30  # "8GB" reads as GiB (pipelines.memory.parse_memory)
+        assert pipeline.models.weights_dtype == "int8"
+    with pytest.raises(ValueError, match="weights_dtype"):
+        tasks.load_models(test_weights, "cpu", weights_dtype="int4")
 
 
 def test_commands_listen_on_loopback_by_default():
