@@ -186,7 +186,12 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
     ) -> JobStatus:
         pictures = read_views(image)
         if decimation_target is None:
-            decimation_target = tasks.GAME_FACES if profile == "game" else 200_000
+            if profile == "game":
+                from omnivox.ovoxel.game import GameProfile
+
+                decimation_target = GameProfile().faces
+            else:
+                decimation_target = 200_000
         params = tasks.GenerateParams(seed=seed, pipeline_type=pipeline_type or None,
                                       decimation_target=decimation_target, texture_size=texture_size,
                                       multiview_mode=multiview_mode or None, profile=profile, lods=lods,

@@ -34,9 +34,6 @@ MAX_DECIMATION_TARGET = 2_000_000
 #: The most views of one object a request may send (each is preprocessed and encoded on its own).
 MAX_VIEWS = 8
 EXPORT_PROFILES = ("plain", "game")
-GAME_FACES = 20_000  # omnivox.ovoxel.game.GameProfile's default budget (a test checks they agree)
-MIN_GAME_FACES = 16  # GameProfile's smallest budget
-MAX_LODS = 6  # omnivox.ovoxel.game.MAX_LODS (a test checks they agree)
 
 
 @dataclass(frozen=True)
@@ -101,15 +98,24 @@ class GenerateParams:
             raise InputError(f"profile must be one of {list(EXPORT_PROFILES)}, got {self.profile!r}", status=422)
         if self.profile == "plain" and (self.lods or self.watertight):
             raise InputError("lods and watertight only apply with profile 'game'", status=422)
-        if not 0 <= self.lods <= MAX_LODS:
-            raise InputError(f"lods must be in 0..{MAX_LODS}, got {self.lods}", status=422)
-        if self.profile == "game" and self.decimation_target < MIN_GAME_FACES:
-            raise InputError(f"decimation_target must be at least {MIN_GAME_FACES} with profile 'game', "
-                             f"got {self.decimation_target}", status=422)
         if self.texture_size not in TEXTURE_SIZES:
             raise InputError(f"texture_size must be one of {list(TEXTURE_SIZES)}, got {self.texture_size}",
                              status=422)
+        try:
+            self.game_profile()  # the game profile checks its own budget and levels
+        except ValueError as error:
+            raise InputError(str(error), status=422) from None
         return self
+
+    def game_profile(self):
+        """The ``omnivox.ovoxel.game.GameProfile`` of ``profile == "game"`` (``decimation_target`` is its triangle
+        budget), else None."""
+        if self.profile != "game":
+            return None
+        from omnivox.ovoxel.game import GameProfile
+
+        return GameProfile(faces=self.decimation_target, lods=self.lods, watertight=self.watertight,
+                           texture_size=self.texture_size)
 
     def with_stage(self, name: str, steps: int | None, guidance: float | None) -> "GenerateParams":
         stages = dict(self.stages)
@@ -197,15 +203,9 @@ def generate(models: Models, context: JobContext, image: "Image.Image | list[Ima
                        pipeline_type=pipeline_type, num_samples=1, sampler_params=sampler_params(params),
                        callback=callback)
     path = context.output_dir / "result.glb"
-    if params.profile == "game":
-        from omnivox.ovoxel.game import GameProfile
-
-        profile = GameProfile(faces=params.decimation_target, lods=params.lods, watertight=params.watertight,
-                              texture_size=params.texture_size)
-        outputs[0].to_glb(path, profile=profile, device=models.device, progress=callback)  # + result.report.json
-    else:
-        outputs[0].to_glb(path, decimation_target=params.decimation_target, texture_size=params.texture_size,
-                          device=models.device, progress=callback)  # bake where the pipeline ran
+    # Bake where the pipeline ran; a game profile also writes result.report.json.
+    outputs[0].to_glb(path, decimation_target=params.decimation_target, texture_size=params.texture_size,
+                      device=models.device, progress=callback, profile=params.game_profile())
     if previews is not None:
         render_previews(outputs[0], context, previews, models.device)
     return path

@@ -47,6 +47,8 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
         previews: turntable / PBR panel settings (None: no previews).
         poll_seconds: how often handlers poll their job.
     """
+    from omnivox.ovoxel.game import MAX_LODS  # the game export's own limit (the app is built once)
+
     types = tasks.pipeline_types(models)
     defaults = tasks.stage_defaults(models)
 
@@ -81,7 +83,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                         game_profile = gr.Checkbox(False, label="Game-ready file: the face budget as a triangle "
                                                                 "budget, baked normal map and occlusion",
                                                    elem_id="game-profile")
-                        lods = gr.Slider(0, tasks.MAX_LODS, value=0, step=1, label="Levels of detail (MSFT_lod)",
+                        lods = gr.Slider(0, MAX_LODS, value=0, step=1, label="Levels of detail (MSFT_lod)",
                                          elem_id="lods")
                         watertight = gr.Checkbox(False, label="Watertight (closed, manifold)", elem_id="watertight")
                     stage_inputs = []

@@ -200,18 +200,9 @@ class OVoxel:
 
         if len(self.faces) == 0:
             raise ValueError("the generated shape has no surface (no faces were extracted)")
-        if profile is not None:
-            from omnivox.ovoxel.game import export_game
-
-            game = export_game(self.vertices.numpy(), self.faces.numpy(), self.coords.numpy(),
-                               self.attribute_matrix(), self.grid, profile=profile, device=device,
-                               progress=progress, **options)
-            if path is not None:
-                game.save(path)
-            return game
-        mesh = to_glb(self.vertices.numpy(), self.faces.numpy(), self.coords.numpy(), self.attribute_matrix(),
-                      self.grid, decimation_target=decimation_target, texture_size=texture_size, device=device,
-                      surface_tolerance=surface_tolerance, progress=progress, **options)
-        if path is not None:
-            save_glb(mesh, path)
-        return mesh
+        exported = to_glb(self.vertices.numpy(), self.faces.numpy(), self.coords.numpy(), self.attribute_matrix(),
+                          self.grid, decimation_target=decimation_target, texture_size=texture_size, device=device,
+                          surface_tolerance=surface_tolerance, progress=progress, profile=profile, **options)
+        if path is not None:  # a GameAsset writes itself and its report; a mesh goes through save_glb
+            exported.save(path) if profile is not None else save_glb(exported, path)
+        return exported

@@ -293,11 +293,11 @@ def consistently_wound(faces: torch.Tensor) -> bool:
     start = faces.reshape(-1)
     end = faces[:, [1, 2, 0]].reshape(-1)
     directed, directed_counts = torch.unique(start * n + end, return_counts=True)
-    _, undirected_counts = _edges(faces, n)
     twice = directed[directed_counts > 1]
     if len(twice) == 0:
         return True
+    edges, undirected_counts = _edges(faces, n)
+    keys = edges[:, 0] * n + edges[:, 1]  # sorted, as _edges returns them
     a, b = twice // n, twice % n
     undirected = torch.minimum(a, b) * n + torch.maximum(a, b)
-    keys = torch.unique(torch.minimum(start, end) * n + torch.maximum(start, end))
     return not bool((undirected_counts[torch.searchsorted(keys, undirected)] == 2).any())

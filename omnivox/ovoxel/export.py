@@ -283,20 +283,26 @@ def _voxel_edge(vertices: np.ndarray, faces: np.ndarray) -> float:
     return meshops.median_edge_length(vertices, faces)
 
 
+def _decimate_in_rounds(vertices: torch.Tensor, faces: torch.Tensor, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """`collapse.decimate_in_rounds` on the tensors' device (open borders kept), then the CPU library for whatever
+    the rounds could not reach (rare: every remaining collapse would fold or tear) or, out of GPU memory (a small
+    GPU still holding the models), for all of it."""
+    try:
+        tv, tf = collapse.decimate_in_rounds(vertices, faces, int(target))
+    except torch.OutOfMemoryError:
+        logger.warning("decimation of %d faces ran out of GPU memory; decimating on the CPU", len(faces))
+        tv, tf = vertices, faces
+    v, f = tv.cpu().numpy(), tf.cpu().numpy()
+    return meshops.decimate(v, f, target, preserve_border=True) if len(f) > target else (v, f)
+
+
 def _decimate_on_gpu(device: torch.device):
-    """`meshops.decimate` for a CUDA device: rounds of collapses on the GPU (open borders kept), then the CPU
-    library for whatever the rounds could not reach (rare: every remaining collapse would fold or tear)."""
+    """`meshops.decimate` (numpy in and out) by `_decimate_in_rounds` on ``device``."""
     def decimate(vertices: np.ndarray, faces: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
         if len(faces) <= target:
             return vertices, faces
-        try:
-            tv, tf = collapse.decimate_in_rounds(torch.from_numpy(np.ascontiguousarray(vertices)).to(device),
-                                                 torch.from_numpy(faces).to(device), int(target))
-        except torch.OutOfMemoryError:  # a small GPU still holding the models: the CPU library does it
-            logger.warning("decimation of %d faces ran out of GPU memory; decimating on the CPU", len(faces))
-            return meshops.decimate(vertices, faces, target, preserve_border=True)
-        v, f = tv.cpu().numpy(), tf.cpu().numpy()
-        return meshops.decimate(v, f, target, preserve_border=True) if len(f) > target else (v, f)
+        return _decimate_in_rounds(torch.from_numpy(np.ascontiguousarray(vertices)).to(device),
+                                   torch.from_numpy(faces).to(device), target)
     return decimate
 
 
@@ -307,14 +313,7 @@ def _early_decimation_on(device: torch.device, vertices: np.ndarray, faces: np.n
     if not collapse.consistently_wound(tf):  # extracted surfaces are; anything else is oriented on the CPU first
         oriented, _ = meshops.orient_faces(vertices, tf.cpu().numpy())
         tf = torch.from_numpy(oriented).to(device)
-    try:
-        tv, tf = collapse.decimate_in_rounds(tv, tf, target)
-    except torch.OutOfMemoryError:  # a small GPU still holding the models: the CPU library does it
-        logger.warning("early decimation of %d faces ran out of GPU memory; decimating on the CPU", len(faces))
-        v, f = tv.cpu().numpy(), tf.cpu().numpy()
-        del tv, tf
-        return meshops.decimate(v, f, target, preserve_border=True)
-    return tv.cpu().numpy(), tf.cpu().numpy()
+    return _decimate_in_rounds(tv, tf, target)
 
 
 def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = True,
