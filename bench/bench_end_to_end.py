@@ -24,19 +24,19 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import platform
+import contextlib
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_models import Report, sync  # noqa: E402
-from bench.bench_pipelines import DATA, MESH, Stages, full_size_models, pipeline_with  # noqa: E402
+from bench.bench_pipelines import (DATA, MESH, Stages, full_size_models, load_inputs,  # noqa: E402
+                                   machine_info, pipeline_with)
 
 OUTPUT_RESOLUTION = {"512": 512, "1024_cascade": 1024, "1536_cascade": 1536}
 
@@ -100,27 +100,32 @@ def run_type(report: Report, pipe, tokens: dict, image, pipeline_type: str, real
         own_faces_in=runs[-1]["export_own"]["faces_in"] if export_own else 0))
 
 
-def run(args) -> None:
-    if args.cpu_decimation:
-        # The exporter picks the GPU rounds from prepare_surface's device argument (its last): leaving it out gives
-        # the CPU path, the baseline for this same machine and run.
-        import omnivox.ovoxel.export as export
+@contextlib.contextmanager
+def surface_decimation(on_gpu: bool):
+    """Inside, exports decimate on the GPU (the product) or, for the same-run baseline, on the CPU: the exporter
+    picks the GPU rounds from ``prepare_surface``'s device argument (its last), so leaving it out gives the CPU."""
+    import omnivox.ovoxel.export as export
 
-        on_device = export.prepare_surface
+    on_device = export.prepare_surface
+    if not on_gpu:
         export.prepare_surface = lambda *args_, **kwargs: on_device(*args_[:8], **kwargs)
+    try:
+        yield
+    finally:
+        export.prepare_surface = on_device
+
+
+def run(args) -> None:
+    with surface_decimation(not args.cpu_decimation):
+        _run(args)
+
+
+def _run(args) -> None:
     out = Path(args.out)
     report = Report(out)
     device = torch.device(args.device)
-    from PIL import Image
-
-    data = np.load(args.data)
-    tokens = {k: data[k] for k in ("tokens_512", "tokens_1024", "tokens_1536")}
-    image = Image.fromarray(data["image"], mode="RGBA")
-    info = dict(python=platform.python_version(), torch=torch.__version__, device=str(device),
-                date=time.strftime("%Y-%m-%d %H:%M"), smoke=args.smoke)
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    report.add("machine", info)
+    data, tokens, image = load_inputs(args.data)
+    report.add("machine", machine_info(device, args.smoke, tokens))
     if args.smoke:
         from omnivox.pipelines.image_to_3d import ImageTo3DPipeline
         from omnivox.pipelines.testing import make_test_pipeline
@@ -157,25 +162,20 @@ def export_only(args) -> None:
     baseline, same machine and run): first and second call each, stages listed."""
     import json
 
-    import omnivox.ovoxel.export as export
-
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    on_device = export.prepare_surface
     results = dict(gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                   date=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__)
+                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__)
     for resolution in args.resolutions:
         real = convert_real_asset(args.mesh, resolution, device)
         for mode in ("gpu_rounds", "cpu_decimation"):
-            export.prepare_surface = on_device if mode == "gpu_rounds" else (
-                lambda *args_, **kwargs: on_device(*args_[:8], **kwargs))  # no device argument: the CPU path
-            runs = [export_to_disk(real, out / f"spot_{resolution}_{mode}.glb", device) for _ in range(2)]
+            with surface_decimation(on_gpu=mode == "gpu_rounds"):
+                runs = [export_to_disk(real, out / f"spot_{resolution}_{mode}.glb", device) for _ in range(2)]
             results[f"{resolution}/{mode}"] = runs
             print(resolution, mode, [round(r["s"], 2) for r in runs], runs[-1]["faces_in"], runs[-1]["faces_out"],
                   runs[-1]["stages"], flush=True)
             (out / "export_only.json").write_text(json.dumps(results, indent=1))
-    export.prepare_surface = on_device
 
 
 def main() -> None:

@@ -44,9 +44,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_models import Report, sync  # noqa: E402
-from bench.bench_pipelines import DATA, Stages, full_size_models, pipeline_with  # noqa: E402
+from bench.bench_pipelines import (DATA, Stages, full_size_models, load_inputs, machine_info,  # noqa: E402
+                                   pipeline_with)
 from omnivox.models.quantize import QuantizedLinear, quantizable_linears, quantize_model  # noqa: E402
-from omnivox.pipelines.memory import MemoryPlan, StagePlan, parse_memory  # noqa: E402
+from omnivox.pipelines.memory import parse_memory  # noqa: E402
 from omnivox.pipelines.placement import capped_device_memory, module_bytes  # noqa: E402
 from omnivox.sparse import SparseTensor  # noqa: E402
 
@@ -329,19 +330,10 @@ def section_refusal(report: Report, model_sets: dict, tokens: dict, device) -> N
 
 # ------------------------------------------------------------------------------------------------ main
 def run(args) -> None:
-    from PIL import Image
-
     report = Report(Path(args.out))
     device = torch.device(args.device)
-    data = np.load(args.data)
-    tokens = {k: data[k] for k in ("tokens_512", "tokens_1024", "tokens_1536")}
-    image = Image.fromarray(data["image"], mode="RGBA")
-    info = dict(python=platform.python_version(), torch=torch.__version__, device=str(device),
-                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), smoke=args.smoke,
-                tokens={k: int(len(v)) for k, v in tokens.items()})
-    if device.type == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(), capability=list(torch.cuda.get_device_capability()))
-    report.add("machine", info)
+    data, tokens, image = load_inputs(args.data)
+    report.add("machine", machine_info(device, args.smoke, tokens))
     if "layers" in args.sections:
         section_layers(report, device, args.smoke)
     if args.smoke:

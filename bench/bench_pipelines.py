@@ -232,20 +232,30 @@ def run_type(report: Report, pipe: ImageTo3DPipeline, tokens: dict, image, pipel
             plan=str(output.plan) if output.plan is not None else None))
 
 
+def load_inputs(path) -> tuple:
+    """The prepared inputs (``prepare``): the npz, its token sets by resolution, and the RGBA condition image."""
+    from PIL import Image
+
+    data = np.load(path)
+    tokens = {k: data[k] for k in ("tokens_512", "tokens_1024", "tokens_1536")}
+    return data, tokens, Image.fromarray(data["image"], mode="RGBA")
+
+
+def machine_info(device: torch.device, smoke: bool, tokens: dict, **extra) -> dict:
+    """What a results file says about the run: versions, device (and GPU name and capability), date in UTC."""
+    info = dict(python=platform.python_version(), torch=torch.__version__, device=str(device),
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), smoke=smoke,
+                tokens={k: int(len(v)) for k, v in tokens.items()}, **extra)
+    if device.type == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(), capability=list(torch.cuda.get_device_capability()))
+    return info
+
+
 def run(args) -> None:
     report = Report(Path(args.out))
     device = torch.device(args.device)
-    from PIL import Image
-
-    data = np.load(args.data)
-    tokens = {k: data[k] for k in ("tokens_512", "tokens_1024", "tokens_1536")}
-    image = Image.fromarray(data["image"], mode="RGBA")
-    info = dict(python=platform.python_version(), torch=torch.__version__, device=str(device),
-                date=time.strftime("%Y-%m-%d %H:%M"), smoke=args.smoke,
-                tokens={k: int(len(v)) for k, v in tokens.items()}, voxels_1024=int(data["voxels_1024"]))
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    report.add("machine", info)
+    data, tokens, image = load_inputs(args.data)
+    report.add("machine", machine_info(device, args.smoke, tokens, voxels_1024=int(data["voxels_1024"])))
     size = 512 if args.smoke else 8192
     rates = {name: matmul_rate(getattr(torch, name), device, size if name != "float32" else size // 2)
              for name in ("bfloat16", "float16", "float32")}
@@ -295,19 +305,10 @@ def view_images(image, count: int) -> list:
 
 def run_views(args) -> None:
     """Time and peak memory of runs with 1..N views in each multi-view mode (module docstring)."""
-    from PIL import Image
-
     report = Report(Path(args.out))
     device = torch.device(args.device)
-    data = np.load(args.data)
-    tokens = {k: data[k] for k in ("tokens_512", "tokens_1024", "tokens_1536")}
-    image = Image.fromarray(data["image"], mode="RGBA")
-    info = dict(python=platform.python_version(), torch=torch.__version__, device=str(device),
-                date=time.strftime("%Y-%m-%d %H:%M"), smoke=args.smoke,
-                tokens={k: int(len(v)) for k, v in tokens.items()})
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    report.add("machine", info)
+    data, tokens, image = load_inputs(args.data)
+    report.add("machine", machine_info(device, args.smoke, tokens))
     if args.smoke:
         tokens = {k: v[::25] for k, v in tokens.items()}
         pipe = ImageTo3DPipeline.from_pretrained(make_test_pipeline(Path(args.out) / "tiny"), device=device)
