@@ -14,10 +14,14 @@ and ambient occlusion, an optional watertight surface, and a validity report.
 3. **Normal map** from the full-resolution surface (`omnivox.ovoxel.game_normals`), with glTF ``TANGENT``\\ s.
 4. **Occlusion** ray-marched through the voxel occupancy, packed with roughness and metallic into one ORM image
    read by both ``metallicRoughnessTexture`` and ``occlusionTexture``.
-5. **Levels of detail** (``profile.lods`` more): each asks for ``profile.lod_ratio`` of the previous level's faces
-   from every UV chart, with the chart's outline fixed (so a level often keeps more); every level keeps level 0's
-   atlas and shares its base-colour and ORM images, and gets its own normal map where it pays (its shading frames
-   differ). They are written as ``MSFT_lod`` on one node (`omnivox.ovoxel.game_gltf`).
+5. **Levels of detail** (``profile.lods`` more), each about ``profile.lod_ratio`` of the previous level's faces.
+   A level first tries to keep the previous level's atlas and images: every UV chart is decimated to its share with
+   its outline fixed (`coarser_level`). Chart outlines hold a large share of the vertices on voxel atlases, so that
+   often keeps 60-95 % of the faces; a level that stays above ``LOD_SLACK`` times its target is instead decimated
+   from level 0's surface (rebuilt from the solid where a watertight decimation breaks), unwrapped and baked into a
+   texture set of its own, ``texture_size / 2^k`` on a side for level k (the side its screen coverage needs).
+   Every level gets its own normal map where it pays (its shading frames differ). They are written as ``MSFT_lod``
+   on one node (`omnivox.ovoxel.game_gltf`).
 
 Axes: like ``to_glb``, Z-up data is written Y-up.
 """
@@ -54,6 +58,12 @@ NORMAL_MAP_MAX_FACE_RATIO = 0.3
 # A chart whose UVs are not an affine function of its 3-D points (residual above this many texels) keeps all its
 # faces in coarser levels: its UVs could not follow moved vertices.
 AFFINE_UV_TOLERANCE_TEXELS = 0.05
+# A coarser level may end this many times above its target (``lod_ratio`` of the previous level's faces): 1.2 at
+# the default ratio 0.5 means at most 0.6 of the previous level. A level that keeps the previous atlas but stays
+# above it is rebuilt with an atlas and textures of its own.
+LOD_SLACK = 1.2
+# Smallest side of a coarser level's own texture set (level k asks for texture_size / 2^k).
+MIN_LOD_TEXTURE = 64
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,8 @@ class GameLevel:
         vertices, faces: the welded surface (for topology checks).
         vmapping: (V',) int64 surface vertex of each file vertex; uv_faces (F, 3) into the file vertices.
         uvs: (V', 2) float32 glTF UVs; normals (V', 3) float32; tangents (V', 4) float32 (xyz, w).
-        normal_map: (S, S, 3) uint8 or None.
+        normal_map: (S, S, 3) uint8 or None, S the side of its texture set.
+        texture_set: index of the `TextureSet` (base colour, ORM) in ``GameAsset.texture_sets`` its UVs address.
     """
 
     vertices: np.ndarray
@@ -115,6 +126,7 @@ class GameLevel:
     normals: np.ndarray
     tangents: np.ndarray
     normal_map: Optional[np.ndarray] = None
+    texture_set: int = 0
 
     def primitive(self) -> GltfPrimitive:
         positions = z_up_to_y_up(self.vertices[self.vmapping].astype(np.float32))
@@ -125,15 +137,28 @@ class GameLevel:
 
 
 @dataclass
-class GameAsset:
-    """The result of `export_game`: levels of detail, the shared images and the material settings.
+class TextureSet:
+    """The material images one or more levels read through their UVs."""
 
+    base_color: np.ndarray  # (S, S, 4) uint8: base colour RGB, alpha
+    orm: np.ndarray  # (S, S, 3) uint8: occlusion, roughness, metallic
+
+    @property
+    def size(self) -> int:
+        return int(self.base_color.shape[0])
+
+
+@dataclass
+class GameAsset:
+    """The result of `export_game`: levels of detail, their texture sets and the material settings.
+
+    ``texture_sets[0]`` is level 0's (``base_color`` and ``orm`` name its images); coarser levels share it or,
+    where sharing would not let them shrink, have their own (``GameLevel.texture_set``).
     ``save(path)`` writes the GLB and its report; ``to_glb_bytes()`` gives the file's bytes.
     """
 
     levels: List[GameLevel]
-    base_color: np.ndarray  # (S, S, 4) uint8: base colour RGB, alpha
-    orm: np.ndarray  # (S, S, 3) uint8: occlusion, roughness, metallic
+    texture_sets: List[TextureSet]
     alpha_mode: str
     alpha_cutoff: Optional[float]
     double_sided: bool
@@ -141,15 +166,27 @@ class GameAsset:
     image_format: str = "png"
     report: GameReport = field(default_factory=GameReport)
 
+    @property
+    def base_color(self) -> np.ndarray:
+        """Level 0's base colour and alpha image, (S, S, 4) uint8."""
+        return self.texture_sets[0].base_color
+
+    @property
+    def orm(self) -> np.ndarray:
+        """Level 0's occlusion-roughness-metallic image, (S, S, 3) uint8."""
+        return self.texture_sets[0].orm
+
     def to_glb_bytes(self) -> bytes:
-        levels = self.levels
-        maps = [encode_image(level.normal_map, self.image_format) if level.normal_map is not None else None
+        levels, image_format = self.levels, self.image_format
+        maps = [encode_image(level.normal_map, image_format) if level.normal_map is not None else None
                 for level in levels]
+        sets = [(encode_image(textures.base_color, image_format), encode_image(textures.orm, image_format))
+                for textures in self.texture_sets]
         coverage = [0.5 / 4 ** k for k in range(len(levels) - 1)] + [0.0] if len(levels) > 1 else []
-        return write_glb([level.primitive() for level in levels], encode_image(self.base_color, self.image_format),
-                         encode_image(self.orm, self.image_format), maps, alpha_mode=self.alpha_mode,
+        return write_glb([level.primitive() for level in levels], sets, maps,
+                         level_texture_sets=[level.texture_set for level in levels], alpha_mode=self.alpha_mode,
                          alpha_cutoff=self.alpha_cutoff, double_sided=self.double_sided,
-                         occlusion=self.profile.occlusion, screen_coverage=coverage, image_format=self.image_format)
+                         occlusion=self.profile.occlusion, screen_coverage=coverage, image_format=image_format)
 
     def to_scene(self):
         """The file as a ``trimesh.Scene`` (for viewers and the app)."""
@@ -254,6 +291,59 @@ def coarser_level(level: GameLevel, face_chart: np.ndarray, target_faces: int, t
     return GameLevel(welded, faces, vmapping, uv_faces, uvs, normals, tangents), np.concatenate(out_chart)
 
 
+# --------------------------------------------------------------------------------------------- per-level bakes
+
+
+def _unwrapped_level(vertices: np.ndarray, faces: np.ndarray, size: int, device) -> tuple[GameLevel, np.ndarray]:
+    """A level on its own voxel atlas (normals, tangents; no normal map yet) and the chart of each face."""
+    atlas = unwrap_atlas(vertices, faces, size, method=UvMethod.VOXEL, device=device)
+    normals = vertex_normals(vertices, faces)[atlas.vmapping]
+    tangents = game_normals.vertex_tangents(vertices[atlas.vmapping], atlas.faces, atlas.uvs, normals)
+    return GameLevel(vertices, faces, atlas.vmapping, atlas.faces, atlas.uvs, normals, tangents), atlas.face_chart
+
+
+def _level_texels(level: GameLevel, size: int, device, backend: str) -> game_normals.SurfaceTexels:
+    return game_normals.surface_texels(level.vertices[level.vmapping], level.uv_faces, level.uvs, level.normals,
+                                       level.tangents, size, device, backend)
+
+
+def _voxel_materials(texels, coords: np.ndarray, attributes: np.ndarray, grid: Grid, size: int, device,
+                     backend: str) -> torch.Tensor:
+    """(S, S, C) the voxels' attributes at every covered texel's surface point, the gutter filled from them."""
+    values, found = bake.sample_sparse_trilinear(torch.from_numpy(coords), torch.from_numpy(attributes), grid,
+                                                 texels.points, backend=backend)
+    image = torch.zeros(size * size, attributes.shape[1], device=device)
+    image[texels.covered] = values.to(device)
+    valid = torch.zeros(size * size, dtype=torch.bool, device=device)
+    valid[texels.covered] = found.to(device)
+    return bake.fill_gutter(image.view(size, size, -1), valid.view(size, size))
+
+
+def _texture_set(material: torch.Tensor, visibility: torch.Tensor) -> TextureSet:
+    rgba = torch.cat([material[..., ATTRIBUTE_LAYOUT["base_color"]], material[..., ATTRIBUTE_LAYOUT["alpha"]]], -1)
+    orm = torch.stack([visibility.to(material.device), material[..., ATTRIBUTE_LAYOUT["roughness"]][..., 0],
+                       material[..., ATTRIBUTE_LAYOUT["metallic"]][..., 0]], dim=-1)
+    return TextureSet(_to_bytes(rgba), _to_bytes(orm))
+
+
+def _closed(vertices: np.ndarray, faces: np.ndarray) -> bool:
+    return len(faces) > 0 and not any(closed_manifold_problems(vertices, faces).values())
+
+
+def _lod_surface(level0: GameLevel, target: int, watertight: bool, coords: np.ndarray, grid: Grid
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """About ``target`` faces of level 0's surface for a level with its own atlas: quadric decimation (from level
+    0, so errors do not pile up level after level); a watertight level whose decimation opened or pinched the
+    surface is rebuilt from the voxels' solid instead; a decimation that stalls is finished by clustering."""
+    v, f = meshops.decimate(level0.vertices, level0.faces, target)
+    v, f = meshops.compact(v, meshops.remove_degenerate_faces(v, f))
+    if watertight:
+        if not _closed(v, f):
+            v, f, _ = watertight_surface(coords, grid, target)
+        return v, f
+    return cluster_to_budget(v, f, int(LOD_SLACK * target))
+
+
 # ------------------------------------------------------------------------------------------------------ the budget
 
 
@@ -355,20 +445,10 @@ def export_game(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequ
     done("surface")
 
     # 2. Atlas and materials.
-    atlas = unwrap_atlas(low_v, low_f, size, method=UvMethod.VOXEL, device=device)
-    normals = vertex_normals(low_v, low_f)[atlas.vmapping]
-    tangents = game_normals.vertex_tangents(low_v[atlas.vmapping], atlas.faces, atlas.uvs, normals)
-    level0 = GameLevel(low_v, low_f, atlas.vmapping, atlas.faces, atlas.uvs, normals, tangents)
+    level0, face_chart = _unwrapped_level(low_v, low_f, size, device)
     done("unwrap")
-    texels = game_normals.surface_texels(low_v[atlas.vmapping], atlas.faces, atlas.uvs, normals, tangents, size,
-                                         device, backend)
-    values, found = bake.sample_sparse_trilinear(torch.from_numpy(c), torch.from_numpy(a), grid, texels.points,
-                                                 backend=backend)
-    image = torch.zeros(size * size, a.shape[1], device=device)
-    image[texels.covered] = values.to(device)
-    valid = torch.zeros(size * size, dtype=torch.bool, device=device)
-    valid[texels.covered] = found.to(device)
-    material = bake.fill_gutter(image.view(size, size, -1), valid.view(size, size))
+    texels = _level_texels(level0, size, device, backend)
+    material = _voxel_materials(texels, c, a, grid, size, device, backend)
     report.alpha_mode, report.alpha_cutoff = resolve_alpha_mode(alpha_mode, a[:, ATTRIBUTE_LAYOUT["alpha"]])
     done("materials")
 
@@ -378,6 +458,7 @@ def export_game(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequ
         if not meshops.consistently_wound(f):
             f, _ = meshops.orient_faces(v, f)
         field_coords, field_normals = game_normals.voxel_normals(v, f, grid)
+
     def pays(level_faces: int) -> bool:
         return profile.normal_map and level_faces <= NORMAL_MAP_MAX_FACE_RATIO * full_faces
 
@@ -388,40 +469,60 @@ def export_game(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequ
     done("normal_map")
 
     # 4. Occlusion, packed as ORM.
+    occupancy = None
     if profile.occlusion:
         occupancy = game_normals.occupancy_grid(c, int(grid.resolution.max()), device=device)
-        visibility = game_normals.bake_occlusion_map(low_v[atlas.vmapping], atlas.faces, atlas.uvs, normals,
-                                                     tangents, size, occupancy, grid, field_coords, field_normals,
-                                                     device, backend)
-    else:
-        visibility = torch.ones(size, size, device=device)
-    orm = torch.stack([visibility.to(device), material[..., ATTRIBUTE_LAYOUT["roughness"]][..., 0],
-                       material[..., ATTRIBUTE_LAYOUT["metallic"]][..., 0]], dim=-1)
+
+    def occlusion_of(level: GameLevel, side: int) -> torch.Tensor:
+        if occupancy is None:
+            return torch.ones(side, side, device=device)
+        return game_normals.bake_occlusion_map(level.vertices[level.vmapping], level.uv_faces, level.uvs,
+                                               level.normals, level.tangents, side, occupancy, grid, field_coords,
+                                               field_normals, device, backend)
+
+    texture_sets = [_texture_set(material, occlusion_of(level0, size))]
     done("occlusion")
 
-    # 5. Coarser levels in the same atlas, each with its own normal map.
-    levels, chart = [level0], atlas.face_chart
-    for _ in range(int(profile.lods)):
-        target = max(16, int(len(levels[-1].uv_faces) * profile.lod_ratio))
-        level, chart = coarser_level(levels[-1], chart, target, size)
+    # 5. Coarser levels: in the previous level's atlas where that halves them, else in an atlas of their own.
+    levels, charts = [level0], [face_chart]
+    for k in range(1, int(profile.lods) + 1):
+        previous = levels[-1]
+        target = max(16, int(len(previous.uv_faces) * profile.lod_ratio))
+        side = texture_sets[previous.texture_set].size
+        level, chart = coarser_level(previous, charts[-1], target, side)
+        level.texture_set = previous.texture_set
+        level_texels = None
+        if len(level.uv_faces) > LOD_SLACK * target:
+            side = min(size, max(MIN_LOD_TEXTURE, size >> k))
+            lod_v, lod_f = _lod_surface(level0, target, profile.watertight, c, grid)
+            level, chart = _unwrapped_level(lod_v, lod_f, side, device)
+            level_texels = _level_texels(level, side, device, backend)
+            level_material = _voxel_materials(level_texels, c, a, grid, side, device, backend)
+            level.texture_set = len(texture_sets)
+            texture_sets.append(_texture_set(level_material, occlusion_of(level, side)))
         if pays(len(level.uv_faces)):
-            level_texels = game_normals.surface_texels(level.vertices[level.vmapping], level.uv_faces, level.uvs,
-                                                       level.normals, level.tangents, size, device, backend)
+            if level_texels is None:
+                level_texels = _level_texels(level, side, device, backend)
             level_map, _ = game_normals.bake_normal_map(level_texels, field_coords, field_normals, grid, backend)
             level.normal_map = _to_bytes(level_map)
         levels.append(level)
+        charts.append(chart)
     done("lods")
 
-    rgba = torch.cat([material[..., ATTRIBUTE_LAYOUT["base_color"]], material[..., ATTRIBUTE_LAYOUT["alpha"]]], -1)
-    asset = GameAsset(levels=levels, base_color=_to_bytes(rgba), orm=_to_bytes(orm), alpha_mode=report.alpha_mode,
+    asset = GameAsset(levels=levels, texture_sets=texture_sets, alpha_mode=report.alpha_mode,
                       alpha_cutoff=report.alpha_cutoff, double_sided=double_sided, profile=profile,
                       image_format=image_format, report=report)
     report.double_sided = double_sided
-    report.levels = [level_report(level.vertices, level.faces, len(level.vmapping), level.uvs, level.uv_faces, size)
-                     for level in levels]
-    report.textures = {"base_color": [size, size], "orm": [size, size]}
+    sides = [texture_sets[level.texture_set].size for level in levels]
+    report.levels = [level_report(level.vertices, level.faces, len(level.vmapping), level.uvs, level.uv_faces, side)
+                     for level, side in zip(levels, sides)]
+    report.textures = {}
+    for index, textures in enumerate(texture_sets):
+        suffix = f"_{index}" if index else ""
+        report.textures.update({f"base_color{suffix}": [textures.size] * 2, f"orm{suffix}": [textures.size] * 2})
+    report.level_texture_sets = [level.texture_set for level in levels]
     report.normal_maps = [level.normal_map is not None for level in levels]
-    report.textures.update({f"normal_lod{k}": [size, size] for k, level in enumerate(levels)
+    report.textures.update({f"normal_lod{k}": [side, side] for k, (level, side) in enumerate(zip(levels, sides))
                             if level.normal_map is not None})
     done("assemble")
     return asset

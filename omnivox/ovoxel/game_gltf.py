@@ -1,11 +1,12 @@
-"""A binary glTF 2.0 writer for game export: tangents, one shared texture set, ORM packing and ``MSFT_lod``.
+"""A binary glTF 2.0 writer for game export: tangents, texture sets shared by levels, ORM packing and ``MSFT_lod``.
 
 trimesh's exporter writes neither ``TANGENT`` nor an occlusion texture that shares the metallic-roughness image, nor
 ``MSFT_lod``, so the game profile writes its file itself. Layout of what is written:
 
-* images: ``base_color`` (RGBA: base colour, alpha), ``orm`` (RGB: occlusion, roughness, metallic, read by both
-  ``metallicRoughnessTexture`` and ``occlusionTexture``) and one tangent-space ``normal`` image per level of detail;
-* one material per level (they differ only in the normal map), one mesh per level, one node per level;
+* images: per texture set a ``base_color`` (RGBA: base colour, alpha) and an ``orm`` image (RGB: occlusion,
+  roughness, metallic, read by both ``metallicRoughnessTexture`` and ``occlusionTexture``), then one tangent-space
+  ``normal`` image per level of detail that has one; levels sharing a texture set address the same two images;
+* one material per level (its texture set and its normal map), one mesh per level, one node per level;
 * node 0 (in the scene) holds level 0 and, when there are more levels, ``extensions.MSFT_lod.ids`` naming the nodes
   of the coarser ones (outside the scene, as the extension asks) and ``extras.MSFT_screencoverage``.
 """
@@ -83,18 +84,24 @@ class _Builder:
         return len(self.accessors) - 1
 
 
-def write_glb(levels: Sequence[GltfPrimitive], base_color: bytes, orm: bytes, normal_maps: Sequence[Optional[bytes]],
-              *, alpha_mode: str, alpha_cutoff: Optional[float], double_sided: bool, occlusion: bool,
+def write_glb(levels: Sequence[GltfPrimitive], texture_sets: Sequence[tuple[bytes, bytes]],
+              normal_maps: Sequence[Optional[bytes]], *, level_texture_sets: Optional[Sequence[int]] = None,
+              alpha_mode: str, alpha_cutoff: Optional[float], double_sided: bool, occlusion: bool,
               screen_coverage: Sequence[float] = (), image_format: str = "png") -> bytes:
-    """The GLB bytes of ``levels`` (finest first) sharing ``base_color`` and ``orm`` (encoded images).
+    """The GLB bytes of ``levels`` (finest first).
 
-    ``normal_maps[i]`` is level i's encoded normal image, or None for no normal map on that level.
-    ``screen_coverage`` gives, per level, the screen fraction above which it is used (``MSFT_screencoverage``).
+    ``texture_sets`` holds encoded ``(base_color, orm)`` image pairs; level i reads pair ``level_texture_sets[i]``
+    (default: every level the first). ``normal_maps[i]`` is level i's encoded normal image, or None for no normal
+    map on that level. ``screen_coverage`` gives, per level, the screen fraction above which it is used
+    (``MSFT_screencoverage``).
     """
     if image_format not in MIME_TYPES:
         raise ValueError(f"image_format must be one of {tuple(MIME_TYPES)}, got {image_format!r}")
     if len(normal_maps) != len(levels):
         raise ValueError(f"one normal map (or None) per level: {len(levels)} levels, {len(normal_maps)} maps")
+    level_texture_sets = [0] * len(levels) if level_texture_sets is None else [int(i) for i in level_texture_sets]
+    if len(level_texture_sets) != len(levels) or not all(0 <= i < len(texture_sets) for i in level_texture_sets):
+        raise ValueError(f"one texture set index in [0, {len(texture_sets)}) per level, got {level_texture_sets}")
     builder = _Builder()
     images, textures = [], []
 
@@ -106,9 +113,10 @@ def write_glb(levels: Sequence[GltfPrimitive], base_color: bytes, orm: bytes, no
             textures.append({"sampler": 0, "source": len(images) - 1})
         return len(textures) - 1
 
-    base_texture, orm_texture = texture(base_color), texture(orm)
+    set_textures = [(texture(base_color), texture(orm)) for base_color, orm in texture_sets]
     materials, meshes, nodes = [], [], []
     for level, (primitive, normal_map) in enumerate(zip(levels, normal_maps)):
+        base_texture, orm_texture = set_textures[level_texture_sets[level]]
         material = {
             "name": f"omnivox_lod{level}",
             "pbrMetallicRoughness": {"baseColorTexture": {"index": base_texture},

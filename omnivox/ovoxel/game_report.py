@@ -79,6 +79,8 @@ class GameReport:
         alpha_mode, alpha_cutoff, double_sided: the material's.
         normal_map_coverage: share of level 0's texels that took a full-resolution normal (the rest are flat).
         normal_maps: per level, whether it has a normal map (``game.NORMAL_MAP_MAX_FACE_RATIO``).
+        level_texture_sets: per level, which texture set it reads (0: level 0's; ``textures`` names set k's images
+            ``base_color_k`` and ``orm_k``).
         validator: the Khronos validator's counts (``errors``, ``warnings``, ``infos``, ``hints``, ``version``) and
             its first messages, or ``{"available": False, "reason": ...}``.
         file_bytes: size of the GLB.
@@ -94,6 +96,7 @@ class GameReport:
     double_sided: bool = False
     normal_map_coverage: float = 0.0
     normal_maps: list = field(default_factory=list)
+    level_texture_sets: list = field(default_factory=list)
     validator: dict = field(default_factory=dict)
     file_bytes: int = 0
     timings: dict = field(default_factory=dict)
@@ -106,6 +109,10 @@ class GameReport:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
+    def _texture_set_note(self, index: int) -> str:
+        textures = self.level_texture_sets[index] if index < len(self.level_texture_sets) else 0
+        return f", own textures (set {textures})" if textures else ""
+
     def summary(self) -> str:
         """A few lines for the terminal."""
         lines = []
@@ -116,7 +123,8 @@ class GameReport:
                          f"{level.boundary_loops} boundary loops, {level.non_manifold_edges} non-manifold edges, "
                          f"{level.degenerate_faces} degenerate faces, UV overlap {level.uv_overlap_fraction:.2%}, "
                          f"{level.texel_density:.4g} texels/m"
-                         f"{', normal map' if index < len(self.normal_maps) and self.normal_maps[index] else ''}")
+                         f"{', normal map' if index < len(self.normal_maps) and self.normal_maps[index] else ''}"
+                         f"{self._texture_set_note(index)}")
         sizes = ", ".join(f"{name} {w}x{h}" for name, (w, h) in self.textures.items())
         lines.append(f"  textures: {sizes}; alphaMode {self.alpha_mode}"
                      f"{', double-sided' if self.double_sided else ''}")

@@ -93,13 +93,14 @@ def test_game_file_has_tangents_normal_map_orm_and_lods(spot_export):
     assert root["extensions"]["MSFT_lod"]["ids"] == [1]
     assert len(root["extras"]["MSFT_screencoverage"]) == 2
     faces = []
-    for mesh in document["meshes"]:
+    for mesh, level in zip(document["meshes"], game.levels):
         primitive = mesh["primitives"][0]
         material = document["materials"][primitive["material"]]
         pbr = material["pbrMetallicRoughness"]
-        # ORM: occlusion reads the metallic-roughness image; every level shares base colour and ORM.
-        assert material["occlusionTexture"]["index"] == pbr["metallicRoughnessTexture"]["index"] == 1
-        assert pbr["baseColorTexture"]["index"] == 0
+        # ORM: occlusion reads the metallic-roughness image of the level's texture set (base colour, ORM).
+        set_index = level.texture_set
+        assert material["occlusionTexture"]["index"] == pbr["metallicRoughnessTexture"]["index"] == 2 * set_index + 1
+        assert pbr["baseColorTexture"]["index"] == 2 * set_index
         assert "normalTexture" in material
         tangents = accessor(document, binary, primitive["attributes"]["TANGENT"])
         normals = accessor(document, binary, primitive["attributes"]["NORMAL"])
@@ -380,3 +381,45 @@ def test_occupancy_grid_pools_voxels():
     assert grid.shape == (64, 64, 64) and int(grid.sum()) == 3 and bool(grid[32, 0, 1])
     solid = solid_occupancy(np.argwhere(np.ones((4, 4, 4))) + 2, 8, 8)  # padded, filled
     assert solid.shape == (10, 10, 10) and int(solid.sum()) == 64
+
+
+# ------------------------------------------------------------------------------------------------ levels of detail
+
+
+def _validator_errors(report) -> int:
+    """The Khronos validator's error count from a saved report (skips without the validator, fails under CI)."""
+    if not report.validator.get("available"):
+        import os
+
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the validator: {report.validator['reason']}")
+        pytest.skip(report.validator["reason"])
+    return report.validator["errors"]
+
+
+LOD_ASSETS = ("mesh/spot/spot_triangulated.obj", "gltf/Fox.glb", "mesh/stanford-bunny.obj")
+
+
+@pytest.mark.parametrize("rel", LOD_ASSETS)
+def test_each_level_of_detail_is_at_most_0_6_of_the_previous(assets, tmp_path, rel):
+    """Three dev assets, three coarser levels each: every level at most 0.6 of the previous level's triangles,
+    no UV overlap in any level's atlas, and a file the Khronos validator passes whose materials read the texture
+    set each level says (a level that could not shrink in the shared atlas has its own, half as wide per level)."""
+    profile = GameProfile(faces=2400, lods=3, occlusion=False, texture_size=128)
+    game = export_game(*export_inputs(converted(rel, 64)), profile=profile)
+    faces = [len(level.uv_faces) for level in game.levels]
+    assert faces[0] <= 2400 and len(faces) == 4
+    assert all(coarser <= 0.6 * finer for finer, coarser in zip(faces, faces[1:])), faces
+    report = game.save(tmp_path / "lods.glb")
+    assert _validator_errors(report) == 0, report.validator["messages"]
+    assert all(level.uv_overlap_fraction < 0.01 for level in report.levels)
+    assert report.level_texture_sets == [level.texture_set for level in game.levels]
+    document, binary = read_glb(tmp_path / "lods.glb")
+    for k, level in enumerate(game.levels):
+        material = document["materials"][document["meshes"][k]["primitives"][0]["material"]]
+        base = material["pbrMetallicRoughness"]["baseColorTexture"]["index"]
+        assert base == 2 * level.texture_set  # the sets' base colour and ORM images come first, in order
+        side = game.texture_sets[level.texture_set].size
+        assert image(document, binary, base).shape == (side, side, 4)
+        if level.texture_set:
+            assert side == max(64, 128 >> k)
