@@ -247,6 +247,7 @@ def generate(
 
 @app.command("texture")
 def texture(
+    context: typer.Context,
     mesh: Path = typer.Argument(..., help="Mesh to texture (.glb, .gltf, .obj, .ply, .stl)."),
     images: list[Path] = typer.Argument(..., help="Reference image (RGBA, or RGB with --background-model); "
                                                    "several: views of the object, all used (--multiview-mode)."),
@@ -256,6 +257,16 @@ def texture(
     resolution: int = typer.Option(1024, "--resolution", help="O-Voxel grid of the shape encoding (512, 1024 ...)."),
     texture_size: int = typer.Option(2048, "--texture-size", help="Side of the baked textures."),
     keep_uvs: bool = typer.Option(True, "--keep-uvs/--unwrap", help="Bake into the mesh's own UVs when present."),
+    faces: Optional[int] = typer.Option(None, "--faces", help="game: triangle budget (default 20000); plain: at "
+                                                              "most this many faces where the mesh is unwrapped."),
+    profile: str = typer.Option("plain", "--profile", help="plain, or game: the mesh decimated to a triangle "
+                                                           "budget (--faces) in a new atlas, a normal map baked "
+                                                           "from the full mesh, occlusion, a validity report "
+                                                           "beside the file (docs/game_export.md)."),
+    lods: int = typer.Option(0, "--lods", help="game: coarser levels of detail after the first (MSFT_lod)."),
+    watertight: bool = typer.Option(False, "--watertight", help="game: a closed, manifold, outward surface."),
+    normal_map: bool = typer.Option(True, "--normal-map/--no-normal-map", help="game: bake a normal map."),
+    occlusion: bool = typer.Option(True, "--occlusion/--no-occlusion", help="game: bake ambient occlusion (ORM)."),
     up_axis: Optional[str] = typer.Option(None, "--up", help="Up axis of the mesh file: y or z (default: y for "
                                                              ".glb/.gltf/.obj, z for .stl/.ply)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="GPU memory budget, e.g. 16GB."),
@@ -289,6 +300,13 @@ def texture(
         if image_encoder is not None and not image_encoder.is_dir():
             raise FileNotFoundError(f"--image-encoder {image_encoder}: no such folder")
         _check_memory(max_memory)
+        if faces is not None and faces < 1:
+            raise ValueError(f"--faces must be >= 1, got {faces}")
+        export_profile = game_profile(profile, faces=faces, lods=lods, watertight=watertight, normal_map=normal_map,
+                                      occlusion=occlusion, texture_size=texture_size)
+        if export_profile is not None and context.get_parameter_source("keep_uvs").name != "DEFAULT" and keep_uvs:
+            raise ValueError("--profile game decimates the mesh and lays out a new atlas: the mesh's UVs cannot be "
+                             "kept (leave out --keep-uvs)")
         from omnivox.ovoxel.export import save_glb
         from omnivox.pipelines.texturing import TexturingPipeline
 
@@ -296,11 +314,21 @@ def texture(
                                                  background_model=background_model, image_encoder=image_encoder,
                                                  weights_dtype=weights_dtype)
         result = pipe.run(mesh, images=images, multiview_mode=multiview_mode, seed=seed, resolution=resolution,
-                          texture_size=texture_size,
-                          keep_uvs=keep_uvs, up_axis=up_axis, callback=None if quiet else progress_bar())
-        save_glb(result, output)
-    except (ValueError, TypeError, OSError, RuntimeError, KeyError) as error:
+                          texture_size=texture_size, keep_uvs=keep_uvs,
+                          decimation_target=faces if export_profile is None else None, up_axis=up_axis,
+                          callback=None if quiet else progress_bar(), profile=export_profile)
+        if export_profile is None:
+            save_glb(result, output)
+        else:  # the game-ready file and its report beside it
+            game_report = result.save(output)
+    except (ValueError, TypeError, OSError, RuntimeError, KeyError, MemoryError) as error:
         raise fail("texture", error) from error
     shown = images[0] if len(images) == 1 else f"{len(images)} views"
-    typer.echo(f"{mesh} + {shown} -> {output}: {len(result.faces)} faces, {texture_size}^2 textures "
-               f"({time.perf_counter() - start:.1f} s)")
+    if export_profile is None:
+        typer.echo(f"{mesh} + {shown} -> {output}: {len(result.faces)} faces, {texture_size}^2 textures "
+                   f"({time.perf_counter() - start:.1f} s)")
+        return
+    from omnivox.ovoxel.game import report_path
+
+    typer.echo(f"{mesh} + {shown} -> {output}: game profile ({time.perf_counter() - start:.1f} s)\n"
+               f"{game_report.summary()}\n  report: {report_path(output)}")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -175,6 +175,34 @@ class GameAsset:
     def orm(self) -> np.ndarray:
         """Level 0's occlusion-roughness-metallic image, (S, S, 3) uint8."""
         return self.texture_sets[0].orm
+
+    def transformed(self, scale: float, offset=(0.0, 0.0, 0.0), turn=None) -> "GameAsset":
+        """A copy with every level moved by ``p -> scale * turn @ p + offset`` (Z-up, as the levels are).
+
+        ``turn`` is a proper rotation (3x3, default none) and ``scale`` > 0 a uniform scale, so UVs, the texture
+        sets and the tangent-space normal maps stay valid as they are; normals and tangents turn with the points.
+        The report's levels are measured again (texel density is per world unit). `TexturingPipeline` uses it to
+        give the user's mesh back in the user's own units and frame.
+        """
+        turn = np.eye(3) if turn is None else np.asarray(turn, dtype=np.float64)
+        offset = np.asarray(offset, dtype=np.float64)
+        if turn.shape != (3, 3) or not np.allclose(turn @ turn.T, np.eye(3), atol=1e-9) or np.linalg.det(turn) < 0:
+            raise ValueError(f"turn must be a 3x3 proper rotation matrix, got {turn.tolist()}")
+        if isinstance(scale, bool) or not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        if offset.shape != (3,) or not np.all(np.isfinite(offset)):
+            raise ValueError(f"offset must be 3 finite numbers, got {offset.tolist()}")
+        levels = []
+        for level in self.levels:
+            points = (level.vertices.astype(np.float64) @ turn.T * float(scale) + offset).astype(np.float32)
+            tangents = np.concatenate([_unit32(level.tangents[:, :3] @ turn.T), level.tangents[:, 3:]], axis=1)
+            levels.append(replace(level, vertices=points, normals=_unit32(level.normals @ turn.T),
+                                  tangents=tangents.astype(np.float32)))
+        report = replace(self.report, timings=dict(self.report.timings))
+        sides = [self.texture_sets[level.texture_set].size for level in levels]
+        report.levels = [level_report(level.vertices, level.faces, len(level.vmapping), level.uvs, level.uv_faces,
+                                      side) for level, side in zip(levels, sides)]
+        return replace(self, levels=levels, report=report)
 
     def to_glb_bytes(self) -> bytes:
         levels, image_format = self.levels, self.image_format

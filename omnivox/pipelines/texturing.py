@@ -14,6 +14,14 @@ Unlike the reference, which always re-meshes and unwraps, the user's geometry is
 through the O-Voxel exporter's clean-up and unwrap (``to_glb``). Either way the result is returned in the
 user's original coordinates (the normalisation and the turn are undone: a Y-up mesh's Z-up -> Y-up turn is the
 GLB writer's own).
+
+With a game profile (``run(..., profile=GameProfile(...))``, ``omnivox texture --profile game``) the result is a
+game-ready ``omnivox.ovoxel.game.GameAsset`` made by the same code as a generated asset's game export
+(`omnivox.ovoxel.game.export_game`): the user's mesh is cleaned and decimated to the triangle budget, unwrapped,
+baked from the PBR voxels, given a tangent-space normal map baked from the user's full-resolution surface (and
+ambient occlusion), levels of detail and, if asked, a watertight surface rebuilt from its voxels; the user's UVs
+cannot survive decimation, so ``keep_uvs`` does not apply. It too comes back in the user's units and frame, and
+``GameAsset.save(path)`` writes the GLB with its validity report beside it.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from omnivox.sparse.tensor import SparseTensor
 
 if TYPE_CHECKING:
     import trimesh
+
+    from omnivox.ovoxel.game import GameAsset, GameProfile
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +199,7 @@ class TexturingPipeline(PipelineBase):
             texture_size: int = 2048,
             keep_uvs: bool = True, decimation_target: Optional[int] = None, up_axis: Optional[str] = None,
             sampler_params: Optional[dict] = None, callback: Optional[StageCallback] = None, preprocess: bool = True,
-            max_memory=None) -> "trimesh.Trimesh":
+            max_memory=None, profile: Optional["GameProfile"] = None) -> Union["trimesh.Trimesh", "GameAsset"]:
         """Texture ``mesh`` after ``image`` (or after several reference ``images`` of it).
 
         Args:
@@ -209,11 +219,15 @@ class TexturingPipeline(PipelineBase):
             up_axis: the mesh's up axis, ``"y"`` or ``"z"``: for a file, None takes its format's (as
                 `omnivox.assets.load_asset`); a Scene is Z-up already (this is ignored); arrays and trimeshes
                 are Y-up unless told ``"z"``. The model sees the mesh Z-up, as it was trained.
+            profile: an ``omnivox.ovoxel.game.GameProfile`` for a game-ready result (module docstring): its
+                ``faces``, ``texture_size``, levels, maps and watertight option apply; ``texture_size``,
+                ``keep_uvs`` and ``decimation_target`` do not.
 
         Returns:
             A textured ``trimesh.Trimesh`` in the user's own coordinates and frame (a Y-up mesh comes back as it
             was; a Z-up one keeps its Z-up coordinates) with a PBR material; write it with
-            ``omnivox.ovoxel.export.save_glb``.
+            ``omnivox.ovoxel.export.save_glb``. With ``profile``, a ``GameAsset`` whose file has the same
+            coordinates; write it with its ``save(path)``.
         """
         from omnivox.assets.scene import normalize_vertices
         from omnivox.ovoxel import export
@@ -223,6 +237,14 @@ class TexturingPipeline(PipelineBase):
 
         if up_axis is not None:
             check_up_axis(up_axis)
+        if profile is not None:
+            from omnivox.ovoxel.game import GameProfile
+
+            if not isinstance(profile, GameProfile):
+                raise TypeError(f"profile must be an omnivox.ovoxel.game.GameProfile, got {type(profile).__name__}")
+            if decimation_target is not None:
+                raise ValueError("decimation_target does not apply with a game profile (its budget is "
+                                 "profile.faces)")
         views = views_of(image, images, "texturing")  # checked before the mesh is loaded
         if not views:
             raise ValueError("texturing needs a reference image (image=) or several (images=)")
@@ -233,6 +255,9 @@ class TexturingPipeline(PipelineBase):
                                                     resolution=resolution,
                                                     sampler_params=sampler_params, callback=callback,
                                                     preprocess=preprocess, max_memory=max_memory)
+        if profile is not None:
+            return self._game_asset(model_frame, faces, coords.numpy(), attributes, resolution, profile, center,
+                                    scale, source_up, callback)
         if keep_uvs and uvs is not None:
             if callback is not None:
                 callback("export", 0, 1)
@@ -249,3 +274,24 @@ class TexturingPipeline(PipelineBase):
         data_frame = y_up_to_z_up(np.asarray(result.vertices, np.float64)) / float(scale) + center.astype(np.float64)
         result.vertices = from_data_frame(data_frame, source_up).astype(np.float32)
         return result
+
+    def _game_asset(self, model_frame: np.ndarray, faces: np.ndarray, coords: np.ndarray, attributes: np.ndarray,
+                    resolution: int, profile: "GameProfile", center: np.ndarray, scale: float, source_up: str,
+                    callback: Optional[StageCallback]) -> "GameAsset":
+        """The game export of the normalised mesh and its PBR voxels, moved back to the user's units and frame.
+
+        The file of a plain result holds ``from_data_frame(data, source_up)`` (``data``: the data-frame points in
+        the user's units); the game writer turns its Z-up levels to Y-up itself, so the levels must hold
+        ``y_up_to_z_up`` of that: the data-frame points for a Y-up mesh, those points turned for a Z-up one.
+        """
+        from omnivox.assets.frames import y_up_to_z_up
+        from omnivox.ovoxel.dual_grid import weld_vertices
+        from omnivox.ovoxel.game import export_game
+
+        # Files split vertices along UV seams (and STL stores every triangle apart): welded, the surface is one
+        # sheet again, so decimation can collapse across the old seams and the export's checks see its true holes.
+        vertices, welded_faces = weld_vertices(model_frame, faces)
+        game = export_game(vertices, welded_faces, coords, attributes, resolution, profile=profile,
+                           device=self.device, progress=callback)
+        turn = np.eye(3) if source_up == "y" else y_up_to_z_up(np.eye(3)).T  # columns: the turned axes
+        return game.transformed(1.0 / float(scale), turn @ np.asarray(center, np.float64), turn)
