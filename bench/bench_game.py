@@ -21,6 +21,14 @@ Usage: python bench/bench_game.py --resolution 256 --out docs/benchmarks/raw/gam
        python bench/bench_game.py --table docs/benchmarks/raw/game_export.jsonl
        python bench/bench_game.py --timing mesh/spot/spot_triangulated.obj --resolution 256 --texture-size 2048
        python bench/bench_game.py --sweep --resolution 256 --texture-size 1024
+       python bench/bench_game.py --lod-sweep --resolution 256 --out docs/benchmarks/raw/game_export_lods.jsonl
+       python bench/bench_game.py --lod-table docs/benchmarks/raw/game_export_lods.jsonl
+
+``--lod-sweep``: levels of detail. For every asset the full game profile at 20K faces with ``--lods`` coarser
+levels, written and validated, twice in the same process: as shipped, and with ``game.LOD_SLACK`` set to infinity,
+which keeps every level in level 0's atlas (the behaviour before levels could get their own atlas: the baseline).
+Per level: triangles, ratio to the previous level, texture set, and the PSNR / mean normal angle of its turntable
+against the full-resolution asset (same renders as above, each level with its own texture set and normal map).
 """
 
 from __future__ import annotations
@@ -284,6 +292,70 @@ def command_line_sweep(args) -> None:
             print(json.dumps(row), flush=True)
 
 
+def lod_sweep_asset(rel: str, args, device) -> dict:
+    """One asset of ``--lod-sweep``: the shipped levels against the shared-atlas-only baseline."""
+    from omnivox.assets import load_asset
+    from omnivox.ovoxel import game as game_module
+    from omnivox.ovoxel.asset import OVoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
+    from omnivox.ovoxel.game import GameProfile, export_game
+
+    record = scene_to_ovoxel(load_asset(ASSETS / rel).normalized(), args.resolution, device=device)
+    asset = OVoxel.from_file_attributes(record["coords"], {k: v for k, v in record.items() if k != "coords"},
+                                        args.resolution)
+    inputs = (asset.vertices.numpy(), asset.faces.numpy(), asset.coords.numpy(), asset.attribute_matrix(), asset.grid)
+    table = Turntable(args.views, args.image_size, device)
+    reference = reference_render(table, asset)
+    row = {"asset": rel, "resolution": args.resolution, "full_faces": len(asset.faces), "lods": args.lods}
+    shipped_slack = game_module.LOD_SLACK
+    with tempfile.TemporaryDirectory() as folder:
+        for name, slack in (("shared_atlas_only", math.inf), ("shipped", shipped_slack)):
+            game_module.LOD_SLACK = slack
+            try:
+                start = time.perf_counter()
+                game = export_game(*inputs, profile=GameProfile(faces=20_000, lods=args.lods,
+                                                                texture_size=args.texture_size), device=device)
+                seconds = time.perf_counter() - start
+            finally:
+                game_module.LOD_SLACK = shipped_slack
+            report = game.save(Path(folder) / f"{name}.glb")
+            levels = []
+            for level in game.levels:
+                textures = game.texture_sets[level.texture_set]
+                levels.append({"triangles": len(level.uv_faces), "texture_set": level.texture_set,
+                               "texture_size": textures.size, "normal_map": level.normal_map is not None,
+                               **compare(reference, export_render(table, level, textures.base_color,
+                                                                  level.normal_map))})
+            row[name] = {"export_s": round(seconds, 2), "file_bytes": report.file_bytes,
+                         "validator_errors": report.validator_errors, "levels": levels}
+    return row
+
+
+def lod_markdown(rows: list[dict]) -> str:
+    lines = ["| asset | triangles per level, shared atlas only | ratios | triangles per level, shipped | ratios | "
+             "texture sets (sizes) | PSNR per level, shared only | PSNR per level, shipped | MB shared only | "
+             "MB shipped | validator errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        cells = [row["asset"]]
+        for name in ("shared_atlas_only", "shipped"):
+            faces = [level["triangles"] for level in row[name]["levels"]]
+            cells += [str(faces), str([round(b / a, 2) for a, b in zip(faces, faces[1:])])]
+        cells.append(str([f"{level['texture_set']} ({level['texture_size']})" for level in row["shipped"]["levels"]]
+                         ).replace("'", ""))
+        for name in ("shared_atlas_only", "shipped"):
+            cells.append(str([round(level["psnr"], 1) for level in row[name]["levels"]]))
+        cells += [f"{row[name]['file_bytes'] / 1e6:.2f}" for name in ("shared_atlas_only", "shipped")]
+        cells.append(f"{row['shared_atlas_only']['validator_errors']} / {row['shipped']['validator_errors']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    ratios = [b["triangles"] / a["triangles"] for row in rows
+              for a, b in zip(row["shipped"]["levels"], row["shipped"]["levels"][1:])]
+    old = [b["triangles"] / a["triangles"] for row in rows
+           for a, b in zip(row["shared_atlas_only"]["levels"], row["shared_atlas_only"]["levels"][1:])]
+    lines += ["", f"Level-to-level triangle ratio over {len(rows)} assets: shipped median {np.median(ratios):.2f}, "
+                  f"max {max(ratios):.2f}; shared atlas only median {np.median(old):.2f}, max {max(old):.2f}."]
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| asset | budget | tris | PSNR flat | PSNR normal map | angle flat (deg) | angle normal map (deg) | "
              "export s flat | export s game |", "|---|---|---|---|---|---|---|---|---|"]
@@ -320,15 +392,21 @@ def main() -> None:
     parser.add_argument("--texture-size", type=int, default=1024)
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--lods", type=int, default=2, help="levels of detail of the watertight export")
+    parser.add_argument("--lods", type=int, default=2, help="levels of detail of the watertight export and of --lod-sweep")
     parser.add_argument("--assets", nargs="*", help="paths under ../shared/assets (default: all)")
     parser.add_argument("--out", type=Path, help="append one JSON line per asset here")
     parser.add_argument("--table", type=Path, help="print the markdown table of a JSONL file and exit")
     parser.add_argument("--timing", help="only time the profiles on this asset, on CUDA and the CPU")
     parser.add_argument("--sweep", action="store_true", help="only the command-line done-when check of every asset")
+    parser.add_argument("--lod-sweep", action="store_true", help="only the levels of detail against the "
+                                                                 "shared-atlas-only baseline (--lods levels)")
+    parser.add_argument("--lod-table", type=Path, help="print the markdown table of a --lod-sweep JSONL file")
     args = parser.parse_args()
     if args.table:
         print(markdown([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        return
+    if args.lod_table:
+        print(lod_markdown([json.loads(line) for line in args.lod_table.read_text().splitlines() if line.strip()]))
         return
     if not ASSETS.is_dir():
         sys.exit(f"shared assets not found at {ASSETS}")
@@ -349,7 +427,7 @@ def main() -> None:
     for rel in args.assets or asset_files(ASSETS):
         if rel in done:
             continue
-        row = run_asset(rel, args, device)
+        row = lod_sweep_asset(rel, args, device) if args.lod_sweep else run_asset(rel, args, device)
         row["machine"] = f"{platform.node()} {torch.get_num_threads()} threads {device}"
         row["date"] = time.strftime("%Y-%m-%d %H:%M")
         print(json.dumps(row), flush=True)
