@@ -423,3 +423,29 @@ def test_each_level_of_detail_is_at_most_0_6_of_the_previous(assets, tmp_path, r
         assert image(document, binary, base).shape == (side, side, 4)
         if level.texture_set:
             assert side == max(64, 128 >> k)
+
+
+def test_transformed_moves_points_frames_and_texel_density_together(spot_export):
+    """A turned, scaled and shifted copy (what `TexturingPipeline` gives back in the user's frame): points follow
+    ``scale * turn @ p + offset``, normals and tangents turn with them and stay orthogonal, UVs and images are kept,
+    and the report's texel density (per world unit) divides by the scale."""
+    _, game, _, report = spot_export
+    angle = 0.7
+    turn = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]) @ np.array(
+        [[1, 0, 0], [0, 0, -1], [0, 1, 0]])
+    moved = game.transformed(2.5, (1.0, -2.0, 3.0), turn)
+    for before, after in zip(game.levels, moved.levels):
+        np.testing.assert_allclose(after.vertices, 2.5 * before.vertices.astype(np.float64) @ turn.T + [1, -2, 3],
+                                   rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(after.normals, before.normals @ turn.T, atol=1e-5)
+        assert np.abs((after.tangents[:, :3] * after.normals).sum(1)).max() < 1e-4
+        np.testing.assert_array_equal(after.tangents[:, 3], before.tangents[:, 3])
+        assert after.uvs is before.uvs and after.normal_map is before.normal_map
+    for a, b in zip(report.levels, moved.report.levels):
+        assert b.triangles == a.triangles and b.watertight == a.watertight
+        assert b.texel_density == pytest.approx(a.texel_density / 2.5, rel=1e-3)
+    assert moved.texture_sets is game.texture_sets
+    with pytest.raises(ValueError, match="proper rotation"):
+        game.transformed(1.0, turn=np.diag([1.0, 1.0, -1.0]))  # a mirror would flip the winding
+    with pytest.raises(ValueError, match="scale"):
+        game.transformed(0.0)
