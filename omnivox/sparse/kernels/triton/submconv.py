@@ -1,38 +1,58 @@
 """Triton kernels for the submanifold 3x3x3 convolution: implicit GEMM with the gather fused into the loads.
 
 Forward (and the input gradient, which is the same computation with a mirrored, transposed kernel):
-one program computes a ``BLOCK_N x BLOCK_M`` tile of ``out[rows, :]``. For each of the 27 taps it loads the
-neighbour rows ``table[rows, v]`` and then ``feats[neighbour, k-chunk]`` straight into the dot-product
-operand (rows without a neighbour load zeros), so the ``(N, 27, Ci)`` gathered tensor is never formed.
+one program computes a ``BLOCK_N x BLOCK_M`` tile of ``out[rows, :]`` for one block of a `BlockSchedule`.
+It walks ONE flat loop over (used tap, ``BLOCK_K`` channel chunk) pairs of its block: each step reads the
+block's neighbour rows for that tap (one contiguous vector), gathers ``feats[neighbour, chunk]`` straight into
+the dot-product operand (rows without a neighbour load zeros), loads the tap's weight chunk, and accumulates.
+There is no branch on the tap inside the loop, so Triton's software pipelining (``num_stages``) issues the
+gathers of later steps while the tensor cores work on this one; the ``(N, 27, Ci)`` gathered tensor is never
+formed. Rows are sorted by neighbour pattern (the schedule), so a block of surface voxels uses 12-20 of the 27
+taps instead of all of them.
 
-Skipping empty taps. Surface-like voxel sets have about 10 of 27 neighbours per voxel. Rows are processed
-in a schedule (`row_schedule`) that groups rows with similar neighbour patterns, and each block of
-``BLOCK_N`` rows carries a 27-bit mask of the taps any of its rows uses; taps absent from the whole block
-are skipped. Rows can be sorted inside windows of consecutive rows (keeps gathers local) or globally
-(skips the most taps); the global sort measured fastest and is the default (see design.md).
+Output tiles up to 256 channels wide: at 256 output channels one program covers the whole row, so each
+neighbour row is gathered once per block instead of once per 128-channel tile.
 
-Weight gradient: one program owns a ``(tap, Co tile, Ci tile)`` block of ``grad_W`` and a range of row
-blocks (split-K over rows); partial sums are added atomically into an fp32 buffer.
+Weight gradient: ``grad_W[v] = sum over pairs (i, j) of tap v of grad_out[i]^T feats[j]`` over the packed
+pair list of tap ``v`` (`TapPairs`: no rows without a neighbour, no branch). One program owns a
+``(tap, Co tile, Ci tile)`` block and a contiguous share of the tap's pairs (split-K over pairs); each split
+writes its fp32 partial sum to its own buffer and one ``sum`` adds them, so the result is deterministic
+(no atomics).
 
 All products accumulate in fp32; fp32 inputs use exact IEEE fp32 dot products (no TF32) so that the result
 matches the PyTorch path to ~1e-6.
+
+Tile sizes come from a rule (`forward_tiles`, `weight_grad_tiles`), never from run-time autotuning, so the
+first call costs one compilation per kernel; every launcher takes an explicit `TileConfig` too (benchmarks).
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
 
-KERNEL_VOLUME = 27
+from omnivox.sparse.kernels.schedule import (
+    CENTER_TAP,
+    GLOBAL_SORT,
+    KERNEL_VOLUME,
+    BlockSchedule,
+    TapPairs,
+    block_schedule,
+    tap_pairs,
+)
 
 
 @triton.jit
 def _submconv_fwd_kernel(
     feats_ptr,  # (N, K) input rows
-    table_ptr,  # (N, 27) int32 neighbour rows, -1 = none
-    order_ptr,  # (N,) int32 schedule: program rows
-    block_mask_ptr,  # (num_blocks,) int32 taps used by each block of the schedule
+    order_ptr,  # (N,) int32 row at each schedule position
+    slot_offsets_ptr,  # (num_blocks + 1,) int32 first slot of each block
+    slot_taps_ptr,  # (num_slots,) int32 tap of each slot
+    slot_neighbors_ptr,  # (num_slots, BLOCK_N) int32 neighbour row per block row, -1 = none
     weight_ptr,  # (27, K, M) kernel
     bias_ptr,  # (M,) or dummy
     out_ptr,  # (N, M)
@@ -41,105 +61,103 @@ def _submconv_fwd_kernel(
     PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = offs_n < N
-    rows = tl.load(order_ptr + offs_n, mask=row_ok, other=0).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Output-channel tiles of one row block are neighbours in launch order: they gather the same rows,
+    # which are then still in L2.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    block = pid // tiles_m
+    offs_m = (pid % tiles_m) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
-    taps = tl.load(block_mask_ptr + pid_n)
+    offs_r = tl.arange(0, BLOCK_N)
+    slot_begin = tl.load(slot_offsets_ptr + block)
+    slot_end = tl.load(slot_offsets_ptr + block + 1)
+    k_chunks = tl.cdiv(K, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for v in range(27):
-        if ((taps >> v) & 1) != 0:
-            nb = tl.load(table_ptr + rows * 27 + v, mask=row_ok, other=-1)
-            nb_ok = nb >= 0
-            nb_row = tl.where(nb_ok, nb, 0).to(tl.int64)
-            for k0 in range(0, K, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                k_ok = offs_k < K
-                a = tl.load(feats_ptr + nb_row[:, None] * K + offs_k[None, :],
-                            mask=nb_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(weight_ptr + (v * K + offs_k[:, None]) * M + offs_m[None, :],
-                            mask=k_ok[:, None] & m_ok[None, :], other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    for step in range((slot_end - slot_begin) * k_chunks):
+        slot = slot_begin + step // k_chunks
+        offs_k = (step % k_chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        tap = tl.load(slot_taps_ptr + slot)
+        nb = tl.load(slot_neighbors_ptr + slot.to(tl.int64) * BLOCK_N + offs_r)
+        nb_ok = nb >= 0
+        nb_row = tl.where(nb_ok, nb, 0).to(tl.int64)
+        a = tl.load(feats_ptr + nb_row[:, None] * K + offs_k[None, :],
+                    mask=nb_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(weight_ptr + (tap * K + offs_k[:, None]).to(tl.int64) * M + offs_m[None, :],
+                    mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)[None, :]
+    offs_n = block * BLOCK_N + offs_r
+    row_ok = offs_n < N
+    rows = tl.load(order_ptr + offs_n, mask=row_ok, other=0).to(tl.int64)
     tl.store(out_ptr + rows[:, None] * M + offs_m[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & m_ok[None, :])
 
 
 @triton.jit
-def _submconv_bwd_weight_kernel(
+def _submconv_weight_grad_kernel(
     feats_ptr,  # (N, K) forward input
     grad_out_ptr,  # (N, M) gradient of the forward output
-    table_ptr, order_ptr, block_mask_ptr,
-    grad_weight_ptr,  # (27, M, K) fp32, accumulated atomically
-    N, K, M, num_blocks, blocks_per_split,
+    pair_offsets_ptr,  # (15,) int32 start of the pairs of taps 0..13
+    pair_rows_ptr,  # (P,) int32 row i of each pair
+    pair_neighbors_ptr,  # (P,) int32 its neighbour table[i, v]
+    partial_ptr,  # (splits, 27, M, K) fp32 per-split sums
+    K, M, pairs_per_split,
+    CENTER: tl.constexpr,
     PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     tiles_k = tl.cdiv(K, BLOCK_K)
     tiles_m = tl.cdiv(M, BLOCK_M)
-    v = pid // (tiles_m * tiles_k)
-    tile_m = (pid // tiles_k) % tiles_m
-    tile_k = pid % tiles_k
-    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = tile_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    tap = pid // (tiles_m * tiles_k)
+    offs_m = ((pid // tiles_k) % tiles_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = (pid % tiles_k) * BLOCK_K + tl.arange(0, BLOCK_K)
     m_ok = offs_m < M
     k_ok = offs_k < K
+    # Taps past the centre reuse the pair list of their mirror tap with the roles swapped.
+    mirrored = tap > CENTER
+    listed = tl.where(mirrored, 2 * CENTER - tap, tap)
+    tap_begin = tl.load(pair_offsets_ptr + listed)
+    tap_end = tl.load(pair_offsets_ptr + listed + 1)
+    begin = tap_begin + split * pairs_per_split
+    end = tl.minimum(begin + pairs_per_split, tap_end)
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-    first = split * blocks_per_split
-    last = tl.minimum(first + blocks_per_split, num_blocks)
-    for block in range(first, last):
-        taps = tl.load(block_mask_ptr + block)
-        if ((taps >> v) & 1) != 0:
-            offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
-            row_ok = offs_n < N
-            rows = tl.load(order_ptr + offs_n, mask=row_ok, other=0).to(tl.int64)
-            nb = tl.load(table_ptr + rows * 27 + v, mask=row_ok, other=-1)
-            nb_ok = nb >= 0
-            nb_row = tl.where(nb_ok, nb, 0).to(tl.int64)
-            g = tl.load(grad_out_ptr + rows[:, None] * M + offs_m[None, :],
-                        mask=nb_ok[:, None] & m_ok[None, :], other=0.0)
-            a = tl.load(feats_ptr + nb_row[:, None] * K + offs_k[None, :],
-                        mask=nb_ok[:, None] & k_ok[None, :], other=0.0)
-            acc = tl.dot(tl.trans(g), a, acc, input_precision=PRECISION)
-    tl.atomic_add(grad_weight_ptr + (v * M + offs_m[:, None]) * K + offs_k[None, :], acc,
-                  mask=m_ok[:, None] & k_ok[None, :])
+    for p0 in range(begin, end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        p_ok = offs_p < end
+        first = tl.load(pair_rows_ptr + offs_p, mask=p_ok, other=0)
+        second = tl.load(pair_neighbors_ptr + offs_p, mask=p_ok, other=0)
+        out_row = tl.where(mirrored, second, first).to(tl.int64)
+        in_row = tl.where(mirrored, first, second).to(tl.int64)
+        g = tl.load(grad_out_ptr + out_row[:, None] * M + offs_m[None, :],
+                    mask=p_ok[:, None] & m_ok[None, :], other=0.0)
+        a = tl.load(feats_ptr + in_row[:, None] * K + offs_k[None, :],
+                    mask=p_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(tl.trans(g), a, acc, input_precision=PRECISION)
+    out = partial_ptr + ((split * 27 + tap) * M + offs_m[:, None]).to(tl.int64) * K + offs_k[None, :]
+    tl.store(out, acc, mask=m_ok[:, None] & k_ok[None, :])
 
 
-def row_schedule(table: torch.Tensor, block_n: int, sort_window: int):
-    """Order rows so that blocks of ``block_n`` rows share neighbour patterns; list each block's taps.
+@dataclass(frozen=True)
+class TileConfig:
+    """Tile sizes and launch options of one kernel launch.
 
-    Args:
-        table: ``(N, 27) int32`` neighbour map.
-        block_n: rows per program.
-        sort_window: rows are sorted by their 27-bit neighbour pattern inside consecutive windows of this
-            many rows (1 keeps the input order; ``>= N`` sorts globally).
-
-    Returns:
-        ``order (N,) int32`` (row processed at each schedule position) and
-        ``block_taps (ceil(N / block_n),) int32`` (bit ``v`` set when some row of the block has tap ``v``).
+    Attributes:
+        block_rows: rows per program (forward: rows of the schedule's blocks; weight gradient: pairs per step).
+        block_k: input channels per step.
+        block_m: output channels per program.
+        num_warps: warps per program.
+        num_stages: software-pipelining depth of the main loop.
     """
-    n = table.shape[0]
-    present = table >= 0
-    if sort_window > 1 and n > 1:
-        bit_values = torch.ones(KERNEL_VOLUME, dtype=torch.int64, device=table.device) << torch.arange(
-            KERNEL_VOLUME, device=table.device)
-        pattern = (present.long() * bit_values).sum(1)
-        window = torch.arange(n, device=table.device) // sort_window
-        order = torch.argsort((window << KERNEL_VOLUME) | pattern, stable=True)
-    else:
-        order = torch.arange(n, device=table.device)
-    num_blocks = triton.cdiv(n, block_n)
-    padded = torch.zeros(num_blocks * block_n, KERNEL_VOLUME, dtype=torch.bool, device=table.device)
-    padded[:n] = present[order]
-    used = padded.view(num_blocks, block_n, KERNEL_VOLUME).any(1).int()
-    block_taps = (used << torch.arange(KERNEL_VOLUME, device=table.device, dtype=torch.int32)).sum(1)
-    return order.to(torch.int32).contiguous(), block_taps.to(torch.int32).contiguous()
+
+    block_rows: int
+    block_k: int
+    block_m: int
+    num_warps: int
+    num_stages: int
 
 
 def _pow2_between(x: int, lo: int, hi: int) -> int:
@@ -150,94 +168,228 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _forward_tiles(n_rows: int, k: int, m: int, dtype: torch.dtype):
-    block_m = _pow2_between(m, 16, 128)
-    block_k = _pow2_between(k, 16, 64 if dtype != torch.float32 else 32)
-    block_n = 128 if m >= 64 else 64
-    num_warps = 8 if block_n * block_m >= 128 * 128 else 4
-    num_stages = 2 if dtype == torch.float32 else 3
-    return block_n, block_k, block_m, num_warps, num_stages
+# Shared memory left for other uses (layout conversions of the epilogue) when sizing the pipelined buffers.
+_SHARED_MEMORY_MARGIN = 16 * 1024
+#: Shared memory per program assumed off CUDA (an H100's opt-in limit).
+DEFAULT_SHARED_MEMORY = 227 * 1024
+
+
+@functools.cache
+def _device_shared_memory(index: int) -> int:
+    props = torch.cuda.get_device_properties(index)
+    limit = getattr(props, "shared_memory_per_block_optin", 0)
+    if not limit:
+        limit = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+    return int(limit)
+
+
+def _shared_memory_limit(device: torch.device) -> int:
+    """Bytes of shared memory one program may use on ``device``."""
+    if device.type != "cuda":
+        return DEFAULT_SHARED_MEMORY
+    return _device_shared_memory(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _operand_buffers(num_stages: int) -> int:
+    """Shared-memory copies of each dot operand that Triton 3.6 allocates for these kernels' main loops.
+
+    The operands are gathered through indices loaded in the same loop (one level of indirection), and the
+    pipeliner spends about half the stages on the index loads: compiled for sm_90, ``num_stages`` 2-4 give 2
+    buffers (one gather in flight), 5-6 give 3, 7-8 give 4.
+    """
+    return max(2, (num_stages + 1) // 2)
+
+
+def _forward_stage_bytes(tiles: TileConfig, element_bytes: int) -> int:
+    return (tiles.block_rows * tiles.block_k + tiles.block_k * tiles.block_m) * element_bytes
+
+
+def _weight_grad_stage_bytes(tiles: TileConfig, element_bytes: int) -> int:
+    return tiles.block_rows * (tiles.block_m + tiles.block_k) * element_bytes
+
+
+def shared_memory_bytes(tiles: TileConfig, dtype: torch.dtype, weight_grad: bool = False) -> int:
+    """Shared memory the pipelined operand buffers of one program take (indices and epilogue not counted)."""
+    stage_bytes = _weight_grad_stage_bytes if weight_grad else _forward_stage_bytes
+    return _operand_buffers(tiles.num_stages) * stage_bytes(tiles, dtype.itemsize)
+
+
+def _fit_shared_memory(tiles: TileConfig, dtype: torch.dtype, weight_grad: bool, limit: int) -> TileConfig:
+    """Shrink ``tiles`` until its operand buffers fit: fewer stages first (costs overlap), then narrower
+    output tiles (costs repeated gathers), then shorter K steps."""
+    budget = limit - _SHARED_MEMORY_MARGIN
+    while shared_memory_bytes(tiles, dtype, weight_grad) > budget:
+        if _operand_buffers(tiles.num_stages) > 2:
+            tiles = replace(tiles, num_stages=tiles.num_stages - 2)
+        elif tiles.block_m > 32:
+            tiles = replace(tiles, block_m=tiles.block_m // 2, num_warps=min(tiles.num_warps, 4))
+        elif tiles.block_k > 16:
+            tiles = replace(tiles, block_k=tiles.block_k // 2)
+        else:
+            break
+    return tiles
+
+
+def _smaller(tiles: TileConfig) -> TileConfig | None:
+    """The next smaller configuration to try after a launch ran out of shared memory, or None."""
+    if _operand_buffers(tiles.num_stages) > 2:
+        return replace(tiles, num_stages=tiles.num_stages - 2)
+    if tiles.block_m > 16:
+        return replace(tiles, block_m=tiles.block_m // 2, num_warps=min(tiles.num_warps, 4))
+    return None
+
+
+def _launch_fitting(launch, tiles: TileConfig):
+    """``launch(tiles)``, shrinking ``tiles`` while the compiled kernel needs more shared memory than the device
+    has (the rules leave a margin, but Triton's buffer count can change between versions)."""
+    while True:
+        try:
+            return launch(tiles)
+        except triton.runtime.errors.OutOfResources:
+            tiles = _smaller(tiles)
+            if tiles is None:
+                raise
+
+
+# Rows per block of the forward schedule: one value per dtype width, so the forward and the input gradient of
+# every layer at one scale share one cached schedule.
+FORWARD_BLOCK_ROWS = {2: 128, 4: 64}
+
+
+def forward_tiles(k: int, m: int, dtype: torch.dtype,
+                  shared_memory_limit: int = DEFAULT_SHARED_MEMORY) -> TileConfig:
+    """Tiles of the forward / input-gradient kernel for ``K`` input and ``M`` output channels.
+
+    16-bit: 128-row blocks; output tiles as wide as ``M`` up to 256 (up to 256 channels one program covers a
+    row block: every neighbour row is gathered once); 64-channel K steps (one 128-byte line per gathered row);
+    3-4 operand buffers (``num_stages`` 5-7) so that 2-3 gathers are in flight while the tensor cores work.
+    fp32 (exact IEEE products, no tensor cores): smaller tiles. Shrunk to fit ``shared_memory_limit``.
+    """
+    if dtype == torch.float32:
+        block_m = _pow2_between(m, 16, 128)
+        tiles = TileConfig(block_rows=FORWARD_BLOCK_ROWS[4], block_k=_pow2_between(k, 16, 32), block_m=block_m,
+                           num_warps=8 if block_m >= 128 else 4, num_stages=3)
+        return _fit_shared_memory(tiles, dtype, False, shared_memory_limit)
+    block_m = _pow2_between(m, 16, 256)
+    block_rows = FORWARD_BLOCK_ROWS[2]
+    tiles = TileConfig(block_rows=block_rows, block_k=_pow2_between(k, 16, 64), block_m=block_m,
+                       num_warps=8 if block_rows * block_m >= 128 * 128 else 4,
+                       num_stages=7 if block_m <= 64 else 5)
+    return _fit_shared_memory(tiles, dtype, False, shared_memory_limit)
+
+
+def weight_grad_tiles(k: int, m: int, dtype: torch.dtype,
+                      shared_memory_limit: int = DEFAULT_SHARED_MEMORY) -> TileConfig:
+    """Tiles of the weight-gradient kernel: ``(M x K)`` accumulator tiles, ``block_rows`` pairs per step.
+
+    Each (tap, Co tile, Ci tile) program re-reads its pairs' rows of ``grad_out`` and ``feats``, so large
+    tiles cut the operand traffic for wide layers. One warp group per program: with two, ptxas serialises the
+    asynchronous MMAs of this loop (warning C7515 when compiled for sm_90 with Triton 3.6).
+    """
+    if dtype == torch.float32:
+        tiles = TileConfig(block_rows=32, block_k=_pow2_between(k, 16, 64), block_m=_pow2_between(m, 16, 64),
+                           num_warps=4, num_stages=3)
+        return _fit_shared_memory(tiles, dtype, True, shared_memory_limit)
+    tiles = TileConfig(block_rows=64, block_k=_pow2_between(k, 16, 128), block_m=_pow2_between(m, 16, 128),
+                       num_warps=4, num_stages=5)
+    return _fit_shared_memory(tiles, dtype, True, shared_memory_limit)
 
 
 def implicit_gemm_triton(
     feats: torch.Tensor,  # (N, K)
-    table: torch.Tensor,  # (N, 27) int32
-    schedule,  # callable block_n -> (order, block_taps)
+    schedule: BlockSchedule,
     weight: torch.Tensor,  # (27, K, M) contiguous
     bias: torch.Tensor | None,  # (M,)
+    tiles: TileConfig,
 ) -> torch.Tensor:
     """``out[i] = bias + sum_v feats[table[i, v]] @ weight[v]`` (missing neighbours contribute 0).
 
     This is the forward convolution with ``weight[v] = W[:, v, :].T``, and the input gradient with the
-    mirrored kernel ``weight[v] = W[:, 26 - v, :]``.
+    mirrored kernel ``weight[v] = W[:, 26 - v, :]``. ``tiles.block_rows`` must be the schedule's.
 
     Returns:
         ``(N, M)`` in the dtype of ``feats``, accumulated in fp32.
     """
     n, k = feats.shape
     m = weight.shape[2]
+    if tiles.block_rows != schedule.block_rows:
+        raise ValueError(f"tiles.block_rows={tiles.block_rows} differs from the schedule's {schedule.block_rows}")
     out = torch.empty(n, m, dtype=feats.dtype, device=feats.device)
     if n == 0:
         return out
-    block_n, block_k, block_m, num_warps, num_stages = _forward_tiles(n, k, m, feats.dtype)
-    order, block_taps = schedule(block_n)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
-    _submconv_fwd_kernel[grid](
-        feats, table, order, block_taps, weight, bias if bias is not None else out, out,
-        n, k, m,
-        HAS_BIAS=bias is not None, PRECISION=_precision(feats.dtype),
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=block_m,
-        num_warps=num_warps, num_stages=num_stages,
-    )
+
+    def launch(t: TileConfig) -> None:
+        _submconv_fwd_kernel[(schedule.num_blocks * triton.cdiv(m, t.block_m),)](
+            feats, schedule.order, schedule.slot_offsets, schedule.slot_taps, schedule.slot_neighbors,
+            weight, bias if bias is not None else out, out,
+            n, k, m,
+            HAS_BIAS=bias is not None, PRECISION=_precision(feats.dtype),
+            BLOCK_N=t.block_rows, BLOCK_K=t.block_k, BLOCK_M=t.block_m,
+            num_warps=t.num_warps, num_stages=t.num_stages,
+        )
+
+    _launch_fitting(launch, tiles)
     return out
 
 
 def weight_grad_triton(
     feats: torch.Tensor,  # (N, K)
     grad_out: torch.Tensor,  # (N, M)
-    table: torch.Tensor,
-    schedule,
+    pairs: TapPairs,
+    tiles: TileConfig,
     num_programs_target: int,
 ) -> torch.Tensor:
-    """``grad_w[v] = sum_i grad_out[i]^T feats[table[i, v]]``, returned as ``(27, M, K) float32``."""
+    """``grad_w[v] = sum_i grad_out[i]^T feats[table[i, v]]``, returned as ``(27, M, K) float32``.
+
+    The pairs of each tap are split into ``splits`` contiguous shares so that about ``num_programs_target``
+    programs run; each share's sum goes to its own buffer and the buffers are added (deterministic).
+    """
     n, k = feats.shape
     m = grad_out.shape[1]
-    grad_w = torch.zeros(KERNEL_VOLUME, m, k, dtype=torch.float32, device=feats.device)
     if n == 0:
-        return grad_w
-    # Each (tap, Co tile, Ci tile) program re-reads its rows of grad_out and feats, so large tiles cut the
-    # operand traffic for wide layers.
-    block_n = 64
-    block_m = _pow2_between(m, 16, 128)
-    block_k = _pow2_between(k, 16, 128)
-    num_warps = 8 if block_m * block_k >= 128 * 128 else 4
-    order, block_taps = schedule(block_n)
-    num_blocks = triton.cdiv(n, block_n)
-    tiles = KERNEL_VOLUME * triton.cdiv(m, block_m) * triton.cdiv(k, block_k)
-    splits = max(1, min(num_blocks, triton.cdiv(num_programs_target, tiles)))
-    blocks_per_split = triton.cdiv(num_blocks, splits)
-    splits = triton.cdiv(num_blocks, blocks_per_split)
-    _submconv_bwd_weight_kernel[(tiles, splits)](
-        feats, grad_out, table, order, block_taps, grad_w,
-        n, k, m, num_blocks, blocks_per_split,
-        PRECISION=_precision(feats.dtype),
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_M=block_m,
-        num_warps=num_warps, num_stages=2 if feats.dtype == torch.float32 else 3,
-    )
-    return grad_w
+        return torch.zeros(KERNEL_VOLUME, m, k, dtype=torch.float32, device=feats.device)
+    most_pairs = n  # the centre tap pairs every row with itself; no tap has more
+
+    def launch(t: TileConfig) -> torch.Tensor:
+        tiles_per_tap = triton.cdiv(m, t.block_m) * triton.cdiv(k, t.block_k)
+        splits = max(1, min(triton.cdiv(num_programs_target, KERNEL_VOLUME * tiles_per_tap),
+                            triton.cdiv(most_pairs, 4 * t.block_rows)))  # >= 4 steps per share
+        pairs_per_split = triton.cdiv(triton.cdiv(most_pairs, splits), t.block_rows) * t.block_rows
+        splits = triton.cdiv(most_pairs, pairs_per_split)
+        partial = torch.empty(splits, KERNEL_VOLUME, m, k, dtype=torch.float32, device=feats.device)
+        _submconv_weight_grad_kernel[(KERNEL_VOLUME * tiles_per_tap, splits)](
+            feats, grad_out, pairs.offsets, pairs.rows, pairs.neighbors, partial,
+            k, m, pairs_per_split,
+            CENTER=CENTER_TAP, PRECISION=_precision(feats.dtype),
+            BLOCK_P=t.block_rows, BLOCK_K=t.block_k, BLOCK_M=t.block_m,
+            num_warps=t.num_warps, num_stages=t.num_stages,
+        )
+        return partial
+
+    partial = _launch_fitting(launch, tiles)
+    return partial[0] if partial.shape[0] == 1 else partial.sum(0)
 
 
 # Rows are sorted by neighbour pattern over the whole set by default: on the H100 a global sort was fastest at
 # every SC-VAE shape (docs/benchmarks/sparse.md, windows 1 / 512 / 4096 / all), because it skips the most
 # taps and the scattered gathers still move whole 128-byte rows.
-DEFAULT_SORT_WINDOW = 1 << 62
+DEFAULT_SORT_WINDOW = GLOBAL_SORT
 
 
-def _schedule_for(neighbor_map, sort_window: int):
-    def schedule(block_n: int):
-        return neighbor_map.derived(("triton_schedule", block_n, sort_window),
-                                    lambda: row_schedule(neighbor_map.table, block_n, sort_window))
-    return schedule
+def _cached_block_schedule(neighbor_map, block_rows: int, sort_window: int) -> BlockSchedule:
+    return neighbor_map.derived(("triton_block_schedule", block_rows, sort_window),
+                                lambda: block_schedule(neighbor_map.table, block_rows, sort_window))
+
+
+def _cached_tap_pairs(neighbor_map) -> TapPairs:
+    return neighbor_map.derived(("triton_tap_pairs",), lambda: tap_pairs(neighbor_map.table))
+
+
+def _forward_plan(feats, neighbor_map, m: int, sort_window: int, tiles):
+    """Tiles (the rule unless given) and the cached schedule for an implicit GEMM with ``m`` outputs."""
+    if tiles is None:
+        tiles = forward_tiles(feats.shape[1], m, feats.dtype, _shared_memory_limit(feats.device))
+    return tiles, _cached_block_schedule(neighbor_map, tiles.block_rows, sort_window)
 
 
 def submanifold_conv3d_triton(
@@ -246,15 +398,19 @@ def submanifold_conv3d_triton(
     weight: torch.Tensor,  # (Co, 27, Ci)
     bias: torch.Tensor | None,  # (Co,)
     sort_window: int = DEFAULT_SORT_WINDOW,
+    tiles: TileConfig | None = None,
 ) -> torch.Tensor:
     """Forward submanifold convolution on CUDA; same contract as `submanifold_conv3d_reference`.
+
+    ``tiles`` overrides the rule (`forward_tiles`); benchmarks use it to compare configurations.
 
     Returns:
         ``(N, Co)`` in the dtype of ``feats`` (fp32 accumulation, one rounding).
     """
     weight_kio = weight.permute(1, 2, 0).contiguous()  # (27, Ci, Co)
-    return implicit_gemm_triton(feats.contiguous(), neighbor_map.table, _schedule_for(neighbor_map, sort_window),
-                                weight_kio, bias.contiguous() if bias is not None else None)
+    tiles, schedule = _forward_plan(feats, neighbor_map, weight.shape[0], sort_window, tiles)
+    return implicit_gemm_triton(feats.contiguous(), schedule, weight_kio,
+                                bias.contiguous() if bias is not None else None, tiles)
 
 
 def submanifold_conv3d_backward_triton(
@@ -265,20 +421,27 @@ def submanifold_conv3d_backward_triton(
     needs_input_grad: bool = True,
     needs_weight_grad: bool = True,
     sort_window: int = DEFAULT_SORT_WINDOW,
+    tiles: TileConfig | None = None,
+    weight_tiles: TileConfig | None = None,
 ):
     """Gradients on CUDA; same contract as `submanifold_conv3d_backward_reference`.
 
     The input gradient reuses the forward kernel: because the map is symmetric
     (``table[i, v] = j  <=>  table[j, 26 - v] = i``), ``grad_in[j] = sum_u grad_out[table[j, u]] @ W[:, 26 - u, :]``.
+    ``tiles`` / ``weight_tiles`` override the rules for the input / weight gradient.
     """
     grad_out = grad_out.contiguous()
-    schedule = _schedule_for(neighbor_map, sort_window)
     grad_in = grad_w = None
     if needs_input_grad:
         mirrored = weight.flip(1).permute(1, 0, 2).contiguous()  # (27, Co, Ci)
-        grad_in = implicit_gemm_triton(grad_out, neighbor_map.table, schedule, mirrored, None)
+        tiles, schedule = _forward_plan(grad_out, neighbor_map, weight.shape[2], sort_window, tiles)
+        grad_in = implicit_gemm_triton(grad_out, schedule, mirrored, None, tiles)
     if needs_weight_grad:
+        k, m = feats.shape[1], grad_out.shape[1]
+        if weight_tiles is None:
+            weight_tiles = weight_grad_tiles(k, m, feats.dtype, _shared_memory_limit(feats.device))
         sms = torch.cuda.get_device_properties(feats.device).multi_processor_count if feats.is_cuda else 8
-        grad_w = weight_grad_triton(feats.contiguous(), grad_out, neighbor_map.table, schedule, 4 * sms)
+        grad_w = weight_grad_triton(feats.contiguous(), grad_out, _cached_tap_pairs(neighbor_map), weight_tiles,
+                                    4 * sms)
         grad_w = grad_w.permute(1, 0, 2).to(weight.dtype)  # (Co, 27, Ci)
     return grad_in, grad_w
