@@ -3,7 +3,7 @@
 Usage:
     python bench/bench_data_ray.py cpu [--resolutions 256,512] [--cpus 2] [--repeats 2] [--out FILE.json]
     python bench/bench_data_ray.py overhead [--tasks 2000] [--cpus 2]          # each engine's own cost per asset
-    python bench/bench_data_ray.py prepare --root DIR [--resolution 256]     # a dataset root for the GPU run
+    python bench/bench_data_ray.py prepare --root DIR [--resolution 256] [--under mesh]  # a root for the GPU run
     python bench/bench_data_ray.py gpu --root DIR [--views 16 --size 512] [--resolution 256] [--out FILE.json]
 
 ``cpu``: indexes the development assets (``../shared/assets``) into a scratch root once, then runs `convert`
@@ -90,11 +90,12 @@ def _outputs(root: Path, folders) -> dict:
             for folder in folders for path in sorted((root / folder).glob("*.*")) if path.is_file()}
 
 
-def _copy_assets(raw: Path) -> None:
-    """The development assets the index can read, with the files beside them (glTF buffers, textures, .mtl)."""
+def _copy_assets(raw: Path, under: str = "") -> None:
+    """The development assets the index can read (those under ``ASSETS/under``), with the files beside them (glTF
+    buffers, textures, .mtl)."""
     from omnivox.data.index import SUPPORTED, scan_folder
 
-    for path in scan_folder(ASSETS):
+    for path in scan_folder(ASSETS / under):
         if path.suffix.lower() not in SUPPORTED:
             continue
         target = raw / path.relative_to(ASSETS)
@@ -206,11 +207,11 @@ def bench_overhead(tasks: int, cpus: int, out: Path) -> None:
     out.write_text(json.dumps({"info": info, "cpus": cpus, "runs": rows}, indent=1))
 
 
-def prepare(root: Path, resolution: int) -> None:
+def prepare(root: Path, resolution: int, under: str) -> None:
     from omnivox.data.convert import run_convert
     from omnivox.data.index import run_index
 
-    _copy_assets(root / "raw")
+    _copy_assets(root / "raw", under)
     print("index", vars(run_index(root, workers=os.cpu_count(), progress=False)), flush=True)
     print("convert", vars(run_convert(root, [resolution], workers=os.cpu_count(), mesh_dump=False, progress=False)),
           flush=True)
@@ -307,6 +308,7 @@ def main(argv=None) -> None:
     prep = sub.add_parser("prepare")
     prep.add_argument("--root", type=Path, required=True)
     prep.add_argument("--resolution", type=int, default=256)
+    prep.add_argument("--under", default="", help="only the assets under this folder of ../shared/assets")
     gpu = sub.add_parser("gpu")
     gpu.add_argument("--root", type=Path, required=True)
     gpu.add_argument("--views", type=int, default=16)
@@ -320,7 +322,7 @@ def main(argv=None) -> None:
     elif args.command == "overhead":
         bench_overhead(args.tasks, args.cpus, args.out)
     elif args.command == "prepare":
-        prepare(args.root, args.resolution)
+        prepare(args.root, args.resolution, args.under)
     else:
         bench_gpu(args.root, args.views, args.size, args.resolution, args.device, args.out)
 

@@ -183,9 +183,10 @@ def _check_inputs(vertices, faces, coords, attributes, grid: Grid):
     if (c < 0).any() or (c >= grid.resolution).any():
         raise ValueError(f"coords must lie in [0, resolution) = [0, {grid.resolution.tolist()}), "
                          f"found min {c.min(axis=0).tolist()} max {c.max(axis=0).tolist()}")
-    keys = (c[:, 0] * grid.resolution[1] + c[:, 1]) * grid.resolution[2] + c[:, 2]
-    if len(np.unique(keys)) != len(keys):
-        raise ValueError(f"coords contains {len(keys) - len(np.unique(keys))} duplicate voxels")
+    keys = np.sort((c[:, 0] * grid.resolution[1] + c[:, 1]) * grid.resolution[2] + c[:, 2])
+    duplicates = int(np.count_nonzero(keys[1:] == keys[:-1]))
+    if duplicates:
+        raise ValueError(f"coords contains {duplicates} duplicate voxels")
     if a.ndim != 2 or a.shape != (len(c), 6):
         raise ValueError(f"attributes must have shape (N, 6) = ({len(c)}, 6) in the layout base_color 0:3, "
                          f"metallic 3:4, roughness 4:5, alpha 5:6; got {a.shape}")
@@ -276,8 +277,15 @@ EARLY_DECIMATION_FACTOR = 4
 VOXEL_EDGE_SAMPLE = 1_000_000
 
 
-def _voxel_edge(vertices: np.ndarray, faces: np.ndarray) -> float:
-    """Median edge length of the extracted surface, about one voxel (from a fixed sample of faces when large)."""
+def _voxel_edge(vertices: np.ndarray, faces: np.ndarray, device: torch.device) -> float:
+    """Median edge length of the extracted surface, about one voxel: on CUDA over every face (a sort of a few
+    million lengths takes milliseconds there), elsewhere from a fixed sample of faces when large."""
+    if device.type == "cuda":
+        v = torch.from_numpy(np.ascontiguousarray(vertices)).to(device, torch.float64)
+        f = torch.from_numpy(faces).to(device)
+        lengths = (v[f[:, [1, 2, 0]]] - v[f]).norm(dim=2).reshape(-1).sort().values
+        middle = len(lengths) // 2  # numpy's median: the mean of the two middle values of an even count
+        return float((lengths[middle] + lengths[(len(lengths) - 1) // 2]) / 2)
     if len(faces) > VOXEL_EDGE_SAMPLE:
         faces = faces[np.random.default_rng(0).choice(len(faces), VOXEL_EDGE_SAMPLE, replace=False)]
     return meshops.median_edge_length(vertices, faces)
@@ -323,8 +331,8 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Clean, orient, optionally fill small holes and decimate an extracted surface (spec 7 steps 1 and 3).
 
-    Order: [on a CUDA ``device``, a surface of more than ``3 * target`` faces: degenerate/duplicate faces -> decimate
-    to ``3 * target`` in rounds of independent collapses on the GPU (`collapse.decimate_in_rounds`), open borders
+    Order: [on a CUDA ``device``, a surface of more than ``target`` faces: degenerate/duplicate faces -> decimate
+    to ``target`` in rounds of independent collapses on the GPU (`collapse.decimate_in_rounds`), open borders
     and non-manifold edges kept] [elsewhere, a surface of more than ``EARLY_DECIMATION_FACTOR`` times ``3 * target`` faces: degenerate/duplicate
     faces -> orient -> decimate to ``3 * target`` keeping open borders] -> clean (degenerate/duplicate faces,
     specks, fringes up to ``FRINGE_WIDTH`` voxels wide at non-manifold edges) -> orient -> fill holes -> decimate
@@ -363,12 +371,14 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         holes += len(np.unique(f[before:, 2]))
         return v, f
 
-    voxel_edge = _voxel_edge(vertices, faces)  # before any decimation, about one voxel
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda" and decimation_target is not None and len(faces) > 3 * decimation_target:
-        # On the GPU the whole early decimation takes a fraction of a second, so every surface above the first
-        # stage's budget takes it (same guarantees as the CPU's early step below: open borders stay in place).
-        v, f = _early_decimation_on(device, vertices, faces, 3 * decimation_target)
+    voxel_edge = _voxel_edge(vertices, faces, device)  # before any decimation, about one voxel
+    if device.type == "cuda" and decimation_target is not None and len(faces) > decimation_target:
+        # On the GPU the early decimation of millions of faces takes a second or two, while the CPU clean-up below
+        # costs about a second per 200K faces (H100 box, docs/benchmarks/export_clock.md), so every surface above
+        # the budget goes straight to it, open borders and non-manifold edges in place: the pin-holes and fringes
+        # the clean-up looks for are made of those, so they are still found and treated afterwards.
+        v, f = _early_decimation_on(device, vertices, faces, decimation_target)
         timings["early_decimate"] = _elapsed(start, device)
         start = time.perf_counter()
     elif decimation_target is not None and len(faces) > EARLY_DECIMATION_FACTOR * 3 * decimation_target:
@@ -402,7 +412,7 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
             if target != decimation_target:
                 v, f = fill(v, f)
     if tolerance is not None and tolerance > 0:
-        smaller = meshops.decimate_within(v, f, tolerance, halve=gpu_decimate)
+        smaller = meshops.decimate_within(v, f, tolerance, halve=gpu_decimate, device=device)
         if smaller[1] is not f:
             v, f = meshops.clean(*smaller, min_component_area)
     timings["decimate"] = time.perf_counter() - start

@@ -1,0 +1,1 @@
+"""Triton kernels of `omnivox.ovoxel` (imported only when the Triton backend runs)."""
