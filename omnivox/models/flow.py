@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from omnivox._backend import triton_available
+from omnivox.models.kernels import REFERENCE_BLOCK_KERNELS, BlockKernels, block_kernels, resolve_backend
 from omnivox.models.layers import LayerNorm32, dtype_from_name
 from omnivox.sparse.attention import apply_rope, host_seq_lens, rope_3d_phases, varlen_attention
 from omnivox.sparse.modules import MultiHeadRMSNorm
@@ -124,7 +124,8 @@ CUDNN_MIN_TOKENS = 6000
 
 # ----------------------------------------------------------------------------------------- token layouts
 class DenseTokens:
-    """Token layout of the dense model: features ``(B, L, C)``, every sample has the same ``L`` tokens.
+    """Token layout of the dense model: features ``(B, L, C)``, every sample has the same ``L`` tokens; the blocks
+    work on them flattened to rows ``(B * L, C)``.
 
     Args:
         positions: ``(L, 3)`` integer RoPE positions of the tokens.
@@ -135,33 +136,34 @@ class DenseTokens:
                  rope_freq: Tuple[float, float]) -> None:
         self.phases = rope_3d_phases(positions, head_dim, rope_freq).repeat(batch_size, 1)  # (B*L, D/2)
         self.length = len(positions)
-        self._fused_tables = None
-
-    def per_sample(self, values: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, 1, C)
-        return values[:, None, :]
-
-    def rope(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, H, D) -> same
-        return apply_rope(x.flatten(0, 1), self.phases).view_as(x)
+        self._row_tables = None
 
     def self_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # (B, L, H, D) each -> (B, L, H, D)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return out.transpose(1, 2)
+        # (B * L, H, D) each -> (B * L, H, D)
+        q, k, v = (t.unflatten(0, (-1, self.length)) for t in (q, k, v))
+        return self._attention(q, k, v).flatten(0, 1)
 
     def cross_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q (R, H, D): the rows of the first n = len(k) samples; k/v (n, M, H, D) -> (R, H, D)
-        return self.self_attention(q.unflatten(0, (k.shape[0], -1)), k, v).flatten(0, 1)
+        return self._attention(q.unflatten(0, (k.shape[0], -1)), k, v).flatten(0, 1)
+
+    @staticmethod
+    def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q (B, L, H, D), k/v (B, M, H, D) -> (B, L, H, D)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
 
     def rows_of_items(self, items: int) -> int:
         """Rows (of the flattened ``(B * L, C)`` features) that belong to the first ``items`` samples."""
         return items * self.length
 
-    def fused_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(row -> sample index, RoPE cos, RoPE sin) for the fused kernels; built once per token set."""
-        if self._fused_tables is None:
+    def row_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row -> sample index, RoPE cos, RoPE sin) of the flattened ``(B * L, C)`` rows, for the block kernels;
+        built once per token set."""
+        if self._row_tables is None:
             rows = torch.arange(len(self.phases), device=self.phases.device) // self.length
-            self._fused_tables = (rows, self.phases.real.contiguous(), self.phases.imag.contiguous())
-        return self._fused_tables
+            self._row_tables = (rows, self.phases.real.contiguous(), self.phases.imag.contiguous())
+        return self._row_tables
 
 
 class SparseTokens:
@@ -177,13 +179,7 @@ class SparseTokens:
         # From the coordinate cache: read back from the device once per token set, not in every forward, so a
         # forward issues no host synchronisation (needed for CUDA-graph capture, see `omnivox.pipelines.runtime`).
         self.seq_lens = host_seq_lens(x)
-        self._fused_tables = None
-
-    def per_sample(self, values: torch.Tensor) -> torch.Tensor:  # (B, C) -> (N, C)
-        return values.index_select(0, self.batch_index)
-
-    def rope(self, x: torch.Tensor) -> torch.Tensor:  # (N, H, D) -> same
-        return apply_rope(x, self.phases)
+        self._row_tables = None
 
     def self_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # (N, H, D) each -> (N, H, D)
@@ -198,14 +194,22 @@ class SparseTokens:
         batch, length = k.shape[:2]
         return varlen_attention(q, k.flatten(0, 1), v.flatten(0, 1), self.seq_lens[:batch], [length] * batch)
 
-    def fused_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(row -> sample index, RoPE cos, RoPE sin) for the fused kernels; built once per token set."""
-        if self._fused_tables is None:
-            self._fused_tables = (self.batch_index, self.phases.real.contiguous(), self.phases.imag.contiguous())
-        return self._fused_tables
+    def row_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row -> sample index, RoPE cos, RoPE sin) for the block kernels; built once per token set."""
+        if self._row_tables is None:
+            self._row_tables = (self.batch_index, self.phases.real.contiguous(), self.phases.imag.contiguous())
+        return self._row_tables
 
 
 # ----------------------------------------------------------------------------------------------- block
+def _normalize_rotate(kernels: BlockKernels, x: torch.Tensor, norm: Optional[MultiHeadRMSNorm],
+                      cos: Optional[torch.Tensor] = None, sin: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-head RMSNorm of ``x (R, H, D)`` (where the model has one), then RoPE where ``cos``/``sin`` are given."""
+    if norm is not None:
+        return kernels.rms_norm_rope(x, norm.gamma, cos, sin)
+    return x if cos is None else apply_rope(x, torch.complex(cos, sin))
+
+
 class SelfAttention(nn.Module):
     """Self-attention with per-head RMS-normalised q/k and 3-D RoPE (spec 6.3)."""
 
@@ -218,11 +222,12 @@ class SelfAttention(nn.Module):
         self.k_rms_norm = MultiHeadRMSNorm(h, d) if cfg.qk_rms_norm else None
         self.to_out = nn.Linear(c, c, dtype=dt)
 
-    def forward(self, x: torch.Tensor, tokens) -> torch.Tensor:  # (..., T, C) -> (..., T, C)
-        q, k, v = self.to_qkv(x).unflatten(-1, (3, self.num_heads, -1)).unbind(-3)
-        if self.q_rms_norm is not None:
-            q, k = self.q_rms_norm(q), self.k_rms_norm(k)
-        q, k = tokens.rope(q), tokens.rope(k)
+    def forward(self, x: torch.Tensor, tokens, kernels: BlockKernels = REFERENCE_BLOCK_KERNELS) -> torch.Tensor:
+        """Rows ``x (R, C)`` of every token -> ``(R, C)``."""
+        _, cos, sin = tokens.row_tables()
+        q, k, v = self.to_qkv(x).unflatten(-1, (3, self.num_heads, -1)).unbind(1)  # (R, H, D) each
+        q = _normalize_rotate(kernels, q, self.q_rms_norm, cos, sin)
+        k = _normalize_rotate(kernels, k, self.k_rms_norm, cos, sin)
         return self.to_out(tokens.self_attention(q, k, v).flatten(-2))
 
 
@@ -239,17 +244,17 @@ class CrossAttention(nn.Module):
         self.k_rms_norm = MultiHeadRMSNorm(h, d) if cfg.qk_rms_norm_cross else None
         self.to_out = nn.Linear(c, c, dtype=dt)
 
-    def forward(self, x: torch.Tensor, cond: "BlockCondition", tokens) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: "BlockCondition", tokens,
+                kernels: BlockKernels = REFERENCE_BLOCK_KERNELS) -> torch.Tensor:
         """Rows ``x (R, C)`` of the samples that attend to ``cond``'s keys and values -> ``(R, C)``."""
-        q = self.to_q(x).unflatten(-1, (self.num_heads, -1))
-        if self.q_rms_norm is not None:
-            q = self.q_rms_norm(q)
+        q = _normalize_rotate(kernels, self.to_q(x).unflatten(-1, (self.num_heads, -1)), self.q_rms_norm)
         return self.to_out(tokens.cross_attention(q, cond.keys, cond.values).flatten(-2))
 
-    def keys_values(self, cond: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def keys_values(self, cond: torch.Tensor,
+                    kernels: BlockKernels = REFERENCE_BLOCK_KERNELS) -> Tuple[torch.Tensor, torch.Tensor]:
         """``cond (B, M, Cc)`` -> keys (RMS-normalised) and values, ``(B, M, H, D)`` each."""
         k, v = self.to_kv(cond).unflatten(-1, (2, self.num_heads, -1)).unbind(-3)  # k first
-        return (self.k_rms_norm(k) if self.k_rms_norm is not None else k), v
+        return _normalize_rotate(kernels, k.flatten(0, 1), self.k_rms_norm).view(k.shape), v
 
     def null_output(self) -> torch.Tensor:
         """``(C,)``: the output at every token for the all-zero condition (the unconditional pass of CFG).
@@ -311,12 +316,26 @@ class FeedForward(nn.Module):
                                  nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.mlp_hidden, cfg.model_channels, dtype=dt))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x)
+    def forward(self, x: torch.Tensor, gemm_epilogue: bool = False) -> torch.Tensor:
+        """``x (R, C)`` -> ``(R, C)``. ``gemm_epilogue``: on CUDA, run GELU(tanh) as the first GEMM's epilogue
+        (cuBLASLt): no separate pass over the ``(R, hidden)`` activations, and one rounding fewer (GELU of the
+        float32 accumulator). The CPU version of that op uses the exact GELU instead, so CPU tensors take the
+        module whatever the flag."""
+        first, activation, last = self.mlp
+        if gemm_epilogue and x.is_cuda and hasattr(torch, "_addmm_activation"):  # private op: keep a way out
+            return last(torch._addmm_activation(first.bias, x, first.weight.t(), use_gelu=True))
+        return last(activation(first(x)))
 
 
 class FlowBlock(nn.Module):
-    """One modulated transformer block (spec 6.3); the residual stream stays in ``cfg.dtype``."""
+    """One modulated transformer block (spec 6.3); the residual stream stays in ``cfg.dtype``.
+
+    The block runs on the stream flattened to rows ``(R, C)``. Its norms with their adaLN modulation, the q/k
+    RMSNorm with RoPE and the gated residuals go through one set of `omnivox.models.kernels.BlockKernels`: the
+    Triton launchers for CUDA inference, their same-signature PyTorch references everywhere else (CPU, autograd,
+    token chunking, ``set_fused_kernels(False)``). One body serves both, so they differ only by rounding inside
+    the kernels.
+    """
 
     def __init__(self, cfg: FlowConfig) -> None:
         super().__init__()
@@ -333,88 +352,75 @@ class FlowBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor, cond: torch.Tensor, tokens,
                 token_chunk: Optional[int] = None) -> torch.Tensor:
-        """One block; ``token_chunk``: run the feed-forward on at most this many tokens at a time (see
-        `_FlowTransformer` ``forward``'s ``token_chunk``)."""
+        """One block: ``x (B, L, C)`` or ``(N, C)`` in the stream dtype, ``mod (B, 6C)`` float32 shared adaLN
+        output, ``cond`` condition tensors ``(B, M, Cc)`` or a `BlockCondition`. ``token_chunk``: run the
+        feed-forward on at most this many rows at a time (see `_FlowTransformer` ``forward``'s ``token_chunk``)."""
         # The sum runs in float32 (the parameter is float32) and is rounded once to the stream dtype.
         m = (self.modulation + mod).to(x.dtype)
-        if token_chunk is None and self._can_fuse(x):
-            return self.forward_fused(x, m, cond, tokens)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            tokens.per_sample(chunk) for chunk in m.chunk(6, dim=-1))
-        h = self.norm1(x) * (1 + scale_msa) + shift_msa
-        x = x + self.self_attn(h, tokens) * gate_msa
-        if not isinstance(cond, BlockCondition):  # condition tensors: their keys and values, for this call
-            cond = BlockCondition(*self.cross_attn.keys_values(cond), None)
-        rows = x.reshape(-1, x.shape[-1])
-        split = tokens.rows_of_items(cond.keys.shape[0])
-        parts = [rows[:split] + self.cross_attn(self.norm2(rows[:split]), cond, tokens)] if split else []
-        if split < len(rows):  # zero-condition samples: a constant cross-attention output
-            parts.append(rows[split:] + cond.null_output)
-        x = (torch.cat(parts) if len(parts) > 1 else parts[0]).view(x.shape)
-        if token_chunk is None or x.shape[-2] <= token_chunk:
-            h = self.norm3(x) * (1 + scale_mlp) + shift_mlp
-            return x + self.mlp(h) * gate_mlp
-        # Token chunking (inference memory): the feed-forward is per token, so running it on slices of rows
-        # bounds its wide (T, mlp_hidden) temporaries without changing any value.
-        out = torch.empty_like(x)
-        total = x.shape[-2]
-        for start in range(0, total, token_chunk):
-            rows = slice(start, min(start + token_chunk, total))
-            shift, scale, gate = (t[..., rows, :] if t.shape[-2] == total else t
-                                  for t in (shift_mlp, scale_mlp, gate_mlp))
-            xs = x[..., rows, :]
-            out[..., rows, :] = xs + self.mlp(self.norm3(xs) * (1 + scale) + shift) * gate
-        return out
+        # The chunked (low-memory) mode keeps the PyTorch ops, so its outputs stay those of that path.
+        fused = token_chunk is None and self._can_fuse(x)
+        return self._forward(x, m, cond, tokens, block_kernels("triton" if fused else "torch", x.device),
+                             token_chunk)
 
     def _can_fuse(self, x: torch.Tensor) -> bool:
-        return (self.fused_kernels and x.is_cuda and not torch.is_grad_enabled()
+        """Whether the Triton launchers may run this call: CUDA inference (they have no backward)."""
+        return (self.fused_kernels and not torch.is_grad_enabled()
                 and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
                 and self.self_attn.q_rms_norm is not None and self.cross_attn.q_rms_norm is not None
-                and triton_available())
+                and resolve_backend("auto", x.device) == "triton")
 
     def forward_fused(self, x: torch.Tensor, m: torch.Tensor, cond: torch.Tensor, tokens) -> torch.Tensor:
-        """`forward` for inference through `omnivox.models.kernels.triton.block` (no autograd): one kernel for
-        each norm + modulation, each q/k RMSNorm + RoPE and each gated residual instead of a chain of small ones
-        (their PyTorch references, same signatures: `omnivox.models.kernels.reference`).
-        ``m`` is the ``(B, 6C)`` modulation table already in ``x.dtype``. Rounds where `forward` rounds."""
-        from omnivox.models.kernels.triton import block as kernels
+        """`forward` through the Triton launchers on any device (no autograd; ``TRITON_INTERPRET=1`` on CPU, as
+        the tests run it); ``m`` is the ``(B, 6C)`` modulation table already in ``x.dtype``."""
+        return self._forward(x, m, cond, tokens, block_kernels("triton", x.device), None)
 
+    def _forward(self, x: torch.Tensor, m: torch.Tensor, cond: torch.Tensor, tokens, kernels: BlockKernels,
+                 token_chunk: Optional[int]) -> torch.Tensor:
         c = x.shape[-1]
-        lead = x.shape[:-1]
-        rows, cos, sin = tokens.fused_tables()
-        attn, cross = self.self_attn, self.cross_attn
+        rows = tokens.row_tables()[0]  # row -> sample: the row of the modulation table m each row reads
         flat = x.reshape(-1, c)
-
+        # m's columns: shift, scale, gate of the self-attention, then of the feed-forward (C each).
         h = kernels.layer_norm(flat, self.norm1.eps, table=m, rows=rows, shift_col=0, scale_col=c)
-        q, k, v = attn.to_qkv(h).unflatten(-1, (3, attn.num_heads, -1)).unbind(1)
-        q = kernels.rms_norm_rope(q, attn.q_rms_norm.gamma, cos, sin).unflatten(0, lead)
-        k = kernels.rms_norm_rope(k, attn.k_rms_norm.gamma, cos, sin).unflatten(0, lead)
-        out = attn.to_out(tokens.self_attention(q, k, v.unflatten(0, lead)).flatten(-2))
-        flat = kernels.gated_add(flat, out.reshape(-1, c), m, rows, 2 * c)
+        flat = kernels.gated_add(flat, self.self_attn(h, tokens, kernels), m, rows, 2 * c)
 
         if not isinstance(cond, BlockCondition):  # condition tensors: their keys and values, for this call
-            k, v = cross.to_kv(cond).unflatten(-1, (2, cross.num_heads, -1)).unbind(-3)  # (B, M, H, D) each
-            cond = BlockCondition(kernels.rms_norm_rope(k.flatten(0, 1), cross.k_rms_norm.gamma).view(k.shape), v,
-                                  None)
+            cond = BlockCondition(*self.cross_attn.keys_values(cond, kernels), None)
+        flat = self._add_cross_attention(flat, cond, tokens, kernels)
+
+        gemm_epilogue = kernels.backend == "triton"
+        if token_chunk is None or len(flat) <= token_chunk:
+            h = kernels.layer_norm(flat, self.norm3.eps, table=m, rows=rows, shift_col=3 * c, scale_col=4 * c)
+            return kernels.gated_add(flat, self.mlp(h, gemm_epilogue), m, rows, 5 * c).view(x.shape)
+        # Token chunking (inference memory): the feed-forward is per token, so running it on slices of rows
+        # bounds its wide (rows, mlp_hidden) temporaries without changing any value.
+        out = torch.empty_like(flat)
+        for start in range(0, len(flat), token_chunk):
+            part = slice(start, start + token_chunk)
+            h = kernels.layer_norm(flat[part], self.norm3.eps, table=m, rows=rows[part], shift_col=3 * c,
+                                   scale_col=4 * c)
+            out[part] = kernels.gated_add(flat[part], self.mlp(h, gemm_epilogue), m, rows[part], 5 * c)
+        return out.view(x.shape)
+
+    def _add_cross_attention(self, flat: torch.Tensor, cond: BlockCondition, tokens,
+                             kernels: BlockKernels) -> torch.Tensor:
+        """``flat (R, C)`` plus the cross-attention output: the rows of ``cond``'s first samples attend to its keys,
+        the later (zero-condition) rows get its constant ``null_output``."""
         split = tokens.rows_of_items(cond.keys.shape[0])
-        if split < flat.shape[0]:  # zero-condition samples; flat is this function's own tensor (from gated_add)
-            flat[split:] += cond.null_output
+        attended = None
         if split:
             h = kernels.layer_norm(flat[:split], self.norm2.eps, weight=self.norm2.weight, bias=self.norm2.bias)
-            q = kernels.rms_norm_rope(cross.to_q(h).unflatten(-1, (cross.num_heads, -1)), cross.q_rms_norm.gamma)
-            flat[:split] += cross.to_out(tokens.cross_attention(q, cond.keys, cond.values).flatten(-2))
-
-        h = kernels.layer_norm(flat, self.norm3.eps, table=m, rows=rows, shift_col=3 * c, scale_col=4 * c)
-        # On CUDA, GELU(tanh) runs as the first GEMM's epilogue (cuBLASLt): no separate pass over the (rows, 4c)
-        # activations, and one rounding fewer (GELU of the float32 accumulator). The CPU version of this op
-        # uses the exact GELU instead, so CPU tensors (Triton's interpreter) take the module.
-        first, last = self.mlp.mlp[0], self.mlp.mlp[2]
-        if h.is_cuda and hasattr(torch, "_addmm_activation"):  # a private op: keep a way out if torch drops it
-            hidden = torch._addmm_activation(first.bias, h, first.weight.t(), use_gelu=True)
-        else:
-            hidden = self.mlp.mlp[1](first(h))
-        flat = kernels.gated_add(flat, last(hidden), m, rows, 5 * c)
-        return flat.view(x.shape)
+            attended = self.cross_attn(h, cond, tokens, kernels)
+        if flat.requires_grad:  # autograd keeps flat[:split] for the norm's backward: add out of place
+            parts = [flat[:split] + attended] if split else []
+            if split < len(flat):
+                parts.append(flat[split:] + cond.null_output)
+            return torch.cat(parts) if len(parts) > 1 else parts[0]
+        # Inference: in place (flat is this block's own tensor, from gated_add), no copy of the stream.
+        if split < len(flat):
+            flat[split:] += cond.null_output
+        if split:
+            flat[:split] += attended
+        return flat
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -470,10 +476,11 @@ class _FlowTransformer(nn.Module):
         self._token_chunk = _check_token_chunk(rows)
 
     def set_fused_kernels(self, enabled: bool) -> None:
-        """Use the Triton block kernels for CUDA inference (default on; `FlowBlock.forward_fused`).
+        """Use the Triton block kernels for CUDA inference (default on; see `FlowBlock`).
 
         Without autograd on a CUDA device with Triton, each block then runs its norms, modulation, q/k RMSNorm,
-        RoPE and gated residuals as 9 fused kernels instead of several dozen small ones. Off: always the PyTorch path.
+        RoPE and gated residuals as 9 fused kernels instead of several dozen small ones. Off: always their PyTorch
+        references (`omnivox.models.kernels.reference`).
         """
         if not isinstance(enabled, bool):
             raise ValueError(f"enabled must be True or False, got {enabled!r}")

@@ -1,10 +1,12 @@
 """PyTorch references of the models' Triton kernels, same signatures: the fused flow-block ops
 (`omnivox.models.kernels.triton.block`) and the 8-bit weight helpers (`omnivox.models.kernels.triton.weights8`).
 
-Each function is the chain of PyTorch ops ``FlowBlock.forward`` runs for that step, written against the fused
-kernel's interface (rows ``(R, C)`` and a per-sample modulation ``table`` indexed by ``rows``): the kernels round
-to the stream dtype where these do, and ``tests/models/test_block_kernels.py`` compares each launcher with its
-reference (Triton's CPU interpreter; the GPU when there is one).
+The flow-block references are the PyTorch path itself: ``FlowBlock.forward`` runs one body with either these or the
+Triton launchers (`omnivox.models.kernels.block_kernels`), on the kernels' interface (rows ``(R, C)`` and a
+per-sample modulation ``table`` indexed by ``rows``). The kernels round to the stream dtype where these do;
+``tests/models/test_block_kernels.py`` compares each launcher with its reference (Triton's CPU interpreter; the GPU
+when there is one) and ``tests/models/test_flow_block_reference.py`` the block on these references with the block
+written out op by op.
 """
 
 from __future__ import annotations
@@ -26,14 +28,21 @@ def layer_norm_reference(x: torch.Tensor, eps: float, weight: Optional[torch.Ten
     if table is None:
         return y
     c = x.shape[-1]
-    per_row = table[rows]
-    return y * (1 + per_row[:, scale_col:scale_col + c]) + per_row[:, shift_col:shift_col + c]
+    return y * (1 + _per_row(table, rows, scale_col, c)) + _per_row(table, rows, shift_col, c)
 
 
 def gated_add_reference(x: torch.Tensor, y: torch.Tensor, table: torch.Tensor, rows: torch.Tensor,
                         gate_col: int) -> torch.Tensor:
     """``x + y * table[rows[r], gate_col:+C]`` for ``x, y (R, C)`` of one dtype."""
-    return x + y * table[rows][:, gate_col:gate_col + x.shape[-1]]
+    return x + y * _per_row(table, rows, gate_col, x.shape[-1])
+
+
+def _per_row(table: torch.Tensor, rows: torch.Tensor, first: int, count: int) -> torch.Tensor:
+    """``table[rows, first:first + count]`` in ``table.dtype``: only the columns used (under autograd the gathered
+    factor is kept for the backward pass), gathered in float32 so that the backward pass sums a 16-bit table's
+    gradient over its rows in float32 (as a broadcast over the rows would), not in 16 bits."""
+    columns = table[:, first:first + count]
+    return columns.to(torch.promote_types(columns.dtype, torch.float32))[rows].to(table.dtype)
 
 
 def rms_norm_rope_reference(x: torch.Tensor, gamma: torch.Tensor, cos: Optional[torch.Tensor] = None,
