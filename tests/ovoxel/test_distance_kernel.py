@@ -77,7 +77,6 @@ def test_triton_kernel_in_the_interpreter_matches_the_reference():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_triton_kernel_on_cuda_matches_the_reference():
     from omnivox.ovoxel.kernels.triton.distance import point_triangle_distance
 
@@ -88,7 +87,6 @@ def test_triton_kernel_on_cuda_matches_the_reference():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_tolerance_search_on_cuda_agrees_with_the_cpu_measure():
     """The deviation that decides each halving, measured on the GPU (exact) and on the CPU (search structure)."""
     import trimesh

@@ -193,3 +193,21 @@ def test_capped_device_memory_binds_reserved_memory_and_restores():
             torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
         del kept
     torch.empty(512 << 20, dtype=torch.uint8, device="cuda")  # the limit is gone again
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_offloaded_models_are_pinned_on_their_first_cuda_visit_and_keep_their_values():
+    from omnivox.pipelines.placement import ModelStore
+
+    torch.manual_seed(int(torch.randint(0, 1 << 30, ())))
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.LayerNorm(32))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    store = ModelStore(lambda role: model, torch.device("cuda"))
+    x = torch.randn(8, 64)
+    with store.on_device(["m"], offload=True) as models:
+        assert all(p.device.type == "cuda" for p in models["m"].parameters())
+        on_device = models["m"](x.cuda()).cpu()
+    assert all(p.device.type == "cpu" and p.is_pinned() for p in model.parameters())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name])
+    torch.testing.assert_close(on_device, model(x), rtol=1e-4, atol=1e-5)
