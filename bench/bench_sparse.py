@@ -308,6 +308,14 @@ def bench_vs_flexgemm_level(coords, c, resolution, bench, device, flex_spconv, l
 
     row["ours_first_fwd_bwd_s"] = first(ours_fwd_bwd)
     row["ours_fwd_bwd_ms"] = bench(ours_fwd_bwd)
+    if device == "cuda":  # where the backward time goes: input gradient (forward kernel) vs weight gradient
+        from omnivox.sparse.kernels.triton import submconv as T
+
+        nmap, w27 = SF.neighbor_map(x), weight.reshape(c, 27, c)
+        row["ours_bwd_input_ms"] = bench(lambda: T.submanifold_conv3d_backward_triton(cot, feats, nmap, w27,
+                                                                                      True, False))
+        row["ours_bwd_weight_ms"] = bench(lambda: T.submanifold_conv3d_backward_triton(cot, feats, nmap, w27,
+                                                                                       False, True))
 
     if flex_spconv is not None:
         flex_spconv.set_algorithm(flex_spconv.Algorithm.MASKED_IMPLICIT_GEMM_SPLITK)  # their default/benchmark
@@ -361,8 +369,8 @@ def markdown_vs_flexgemm(rows, device_name, flex_note) -> str:
              "rel err: ||out - ref|| / ||ref|| on 4096 random rows against a float64 reference.", "",
              "| N | C | nbrs/voxel | map ms ours / flex | fwd ms ours / flex | fwd+bwd ms ours / flex "
              "| first fwd s ours / flex | first fwd+bwd s ours / flex | rel err ours / flex | flex vs ours "
-             "(out, grad in, grad w) |",
-             "|" + "---|" * 10]
+             "(out, grad in, grad w) | ours bwd ms: grad in / grad w |",
+             "|" + "---|" * 11]
     for r in rows:
         lines.append(
             f"| {r['N']:,} | {r['C']} | {r['ours_pairs_per_voxel']:.1f} | {f(r, 'ours_map_ms', '.2f')} / "
@@ -371,7 +379,96 @@ def markdown_vs_flexgemm(rows, device_name, flex_note) -> str:
             f"{f(r, 'ours_first_fwd_s', '.2f')} / {f(r, 'flex_first_fwd_s', '.2f')} | "
             f"{f(r, 'ours_first_fwd_bwd_s', '.2f')} / {f(r, 'flex_first_fwd_bwd_s', '.2f')} | "
             f"{f(r, 'ours_rel_err_f64', '.1e')} / {f(r, 'flex_rel_err_f64', '.1e')} | "
-            f"{f(r, 'flex_vs_ours_rel', '.1e')}, {f(r, 'grad_in_rel', '.1e')}, {f(r, 'grad_w_rel', '.1e')} |")
+            f"{f(r, 'flex_vs_ours_rel', '.1e')}, {f(r, 'grad_in_rel', '.1e')}, {f(r, 'grad_w_rel', '.1e')} | "
+            f"{f(r, 'ours_bwd_input_ms', '.3f')} / {f(r, 'ours_bwd_weight_ms', '.3f')} |")
+    return "\n".join(lines)
+
+
+def tile_candidates(c: int, dtype) -> list:
+    """(name, forward tiles or None, weight-gradient tiles or None, sort window): the rule, then one change at a
+    time (pipelining depth, K step, output width, rows per block, warps, sort window) to check the rule."""
+    from dataclasses import replace
+
+    from omnivox.sparse.kernels.triton import submconv as T
+
+    rule, wrule = T.forward_tiles(c, c, dtype), T.weight_grad_tiles(c, c, dtype)
+    everything = T.DEFAULT_SORT_WINDOW
+    fwd = [("rule", rule, everything),
+           ("stages 3 (1 gather in flight)", replace(rule, num_stages=3), everything),
+           ("stages 7 (3 in flight)" if rule.num_stages < 7 else "stages 5 (2 in flight)",
+            replace(rule, num_stages=7 if rule.num_stages < 7 else 5), everything),
+           ("rows 64", replace(rule, block_rows=64), everything),
+           ("sorted in windows of 65536 rows", rule, 65536)]
+    if c >= 128:
+        fwd.append(("K step 128", replace(rule, block_k=128, num_stages=5), everything))
+    if rule.block_m >= 256:
+        fwd.append(("output tile 128", replace(rule, block_m=128), everything))
+    if rule.num_warps == 8:
+        fwd.append(("4 warps", replace(rule, num_warps=4), everything))
+    wgrad = [("rule", wrule), ("stages 3", replace(wrule, num_stages=3)), ("stages 7", replace(wrule, num_stages=7)),
+             ("8 warps", replace(wrule, num_warps=8)), ("32 pairs per step", replace(wrule, block_rows=32))]
+    return ([(f"fwd {name}", tiles, None, window) for name, tiles, window in fwd]
+            + [(f"grad w {name}", None, tiles, everything) for name, tiles in wgrad])
+
+
+def sweep_tiles_level(coords, c, bench, log, out_of_time, dtype=torch.bfloat16) -> list:
+    """Forward and weight-gradient times of `tile_candidates` on one level, outputs compared with the rule's.
+    Each candidate's first call (compilation, new schedule) is reported too. Runs where ``coords`` are (CUDA;
+    the CPU only under TRITON_INTERPRET=1, as a dry run)."""
+    from omnivox.sparse.kernels.triton import submconv as T
+
+    n, device = coords.shape[0], coords.device
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    g = torch.Generator(device=device).manual_seed(n + 1)
+    feats = torch.randn(n, c, device=device, generator=g).to(dtype)
+    weight = (torch.randn(c, 27, c, device=device, generator=g) / (27 * c) ** 0.5).to(dtype)
+    bias = torch.randn(c, device=device, generator=g).to(dtype)
+    cot = torch.randn(n, c, device=device, generator=g).to(dtype)
+    nmap = SF.neighbor_map(SparseTensor.from_coords(coords, feats))
+    rows, base = [], {}
+    for name, tiles, wtiles, window in tile_candidates(c, dtype):
+        if out_of_time():
+            log(f"sweep N={n} C={c}: out of time before {name}")
+            break
+        if tiles is not None:
+            def run():
+                return T.submanifold_conv3d_triton(feats, nmap, weight, bias, sort_window=window, tiles=tiles)
+            config = tiles
+        else:
+            def run():
+                return T.submanifold_conv3d_backward_triton(cot, feats, nmap, weight, False, True,
+                                                            weight_tiles=wtiles)[1]
+            config = wtiles
+        kind = name.split(" ")[0] + (" w" if wtiles is not None else "")
+        try:
+            sync()
+            t0 = time.perf_counter()
+            out = run()
+            sync()
+            first_s = time.perf_counter() - t0
+            ms = bench(run)
+        except Exception as error:  # a configuration that does not compile or fit: report, go on
+            log(f"sweep N={n} C={c} {name}: failed {type(error).__name__}: {str(error)[:160]}")
+            continue
+        base.setdefault(kind, (ms, out))
+        row = {"N": n, "C": c, "config": name, "tiles": str(config), "window": window if window < n else "all",
+               "ms": ms, "vs_rule": base[kind][0] / ms, "first_s": first_s, "rel_diff": rel_err(out, base[kind][1])}
+        log(str({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+        rows.append(row)
+    return rows
+
+
+def markdown_sweep(rows) -> str:
+    lines = ["Tile and schedule candidates (bf16; one change from the rule at a time; medians of do_bench, "
+             "rep 100 ms; 'rule / this' above 1 = the candidate is faster; rel diff = against the rule's output):", "",
+             "| N | C | candidate | tiles | ms | rule / this | first call s | rel diff |", "|" + "---|" * 8]
+    for r in rows:
+        lines.append(f"| {r['N']:,} | {r['C']} | {r['config']} | {r['tiles'].replace('TileConfig', '')} | "
+                     f"{r['ms']:.3f} | {r['vs_rule']:.2f} | {r['first_s']:.2f} | {r['rel_diff']:.1e} |")
     return "\n".join(lines)
 
 
@@ -405,9 +502,17 @@ def run_vs_flexgemm(args, log) -> None:
                 times.append((time.perf_counter() - t0) * 1e3)
             return sorted(times)[1]
         device_name = f"CPU ({torch.get_num_threads()} threads, float32: bf16 is GPU-only here)"
+    started = time.perf_counter()
+
+    def out_of_time() -> bool:
+        return args.time_budget is not None and time.perf_counter() - started > args.time_budget
+
     rows = []
     for level, coords in enumerate(coords_list):
         c = LEVELS[level][1] if not args.smoke else 16 * 2 ** level
+        if out_of_time():
+            log(f"vs-flexgemm N={coords.shape[0]} C={c}: skipped, past --time-budget {args.time_budget} s")
+            continue
         try:
             rows.append(bench_vs_flexgemm_level(coords, c, top >> level, bench, device, flex_spconv, log))
         except Exception as exc:  # keep the other shapes' numbers when one fails
@@ -415,6 +520,17 @@ def run_vs_flexgemm(args, log) -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
     table = markdown_vs_flexgemm(rows, device_name, flex_note)
+    if args.sweep and device == "cuda":
+        def bench_short(fn):
+            return triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
+
+        sweep_rows = []
+        for level, coords in enumerate(coords_list):
+            c = LEVELS[level][1] if not args.smoke else 16 * 2 ** level
+            if c in args.sweep_channels and not out_of_time():
+                sweep_rows += sweep_tiles_level(coords, c, bench_short, log, out_of_time)
+                torch.cuda.empty_cache()
+        table += "\n\n" + markdown_sweep(sweep_rows)
     print(table)
     if args.out:
         with open(args.out, "w") as f:
@@ -431,6 +547,12 @@ def main() -> None:
     parser.add_argument("--vs-flexgemm", action="store_true",
                         help="ours against FlexGEMM's submanifold conv (bench/build_reference.sh builds it)")
     parser.add_argument("--smoke", action="store_true", help="with --vs-flexgemm: a 64^3 shell, 2 small levels")
+    parser.add_argument("--sweep", action="store_true",
+                        help="with --vs-flexgemm: afterwards, time other tile configurations and sort windows of ours")
+    parser.add_argument("--sweep-channels", type=int, nargs="+", default=[128, 256],
+                        help="levels (by channel count) the sweep runs on")
+    parser.add_argument("--time-budget", type=float,
+                        help="with --vs-flexgemm: seconds after which remaining levels and sweep steps are skipped")
     args = parser.parse_args()
     lines = []
 
