@@ -199,6 +199,10 @@ def ray(args) -> None:
         tree = Path(tmp) / "tree"
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(tree)
+            for info in archive.infolist():  # extractall drops the modes: Ray's gcs_server and raylet must execute
+                mode = info.external_attr >> 16
+                if mode & 0o111:
+                    (tree / info.filename).chmod(mode & 0o777)
         for part in RAY_DROPPED:
             shutil.rmtree(tree / "ray" / part, ignore_errors=True)
         names = sorted(p.name for p in tree.iterdir())

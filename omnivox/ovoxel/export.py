@@ -416,7 +416,9 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         if smaller[1] is not f:
             v, f = meshops.clean(*smaller, min_component_area)
     timings["decimate"] = time.perf_counter() - start
+    start = time.perf_counter()
     f, closed = meshops.orient_faces(v, f)
+    timings["orient"] = time.perf_counter() - start
     if len(f) == 0:
         raise ValueError("nothing is left of the mesh after removing degenerate faces and components smaller than "
                          f"min_component_area={min_component_area}")
@@ -604,10 +606,12 @@ def bake_glb(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequenc
     grid = _as_grid(grid, aabb)
     _check_options(decimation_target, texture_size, image_format, alpha_mode, hole_max_perimeter,
                    min_component_area, surface_tolerance)
+    start = time.perf_counter()
     v, f, c, a = _check_inputs(vertices, faces, coords, attributes, grid)
     device = torch.device(device) if device is not None else torch.device("cpu")
     report = ExportReport(input_faces=len(f), texture_size=int(texture_size))
     timings = report.timings
+    timings["check"] = time.perf_counter() - start
 
     def done(step: str) -> None:  # progress("export", k, len(EXPORT_STEPS)) after step k
         if progress is not None:
