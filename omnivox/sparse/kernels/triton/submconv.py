@@ -7,8 +7,8 @@ block's neighbour rows for that tap (one contiguous vector), gathers ``feats[nei
 the dot-product operand (rows without a neighbour load zeros), loads the tap's weight chunk, and accumulates.
 There is no branch on the tap inside the loop, so Triton's software pipelining (``num_stages``) issues the
 gathers of later steps while the tensor cores work on this one; the ``(N, 27, Ci)`` gathered tensor is never
-formed. Rows are sorted by neighbour pattern (the schedule), so a block of surface voxels uses 12-20 of the 27
-taps instead of all of them.
+formed. Rows are sorted by neighbour pattern (the schedule), so a block of surface voxels uses 11-19 of the 27
+taps (SC-VAE shell levels, C = 64 ... 512) instead of all of them.
 
 Output tiles up to 256 channels wide: at 256 output channels one program covers the whole row, so each
 neighbour row is gathered once per block instead of once per 128-channel tile.
