@@ -507,7 +507,17 @@ def run_vs_flexgemm(args, log) -> None:
     def out_of_time() -> bool:
         return args.time_budget is not None and time.perf_counter() - started > args.time_budget
 
-    rows = []
+    rows, sweep_rows = [], []
+
+    def tables() -> str:
+        text = markdown_vs_flexgemm(rows, device_name, flex_note)
+        return text + ("\n\n" + markdown_sweep(sweep_rows) if sweep_rows else "")
+
+    def save() -> None:  # after every step, so that a run cut short keeps what it measured
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(tables() + "\n\n" + "\n".join(log.lines) + "\n")
+
     for level, coords in enumerate(coords_list):
         c = LEVELS[level][1] if not args.smoke else 16 * 2 ** level
         if out_of_time():
@@ -519,22 +529,19 @@ def run_vs_flexgemm(args, log) -> None:
             log(f"vs-flexgemm N={coords.shape[0]} C={c} failed: {exc!r}")
         if device == "cuda":
             torch.cuda.empty_cache()
-    table = markdown_vs_flexgemm(rows, device_name, flex_note)
+        save()
     if args.sweep and device == "cuda":
         def bench_short(fn):
             return triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
 
-        sweep_rows = []
         for level, coords in enumerate(coords_list):
             c = LEVELS[level][1] if not args.smoke else 16 * 2 ** level
             if c in args.sweep_channels and not out_of_time():
                 sweep_rows += sweep_tiles_level(coords, c, bench_short, log, out_of_time)
                 torch.cuda.empty_cache()
-        table += "\n\n" + markdown_sweep(sweep_rows)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n\n" + "\n".join(log.lines) + "\n")
+                save()
+    print(tables())
+    save()
 
 
 def main() -> None:
