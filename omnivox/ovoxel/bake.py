@@ -1,8 +1,9 @@
 """Texture baking for the GLB exporter: UV-space rasterisation, sparse trilinear voxel lookup, gutter filling.
 
-Plain PyTorch, so the same code runs on the CPU and on a CUDA device (pass tensors on the device you want). These are
-the substitutes for nvdiffrast, FlexGEMM's ``grid_sample_3d`` and OpenCV inpainting in the reference (spec ovoxel.md
-section 7 steps 7-9).
+PyTorch, so the same code runs on the CPU and on a CUDA device (pass tensors on the device you want); on the CPU
+each function runs its numba kernel by default (``backend=``; `omnivox.ovoxel.kernels.bake_numba`, tested against
+the PyTorch path). These are the substitutes for nvdiffrast, FlexGEMM's ``grid_sample_3d`` and OpenCV
+inpainting in the reference (spec ovoxel.md section 7 steps 7-9).
 
 Texel convention: texel ``(row i, column j)`` of an ``S x S`` texture is centred on ``uv = ((j + 0.5) / S,
 (i + 0.5) / S)``, so row 0 is at ``v ~ 0``. Written as an image with row 0 on top, this matches glTF's texture
@@ -11,14 +12,14 @@ coordinate ``t = v`` (glTF puts ``t = 0`` at the top of the image).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from omnivox._backend import NUMBA_BACKENDS, resolve_backend
 from omnivox.ovoxel.grid import Grid
-from omnivox.ovoxel.kernels import hashtable
+from omnivox.ovoxel.kernels import bake_numba, hashtable
+from omnivox.ovoxel.kernels.bake_numba import texel_barycentrics  # noqa: F401 - its old home (atlas, game_report)
 
 BACKENDS = NUMBA_BACKENDS
 
@@ -51,7 +52,7 @@ def rasterize_uv(uvs: torch.Tensor, faces: torch.Tensor, vertex_values: torch.Te
     """
     if resolve_backend(backend, BACKENDS, "numba", preferred=uvs.device.type == "cpu") == "numba":
         size = int(texture_size)
-        image, mask = _rasterize_uv_numba(
+        image, mask = bake_numba.rasterize_uv(
             np.ascontiguousarray(uvs.detach().cpu().numpy(), dtype=np.float64),
             np.ascontiguousarray(faces.detach().cpu().numpy(), dtype=np.int64),
             np.ascontiguousarray(vertex_values.detach().cpu().numpy(), dtype=np.float32), size)
@@ -231,7 +232,7 @@ def fill_gutter(image: torch.Tensor, mask: torch.Tensor, dilation_steps: int = 4
             return torch.zeros(image.shape, dtype=torch.float32)
         x = np.ascontiguousarray(image.detach().cpu().numpy(), dtype=np.float32)
         valid = np.ascontiguousarray(mask.detach().cpu().numpy(), dtype=np.bool_)
-        return torch.from_numpy(_fill_gutter_numba(x, valid, int(dilation_steps)))
+        return torch.from_numpy(bake_numba.fill_gutter(x, valid, int(dilation_steps)))
     x = image.to(torch.float32).permute(2, 0, 1).unsqueeze(0)  # (1, C, H, W)
     valid = mask.to(torch.float32).view(1, 1, *mask.shape)
     if not bool(mask.any()):
@@ -262,210 +263,6 @@ def _push_pull(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid > 0, x, up)
 
 
-# -------------------------------------------------------------------------------- numba CPU path of rasterize_uv
-
-
-@numba.njit(cache=True, inline="always")
-def texel_barycentrics(corners, x, y, twice_area):
-    """Barycentric weights of the point ``(x, y)`` in the triangle ``corners`` ((3, 2), pixel units), from signed
-    sub-triangle areas over the signed total ``twice_area`` (>= 0 inside for either winding): the arithmetic of
-    the PyTorch rasterisers, shared by every numba one (``_rasterize_uv_numba``, the atlas's layout checks)."""
-    w0 = ((corners[1, 0] - x) * (corners[2, 1] - y) - (corners[1, 1] - y) * (corners[2, 0] - x)) / twice_area
-    w1 = ((corners[2, 0] - x) * (corners[0, 1] - y) - (corners[2, 1] - y) * (corners[0, 0] - x)) / twice_area
-    return w0, w1, 1.0 - w0 - w1
-
-
-@numba.njit(cache=True)
-def _rasterize_uv_numba(uvs, faces, values, size):
-    """``rasterize_uv`` on arrays: each triangle's bounding box of texel centres, the torch path's barycentrics."""
-    channels = values.shape[1]
-    image = np.zeros((size, size, channels), np.float32)
-    mask = np.zeros((size, size), np.bool_)
-    corners = np.empty((3, 2), np.float64)
-    for f in range(faces.shape[0]):
-        for k in range(3):
-            corners[k, 0] = uvs[faces[f, k], 0] * size - 0.5
-            corners[k, 1] = uvs[faces[f, k], 1] * size - 0.5
-        twice_area = ((corners[1, 0] - corners[0, 0]) * (corners[2, 1] - corners[0, 1])
-                      - (corners[1, 1] - corners[0, 1]) * (corners[2, 0] - corners[0, 0]))
-        if abs(twice_area) <= 1e-12:
-            continue
-        lo_x = min(max(int(np.ceil(corners[:, 0].min())), 0), size - 1)
-        hi_x = min(max(int(np.floor(corners[:, 0].max())), 0), size - 1)
-        lo_y = min(max(int(np.ceil(corners[:, 1].min())), 0), size - 1)
-        hi_y = min(max(int(np.floor(corners[:, 1].max())), 0), size - 1)
-        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
-        for row in range(lo_y, hi_y + 1):
-            for col in range(lo_x, hi_x + 1):
-                w0, w1, w2 = texel_barycentrics(corners, np.float64(col), np.float64(row), twice_area)
-                if w0 >= -1e-9 and w1 >= -1e-9 and w2 >= -1e-9:
-                    b0, b1, b2 = np.float32(w0), np.float32(w1), np.float32(w2)
-                    for k in range(channels):
-                        image[row, col, k] = b0 * values[a, k] + b1 * values[b, k] + b2 * values[c, k]
-                    mask[row, col] = True
-    return image, mask
-
-
-# --------------------------------------------------------------------------------- numba CPU path of fill_gutter
-
-
-@numba.njit(cache=True)
-def _fill_gutter_numba(image, valid, dilation_steps):
-    """``fill_gutter`` on (H, W, C) float32 / (H, W) bool arrays: the same rounds and pyramid, texel by texel."""
-    height, width, channels = image.shape
-    x = np.where(valid[:, :, None], image, np.float32(0.0)).astype(np.float32)
-    valid = valid.copy()
-    grow = np.zeros((height, width), np.bool_)
-    for _ in range(dilation_steps):
-        grown = np.zeros((height, width, channels), np.float32)
-        any_grow = False
-        for i in range(height):
-            for j in range(width):
-                grow[i, j] = False
-                if valid[i, j]:
-                    continue
-                count = 0
-                for di in range(-1, 2):
-                    for dj in range(-1, 2):
-                        a, b = i + di, j + dj
-                        if 0 <= a < height and 0 <= b < width and valid[a, b]:
-                            count += 1
-                            for c in range(channels):
-                                grown[i, j, c] += x[a, b, c]
-                if count > 0:
-                    grow[i, j] = True
-                    any_grow = True
-                    for c in range(channels):
-                        grown[i, j, c] /= np.float32(count)
-        if not any_grow:
-            break
-        for i in range(height):
-            for j in range(width):
-                if grow[i, j]:
-                    valid[i, j] = True
-                    for c in range(channels):
-                        x[i, j, c] = grown[i, j, c]
-    return _push_pull_numba(x, valid)
-
-
-@numba.njit(cache=True)
-def _push_pull_numba(x, valid):
-    """``_push_pull`` on (H, W, C) arrays (x zero where not valid): a masked-mean pyramid, then bilinear upsampling
-    (PyTorch's ``align_corners=False`` sampling) into the holes, finest level last."""
-    height, width, channels = x.shape
-    all_valid = True
-    for i in range(height):
-        for j in range(width):
-            if not valid[i, j]:
-                all_valid = False
-    if all_valid or (height == 1 and width == 1):
-        return x
-    ch, cw = (height + 1) // 2, (width + 1) // 2
-    coarse = np.zeros((ch, cw, channels), np.float32)
-    coarse_valid = np.zeros((ch, cw), np.bool_)
-    for i in range(ch):
-        for j in range(cw):
-            inside = 0
-            count = 0
-            sums = np.zeros(channels, np.float32)
-            for a in range(2 * i, min(2 * i + 2, height)):
-                for b in range(2 * j, min(2 * j + 2, width)):
-                    inside += 1
-                    if valid[a, b]:
-                        count += 1
-                        for c in range(channels):
-                            sums[c] += x[a, b, c]
-            if count > 0:
-                coarse_valid[i, j] = True
-                # (sum / inside) / (count / inside), as the pooled means divide
-                weight = np.float32(count) / np.float32(inside)
-                for c in range(channels):
-                    coarse[i, j, c] = (sums[c] / np.float32(inside)) / weight
-    coarse = _push_pull_numba(coarse, coarse_valid)
-    out = x.copy()
-    scale_i = np.float32(ch) / np.float32(height)
-    scale_j = np.float32(cw) / np.float32(width)
-    for i in range(height):
-        si = max(scale_i * (np.float32(i) + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
-        i0 = int(si)
-        i1 = i0 + 1 if i0 < ch - 1 else i0
-        li = si - np.float32(i0)
-        for j in range(width):
-            if valid[i, j]:
-                continue
-            sj = max(scale_j * (np.float32(j) + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
-            j0 = int(sj)
-            j1 = j0 + 1 if j0 < cw - 1 else j0
-            lj = sj - np.float32(j0)
-            for c in range(channels):
-                top = (np.float32(1.0) - lj) * coarse[i0, j0, c] + lj * coarse[i0, j1, c]
-                bottom = (np.float32(1.0) - lj) * coarse[i1, j0, c] + lj * coarse[i1, j1, c]
-                out[i, j, c] = (np.float32(1.0) - li) * top + li * bottom
-    return out
-
-
-# --------------------------------------------------------------------------------------- numba CPU path (hash table)
-
-
-@numba.njit(parallel=True, cache=True)
-def _trilinear_kernel(g, resolution, slot_keys, slot_rows, table, radius, out, found):
-    channels = table.shape[1]
-    rx, ry, rz = resolution[0], resolution[1], resolution[2]
-    for p in numba.prange(g.shape[0]):
-        total = 0.0
-        acc = np.zeros(channels)
-        bx = np.floor(g[p, 0] - 0.5)
-        by = np.floor(g[p, 1] - 0.5)
-        bz = np.floor(g[p, 2] - 0.5)
-        fx = g[p, 0] - 0.5 - bx
-        fy = g[p, 1] - 0.5 - by
-        fz = g[p, 2] - 0.5 - bz
-        for corner in range(8):
-            dx = (corner >> 2) & 1
-            dy = (corner >> 1) & 1
-            dz = corner & 1
-            cx = np.int64(bx) + dx
-            cy = np.int64(by) + dy
-            cz = np.int64(bz) + dz
-            if cx < 0 or cy < 0 or cz < 0 or cx >= rx or cy >= ry or cz >= rz:
-                continue
-            row = hashtable.lookup(slot_keys, slot_rows, (cx * ry + cy) * rz + cz)
-            if row < 0:
-                continue
-            w = (fx if dx else 1.0 - fx) * (fy if dy else 1.0 - fy) * (fz if dz else 1.0 - fz)
-            total += w
-            for c in range(channels):
-                acc[c] += w * table[row, c]
-        if total > 0:
-            for c in range(channels):
-                out[p, c] = acc[c] / max(total, 1e-12)
-            found[p] = True
-            continue
-        # Nearest active voxel centre within the radius.
-        hx = np.int64(np.floor(g[p, 0]))
-        hy = np.int64(np.floor(g[p, 1]))
-        hz = np.int64(np.floor(g[p, 2]))
-        best = np.inf
-        best_row = -1
-        for ox in range(-radius, radius + 1):
-            for oy in range(-radius, radius + 1):
-                for oz in range(-radius, radius + 1):
-                    cx, cy, cz = hx + ox, hy + oy, hz + oz
-                    if cx < 0 or cy < 0 or cz < 0 or cx >= rx or cy >= ry or cz >= rz:
-                        continue
-                    row = hashtable.lookup(slot_keys, slot_rows, (cx * ry + cy) * rz + cz)
-                    if row < 0:
-                        continue
-                    d = (cx + 0.5 - g[p, 0]) ** 2 + (cy + 0.5 - g[p, 1]) ** 2 + (cz + 0.5 - g[p, 2]) ** 2
-                    if d < best:
-                        best = d
-                        best_row = row
-        if best_row >= 0:
-            for c in range(channels):
-                out[p, c] = table[best_row, c]
-            found[p] = True
-
-
 def _sample_sparse_trilinear_numba(coords, attributes, grid, points, fallback_radius):
     resolution = np.asarray(grid.resolution, np.int64)
     c = coords.detach().cpu().numpy().astype(np.int64)
@@ -476,6 +273,6 @@ def _sample_sparse_trilinear_numba(coords, attributes, grid, points, fallback_ra
         np.float64)
     out = np.zeros((g.shape[0], table.shape[1]), np.float32)
     found = np.zeros(g.shape[0], np.bool_)
-    _trilinear_kernel(np.ascontiguousarray(g), resolution, slot_keys, slot_rows, table, int(fallback_radius), out,
-                      found)
+    bake_numba.sample_sparse_trilinear(np.ascontiguousarray(g), resolution, slot_keys, slot_rows, table,
+                                       int(fallback_radius), out, found)
     return torch.from_numpy(out).to(points.device), torch.from_numpy(found).to(points.device)
