@@ -3,13 +3,14 @@
 The rule of the code base (docs/layout.md, gsplat's pattern): a package with GPU kernels has ``kernels/reference.py``
 holding ``NAME_reference`` functions, and each Triton launcher ``NAME`` (or ``NAME_triton``) in ``kernels/triton/``
 takes the same arguments in the same order (plus tuning knobs with defaults), so the CPU path and the tests can
-call either. The packages' own tests compare
-the values (``tests/sparse/kernels``, ``tests/models/test_block_kernels.py``, ``tests/models/test_quantize.py``,
-``tests/render``); this test keeps the structure from rotting as kernels are added.
+call either. The packages' own tests compare the values (``tests/sparse/kernels``,
+``tests/models/test_block_kernels.py``, ``tests/models/test_flow_block_reference.py``,
+``tests/models/test_quantize.py``, ``tests/render``, ``tests/ovoxel``); this test keeps the structure from rotting as
+kernels are added.
 
-``omnivox.ovoxel.kernels`` is the exception, on purpose: its two implementations are numba (CPU) and PyTorch (GPU)
-of whole conversion stages, and both are checked against the reference implementation's own outputs
-(``tests/ovoxel/test_reference_parity.py``), a stronger check than one against the other.
+``omnivox.ovoxel.kernels`` holds one Triton kernel with its reference (the point-triangle distance) and, beside them,
+numba (CPU) and PyTorch (GPU) versions of whole conversion stages, which are checked against the reference
+implementation's own outputs (``tests/ovoxel/test_reference_parity.py``) instead of against each other.
 """
 
 import importlib
@@ -20,7 +21,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-KERNEL_PACKAGES = ("omnivox.sparse.kernels", "omnivox.models.kernels", "omnivox.render.kernels")
+KERNEL_PACKAGES = (
+    "omnivox.sparse.kernels", "omnivox.models.kernels", "omnivox.render.kernels", "omnivox.ovoxel.kernels")
 
 
 def _public_functions(module):
