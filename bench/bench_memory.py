@@ -9,6 +9,8 @@ the real-asset token sets of ``bench/.pipeline_data`` (Spot: 2,776 / 11,242 / 25
   in bf16: relative error of every block Linear's output on the inputs the bf16 forward gives it (PyTorch block
   path, hooks), and of one whole forward (the pipeline's fused path); then the sparse structure of a full 12-step
   sampling run with the same seed (occupied voxels: intersection over union with bf16's).
+* ``encoder``: DINOv3 in int8 and fp8 against float32: relative error of the conditioning tokens at 512 and
+  1024 px on the example image (also part of ``accuracy``), and its weight bytes.
 * ``resident``: ``1024_cascade`` with every model on the GPU, bf16 / fp8 / int8 flows: a first run on the full
   token sets (its shape and material latents are compared across formats: same seed, same tokens), then warm runs
   on new token counts (the times), peak allocated memory, weight bytes.
@@ -77,12 +79,13 @@ def cuda_ms(fn, iters: int = 10) -> float:
     return statistics.median(times)
 
 
-def with_8bit_flows(models: dict, weights_dtype, device) -> dict:
-    """``models`` with every flow replaced by a quantized copy (None: ``models`` itself)."""
+def with_8bit_weights(models: dict, weights_dtype, device) -> dict:
+    """``models`` with every flow and DINOv3 replaced by a quantized copy, as ``weights_dtype=`` loads them (None:
+    ``models`` itself)."""
     if weights_dtype is None:
         return dict(models)
     out = dict(models)
-    for role in FLOWS:
+    for role in FLOWS + ("image_cond_model",):
         if role in models:
             out[role] = quantize_model(copy.deepcopy(models[role]), weights_dtype, work_device=device)
     return out
@@ -354,11 +357,18 @@ def run(args) -> None:
     model_sets = {"bf16": models}
     for fmt in FORMATS:
         start = time.perf_counter()
-        model_sets[fmt] = with_8bit_flows(models, fmt, device)
-        report.log(f"quantized the flows to {fmt} in {time.perf_counter() - start:.1f} s")
+        model_sets[fmt] = with_8bit_weights(models, fmt, device)
+        report.log(f"quantized the flows and DINOv3 to {fmt} in {time.perf_counter() - start:.1f} s")
     pipes = {fmt: pipeline_with(m, device) for fmt, m in model_sets.items()}
     picture = pipes["bf16"].prepare_image(image, True)
     conds = {size: pipes["bf16"].encode_image(picture, size) for size in (512, 1024)}
+    if "encoder" in args.sections or "accuracy" in args.sections:
+        for fmt in FORMATS:  # DINOv3's conditioning tokens against float32's, same picture
+            report.add(f"accuracy/image_cond_model/{fmt}", dict(
+                weights_GiB=module_bytes(model_sets[fmt]["image_cond_model"]) / GIB,
+                float32_weights_GiB=module_bytes(models["image_cond_model"]) / GIB,
+                **{f"relative_error_{size}px": relative(pipes[fmt].encode_image(picture, size), conds[size])
+                   for size in (512, 1024)}))
     if "accuracy" in args.sections:
         section_accuracy(report, models, model_sets, tokens, conds, device, args.smoke)
         section_structure_sampling(report, pipes, image, args.smoke)

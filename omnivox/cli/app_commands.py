@@ -23,8 +23,9 @@ DEVICES = typer.Option([], "--device", help=(
 MAX_IMAGE_SIDE = typer.Option(4096, help="Largest image width or height in pixels.")
 MAX_MEMORY = typer.Option(None, "--max-memory", help="GPU memory budget per device, e.g. 8GB (models offloaded "
                                                      "and work chunked to stay under it).")
-WEIGHTS_DTYPE = typer.Option(None, "--weights-dtype", help="int8 or fp8: the flow models' weights in 8 bits (half "
-                                                           "their memory; fp8 needs an RTX 40xx, L4, H100 or newer).")
+WEIGHTS_DTYPE = typer.Option(None, "--weights-dtype", help="int8 or fp8: the flow models' and DINOv3's weights in "
+                                                           "8 bits (half their memory; fp8 needs an RTX 40xx, L4, "
+                                                           "H100 or newer).")
 
 
 def _start_queue(weights: Path, background_model: Optional[Path], devices: List[str], max_pending: int,

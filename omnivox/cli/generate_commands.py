@@ -135,8 +135,8 @@ def generate(
                                                                    "the resumed run's count)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="GPU memory budget, e.g. 16GB."),
     weights_dtype: Optional[str] = typer.Option(None, "--weights-dtype", help="int8 or fp8: the flow models' "
-                                                "weights in 8 bits (half their memory; fp8 needs an RTX 40xx, "
-                                                "L4, H100 or newer)."),
+                                                "and DINOv3's weights in 8 bits (half their memory; fp8 needs "
+                                                "an RTX 40xx, L4, H100 or newer)."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
     background_model: Optional[Path] = typer.Option(None, "--background-model",
                                                     help="BiRefNet / RMBG-2.0 .onnx for RGB images."),
@@ -271,8 +271,8 @@ def texture(
                                                              ".glb/.gltf/.obj, z for .stl/.ply)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="GPU memory budget, e.g. 16GB."),
     weights_dtype: Optional[str] = typer.Option(None, "--weights-dtype", help="int8 or fp8: the flow models' "
-                                                "weights in 8 bits (half their memory; fp8 needs an RTX 40xx, "
-                                                "L4, H100 or newer)."),
+                                                "and DINOv3's weights in 8 bits (half their memory; fp8 needs "
+                                                "an RTX 40xx, L4, H100 or newer)."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu."),
     background_model: Optional[Path] = typer.Option(None, "--background-model", help=".onnx for RGB images."),
     image_encoder: Optional[Path] = typer.Option(None, "--image-encoder", help="DINOv3 folder."),

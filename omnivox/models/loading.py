@@ -233,9 +233,8 @@ def from_pretrained(path: PathLike, device: Union[str, torch.device] = "cpu",
     path = Path(path)
     check_weights_dtype(weights_dtype)
     if path.is_dir():
-        if weights_dtype is not None:
-            raise ValueError(f"{path}: weights_dtype={weights_dtype!r} is for the flow models, not the image encoder")
-        return _dinov3_from_folder(path, device, config_overrides).eval()
+        model = _dinov3_from_folder(path, device, config_overrides)
+        return (quantize_model(model, weights_dtype) if weights_dtype is not None else model).eval()
     stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
     saved = quantized_weights_path(stem, weights_dtype) if weights_dtype is not None else None
     if saved is not None and saved.is_file():
@@ -255,7 +254,7 @@ def from_pretrained(path: PathLike, device: Union[str, torch.device] = "cpu",
     args = {**data.get("args", {}), **(config_overrides or {})}
     model = build_model(data["name"], args, str(json_path), device="meta")
     if weights_dtype is not None and not supports_8bit_weights(model):
-        raise ValueError(f"{json_path}: weights_dtype={weights_dtype!r} is for the flow models, not "
+        raise ValueError(f"{json_path}: weights_dtype={weights_dtype!r} is for the flow models and DINOv3, not "
                          f"{type(model).__name__}")
     if weights_path == saved:
         _check_quantized_file(saved, weights_dtype)

@@ -333,8 +333,8 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
 
     Order: [on a CUDA ``device``, a surface of more than ``target`` faces: degenerate/duplicate faces -> decimate
     to ``target`` in rounds of independent collapses on the GPU (`collapse.decimate_in_rounds`), open borders
-    and non-manifold edges kept] [elsewhere, a surface of more than ``EARLY_DECIMATION_FACTOR`` times ``3 * target`` faces: degenerate/duplicate
-    faces -> orient -> decimate to ``3 * target`` keeping open borders] -> clean (degenerate/duplicate faces,
+    and non-manifold edges kept] [elsewhere, a surface of more than ``EARLY_DECIMATION_FACTOR`` times
+    ``3 * target`` faces: degenerate/duplicate faces -> orient -> decimate to ``3 * target`` keeping open borders] -> clean (degenerate/duplicate faces,
     specks, fringes up to ``FRINGE_WIDTH`` voxels wide at non-manifold edges) -> orient -> fill holes -> decimate
     to ``3 * target`` ->
     clean -> fill holes -> decimate to ``target`` -> clean -> [halve while within ``tolerance``

@@ -109,9 +109,10 @@ class ImageTo3DPipeline(PipelineBase):
                 downloaded beside the weights; else RGB inputs raise an error listing the options).
             image_encoder: the DINOv3 folder, if not found beside the weights (`config` explains where it looks).
             model_paths: role -> checkpoint path overrides.
-            weights_dtype: ``"int8"`` or ``"fp8"`` (GPUs with fp8 matrix units): the flow models' block weights in
-                8 bits, half their memory (`omnivox.models.quantize`; read from ``NAME.int8.safetensors`` when saved
-                beside the checkpoint, else quantized on the device when loaded). None: the released dtypes.
+            weights_dtype: ``"int8"`` or ``"fp8"`` (GPUs with fp8 matrix units): the flow models' block weights
+                and DINOv3's layer weights in 8 bits, half (flows) and a quarter (DINOv3, float32) of their memory
+                (`omnivox.models.quantize`; flows read from ``NAME.int8.safetensors`` when saved beside the
+                checkpoint, else quantized on the device when loaded). None: the released dtypes.
 
         Models are loaded when first used (memory-mapped where possible).
         """

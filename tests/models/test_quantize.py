@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -122,6 +123,46 @@ def test_quantized_flow_models_stay_close_and_shrink(weights_dtype):
     assert quantize_model(quantized, weights_dtype) is quantized  # already done: unchanged
     with pytest.raises(ValueError, match="already holds"):
         quantize_model(quantized, "fp8" if weights_dtype == "int8" else "int8")
+
+
+@pytest.mark.parametrize("weights_dtype", FORMATS)
+def test_dinov3_quantizes_its_layers_and_keeps_its_features(tmp_path, weights_dtype):
+    """DINOv3 (float32, the largest model after the flows): its layers' Linear weights in 8 bits, on a real image."""
+    from PIL import Image
+
+    from omnivox.models import DINOv3Config, DINOv3ViT
+    from omnivox.models.dinov3 import normalize_images
+
+    image_path = REPO.parent / "shared" / "assets" / "images" / "ToyCar_screenshot_large.jpg"
+    if not image_path.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run this test: {image_path} is missing")
+        pytest.skip("needs ../shared/assets")
+    seed = int(torch.randint(0, 1 << 30, ()))
+    model = randomize(DINOv3ViT(DINOv3Config(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                             intermediate_size=128)).eval(), seed, std=0.05)
+    picture = Image.open(image_path).convert("RGB").resize((96, 64))
+    pixels = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)[None].float() / 255
+    images = normalize_images(pixels)
+    assert supports_8bit_weights(model)
+    with torch.no_grad():
+        reference = model(images)
+        quantized = quantize_model(copy.deepcopy(model), weights_dtype)
+        out = quantized(images)
+    replaced = [m for m in quantized.modules() if isinstance(m, QuantizedLinear)]
+    assert len(replaced) == 6 * len(model.layer)  # q, k, v, o; the MLP's up and down
+    assert type(quantized.embeddings.patch_embeddings) is type(model.embeddings.patch_embeddings)
+    assert 0 < _relative(out, reference) < (0.03 if weights_dtype == "int8" else 0.1)
+    from omnivox.pipelines.placement import module_bytes
+
+    linears = [m for m in model.layer.modules() if type(m) is nn.Linear]  # float32: 4 bytes -> 1, plus a scale
+    saved = sum(m.weight.numel() * (4 - 1) - 4 * m.out_features for m in linears)
+    assert module_bytes(quantized) == module_bytes(model) - saved and saved > 0
+    # The image-encoder folder loads quantized on the fly (there is no saved 8-bit copy for it).
+    save_pretrained(model, tmp_path / "dinov3")
+    loaded = from_pretrained(tmp_path / "dinov3", weights_dtype=weights_dtype)
+    with torch.no_grad():
+        assert weights_dtype_of(loaded) == weights_dtype and torch.equal(loaded(images), out)
 
 
 def test_dense_flow_quantizes_too():
