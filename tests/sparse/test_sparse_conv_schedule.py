@@ -130,6 +130,22 @@ def test_tap_pairs_list_every_neighbour_pair_once():
     assert torch.equal(pairs.rows[pairs.offsets[13]:pairs.offsets[14]].long(), torch.arange(table.shape[0]))
 
 
+@pytest.mark.parametrize("num_shares", [1, 3, 7, 500])
+def test_tap_pair_shares_cut_every_tap_at_the_same_rows(num_shares):
+    table = _real_table(seed=15)
+    n = table.shape[0]
+    pairs = S.tap_pairs(table)
+    bounds = pairs.share_bounds(num_shares, n)
+    assert bounds.shape == (14, num_shares + 1) and bounds.dtype == torch.int32
+    assert torch.equal(bounds[:, 0], pairs.offsets[:-1]) and torch.equal(bounds[:, -1], pairs.offsets[1:])
+    share_rows = -(-n // num_shares)
+    for v in range(14):
+        for s in range(num_shares):
+            rows = pairs.rows[bounds[v, s]:bounds[v, s + 1]].long()
+            assert bool(((rows >= s * share_rows) & (rows < (s + 1) * share_rows)).all()), (v, s)
+    assert pairs.share_bounds(num_shares, n) is bounds  # kept
+
+
 def test_weight_grad_by_tap_pairs_equals_reference():
     g = torch.Generator().manual_seed(14)
     x = random_sparse(g, channels=6)

@@ -18,7 +18,7 @@ the same pairs swapped. ``grad_W[v]`` is then a dense reduction over a packed li
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -138,6 +138,26 @@ class TapPairs:
     offsets: torch.Tensor
     rows: torch.Tensor
     neighbors: torch.Tensor
+    _share_bounds: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def share_bounds(self, num_shares: int, num_rows: int) -> torch.Tensor:
+        """``(14, num_shares + 1) int32``: share ``s`` of listed tap ``v`` is pairs ``bounds[v, s]:bounds[v, s + 1]``,
+        the pairs whose row ``i`` lies in the ``s``-th of ``num_shares`` equal ranges of ``range(num_rows)``.
+
+        Splitting every tap at the same rows (not at the same pair counts) makes the programs of one share, which
+        run side by side, read the same rows and their neighbours for all 27 taps: they share them in L2.
+        Kept per ``(num_shares, num_rows)``.
+        """
+        key = (num_shares, num_rows)
+        if key not in self._share_bounds:
+            share_rows = -(-num_rows // num_shares)
+            starts = (torch.arange(num_shares + 1, dtype=torch.int32, device=self.rows.device)
+                      * share_rows).clamp(max=num_rows)
+            offsets = self.offsets.tolist()
+            self._share_bounds[key] = torch.stack([
+                offsets[v] + torch.searchsorted(self.rows[offsets[v]:offsets[v + 1]], starts).to(torch.int32)
+                for v in range(len(offsets) - 1)])
+        return self._share_bounds[key]
 
     def counts(self) -> list:
         """Pairs per tap, all 27 taps (host list)."""

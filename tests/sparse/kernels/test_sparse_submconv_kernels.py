@@ -103,9 +103,8 @@ def test_rule_tiles_compile_for_h100_within_the_shared_memory_model(channels):
     assert T._operand_buffers(tiles.num_stages) >= 3  # at least two gathers in flight under one MMA
 
     wtiles = T.weight_grad_tiles(channels, channels, dtype)
-    signature = {"feats_ptr": "*bf16", "grad_out_ptr": "*bf16", "pair_offsets_ptr": "*i32", "pair_rows_ptr": "*i32",
-                 "pair_neighbors_ptr": "*i32", "partial_ptr": "*fp32", "K": "i32", "M": "i32",
-                 "pairs_per_split": "i32", "CENTER": "constexpr", "PRECISION": "constexpr", "BLOCK_P": "constexpr",
+    signature = {"feats_ptr": "*bf16", "grad_out_ptr": "*bf16", "share_bounds_ptr": "*i32", "pair_rows_ptr": "*i32",
+                 "pair_neighbors_ptr": "*i32", "partial_ptr": "*fp32", "K": "i32", "M": "i32", "splits": "i32", "CENTER": "constexpr", "PRECISION": "constexpr", "BLOCK_P": "constexpr",
                  "BLOCK_K": "constexpr", "BLOCK_M": "constexpr"}
     constexprs = {"CENTER": 13, "PRECISION": "tf32", "BLOCK_P": wtiles.block_rows, "BLOCK_K": wtiles.block_k,
                   "BLOCK_M": wtiles.block_m}

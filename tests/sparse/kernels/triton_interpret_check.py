@@ -85,7 +85,7 @@ def check_convolution(checker, g, nmap, dtype, c_in, c_out, window, tiles=None, 
 
 
 def check_weight_grad_splits(checker, g, nmap, dtype):
-    """Several pair shares per tap (split-K), summed deterministically."""
+    """Several shares of rows per tap (split-K), summed deterministically."""
     n, c_in, c_out = nmap.num_voxels, 17, 16
     feats = torch.randn(n, c_in, generator=g).to(dtype)
     grad_out = torch.randn(n, c_out, generator=g).to(dtype)
@@ -95,7 +95,7 @@ def check_weight_grad_splits(checker, g, nmap, dtype):
     _, want = R.submanifold_conv3d_backward_reference(grad_out.double(), feats.double(), nmap.table,
                                                       torch.zeros(c_out, 27, c_in, dtype=torch.float64),
                                                       needs_input_grad=False)
-    checker.check(f"{dtype} weight grad in {-(-n // 64)} shares", got.permute(1, 0, 2), want, torch.float32,
+    checker.check(f"{dtype} weight grad in {-(-n // 64)} row shares", got.permute(1, 0, 2), want, torch.float32,
                   TOLERANCE[dtype])
     again = T.weight_grad_triton(feats, grad_out, pairs, tiles, num_programs_target=1 << 20)
     if not torch.equal(got, again):

@@ -15,9 +15,10 @@ neighbour row is gathered once per block instead of once per 128-channel tile.
 
 Weight gradient: ``grad_W[v] = sum over pairs (i, j) of tap v of grad_out[i]^T feats[j]`` over the packed
 pair list of tap ``v`` (`TapPairs`: no rows without a neighbour, no branch). One program owns a
-``(tap, Co tile, Ci tile)`` block and a contiguous share of the tap's pairs (split-K over pairs); each split
-writes its fp32 partial sum to its own buffer and one ``sum`` adds them, so the result is deterministic
-(no atomics).
+``(tap, Co tile, Ci tile)`` block and one share of the tap's pairs (split-K): the pairs whose row lies in one
+range of rows, the same range for all taps, so the programs of a share that run side by side gather the same
+rows. Each share writes its fp32 partial sum to its own buffer and one ``sum`` adds them, so the result is
+deterministic (no atomics).
 
 All products accumulate in fp32; fp32 inputs use exact IEEE fp32 dot products (no TF32) so that the result
 matches the PyTorch path to ~1e-6.
@@ -99,11 +100,11 @@ def _submconv_fwd_kernel(
 def _submconv_weight_grad_kernel(
     feats_ptr,  # (N, K) forward input
     grad_out_ptr,  # (N, M) gradient of the forward output
-    pair_offsets_ptr,  # (15,) int32 start of the pairs of taps 0..13
+    share_bounds_ptr,  # (14, splits + 1) int32 first pair of each share of taps 0..13
     pair_rows_ptr,  # (P,) int32 row i of each pair
     pair_neighbors_ptr,  # (P,) int32 its neighbour table[i, v]
     partial_ptr,  # (splits, 27, M, K) fp32 per-split sums
-    K, M, pairs_per_split,
+    K, M, splits,
     CENTER: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -120,10 +121,8 @@ def _submconv_weight_grad_kernel(
     # Taps past the centre reuse the pair list of their mirror tap with the roles swapped.
     mirrored = tap > CENTER
     listed = tl.where(mirrored, 2 * CENTER - tap, tap)
-    tap_begin = tl.load(pair_offsets_ptr + listed)
-    tap_end = tl.load(pair_offsets_ptr + listed + 1)
-    begin = tap_begin + split * pairs_per_split
-    end = tl.minimum(begin + pairs_per_split, tap_end)
+    begin = tl.load(share_bounds_ptr + listed * (splits + 1) + split)
+    end = tl.load(share_bounds_ptr + listed * (splits + 1) + split + 1)
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for p0 in range(begin, end, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
@@ -341,25 +340,22 @@ def weight_grad_triton(
 ) -> torch.Tensor:
     """``grad_w[v] = sum_i grad_out[i]^T feats[table[i, v]]``, returned as ``(27, M, K) float32``.
 
-    The pairs of each tap are split into ``splits`` contiguous shares so that about ``num_programs_target``
-    programs run; each share's sum goes to its own buffer and the buffers are added (deterministic).
+    The rows are cut into ``splits`` equal ranges (shares) so that about ``num_programs_target`` programs run;
+    each share's sum goes to its own buffer and the buffers are added (deterministic).
     """
     n, k = feats.shape
     m = grad_out.shape[1]
     if n == 0:
         return torch.zeros(KERNEL_VOLUME, m, k, dtype=torch.float32, device=feats.device)
-    most_pairs = n  # the centre tap pairs every row with itself; no tap has more
-
     def launch(t: TileConfig) -> torch.Tensor:
         tiles_per_tap = triton.cdiv(m, t.block_m) * triton.cdiv(k, t.block_k)
+        # shares of equal row ranges; the centre tap (every row) gets >= 4 steps per share
         splits = max(1, min(triton.cdiv(num_programs_target, KERNEL_VOLUME * tiles_per_tap),
-                            triton.cdiv(most_pairs, 4 * t.block_rows)))  # >= 4 steps per share
-        pairs_per_split = triton.cdiv(triton.cdiv(most_pairs, splits), t.block_rows) * t.block_rows
-        splits = triton.cdiv(most_pairs, pairs_per_split)
+                            triton.cdiv(n, 4 * t.block_rows)))
         partial = torch.empty(splits, KERNEL_VOLUME, m, k, dtype=torch.float32, device=feats.device)
         _submconv_weight_grad_kernel[(KERNEL_VOLUME * tiles_per_tap, splits)](
-            feats, grad_out, pairs.offsets, pairs.rows, pairs.neighbors, partial,
-            k, m, pairs_per_split,
+            feats, grad_out, pairs.share_bounds(splits, n), pairs.rows, pairs.neighbors, partial,
+            k, m, splits,
             CENTER=CENTER_TAP, PRECISION=_precision(feats.dtype),
             BLOCK_P=t.block_rows, BLOCK_K=t.block_k, BLOCK_M=t.block_m,
             num_warps=t.num_warps, num_stages=t.num_stages,
