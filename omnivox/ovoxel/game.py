@@ -469,6 +469,9 @@ def export_game(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequ
         low_v, low_f, _, _ = prepare_surface(v, f, fill_holes, hole_max_perimeter, min_component_area,
                                              int(profile.faces), device=device)
         low_v, low_f = cluster_to_budget(low_v, low_f, int(profile.faces))
+        # Hole filling fans a loop around its centroid; on a user's mesh a loop can be flat (a slit along collinear
+        # vertices) and its fan has no area, which no atlas can lay out.
+        low_v, low_f = meshops.compact(low_v, meshops.remove_degenerate_faces(low_v, low_f))
         double_sided = bool((meshops.opening_areas(low_v, low_f) >= OPENING_AREA * voxel_face).any())
     done("surface")
 

@@ -449,3 +449,20 @@ def test_transformed_moves_points_frames_and_texel_density_together(spot_export)
         game.transformed(1.0, turn=np.diag([1.0, 1.0, -1.0]))  # a mirror would flip the winding
     with pytest.raises(ValueError, match="scale"):
         game.transformed(0.0)
+
+
+def test_a_users_mesh_whose_hole_filling_makes_flat_fans_still_exports(assets, tmp_path):
+    """wallhole.obj (66 faces) welded, as `TexturingPipeline` hands a user's mesh over: filling its holes fans
+    loops of collinear vertices into faces without area, which the atlas cannot lay out; they are dropped."""
+    from omnivox.assets import load_asset
+    from omnivox.ovoxel.dual_grid import weld_vertices
+
+    scene = load_asset(assets / "mesh/wallhole.obj").normalized()
+    vertices, faces = weld_vertices(scene.vertices, scene.faces)
+    coords, _, _ = mesh_to_dual_grid(vertices, faces, 64)
+    attributes = np.random.default_rng(3).random((len(coords), 6)).astype(np.float32)
+    game = export_game(vertices, faces, np.asarray(coords), attributes, 64,
+                       profile=GameProfile(faces=2000, lods=1, occlusion=False, texture_size=64))
+    report = game.save(tmp_path / "wallhole.glb")
+    assert all(level.degenerate_faces == 0 for level in report.levels)
+    assert _validator_errors(report) == 0, report.validator["messages"]
