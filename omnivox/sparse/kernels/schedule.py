@@ -138,7 +138,7 @@ class TapPairs:
     offsets: torch.Tensor
     rows: torch.Tensor
     neighbors: torch.Tensor
-    _share_bounds: dict = field(default_factory=dict, repr=False, compare=False)
+    _share_bounds: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def share_bounds(self, num_shares: int, num_rows: int) -> torch.Tensor:
         """``(14, num_shares + 1) int32``: share ``s`` of listed tap ``v`` is pairs ``bounds[v, s]:bounds[v, s + 1]``,
