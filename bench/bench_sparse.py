@@ -520,6 +520,8 @@ def run_vs_flexgemm(args, log) -> None:
 
     for level, coords in enumerate(coords_list):
         c = LEVELS[level][1] if not args.smoke else 16 * 2 ** level
+        if level < args.from_level:
+            continue
         if out_of_time():
             log(f"vs-flexgemm N={coords.shape[0]} C={c}: skipped, past --time-budget {args.time_budget} s")
             continue
@@ -536,7 +538,7 @@ def run_vs_flexgemm(args, log) -> None:
 
         for level, coords in enumerate(coords_list):
             c = LEVELS[level][1] if not args.smoke else 16 * 2 ** level
-            if c in args.sweep_channels and not out_of_time():
+            if level >= args.from_level and c in args.sweep_channels and not out_of_time():
                 sweep_rows += sweep_tiles_level(coords, c, bench_short, log, out_of_time)
                 torch.cuda.empty_cache()
                 save()
@@ -551,6 +553,8 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="time the plain PyTorch path on the CPU only")
     parser.add_argument("--out", help="write the markdown tables here")
     parser.add_argument("--levels", type=int, default=5)
+    parser.add_argument("--from-level", type=int, default=0,
+                        help="with --vs-flexgemm: measure levels from this one on (0 = the finest)")
     parser.add_argument("--vs-flexgemm", action="store_true",
                         help="ours against FlexGEMM's submanifold conv (bench/build_reference.sh builds it)")
     parser.add_argument("--smoke", action="store_true", help="with --vs-flexgemm: a 64^3 shell, 2 small levels")
