@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from omnivox.assets.frames import z_up_to_y_up  # noqa: F401  (also re-exported: export.z_up_to_y_up)
-from omnivox.ovoxel import bake, collapse, meshops
+from omnivox.ovoxel import bake, collapse, meshops, meshops_torch
 from omnivox.ovoxel.atlas import Atlas, default_padding, describe_atlas, voxel_atlas
 from omnivox.ovoxel.forked import call_in_fork, fork_available
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid
@@ -247,16 +247,18 @@ def _as_grid(grid: Union[Grid, int, Sequence[int]], aabb: AABB) -> Grid:
 # ------------------------------------------------------------------------------------------------------ stages
 
 
-def _drop_fringes(vertices: np.ndarray, faces: np.ndarray, voxel_edge: float, hole_limit: float) -> np.ndarray:
+def _drop_fringes(vertices: np.ndarray, faces: np.ndarray, voxel_edge: float, hole_limit: float,
+                  keep: Optional[np.ndarray] = None, component: Optional[np.ndarray] = None) -> np.ndarray:
     """``meshops.remove_fringes``, but only in components that then have no visible opening (after pin-hole filling).
 
     A component that keeps a real opening stays double-sided anyway, so dropping its fringes would lose surface
-    (GlassVaseFlowers' petals, open panels) for nothing.
+    (GlassVaseFlowers' petals, open panels) for nothing. ``keep`` (the fringe rule's verdict) and ``component``
+    (face components) may come computed already, by the GPU's twins (`meshops_torch`).
     """
-    keep = meshops.remove_fringes(vertices, faces, FRINGE_WIDTH * voxel_edge)
+    keep = meshops.remove_fringes(vertices, faces, FRINGE_WIDTH * voxel_edge) if keep is None else keep
     if keep.all():
         return faces
-    component = meshops.face_components(faces)
+    component = meshops.face_components(faces) if component is None else component
     kept_faces = faces[keep]
     v, filled = meshops.fill_small_holes(vertices, kept_faces, hole_limit) if hole_limit > 0 else (vertices,
                                                                                                    kept_faces)
@@ -317,11 +319,25 @@ def _decimate_on_gpu(device: torch.device):
 def _early_decimation_on(device: torch.device, vertices: np.ndarray, faces: np.ndarray, target: int
                          ) -> tuple[np.ndarray, np.ndarray]:
     tv = torch.from_numpy(np.ascontiguousarray(vertices)).to(device)
-    tf = collapse.drop_degenerate_and_duplicate_faces(tv, torch.from_numpy(faces).to(device))
-    if not collapse.consistently_wound(tf):  # extracted surfaces are; anything else is oriented on the CPU first
+    tf = meshops_torch.drop_degenerate_and_duplicate_faces(tv, torch.from_numpy(faces).to(device))
+    if not meshops_torch.consistently_wound(tf):  # extracted surfaces are; anything else is oriented on the CPU first
         oriented, _ = meshops.orient_faces(vertices, tf.cpu().numpy())
         tf = torch.from_numpy(oriented).to(device)
     return _decimate_in_rounds(tv, tf, target)
+
+
+def _clean_on(device: torch.device, vertices: np.ndarray, faces: np.ndarray, min_component_area: float,
+              voxel_edge: float, hole_limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """`meshops.clean` and `_drop_fringes` with their whole-mesh passes (edge tables, components, the fringe rule)
+    on ``device`` (`meshops_torch`, same results); the hole test of the rare components that had fringes stays
+    on the CPU."""
+    tv, tf = meshops_torch.clean(torch.from_numpy(np.ascontiguousarray(vertices)).to(device),
+                                 torch.from_numpy(faces).to(device), min_component_area)
+    keep = meshops_torch.remove_fringes(tv, tf, FRINGE_WIDTH * voxel_edge)
+    fringes = not bool(keep.all())
+    component = meshops_torch.face_components(tf).cpu().numpy() if fringes else None
+    v, f = tv.cpu().numpy(), tf.cpu().numpy()
+    return v, (_drop_fringes(v, f, voxel_edge, hole_limit, keep.cpu().numpy(), component) if fringes else f)
 
 
 def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = True,
@@ -352,8 +368,9 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         timings: optional dict receiving seconds for "clean" and "decimate" (and "early_decimate").
         tolerance: world units; after the budget, keep halving the faces while the surface stays this close
             to the budget's surface (None: stop at the budget).
-        device: on CUDA every decimation runs on the GPU (`collapse.decimate_in_rounds`, open borders kept; the
-            clean-up stays on the CPU); elsewhere the CPU library (`meshops.decimate`).
+        device: on CUDA every decimation runs on the GPU (`collapse.decimate_in_rounds`, open borders kept), and
+            so do the first clean-up's whole-mesh passes (`meshops_torch`) and the tolerance search's deviations;
+            elsewhere the CPU library (`meshops.decimate`) and `meshops`.
 
     Returns:
         vertices (V', 3) float32, faces (F', 3) int64 oriented, closed (F',) bool per face, holes filled count.
@@ -394,9 +411,12 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         start = time.perf_counter()
     else:
         v, f = vertices, faces
-    v, f = meshops.clean(v, f, min_component_area)
     hole_limit = max(hole_max_perimeter, PIN_HOLE_PERIMETER * voxel_edge)
-    f = _drop_fringes(v, f, voxel_edge, hole_limit if fill_holes else 0.0)
+    if device.type == "cuda":
+        v, f = _clean_on(device, v, f, min_component_area, voxel_edge, hole_limit if fill_holes else 0.0)
+    else:
+        v, f = meshops.clean(v, f, min_component_area)
+        f = _drop_fringes(v, f, voxel_edge, hole_limit if fill_holes else 0.0)
     v, f = meshops.compact(v, f)
     if not meshops.consistently_wound(f):  # one winding is what decimation needs; the last step turns parts outward
         f, _ = meshops.orient_faces(v, f)

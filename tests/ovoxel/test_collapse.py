@@ -60,21 +60,6 @@ def test_best_position_keeps_a_corner_and_centres_a_flat_patch():
     assert torch.allclose(position[0, :2], mid[0, :2], atol=1e-9) and abs(float(position[0, 2])) < 1e-3
 
 
-def test_tensor_clean_up_matches_meshops():
-    rng = np.random.default_rng(3)
-    vertices = rng.random((40, 3)).astype(np.float32)
-    faces = rng.integers(0, 40, (300, 3))
-    faces = np.concatenate([faces, faces[:25, ::-1], faces[5:15], [[1, 1, 2]]])
-    expected = meshops.remove_duplicate_faces(meshops.remove_degenerate_faces(vertices, faces))
-    got = collapse.drop_degenerate_and_duplicate_faces(torch.from_numpy(vertices), torch.from_numpy(faces))
-    np.testing.assert_array_equal(got.numpy(), expected)
-    sphere = np.asarray(trimesh.creation.icosphere(2).faces)
-    flipped = sphere.copy()
-    flipped[7] = flipped[7, ::-1]
-    for f in (sphere, flipped):
-        assert collapse.consistently_wound(torch.from_numpy(f)) == meshops.consistently_wound(f)
-
-
 def test_rounds_reach_the_target_keep_borders_and_stay_close(spot_surface):
     v, f, resolution = spot_surface
     target = len(f) // 6
