@@ -425,16 +425,24 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
     start = time.perf_counter()
     # On CUDA every decimation runs in rounds on the GPU, open borders kept; on the CPU the sequential library.
     gpu_decimate = _decimate_on_gpu(device) if device.type == "cuda" else None
+
+    def clean(v, f):  # after each decimation: where the decimation ran
+        if device.type != "cuda":
+            return meshops.clean(v, f, min_component_area)
+        tv, tf = meshops_torch.clean(torch.from_numpy(v).to(device), torch.from_numpy(f).to(device),
+                                     min_component_area)
+        return tv.cpu().numpy(), tf.cpu().numpy()
+
     if decimation_target is not None and len(f) > decimation_target:
         for target in (3 * decimation_target, decimation_target):
             v, f = meshops.decimate(v, f, target) if gpu_decimate is None else gpu_decimate(v, f, target)
-            v, f = meshops.clean(v, f, min_component_area)
+            v, f = clean(v, f)
             if target != decimation_target:
                 v, f = fill(v, f)
     if tolerance is not None and tolerance > 0:
         smaller = meshops.decimate_within(v, f, tolerance, halve=gpu_decimate, device=device)
         if smaller[1] is not f:
-            v, f = meshops.clean(*smaller, min_component_area)
+            v, f = clean(*smaller)
     timings["decimate"] = time.perf_counter() - start
     start = time.perf_counter()
     f, closed = meshops.orient_faces(v, f)
