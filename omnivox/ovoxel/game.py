@@ -361,12 +361,13 @@ def _closed(vertices: np.ndarray, faces: np.ndarray) -> bool:
 def _lod_surface(level0: GameLevel, target: int, watertight: bool, coords: np.ndarray, grid: Grid
                  ) -> tuple[np.ndarray, np.ndarray]:
     """About ``target`` faces of level 0's surface for a level with its own atlas: quadric decimation (from level
-    0, so errors do not pile up level after level); a watertight level whose decimation opened or pinched the
-    surface is rebuilt from the voxels' solid instead; a decimation that stalls is finished by clustering."""
+    0, so errors do not pile up level after level). A watertight level whose decimation opened or pinched the
+    surface, or stalled above ``LOD_SLACK`` times the target, is rebuilt from the voxels' solid instead; any other
+    decimation that stalls there is finished by vertex clustering (`cluster_to_budget`)."""
     v, f = meshops.decimate(level0.vertices, level0.faces, target)
     v, f = meshops.compact(v, meshops.remove_degenerate_faces(v, f))
     if watertight:
-        if not _closed(v, f):
+        if len(f) > LOD_SLACK * target or not _closed(v, f):
             v, f, _ = watertight_surface(coords, grid, target)
         return v, f
     return cluster_to_budget(v, f, int(LOD_SLACK * target))
