@@ -23,6 +23,13 @@ Usage: python bench/bench_game.py --resolution 256 --out docs/benchmarks/raw/gam
        python bench/bench_game.py --sweep --resolution 256 --texture-size 1024
        python bench/bench_game.py --lod-sweep --resolution 256 --out docs/benchmarks/raw/game_export_lods.jsonl
        python bench/bench_game.py --lod-table docs/benchmarks/raw/game_export_lods.jsonl
+       python bench/bench_game.py --texture-sweep --resolution 256 --out docs/benchmarks/raw/game_export_texture.jsonl
+
+``--texture-sweep``: ``TexturingPipeline.run(profile=GameProfile(...))`` (``omnivox texture --profile game``) on every
+dev asset as the user's mesh, with and without ``watertight``, 5K faces and 2 coarser levels, texture 256, no
+occlusion. The models are replaced by a stand-in (the mesh's own dual-grid voxels, seeded random materials), so
+this checks what the game path makes of users' meshes (welding, budget, levels, closure, validator), not texture
+quality. Per run: triangles per level, closed per level, texture set per level, validator errors, seconds.
 
 ``--lod-sweep``: levels of detail. For every asset the full game profile at 20K faces with ``--lods`` coarser
 levels, written and validated, twice in the same process: as shipped, and with ``game.LOD_SLACK`` set to infinity,
@@ -331,6 +338,60 @@ def lod_sweep_asset(rel: str, args, device) -> dict:
     return row
 
 
+def texture_sweep_asset(rel: str, args, device) -> dict:
+    """One asset of ``--texture-sweep`` (module docstring): the user's mesh through the texturing game path."""
+    from omnivox.ovoxel.dual_grid import mesh_to_dual_grid
+    from omnivox.ovoxel.game import GameProfile
+    from omnivox.pipelines.texturing import TexturingPipeline
+
+    class StandInModels(TexturingPipeline):
+        """The texturing pipeline without models: the mesh's voxels with seeded random materials."""
+
+        def __init__(self):
+            self.device = torch.device(device)
+
+        def texture_voxels(self, vertices, faces, *, resolution, **_):
+            coords, _, _ = mesh_to_dual_grid(vertices, faces, resolution)
+            materials = np.random.default_rng(0).random((len(coords), 6)).astype(np.float32)
+            return torch.as_tensor(np.asarray(coords), dtype=torch.int32), materials, None
+
+    image = next(p for p in sorted((ASSETS / "images").iterdir()) if p.suffix == ".webp")
+    row = {"asset": rel, "resolution": args.resolution, "image": image.name, "runs": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for watertight in (False, True):
+            start = time.perf_counter()
+            try:
+                game = StandInModels().run(ASSETS / rel, image, resolution=args.resolution, preprocess=False,
+                                           profile=GameProfile(faces=5000, lods=2, watertight=watertight,
+                                                               occlusion=False, texture_size=256))
+                report = game.save(Path(folder) / "textured.glb")
+            except (ValueError, RuntimeError) as error:
+                row["runs"].append({"watertight": watertight, "failed": f"{type(error).__name__}: {error}"})
+                continue
+            row["runs"].append({"watertight": watertight, "triangles": [level.triangles for level in report.levels],
+                                "closed": [level.watertight for level in report.levels],
+                                "texture_sets": report.level_texture_sets,
+                                "validator_errors": report.validator_errors,
+                                "seconds": round(time.perf_counter() - start, 1)})
+    return row
+
+
+def texture_markdown(rows: list[dict]) -> str:
+    lines = ["| asset | triangles per level | closed per level | texture sets | validator errors | s | "
+             "watertight: triangles per level | closed per level | texture sets | validator errors | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        cells = [row["asset"]]
+        for run in row["runs"]:
+            if "failed" in run:
+                cells += ["failed: " + run["failed"][:80], "", "", "", ""]
+                continue
+            cells += [str(run["triangles"]), str(run["closed"]), str(run["texture_sets"]),
+                      str(run["validator_errors"]), f"{run['seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def lod_markdown(rows: list[dict]) -> str:
     lines = ["| asset | triangles per level, shared atlas only | ratios | triangles per level, shipped | ratios | "
              "texture sets (sizes) | PSNR per level, shared only | PSNR per level, shipped | MB shared only | "
@@ -401,9 +462,16 @@ def main() -> None:
     parser.add_argument("--lod-sweep", action="store_true", help="only the levels of detail against the "
                                                                  "shared-atlas-only baseline (--lods levels)")
     parser.add_argument("--lod-table", type=Path, help="print the markdown table of a --lod-sweep JSONL file")
+    parser.add_argument("--texture-table", type=Path, help="print the markdown table of a --texture-sweep JSONL")
+    parser.add_argument("--texture-sweep", action="store_true", help="only the texturing game path on every asset "
+                                                                     "(stand-in models)")
     args = parser.parse_args()
     if args.table:
         print(markdown([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        return
+    if args.texture_table:
+        print(texture_markdown([json.loads(line) for line in args.texture_table.read_text().splitlines()
+                                if line.strip()]))
         return
     if args.lod_table:
         print(lod_markdown([json.loads(line) for line in args.lod_table.read_text().splitlines() if line.strip()]))
@@ -427,7 +495,12 @@ def main() -> None:
     for rel in args.assets or asset_files(ASSETS):
         if rel in done:
             continue
-        row = lod_sweep_asset(rel, args, device) if args.lod_sweep else run_asset(rel, args, device)
+        if args.lod_sweep:
+            row = lod_sweep_asset(rel, args, device)
+        elif args.texture_sweep:
+            row = texture_sweep_asset(rel, args, device)
+        else:
+            row = run_asset(rel, args, device)
         row["machine"] = f"{platform.node()} {torch.get_num_threads()} threads {device}"
         row["date"] = time.strftime("%Y-%m-%d %H:%M")
         print(json.dumps(row), flush=True)
