@@ -28,21 +28,50 @@ def layer_norm_reference(x: torch.Tensor, eps: float, weight: Optional[torch.Ten
     if table is None:
         return y
     c = x.shape[-1]
-    return y * (1 + _per_row(table, rows, scale_col, c)) + _per_row(table, rows, shift_col, c)
+    return _scale_rows(y, 1 + table[:, scale_col:scale_col + c], rows) + _per_row(table, rows, shift_col, c)
 
 
 def gated_add_reference(x: torch.Tensor, y: torch.Tensor, table: torch.Tensor, rows: torch.Tensor,
                         gate_col: int) -> torch.Tensor:
     """``x + y * table[rows[r], gate_col:+C]`` for ``x, y (R, C)`` of one dtype."""
-    return x + y * _per_row(table, rows, gate_col, x.shape[-1])
+    return x + _scale_rows(y, table[:, gate_col:gate_col + x.shape[-1]], rows)
+
+
+# Under autograd the per-sample modulation must cost what a broadcast over each sample's rows costs: the backward
+# pass keeps the (B, C) table rather than an (R, C) gathered copy, and sums a 16-bit table's gradient over the rows
+# in float32 rather than in 16 bits.
 
 
 def _per_row(table: torch.Tensor, rows: torch.Tensor, first: int, count: int) -> torch.Tensor:
-    """``table[rows, first:first + count]`` in ``table.dtype``: only the columns used (under autograd the gathered
-    factor is kept for the backward pass), gathered in float32 so that the backward pass sums a 16-bit table's
-    gradient over its rows in float32 (as a broadcast over the rows would), not in 16 bits."""
+    """``table[rows, first:first + count]`` in ``table.dtype``, gathered in float32 (see above)."""
     columns = table[:, first:first + count]
-    return columns.to(torch.promote_types(columns.dtype, torch.float32))[rows].to(table.dtype)
+    return columns.to(_accumulation_dtype(columns.dtype))[rows].to(table.dtype)
+
+
+def _scale_rows(y: torch.Tensor, factors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``y (R, C) * factors[rows]`` for per-sample ``factors (B, C)`` (see above)."""
+    return _ScaleRows.apply(y, factors, rows)
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+class _ScaleRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, factors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(y, factors, rows)
+        return y * factors[rows]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        y, factors, rows = ctx.saved_tensors
+        grad_y = grad * factors[rows] if ctx.needs_input_grad[0] else None
+        grad_factors = None
+        if ctx.needs_input_grad[1]:
+            total = torch.zeros(factors.shape, dtype=_accumulation_dtype(factors.dtype), device=factors.device)
+            grad_factors = total.index_add_(0, rows, (grad * y).to(total.dtype)).to(factors.dtype)
+        return grad_y, grad_factors, None
 
 
 def rms_norm_rope_reference(x: torch.Tensor, gamma: torch.Tensor, cos: Optional[torch.Tensor] = None,
