@@ -114,9 +114,8 @@ class TimestepEmbedder(nn.Module):
 
 
 # SDPA backends, in order, for the variable-length token sets of the sparse model (see SLatFlowModel.forward):
-# short sets, and sets of at least CUDNN_MIN_TOKENS per sample (break-even measured on an H100: flash's slower
-# kernels cost ~48 ms per 512 shape stage at 2,776 tokens, growing with the square of the count, against
-# ~220 ms of cuDNN plans).
+# short sets, and sets of at least CUDNN_MIN_TOKENS per sample, where cuDNN's per-shape plans cost less than
+# flash's slower kernels (the H100 break-even: docs/benchmarks/pipelines.md, "Attention backend by token count").
 VARIABLE_LENGTH_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 LONG_SEQUENCE_ATTENTION = [SDPBackend.CUDNN_ATTENTION, *VARIABLE_LENGTH_ATTENTION]
 CUDNN_MIN_TOKENS = 6000
@@ -633,10 +632,10 @@ class SLatFlowModel(_FlowTransformer):
         self._check_inputs(x.batch_size, t, cond)
         tokens = SparseTokens(x, self.config.head_dim, self.config.rope_freq)
         # Token counts change with every generated shape. cuDNN attention, SDPA's first choice on Hopper, builds
-        # a plan per sequence length (100-150 ms per new count and batch shape on an H100, one or two per stage);
-        # flash attention needs none but its kernels take ~1.7x as long. Attention grows with the square of the
-        # count, so below CUDNN_MIN_TOKENS per sample (the 512 stages) flash costs less per run, above it (the
-        # 1024 and 1536 stages) the plans do.
+        # a plan per sequence length (100-150 ms each on an H100); flash attention needs none but its kernels are
+        # slower. Attention grows with the square of the count, so below CUDNN_MIN_TOKENS per sample (the 512
+        # stages) flash costs less per run, above it (the 1024 and 1536 stages) the plans do (measured:
+        # docs/benchmarks/pipelines.md).
         longest = max(tokens.seq_lens, default=0)
         backends = VARIABLE_LENGTH_ATTENTION if longest < CUDNN_MIN_TOKENS else LONG_SEQUENCE_ATTENTION
         with sdpa_kernel(backends, set_priority=True):
