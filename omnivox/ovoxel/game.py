@@ -19,7 +19,7 @@ and ambient occlusion, an optional watertight surface, and a validity report.
    its outline fixed (`coarser_level`). Chart outlines hold a large share of the vertices on voxel atlases, so that
    often keeps 60-95 % of the faces; a level that stays above ``LOD_SLACK`` times its target is instead decimated
    from level 0's surface (rebuilt from the solid where a watertight decimation breaks), unwrapped and baked into a
-   texture set of its own, ``texture_size / 2^k`` on a side for level k (the side its screen coverage needs).
+   texture set of its own, ``texture_size / 2^(k-1)`` on a side for level k (`lod_texture_size`).
    Every level gets its own normal map where it pays (its shading frames differ). They are written as ``MSFT_lod``
    on one node (`omnivox.ovoxel.game_gltf`).
 
@@ -62,7 +62,7 @@ AFFINE_UV_TOLERANCE_TEXELS = 0.05
 # the default ratio 0.5 means at most 0.6 of the previous level. A level that keeps the previous atlas but stays
 # above it is rebuilt with an atlas and textures of its own.
 LOD_SLACK = 1.2
-# Smallest side of a coarser level's own texture set (level k asks for texture_size / 2^k).
+# Smallest side of a coarser level's own texture set (`lod_texture_size`).
 MIN_LOD_TEXTURE = 64
 
 
@@ -322,6 +322,18 @@ def coarser_level(level: GameLevel, face_chart: np.ndarray, target_faces: int, t
 # --------------------------------------------------------------------------------------------- per-level bakes
 
 
+def lod_texture_size(texture_size: int, level: int) -> int:
+    """Side of the own texture set of level ``level`` >= 1: ``texture_size / 2^(level - 1)``, at least
+    ``MIN_LOD_TEXTURE`` (never above ``texture_size``).
+
+    The file's ``MSFT_screencoverage`` draws level 0 above 0.5 of the screen's area and level k at most at
+    ``0.5 / 4^(k-1)`` of it, so level k is at most ``1 / 2^(k-1)`` of level 0's smallest size on screen: with a side
+    of ``texture_size / 2^(k-1)`` its texels are never sparser on screen than level 0's at their sparsest (half that
+    side, the plain mip-chain guess, would make them up to 2x sparser where level k takes over).
+    """
+    return min(int(texture_size), max(MIN_LOD_TEXTURE, int(texture_size) >> (int(level) - 1)))
+
+
 def _unwrapped_level(vertices: np.ndarray, faces: np.ndarray, size: int, device) -> tuple[GameLevel, np.ndarray]:
     """A level on its own voxel atlas (normals, tangents; no normal map yet) and the chart of each face."""
     atlas = unwrap_atlas(vertices, faces, size, method=UvMethod.VOXEL, device=device)
@@ -525,7 +537,7 @@ def export_game(vertices, faces, coords, attributes, grid: Union[Grid, int, Sequ
         level.texture_set = previous.texture_set
         level_texels = None
         if len(level.uv_faces) > LOD_SLACK * target:
-            side = min(size, max(MIN_LOD_TEXTURE, size >> k))
+            side = lod_texture_size(size, k)
             lod_v, lod_f = _lod_surface(level0, target, profile.watertight, c, grid)
             level, chart = _unwrapped_level(lod_v, lod_f, side, device)
             level_texels = _level_texels(level, side, device, backend)

@@ -410,7 +410,7 @@ LOD_ASSETS = ("mesh/spot/spot_triangulated.obj", "gltf/Fox.glb", "mesh/stanford-
 def test_each_level_of_detail_is_at_most_0_6_of_the_previous(assets, tmp_path, rel):
     """Three dev assets, three coarser levels each: every level at most 0.6 of the previous level's triangles,
     no UV overlap in any level's atlas, and a file the Khronos validator passes whose materials read the texture
-    set each level says (a level that could not shrink in the shared atlas has its own, half as wide per level)."""
+    set each level says (a level that could not shrink in the shared atlas has its own, `lod_texture_size`)."""
     profile = GameProfile(faces=2400, lods=3, occlusion=False, texture_size=128)
     game = export_game(*export_inputs(converted(rel, 64)), profile=profile)
     faces = [len(level.uv_faces) for level in game.levels]
@@ -428,7 +428,7 @@ def test_each_level_of_detail_is_at_most_0_6_of_the_previous(assets, tmp_path, r
         side = game.texture_sets[level.texture_set].size
         assert image(document, binary, base).shape == (side, side, 4)
         if level.texture_set:
-            assert side == max(64, 128 >> k)
+            assert side == max(64, 128 >> (k - 1))
 
 
 def test_transformed_moves_points_frames_and_texel_density_together(spot_export):
