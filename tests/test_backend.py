@@ -25,17 +25,18 @@ def test_asking_for_a_kernel_where_it_cannot_run_says_what_it_needs():
 
 
 def test_the_packages_share_the_one_probe_and_rule():
-    from omnivox.models import flow
+    from omnivox.models import kernels as model_kernels
     from omnivox.ovoxel import bake
     from omnivox.render import kernels as render_kernels
     from omnivox.sparse import kernels as sparse_kernels
 
-    assert sparse_kernels.triton_available is render_kernels.triton_available is flow.triton_available \
-        is _backend.triton_available
-    assert sparse_kernels.BACKENDS == render_kernels.BACKENDS == TRITON_BACKENDS
+    assert sparse_kernels.triton_available is render_kernels.triton_available \
+        is model_kernels.triton_available is _backend.triton_available
+    assert sparse_kernels.BACKENDS == render_kernels.BACKENDS == model_kernels.BACKENDS == TRITON_BACKENDS
     assert bake.BACKENDS == NUMBA_BACKENDS
     cpu = torch.device("cpu")
     assert sparse_kernels.resolve_backend("auto", cpu, torch.float32) == "torch"
     assert render_kernels.resolve_backend("auto", cpu) == "torch"
+    assert model_kernels.resolve_backend("auto", cpu) == "torch"
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         sparse_kernels.resolve_backend("triton", cpu, torch.float32)

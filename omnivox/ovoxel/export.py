@@ -41,6 +41,7 @@ from omnivox.ovoxel import bake, collapse, meshops, meshops_torch
 from omnivox.ovoxel.atlas import Atlas, default_padding, describe_atlas, voxel_atlas
 from omnivox.ovoxel.forked import call_in_fork, fork_available
 from omnivox.ovoxel.grid import AABB, UNIT_AABB, Grid
+from omnivox.ovoxel.packing import PBR_SLICES
 
 if TYPE_CHECKING:
     import trimesh
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ATTRIBUTE_LAYOUT = {"base_color": slice(0, 3), "metallic": slice(3, 4), "roughness": slice(4, 5), "alpha": slice(5, 6)}
+ATTRIBUTE_LAYOUT = PBR_SLICES  # the attribute matrix columns (one owner: `packing`)
 IMAGE_FORMATS = ("png", "webp")
 ALPHA_MODES = ("auto", "OPAQUE", "MASK", "BLEND")
 
