@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The GPU checks and measurements still owed (written 2026-12-07 when the session's device time ran out), one
+# part per device call (each fits the 600 s limit). Run from the repo root on the GPU machine, with
+# carry [".refkit/wheels", ".shared", "bench/.pipeline_data"] (+ ".refkit/ray", ".refkit/rayroot" for `bench`,
+# + ".refkit/reference_src.tar.xz" for `sparse`); results and logs under $OUT.
+#
+#   bash bench/device_check.sh tests    # every GPU test (gpu-marked and skipif-CUDA), most recently changed first
+#   bash bench/device_check.sh bench    # image -> GLB (issue 16), budgets + DINOv3 8-bit (23), Ray on one GPU (24)
+#   bash bench/device_check.sh sparse   # the new sparse-conv kernels against FlexGEMM (19)
+#
+# Recreate the ignored inputs here first if they are gone: python bench/reference_kit.py wheels|ray|pack,
+# python bench/bench_pipelines.py prepare, python bench/bench_data_ray.py prepare --root .refkit/rayroot --under mesh.
+set -u
+T0=$(date +%s)
+OUT=${OUT:-/tmp/device_check}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  .refkit/wheels/*.whl >/dev/null 2>&1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+mkdir -p ../shared && cp -r .shared/* ../shared/
+step() { echo "$1 rc=$2 t=$(( $(date +%s) - T0 ))" | tee -a "$OUT/steps.log"; }
+
+case "${1:-tests}" in
+tests)
+  # Test functions that skip without CUDA through their own skipif (the rest carry the `gpu` marker).
+  skipif=$(grep -rn -A2 "skipif(not torch.cuda.is_available()" tests --include=*.py | grep "def test" \
+           | sed 's/.*def \(test[a-z0-9_]*\).*/\1/' | sort -u | paste -sd' ' | sed 's/ / or /g')
+  files="tests/ovoxel/test_collapse.py tests/ovoxel/test_export.py tests/ovoxel/test_distance_kernel.py
+    tests/sparse/kernels/test_sparse_submconv_kernels.py tests/pipelines/test_pipelines_gpu.py tests/ovoxel/test_game.py
+    tests/pipelines/test_memory.py tests/pipelines/test_multiview.py tests/models/test_quantize.py
+    tests/models/test_block_kernels.py tests/models/test_flow_fused.py tests/models/test_flow_fast.py
+    tests/models/test_models_gpu.py tests/ovoxel/test_gpu.py tests/ovoxel/test_atlas.py tests/ovoxel/test_materials.py
+    tests/ovoxel/test_serialize.py tests/ovoxel/test_reference_parity.py tests/render/test_rasterize.py
+    tests/test_preview.py tests/data/test_gpu.py tests/train/test_trainer_gpu.py"
+  timeout 560 python -m pytest -v -rs -p no:cacheprovider $files -k "gpu or $skipif" > "$OUT/gputests.log" 2>&1
+  step gputests $?
+  grep -E "FAILED|ERROR" "$OUT/gputests.log" | head -30
+  echo "passed $(grep -c ' PASSED' "$OUT/gputests.log"), skipped $(grep -c ' SKIPPED' "$OUT/gputests.log")"
+  tail -2 "$OUT/gputests.log"
+  ;;
+bench)
+  timeout 150 python bench/bench_end_to_end.py run --out "$OUT/e2e" --types 512 1024_cascade --repeats 2 \
+    --skip-own > "$OUT/e2e.log" 2>&1
+  step e2e $?
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 150 python bench/bench_memory.py run --out "$OUT/mem" \
+    --sections encoder budgets --configs int8:512:6GB int8:1024_cascade:8GB > "$OUT/mem.log" 2>&1
+  step memory $?
+  tar -xJf .refkit/ray/ray_core.tar.xz -C /tmp/site \
+    && chmod +x /tmp/site/ray/core/src/ray/gcs/gcs_server /tmp/site/ray/core/src/ray/raylet/raylet \
+    && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .refkit/ray/*.whl >/dev/null 2>&1
+  timeout 200 python bench/bench_data_ray.py gpu --root .refkit/rayroot --views 8 --out "$OUT/ray_gpu.json" \
+    > "$OUT/ray.log" 2>&1
+  step ray $?
+  grep -E "summary" "$OUT/e2e.log" | cut -c1-400
+  grep -E "budgets|image_cond" "$OUT/mem.log" | cut -c1-400
+  grep -E "engine|Error" "$OUT/ray.log" | tail -14
+  ;;
+sparse)
+  (MAX_JOBS=12 timeout 200 bash bench/build_reference.sh flexgemm > "$OUT/build.log" 2>&1; step build $?) &
+  TRITON_CACHE_DIR=/tmp/tc_tests timeout 170 python -m pytest -q -p no:cacheprovider tests/sparse -m gpu -rs \
+    > "$OUT/sparse_tests.log" 2>&1
+  step sparse_tests $?
+  wait
+  left=$(( 560 - ($(date +%s) - T0) ))
+  PYTHONPATH=/tmp/refsite:$PYTHONPATH TRITON_CACHE_DIR=/tmp/tc_bench timeout $left python bench/bench_sparse.py \
+    --vs-flexgemm --levels 3 --sweep --time-budget $(( left - 80 )) --out "$OUT/vs_flexgemm.md" > "$OUT/bench.log" 2>&1
+  step sparse_bench $?
+  tail -4 "$OUT/sparse_tests.log"
+  grep -E '^\|' "$OUT/vs_flexgemm.md"
+  ;;
+*)
+  echo "usage: bash bench/device_check.sh tests|bench|sparse" >&2
+  exit 2
+  ;;
+esac
