@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_models import Report, sync  # noqa: E402
 from bench.bench_pipelines import (DATA, Stages, full_size_models, load_inputs, machine_info,  # noqa: E402
                                    pipeline_with)
-from omnivox.models.quantize import QuantizedLinear, quantizable_linears, quantize_model  # noqa: E402
+from omnivox.models.quantize import (QuantizedLinear, quantizable_linears, quantize_model,  # noqa: E402
+                                     weights_dtype_for)
 from omnivox.pipelines.memory import parse_memory  # noqa: E402
 from omnivox.pipelines.placement import capped_device_memory, module_bytes  # noqa: E402
 from omnivox.sparse import SparseTensor  # noqa: E402
@@ -87,7 +88,8 @@ def with_8bit_weights(models: dict, weights_dtype, device) -> dict:
     out = dict(models)
     for role in FLOWS + ("image_cond_model",):
         if role in models:
-            out[role] = quantize_model(copy.deepcopy(models[role]), weights_dtype, work_device=device)
+            out[role] = quantize_model(copy.deepcopy(models[role]), weights_dtype_for(models[role], weights_dtype),
+                                       work_device=device)
     return out
 
 

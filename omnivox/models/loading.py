@@ -38,7 +38,8 @@ from torch import nn
 from omnivox.models.dinov3 import DINOv3Config, DINOv3ViT
 from omnivox.models.flow import SLatFlowModel, SparseStructureFlowModel
 from omnivox.models.quantize import (METADATA_KEY, WEIGHTS_DTYPES, check_weights_dtype, quantize_model,
-                                     quantized_skeleton, supports_8bit_weights, weights_dtype_of)
+                                     quantized_skeleton, supports_8bit_weights, weights_dtype_for,
+                                     weights_dtype_of)
 from omnivox.models.sc_vae import (FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder, SparseUnetVaeDecoder,
                                    SparseUnetVaeEncoder)
 from omnivox.models.ss_decoder import SparseStructureDecoder
@@ -234,7 +235,9 @@ def from_pretrained(path: PathLike, device: Union[str, torch.device] = "cpu",
     check_weights_dtype(weights_dtype)
     if path.is_dir():
         model = _dinov3_from_folder(path, device, config_overrides)
-        return (quantize_model(model, weights_dtype) if weights_dtype is not None else model).eval()
+        if weights_dtype is not None:
+            quantize_model(model, weights_dtype_for(model, weights_dtype))
+        return model.eval()
     stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
     saved = quantized_weights_path(stem, weights_dtype) if weights_dtype is not None else None
     if saved is not None and saved.is_file():

@@ -6,7 +6,8 @@ back. For a CUDA device the host tensors of an offloaded model move into page-lo
 (memory-mapped safetensors pages or pageable copies before): copies from there run at the bus's speed and
 asynchronously, where pageable memory goes through a staging buffer at a fraction of it.
 
-With ``weights_dtype="int8"`` or ``"fp8"`` the store quantizes every flow model it loads (`omnivox.models.quantize`;
+With ``weights_dtype="int8"`` or ``"fp8"`` the store quantizes every flow model and DINOv3 (in int8 for fp8:
+`weights_dtype_for`) it loads (`omnivox.models.quantize`;
 on the compute device, one layer at a time, when that is a GPU), unless the loader already returned it quantized.
 `ModelStore.weights_bytes` counts the bytes the models really hold, so the memory planner sees the 8-bit sizes and an
 offloading plan copies half the flow bytes per stage. `capped_device_memory` makes a budget binding for the CUDA
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from omnivox.models.quantize import (check_weights_dtype_for, quantize_model, supports_8bit_weights,
-                                     weights_dtype_of)
+                                     weights_dtype_for, weights_dtype_of)
 
 
 # The `gc.collect` generation around offloaded stages: 1 collects generations 0 and 1 (recent objects).
@@ -60,7 +61,7 @@ class ModelStore:
         if role not in self._models:
             model = self._loader(role)
             if self.weights_dtype is not None and supports_8bit_weights(model) and weights_dtype_of(model) is None:
-                quantize_model(model, self.weights_dtype,
+                quantize_model(model, weights_dtype_for(model, self.weights_dtype),
                                work_device=self.device if self.device.type == "cuda" else None)
             self._models[role] = model
         return self._models[role]

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from omnivox.models import SLatFlowModel, SparseStructureFlowModel, from_pretrained, save_pretrained
+from omnivox.models import (DINOv3Config, DINOv3ViT, SLatFlowModel, SparseStructureFlowModel, from_pretrained,
+                            save_pretrained)
 from omnivox.models.quantize import (CODE_MAX, QuantizedLinear, check_weights_dtype, dequantize_rows_reference,
                                      quantize_model, quantize_rows_fp8_reference, quantize_weight,
                                      supports_8bit_weights, weights_dtype_of)
@@ -130,7 +131,6 @@ def test_dinov3_quantizes_its_layers_and_keeps_its_features(tmp_path, weights_dt
     """DINOv3 (float32, the largest model after the flows): its layers' Linear weights in 8 bits, on a real image."""
     from PIL import Image
 
-    from omnivox.models import DINOv3Config, DINOv3ViT
     from omnivox.models.dinov3 import normalize_images
 
     image_path = REPO.parent / "shared" / "assets" / "images" / "ToyCar_screenshot_large.jpg"
@@ -158,11 +158,15 @@ def test_dinov3_quantizes_its_layers_and_keeps_its_features(tmp_path, weights_dt
     linears = [m for m in model.layer.modules() if type(m) is nn.Linear]  # float32: 4 bytes -> 1, plus a scale
     saved = sum(m.weight.numel() * (4 - 1) - 4 * m.out_features for m in linears)
     assert module_bytes(quantized) == module_bytes(model) - saved and saved > 0
-    # The image-encoder folder loads quantized on the fly (there is no saved 8-bit copy for it).
+    # The image-encoder folder loads quantized on the fly (there is no saved 8-bit copy for it), in int8 for either
+    # format: a float32 model never takes the fp8 GEMM, and int8 codes are finer.
     save_pretrained(model, tmp_path / "dinov3")
     loaded = from_pretrained(tmp_path / "dinov3", weights_dtype=weights_dtype)
+    int8 = out if weights_dtype == "int8" else quantize_model(copy.deepcopy(model), "int8")(images)
     with torch.no_grad():
-        assert weights_dtype_of(loaded) == weights_dtype and torch.equal(loaded(images), out)
+        assert weights_dtype_of(loaded) == "int8" and torch.equal(loaded(images), int8)
+        if weights_dtype == "fp8":
+            assert _relative(int8, reference) < _relative(out, reference)
 
 
 def test_dense_flow_quantizes_too():
@@ -234,6 +238,11 @@ def test_model_store_quantizes_flows_and_counts_real_bytes():
     plain_bytes = module_bytes(flows["flow"])
     store = ModelStore(lambda role: copy.deepcopy(flows[role]), torch.device("cpu"), weights_dtype="int8")
     assert store.weights_format("flow") == "int8" and store.weights_format("other") == "float32"
+    fp8_store = ModelStore(lambda role: copy.deepcopy(flows[role]), torch.device("cpu"), weights_dtype="fp8")
+    assert fp8_store.weights_format("flow") == "fp8"
+    dinov3 = DINOv3ViT(DINOv3Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=16))
+    assert ModelStore(lambda role: dinov3, torch.device("cpu"), weights_dtype="fp8").weights_format("enc") == "int8"
     linears = [m for m in flows["flow"].blocks.modules() if type(m) is nn.Linear]  # bf16: 2 bytes -> 1
     expected = plain_bytes - sum(m.weight.numel() - 4 * m.out_features for m in linears)
     assert store.weights_bytes("flow") == module_bytes(store.get("flow")) == expected
