@@ -218,13 +218,26 @@ def create_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits
             texture_size: int = Form(2048),
             tex_slat_steps: Optional[int] = Form(None),
             tex_slat_guidance: Optional[float] = Form(None),
+            profile: str = Form("plain", description="plain, or game: the mesh decimated to a triangle budget in "
+                                                     "a new atlas, baked normal map and occlusion, "
+                                                     "result.report.json beside the file"),
+            decimation_target: Optional[int] = Form(None, description="profile=game: triangle budget (default "
+                                                                       "20000)"),
+            lods: int = Form(0, description="profile=game: coarser levels of detail after the first (MSFT_lod)"),
+            watertight: bool = Form(False, description="profile=game: a closed, manifold, outward surface"),
         ) -> JobStatus:
             mesh_name = mesh.filename or "mesh"
             suffix, mesh_bytes = check_mesh_upload(mesh.file.read(), mesh_name, limits)
             pictures = read_views(image)
             if resolution not in (512, 1024):
                 raise InputError(f"resolution must be 512 or 1024, got {resolution}", status=422)
-            params = tasks.GenerateParams(seed=seed, texture_size=texture_size, multiview_mode=multiview_mode or None)
+            if decimation_target is None:
+                from omnivox.ovoxel.game import GameProfile
+
+                decimation_target = GameProfile().faces  # only the game profile reads it here
+            params = tasks.GenerateParams(seed=seed, texture_size=texture_size, multiview_mode=multiview_mode or None,
+                                          profile=profile, decimation_target=decimation_target, lods=lods,
+                                          watertight=watertight)
             if tex_slat_steps is not None or tex_slat_guidance is not None:
                 params = params.with_stage("tex_slat", tex_slat_steps, tex_slat_guidance)
             params = params.validated()

@@ -219,12 +219,17 @@ def texture(models: Models, context: JobContext, mesh: Path, image: "Image.Image
 
     if models.texturing is None:
         raise RuntimeError("no texturing pipeline is loaded (the weights folder has no texturing_pipeline.json)")
+    profile = params.game_profile()
     result = models.texturing.run(mesh, images=views_list(image), multiview_mode=params.multiview_mode,
                                   seed=params.seed, resolution=resolution,
                                   texture_size=params.texture_size, sampler_params=sampler_params(params),
-                                  callback=progress_callback(context, ["tex_slat", "export"]))
+                                  callback=progress_callback(context, ["tex_slat", "export" if profile is None
+                                                                       else "game_export"]), profile=profile)
     path = context.output_dir / "result.glb"
-    save_glb(result, path)
+    if profile is None:
+        save_glb(result, path)
+    else:  # the game-ready file and result.report.json beside it
+        result.save(path)
     return path
 
 

@@ -156,6 +156,30 @@ def test_texture_end_to_end(client, server, assets):
     assert abs(mesh.bounds - source.bounds).max() < 1e-3 * source.scale
 
 
+def test_texture_with_the_game_profile(client, server, assets):
+    """/v1/texture with profile=game: the user's mesh decimated to the budget, MSFT_lod levels, the report beside
+    the file; read back by an independent reader, in the mesh's own place and size."""
+    files = {"mesh": ("wallhole.obj", (assets / "mesh/wallhole.obj").read_bytes()),
+             "image": ("crown.webp", (assets / CROWN).read_bytes())}
+    data = {"resolution": 512, "texture_size": 512, "tex_slat_steps": 1, "profile": "game",
+            "decimation_target": 2000, "lods": 1}
+    response = client.post("/v1/texture", files=files, data=data)
+    assert response.status_code == 202, response.text
+    status, _ = _wait(client, server, response.json()["id"])
+    assert status["state"] == "done", status
+    glb = client.get(f"/v1/jobs/{status['id']}/result.glb")
+    assert glb.status_code == 200 and glb.content[:4] == b"glTF"
+    header = json.loads(glb.content[20:20 + int.from_bytes(glb.content[12:16], "little")])
+    assert "MSFT_lod" in header.get("extensionsUsed", [])
+    scene = trimesh.load(io.BytesIO(glb.content), file_type="glb")
+    level0 = max(scene.geometry.values(), key=lambda g: len(g.faces))
+    assert 0 < len(level0.faces) <= 2000
+    source = trimesh.load(assets / "mesh/wallhole.obj", force="mesh")
+    assert abs(level0.bounds - source.bounds).max() < 2e-2 * source.scale
+    response = client.post("/v1/texture", files=files, data={**data, "profile": "plain"})
+    assert response.status_code == 422 and "only apply with profile 'game'" in response.text
+
+
 def _png_header_only(width, height):
     def chunk(kind, payload):
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
