@@ -440,7 +440,7 @@ def run_one(rel: str, resolution: int, texture_size: int, decimation_target: int
     from omnivox.ovoxel.extract import dual_grid_to_mesh
     from omnivox.ovoxel.grid import Grid
     from omnivox.ovoxel.io import decode_vxz, encode_vxz
-    from omnivox.ovoxel.materials import scene_to_ovoxel
+    from omnivox.ovoxel.convert import scene_to_ovoxel
     from omnivox.ovoxel.metrics import surface_fidelity
     from omnivox.ovoxel.packing import stack_attributes, unpack_geometry
     from scipy.spatial import cKDTree

@@ -386,7 +386,12 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
             return v, f
         before = len(f)
         v, f = meshops.fill_small_holes(v, f, hole_limit)
-        holes += len(np.unique(f[before:, 2]))
+        # A loop along collinear vertices (a slit, as on wallhole.obj) fans into faces without area, which no atlas
+        # can lay out: those fan faces go, and the slit stays open.
+        fans = meshops.remove_degenerate_faces(v, f[before:])
+        holes += len(np.unique(fans[:, 2]))
+        if len(fans) < len(f) - before:
+            return meshops.compact(v, np.concatenate([f[:before], fans]))
         return v, f
 
     device = torch.device(device) if device is not None else torch.device("cpu")
