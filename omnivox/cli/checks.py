@@ -106,6 +106,14 @@ def compute_device(device: Optional[str]) -> str:
     return device
 
 
+# The game profile's options, one definition for `export`, `generate` and `texture` (each command words its own
+# --profile and --faces, whose defaults differ).
+LODS_OPTION = typer.Option(0, "--lods", help="game: coarser levels of detail after the first (MSFT_lod).")
+WATERTIGHT_OPTION = typer.Option(False, "--watertight", help="game: a closed, manifold, outward surface.")
+NORMAL_MAP_OPTION = typer.Option(True, "--normal-map/--no-normal-map", help="game: bake a normal map.")
+OCCLUSION_OPTION = typer.Option(True, "--occlusion/--no-occlusion", help="game: bake ambient occlusion (ORM).")
+
+
 def game_profile(profile: str, *, faces: Optional[int], lods: int, watertight: bool, normal_map: bool,
                  occlusion: bool, texture_size: int):
     """The ``--profile`` options as an ``omnivox.ovoxel.game.GameProfile`` (``profile == "game"``) or None

@@ -41,10 +41,10 @@ def export_glb(
     profile: str = typer.Option("plain", "--profile", help="plain (as above) or game: a triangle budget (--faces, "
                                                            "default 20000 here), baked normal map and occlusion, "
                                                            "a validity report beside the file."),
-    lods: int = typer.Option(0, "--lods", help="game: coarser levels of detail after the first (MSFT_lod)."),
-    watertight: bool = typer.Option(False, "--watertight", help="game: a closed, manifold, outward surface."),
-    normal_map: bool = typer.Option(True, "--normal-map/--no-normal-map", help="game: bake a normal map."),
-    occlusion: bool = typer.Option(True, "--occlusion/--no-occlusion", help="game: bake ambient occlusion (ORM)."),
+    lods: int = checks.LODS_OPTION,
+    watertight: bool = checks.WATERTIGHT_OPTION,
+    normal_map: bool = checks.NORMAL_MAP_OPTION,
+    occlusion: bool = checks.OCCLUSION_OPTION,
 ) -> None:
     """Extract the surface, unwrap it, bake base colour / metallic-roughness / alpha textures and write a GLB."""
     import time

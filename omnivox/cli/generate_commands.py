@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from omnivox.cli.main import app
+from omnivox.cli import checks
 from omnivox.cli.checks import (ASSET_SUFFIXES, IMAGE_SUFFIXES, fail, game_profile, input_file, output_file,
                                 output_folder, weights_folder)
 from omnivox.cli.progress import progress_bar
@@ -153,10 +154,10 @@ def generate(
     profile: str = typer.Option("plain", "--profile", help="plain, or game: a triangle budget (--faces, default "
                                                            "20000 here), baked normal map and occlusion, a "
                                                            "validity report beside each file (docs/game_export.md)."),
-    lods: int = typer.Option(0, "--lods", help="game: coarser levels of detail after the first (MSFT_lod)."),
-    watertight: bool = typer.Option(False, "--watertight", help="game: a closed, manifold, outward surface."),
-    normal_map: bool = typer.Option(True, "--normal-map/--no-normal-map", help="game: bake a normal map."),
-    occlusion: bool = typer.Option(True, "--occlusion/--no-occlusion", help="game: bake ambient occlusion (ORM)."),
+    lods: int = checks.LODS_OPTION,
+    watertight: bool = checks.WATERTIGHT_OPTION,
+    normal_map: bool = checks.NORMAL_MAP_OPTION,
+    occlusion: bool = checks.OCCLUSION_OPTION,
     multiview: bool = typer.Option(False, "--multiview", help="The images are views of one object (front, side, "
                                                               "back ...): one asset conditioned on all of them."),
     multiview_mode: Optional[str] = typer.Option(None, "--multiview-mode",
@@ -263,10 +264,10 @@ def texture(
                                                            "budget (--faces) in a new atlas, a normal map baked "
                                                            "from the full mesh, occlusion, a validity report "
                                                            "beside the file (docs/game_export.md)."),
-    lods: int = typer.Option(0, "--lods", help="game: coarser levels of detail after the first (MSFT_lod)."),
-    watertight: bool = typer.Option(False, "--watertight", help="game: a closed, manifold, outward surface."),
-    normal_map: bool = typer.Option(True, "--normal-map/--no-normal-map", help="game: bake a normal map."),
-    occlusion: bool = typer.Option(True, "--occlusion/--no-occlusion", help="game: bake ambient occlusion (ORM)."),
+    lods: int = checks.LODS_OPTION,
+    watertight: bool = checks.WATERTIGHT_OPTION,
+    normal_map: bool = checks.NORMAL_MAP_OPTION,
+    occlusion: bool = checks.OCCLUSION_OPTION,
     up_axis: Optional[str] = typer.Option(None, "--up", help="Up axis of the mesh file: y or z (default: y for "
                                                              ".glb/.gltf/.obj, z for .stl/.ply)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="GPU memory budget, e.g. 16GB."),

@@ -673,8 +673,8 @@ class _DeviationFrom:
         return np.concatenate([there, back])
 
 
-class _DeviationOnDevice(_DeviationFrom):
-    """`_DeviationFrom` with exact distances (every sample against every triangle) on a CUDA device, by the
+class _DeviationOnDevice:
+    """`_DeviationFrom`'s interface with exact distances (every sample against every triangle) on a CUDA device, by the
     Triton kernel `kernels.triton.distance.point_triangle_distance`: milliseconds where the CPU's search structure
     takes a few tenths of a second per surface."""
 
