@@ -8,7 +8,7 @@
 #   bash bench/device_check.sh bench    # image -> GLB (issue 16), budgets + DINOv3 8-bit (23), Ray on one GPU (24)
 #   bash bench/device_check.sh sparse   # the new sparse-conv kernels against FlexGEMM (19)
 #
-# Recreate the ignored inputs here first if they are gone: python bench/reference_kit.py wheels|ray|pack,
+# Recreate the ignored inputs here first if they are gone: python bench/reference_kit.py wheels|ray|pack|shared,
 # python bench/bench_pipelines.py prepare, python bench/bench_data_ray.py prepare --root .refkit/rayroot --under mesh.
 set -u
 T0=$(date +%s)

@@ -23,6 +23,7 @@ cross_attn.{to_q, to_kv, q_rms_norm, k_rms_norm, to_out}.*, mlp.mlp.{0,2}.*}``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple, Union
@@ -635,9 +636,13 @@ class SLatFlowModel(_FlowTransformer):
         # a plan per sequence length (100-150 ms each on an H100); flash attention needs none but its kernels are
         # slower. Attention grows with the square of the count, so below CUDNN_MIN_TOKENS per sample (the 512
         # stages) flash costs less per run, above it (the 1024 and 1536 stages) the plans do (measured:
-        # docs/benchmarks/pipelines.md).
-        longest = max(tokens.seq_lens, default=0)
-        backends = VARIABLE_LENGTH_ATTENTION if longest < CUDNN_MIN_TOKENS else LONG_SEQUENCE_ATTENTION
-        with sdpa_kernel(backends, set_priority=True):
+        # docs/benchmarks/pipelines.md). Inference only: under autograd the caller's SDPA settings hold, because
+        # activation checkpointing recomputes a block outside this forward, where a different backend would save
+        # different tensors (torch.utils.checkpoint raises), and a training run may ask for deterministic kernels.
+        backends = None
+        if not torch.is_grad_enabled():
+            longest = max(tokens.seq_lens, default=0)
+            backends = VARIABLE_LENGTH_ATTENTION if longest < CUDNN_MIN_TOKENS else LONG_SEQUENCE_ATTENTION
+        with sdpa_kernel(backends, set_priority=True) if backends else contextlib.nullcontext():
             h = self._run_blocks(self.input_layer(feats.float()), t, cond, tokens, token_chunk)
         return x.replace(h)

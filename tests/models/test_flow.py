@@ -130,6 +130,26 @@ def test_sparse_flow_matches_reference_per_item_and_ignores_other_items():
         assert relative_error(single.feats, out.feats[rows]) < 1e-6
 
 
+def test_attention_backends_are_the_models_choice_only_for_inference():
+    # The sparse model picks SDPA backends for inference speed; under autograd it must leave the caller's choice
+    # alone: activation checkpointing recomputes blocks outside the model's forward (a different backend there
+    # saves different tensors and torch.utils.checkpoint raises, as it did on CUDA), and a bit-exact training
+    # run may pin the math kernel. A backend CPU lacks makes the caller's choice visible: it must fail under grad.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cfg = tiny_flow_config(resolution=8)
+    model = randomize(SLatFlowModel(cfg), seed=3)
+    x = sparse_from(random_voxels(20, 8, batch=1, seed=4), 8, seed=5)
+    _, t, cond = _inputs(1, tiny_flow_config(), seed=7)
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):  # not available for CPU tensors
+        with torch.no_grad():
+            inference = model(x, t, cond)
+        with pytest.raises(RuntimeError, match="(?i)no (available kernel|viable backend)"):
+            model(x, t, cond)
+    training = model(x, t, cond)
+    assert relative_error(training.feats, inference.feats) < 1e-5
+
+
 def test_sparse_on_full_grid_equals_dense_model():
     cfg = tiny_flow_config()
     dense = randomize(SparseStructureFlowModel(cfg), seed=8)

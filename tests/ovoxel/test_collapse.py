@@ -60,6 +60,24 @@ def test_best_position_keeps_a_corner_and_centres_a_flat_patch():
     assert torch.allclose(position[0, :2], mid[0, :2], atol=1e-9) and abs(float(position[0, 2])) < 1e-3
 
 
+def test_best_positions_solve_the_regularised_systems_like_an_lu_solve():
+    # The written-out 3x3 solve against torch.linalg.solve on the same regularised systems, float64; the quadrics
+    # of random triangle fans, so some are nearly flat (badly conditioned) and some are corners.
+    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    vertices = torch.rand(400, 3, generator=gen, dtype=torch.float64)
+    faces = torch.stack([torch.randperm(400, generator=gen)[:3] for _ in range(900)])
+    per_vertex = collapse.face_quadrics(vertices, faces)
+    pick = torch.randint(0, 400, (2, 300), generator=gen)
+    q = per_vertex[pick[0]] + per_vertex[pick[1]]  # an edge's quadric, as the rounds form it
+    midpoint = torch.rand(300, 3, generator=gen, dtype=torch.float64)
+    got = collapse.best_positions(q, midpoint)
+    a, b, _ = collapse._unpack(q)
+    scale = (a.diagonal(dim1=1, dim2=2).sum(1) / 3).clamp_min(1e-300) * collapse.POSITION_REGULARISATION
+    expected = torch.linalg.solve(a + scale.view(-1, 1, 1) * torch.eye(3, dtype=torch.float64),
+                                  scale.unsqueeze(1) * midpoint - b)
+    assert float((got - expected).norm() / expected.norm()) < 1e-9
+
+
 def test_rounds_reach_the_target_keep_borders_and_stay_close(spot_surface):
     v, f, resolution = spot_surface
     target = len(f) // 6

@@ -11,11 +11,18 @@ from .conftest import RGBA_IMAGE
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("max_memory", [None, "1MB"])
-def test_cuda_run_matches_cpu_run(tiny_weights, assets, tmp_path, max_memory):
+@pytest.mark.parametrize("smallest_budget", [False, True])
+def test_cuda_run_matches_cpu_run(tiny_weights, assets, tmp_path, smallest_budget):
     structure = np.array([[x, y, 8 + (x + y) % 3] for x in range(8, 20) for y in range(10, 18)])
     latents = {}
     for device in ("cpu", "cuda"):
+        max_memory = None
+        if smallest_budget:  # the least the planner accepts: offloaded models, the smallest chunks
+            probe = ImageTo3DPipeline.from_pretrained(tiny_weights, device=device, dtype=torch.float32)
+            max_memory = probe.plan("1024_cascade", max_memory="1MB").required_budget_bytes
+            del probe
+            if device == "cuda":  # the budget caps the whole process: add what earlier tests left allocated
+                max_memory += torch.cuda.memory_allocated()
         pipe = ImageTo3DPipeline.from_pretrained(tiny_weights, device=device, dtype=torch.float32,
                                                  max_memory=max_memory)
         assert pipe.batch_guidance == (device == "cuda")
