@@ -271,8 +271,10 @@ def forward_tiles(k: int, m: int, dtype: torch.dtype,
         return _fit_shared_memory(tiles, dtype, False, shared_memory_limit)
     block_m = _pow2_between(m, 16, 256)
     block_rows = FORWARD_BLOCK_ROWS[2]
+    # Two warp groups only for tiles above 128 x 128: at 128 x 128 one group was 1.10x faster on the H100, at
+    # 128 x 256 four times slower (tile sweep of 2026-12-07, docs/benchmarks/sparse_vs_flexgemm.md).
     tiles = TileConfig(block_rows=block_rows, block_k=_pow2_between(k, 16, 64), block_m=block_m,
-                       num_warps=8 if block_rows * block_m >= 128 * 128 else 4,
+                       num_warps=8 if block_rows * block_m > 128 * 128 else 4,
                        num_stages=7 if block_m <= 64 else 5)
     return _fit_shared_memory(tiles, dtype, False, shared_memory_limit)
 
@@ -282,15 +284,17 @@ def weight_grad_tiles(k: int, m: int, dtype: torch.dtype,
     """Tiles of the weight-gradient kernel: ``(M x K)`` accumulator tiles, ``block_rows`` pairs per step.
 
     Each (tap, Co tile, Ci tile) program re-reads its pairs' rows of ``grad_out`` and ``feats``, so large
-    tiles cut the operand traffic for wide layers. One warp group per program: with two, ptxas serialises the
-    asynchronous MMAs of this loop (warning C7515 when compiled for sm_90 with Triton 3.6).
+    tiles cut the operand traffic for wide layers. Two warp groups for 128 x 128 tiles: ptxas then serialises
+    the asynchronous MMAs of this loop (warning C7515 when compiled for sm_90 with Triton 3.6), yet the H100 ran
+    them 1.05-1.07x faster than one group at C = 128-1024 (tile sweep of 2026-12-07); smaller tiles keep one.
     """
     if dtype == torch.float32:
         tiles = TileConfig(block_rows=32, block_k=_pow2_between(k, 16, 64), block_m=_pow2_between(m, 16, 64),
                            num_warps=4, num_stages=3)
         return _fit_shared_memory(tiles, dtype, True, shared_memory_limit)
-    tiles = TileConfig(block_rows=64, block_k=_pow2_between(k, 16, 128), block_m=_pow2_between(m, 16, 128),
-                       num_warps=4, num_stages=5)
+    block_k, block_m = _pow2_between(k, 16, 128), _pow2_between(m, 16, 128)
+    tiles = TileConfig(block_rows=64, block_k=block_k, block_m=block_m,
+                       num_warps=8 if block_k * block_m >= 128 * 128 else 4, num_stages=5)
     return _fit_shared_memory(tiles, dtype, True, shared_memory_limit)
 
 
