@@ -363,6 +363,15 @@ def test_bad_inputs_raise_value_error(sphere, change, message):
         to_glb(**args)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_duplicate_voxels_are_found_on_the_cuda_path_too(sphere):
+    grid, coords, vertices, faces = sphere
+    doubled = np.concatenate([coords[:1], coords[:-1]])
+    with pytest.raises(ValueError, match="1 duplicate"):
+        to_glb(vertices, faces, doubled, _position_colours(doubled, grid), grid, device="cuda")
+
+
 def test_save_glb_rejects_bad_path_and_mesh(sphere_glb, tmp_path):
     with pytest.raises(ValueError, match=r"\.glb"):
         save_glb(sphere_glb[0], tmp_path / "x.gltf")
