@@ -17,7 +17,9 @@ GLB download). Deliberate differences from the reference demo:
 * texture sizes include 512 and the decimation target goes down to 10,000 faces, for quick previews on small GPUs;
 * an image without transparency is refused at once when no background model is loaded, instead of failing later;
 * more photos of the same object can be added (side, back ...): one model conditioned on all of them
-  (docs/multiview.md), which the reference demo does not offer for TRELLIS.2.
+  (docs/multiview.md), which the reference demo does not offer for TRELLIS.2;
+* both tabs offer a game-ready file under "Game-ready export" (`omnivox.ovoxel.game`: a triangle budget, baked
+  normal map and occlusion, levels of detail as ``MSFT_lod``, a watertight option), as the CLI and the service do.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
         previews: turntable / PBR panel settings (None: no previews).
         poll_seconds: how often handlers poll their job.
     """
-    from omnivox.ovoxel.game import MAX_LODS  # the game export's own limit (the app is built once)
+    from omnivox.ovoxel.game import MAX_LODS, GameProfile  # the game export's own limits (the app is built once)
 
     types = tasks.pipeline_types(models)
     defaults = tasks.stage_defaults(models)
@@ -79,7 +81,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                                            elem_id="decimation")
                     texture_size = gr.Radio([str(s) for s in tasks.TEXTURE_SIZES], value="2048",
                                                label="Texture size", elem_id="texture-size")
-                    with gr.Accordion("Game-ready export", open=False):
+                    with gr.Accordion("Game-ready export", open=False, elem_id="game-export"):
                         game_profile = gr.Checkbox(False, label="Game-ready file: the face budget as a triangle "
                                                                 "budget, baked normal map and occlusion",
                                                    elem_id="game-profile")
@@ -118,11 +120,26 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                                         file_types=[".glb", ".gltf", ".obj", ".ply", ".stl"])
                     texture_image = gr.Image(label="Image", type="pil", image_mode=None, elem_id="texture-image",
                                              height=320)
-                    texture_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=tasks.MAX_SEED)
+                    texture_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=tasks.MAX_SEED,
+                                             elem_id="texture-seed")
                     texture_resolution = gr.Radio(["512", "1024"], value="1024", label="Resolution",
                                                   elem_id="texture-resolution")
                     texture_texture_size = gr.Radio([str(s) for s in tasks.TEXTURE_SIZES], value="2048",
                                                     label="Texture size", elem_id="texture-texture-size")
+                    with gr.Accordion("Game-ready export", open=False, elem_id="texture-game-export"):
+                        texture_game_profile = gr.Checkbox(False, label="Game-ready file: your mesh decimated "
+                                                                        "to the triangle budget in a new atlas, "
+                                                                        "baked normal map and occlusion",
+                                                           elem_id="texture-game-profile")
+                        # Plain texturing keeps the user's faces, so unlike the generate tab's face budget (which
+                        # always applies) this one only counts for the game-ready file.
+                        texture_faces = gr.Slider(1_000, 1_000_000, value=GameProfile().faces, step=1_000,
+                                                  label="Triangle budget (game-ready file)",
+                                                  elem_id="texture-faces")
+                        texture_lods = gr.Slider(0, MAX_LODS, value=0, step=1, label="Levels of detail (MSFT_lod)",
+                                                 elem_id="texture-lods")
+                        texture_watertight = gr.Checkbox(False, label="Watertight (closed, manifold)",
+                                                         elem_id="texture-watertight")
                     texture_button = gr.Button("Texture", variant="primary", elem_id="texture")
                 with gr.Column(scale=2):
                     texture_status = gr.Markdown("Ready.", elem_id="texture-status")
@@ -142,8 +159,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                 params = tasks.GenerateParams(seed=chosen_seed, pipeline_type=chosen_type or None,
                                               decimation_target=int(faces), texture_size=int(size),
                                               multiview_mode=chosen_mode or None,
-                                              profile="game" if game else "plain",
-                                              lods=int(levels) if game else 0, watertight=bool(closed and game))
+                                              **_export_choice(game, levels, closed))
                 for index, name in enumerate(tasks.STAGES):
                     params = params.with_stage(name, int(stage_values[2 * index]), float(stage_values[2 * index + 1]))
                 params = params.validated(types)
@@ -170,7 +186,7 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
         cancel_button.click(lambda current: _cancel(queue, current), inputs=[job_id], outputs=[status],
                             cancels=[generate_event])
 
-        def on_texture(mesh_path, picture, chosen_seed, resolution, size):
+        def on_texture(mesh_path, picture, chosen_seed, resolution, size, game, faces, levels, closed):
             if mesh_path is None or picture is None:
                 yield "**Error:** upload a mesh and an image first.", None
                 return
@@ -178,7 +194,9 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
                 upload = Path(mesh_path)
                 suffix, mesh_bytes = check_mesh_upload(upload.read_bytes(), upload.name, limits)
                 picture = _checked_image(picture, limits)
-                params = tasks.GenerateParams(seed=int(chosen_seed or 0), texture_size=int(size)).validated()
+                params = tasks.GenerateParams(seed=int(chosen_seed or 0), texture_size=int(size),
+                                              decimation_target=int(faces), **_export_choice(game, levels, closed))
+                params = params.validated()
                 tasks.check_background(models.texturing, picture)
                 job = queue.submit("texture", lambda m, ctx: tasks.texture_upload(
                     m, ctx, suffix, mesh_bytes, picture, params, resolution=int(resolution)))
@@ -191,12 +209,20 @@ def build_app(queue: JobQueue, models: tasks.Models, *, limits: Limits = Limits(
         texture_button.click(
             lambda: (None, gr.DownloadButton(visible=False)), outputs=[texture_viewer, texture_download], queue=False,
         ).then(
-            on_texture, inputs=[mesh_file, texture_image, texture_seed, texture_resolution, texture_texture_size],
+            on_texture, inputs=[mesh_file, texture_image, texture_seed, texture_resolution, texture_texture_size,
+                                texture_game_profile, texture_faces, texture_lods, texture_watertight],
             outputs=[texture_status, texture_job], concurrency_limit=None,
         ).then(
             lambda current: _results(queue, current)[:2], inputs=[texture_job],
             outputs=[texture_viewer, texture_download])
     return demo
+
+
+def _export_choice(game: bool, levels, closed: bool) -> dict:
+    """`tasks.GenerateParams` fields of a tab's game controls. Levels and watertight count only while the game
+    profile is ticked: the plain profile refuses them, and a user who unticks it after setting them means plain."""
+    return dict(profile="game" if game else "plain", lods=int(levels or 0) if game else 0,
+                watertight=bool(game and closed))
 
 
 def _checked_image(picture, limits: Limits):

@@ -1,24 +1,49 @@
 // Drives the omnivox gradio app in headless Chromium: upload an image, generate, wait for the 3D viewer and the
-// GLB download, save screenshots; then the same on the "Texture a mesh" tab.
-// Usage: node app_flow.js URL IMAGE MESH OUT_DIR   (prints a JSON summary on its last line)
+// GLB download, save screenshots; then the same on the "Texture a mesh" tab, once plain and once as a game-ready
+// file (another mesh, its triangle budget and levels of detail set on the page).
+// Usage: node app_flow.js URL IMAGE MESH GAME_MESH GAME_FACES GAME_LODS OUT_DIR
+//   (prints a JSON summary on its last line)
 const path = require('path');
 const { chromium } = require('playwright-core');
 
-const [url, image, mesh, outDir] = process.argv.slice(2);
+const [url, image, mesh, gameMesh, gameFaces, gameLods, outDir] = process.argv.slice(2);
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+// The text of a status line (gradio's Markdown), without the timer gradio lays over it while an event is pending.
+async function statusText(page, selector) {
+  return (await page.locator(`${selector} [data-testid=markdown]`).innerText()).trim();
+}
 
 // Every distinct text of a status line (queue position, stage progress) until it reports an outcome.
 async function followStatus(page, selector, timeoutMs) {
   const seen = [];
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const text = (await page.locator(selector).innerText()).trim();
+    const text = await statusText(page, selector);
     if (seen[seen.length - 1] !== text) seen.push(text);
     if (/^(Done|Failed|Cancelled|Error)/.test(text)) return seen;
     if (Date.now() > deadline) throw new Error(`${selector} did not finish: ${text}`);
     await page.waitForTimeout(100);
   }
+}
+
+// Click `button` and follow the status line from the first text that differs from the one before the click (the
+// line of an earlier run on the same tab stays on the page until the new run reports).
+async function runAndFollow(page, button, selector, timeoutMs) {
+  const before = await statusText(page, selector);
+  await page.locator(button).click();
+  await page.waitForFunction(
+    ([sel, old]) => document.querySelector(`${sel} [data-testid=markdown]`).innerText.trim() !== old,
+    [selector, before], { timeout: 30000 });
+  return followStatus(page, selector, timeoutMs);
+}
+
+// Set a gradio slider through its number box (what a user types) and read back where the range input ended up.
+async function setSlider(page, id, value) {
+  await page.locator(`${id} input[type=number]`).fill(String(value));
+  await page.locator(`${id} input[type=number]`).press('Enter');
+  return Number(await page.locator(`${id} input[type=range]`).inputValue());
 }
 
 async function saveResult(page, prefix, viewer, button) {
@@ -48,8 +73,7 @@ async function saveResult(page, prefix, viewer, button) {
     await page.locator('#input-image img').first().waitFor();
     await page.locator('#pipeline-type').getByLabel('512', { exact: true }).check();
     await page.locator('#texture-size').getByLabel('512', { exact: true }).check();
-    await page.locator('#generate').click();
-    summary.statuses = await followStatus(page, '#status', 240000);
+    summary.statuses = await runAndFollow(page, '#generate', '#status', 240000);
     summary.download = await saveResult(page, 'generate', '#viewer', '#download');
     summary.video = await page.locator('#turntable video').count();
     summary.panel = await page.locator('#pbr-panel img').count();
@@ -61,9 +85,20 @@ async function saveResult(page, prefix, viewer, button) {
     await page.locator('#texture-image img').first().waitFor();
     await page.locator('#texture-resolution').getByLabel('512', { exact: true }).check();
     await page.locator('#texture-texture-size').getByLabel('512', { exact: true }).check();
-    await page.locator('#texture').click();
-    summary.texture_statuses = await followStatus(page, '#texture-status', 240000);
+    summary.texture_statuses = await runAndFollow(page, '#texture', '#texture-status', 240000);
     summary.texture_download = await saveResult(page, 'texture', '#texture-viewer', '#texture-download');
+
+    // Texture a mesh as a game-ready file: replace the mesh, open "Game-ready export", tick it, set the budget
+    // and the levels of detail; the image, resolution and texture size stay as chosen above.
+    await page.locator('#texture-mesh').getByRole('button', { name: 'Clear' }).click();
+    await page.locator('#texture-mesh input[type=file]').setInputFiles(gameMesh);
+    await page.locator('#texture-mesh td.filename').waitFor();
+    await page.locator('#texture-game-export').getByRole('button', { name: 'Game-ready export' }).click();
+    await page.locator('#texture-game-profile input[type=checkbox]').check();
+    summary.game_faces_set = await setSlider(page, '#texture-faces', gameFaces);
+    summary.game_lods_set = await setSlider(page, '#texture-lods', gameLods);
+    summary.game_statuses = await runAndFollow(page, '#texture', '#texture-status', 240000);
+    summary.game_download = await saveResult(page, 'texture_game', '#texture-viewer', '#texture-download');
   } catch (e) {
     summary.errors.push(String((e && e.message) || e));
   } finally {
