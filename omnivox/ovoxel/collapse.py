@@ -132,6 +132,8 @@ def _independent_cheapest(edges, a, b, rank, num_vertices: int) -> torch.Tensor:
     none = torch.iinfo(torch.long).max
     chosen = torch.zeros(len(a), dtype=torch.bool, device=device)
     open_ = torch.ones(len(a), dtype=torch.bool, device=device)
+    # Every step is a fixed-size scatter or gather, with no boolean-mask indexing and no early exit: those would
+    # make the host wait for the GPU several times per pass, which costs more than the passes on small meshes.
     for _ in range(SELECTION_PASSES):
         cheapest_at = torch.full((num_vertices,), none, dtype=torch.long, device=device)
         r = torch.where(open_, rank, none)
@@ -141,16 +143,14 @@ def _independent_cheapest(edges, a, b, rank, num_vertices: int) -> torch.Tensor:
         around.scatter_reduce_(0, edges[:, 0], cheapest_at[edges[:, 1]], "amin")
         around.scatter_reduce_(0, edges[:, 1], cheapest_at[edges[:, 0]], "amin")
         new = open_ & (rank == around[a]) & (rank == around[b])
-        if not bool(new.any()):
-            break
         chosen |= new
-        taken = torch.zeros(num_vertices, dtype=torch.bool, device=device)
-        taken[a[new]] = True
-        taken[b[new]] = True
+        taken = torch.zeros(num_vertices, dtype=torch.uint8, device=device)
+        taken.scatter_reduce_(0, a, new.to(torch.uint8), "amax")
+        taken.scatter_reduce_(0, b, new.to(torch.uint8), "amax")
         near = taken.clone()  # endpoints of chosen edges and their neighbours
-        near[edges[:, 0][taken[edges[:, 1]]]] = True
-        near[edges[:, 1][taken[edges[:, 0]]]] = True
-        open_ &= ~near[a] & ~near[b]
+        near.scatter_reduce_(0, edges[:, 0], taken[edges[:, 1]], "amax")
+        near.scatter_reduce_(0, edges[:, 1], taken[edges[:, 0]], "amax")
+        open_ &= (near[a] == 0) & (near[b] == 0)
     return chosen
 
 
@@ -160,8 +160,11 @@ def _collapse_round(vertices, faces, quadrics, target_faces: int, considered: in
     device = faces.device
     nv = len(vertices)
     edges, counts = _edges(faces, nv)
-    locked = torch.zeros(nv, dtype=torch.bool, device=device)
-    locked[edges[counts != 2].reshape(-1)] = True  # open borders and non-manifold edges stay where they are
+    locked = torch.zeros(nv, dtype=torch.uint8, device=device)  # open borders and non-manifold edges stay put
+    not_manifold = (counts != 2).to(torch.uint8)
+    locked.scatter_reduce_(0, edges[:, 0], not_manifold, "amax")
+    locked.scatter_reduce_(0, edges[:, 1], not_manifold, "amax")
+    locked = locked.bool()
     candidate = torch.nonzero((counts == 2) & ~locked[edges[:, 0]] & ~locked[edges[:, 1]]).squeeze(1)
     if len(candidate) == 0:
         return vertices, faces, quadrics, 0, 0
@@ -169,8 +172,7 @@ def _collapse_round(vertices, faces, quadrics, target_faces: int, considered: in
     q = quadrics[a] + quadrics[b]
     midpoint = (vertices[a] + vertices[b]).to(torch.float64) / 2
     position = best_positions(q, midpoint)
-    bad = ~torch.isfinite(position).all(1)
-    position[bad] = midpoint[bad]
+    position = torch.where(torch.isfinite(position).all(1, keepdim=True), position, midpoint)
     cost = quadric_cost(q, position).clamp_min(0)
     total = len(cost)
     # Only the cheapest `considered` compete this round, ranked by (cost, edge id): ranks are unique, so
@@ -204,9 +206,9 @@ def _collapse_round(vertices, faces, quadrics, target_faces: int, considered: in
     n_new = torch.linalg.cross(new[:, 1] - new[:, 0], new[:, 2] - new[:, 0])
     cos_turn = (n_old * n_new).sum(1) / (n_old.norm(dim=1) * n_new.norm(dim=1)).clamp_min(1e-300)
     folds = ~removed & ~(cos_turn >= math.cos(math.radians(MAX_NORMAL_TURN)))
-    refused = torch.zeros(len(a), dtype=torch.bool, device=device)
-    refused[own[folds]] = True
-    ok = torch.nonzero(~refused).squeeze(1)
+    refused = torch.zeros(len(a), dtype=torch.uint8, device=device).scatter_reduce_(0, own, folds.to(torch.uint8),
+                                                                                    "amax")
+    ok = torch.nonzero(refused == 0).squeeze(1)
     limit = max((len(faces) - target_faces) // 2, 1)  # enough collapses to reach the target, cheapest first
     if len(ok) > limit:
         ok = ok[torch.argsort(rank[chosen_idx[ok]])[:limit]]
