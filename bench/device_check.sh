@@ -7,6 +7,7 @@
 #   bash bench/device_check.sh tests    # every GPU test (gpu-marked and skipif-CUDA), most recently changed first
 #   bash bench/device_check.sh bench    # image -> GLB (issue 16), budgets + DINOv3 8-bit (23), Ray on one GPU (24)
 #   bash bench/device_check.sh sparse   # the new sparse-conv kernels against FlexGEMM (19)
+#   bash bench/device_check.sh verify   # after the first three: GPU tests of what changed, e2e, sparse (ours), Ray
 #
 # Recreate the ignored inputs here first if they are gone: python bench/reference_kit.py wheels|ray|pack|shared,
 # python bench/bench_pipelines.py prepare, python bench/bench_data_ray.py prepare --root .refkit/rayroot --under mesh.
@@ -68,8 +69,29 @@ sparse)
   tail -4 "$OUT/sparse_tests.log"
   grep -E '^\|' "$OUT/vs_flexgemm.md"
   ;;
+verify)
+  # After the 16:15-16:41 runs: the changes made from them, in one call (carry as for `bench`). Steps share
+  # VERIFY_BUDGET seconds (default 300), most important first; the last gets what is left.
+  left() { echo $(( ${VERIFY_BUDGET:-300} - ($(date +%s) - T0) )); }
+  timeout 80 python bench/bench_end_to_end.py run --out "$OUT/e2e" --types 512 1024_cascade --repeats 2 \
+    --skip-own > "$OUT/e2e.log" 2>&1
+  step e2e $?
+  grep -E "summary|warm_1" "$OUT/e2e.log" | cut -c1-420
+  timeout 90 python -m pytest -q -p no:cacheprovider -rs -m gpu tests/ovoxel/test_collapse.py \
+    tests/ovoxel/test_export.py "tests/pipelines/test_pipelines_gpu.py::test_cuda_run_matches_cpu_run" \
+    > "$OUT/verify_tests.log" 2>&1
+  step tests $?
+  grep -E "FAILED|ERROR" "$OUT/verify_tests.log" | head; tail -1 "$OUT/verify_tests.log"
+  tar -xJf .refkit/ray/ray_core.tar.xz -C /tmp/site \
+    && chmod +x /tmp/site/ray/core/src/ray/gcs/gcs_server /tmp/site/ray/core/src/ray/raylet/raylet \
+    && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .refkit/ray/*.whl >/dev/null 2>&1
+  timeout $(left) python bench/bench_data_ray.py gpu --root .refkit/rayroot --views 8 --out "$OUT/ray_gpu.json" \
+    > "$OUT/ray.log" 2>&1
+  step ray $?
+  grep -E "engine|Error" "$OUT/ray.log" | tail -14 | cut -c1-200
+  ;;
 *)
-  echo "usage: bash bench/device_check.sh tests|bench|sparse" >&2
+  echo "usage: bash bench/device_check.sh tests|bench|sparse|verify" >&2
   exit 2
   ;;
 esac
