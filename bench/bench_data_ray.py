@@ -4,7 +4,8 @@ Usage:
     python bench/bench_data_ray.py cpu [--resolutions 256,512] [--cpus 2] [--repeats 2] [--out FILE.json]
     python bench/bench_data_ray.py overhead [--tasks 2000] [--cpus 2]          # each engine's own cost per asset
     python bench/bench_data_ray.py prepare --root DIR [--resolution 256] [--under mesh]  # a root for the GPU run
-    python bench/bench_data_ray.py gpu --root DIR [--views 16 --size 512] [--resolution 256] [--out FILE.json]
+    python bench/bench_data_ray.py gpu --root DIR [--views 16 --size 512] [--resolution 256] [--repeats 2]
+                                       [--out FILE.json]
 
 ``cpu``: indexes the development assets (``../shared/assets``) into a scratch root once, then runs `convert`
 alternately with the local runner (a pool of ``--cpus`` processes) and on a private Ray instance started with
@@ -22,6 +23,10 @@ per second, which bounds how many nodes one driver can keep busy.
 ``--resolution`` (the root to carry to the GPU machine). ``gpu`` (there) renders the condition views and encodes
 the O-Voxels with the released encoder architectures (random weights, saved as checkpoints), each with the local
 runner (one process on ``cuda:0``) and through Ray on the same machine (``num_gpus=1``; tasks of 0.5 and of 1 GPU).
+Ray's `encode` runs on a pool of actors that each load the encoders first: its rows add that start-up
+(``actors_ready_s``, from `ray_runner`'s log record) and the rate once the actors run
+(``assets_per_hour_after_start``). Each Ray run's output files are compared with the local run's of the same
+repeat (``files_identical_to_local``).
 ``--device cpu`` runs the same code on the CPU with tiny encoders (a smoke test of the script, not a measurement).
 """
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -88,6 +94,14 @@ def _clear(root: Path, keep=("raw", "metadata.csv", "new_records")) -> None:
 def _outputs(root: Path, folders) -> dict:
     return {path.relative_to(root).as_posix(): path.read_bytes()
             for folder in folders for path in sorted((root / folder).glob("*.*")) if path.is_file()}
+
+
+def _stage_files(root: Path, folder: str) -> dict:
+    """Every output file under ``root/folder`` (nested folders too, record part files excluded): path -> bytes."""
+    from omnivox.data.metadata import RECORDS_DIR
+
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted((root / folder).rglob("*"))
+            if path.is_file() and RECORDS_DIR not in path.relative_to(root).parts}
 
 
 def _copy_assets(raw: Path, under: str = "") -> None:
@@ -236,7 +250,19 @@ def _encoders(folder: Path, tiny: bool) -> tuple:
     return tuple(paths)
 
 
-def bench_gpu(root: Path, views: int, size: int, resolution: int, device: str, out: Path) -> None:
+class _ActorPoolStarts(logging.Handler):
+    """Collects the start-up seconds `ray_runner` logs for each pool of actors it starts (``actors_ready_s``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seconds = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "actors_ready_s"):
+            self.seconds.append(record.actors_ready_s)
+
+
+def bench_gpu(root: Path, views: int, size: int, resolution: int, device: str, repeats: int, out: Path) -> None:
     import ray
     import torch
 
@@ -265,12 +291,18 @@ def bench_gpu(root: Path, views: int, size: int, resolution: int, device: str, o
     ray.init(num_cpus=os.cpu_count(), num_gpus=1 if on_gpu else 0, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     info["ray_init_s"] = time.perf_counter() - start
+    pool_starts = _ActorPoolStarts()
+    ray_logger = logging.getLogger("omnivox.data.ray_runner")
+    ray_logger.addHandler(pool_starts)
+    ray_logger.setLevel(logging.INFO)
     runs = []
+    local_files = {}  # stage -> the local runner's output files of this repeat
     try:
-        for repeat in range(2):  # the first pass also compiles Triton kernels and warms the caches
+        for repeat in range(repeats):  # the first pass also compiles Triton kernels and warms the caches
             for engine, cluster in engines:
                 clear()
                 for stage in ("render", "encode"):
+                    pool_starts.seconds.clear()
                     start = time.perf_counter()
                     if stage == "render":
                         summary = run_render(root, num_views=views, size=size, devices=[device], progress=False,
@@ -283,14 +315,26 @@ def bench_gpu(root: Path, views: int, size: int, resolution: int, device: str, o
                     row = {"engine": engine, "stage": stage, "repeat": repeat, "done": summary.done,
                            "failed": summary.failed, "wall_s": round(wall, 2),
                            "assets_per_hour": round(3600 * assets / wall), "loadavg": os.getloadavg()}
+                    files = {}
+                    for folder in ([layout.RENDERS_COND] if stage == "render" else ["shape_latents", "pbr_latents"]):
+                        files.update(_stage_files(root, folder))
+                    if engine == "local":
+                        local_files[stage] = files
+                    else:
+                        row["files_identical_to_local"] = files == local_files.get(stage)
+                    if pool_starts.seconds:  # Ray actors (encode): their start-up, and the rate once they run
+                        starting = sum(pool_starts.seconds)
+                        row.update(actor_pools=len(pool_starts.seconds), actors_ready_s=round(starting, 2),
+                                   assets_per_hour_after_start=round(3600 * assets / max(wall - starting, 1e-9)))
                     runs.append(row)
                     print(json.dumps(row), flush=True)
     finally:
+        ray_logger.removeHandler(pool_starts)
         ray.shutdown()
         clear()
         shutil.rmtree(checkpoints, ignore_errors=True)
-    out.write_text(json.dumps({"info": info, "views": views, "size": size, "resolution": resolution, "runs": runs},
-                              indent=1))
+    out.write_text(json.dumps({"info": info, "views": views, "size": size, "resolution": resolution,
+                               "repeats": repeats, "runs": runs}, indent=1))
 
 
 def main(argv=None) -> None:
@@ -315,6 +359,7 @@ def main(argv=None) -> None:
     gpu.add_argument("--size", type=int, default=512)
     gpu.add_argument("--resolution", type=int, default=256)
     gpu.add_argument("--device", default="cuda:0")
+    gpu.add_argument("--repeats", type=int, default=2)
     gpu.add_argument("--out", type=Path, default=Path("bench_data_ray_gpu.json"))
     args = parser.parse_args(argv)
     if args.command == "cpu":
@@ -324,7 +369,7 @@ def main(argv=None) -> None:
     elif args.command == "prepare":
         prepare(args.root, args.resolution, args.under)
     else:
-        bench_gpu(args.root, args.views, args.size, args.resolution, args.device, args.out)
+        bench_gpu(args.root, args.views, args.size, args.resolution, args.device, args.repeats, args.out)
 
 
 if __name__ == "__main__":

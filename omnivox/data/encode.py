@@ -12,9 +12,10 @@ layout, loaded with `omnivox.models.from_pretrained`):
 
 Both latents of an asset come from the same voxels, so they share coordinates (the texture flow dataset
 checks this). Non-finite inputs or outputs are recorded as failures, as the reference skips them. Assets are
-encoded one at a time (no padding waste; the sparse engine handles any size). On a CPU the checkpoint's
-fp16 blocks run in float32 (``use_fp16`` off); on CUDA as stored. With several devices, one process per
-device takes an independent share of this rank's assets (`omnivox.data.runner.run_per_device`).
+encoded one at a time (no padding waste; the sparse engine handles any size); the encoders of one call run as
+one stage (`LatentEncodings`), every model loaded once. On a CPU the checkpoint's fp16 blocks run in float32
+(``use_fp16`` off); on CUDA as stored. With several devices, one process per device takes an independent share
+of this rank's assets (`omnivox.data.runner.run_per_device`).
 
 * sparse structure: ``dual_grid_<R>/<sha>.vxz`` -> 64^3 occupancy (voxel coordinates ``// (R / 64)``) ->
   `SparseStructureEncoder` -> posterior mean -> ``ss_latents/NAME_64/<sha>.npz['z']`` (float32 ``(8, 16, 16,
@@ -171,6 +172,25 @@ class LatentEncoding:
                                                   self.error_column: ""}})
 
 
+@dataclass
+class LatentEncodings:
+    """Several encoders' per-asset work as one stage: each task's payload names the output folder of its encoder.
+
+    One stage instead of one per encoder, so a Ray run starts one pool of actors (each holding every encoder)
+    per command rather than one per encoder: an actor's start-up (a fresh process importing torch, initialising
+    CUDA and loading the checkpoints, about 6 s on an H100 host: docs/benchmarks/data.md) dominated short runs.
+    """
+
+    encodings: Dict[str, LatentEncoding]  # output folder -> its encoder's work
+
+    def load(self) -> None:
+        for encoding in self.encodings.values():
+            encoding.load()
+
+    def __call__(self, task: Task) -> Outcome:
+        return self.encodings[task.payload["out"]](task)
+
+
 def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None, pbr_encoder: Optional[Path] = None,
                ss_encoder: Optional[Path] = None, rank: int = 0, world_size: int = 1, devices: Sequence[str] = ("cpu",),
                retry_failed: bool = False, progress: bool = True,
@@ -186,8 +206,8 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
         devices: one process per entry when several (e.g. ``["cuda:0", "cuda:1"]``).
         retry_failed: redo assets whose previous attempt failed.
         device_slot: internal (which share of the shard a per-device process takes).
-        ray: encode on that Ray cluster instead (``devices`` unused): actors that each keep the encoder loaded,
-            one core and `RAY_GPUS_PER_TASK` GPU each unless the cluster options say otherwise (0 GPUs: on
+        ray: encode on that Ray cluster instead (``devices`` unused): one pool of actors for every encoder of
+            the call, each actor keeping them all loaded, one core and `RAY_GPUS_PER_TASK` GPU each unless the cluster options say otherwise (0 GPUs: on
             their CPU).
     """
     root = Path(root).resolve() if ray is not None else Path(root)  # workers on other nodes need absolute paths
@@ -225,6 +245,9 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
         jobs.append(("ss", Path(ss_encoder), layout.dual_grid_dir(resolution), out, SS_COLUMNS))
 
     summary = StageSummary()
+    tasks: List[Task] = []
+    encodings: Dict[str, LatentEncoding] = {}
+    columns_of: Dict[str, list] = {}
     for kind, checkpoint, source, out, columns in jobs:
         flag, tokens, error_column = columns[1:]
         source_flag = "pbr_voxelized" if kind == "pbr" else "dual_grid_converted"
@@ -233,7 +256,7 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
                      if state == "done"]
         remove_stale_temps([root / out], tag)
         status = stage_status(root, out, flag, error_column, ".npz")
-        tasks = []
+        job_tasks = []
         for sha in sorted(available):
             if not in_shard(sha, rank, world_size) or not in_shard(sha, *device_slot, salt="device"):
                 continue
@@ -242,22 +265,32 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
             if state == "done" or (state == "failed" and not retry_failed):
                 summary.skipped += 1
                 continue
-            tasks.append(Task(sha))
-        if not tasks:
+            job_tasks.append(Task(sha, payload={"out": out}))
+        if not job_tasks:
             continue
-        work = LatentEncoding(kind, str(checkpoint), str(root), resolution, source, out, flag, tokens,
-                              error_column, str(device), tag)
-        if ray_stage is None:
-            work.load()  # a bad checkpoint stops the stage here instead of failing every asset
+        tasks += job_tasks
+        encodings[out] = LatentEncoding(kind, str(checkpoint), str(root), resolution, source, out, flag, tokens,
+                                        error_column, str(device), tag)
+        columns_of[out] = columns
+    if not tasks:
+        return summary
+    # Every encoder's assets in one stage: in-process the models stay loaded and the device does the parallel
+    # work; on Ray one pool of actors, each holding every encoder, serves them all.
+    work = LatentEncodings(encodings)
+    if ray_stage is None:
+        work.load()  # a bad checkpoint stops the stage here instead of failing every asset
+    writers = {out: RecordWriter(root / out, columns, rank) for out, columns in columns_of.items()}
 
-        def failure_rows(task: Task, error: str, out=out, flag=flag, error_column=error_column) -> Dict[str, dict]:
-            return {out: {"sha256": task.key, flag: False, error_column: error}}
+    def failure_rows(task: Task, error: str) -> Dict[str, dict]:
+        encoding = encodings[task.payload["out"]]
+        return {encoding.out: {"sha256": task.key, encoding.flag: False, encoding.error_column: error}}
 
-        writers = {out: RecordWriter(root / out, columns, rank)}
-        # In-process: the model stays loaded; the device does the parallel work. On Ray: actors keep it loaded.
-        stage = None if ray_stage is None else replace(ray_stage, must_see=[str(root), str(checkpoint.parent)])
-        result = run_stage(tasks, work, writers, failure_rows, workers=0, desc=f"encode {kind} {resolution}",
-                           progress=progress, ray=stage)
-        summary.done += result.done
-        summary.failed += result.failed
+    if ray_stage is not None:
+        checkpoints = {str(Path(encoding.checkpoint).parent) for encoding in encodings.values()}
+        ray_stage = replace(ray_stage, must_see=[str(root), *sorted(checkpoints)])
+    kinds = "+".join(encoding.kind for encoding in encodings.values())
+    result = run_stage(tasks, work, writers, failure_rows, workers=0, desc=f"encode {kinds} {resolution}",
+                       progress=progress, ray=ray_stage)
+    summary.done += result.done
+    summary.failed += result.failed
     return summary

@@ -27,7 +27,12 @@ environment of ``ray start`` and of the driver should record such an asset as fa
 
 Stages whose work loads a model (`encode`) set ``keep_work_loaded``: then a pool of actors, each holding the
 work object (and so its model) for the whole run, takes the assets one call at a time with the same
-declared resources, retry rule and records.
+declared resources, retry rule and records. An actor is a fresh worker process: importing torch, creating a
+CUDA context and loading the checkpoints cost it about 6 s on an H100 host (inferred from the 2026-12-07 run in
+docs/benchmarks/data.md), once per pool. So a stage with several models (`encode` with a shape and a material encoder) runs them as one stage
+and one pool, each actor holding every model, instead of one pool per model (that doubled the start-up and
+made a 22-latent run 6x slower than the local runner). The driver logs the pool's start-up
+(``actors_ready_s`` on the `logging` record).
 
 What the workers must see: the dataset root and the raw assets (and the encoder checkpoints) under the same
 absolute paths as the driver (a shared filesystem mounted alike on every node), and the same omnivox
@@ -37,6 +42,7 @@ version with its dependencies. `check_workers` verifies both on every node befor
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 import time
@@ -49,6 +55,8 @@ GIB = 1 << 30
 # waits for the driver, few enough that an 800K-asset stage does not sit in the scheduler's queues.
 IN_FLIGHT_PER_SLOT = 2
 RESOURCE_REFRESH_S = 30.0  # re-read the cluster's size this often (nodes may join or leave)
+
+logger = logging.getLogger(__name__)
 
 
 class RayClusterError(RuntimeError):
@@ -273,7 +281,7 @@ def run_on_ray(tasks: Sequence, work: Callable, record: Callable, stage: RayStag
             tqdm.write(f"{_describe_cluster(ray, stage.cluster.address)}; each task {stage.resources.describe()}, "
                        f"{slots} at once", file=sys.stderr)
         if stage.keep_work_loaded:
-            _run_actors(ray, list(tasks), work, record, stage, slots)
+            _run_actors(ray, list(tasks), work, record, stage, slots, progress)
         else:
             _run_tasks(ray, list(tasks), work, record, stage, slots)
 
@@ -321,7 +329,8 @@ def _run_tasks(ray, tasks: List, work: Callable, record: Callable, stage: RaySta
         raise
 
 
-def _run_actors(ray, tasks: List, work: Callable, record: Callable, stage: RayStage, slots: int) -> None:
+def _run_actors(ray, tasks: List, work: Callable, record: Callable, stage: RayStage, slots: int,
+                progress: bool) -> None:
     from omnivox.data.runner import WORKER_DIED_TWICE, Outcome
 
     resources = stage.resources
@@ -330,6 +339,7 @@ def _run_actors(ray, tasks: List, work: Callable, record: Callable, stage: RaySt
                                                    max_task_retries=0)
     # The work object goes inline with each constructor (it is small until loaded), not through the object
     # store: a restarted actor must find its arguments even after the driver's references are gone.
+    started = time.perf_counter()
     actors = [actor_class.remote(work, resources.num_cpus) for _ in range(max(1, min(slots, len(tasks))))]
     try:
         ray.get([actor.ready.remote() for actor in actors])
@@ -338,8 +348,17 @@ def _run_actors(ray, tasks: List, work: Callable, record: Callable, stage: RaySt
         text = str(cause).strip().splitlines()
         reason = text[-1] if text else cause
         raise RayClusterError(f"a Ray worker could not load the stage's model: {reason}") from error
+    # Each actor is a fresh process (torch import, CUDA context, checkpoints): seconds that a short run feels.
+    ready_s = time.perf_counter() - started
+    logger.info("%d actor(s) loaded the stage's work in %.1f s", len(actors), ready_s,
+                extra={"actors": len(actors), "actors_ready_s": ready_s})
+    if progress:
+        from tqdm import tqdm
+
+        tqdm.write(f"{len(actors)} Ray actor(s) loaded the stage's model in {ready_s:.1f} s", file=sys.stderr)
     pending = list(reversed(tasks))
-    crashes: Dict[str, int] = {}
+    # Worker deaths per task (not per key: a stage may hold several tasks of one asset, e.g. one per encoder).
+    crashes: Dict[int, int] = {}
     in_flight: Dict = {}  # ref -> (task, actor index)
     busy = [0] * len(actors)
     try:
@@ -357,8 +376,8 @@ def _run_actors(ray, tasks: List, work: Callable, record: Callable, stage: RaySt
                 except ray.exceptions.RayActorError:
                     # The actor died with this call queued or running; Ray restarts it. Same rule as the local
                     # pool: retried once, a second death on the same asset is recorded.
-                    crashes[task.key] = crashes.get(task.key, 0) + 1
-                    if crashes[task.key] < 2:
+                    crashes[id(task)] = crashes.get(id(task), 0) + 1
+                    if crashes[id(task)] < 2:
                         pending.append(task)
                         continue
                     outcome = Outcome(task.key, error=WORKER_DIED_TWICE)

@@ -6,6 +6,7 @@ dataset root path one after the other (the local result is copied aside), so rec
 
 import glob
 import json
+import logging
 import os
 import shutil
 import signal
@@ -72,15 +73,47 @@ def _fill_raw(root: Path, assets: Path, names=SOURCES) -> None:
 
 
 def _all_stages(root: Path, checkpoints: Path, cluster, workers: int = 0) -> dict:
-    """index -> (spoil one asset) -> convert -> render -> encode; local when ``cluster`` is None (convert in a
-    pool of ``workers`` processes, the rest in-process)."""
+    """index -> (spoil one asset) -> convert -> render -> (spoil one material O-Voxel) -> encode; local when
+    ``cluster`` is None (convert in a pool of ``workers`` processes, the rest in-process)."""
     summaries = {"index": run_index(root, progress=False, ray=cluster)}
     (root / "raw" / SPOILED).write_text("f 1 2 999\n")  # no vertices: convert fails to load it
     summaries["convert"] = run_convert(root, [RESOLUTION], progress=False, ray=cluster, workers=workers)
     summaries["render"] = run_render(root, num_views=2, size=32, progress=False, ray=cluster)
+    # One asset's material encoding fails while its shape encoding succeeds (one stage runs both encoders); the
+    # O-Voxel is restored afterwards, so the converted files stay those of a plain convert.
+    material = _spoiled_material(root)
+    converted = material.read_bytes()
+    material.write_bytes(b"not an O-Voxel")
     summaries["encode"] = run_encode(root, RESOLUTION, checkpoints / "shape_enc_tiny", checkpoints / "tex_enc_tiny",
                                      progress=False, ray=cluster)
+    material.write_bytes(converted)
     return {name: vars(summary) for name, summary in summaries.items()}
+
+
+def _spoiled_material(root: Path) -> Path:
+    return sorted((root / layout.pbr_voxels_dir(RESOLUTION)).glob("*.vxz"))[0]
+
+
+class PoolStarts(logging.Handler):
+    """Counts the pools of actors `ray_runner` starts (its log record carrying ``actors_ready_s``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+        self._logger = logging.getLogger("omnivox.data.ray_runner")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += hasattr(record, "actors_ready_s")
+
+    def __enter__(self) -> "PoolStarts":
+        self._level = self._logger.level
+        self._logger.setLevel(logging.INFO)
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
 
 
 def _outputs(root: Path) -> dict:
@@ -192,9 +225,11 @@ def local_and_ray(ray_instance, checkpoints, tmp_path_factory):
     shutil.copytree(root, local)
     _clear_outputs(root)
     (root / "raw" / SPOILED).write_text(SPOILED_TEXT)  # what the local run's index hashed
-    ray_summaries = _all_stages(root, checkpoints, CLUSTER)
+    with PoolStarts() as pools:
+        ray_summaries = _all_stages(root, checkpoints, CLUSTER)
     return {"root": root, "local": local, "local_summaries": local_run["summaries"],
-            "local_imported_ray": local_run["ray_imported"], "ray_summaries": ray_summaries}
+            "local_imported_ray": local_run["ray_imported"], "ray_summaries": ray_summaries,
+            "actor_pools": pools.count}
 
 
 def test_ray_and_local_runs_give_identical_roots(local_and_ray):
@@ -211,6 +246,12 @@ def test_ray_and_local_runs_give_identical_roots(local_and_ray):
     assert _records(root) == _records(local)
 
 
+def test_one_pool_of_actors_encodes_shape_and_material(local_and_ray):
+    """Ray's encode starts its actors (a fresh process each, loading the models) once for both encoders."""
+    assert local_and_ray["actor_pools"] == 1
+    assert local_and_ray["ray_summaries"]["encode"] == {"total": 16, "skipped": 0, "done": 15, "failed": 1}
+
+
 def test_failures_are_recorded_with_their_reason(local_and_ray):
     root = local_and_ray["root"]
     _, index = load_table(root)
@@ -221,6 +262,13 @@ def test_failures_are_recorded_with_their_reason(local_and_ray):
     assert converted[spoiled]["dual_grid_converted"] == "False"
     assert converted[spoiled]["dual_grid_error"].startswith(("ValueError", "IndexError"))
     assert not (root / layout.dual_grid_dir(RESOLUTION) / f"{spoiled}.vxz").exists()
+    # The spoiled material O-Voxel: its material latent failed, its shape latent was written.
+    material = _spoiled_material(root).stem
+    _, pbr = load_table(root / layout.pbr_latents_dir("tex_enc_tiny", RESOLUTION))
+    assert pbr[material]["pbr_latent_encoded"] == "False" and pbr[material]["pbr_latent_error"]
+    assert sum(row["pbr_latent_encoded"] == "True" for row in pbr.values()) == len(SOURCES) - 1
+    _, shape = load_table(root / layout.shape_latents_dir("shape_enc_tiny", RESOLUTION))
+    assert shape[material]["shape_latent_encoded"] == "True" and len(shape) == len(SOURCES)
 
 
 def test_killed_worker_is_retried_and_a_rerun_has_nothing_left(ray_instance, local_and_ray, assets, tmp_path):
