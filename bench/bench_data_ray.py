@@ -314,7 +314,7 @@ def bench_gpu(root: Path, views: int, size: int, resolution: int, device: str, r
                     assets = summary.done if stage == "render" else summary.done / 2  # two latents per asset
                     row = {"engine": engine, "stage": stage, "repeat": repeat, "done": summary.done,
                            "failed": summary.failed, "wall_s": round(wall, 2),
-                           "assets_per_hour": round(3600 * assets / wall), "loadavg": os.getloadavg()}
+                           "assets_per_hour": round(3600 * assets / wall)}
                     files = {}
                     for folder in ([layout.RENDERS_COND] if stage == "render" else ["shape_latents", "pbr_latents"]):
                         files.update(_stage_files(root, folder))
@@ -326,6 +326,7 @@ def bench_gpu(root: Path, views: int, size: int, resolution: int, device: str, r
                         starting = sum(pool_starts.seconds)
                         row.update(actor_pools=len(pool_starts.seconds), actors_ready_s=round(starting, 2),
                                    assets_per_hour_after_start=round(3600 * assets / max(wall - starting, 1e-9)))
+                    row["loadavg"] = os.getloadavg()  # last: the device log's summary cuts lines at 200 characters
                     runs.append(row)
                     print(json.dumps(row), flush=True)
     finally:

@@ -207,8 +207,8 @@ def run_encode(root: Path, resolution: int, shape_encoder: Optional[Path] = None
         retry_failed: redo assets whose previous attempt failed.
         device_slot: internal (which share of the shard a per-device process takes).
         ray: encode on that Ray cluster instead (``devices`` unused): one pool of actors for every encoder of
-            the call, each actor keeping them all loaded, one core and `RAY_GPUS_PER_TASK` GPU each unless the cluster options say otherwise (0 GPUs: on
-            their CPU).
+            the call, each actor keeping them all loaded, one core and `RAY_GPUS_PER_TASK` GPU each unless the
+            cluster options say otherwise (0 GPUs: on their CPU).
     """
     root = Path(root).resolve() if ray is not None else Path(root)  # workers on other nodes need absolute paths
     if shape_encoder is None and pbr_encoder is None and ss_encoder is None:

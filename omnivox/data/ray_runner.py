@@ -29,10 +29,10 @@ Stages whose work loads a model (`encode`) set ``keep_work_loaded``: then a pool
 work object (and so its model) for the whole run, takes the assets one call at a time with the same
 declared resources, retry rule and records. An actor is a fresh worker process: importing torch, creating a
 CUDA context and loading the checkpoints cost it about 6 s on an H100 host (inferred from the 2026-12-07 run in
-docs/benchmarks/data.md), once per pool. So a stage with several models (`encode` with a shape and a material encoder) runs them as one stage
-and one pool, each actor holding every model, instead of one pool per model (that doubled the start-up and
-made a 22-latent run 6x slower than the local runner). The driver logs the pool's start-up
-(``actors_ready_s`` on the `logging` record).
+docs/benchmarks/data.md), once per pool. So a stage with several models (`encode` with a shape and a material
+encoder) runs them as one stage and one pool, each actor holding every model, instead of one pool per model
+(that doubled the start-up and made a 22-latent run 6x slower than the local runner). The driver logs the
+pool's start-up (``actors_ready_s`` on the `logging` record).
 
 What the workers must see: the dataset root and the raw assets (and the encoder checkpoints) under the same
 absolute paths as the driver (a shared filesystem mounted alike on every node), and the same omnivox
