@@ -266,3 +266,118 @@ def test_consistently_wound_sees_one_flipped_face():
     flipped[k] = flipped[k, ::-1]
     assert not meshops.consistently_wound(flipped)
     assert meshops.consistently_wound(meshops.orient_faces(vertices, flipped)[0])
+
+
+# ------------------------------------------------------------------ shortcuts of the export clean-up (issue 16)
+
+
+def test_connected_components_are_numbered_by_smallest_node():
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as scipy_components
+
+    rng = np.random.default_rng()
+    nodes = 2000
+    pairs = rng.integers(0, nodes, size=(1500, 2))
+    labels = meshops.connected_components(nodes, pairs)
+    _, reference = scipy_components(coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                                               shape=(nodes, nodes)), directed=False)
+    # Same grouping, and labels 0..K-1 in the order of each component's smallest node.
+    smallest = {}
+    for node, group in enumerate(reference):
+        smallest.setdefault(group, node)
+    expected = np.argsort(np.argsort([smallest[g] for g in range(reference.max() + 1)]))[reference]
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_subset_and_rewound_edge_tables_equal_fresh_tables():
+    rng = np.random.default_rng()
+    vertices, faces = _sphere(0.3, subdivisions=3)
+    faces = _scramble_winding(faces, int(rng.integers(1 << 30)))
+    table = meshops.edge_table(faces)
+    keep = rng.random(len(faces)) < 0.7
+    for got, expected in zip(meshops.subset_edge_table(table, keep), meshops.edge_table(faces[keep])):
+        np.testing.assert_array_equal(got, expected)
+    # compact renumbers vertices in order, so the subset's table still holds for the compacted faces.
+    _, compacted = meshops.compact(vertices, faces[keep])
+    for got, expected in zip(meshops.subset_edge_table(table, keep), meshops.edge_table(compacted)):
+        np.testing.assert_array_equal(got, expected)
+    flipped = rng.random(len(faces)) < 0.5
+    rewound = faces.copy()
+    rewound[flipped] = rewound[flipped][:, [0, 2, 1]]
+    for got, expected in zip(meshops.rewound_edge_table(table, flipped), meshops.edge_table(rewound)):
+        np.testing.assert_array_equal(got, expected)
+    oriented, closed = meshops.orient_faces(vertices, faces, table)
+    np.testing.assert_array_equal(oriented, meshops.orient_faces(vertices, faces)[0])
+    assert closed.all()
+
+
+def _fringes_by_whole_mesh_rounds(vertices, faces, width, rounds=3):
+    """The fringe rule as first written: every round recomputes the manifold parts of the whole kept mesh."""
+    num_faces, index = len(faces), np.arange(len(faces))
+    for _ in range(rounds):
+        order, edge_of, face_count = meshops.edge_table(faces)
+        _, part = meshops._manifold_parts(faces, order, edge_of, face_count)
+        count = face_count[edge_of].reshape(-1, 3)
+        length = np.linalg.norm(vertices[faces[:, [1, 2, 0]]].astype(np.float64) - vertices[faces], axis=2)
+        area = np.bincount(part, weights=0.5 * np.linalg.norm(np.cross(
+            vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]]), axis=1))
+        boundary = np.bincount(part, weights=(length * (count == 1)).sum(axis=1))
+        junction = np.bincount(part, weights=(length * (count >= 3)).sum(axis=1))
+        fringe = (boundary > 0) & (junction >= 0.5 * boundary) & (area <= width * boundary)
+        if not fringe.any():
+            break
+        faces, index = faces[~fringe[part]], index[~fringe[part]]
+    keep = np.zeros(num_faces, bool)
+    keep[index] = True
+    return keep
+
+
+def test_fringe_rounds_after_the_first_look_only_where_faces_went(assets):
+    """A triangle soup at 32^3 has fringes that only show once others are gone (a second round removes more)."""
+    from omnivox.assets import load_asset
+    from omnivox.ovoxel import dual_grid_to_mesh, mesh_to_dual_grid, to_local
+
+    scene = load_asset(assets / "mesh/soup.stl").normalized()
+    coords, dual, flags = mesh_to_dual_grid(scene.vertices, scene.faces, 32)
+    vertices, faces = dual_grid_to_mesh(coords, to_local(coords, dual, 1 / 32), flags, 32)
+    vertices, faces = meshops.clean(np.asarray(vertices, np.float64), np.asarray(faces, np.int64), 1e-5)
+    width = 1.5 * meshops.median_edge_length(vertices, faces)
+    one_round = meshops.remove_fringes(vertices, faces, width, rounds=1)
+    keep = meshops.remove_fringes(vertices, faces, width, table=meshops.edge_table(faces))
+    assert (~keep).sum() > (~one_round).sum() > 0
+    np.testing.assert_array_equal(keep, _fringes_by_whole_mesh_rounds(vertices, faces, width))
+
+
+def test_filling_with_openings_equals_filling_then_measuring_openings():
+    vertices, faces = _sphere(0.3, subdivisions=4)
+    rng = np.random.default_rng()
+    # Pin-holes (one face each, far apart) and one large opening (a cap around a random vertex).
+    pins = rng.choice(len(faces), 6, replace=False)
+    cap = np.linalg.norm(vertices[faces].mean(axis=1) - vertices[rng.integers(len(vertices))], axis=1) < 0.12
+    holed = faces[~(cap | np.isin(np.arange(len(faces)), pins))]
+    limit = 4 * meshops.median_edge_length(vertices, faces)
+    got_v, got_f, area, rim = meshops.fill_small_holes_with_openings(vertices, holed, limit,
+                                                                      meshops.edge_table(holed))
+    filled_v, filled_f = meshops.fill_small_holes(vertices, holed, limit)
+    np.testing.assert_array_equal(got_f, filled_f)
+    np.testing.assert_array_equal(got_v, filled_v)
+    assert len(filled_f) > len(holed)  # pin-holes were filled
+    expected_area, expected_rim = meshops.opening_areas(filled_v, filled_f, return_faces=True)
+    np.testing.assert_array_equal(area, expected_area)
+    np.testing.assert_array_equal(rim, expected_rim)
+    assert len(area) >= 1 and area.max() > 0.01  # the cap stays open
+
+
+def test_face_measures_and_compact_match_plain_numpy():
+    rng = np.random.default_rng()
+    vertices = rng.normal(size=(300, 3)).astype(np.float32)
+    faces = rng.integers(0, 300, size=(500, 3))
+    v = vertices.astype(np.float64)
+    np.testing.assert_array_equal(meshops.edge_lengths(vertices, faces),
+                                  np.linalg.norm(v[faces[:, [1, 2, 0]]] - v[faces], axis=2))
+    np.testing.assert_array_equal(meshops.face_areas(vertices, faces), 0.5 * np.linalg.norm(
+        np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]]), axis=1))
+    used, inverse = np.unique(faces[:200], return_inverse=True)
+    got_v, got_f = meshops.compact(vertices, faces[:200])
+    np.testing.assert_array_equal(got_v, vertices[used])
+    np.testing.assert_array_equal(got_f, inverse.reshape(-1, 3))
