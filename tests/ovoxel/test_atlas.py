@@ -306,3 +306,59 @@ def test_glb_with_voxel_atlas_has_the_voxel_colours(tmp_path):
     # texel to the centroid is up to half a texel (a fraction of a voxel here) away, and bytes round.
     assert np.median(error) < 0.5
     assert np.quantile(error, 0.99) < 1.5
+
+
+def test_stacked_layers_are_peeled_not_dissolved(monkeypatch):
+    """When halving gives up (here at once) on a chart that still overlaps itself, its layers are peeled
+    off as connected pieces: the three turns of the ramp stay a few charts instead of one chart per face."""
+    monkeypatch.setattr(atlas_module, "SPLIT_ROUNDS", 0)
+    vertices, faces = helical_ramp()
+    atlas = voxel_atlas(vertices, faces, TEXTURE)
+    check_atlas(vertices, faces, atlas, TEXTURE, default_padding(TEXTURE))
+    sizes = np.bincount(atlas.face_chart)
+    assert atlas.charts <= 20 and (sizes == 1).sum() <= 10
+
+
+def test_overlap_check_names_the_same_leaving_faces_on_both_paths():
+    """The claims with faces (torch on CUDA, numba on the CPU) agree, and the faces that leave an overlapping chart
+    are exactly those that share a texel with a lower-ranked face of their chart (float64 reference rasteriser)."""
+    rng = np.random.default_rng()
+    count = 300
+    pix = torch.from_numpy(rng.uniform(0, 30, (count, 3, 2)))
+    chart = torch.from_numpy(rng.integers(0, 3, count))
+    first = torch.ceil(pix.amin(dim=1)).clamp(min=0).long()
+    last = torch.floor(pix.amax(dim=1)).long()
+    width = (last[:, 0] - first[:, 0] + 1).clamp(min=0)
+    height = (last[:, 1] - first[:, 1] + 1).clamp(min=0)
+    e1, e2 = pix[:, 1] - pix[:, 0], pix[:, 2] - pix[:, 0]
+    twice_area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    stride = int(last.max()) + 2
+    keys_t, faces_t = atlas_module._strict_claims_torch(pix, first, width, width * height, twice_area, chart, stride,
+                                                        return_faces=True)
+    keys_n, faces_n = atlas_module._strict_claims_with_faces_numba(
+        pix.numpy(), first.numpy(), width.numpy(), (width * height).numpy(), twice_area.numpy(), chart.numpy(),
+        stride, int((width * height).sum()))
+    as_pairs = lambda keys, faces: sorted(zip(np.asarray(keys).tolist(), np.asarray(faces).tolist()))  # noqa: E731
+    assert as_pairs(keys_t, faces_t) == as_pairs(keys_n, faces_n) and len(keys_n) > 1000
+
+    # _overlapping_charts in a frame where the "flat" corners are the pixel coordinates (lo = 0, scale 1, + 0.5).
+    flat = pix + 0.5
+    selected = torch.from_numpy(rng.random(count) < 0.8)
+    rank = torch.from_numpy(rng.permutation(count))
+    overlapping, leaving = atlas_module._overlapping_charts(flat, chart, 3, torch.zeros(3, 2, dtype=torch.float64),
+                                                            1.0, selected, rank)
+    face, texel = texel_claims((flat.reshape(-1, 2).numpy()) / 64, np.arange(3 * count).reshape(-1, 3), 64,
+                               strict=True, limit=1e-9)
+    keep = selected.numpy()[face]
+    face, texel = face[keep], texel[keep]
+    expected = np.zeros(count, bool)
+    first_claim = {}
+    for _, f_, key in sorted(zip(rank.numpy()[face].tolist(), face.tolist(),
+                                 (chart.numpy()[face] * 64 * 64 + texel).tolist())):
+        if key in first_claim:
+            expected[f_] = True
+        else:
+            first_claim[key] = f_
+    np.testing.assert_array_equal(leaving.numpy(), expected)
+    assert overlapping.numpy().tolist() == [bool(expected[chart.numpy() == k].any()) for k in range(3)]
+    assert expected.any()
