@@ -449,32 +449,34 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         oriented, _ = meshops.orient_faces(v, f, table)  # outward
         table = meshops.rewound_edge_table(table, oriented[:, 1] != f[:, 1])  # re-wound faces swap corners 1, 2
         f = oriented
-    v, f = fill(v, f, table)
+    v, filled = fill(v, f, table)
+    v, f, table = (v, filled, table) if filled is f else (v, filled, None)  # fans of filled holes are new edges
     timings["clean"] = time.perf_counter() - start
     start = time.perf_counter()
     # On CUDA every decimation runs in rounds on the GPU, open borders kept; on the CPU the sequential library.
     gpu_decimate = _decimate_on_gpu(device) if device.type == "cuda" else None
 
-    def clean(v, f):  # after each decimation: where the decimation ran
+    def clean(v, f):  # after each decimation: where the decimation ran; (v, f, edge table or None)
         if device.type != "cuda":
-            return meshops.clean(v, f, min_component_area)
+            return meshops.clean(v, f, min_component_area, return_table=True)
         tv, tf = meshops_torch.clean(torch.from_numpy(v).to(device), torch.from_numpy(f).to(device),
                                      min_component_area)
-        return tv.cpu().numpy(), tf.cpu().numpy()
+        return tv.cpu().numpy(), tf.cpu().numpy(), None
 
     if decimation_target is not None and len(f) > decimation_target:
         for target in (3 * decimation_target, decimation_target):
             v, f = meshops.decimate(v, f, target) if gpu_decimate is None else gpu_decimate(v, f, target)
-            v, f = clean(v, f)
+            v, f, table = clean(v, f)
             if target != decimation_target:
-                v, f = fill(v, f)
+                v, filled = fill(v, f, table)
+                v, f, table = (v, filled, table) if filled is f else (v, filled, None)
     if tolerance is not None and tolerance > 0:
         smaller = meshops.decimate_within(v, f, tolerance, halve=gpu_decimate, device=device)
         if smaller[1] is not f:
-            v, f = clean(*smaller)
+            v, f, table = clean(*smaller)
     timings["decimate"] = time.perf_counter() - start
     start = time.perf_counter()
-    f, closed = meshops.orient_faces(v, f)
+    f, closed = meshops.orient_faces(v, f, table)
     timings["orient"] = time.perf_counter() - start
     if len(f) == 0:
         raise ValueError("nothing is left of the mesh after removing degenerate faces and components smaller than "

@@ -503,21 +503,41 @@ def orient_faces(vertices: np.ndarray, faces: np.ndarray, table: Optional[tuple]
     num_components = int(component.max()) + 1
     # Signed volume of each component about its own centroid (independent of the origin for closed ones).
     v = vertices.astype(np.float64)
-    corners = v[out]  # (F, 3, 3), gathered once
-    corner = corners.sum(axis=1)
-    # bincount adds in face order like np.add.at (same sums), several times faster
-    corner_sum = np.stack([np.bincount(component, weights=corner[:, k], minlength=num_components)
-                           for k in range(3)], axis=1)
-    centre = corner_sum / (3.0 * np.bincount(component, minlength=num_components))[:, None]
-    face_centre = centre[component]
-    a, b, c = (corners[:, k] - face_centre for k in range(3))
-    volume = np.bincount(component, weights=np.einsum("ij,ij->i", a, np.cross(b, c)), minlength=num_components)
+    volume = _component_volumes(v, out, component, num_components)
     open_face = (face_count[edge_of] == 1).reshape(-1, 3).any(axis=1)
     closed_component = np.bincount(component, weights=open_face, minlength=num_components) == 0
     inward = nested_inside_odd(v, out, component, closed_component)
     reverse = (volume[component] < 0) != inward[component]
     out[reverse] = out[reverse][:, [0, 2, 1]]
     return out, closed_component[component]
+
+
+@numba.njit(cache=True)
+def _component_volumes(vertices, faces, component, num_components):
+    # Six times the signed volume of each component about its own centroid, in one pass per sum: the corner sums
+    # and the triple products are added in face order, as numpy's bincount did (same sums, no (F, 3, 3) arrays).
+    corner_sum = np.zeros((num_components, 3))
+    count = np.zeros(num_components)
+    for i in range(faces.shape[0]):
+        k = component[i]
+        count[k] += 1.0
+        for d in range(3):
+            corner_sum[k, d] += (vertices[faces[i, 0], d] + vertices[faces[i, 1], d]) + vertices[faces[i, 2], d]
+    centre = corner_sum / (3.0 * count).reshape(-1, 1)
+    volume = np.zeros(num_components)
+    for i in range(faces.shape[0]):
+        k = component[i]
+        a0 = vertices[faces[i, 0], 0] - centre[k, 0]
+        a1 = vertices[faces[i, 0], 1] - centre[k, 1]
+        a2 = vertices[faces[i, 0], 2] - centre[k, 2]
+        b0 = vertices[faces[i, 1], 0] - centre[k, 0]
+        b1 = vertices[faces[i, 1], 1] - centre[k, 1]
+        b2 = vertices[faces[i, 1], 2] - centre[k, 2]
+        c0 = vertices[faces[i, 2], 0] - centre[k, 0]
+        c1 = vertices[faces[i, 2], 1] - centre[k, 1]
+        c2 = vertices[faces[i, 2], 2] - centre[k, 2]
+        volume[k] += (a0 * (b1 * c2 - b2 * c1) + a1 * (b2 * c0 - b0 * c2)) + a2 * (b0 * c1 - b1 * c0)
+    return volume
 
 
 # Work limit of the nesting test (points x triangles), about ten seconds on two cores.

@@ -476,3 +476,61 @@ def test_slits_filled_without_area_are_dropped_not_exported():
     assert holes > 0 and len(out_f) > 0.9 * len(f)
     assert meshops.face_areas(out_v, out_f).min() > 0
     assert np.array_equal(np.unique(out_f), np.arange(len(out_v)))  # no vertex left without a face
+
+
+def _prepare_surface_step_by_step(v, f, target):
+    """prepare_surface's CPU path as first written, every pass building its own edge table (the reference for the
+    exporter's shared tables)."""
+    from omnivox.ovoxel import export
+
+    edge = export._voxel_edge(v, f, torch.device("cpu"))
+    hole_limit = max(3e-2, export.PIN_HOLE_PERIMETER * edge)
+    holes = 0
+
+    def fill(v, f):
+        nonlocal holes
+        before = len(f)
+        v, f = meshops.fill_small_holes(v, f, hole_limit)
+        fans = meshops.remove_degenerate_faces(v, f[before:])
+        holes += len(np.unique(fans[:, 2]))
+        return meshops.compact(v, np.concatenate([f[:before], fans])) if len(fans) < len(f) - before else (v, f)
+
+    v, f = meshops.clean(v, f, 1e-5)
+    keep = meshops.remove_fringes(v, f, export.FRINGE_WIDTH * edge)
+    if not keep.all():
+        component = meshops.face_components(f)
+        filled_v, filled = meshops.fill_small_holes(v, f[keep], hole_limit)
+        area, rim = meshops.opening_areas(filled_v, filled, return_faces=True)
+        rim = rim[(area >= export.OPENING_AREA * edge ** 2) & (rim < keep.sum())]
+        still_open = np.zeros(component.max() + 1, bool)
+        still_open[component[np.nonzero(keep)[0][rim]]] = True
+        f = f[keep | still_open[component]]
+    v, f = meshops.compact(v, f)
+    if not meshops.consistently_wound(f):
+        f = meshops.orient_faces(v, f)[0]
+    v, f = fill(v, f)
+    for stage in (3 * target, target):
+        v, f = meshops.clean(*meshops.decimate(v, f, stage), 1e-5)
+        if stage != target:
+            v, f = fill(v, f)
+    f, closed = meshops.orient_faces(v, f)
+    return v.astype(np.float32), f, closed, holes
+
+
+def test_prepare_surface_with_shared_edge_tables_equals_the_step_by_step_passes(assets):
+    """A triangle soup at 64^3 takes every branch of the CPU clean-up (fringes in several rounds, inconsistent
+    winding, holes, two decimation stages): sharing one edge table between the passes changes no face."""
+    from omnivox.assets import load_asset
+    from omnivox.ovoxel.export import prepare_surface
+
+    scene = load_asset(assets / "mesh/soup.stl").normalized()
+    coords, dual, flags = mesh_to_dual_grid(scene.vertices, scene.faces, 64)
+    v, f = dual_grid_to_mesh(coords, to_local(coords, dual, 1 / 64), flags, 64)
+    v, f = np.asarray(v, np.float32), np.asarray(f, np.int64)
+    assert not meshops.consistently_wound(meshops.clean(v, f, 1e-5)[1])
+    target = len(f) // 8
+    got = prepare_surface(v, f, decimation_target=target)
+    expected = _prepare_surface_step_by_step(v, f, target)
+    for a, b in zip(got[:3], expected[:3]):
+        np.testing.assert_array_equal(a, b)
+    assert got[3] == expected[3] > 0
