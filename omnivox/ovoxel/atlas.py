@@ -166,7 +166,15 @@ def _group_components(group: torch.Tensor, pair_a: torch.Tensor, pair_b: torch.T
         first_face = torch.full_like(redo, group.numel(), dtype=torch.int64).scatter_reduce(
             0, chart, faces, reduce="amin")
         root = torch.where(redo[chart], root, first_face[chart])
-    return torch.unique(root, return_inverse=True)[1]
+    return _rank_of_roots(root)
+
+
+def _rank_of_roots(root: torch.Tensor) -> torch.Tensor:
+    """``torch.unique(root, return_inverse=True)[1]`` for roots that are node indices (each node's group is named
+    by one of its nodes): marking the roots and counting them gives the ranks without a sort."""
+    is_root = torch.zeros(root.numel(), dtype=torch.int64, device=root.device)
+    is_root[root] = 1
+    return (torch.cumsum(is_root, 0) - 1)[root]
 
 
 # ------------------------------------------------------------------------------------------------------ stages
@@ -430,12 +438,24 @@ def _shelf_height(widths: np.ndarray, heights: np.ndarray, capacity: int) -> int
     ``capacity``; a rectangle wider than a row gives a height above any capacity."""
     if widths.max() > capacity:
         return np.iinfo(np.int64).max
-    total_width = np.concatenate([[0], np.cumsum(widths)])
-    height, start, count = 0, 0, len(widths)
-    while start < count:
-        stop = int(np.searchsorted(total_width, total_width[start] + capacity, side="right")) - 1
-        height += int(heights[start])  # the row's tallest is its first (sorted)
-        start = stop
+    # One compiled pass: the packer's bisection asks this 30 times per layout, and a soup's 40K charts fill
+    # hundreds of rows (a Python loop of searchsorted per row took a second per unwrap).
+    return int(_shelf_height_numba(np.ascontiguousarray(widths, np.int64), np.ascontiguousarray(heights, np.int64),
+                                   int(capacity)))
+
+
+@numba.njit(cache=True)
+def _shelf_height_numba(widths, heights, capacity):
+    # Rows take rectangles in order while their widths add up to at most capacity (each fits alone); the row's
+    # tallest is its first (sorted).
+    height = 0
+    i = 0
+    while i < widths.shape[0]:
+        height += heights[i]
+        row = 0
+        while i < widths.shape[0] and row + widths[i] <= capacity:
+            row += widths[i]
+            i += 1
     return height
 
 

@@ -362,3 +362,19 @@ def test_overlap_check_names_the_same_leaving_faces_on_both_paths():
     np.testing.assert_array_equal(leaving.numpy(), expected)
     assert overlapping.numpy().tolist() == [bool(expected[chart.numpy() == k].any()) for k in range(3)]
     assert expected.any()
+
+
+def test_shelf_height_and_root_ranks_match_plain_references():
+    rng = np.random.default_rng()
+    heights = np.sort(rng.integers(1, 40, 3000))[::-1].copy()
+    widths = rng.integers(1, 60, 3000)
+    for capacity in (59, 200, 1000):
+        expected, row, tallest = 0, 0, None
+        for w, h in zip(widths.tolist(), heights.tolist()):  # rows in order, closed when the next does not fit
+            if tallest is None or row + w > capacity:
+                expected, row, tallest = expected + h, 0, h
+            row += w
+        assert atlas_module._shelf_height(widths, heights, capacity) == expected
+    assert atlas_module._shelf_height(widths, heights, 30) > 10 ** 18  # a rectangle wider than a row
+    root = torch.from_numpy(rng.integers(0, 2000, 2000))  # any node indices naming groups
+    assert torch.equal(atlas_module._rank_of_roots(root), torch.unique(root, return_inverse=True)[1])
