@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements still owed (written 2026-12-07 when the session's device time ran out), one
 # part per device call (each fits the 600 s limit). Run from the repo root on the GPU machine, with
-# carry [".refkit/wheels", ".shared", "bench/.pipeline_data"] (+ ".refkit/ray", ".refkit/rayroot" for `bench`,
+# carry [".refkit/wheels", ".shared", "bench/.pipeline_data"] (+ ".shared_extra" for `tests`; + ".refkit/ray",
+# ".refkit/rayroot" for `bench` and `verify`,
 # + ".refkit/reference_src.tar.xz" for `sparse`); results and logs under $OUT.
 #
 #   bash bench/device_check.sh tests    # every GPU test (gpu-marked and skipif-CUDA), most recently changed first
 #   bash bench/device_check.sh bench    # image -> GLB (issue 16), budgets + DINOv3 8-bit (23), Ray on one GPU (24)
 #   bash bench/device_check.sh sparse   # the new sparse-conv kernels against FlexGEMM (19)
-#   bash bench/device_check.sh verify   # after the first three: GPU tests of what changed, e2e, sparse (ours), Ray
+#   bash bench/device_check.sh verify   # after the first three: e2e, GPU tests of what changed since, Ray
 #
 # Recreate the ignored inputs here first if they are gone: python bench/reference_kit.py wheels|ray|pack|shared,
 # python bench/bench_pipelines.py prepare, python bench/bench_data_ray.py prepare --root .refkit/rayroot --under mesh.
@@ -18,7 +19,7 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   .refkit/wheels/*.whl >/dev/null 2>&1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-mkdir -p ../shared && cp -r .shared/* ../shared/
+mkdir -p ../shared && cp -r .shared/* ../shared/ && { [ ! -d .shared_extra ] || cp -r .shared_extra/* ../shared/; }
 step() { echo "$1 rc=$2 t=$(( $(date +%s) - T0 ))" | tee -a "$OUT/steps.log"; }
 
 case "${1:-tests}" in

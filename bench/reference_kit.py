@@ -22,7 +22,8 @@ Usage:
     python bench/reference_kit.py inputs [--assets mesh/spot/spot_triangulated.obj:512,1024 ...]
     python bench/reference_kit.py wheels   # .whl/ less llvmlite+numba (the device has both) -> .refkit/wheels
     python bench/reference_kit.py ray      # Ray for the device's Python, trimmed to what `omnivox data --ray` runs
-    python bench/reference_kit.py shared   # .shared: the assets and reference outputs the GPU tests read
+    python bench/reference_kit.py shared   # .shared (+ .shared_extra): the assets and reference outputs the GPU
+                                           # tests and benchmarks read
 
 ``wheels`` exists for the 64 MiB a device call may carry: ``.whl`` alone is ~49 MiB, 40 of them llvmlite.
 ``ray`` exists for the same limit: Ray's wheel is ~76 MiB. It downloads the wheel for the device's Python (3.12,
@@ -177,23 +178,27 @@ def wheels(args) -> None:
 
 
 # What the GPU tests and benchmarks read from ../shared, copied to .shared (the device has no ../shared; device_check.sh
-# copies .shared there). Folders are copied whole.
-SHARED_SUBSET = ("assets/MANIFEST.md", "assets/images", "assets/gltf/Fox.glb", "assets/gltf/GlassVaseFlowers.glb",
-                 "assets/gltf/MetalRoughSpheresNoTextures.glb", "assets/mesh/spot", "assets/mesh/featuretype.STL",
-                 "assets/mesh/stanford-bunny.obj", "assets/mesh/soup.stl", "reference/ovoxel")
+# copies .shared there). Folders are copied whole. The real assets only `tests/ovoxel/test_gpu.py` and
+# `test_materials.py` read go to .shared_extra, so that calls carrying Ray (30 MiB) stay under the 64 MiB limit.
+SHARED_SUBSET = ("assets/MANIFEST.md", "assets/images", "assets/gltf/Fox.glb", "assets/mesh/spot",
+                 "assets/mesh/featuretype.STL", "reference/ovoxel")
+SHARED_EXTRA = ("assets/gltf/GlassVaseFlowers.glb", "assets/gltf/MetalRoughSpheresNoTextures.glb",
+                "assets/mesh/stanford-bunny.obj", "assets/mesh/soup.stl")
 
 
 def shared(args) -> None:
     import shutil
 
-    source, out = Path(args.shared), ROOT / ".shared"
-    shutil.rmtree(out, ignore_errors=True)
-    for rel in SHARED_SUBSET:
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        copy = shutil.copytree if (source / rel).is_dir() else shutil.copy2
-        copy(source / rel, out / rel)
-    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"{out.relative_to(ROOT)}: {total / 2**20:.1f} MiB from {source}")
+    source = Path(args.shared)
+    for folder, subset in ((".shared", SHARED_SUBSET), (".shared_extra", SHARED_EXTRA)):
+        out = ROOT / folder
+        shutil.rmtree(out, ignore_errors=True)
+        for rel in subset:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            copy = shutil.copytree if (source / rel).is_dir() else shutil.copy2
+            copy(source / rel, out / rel)
+        total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        print(f"{out.relative_to(ROOT)}: {total / 2**20:.1f} MiB from {source}")
 
 
 RAY_DROPPED = ("jars", "rllib", "serve", "tune", "train", "data", "llm", "dashboard/client")
@@ -252,7 +257,8 @@ def main() -> None:
     p = sub.add_parser("ray", help="write .refkit/ray: Ray trimmed for the device's Python, and its dependencies")
     p.add_argument("--version", default="2.60.0")
     p.add_argument("--python", default="3.12", help="the device's Python version")
-    p = sub.add_parser("shared", help="write .shared: the part of ../shared the GPU tests and benchmarks read")
+    p = sub.add_parser("shared", help="write .shared and .shared_extra: the part of ../shared the GPU tests and "
+                                      "benchmarks read")
     p.add_argument("--shared", default=str(ROOT.parent / "shared"))
     args = parser.parse_args()
     {"pack": pack, "inputs": inputs, "wheels": wheels, "ray": ray, "shared": shared}[args.command](args)
