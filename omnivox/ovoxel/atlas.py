@@ -252,7 +252,7 @@ def _strict_claims_torch(pix, first, width, count, twice_area, chart, stride, re
 
 
 @numba.njit(cache=True)
-def _strict_claims_with_faces_numba(pix, first, width, count, twice_area, chart, stride, bound):
+def _strict_claims_numba(pix, first, width, count, twice_area, chart, stride, bound):
     """``_strict_claims_torch(..., return_faces=True)`` on the CPU, same arithmetic (no fused multiply-adds
     without fastmath)."""
     keys = np.empty(bound, np.int64)
@@ -269,12 +269,6 @@ def _strict_claims_with_faces_numba(pix, first, width, count, twice_area, chart,
                 faces[found] = face
                 found += 1
     return keys[:found], faces[:found]
-
-
-@numba.njit(cache=True)
-def _strict_claims_numba(pix, first, width, count, twice_area, chart, stride, bound):
-    """``_strict_claims_torch`` on the CPU, same arithmetic."""
-    return _strict_claims_with_faces_numba(pix, first, width, count, twice_area, chart, stride, bound)[0]
 
 
 def _overlapping_charts(flat: torch.Tensor, chart: torch.Tensor, charts: int, lo: torch.Tensor,
@@ -305,7 +299,7 @@ def _overlapping_charts(flat: torch.Tensor, chart: torch.Tensor, charts: int, lo
     count = torch.where(twice_area.abs() > 0, width * height, torch.zeros_like(width))
     stride = int(last.max()) + 2
     if device.type == "cpu":
-        keys, claimant = _strict_claims_with_faces_numba(pix.numpy(), first.numpy(), width.numpy(), count.numpy(),
+        keys, claimant = _strict_claims_numba(pix.numpy(), first.numpy(), width.numpy(), count.numpy(),
                                                          twice_area.numpy(), chart.numpy(), stride,
                                                          int(count.sum()))
         keys, claimant = torch.from_numpy(keys), torch.from_numpy(claimant)

@@ -6,7 +6,7 @@
   an unsigned distance and keeps an invisible inner offset shell in every closed part; here the extracted surface is
   cleaned and decimated directly, so every exported face is visible geometry.
 * **Outward winding.** Thin fringes that the dual grid leaves next to non-manifold edges are dropped where that
-  closes a part (``meshops.remove_fringes``, ``_drop_fringes``); orientation is made consistent through manifold edges, balanced across non-manifold
+  closes a part (``meshops.remove_fringes``, ``_kept_after_fringes``); orientation is made consistent through manifold edges, balanced across non-manifold
   ones, each closed component gets positive signed volume and closed components nested inside an odd number of
   others face inwards (a cavity's wall faces into the cavity; ``meshops.orient_faces``). Open parts keep a
   consistent but heuristic side, and the material is then marked double-sided. Openings one cannot see through
@@ -158,7 +158,7 @@ def _to_numpy(name: str, value) -> np.ndarray:
         raise TypeError(f"{name} must be an array or tensor, got {type(value).__name__}") from error
 
 
-def _check_inputs(vertices, faces, coords, attributes, grid: Grid, device: Optional[torch.device] = None):
+def _check_inputs(vertices, faces, coords, attributes, grid: Grid, device: Union[str, torch.device] = "cpu"):
     v = _to_numpy("vertices", vertices)
     f = _to_numpy("faces", faces)
     c = _to_numpy("coords", coords)
@@ -184,13 +184,10 @@ def _check_inputs(vertices, faces, coords, attributes, grid: Grid, device: Optio
     if (c < 0).any() or (c >= grid.resolution).any():
         raise ValueError(f"coords must lie in [0, resolution) = [0, {grid.resolution.tolist()}), "
                          f"found min {c.min(axis=0).tolist()} max {c.max(axis=0).tolist()}")
-    keys = (c[:, 0] * grid.resolution[1] + c[:, 1]) * grid.resolution[2] + c[:, 2]
-    if device is not None and device.type == "cuda":  # sorting 2.9M keys (1024^3) takes the CPU 0.2 s
-        keys = torch.sort(torch.from_numpy(keys).to(device)).values
-        duplicates = int(torch.count_nonzero(keys[1:] == keys[:-1]))
-    else:
-        keys = np.sort(keys)
-        duplicates = int(np.count_nonzero(keys[1:] == keys[:-1]))
+    # Sorted where the export runs: on CUDA this takes milliseconds where the CPU needs 0.2 s for 2.9M keys (1024^3).
+    keys = torch.from_numpy((c[:, 0] * grid.resolution[1] + c[:, 1]) * grid.resolution[2] + c[:, 2]).to(device)
+    keys = torch.sort(keys).values
+    duplicates = int(torch.count_nonzero(keys[1:] == keys[:-1]))
     if duplicates:
         raise ValueError(f"coords contains {duplicates} duplicate voxels")
     if a.ndim != 2 or a.shape != (len(c), 6):
@@ -253,22 +250,17 @@ def _as_grid(grid: Union[Grid, int, Sequence[int]], aabb: AABB) -> Grid:
 # ------------------------------------------------------------------------------------------------------ stages
 
 
-def _drop_fringes(vertices: np.ndarray, faces: np.ndarray, voxel_edge: float, hole_limit: float,
-                  keep: Optional[np.ndarray] = None, component: Optional[np.ndarray] = None) -> np.ndarray:
-    """``meshops.remove_fringes``, but only in components that then have no visible opening (after pin-hole filling).
+def _kept_after_fringes(vertices: np.ndarray, faces: np.ndarray, voxel_edge: float, hole_limit: float,
+                        keep: Optional[np.ndarray] = None, component: Optional[np.ndarray] = None,
+                        table: Optional[tuple] = None) -> np.ndarray:
+    """(F,) bool, the faces kept by ``meshops.remove_fringes``, but applied only in components that then have no
+    visible opening (after pin-hole filling).
 
     A component that keeps a real opening stays double-sided anyway, so dropping its fringes would lose surface
     (GlassVaseFlowers' petals, open panels) for nothing. ``keep`` (the fringe rule's verdict) and ``component``
-    (face components) may come computed already, by the GPU's twins (`meshops_torch`). Returns the faces kept.
+    (face components) may come computed already, by the GPU's twins (`meshops_torch`); ``table`` may pass
+    ``meshops.edge_table(faces)`` (one table serves the fringe rule, the components and, subset, the hole test).
     """
-    return faces[_faces_after_fringes(vertices, faces, voxel_edge, hole_limit, keep, component)]
-
-
-def _faces_after_fringes(vertices: np.ndarray, faces: np.ndarray, voxel_edge: float, hole_limit: float,
-                         keep: Optional[np.ndarray] = None, component: Optional[np.ndarray] = None,
-                         table: Optional[tuple] = None) -> np.ndarray:
-    """``_drop_fringes`` as an (F,) bool mask of the faces kept; ``table`` may pass ``meshops.edge_table(faces)``
-    (one table serves the fringe rule, the components and, subset, the hole test)."""
     if keep is None:
         table = meshops.edge_table(faces) if table is None else table
         keep = meshops.remove_fringes(vertices, faces, FRINGE_WIDTH * voxel_edge, table=table)
@@ -346,7 +338,7 @@ def _early_decimation_on(device: torch.device, vertices: np.ndarray, faces: np.n
 
 def _clean_on(device: torch.device, vertices: np.ndarray, faces: np.ndarray, min_component_area: float,
               voxel_edge: float, hole_limit: float) -> tuple[np.ndarray, np.ndarray]:
-    """`meshops.clean` and `_drop_fringes` with their whole-mesh passes (edge tables, components, the fringe rule)
+    """`meshops.clean` and `_kept_after_fringes` with their whole-mesh passes (edge tables, components, the fringe rule)
     on ``device`` (`meshops_torch`, same results); the hole test of the rare components that had fringes stays
     on the CPU."""
     tv, tf = meshops_torch.clean(torch.from_numpy(np.ascontiguousarray(vertices)).to(device),
@@ -355,7 +347,8 @@ def _clean_on(device: torch.device, vertices: np.ndarray, faces: np.ndarray, min
     fringes = not bool(keep.all())
     component = meshops_torch.face_components(tf).cpu().numpy() if fringes else None
     v, f = tv.cpu().numpy(), tf.cpu().numpy()
-    return v, (_drop_fringes(v, f, voxel_edge, hole_limit, keep.cpu().numpy(), component) if fringes else f)
+    return v, (f[_kept_after_fringes(v, f, voxel_edge, hole_limit, keep.cpu().numpy(), component)] if fringes
+               else f)
 
 
 def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = True,
@@ -397,19 +390,21 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
     start = time.perf_counter()
     holes = 0
 
-    def fill(v, f, table=None):
+    def fill(v, f, table=None):  # -> (v, f, the edge table of f where still known)
         nonlocal holes
         if not fill_holes:
-            return v, f
+            return v, f, table
         before = len(f)
         v, f = meshops.fill_small_holes(v, f, hole_limit, table)
+        if len(f) == before:
+            return v, f, table
         # A loop along collinear vertices (a slit, as on wallhole.obj) fans into faces without area, which no atlas
         # can lay out: those fan faces go, and the slit stays open.
         fans = meshops.remove_degenerate_faces(v, f[before:])
         holes += len(np.unique(fans[:, 2]))
         if len(fans) < len(f) - before:
-            return meshops.compact(v, np.concatenate([f[:before], fans]))
-        return v, f
+            v, f = meshops.compact(v, np.concatenate([f[:before], fans]))
+        return v, f, None  # fans of filled holes are new edges
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     voxel_edge = _voxel_edge(vertices, faces, device)  # before any decimation, about one voxel
@@ -440,7 +435,7 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         v, f = _clean_on(device, v, f, min_component_area, voxel_edge, hole_limit if fill_holes else 0.0)
     else:
         v, f, table = meshops.clean(v, f, min_component_area, return_table=True)
-        kept = _faces_after_fringes(v, f, voxel_edge, hole_limit if fill_holes else 0.0, table=table)
+        kept = _kept_after_fringes(v, f, voxel_edge, hole_limit if fill_holes else 0.0, table=table)
         if not kept.all():
             f, table = f[kept], meshops.subset_edge_table(table, kept)
     v, f = meshops.compact(v, f)  # renumbers vertices in order: the edge table stays valid
@@ -449,8 +444,7 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
         oriented, _ = meshops.orient_faces(v, f, table)  # outward
         table = meshops.rewound_edge_table(table, oriented[:, 1] != f[:, 1])  # re-wound faces swap corners 1, 2
         f = oriented
-    v, filled = fill(v, f, table)
-    v, f, table = (v, filled, table) if filled is f else (v, filled, None)  # fans of filled holes are new edges
+    v, f, table = fill(v, f, table)
     timings["clean"] = time.perf_counter() - start
     start = time.perf_counter()
     # On CUDA every decimation runs in rounds on the GPU, open borders kept; on the CPU the sequential library.
@@ -468,8 +462,7 @@ def prepare_surface(vertices: np.ndarray, faces: np.ndarray, fill_holes: bool = 
             v, f = meshops.decimate(v, f, target) if gpu_decimate is None else gpu_decimate(v, f, target)
             v, f, table = clean(v, f)
             if target != decimation_target:
-                v, filled = fill(v, f, table)
-                v, f, table = (v, filled, table) if filled is f else (v, filled, None)
+                v, f, table = fill(v, f, table)
     if tolerance is not None and tolerance > 0:
         smaller = meshops.decimate_within(v, f, tolerance, halve=gpu_decimate, device=device)
         if smaller[1] is not f:

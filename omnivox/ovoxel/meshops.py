@@ -248,11 +248,17 @@ def consistently_wound(faces: np.ndarray, table: Optional[tuple] = None) -> bool
 
 def remove_small_components(vertices: np.ndarray, faces: np.ndarray, min_area: float) -> np.ndarray:
     """Drop edge-connected face components whose total area is below ``min_area`` (world units squared)."""
+    return faces[_in_large_components(vertices, faces, min_area)]
+
+
+def _in_large_components(vertices: np.ndarray, faces: np.ndarray, min_area: float,
+                         table: Optional[tuple] = None) -> np.ndarray:
+    """(F,) bool: the faces of components with at least ``min_area`` in all; ``table`` may pass ``edge_table``."""
     if len(faces) == 0 or min_area <= 0:
-        return faces
-    labels = face_components(faces)
+        return np.ones(len(faces), bool)
+    labels = face_components(faces, table)
     area = np.bincount(labels, weights=face_areas(vertices, faces))
-    return faces[area[labels] >= min_area]
+    return area[labels] >= min_area
 
 
 def remove_fringes(vertices: np.ndarray, faces: np.ndarray, width: float, rounds: int = 3,
@@ -979,18 +985,10 @@ def clean(vertices: np.ndarray, faces: np.ndarray, min_component_area: float, re
     """
     faces = remove_degenerate_faces(vertices, faces)
     faces = remove_duplicate_faces(faces)
-    if not return_table:
-        faces = remove_small_components(vertices, faces, min_component_area)
-        return (vertices[:0], faces) if len(faces) == 0 else compact(vertices, faces)
-    if len(faces) == 0:
-        return vertices[:0], faces, edge_table(faces[:0])
-    table = edge_table(faces)
-    if min_component_area > 0:  # remove_small_components, sharing the table
-        labels = face_components(faces, table)
-        area = np.bincount(labels, weights=face_areas(vertices, faces))
-        keep = area[labels] >= min_component_area
-        if not keep.all():
-            faces, table = faces[keep], subset_edge_table(table, keep)
-    if len(faces) == 0:
-        return vertices[:0], faces, table
-    return (*compact(vertices, faces), table)
+    table = edge_table(faces) if return_table else None
+    keep = _in_large_components(vertices, faces, min_component_area, table)
+    if not keep.all():
+        faces = faces[keep]
+        table = None if table is None else subset_edge_table(table, keep)
+    vertices, faces = (vertices[:0], faces) if len(faces) == 0 else compact(vertices, faces)
+    return (vertices, faces, table) if return_table else (vertices, faces)

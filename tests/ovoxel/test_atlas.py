@@ -235,12 +235,10 @@ def test_unwrap_uv_contract_matches_for_both_methods():
         unwrap_uv(vertices, faces, TEXTURE, method="voxel")
 
 
-def test_torch_and_numba_overlap_rasterisers_agree():
-    """The overlap check's CUDA path (torch) and CPU path (numba) claim the same texels, on fresh random
-    triangles (two overlapping charts and one clean one)."""
-    rng = np.random.default_rng()
-    count = 400
-    pix = torch.from_numpy(rng.uniform(0, 40, (count, 3, 2)))
+def _random_claim_inputs(rng, count: int, extent: float):
+    """Fresh random triangles in pixel coordinates over three charts, with what the claim rasterisers take:
+    (pix, chart, first texel, box width, texels per face, twice the signed area, key stride)."""
+    pix = torch.from_numpy(rng.uniform(0, extent, (count, 3, 2)))
     chart = torch.from_numpy(rng.integers(0, 3, count))
     first = torch.ceil(pix.amin(dim=1)).clamp(min=0).long()
     last = torch.floor(pix.amax(dim=1)).long()
@@ -248,12 +246,19 @@ def test_torch_and_numba_overlap_rasterisers_agree():
     height = (last[:, 1] - first[:, 1] + 1).clamp(min=0)
     e1, e2 = pix[:, 1] - pix[:, 0], pix[:, 2] - pix[:, 0]
     twice_area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    count_per_face = width * height
-    stride = int(last.max()) + 2
+    return pix, chart, first, width, width * height, twice_area, int(last.max()) + 2
+
+
+def test_torch_and_numba_overlap_rasterisers_agree():
+    """The overlap check's CUDA path (torch) and CPU path (numba) claim the same texels, on fresh random
+    triangles (two overlapping charts and one clean one)."""
+    rng = np.random.default_rng()
+    count = 400
+    pix, chart, first, width, count_per_face, twice_area, stride = _random_claim_inputs(rng, count, 40)
     by_torch = atlas_module._strict_claims_torch(pix, first, width, count_per_face, twice_area, chart, stride)
-    by_numba = atlas_module._strict_claims_numba(pix.numpy(), first.numpy(), width.numpy(), count_per_face.numpy(),
-                                                 twice_area.numpy(), chart.numpy(), stride,
-                                                 int(count_per_face.sum()))
+    by_numba, _ = atlas_module._strict_claims_numba(pix.numpy(), first.numpy(), width.numpy(), count_per_face.numpy(),
+                                                    twice_area.numpy(), chart.numpy(), stride,
+                                                    int(count_per_face.sum()))
     assert len(by_torch) > 1000
     assert np.array_equal(np.sort(by_torch.numpy()), np.sort(by_numba))
     # The same claims from this file's own float64 rasteriser (numpy cross products, same 1e-9 strictness).
@@ -324,20 +329,12 @@ def test_overlap_check_names_the_same_leaving_faces_on_both_paths():
     are exactly those that share a texel with a lower-ranked face of their chart (float64 reference rasteriser)."""
     rng = np.random.default_rng()
     count = 300
-    pix = torch.from_numpy(rng.uniform(0, 30, (count, 3, 2)))
-    chart = torch.from_numpy(rng.integers(0, 3, count))
-    first = torch.ceil(pix.amin(dim=1)).clamp(min=0).long()
-    last = torch.floor(pix.amax(dim=1)).long()
-    width = (last[:, 0] - first[:, 0] + 1).clamp(min=0)
-    height = (last[:, 1] - first[:, 1] + 1).clamp(min=0)
-    e1, e2 = pix[:, 1] - pix[:, 0], pix[:, 2] - pix[:, 0]
-    twice_area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    stride = int(last.max()) + 2
-    keys_t, faces_t = atlas_module._strict_claims_torch(pix, first, width, width * height, twice_area, chart, stride,
+    pix, chart, first, width, count_per_face, twice_area, stride = _random_claim_inputs(rng, count, 30)
+    keys_t, faces_t = atlas_module._strict_claims_torch(pix, first, width, count_per_face, twice_area, chart, stride,
                                                         return_faces=True)
-    keys_n, faces_n = atlas_module._strict_claims_with_faces_numba(
-        pix.numpy(), first.numpy(), width.numpy(), (width * height).numpy(), twice_area.numpy(), chart.numpy(),
-        stride, int((width * height).sum()))
+    keys_n, faces_n = atlas_module._strict_claims_numba(
+        pix.numpy(), first.numpy(), width.numpy(), count_per_face.numpy(), twice_area.numpy(), chart.numpy(),
+        stride, int(count_per_face.sum()))
     as_pairs = lambda keys, faces: sorted(zip(np.asarray(keys).tolist(), np.asarray(faces).tolist()))  # noqa: E731
     assert as_pairs(keys_t, faces_t) == as_pairs(keys_n, faces_n) and len(keys_n) > 1000
 
