@@ -300,8 +300,7 @@ def _overlapping_charts(flat: torch.Tensor, chart: torch.Tensor, charts: int, lo
     stride = int(last.max()) + 2
     if device.type == "cpu":
         keys, claimant = _strict_claims_numba(pix.numpy(), first.numpy(), width.numpy(), count.numpy(),
-                                                         twice_area.numpy(), chart.numpy(), stride,
-                                                         int(count.sum()))
+                                              twice_area.numpy(), chart.numpy(), stride, int(count.sum()))
         keys, claimant = torch.from_numpy(keys), torch.from_numpy(claimant)
     else:
         keys, claimant = _strict_claims_torch(pix, first, width, count, twice_area, chart, stride, return_faces=True)

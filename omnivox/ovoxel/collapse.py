@@ -124,6 +124,15 @@ def _common_neighbour_counts(edges: torch.Tensor, chosen: torch.Tensor, num_vert
 SELECTION_PASSES = 6
 
 
+def _flag_endpoints(num_vertices: int, first: torch.Tensor, second: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
+    """(V,) uint8: 1 at every endpoint of a flagged pair (``first[i]``, ``second[i]``), by scatters of fixed size
+    (boolean-mask indexing would make the host wait for the GPU)."""
+    out = torch.zeros(num_vertices, dtype=torch.uint8, device=first.device)
+    out.scatter_reduce_(0, first, flag.to(torch.uint8), "amax")
+    out.scatter_reduce_(0, second, flag.to(torch.uint8), "amax")
+    return out
+
+
 def _independent_cheapest(edges, a, b, rank, num_vertices: int) -> torch.Tensor:
     """Candidates (a, b) to collapse together: each is the cheapest (lowest ``rank``) among the still-open
     candidates touching its endpoints' closed one-rings, over a few passes. Two chosen edges never have adjacent
@@ -144,9 +153,7 @@ def _independent_cheapest(edges, a, b, rank, num_vertices: int) -> torch.Tensor:
         around.scatter_reduce_(0, edges[:, 1], cheapest_at[edges[:, 0]], "amin")
         new = open_ & (rank == around[a]) & (rank == around[b])
         chosen |= new
-        taken = torch.zeros(num_vertices, dtype=torch.uint8, device=device)
-        taken.scatter_reduce_(0, a, new.to(torch.uint8), "amax")
-        taken.scatter_reduce_(0, b, new.to(torch.uint8), "amax")
+        taken = _flag_endpoints(num_vertices, a, b, new)
         near = taken.clone()  # endpoints of chosen edges and their neighbours
         near.scatter_reduce_(0, edges[:, 0], taken[edges[:, 1]], "amax")
         near.scatter_reduce_(0, edges[:, 1], taken[edges[:, 0]], "amax")
@@ -160,11 +167,7 @@ def _collapse_round(vertices, faces, quadrics, target_faces: int, considered: in
     device = faces.device
     nv = len(vertices)
     edges, counts = _edges(faces, nv)
-    locked = torch.zeros(nv, dtype=torch.uint8, device=device)  # open borders and non-manifold edges stay put
-    not_manifold = (counts != 2).to(torch.uint8)
-    locked.scatter_reduce_(0, edges[:, 0], not_manifold, "amax")
-    locked.scatter_reduce_(0, edges[:, 1], not_manifold, "amax")
-    locked = locked.bool()
+    locked = _flag_endpoints(nv, edges[:, 0], edges[:, 1], counts != 2).bool()  # open borders, non-manifold edges
     candidate = torch.nonzero((counts == 2) & ~locked[edges[:, 0]] & ~locked[edges[:, 1]]).squeeze(1)
     if len(candidate) == 0:
         return vertices, faces, quadrics, 0, 0
