@@ -91,8 +91,30 @@ verify)
   step ray $?
   grep -E "engine|Error" "$OUT/ray.log" | tail -14 | cut -c1-200
   ;;
+reference)
+  # The reference's to_glb against ours on the same 1024^3 (then 512^3) surface, same run (carry wheels, .shared,
+  # .shared_extra, .refkit/reference_src.tar.xz, .refkit/inputs). The GPU tests of code changed since the last
+  # full test call run while the reference builds (nvcc keeps the CPUs busy: no timing is taken then).
+  (BUILD_TIMEOUT=460 bash bench/build_reference.sh flexgemm cumesh nvdiffrast o_voxel > "$OUT/build.log" 2>&1
+   step build $?) &
+  files="tests/train/test_trainer_gpu.py tests/models/test_flow_fast.py tests/pipelines/test_memory.py
+    tests/ovoxel/test_distance_kernel.py tests/ovoxel/test_atlas.py tests/ovoxel/test_game.py tests/models/test_models_gpu.py"
+  skipif=$(grep -n -A2 "skipif(not torch.cuda.is_available()" $files | grep "def test" \
+           | sed 's/.*def \(test[a-z0-9_]*\).*/\1/' | sort -u | paste -sd' ' | sed 's/ / or /g')
+  timeout 420 python -m pytest -q -p no:cacheprovider -rs $files -k "gpu or $skipif" > "$OUT/gputests.log" 2>&1
+  step gputests $?
+  grep -E "FAILED|ERROR" "$OUT/gputests.log" | head -20; tail -1 "$OUT/gputests.log"
+  wait
+  grep -E " ok | failed|import " "$OUT/build.log"
+  left=$(( 585 - ($(date +%s) - T0) ))
+  PYTHONPATH=/tmp/refsite:$PYTHONPATH timeout $left python bench/bench_reference_export.py --out "$OUT" \
+    --assets spot_1024 spot_512 --configs ours ref-ovox2glb ref-app --repeats 1 --budget-s $(( left - 150 )) \
+    > "$OUT/reference_export.log" 2>&1
+  step reference_export $?
+  grep -E '^\||^#' "$OUT/reference_export.log" | cut -c1-400
+  ;;
 *)
-  echo "usage: bash bench/device_check.sh tests|bench|sparse|verify" >&2
+  echo "usage: bash bench/device_check.sh tests|bench|sparse|verify|reference" >&2
   exit 2
   ;;
 esac
