@@ -29,6 +29,7 @@ import numba
 import numpy as np
 
 from omnivox.ovoxel.forked import call_in_fork, fork_available
+from omnivox.ovoxel.kernels import meshops_numba
 
 
 # ----------------------------------------------------------------------------------------------------- graph helpers
@@ -120,36 +121,20 @@ def edge_table(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, edge_of, face_count
 
 
-# Per-face geometry is computed in slices of this many faces: the (F, 3, 3) float64 temporaries of a whole
-# 45M-face mesh would take several GB each.
-FACE_CHUNK = 1 << 20
-
-
-def _norm3(x: np.ndarray) -> np.ndarray:
-    """Length of 3-vectors along the last axis: ``np.linalg.norm(x, axis=-1)``'s sums in the same order, without
-    its slow reduction over an axis of three."""
-    return np.sqrt(x[..., 0] * x[..., 0] + x[..., 1] * x[..., 1] + x[..., 2] * x[..., 2])
+def _as_kernel_input(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous float32/float64 vertices (other dtypes as float64) and int64 faces for the numba kernels."""
+    dtype = vertices.dtype if vertices.dtype in (np.float32, np.float64) else np.float64
+    return np.ascontiguousarray(vertices, dtype), np.ascontiguousarray(faces, np.int64).reshape(-1, 3)
 
 
 def face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(F,) float64 triangle areas."""
-    v = vertices.astype(np.float64)
-    out = np.empty(len(faces))
-    for start in range(0, len(faces), FACE_CHUNK):
-        corners = v[faces[start:start + FACE_CHUNK]]
-        a = corners[:, 0]
-        out[start:start + FACE_CHUNK] = 0.5 * _norm3(np.cross(corners[:, 1] - a, corners[:, 2] - a))
-    return out
+    return meshops_numba.face_areas(*_as_kernel_input(vertices, faces))
 
 
 def edge_lengths(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(F, 3) float64 length of the edge from corner c to corner c + 1 of every face."""
-    v = vertices.astype(np.float64)
-    out = np.empty((len(faces), 3))
-    for start in range(0, len(faces), FACE_CHUNK):
-        corners = v[faces[start:start + FACE_CHUNK]]  # one gather; the next corners are a view of it
-        out[start:start + FACE_CHUNK] = _norm3(corners[:, [1, 2, 0]] - corners)
-    return out
+    return meshops_numba.edge_lengths(*_as_kernel_input(vertices, faces))
 
 
 def subset_edge_table(table: tuple, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,13 +146,7 @@ def subset_edge_table(table: tuple, keep: np.ndarray) -> tuple[np.ndarray, np.nd
         keep: (F,) bool, the faces of the subset.
     """
     order, edge_of, face_count = table
-    keep_half_edge = np.repeat(np.asarray(keep, bool), 3)
-    new_id = np.cumsum(keep_half_edge) - 1
-    sub_order = new_id[order[keep_half_edge[order]]]
-    sub_edge = edge_of[keep_half_edge]
-    count = np.bincount(sub_edge, minlength=len(face_count))
-    present = count > 0
-    return sub_order, (np.cumsum(present) - 1)[sub_edge], count[present]
+    return meshops_numba.subset_edge_table(order, edge_of, face_count, np.ascontiguousarray(keep, bool))
 
 
 def rewound_edge_table(table: tuple, flipped: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,10 +154,7 @@ def rewound_edge_table(table: tuple, flipped: np.ndarray) -> tuple[np.ndarray, n
     ``orient_faces`` does), from ``table`` of the faces before: corner edge c of a flipped face is its old corner
     edge 2 - c, and the half-edges of one edge stay in face order."""
     order, edge_of, face_count = table
-    corner = np.arange(len(edge_of)) % 3
-    moved = np.repeat(np.asarray(flipped, bool), 3)
-    permutation = np.arange(len(edge_of)) + np.where(moved, 2 - 2 * corner, 0)  # its own inverse
-    return permutation[order], edge_of[permutation], face_count
+    return (*meshops_numba.rewound_edge_table(order, edge_of, np.ascontiguousarray(flipped, bool)), face_count)
 
 
 def face_components(faces: np.ndarray, table: Optional[tuple] = None) -> np.ndarray:
@@ -189,10 +165,7 @@ def face_components(faces: np.ndarray, table: Optional[tuple] = None) -> np.ndar
     if len(faces) == 0:
         return np.zeros(0, np.int64)
     order, edge_of, _ = edge_table(faces) if table is None else table
-    sorted_edges = edge_of[order]
-    same = sorted_edges[1:] == sorted_edges[:-1]  # consecutive half-edges of one edge join their faces
-    pairs = np.stack([order[:-1][same] // 3, order[1:][same] // 3], axis=1)
-    return connected_components(len(faces), pairs)
+    return meshops_numba.face_components(len(faces), order, edge_of)
 
 
 def compact(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -288,52 +261,11 @@ def remove_fringes(vertices: np.ndarray, faces: np.ndarray, width: float, rounds
     Returns:
         (F,) bool, the faces to keep.
     """
-    num_faces = len(faces)
-    keep = np.ones(num_faces, bool)
-    if num_faces == 0:
-        return keep
+    if len(faces) == 0:
+        return np.ones(0, bool)
     order, edge_of, face_count = edge_table(faces) if table is None else table
-    face_count = face_count.copy()  # of the kept faces, updated as fringes go
-    edge_of_face = edge_of.reshape(-1, 3)
-    length = edge_lengths(vertices, faces)
-    areas = face_areas(vertices, faces)
-    part = np.zeros(num_faces, np.int64)  # manifold part of every kept face (labels of later rounds are offset)
-    next_label = 0
-    looked_at = keep.copy()  # the faces whose parts this round decides on: whole parts
-    for _ in range(rounds):
-        faces_in = np.flatnonzero(looked_at)
-        local = np.cumsum(looked_at) - 1
-        sorted_half_edges = order[looked_at[order // 3]]
-        sorted_edges = edge_of[sorted_half_edges]
-        manifold = (sorted_edges[1:] == sorted_edges[:-1]) & (face_count[sorted_edges[1:]] == 2)
-        pairs = np.stack([local[sorted_half_edges[:-1][manifold] // 3],
-                          local[sorted_half_edges[1:][manifold] // 3]], axis=1)
-        local_part = connected_components(len(faces_in), pairs)
-        part[faces_in] = local_part + next_label
-        num_parts = int(local_part.max()) + 1
-        next_label += num_parts
-        count = face_count[edge_of_face[faces_in]]
-        edge_length = length[faces_in]
-        boundary = np.bincount(local_part, weights=(edge_length * (count == 1)).sum(axis=1), minlength=num_parts)
-        junction = np.bincount(local_part, weights=(edge_length * (count >= 3)).sum(axis=1), minlength=num_parts)
-        area = np.bincount(local_part, weights=areas[faces_in], minlength=num_parts)
-        fringe = (boundary > 0) & (junction >= 0.5 * boundary) & (area <= width * boundary)
-        if not fringe.any():
-            break
-        removed = faces_in[fringe[local_part]]
-        keep[removed] = False
-        removed_edges = edge_of_face[removed].reshape(-1)
-        face_count -= np.bincount(removed_edges, minlength=len(face_count))
-        # Parts that shared an edge with a removed face may have changed (lost a face on an edge, merged through an
-        # edge that became manifold); nothing else did.
-        touched_edge = np.zeros(len(face_count), bool)
-        touched_edge[removed_edges] = True
-        touched_part = np.zeros(next_label, bool)
-        touched_part[part[touched_edge[edge_of_face].any(axis=1) & keep]] = True
-        looked_at = touched_part[part] & keep
-        if not looked_at.any():
-            break
-    return keep
+    return meshops_numba.remove_fringes(order, edge_of, face_count, edge_lengths(vertices, faces),
+                                        face_areas(vertices, faces), float(width), int(rounds))
 
 
 def median_edge_length(vertices: np.ndarray, faces: np.ndarray) -> float:
@@ -377,35 +309,12 @@ def _propagate_flips(num_faces, adj_start, adj_face, adj_same):
     return flip, label
 
 
-@numba.njit(cache=True)
-def _stable_bucket_order(keys, bucket_start):
-    # np.argsort(keys, kind="stable") for small non-negative keys, by one counting pass (bucket_start: the
-    # exclusive prefix sum of the key counts, one longer than the largest key).
-    next_slot = bucket_start[:-1].copy()
-    order = np.empty(keys.shape[0], np.int64)
-    for i in range(keys.shape[0]):
-        order[next_slot[keys[i]]] = i
-        next_slot[keys[i]] += 1
-    return order
-
-
 def _manifold_parts(faces: np.ndarray, order: np.ndarray, edge_of: np.ndarray, face_count: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Consistent winding through manifold edges: (F,) int8 flip per face and (F,) int64 part label."""
-    sorted_edges = edge_of[order]
-    first = order[:-1]
-    second = order[1:]
-    manifold = (sorted_edges[1:] == sorted_edges[:-1]) & (face_count[sorted_edges[1:]] == 2)
-    he_a, he_b = first[manifold], second[manifold]
-    # The same start vertex means both faces traverse the edge in the same direction: inconsistent winding.
-    same = (faces.reshape(-1)[he_a] == faces.reshape(-1)[he_b]).astype(np.int8)
-    src = np.concatenate([he_a // 3, he_b // 3])
-    dst = np.concatenate([he_b // 3, he_a // 3])
-    same2 = np.concatenate([same, same])
-    adj_start = np.zeros(len(faces) + 1, np.int64)
-    np.cumsum(np.bincount(src, minlength=len(faces)), out=adj_start[1:])
-    by_src = _stable_bucket_order(src, adj_start)
-    return _propagate_flips(len(faces), adj_start, dst[by_src], same2[by_src])
+    adj_start, adj_face, adj_same = meshops_numba.manifold_adjacency(np.ascontiguousarray(faces, np.int64), order,
+                                                                     edge_of, face_count)
+    return _propagate_flips(len(faces), adj_start, adj_face, adj_same)
 
 
 @numba.njit(cache=True)

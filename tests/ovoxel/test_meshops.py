@@ -381,3 +381,148 @@ def test_face_measures_and_compact_match_plain_numpy():
     got_v, got_f = meshops.compact(vertices, faces[:200])
     np.testing.assert_array_equal(got_v, vertices[used])
     np.testing.assert_array_equal(got_f, inverse.reshape(-1, 3))
+
+
+# ------------------------------------------------- numba kernels (kernels/meshops_numba.py) against numpy (issue 16)
+# The numpy formulations below are the ones the kernels replaced; the kernels must give their results bit for bit.
+
+
+def _numpy_subset_edge_table(table, keep):
+    order, edge_of, face_count = table
+    keep_half_edge = np.repeat(np.asarray(keep, bool), 3)
+    new_id = np.cumsum(keep_half_edge) - 1
+    sub_edge = edge_of[keep_half_edge]
+    count = np.bincount(sub_edge, minlength=len(face_count))
+    present = count > 0
+    return new_id[order[keep_half_edge[order]]], (np.cumsum(present) - 1)[sub_edge], count[present]
+
+
+def _numpy_rewound_edge_table(table, flipped):
+    order, edge_of, face_count = table
+    corner = np.arange(len(edge_of)) % 3
+    permutation = np.arange(len(edge_of)) + np.where(np.repeat(flipped, 3), 2 - 2 * corner, 0)
+    return permutation[order], edge_of[permutation], face_count
+
+
+def _numpy_face_components(faces, table):
+    order, edge_of, _ = table
+    sorted_edges = edge_of[order]
+    same = sorted_edges[1:] == sorted_edges[:-1]
+    return meshops.connected_components(len(faces), np.stack([order[:-1][same] // 3, order[1:][same] // 3], axis=1))
+
+
+def _numpy_manifold_adjacency(faces, table):
+    order, edge_of, face_count = table
+    sorted_edges = edge_of[order]
+    manifold = (sorted_edges[1:] == sorted_edges[:-1]) & (face_count[sorted_edges[1:]] == 2)
+    he_a, he_b = order[:-1][manifold], order[1:][manifold]
+    same = (faces.reshape(-1)[he_a] == faces.reshape(-1)[he_b]).astype(np.int8)
+    src = np.concatenate([he_a // 3, he_b // 3])
+    by_src = np.argsort(src, kind="stable")
+    start = np.zeros(len(faces) + 1, np.int64)
+    np.cumsum(np.bincount(src, minlength=len(faces)), out=start[1:])
+    return start, np.concatenate([he_b // 3, he_a // 3])[by_src], np.concatenate([same, same])[by_src]
+
+
+def _numpy_remove_fringes(vertices, faces, width, table, rounds=3):
+    """remove_fringes as numpy passes: parts by connected_components, sums by bincount."""
+    v = vertices.astype(np.float64)
+    length = np.linalg.norm(v[faces[:, [1, 2, 0]]] - v[faces], axis=2)
+    areas = 0.5 * np.linalg.norm(np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]]), axis=1)
+    order, edge_of, face_count = table
+    face_count = face_count.copy()
+    edge_of_face = edge_of.reshape(-1, 3)
+    keep = np.ones(len(faces), bool)
+    part = np.zeros(len(faces), np.int64)
+    next_label, looked_at = 0, keep.copy()
+    for _ in range(rounds):
+        faces_in = np.flatnonzero(looked_at)
+        local = np.cumsum(looked_at) - 1
+        sorted_half_edges = order[looked_at[order // 3]]
+        sorted_edges = edge_of[sorted_half_edges]
+        manifold = (sorted_edges[1:] == sorted_edges[:-1]) & (face_count[sorted_edges[1:]] == 2)
+        pairs = np.stack([local[sorted_half_edges[:-1][manifold] // 3],
+                          local[sorted_half_edges[1:][manifold] // 3]], axis=1)
+        local_part = meshops.connected_components(len(faces_in), pairs)
+        part[faces_in] = local_part + next_label
+        num_parts = int(local_part.max()) + 1
+        next_label += num_parts
+        count = face_count[edge_of_face[faces_in]]
+        edge_length = length[faces_in]
+        boundary = np.bincount(local_part, weights=(edge_length * (count == 1)).sum(axis=1), minlength=num_parts)
+        junction = np.bincount(local_part, weights=(edge_length * (count >= 3)).sum(axis=1), minlength=num_parts)
+        area = np.bincount(local_part, weights=areas[faces_in], minlength=num_parts)
+        fringe = (boundary > 0) & (junction >= 0.5 * boundary) & (area <= width * boundary)
+        if not fringe.any():
+            break
+        removed = faces_in[fringe[local_part]]
+        keep[removed] = False
+        removed_edges = edge_of_face[removed].reshape(-1)
+        face_count -= np.bincount(removed_edges, minlength=len(face_count))
+        touched_edge = np.zeros(len(face_count), bool)
+        touched_edge[removed_edges] = True
+        touched_part = np.zeros(next_label, bool)
+        touched_part[part[touched_edge[edge_of_face].any(axis=1) & keep]] = True
+        looked_at = touched_part[part] & keep
+        if not looked_at.any():
+            break
+    return keep
+
+
+@pytest.fixture(scope="module")
+def soup_surface():
+    """The extracted surface of the triangle soup at 32^3, cleaned: crossing sheets, fringes, non-manifold edges."""
+    from omnivox.assets import load_asset
+    from omnivox.ovoxel import dual_grid_to_mesh, mesh_to_dual_grid, to_local
+    from tests.conftest import _assets_dir
+
+    scene = load_asset(_assets_dir() / "mesh/soup.stl").normalized()
+    coords, dual, flags = mesh_to_dual_grid(scene.vertices, scene.faces, 32)
+    vertices, faces = dual_grid_to_mesh(coords, to_local(coords, dual, 1 / 32), flags, 32)
+    return meshops.clean(np.asarray(vertices, np.float32), np.asarray(faces, np.int64), 1e-5)
+
+
+def _tangled_mesh(rng):
+    """Random triangles on few vertices (non-manifold edges, both windings, open borders) beside a sphere whose
+    winding is scrambled and which has a few faces cut out."""
+    tangle = rng.integers(0, 40, size=(300, 3))
+    tangle = tangle[(tangle[:, 0] != tangle[:, 1]) & (tangle[:, 1] != tangle[:, 2]) & (tangle[:, 2] != tangle[:, 0])]
+    sphere_v, sphere_f = _sphere(0.3, subdivisions=2)
+    sphere_f = _scramble_winding(sphere_f, int(rng.integers(1 << 30)))[rng.random(len(sphere_f)) < 0.97]
+    vertices = np.concatenate([rng.normal(size=(40, 3)), sphere_v]).astype(np.float32)
+    return vertices, np.concatenate([tangle, sphere_f + 40])
+
+
+def _assert_tables_equal(got, expected):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("source", ["random", "soup"])
+def test_numba_edge_table_kernels_match_numpy(source, request):
+    rng = np.random.default_rng()
+    vertices, faces = _tangled_mesh(rng) if source == "random" else request.getfixturevalue("soup_surface")
+    table = meshops.edge_table(faces)
+    keep = rng.random(len(faces)) < 0.8
+    flipped = rng.random(len(faces)) < 0.5
+    _assert_tables_equal(meshops.subset_edge_table(table, keep), _numpy_subset_edge_table(table, keep))
+    _assert_tables_equal(meshops.rewound_edge_table(table, flipped), _numpy_rewound_edge_table(table, flipped))
+    np.testing.assert_array_equal(meshops.face_components(faces, table), _numpy_face_components(faces, table))
+    from omnivox.ovoxel.kernels import meshops_numba
+
+    _assert_tables_equal(meshops_numba.manifold_adjacency(faces, *table), _numpy_manifold_adjacency(faces, table))
+
+
+@pytest.mark.parametrize("source", ["random", "soup"])
+def test_numba_fringe_rule_matches_numpy(source, request):
+    rng = np.random.default_rng()
+    vertices, faces = _tangled_mesh(rng) if source == "random" else request.getfixturevalue("soup_surface")
+    table = meshops.edge_table(faces)
+    width = 1.5 * float(np.median(np.linalg.norm(vertices[faces[:, 1]] - vertices[faces[:, 0]], axis=1)))
+    if source == "random":
+        width *= float(rng.uniform(0.5, 20.0))  # random triangles are long: some parts must count as fringes
+    keep = meshops.remove_fringes(vertices, faces, width, table=table)
+    np.testing.assert_array_equal(keep, _numpy_remove_fringes(vertices, faces, width, table))
+    if source == "soup":
+        assert 0 < (~keep).sum() < len(faces) // 10

@@ -1,0 +1,255 @@
+"""CPU kernels (numba) of the mesh clean-up in ``omnivox.ovoxel.meshops``: per-face measures, edge-table
+bookkeeping, face components and the fringe rule in single passes, without the (F, 3, 3) float64 temporaries and
+the sorts of the numpy formulation.
+
+Every kernel gives the numpy formulation's result bit for bit: floating-point sums run in the same order (per-face
+values in corner order, per-group sums in face order, as ``np.bincount`` adds them) and numba contracts no
+multiply-add (no fastmath). ``tests/ovoxel/test_meshops.py`` compares each with the numpy formulation.
+
+Tables are ``meshops.edge_table``'s: ``order`` (3F,) half-edge ids sorted by undirected edge, ``edge_of`` (3F,)
+undirected edge of each half-edge (ids ascending along ``order``), ``face_count`` (E,) half-edges per edge; half-edge
+``3 * f + c`` runs from corner c of face f to corner c + 1.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(cache=True)
+def face_areas(vertices, faces):
+    """(F,) float64 triangle areas: half the length of the cross product of the edges from corner 0."""
+    out = np.empty(faces.shape[0])
+    for i in range(faces.shape[0]):
+        a, b, c = faces[i, 0], faces[i, 1], faces[i, 2]
+        ax, ay, az = np.float64(vertices[a, 0]), np.float64(vertices[a, 1]), np.float64(vertices[a, 2])
+        ux, uy, uz = np.float64(vertices[b, 0]) - ax, np.float64(vertices[b, 1]) - ay, np.float64(vertices[b, 2]) - az
+        vx, vy, vz = np.float64(vertices[c, 0]) - ax, np.float64(vertices[c, 1]) - ay, np.float64(vertices[c, 2]) - az
+        x = uy * vz - uz * vy
+        y = uz * vx - ux * vz
+        z = ux * vy - uy * vx
+        out[i] = 0.5 * np.sqrt(x * x + y * y + z * z)
+    return out
+
+
+@nb.njit(cache=True)
+def edge_lengths(vertices, faces):
+    """(F, 3) float64 length of the edge from corner c to corner c + 1 of every face."""
+    out = np.empty((faces.shape[0], 3))
+    for i in range(faces.shape[0]):
+        for c in range(3):
+            p, q = faces[i, c], faces[i, (c + 1) % 3]
+            dx = np.float64(vertices[q, 0]) - np.float64(vertices[p, 0])
+            dy = np.float64(vertices[q, 1]) - np.float64(vertices[p, 1])
+            dz = np.float64(vertices[q, 2]) - np.float64(vertices[p, 2])
+            out[i, c] = np.sqrt(dx * dx + dy * dy + dz * dz)
+    return out
+
+
+@nb.njit(cache=True, inline="always")
+def _root(parent, i):
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]  # path halving
+        i = parent[i]
+    return i
+
+
+@nb.njit(cache=True, inline="always")
+def _join(parent, i, j):
+    ri = _root(parent, i)
+    rj = _root(parent, j)
+    if ri < rj:  # the smaller root stays: every root is its component's smallest node
+        parent[rj] = ri
+    elif rj < ri:
+        parent[ri] = rj
+
+
+@nb.njit(cache=True)
+def _labels_from_roots(parent):
+    # Labels 0..K-1 in order of each component's smallest node (its root, which comes before its other nodes).
+    label = np.empty(parent.shape[0], np.int64)
+    count = 0
+    for i in range(parent.shape[0]):
+        r = _root(parent, i)
+        if r == i:
+            label[i] = count
+            count += 1
+        else:
+            label[i] = label[r]
+    return label
+
+
+@nb.njit(cache=True)
+def face_components(num_faces, order, edge_of):
+    """(F,) int64 labels of the faces connected through shared edges, numbered by each component's smallest face
+    (``meshops.face_components``)."""
+    parent = np.arange(num_faces)
+    for k in range(1, order.shape[0]):
+        if edge_of[order[k]] == edge_of[order[k - 1]]:
+            _join(parent, order[k - 1] // 3, order[k] // 3)
+    return _labels_from_roots(parent)
+
+
+@nb.njit(cache=True)
+def subset_edge_table(order, edge_of, face_count, keep):
+    """``meshops.subset_edge_table``: the table of the faces ``keep`` (F,) bool, from the whole mesh's."""
+    num_faces = keep.shape[0]
+    new_face = np.empty(num_faces, np.int64)
+    kept = 0
+    for f in range(num_faces):
+        new_face[f] = kept
+        if keep[f]:
+            kept += 1
+    count = np.zeros(face_count.shape[0], np.int64)
+    for h in range(edge_of.shape[0]):
+        if keep[h // 3]:
+            count[edge_of[h]] += 1
+    rank = np.empty(face_count.shape[0], np.int64)
+    present = 0
+    for e in range(face_count.shape[0]):
+        rank[e] = present
+        if count[e] > 0:
+            present += 1
+    sub_count = np.empty(present, np.int64)
+    for e in range(face_count.shape[0]):
+        if count[e] > 0:
+            sub_count[rank[e]] = count[e]
+    sub_order = np.empty(3 * kept, np.int64)
+    sub_edge = np.empty(3 * kept, np.int64)
+    j = 0
+    for k in range(order.shape[0]):
+        h = order[k]
+        if keep[h // 3]:
+            sub_order[j] = 3 * new_face[h // 3] + h % 3
+            j += 1
+    for h in range(edge_of.shape[0]):
+        if keep[h // 3]:
+            sub_edge[3 * new_face[h // 3] + h % 3] = rank[edge_of[h]]
+    return sub_order, sub_edge, sub_count
+
+
+@nb.njit(cache=True)
+def rewound_edge_table(order, edge_of, flipped):
+    """``meshops.rewound_edge_table``: (order, edge_of) after the ``flipped`` faces were re-wound [a, b, c] ->
+    [a, c, b] (corner edge c of a flipped face is its old corner edge 2 - c)."""
+    new_order = np.empty_like(order)
+    new_edge = np.empty_like(edge_of)
+    for k in range(order.shape[0]):
+        h = order[k]
+        new_order[k] = h + 2 - 2 * (h % 3) if flipped[h // 3] else h
+    for h in range(edge_of.shape[0]):
+        new_edge[h] = edge_of[h + 2 - 2 * (h % 3)] if flipped[h // 3] else edge_of[h]
+    return new_order, new_edge
+
+
+@nb.njit(cache=True)
+def manifold_adjacency(faces, order, edge_of, face_count):
+    """The faces' neighbours through edges with exactly two faces, as ``meshops._manifold_parts`` lists them:
+    CSR (adj_start (F + 1,), adj_face, adj_same) where adj_same is 1 when both faces run along the edge in the same
+    direction. Per face, first the neighbours where it holds the first of the two sorted half-edges, then those
+    where it holds the second, each in sorted-edge order."""
+    num_faces = faces.shape[0]
+    flat = faces.reshape(-1)
+    degree = np.zeros(num_faces + 1, np.int64)
+    pairs = 0
+    for k in range(order.shape[0] - 1):
+        e = edge_of[order[k]]
+        if e == edge_of[order[k + 1]] and face_count[e] == 2:
+            degree[order[k] // 3 + 1] += 1
+            degree[order[k + 1] // 3 + 1] += 1
+            pairs += 1
+    adj_start = np.cumsum(degree)
+    slot = adj_start[:-1].copy()
+    adj_face = np.empty(2 * pairs, np.int64)
+    adj_same = np.empty(2 * pairs, np.int8)
+    for side in range(2):
+        for k in range(order.shape[0] - 1):
+            e = edge_of[order[k]]
+            if e == edge_of[order[k + 1]] and face_count[e] == 2:
+                a, b = order[k], order[k + 1]
+                same = np.int8(1) if flat[a] == flat[b] else np.int8(0)
+                if side == 1:
+                    a, b = b, a
+                f = a // 3
+                adj_face[slot[f]] = b // 3
+                adj_same[slot[f]] = same
+                slot[f] += 1
+    return adj_start, adj_face, adj_same
+
+
+@nb.njit(cache=True)
+def remove_fringes(order, edge_of, face_count, length, areas, width, rounds):
+    """``meshops.remove_fringes`` after its per-face measures: (F,) bool, the faces to keep.
+
+    ``length`` (F, 3) edge lengths, ``areas`` (F,) face areas. Each round labels the manifold parts of the faces
+    looked at (through consecutive sorted half-edges on an edge with exactly two kept faces), sums each part's
+    boundary, junction and area in face order, drops the fringes, and looks next at the parts that shared an edge
+    with a dropped face.
+    """
+    num_faces = areas.shape[0]
+    keep = np.ones(num_faces, np.bool_)
+    count = face_count.copy()  # of the kept faces
+    looked = np.ones(num_faces, np.bool_)
+    part = np.zeros(num_faces, np.int64)  # of every kept face; later rounds' labels come after earlier ones'
+    next_label = 0
+    parent = np.arange(num_faces)
+    label_of_root = np.full(num_faces, -1, np.int64)
+    for _ in range(rounds):
+        for f in range(num_faces):
+            if looked[f]:
+                parent[f] = f
+        previous = -1
+        for k in range(order.shape[0]):
+            h = order[k]
+            if not looked[h // 3]:
+                continue
+            if previous >= 0 and edge_of[previous] == edge_of[h] and count[edge_of[h]] == 2:
+                _join(parent, previous // 3, h // 3)
+            previous = h
+        first_label = next_label
+        for f in range(num_faces):
+            if looked[f]:
+                r = _root(parent, f)
+                if r == f:
+                    label_of_root[f] = next_label
+                    next_label += 1
+                part[f] = label_of_root[r]
+        num_parts = next_label - first_label
+        boundary = np.zeros(num_parts)
+        junction = np.zeros(num_parts)
+        area = np.zeros(num_parts)
+        for f in range(num_faces):
+            if not looked[f]:
+                continue
+            p = part[f] - first_label
+            n0, n1, n2 = count[edge_of[3 * f]], count[edge_of[3 * f + 1]], count[edge_of[3 * f + 2]]
+            # numpy's (length * (count == 1)).sum(axis=1): products by 0 or 1, added in corner order.
+            boundary[p] += (length[f, 0] * (1.0 if n0 == 1 else 0.0) + length[f, 1] * (1.0 if n1 == 1 else 0.0)
+                            ) + length[f, 2] * (1.0 if n2 == 1 else 0.0)
+            junction[p] += (length[f, 0] * (1.0 if n0 >= 3 else 0.0) + length[f, 1] * (1.0 if n1 >= 3 else 0.0)
+                            ) + length[f, 2] * (1.0 if n2 >= 3 else 0.0)
+            area[p] += areas[f]
+        fringe = (boundary > 0) & (junction >= 0.5 * boundary) & (area <= width * boundary)
+        if not fringe.any():
+            break
+        touched_edge = np.zeros(count.shape[0], np.bool_)
+        for f in range(num_faces):
+            if looked[f] and fringe[part[f] - first_label]:
+                keep[f] = False
+                for c in range(3):
+                    count[edge_of[3 * f + c]] -= 1
+                    touched_edge[edge_of[3 * f + c]] = True
+        # Parts that shared an edge with a removed face may have changed; nothing else did.
+        touched_part = np.zeros(next_label, np.bool_)
+        for f in range(num_faces):
+            if keep[f] and (touched_edge[edge_of[3 * f]] or touched_edge[edge_of[3 * f + 1]]
+                            or touched_edge[edge_of[3 * f + 2]]):
+                touched_part[part[f]] = True
+        any_looked = False
+        for f in range(num_faces):
+            looked[f] = keep[f] and touched_part[part[f]]
+            any_looked = any_looked or looked[f]
+        if not any_looked:
+            break
+    return keep
