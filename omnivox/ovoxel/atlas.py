@@ -3,8 +3,9 @@
 Why not a general unwrapper (xatlas): a voxel surface is made of large, locally flat, axis-dominated pieces, so
 projecting each piece orthographically onto its axis plane is already a good parameterisation: angles are kept
 except for one stretch of ``1 / |n_axis|`` along the slope, and nothing has to be optimised. Every stage is a
-vectorised pass over faces or edges (torch, so the same code runs on CPU and CUDA; the two texel rasterisers have
-a numba twin on the CPU with the same arithmetic); only the packer loops, once per shelf of charts.
+vectorised pass over faces or edges (torch, so the same code runs on CPU and CUDA; the two texel rasterisers, the
+connected components, the chart boxes and the placement of packed corners have a numba twin on the CPU with the same
+results, where torch's many small passes cost seconds); only the packer loops, once per shelf of charts.
 
 Method (``voxel_atlas``):
 
@@ -133,7 +134,16 @@ def _edges(faces: torch.Tensor, num_vertices: int):
 
 def _components(num_nodes: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Connected components of an undirected graph given by edges (a, b): each node gets its component's smallest
-    node index (hooking of roots, then pointer jumping; integer-only, so identical on every device)."""
+    node index. On the CPU by union-find (`_components_numba`), elsewhere by `_components_torch`; the answer is
+    the same."""
+    if a.device.type == "cpu":
+        return torch.from_numpy(_components_numba(num_nodes, np.ascontiguousarray(a.numpy()),
+                                                  np.ascontiguousarray(b.numpy())))
+    return _components_torch(num_nodes, a, b)
+
+
+def _components_torch(num_nodes: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`_components` by hooking of roots, then pointer jumping (integer-only, so identical on every device)."""
     label = torch.arange(num_nodes, device=a.device)
     if a.numel() == 0:
         return label
@@ -149,6 +159,28 @@ def _components(num_nodes: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
         if torch.equal(hooked, label):
             return label
         label = hooked
+
+
+@numba.njit(cache=True)
+def _components_numba(num_nodes, a, b):
+    """`_components` on the CPU: union-find that hooks the larger root under the smaller, so every root is its
+    component's smallest node (pointer jumping takes a dozen whole-graph passes per call there)."""
+    parent = np.arange(num_nodes)
+    for k in range(a.shape[0]):
+        i, j = a[k], b[k]
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        while parent[j] != j:
+            parent[j] = parent[parent[j]]
+            j = parent[j]
+        if i < j:
+            parent[j] = i
+        elif j < i:
+            parent[i] = j
+    for i in range(num_nodes):
+        parent[i] = parent[parent[i]]  # parents have smaller indices, so they already point at their roots
+    return parent
 
 
 def _group_components(group: torch.Tensor, pair_a: torch.Tensor, pair_b: torch.Tensor,
@@ -213,11 +245,36 @@ def _projected_corners(corners: torch.Tensor, label: torch.Tensor) -> torch.Tens
 
 def _chart_boxes(flat: torch.Tensor, chart: torch.Tensor, charts: int):
     """Per-chart (lo (C, 2), hi (C, 2)) of projected corners ``flat`` (F, 3, 2)."""
+    if flat.device.type == "cpu":
+        lo, hi = _chart_boxes_numba(np.ascontiguousarray(flat.numpy()), np.ascontiguousarray(chart.numpy()), charts)
+        return torch.from_numpy(lo), torch.from_numpy(hi)
+    return _chart_boxes_torch(flat, chart, charts)
+
+
+def _chart_boxes_torch(flat: torch.Tensor, chart: torch.Tensor, charts: int):
+    """`_chart_boxes` by two ``scatter_reduce`` passes (any device)."""
     index = chart.repeat_interleave(3).view(-1, 1).expand(-1, 2)
     points = flat.reshape(-1, 2)
     lo = torch.full((charts, 2), math.inf, dtype=flat.dtype, device=flat.device)
     hi = torch.full((charts, 2), -math.inf, dtype=flat.dtype, device=flat.device)
     return lo.scatter_reduce(0, index, points, reduce="amin"), hi.scatter_reduce(0, index, points, reduce="amax")
+
+
+@numba.njit(cache=True)
+def _chart_boxes_numba(flat, chart, charts):
+    """`_chart_boxes` on the CPU in one pass (minima and maxima are exact in any order)."""
+    lo = np.full((charts, 2), np.inf, flat.dtype)
+    hi = np.full((charts, 2), -np.inf, flat.dtype)
+    for f in range(flat.shape[0]):
+        c = chart[f]
+        for k in range(3):
+            for d in range(2):
+                x = flat[f, k, d]
+                if x < lo[c, d]:
+                    lo[c, d] = x
+                if x > hi[c, d]:
+                    hi[c, d] = x
+    return lo, hi
 
 
 def _strict_claims_torch(pix, first, width, count, twice_area, chart, stride, return_faces: bool = False):
@@ -328,13 +385,40 @@ def _layout(flat: torch.Tensor, chart: torch.Tensor, lo: torch.Tensor, hi: torch
     same half-integer lattice of its own frame whatever the packing did."""
     device = flat.device
     scale, origin, turned = _pack((hi - lo).cpu().numpy(), texture_size, padding, keep_scale)
+    if device.type == "cpu":
+        return torch.from_numpy(_placed_corners_numba(flat.numpy(), chart.numpy(), lo.numpy(), hi.numpy(), scale,
+                                                      origin.astype(np.float64), turned, float(texture_size))), scale
+    return _placed_corners_torch(flat, chart, lo, hi, scale, origin, turned, texture_size), scale
+
+
+def _placed_corners_torch(flat: torch.Tensor, chart: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, scale: float,
+                          origin: np.ndarray, turned: np.ndarray, texture_size: int) -> torch.Tensor:
+    """(F, 3, 2) UVs of the corners of charts packed at texel ``origin`` (C, 2), ``turned`` (C,) a quarter turn."""
+    device = flat.device
     origin_t = torch.from_numpy(origin).to(device=device, dtype=torch.float64)
     turned_t = torch.from_numpy(turned).to(device)
     local = (flat - lo[chart].unsqueeze(1)) * scale  # (F, 3, 2) texels from the chart's lower-left corner
     chart_height = torch.ceil((hi - lo)[:, 1] * scale)[chart].view(-1, 1)
     quarter_turn = torch.stack([chart_height - local[:, :, 1], local[:, :, 0]], dim=2)  # counter-clockwise
     local = torch.where(turned_t[chart].view(-1, 1, 1), quarter_turn, local)
-    return (local + origin_t[chart].unsqueeze(1)) / float(texture_size), scale
+    return (local + origin_t[chart].unsqueeze(1)) / float(texture_size)
+
+
+@numba.njit(cache=True)
+def _placed_corners_numba(flat, chart, lo, hi, scale, origin, turned, texture_size):
+    """`_layout`'s UVs on the CPU in one pass over the corners (the torch path's operations, in its order)."""
+    out = np.empty(flat.shape)
+    for f in range(flat.shape[0]):
+        c = chart[f]
+        height = np.ceil((hi[c, 1] - lo[c, 1]) * scale)
+        for k in range(3):
+            x = (flat[f, k, 0] - lo[c, 0]) * scale
+            y = (flat[f, k, 1] - lo[c, 1]) * scale
+            if turned[c]:
+                x, y = height - y, x
+            out[f, k, 0] = (x + origin[c, 0]) / texture_size
+            out[f, k, 1] = (y + origin[c, 1]) / texture_size
+    return out
 
 
 def _overlapping_faces(pix: torch.Tensor, texture_size: int) -> torch.Tensor:

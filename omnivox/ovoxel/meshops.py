@@ -90,35 +90,8 @@ def edge_table(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         edge_of: (3F,) int64 undirected edge id of each half-edge.
         face_count: (E,) int64 number of half-edges (faces) on each undirected edge.
     """
-    # Written for meshes of tens of millions of faces: one stable sort of the keys and no np.unique (which would
-    # sort again and hold several more arrays of 3F int64 at once).
-    n = int(faces.max()) + 1 if faces.size else 1
-    start = faces.reshape(-1)
-    end = faces[:, [1, 2, 0]].reshape(-1)
-    keys = np.minimum(start, end).astype(np.int64)
-    keys *= n
-    keys += np.maximum(start, end)
-    del end
-    count = len(keys)
-    if n * n * max(count, 1) < 1 << 62:
-        # Half-edge ids appended to the keys make every key unique, so the (2-4x faster) unstable sort gives the
-        # stable sort's order exactly.
-        unique_keys = keys * count
-        unique_keys += np.arange(count, dtype=np.int64)
-        order = np.argsort(unique_keys)
-        del unique_keys
-    else:
-        order = np.argsort(keys, kind="stable")  # ties keep half-edge order
-    sorted_keys = keys[order]
-    del keys
-    first = np.empty(len(sorted_keys), bool)
-    first[:1] = True
-    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
-    del sorted_keys
-    edge_of = np.empty(len(order), np.int64)
-    edge_of[order] = np.cumsum(first) - 1
-    face_count = np.diff(np.append(np.flatnonzero(first), len(first)))
-    return order, edge_of, face_count
+    faces = np.ascontiguousarray(faces, np.int64).reshape(-1, 3)
+    return meshops_numba.edge_table(faces, int(faces.max()) + 1 if faces.size else 1)
 
 
 def _as_kernel_input(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,15 +167,8 @@ def remove_duplicate_faces(faces: np.ndarray) -> np.ndarray:
     """
     if len(faces) == 0:
         return faces
-    corners = np.sort(faces, axis=1)
-    # One int64 key for the two smallest corners (V^2 fits; V^3 would not at 1024^3 surfaces), the largest as a
-    # second sort key: about 3x faster than np.unique over rows.
-    key = corners[:, 0] * (int(corners[:, 2].max()) + 1) + corners[:, 1]
-    order = np.lexsort((corners[:, 2], key))  # stable: the first face of each set comes first
-    key, largest = key[order], corners[order, 2]
-    first = np.ones(len(order), bool)
-    first[1:] = (key[1:] != key[:-1]) | (largest[1:] != largest[:-1])
-    return faces[np.sort(order[first])]
+    first = meshops_numba.first_of_duplicates(np.ascontiguousarray(faces, np.int64), int(faces.max()) + 1)
+    return faces[first]
 
 
 def consistently_wound(faces: np.ndarray, table: Optional[tuple] = None) -> bool:

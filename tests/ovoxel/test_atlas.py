@@ -375,3 +375,46 @@ def test_shelf_height_and_root_ranks_match_plain_references():
     assert atlas_module._shelf_height(widths, heights, 30) > 10 ** 18  # a rectangle wider than a row
     root = torch.from_numpy(rng.integers(0, 2000, 2000))  # any node indices naming groups
     assert torch.equal(atlas_module._rank_of_roots(root), torch.unique(root, return_inverse=True)[1])
+
+
+def test_numba_twins_of_components_boxes_and_placement_match_torch():
+    """The CPU's numba twins give the torch path's results exactly, on fresh random inputs."""
+    rng = np.random.default_rng()
+    nodes = 3000
+    a, b = (torch.from_numpy(rng.integers(0, nodes, 2500)) for _ in range(2))
+    expected = atlas_module._components_torch(nodes, a, b)
+    assert torch.equal(atlas_module._components(nodes, a, b), expected)
+    assert 1 < len(torch.unique(expected)) < nodes
+
+    count, charts = 2000, 40
+    flat = torch.from_numpy(rng.normal(size=(count, 3, 2)))
+    chart = torch.from_numpy(rng.integers(0, charts, count))
+    lo, hi = atlas_module._chart_boxes(flat, chart, charts)
+    lo_t, hi_t = atlas_module._chart_boxes_torch(flat, chart, charts)
+    assert torch.equal(lo, lo_t) and torch.equal(hi, hi_t)
+
+    for texture_size in (1000, 2048):  # a size that is no power of two divides inexactly
+        scale = float(rng.uniform(50, 300))
+        origin = rng.integers(0, texture_size // 2, (charts, 2))
+        turned = rng.random(charts) < 0.5
+        placed = atlas_module._placed_corners_numba(flat.numpy(), chart.numpy(), lo.numpy(), hi.numpy(), scale,
+                                                    origin.astype(np.float64), turned, float(texture_size))
+        expected = atlas_module._placed_corners_torch(flat, chart, lo, hi, scale, origin, turned, texture_size)
+        np.testing.assert_array_equal(placed, expected.numpy())
+
+
+def test_real_asset_atlas_is_the_same_through_the_torch_passes(assets, monkeypatch):
+    """voxel_atlas on a real asset on the CPU (numba twins) equals the atlas made with the torch passes there."""
+    vertices, faces = real_asset_surface("gltf/Fox.glb", 96)
+    with_numba = voxel_atlas(vertices, faces, TEXTURE)
+    monkeypatch.setattr(atlas_module, "_components", atlas_module._components_torch)
+    monkeypatch.setattr(atlas_module, "_chart_boxes", atlas_module._chart_boxes_torch)
+
+    def placed_by_torch(flat, chart, lo, hi, scale, origin, turned, texture_size):
+        return atlas_module._placed_corners_torch(torch.from_numpy(flat), torch.from_numpy(chart), torch.from_numpy(lo),
+                                                  torch.from_numpy(hi), scale, origin, turned, texture_size).numpy()
+
+    monkeypatch.setattr(atlas_module, "_placed_corners_numba", placed_by_torch)
+    with_torch = voxel_atlas(vertices, faces, TEXTURE)
+    for name in ("vmapping", "faces", "uvs", "face_chart"):
+        np.testing.assert_array_equal(getattr(with_numba, name), getattr(with_torch, name))

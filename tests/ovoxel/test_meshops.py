@@ -526,3 +526,44 @@ def test_numba_fringe_rule_matches_numpy(source, request):
     np.testing.assert_array_equal(keep, _numpy_remove_fringes(vertices, faces, width, table))
     if source == "soup":
         assert 0 < (~keep).sum() < len(faces) // 10
+
+
+def _numpy_edge_table(faces):
+    start, end = faces.reshape(-1), faces[:, [1, 2, 0]].reshape(-1)
+    keys = np.minimum(start, end) * (int(faces.max()) + 1) + np.maximum(start, end)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    first = np.ones(len(order), bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    edge_of = np.empty(len(order), np.int64)
+    edge_of[order] = np.cumsum(first) - 1
+    return order, edge_of, np.diff(np.append(np.flatnonzero(first), len(first)))
+
+
+def _numpy_remove_duplicate_faces(faces):
+    corners = np.sort(faces, axis=1)
+    order = np.lexsort((corners[:, 2], corners[:, 1], corners[:, 0]))  # stable: lowest face index first
+    sorted_corners = corners[order]
+    first = np.ones(len(order), bool)
+    first[1:] = (sorted_corners[1:] != sorted_corners[:-1]).any(axis=1)
+    return faces[np.sort(order[first])]
+
+
+@pytest.mark.parametrize("source", ["random", "soup"])
+def test_numba_edge_table_and_duplicates_match_numpy(source, request):
+    rng = np.random.default_rng()
+    if source == "random":
+        _, faces = _tangled_mesh(rng)
+        # A fan of 200 faces round vertex 0 (runs longer than the insertion sort's) with repeated faces in it.
+        rim = rng.integers(1, 60, size=200)
+        fan = np.stack([np.zeros(200, np.int64), rim, rng.integers(1, 60, size=200)], axis=1)
+        fan = fan[(fan[:, 1] != fan[:, 2])]
+        faces = np.concatenate([faces, fan, faces[rng.integers(len(faces), size=50)][:, ::-1]])
+        faces = faces[rng.permutation(len(faces))]
+    else:
+        faces = request.getfixturevalue("soup_surface")[1]
+        faces = np.concatenate([faces, faces[rng.integers(len(faces), size=500)][:, [2, 1, 0]]])
+    _assert_tables_equal(meshops.edge_table(faces), _numpy_edge_table(faces))
+    deduplicated = meshops.remove_duplicate_faces(faces)
+    np.testing.assert_array_equal(deduplicated, _numpy_remove_duplicate_faces(faces))
+    assert len(deduplicated) < len(faces)

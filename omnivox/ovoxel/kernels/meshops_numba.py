@@ -47,6 +47,122 @@ def edge_lengths(vertices, faces):
     return out
 
 
+# Buckets of a counting sort with more entries than this are sorted by a merge sort instead of insertion.
+INSERTION_SORT_LIMIT = 32
+
+
+@nb.njit(cache=True)
+def _bucket_by(keys, num_buckets):
+    """Stable counting sort by small non-negative ``keys``: (order, bucket_start (num_buckets + 1,))."""
+    start = np.zeros(num_buckets + 1, np.int64)
+    for i in range(keys.shape[0]):
+        start[keys[i] + 1] += 1
+    for b in range(num_buckets):
+        start[b + 1] += start[b]
+    slot = start[:-1].copy()
+    order = np.empty(keys.shape[0], np.int64)
+    for i in range(keys.shape[0]):
+        order[slot[keys[i]]] = i
+        slot[keys[i]] += 1
+    return order, start
+
+
+@nb.njit(cache=True)
+def _sort_run(keys, items, lo, hi):
+    """Stable sort of ``keys[lo:hi]`` with ``items[lo:hi]`` alongside, in place."""
+    if hi - lo <= INSERTION_SORT_LIMIT:
+        for k in range(lo + 1, hi):
+            key, item = keys[k], items[k]
+            j = k - 1
+            while j >= lo and keys[j] > key:
+                keys[j + 1] = keys[j]
+                items[j + 1] = items[j]
+                j -= 1
+            keys[j + 1] = key
+            items[j + 1] = item
+    else:
+        by_key = np.argsort(keys[lo:hi], kind="mergesort")
+        keys[lo:hi] = keys[lo:hi][by_key]
+        items[lo:hi] = items[lo:hi][by_key]
+
+
+@nb.njit(cache=True)
+def edge_table(faces, num_vertices):
+    """``meshops.edge_table``: half-edges stably sorted by (smaller, larger) endpoint, by a counting sort on the
+    smaller endpoint and a sort of each (short) run by the larger. Returns (order, edge_of, face_count)."""
+    count = faces.shape[0] * 3
+    start = np.zeros(num_vertices + 1, np.int64)
+    for f in range(faces.shape[0]):
+        for c in range(3):
+            start[min(faces[f, c], faces[f, (c + 1) % 3]) + 1] += 1
+    for v in range(num_vertices):
+        start[v + 1] += start[v]
+    slot = start[:-1].copy()
+    order = np.empty(count, np.int64)
+    larger = np.empty(count, np.int64)  # the larger endpoint, in sorted order
+    for f in range(faces.shape[0]):
+        for c in range(3):
+            a, b = faces[f, c], faces[f, (c + 1) % 3]
+            k = slot[min(a, b)]
+            order[k] = 3 * f + c
+            larger[k] = max(a, b)
+            slot[min(a, b)] += 1
+    for v in range(num_vertices):
+        if start[v + 1] - start[v] > 1:
+            _sort_run(larger, order, start[v], start[v + 1])
+    edge_of = np.empty(count, np.int64)
+    face_count = np.empty(count, np.int64)
+    edges = -1
+    for v in range(num_vertices):
+        for k in range(start[v], start[v + 1]):
+            if k == start[v] or larger[k] != larger[k - 1]:
+                edges += 1
+                face_count[edges] = 0
+            edge_of[order[k]] = edges
+            face_count[edges] += 1
+    return order, edge_of, face_count[:edges + 1].copy()
+
+
+@nb.njit(cache=True)
+def first_of_duplicates(faces, num_vertices):
+    """(F,) bool: faces with no face of lower index on the same three vertices (either winding)."""
+    num_faces = faces.shape[0]
+    smallest = np.empty(num_faces, np.int64)
+    middle = np.empty(num_faces, np.int64)
+    largest = np.empty(num_faces, np.int64)
+    for f in range(num_faces):
+        a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+        if a > b:
+            a, b = b, a
+        if b > c:
+            b, c = c, b
+        if a > b:
+            a, b = b, a
+        smallest[f], middle[f], largest[f] = a, b, c
+    order, start = _bucket_by(smallest, num_vertices)  # face order within each bucket
+    first = np.ones(num_faces, np.bool_)
+    for v in range(num_vertices):
+        lo, hi = start[v], start[v + 1]
+        if hi - lo <= INSERTION_SORT_LIMIT:
+            for k in range(lo + 1, hi):
+                f = order[k]
+                for j in range(lo, k):
+                    g = order[j]
+                    if middle[g] == middle[f] and largest[g] == largest[f]:
+                        first[f] = False
+                        break
+        else:
+            run = order[lo:hi]
+            keys = np.empty(hi - lo, np.int64)
+            for k in range(hi - lo):
+                keys[k] = middle[run[k]] * num_vertices + largest[run[k]]
+            by_key = np.argsort(keys, kind="mergesort")  # stable: lower face index first among equal keys
+            for k in range(1, hi - lo):
+                if keys[by_key[k]] == keys[by_key[k - 1]]:
+                    first[run[by_key[k]]] = False
+    return first
+
+
 @nb.njit(cache=True, inline="always")
 def _root(parent, i):
     while parent[i] != i:
