@@ -177,12 +177,7 @@ def consistently_wound(faces: np.ndarray, table: Optional[tuple] = None) -> bool
     if len(faces) == 0:
         return True
     order, edge_of, face_count = edge_table(faces) if table is None else table
-    sorted_edges = edge_of[order]
-    starts = np.ones(len(order), bool)
-    starts[1:] = sorted_edges[1:] != sorted_edges[:-1]
-    pair = np.flatnonzero(starts & (face_count[sorted_edges] == 2))  # the first of two consecutive half-edges
-    start_vertex = faces.reshape(-1)
-    return bool((start_vertex[order[pair]] != start_vertex[order[pair + 1]]).all())
+    return meshops_numba.consistently_wound(np.ascontiguousarray(faces, np.int64), order, edge_of, face_count)
 
 
 def remove_small_components(vertices: np.ndarray, faces: np.ndarray, min_area: float) -> np.ndarray:
@@ -328,7 +323,7 @@ def _part_signs_across_non_manifold_edges(faces: np.ndarray, part: np.ndarray, e
     if len(half_edges) == 0:
         return np.ones(num_parts, np.int8)
     start = faces.reshape(-1)[half_edges]
-    end = faces[:, [1, 2, 0]].reshape(-1)[half_edges]
+    end = faces.reshape(-1)[_next_corner(half_edges)]
     direction = np.where(start < end, 1, -1)
     he_part = part[half_edges // 3]
     num_edges = int(edge_of.max()) + 1
@@ -494,12 +489,19 @@ def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------------- hole filling
 
 
+def _next_corner(half_edges: np.ndarray) -> np.ndarray:
+    """Half-edge ``3 * f + c`` -> ``3 * f + (c + 1) % 3``: where a half-edge ends in ``faces.reshape(-1)`` (gathers
+    the few half-edges asked for instead of re-ordering all 3F corners first)."""
+    corner = half_edges % 3
+    return half_edges - corner + (corner + 1) % 3
+
+
 def _boundary_half_edges(faces: np.ndarray, table: Optional[tuple] = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Half-edges on edges with one face: their ids (``3 * f + c``), start and end vertices, as their faces run."""
     _, edge_of, face_count = edge_table(faces) if table is None else table
     half_edges = np.nonzero(face_count[edge_of] == 1)[0]
-    return half_edges, faces.reshape(-1)[half_edges], faces[:, [1, 2, 0]].reshape(-1)[half_edges]
+    return half_edges, faces.reshape(-1)[half_edges], faces.reshape(-1)[_next_corner(half_edges)]
 
 
 def fill_small_holes(vertices: np.ndarray, faces: np.ndarray, max_perimeter: float = 3e-2,

@@ -512,6 +512,17 @@ def test_numba_edge_table_kernels_match_numpy(source, request):
     from omnivox.ovoxel.kernels import meshops_numba
 
     _assert_tables_equal(meshops_numba.manifold_adjacency(faces, *table), _numpy_manifold_adjacency(faces, table))
+    half_edges, start, end = meshops._boundary_half_edges(faces, table)
+    assert len(half_edges) > 0
+    np.testing.assert_array_equal(end, faces[:, [1, 2, 0]].reshape(-1)[half_edges])
+    for wound in (faces, meshops.orient_faces(vertices, faces, table)[0]):
+        wound_table = meshops.edge_table(wound)
+        sorted_edges = wound_table[1][wound_table[0]]
+        starts = np.ones(len(sorted_edges), bool)
+        starts[1:] = sorted_edges[1:] != sorted_edges[:-1]
+        pair = np.flatnonzero(starts & (wound_table[2][sorted_edges] == 2))
+        expected = (wound.reshape(-1)[wound_table[0][pair]] != wound.reshape(-1)[wound_table[0][pair + 1]]).all()
+        assert meshops.consistently_wound(wound, wound_table) == expected
 
 
 @pytest.mark.parametrize("source", ["random", "soup"])

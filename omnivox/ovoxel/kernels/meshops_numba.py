@@ -260,6 +260,18 @@ def rewound_edge_table(order, edge_of, flipped):
 
 
 @nb.njit(cache=True)
+def consistently_wound(faces, order, edge_of, face_count):
+    """``meshops.consistently_wound``: the two half-edges of every edge with exactly two faces start at different
+    vertices."""
+    flat = faces.reshape(-1)
+    for k in range(order.shape[0] - 1):
+        e = edge_of[order[k]]
+        if face_count[e] == 2 and e == edge_of[order[k + 1]] and flat[order[k]] == flat[order[k + 1]]:
+            return False
+    return True
+
+
+@nb.njit(cache=True)
 def manifold_adjacency(faces, order, edge_of, face_count):
     """The faces' neighbours through edges with exactly two faces, as ``meshops._manifold_parts`` lists them:
     CSR (adj_start (F + 1,), adj_face, adj_same) where adj_same is 1 when both faces run along the edge in the same
