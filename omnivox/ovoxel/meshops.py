@@ -144,10 +144,8 @@ def face_components(faces: np.ndarray, table: Optional[tuple] = None) -> np.ndar
 def compact(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop vertices no face uses; returns (vertices, remapped faces)."""
     # Marking the used vertices gives np.unique's numbering (in index order) without sorting 3F indices.
-    used = np.zeros(len(vertices), bool)
-    used[faces.reshape(-1)] = True
-    new_index = np.cumsum(used) - 1
-    return vertices[used], new_index[faces].astype(np.int64).reshape(-1, 3)
+    used, remapped = meshops_numba.compact_faces(len(vertices), np.ascontiguousarray(faces, np.int64).reshape(-1, 3))
+    return vertices[used], remapped
 
 
 # ------------------------------------------------------------------------------------------------------ clean-up
@@ -565,7 +563,7 @@ def fill_small_holes_with_openings(vertices: np.ndarray, faces: np.ndarray, max_
     centres = centre_sum[filled_loops] / edges_in_loop[filled_loops, None]
     fan = np.stack([end[chosen], start[chosen], new_index[loop[chosen]]], axis=1)
     return (np.concatenate([vertices, centres.astype(vertices.dtype)]),
-            np.concatenate([faces, fan]).astype(np.int64), area, rim_face)
+            np.concatenate([faces, fan]).astype(np.int64, copy=False), area, rim_face)
 
 
 def _opening_fans(vertices: np.ndarray, start: np.ndarray, end: np.ndarray, piece: np.ndarray,

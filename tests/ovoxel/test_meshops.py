@@ -507,6 +507,10 @@ def test_numba_edge_table_kernels_match_numpy(source, request):
     keep = rng.random(len(faces)) < 0.8
     flipped = rng.random(len(faces)) < 0.5
     _assert_tables_equal(meshops.subset_edge_table(table, keep), _numpy_subset_edge_table(table, keep))
+    # Edge ids that do not ascend along the order (no table of meshops has them) take the kernel's ranking path.
+    relabel = rng.permutation(len(table[2]))
+    shuffled = (table[0], relabel[table[1]], table[2][np.argsort(relabel)])
+    _assert_tables_equal(meshops.subset_edge_table(shuffled, keep), _numpy_subset_edge_table(shuffled, keep))
     _assert_tables_equal(meshops.rewound_edge_table(table, flipped), _numpy_rewound_edge_table(table, flipped))
     np.testing.assert_array_equal(meshops.face_components(faces, table), _numpy_face_components(faces, table))
     from omnivox.ovoxel.kernels import meshops_numba

@@ -208,8 +208,31 @@ def face_components(num_faces, order, edge_of):
 
 
 @nb.njit(cache=True)
+def compact_faces(num_vertices, faces):
+    """``meshops.compact``'s numbering: (V,) bool, the vertices some face uses, and the faces renumbered to count
+    only those (in index order)."""
+    used = np.zeros(num_vertices, np.bool_)
+    for f in range(faces.shape[0]):
+        for c in range(3):
+            used[faces[f, c]] = True
+    new_index = np.empty(num_vertices, np.int64)
+    count = 0
+    for v in range(num_vertices):
+        new_index[v] = count
+        if used[v]:
+            count += 1
+    remapped = np.empty_like(faces)
+    for f in range(faces.shape[0]):
+        for c in range(3):
+            remapped[f, c] = new_index[faces[f, c]]
+    return used, remapped
+
+
+@nb.njit(cache=True)
 def subset_edge_table(order, edge_of, face_count, keep):
-    """``meshops.subset_edge_table``: the table of the faces ``keep`` (F,) bool, from the whole mesh's."""
+    """``meshops.subset_edge_table``: the table of the faces ``keep`` (F,) bool, from the whole mesh's. One pass
+    along ``order`` where the edge ids ascend along it (every table ``meshops`` makes), else by ranking the
+    edges that keep a face."""
     num_faces = keep.shape[0]
     new_face = np.empty(num_faces, np.int64)
     kept = 0
@@ -217,6 +240,31 @@ def subset_edge_table(order, edge_of, face_count, keep):
         new_face[f] = kept
         if keep[f]:
             kept += 1
+    sub_order = np.empty(3 * kept, np.int64)
+    sub_edge = np.empty(3 * kept, np.int64)
+    sub_count = np.zeros(face_count.shape[0], np.int64)
+    j = 0
+    edges = -1
+    last = -1
+    for k in range(order.shape[0]):
+        h = order[k]
+        e = edge_of[h]
+        if e < last:
+            return _subset_edge_table_by_rank(order, edge_of, face_count, keep, new_face, kept)
+        if keep[h // 3]:
+            if e != last:
+                edges += 1
+                last = e
+            new_half_edge = 3 * new_face[h // 3] + h % 3
+            sub_order[j] = new_half_edge
+            j += 1
+            sub_edge[new_half_edge] = edges
+            sub_count[edges] += 1
+    return sub_order, sub_edge, sub_count[:edges + 1].copy()
+
+
+@nb.njit(cache=True)
+def _subset_edge_table_by_rank(order, edge_of, face_count, keep, new_face, kept):
     count = np.zeros(face_count.shape[0], np.int64)
     for h in range(edge_of.shape[0]):
         if keep[h // 3]:
