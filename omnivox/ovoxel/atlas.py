@@ -424,6 +424,13 @@ def _placed_corners_numba(flat, chart, lo, hi, scale, origin, turned, texture_si
 def _overlapping_faces(pix: torch.Tensor, texture_size: int) -> torch.Tensor:
     """(F,) bool: faces that share a texel centre strictly inside both with another face, in the packed layout
     ``pix`` (F, 3, 2) (texel (i, j) centre at pixel coordinate (j, i))."""
+    if pix.device.type == "cpu":
+        return torch.from_numpy(_overlapping_faces_numba(np.ascontiguousarray(pix.numpy()), texture_size))
+    return _overlapping_faces_torch(pix, texture_size)
+
+
+def _overlapping_faces_torch(pix: torch.Tensor, texture_size: int) -> torch.Tensor:
+    """`_overlapping_faces` by sorting every (face, texel) claim (any device)."""
     device = pix.device
     first = torch.ceil(pix.amin(dim=1)).clamp(0, texture_size - 1).long()
     last = torch.floor(pix.amax(dim=1)).clamp(0, texture_size - 1).long()
@@ -433,9 +440,6 @@ def _overlapping_faces(pix: torch.Tensor, texture_size: int) -> torch.Tensor:
     e2 = pix[:, 2] - pix[:, 0]
     twice_area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
     count = torch.where(twice_area.abs() > 0, width * height, torch.zeros_like(width))
-    if device.type == "cpu":
-        return torch.from_numpy(_overlapping_faces_numba(pix.numpy(), first.numpy(), width.numpy(), count.numpy(),
-                                                         twice_area.numpy(), texture_size))
     face_ids = torch.arange(pix.shape[0], device=device)
     keys = _strict_claims_torch(pix, first, width, count, twice_area, face_ids, texture_size)
     texel = keys % (texture_size * texture_size)
@@ -450,16 +454,26 @@ def _overlapping_faces(pix: torch.Tensor, texture_size: int) -> torch.Tensor:
 
 
 @numba.njit(cache=True)
-def _overlapping_faces_numba(pix, first, width, count, twice_area, texture_size):
-    """``_overlapping_faces`` on the CPU: one owner image instead of sorting claims (same arithmetic)."""
+def _overlapping_faces_numba(pix, texture_size):
+    """``_overlapping_faces`` on the CPU: the torch path's texel boxes and areas per face, then one owner image
+    instead of sorting claims (same arithmetic)."""
     owner = np.full(texture_size * texture_size, -1, np.int32)
     involved = np.zeros(pix.shape[0], np.bool_)
     for face in range(pix.shape[0]):
         c = pix[face]
-        for rank in range(count[face]):
-            col = first[face, 0] + rank % width[face]
-            row = first[face, 1] + rank // width[face]
-            w0, w1, w2 = texel_barycentrics(c, float(col), float(row), twice_area[face])
+        first_col = min(max(np.ceil(min(c[0, 0], c[1, 0], c[2, 0])), 0.0), texture_size - 1.0)
+        first_row = min(max(np.ceil(min(c[0, 1], c[1, 1], c[2, 1])), 0.0), texture_size - 1.0)
+        last_col = min(max(np.floor(max(c[0, 0], c[1, 0], c[2, 0])), 0.0), texture_size - 1.0)
+        last_row = min(max(np.floor(max(c[0, 1], c[1, 1], c[2, 1])), 0.0), texture_size - 1.0)
+        width = max(int(last_col) - int(first_col) + 1, 0)
+        height = max(int(last_row) - int(first_row) + 1, 0)
+        twice_area = (c[1, 0] - c[0, 0]) * (c[2, 1] - c[0, 1]) - (c[1, 1] - c[0, 1]) * (c[2, 0] - c[0, 0])
+        if not abs(twice_area) > 0:
+            continue
+        for rank in range(width * height):
+            col = int(first_col) + rank % width
+            row = int(first_row) + rank // width
+            w0, w1, w2 = texel_barycentrics(c, float(col), float(row), twice_area)
             if w0 > 1e-9 and w1 > 1e-9 and w2 > 1e-9:
                 texel = row * texture_size + col
                 if owner[texel] < 0:

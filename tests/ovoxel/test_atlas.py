@@ -418,3 +418,15 @@ def test_real_asset_atlas_is_the_same_through_the_torch_passes(assets, monkeypat
     with_torch = voxel_atlas(vertices, faces, TEXTURE)
     for name in ("vmapping", "faces", "uvs", "face_chart"):
         np.testing.assert_array_equal(getattr(with_numba, name), getattr(with_torch, name))
+
+
+def test_numba_overlapping_faces_match_torch():
+    """The packed-layout check on the CPU (boxes, areas and an owner image in numba) names the faces the torch
+    path's sorted claims name, on fresh random triangles (some off the texture's edges, some without area)."""
+    rng = np.random.default_rng()
+    size = 64
+    pix = torch.from_numpy(rng.uniform(-8, size + 8, (600, 1, 2)) + rng.normal(0, 3, (600, 3, 2)))
+    pix[:20, 2] = pix[:20, 1]  # no area
+    got = atlas_module._overlapping_faces(pix, size)
+    expected = atlas_module._overlapping_faces_torch(pix, size)
+    assert torch.equal(got, expected) and 0 < int(expected.sum()) < 600
