@@ -40,7 +40,7 @@ from omnivox.pipelines.base import (DEFAULT_SAMPLERS, MultiView, PipelineBase, S
 from omnivox.pipelines.intermediates import IntermediateWriter, RunState, load_intermediates
 from omnivox.pipelines.memory import (MemoryPlan, decoder_stage, flow_stage, image_encoder_stage,
                                       parse_memory, ss_decoder_stage)
-from omnivox.pipelines.placement import capped_device_memory
+from omnivox.pipelines.placement import capped_device_memory, memory_held_outside
 from omnivox.pipelines.preprocess import BackgroundRemover
 from omnivox.pipelines.samplers import SamplerParams, check_multiview_mode
 from omnivox.pipelines.types import TYPES, PipelineType, pipeline_type as type_named
@@ -103,7 +103,8 @@ class ImageTo3DPipeline(PipelineBase):
             path: the folder.
             device: compute device (default CUDA when available).
             dtype: run every model in this dtype (default: the released dtypes on GPUs, float32 on the CPU).
-            max_memory: device memory budget (``"16GB"``, bytes, or None for unlimited); see `plan`.
+            max_memory: device memory budget of the pipeline (``"16GB"``, bytes, or None for unlimited); what the
+                process already holds on the device for other things is not counted; see `plan`.
             background_model: an ``.onnx`` BiRefNet/RMBG export or a `BackgroundRemover`, for RGB inputs
                 (default: the ``rembg_model`` of ``pipeline.json``, ``RMBG-2.0/onnx/model.onnx``, when it was
                 downloaded beside the weights; else RGB inputs raise an error listing the options).
@@ -438,7 +439,7 @@ class ImageTo3DPipeline(PipelineBase):
 
         # The allocator holds to the budget, reserved memory included (it returns cached blocks before it would
         # pass it), so the plan is a promise rather than an estimate.
-        with capped_device_memory(self.device, budget):
+        with capped_device_memory(self.device, budget, memory_held_outside(self.models)):
             # 4. Condition tokens (one row per view).
             if state.cond_512 is None:
                 if not views:

@@ -78,6 +78,10 @@ class ModelStore:
             by_dtype[tensor.dtype] = by_dtype.get(tensor.dtype, 0) + tensor.numel() * tensor.element_size()
         return str(max(by_dtype, key=by_dtype.get)).removeprefix("torch.") if by_dtype else "empty"
 
+    def resident_bytes(self) -> int:
+        """Bytes of the models that stay on the device between stages (`on_device` without offloading)."""
+        return sum(self.weights_bytes(role) for role in self._resident)
+
     def weights_bytes(self, role: str) -> int:
         model = self.get(role)
         cached = self._bytes.get(role)
@@ -145,9 +149,19 @@ def _restore(model: nn.Module, saved: list) -> None:
             tensor.data = data
 
 
+def memory_held_outside(store: ModelStore) -> int:
+    """Bytes allocated on the store's CUDA device by anything but its resident models (the caller's tensors, another
+    pipeline): a budget is the pipeline's own, and the allocator's cap binds the whole process, so the cap is raised
+    by this much (`capped_device_memory`'s ``outside_bytes``). 0 on other devices."""
+    if store.device.type != "cuda":
+        return 0
+    return max(0, torch.cuda.memory_allocated(store.device) - store.resident_bytes())
+
+
 @contextmanager
-def capped_device_memory(device, budget_bytes: Optional[int]) -> Iterator[None]:
-    """Hold the CUDA caching allocator of ``device`` to ``budget_bytes`` of reserved memory inside the block.
+def capped_device_memory(device, budget_bytes: Optional[int], outside_bytes: int = 0) -> Iterator[None]:
+    """Hold the CUDA caching allocator of ``device`` to ``budget_bytes`` (plus ``outside_bytes`` that the process
+    holds for others, `memory_held_outside`) of reserved memory inside the block.
 
     Without a cap the allocator keeps freed blocks cached and grows its reserve past what is in use (a 16 GB plan
     measured 8.9 GiB allocated against 12.3 GiB reserved); with it, an allocation that would pass the cap first
@@ -164,7 +178,7 @@ def capped_device_memory(device, budget_bytes: Optional[int]) -> Iterator[None]:
     # The getter is newer than the setter; without it the limit was the default (none) unless someone set one.
     getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
     previous = getter(index) if getter is not None else 1.0
-    torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), index)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (budget_bytes + outside_bytes) / total), index)
     try:
         yield
     finally:

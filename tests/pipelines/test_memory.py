@@ -196,6 +196,28 @@ def test_capped_device_memory_binds_reserved_memory_and_restores():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_budget_does_not_count_memory_held_outside_the_pipeline():
+    from omnivox.pipelines.placement import ModelStore, capped_device_memory, memory_held_outside
+
+    model = torch.nn.Linear(1024, 1024)
+    store = ModelStore(lambda role: model, torch.device("cuda"))
+    with store.on_device(["m"], offload=False):
+        pass  # resident from now on: counted by the budget, so not outside it
+    torch.cuda.empty_cache()
+    before = memory_held_outside(store)
+    held = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # the caller's tensor, not the pipeline's
+    outside = memory_held_outside(store)
+    assert outside - before == 256 << 20
+    base = torch.cuda.memory_reserved() - outside - store.resident_bytes()
+    with capped_device_memory("cuda", base + store.resident_bytes() + (192 << 20), outside):
+        kept = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")  # within the budget despite `held`
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+        del kept
+    del held
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_offloaded_models_are_pinned_on_their_first_cuda_visit_and_keep_their_values():
     from omnivox.pipelines.placement import ModelStore
 
