@@ -52,14 +52,28 @@ def conv_forward(feats, neighbor_map, weight, bias, backend: str):
     return submanifold_conv3d_reference(feats, neighbor_map.table, weight, bias)
 
 
-def conv_backward(grad_out, feats, neighbor_map, weight, needs_input_grad, needs_weight_grad, backend: str):
-    """Input and weight gradients of `conv_forward` on an already resolved backend."""
+def conv_backward(grad_out, feats, neighbor_map, weight, needs_input_grad, needs_weight_grad, bias_dtype,
+                  backend: str):
+    """Input, weight and bias gradients of `conv_forward` on an already resolved backend.
+
+    ``bias_dtype`` None: no bias gradient. Triton sums it inside the weight-gradient kernel (no extra pass over
+    ``grad_out``) and writes the weight gradient in its final dtype and layout; torch sums it in fp32 (fp64 for
+    fp64 inputs).
+
+    Returns:
+        ``(grad_feats, grad_weight, grad_bias)``, each None where not asked for.
+    """
     if backend == "triton":
-        from omnivox.sparse.kernels.triton.submconv import submanifold_conv3d_backward_triton
-        return submanifold_conv3d_backward_triton(grad_out, feats, neighbor_map, weight,
-                                                  needs_input_grad, needs_weight_grad)
-    return submanifold_conv3d_backward_reference(grad_out, feats, neighbor_map.table, weight,
-                                                 needs_input_grad, needs_weight_grad)
+        from omnivox.sparse.kernels.triton.submconv import submanifold_conv3d_gradients_triton
+        return submanifold_conv3d_gradients_triton(grad_out, feats, neighbor_map, weight, needs_input_grad,
+                                                   needs_weight_grad, bias_dtype)
+    grad_in, grad_w = submanifold_conv3d_backward_reference(grad_out, feats, neighbor_map.table, weight,
+                                                            needs_input_grad, needs_weight_grad)
+    grad_b = None
+    if bias_dtype is not None:
+        acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+        grad_b = grad_out.sum(0, dtype=acc).to(bias_dtype)
+    return grad_in, grad_w, grad_b
 
 
 class SubmanifoldConv3dFunction(torch.autograd.Function):
@@ -81,9 +95,7 @@ class SubmanifoldConv3dFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         feats, weight = ctx.saved_tensors
         need_in, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_in, grad_w = conv_backward(grad_out, feats, ctx.neighbor_map, weight, need_in, need_w, ctx.backend)
-        grad_b = None
-        if ctx.bias_dtype is not None and need_b:
-            acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-            grad_b = grad_out.sum(0, dtype=acc).to(ctx.bias_dtype)
+        bias_dtype = ctx.bias_dtype if need_b else None
+        grad_in, grad_w, grad_b = conv_backward(grad_out, feats, ctx.neighbor_map, weight, need_in, need_w,
+                                                bias_dtype, ctx.backend)
         return grad_in, grad_w, grad_b, None, None

@@ -133,11 +133,15 @@ class TapPairs:
         offsets: ``(15,) int32``.
         rows: ``(P,) int32``.
         neighbors: ``(P,) int32``.
+        centre_is_self: every row's centre neighbour is the row itself (true for every map built from
+            coordinates), so the centre tap's pairs visit each row exactly once: the weight-gradient kernel then
+            sums the bias gradient on them.
     """
 
     offsets: torch.Tensor
     rows: torch.Tensor
     neighbors: torch.Tensor
+    centre_is_self: bool = False
     _share_bounds: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def share_bounds(self, num_shares: int, num_rows: int) -> torch.Tensor:
@@ -180,4 +184,7 @@ def tap_pairs(table: torch.Tensor) -> TapPairs:
         counts.append(i.shape[0])
     offsets = torch.zeros(CENTER_TAP + 2, dtype=torch.int32, device=table.device)
     offsets[1:] = torch.tensor(counts, device=table.device).cumsum(0)
-    return TapPairs(offsets=offsets, rows=torch.cat(rows), neighbors=torch.cat(neighbors).to(torch.int32))
+    centre = table[:, CENTER_TAP]
+    centre_is_self = bool((centre == torch.arange(table.shape[0], device=table.device)).all())
+    return TapPairs(offsets=offsets, rows=torch.cat(rows), neighbors=torch.cat(neighbors).to(torch.int32),
+                    centre_is_self=centre_is_self)

@@ -54,10 +54,11 @@ def _submconv_fwd_kernel(
     slot_offsets_ptr,  # (num_blocks + 1,) int32 first slot of each block
     slot_taps_ptr,  # (num_slots,) int32 tap of each slot
     slot_neighbors_ptr,  # (num_slots, BLOCK_N) int32 neighbour row per block row, -1 = none
-    weight_ptr,  # (27, K, M) kernel
+    weight_ptr,  # the layer's (Co, 27, Ci) weight, read in place (see MIRRORED)
     bias_ptr,  # (M,) or dummy
     out_ptr,  # (N, M)
     N, K, M,
+    MIRRORED: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -84,8 +85,11 @@ def _submconv_fwd_kernel(
         nb_row = tl.where(nb_ok, nb, 0).to(tl.int64)
         a = tl.load(feats_ptr + nb_row[:, None] * K + offs_k[None, :],
                     mask=nb_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(weight_ptr + (tap * K + offs_k[:, None]).to(tl.int64) * M + offs_m[None, :],
-                    mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+        if MIRRORED:  # input gradient: b[k, m] = W[k, 26 - tap, m] (K = Co, M = Ci), rows along m
+            b_offs = (offs_k[:, None].to(tl.int64) * 27 + (26 - tap)) * M + offs_m[None, :]
+        else:  # forward: b[k, m] = W[m, tap, k] (M = Co, K = Ci), columns along k
+            b_offs = (offs_m[None, :].to(tl.int64) * 27 + tap) * K + offs_k[:, None]
+        b = tl.load(weight_ptr + b_offs, mask=k_ok[:, None] & m_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)[None, :]
@@ -97,15 +101,46 @@ def _submconv_fwd_kernel(
 
 
 @triton.jit
+def _pair_products(
+    feats_ptr, grad_out_ptr, pair_rows_ptr, pair_neighbors_ptr,
+    begin, end, mirrored, offs_m, offs_k, m_ok, k_ok, K, M,
+    SUM_ROWS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """``sum over pairs p of grad_out[out_row]^T feats[in_row]`` over pairs ``begin:end`` (one tile), and with
+    SUM_ROWS the column sums of the ``grad_out`` rows it read (the bias gradient, on the centre tap)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for p0 in range(begin, end, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        p_ok = offs_p < end
+        first = tl.load(pair_rows_ptr + offs_p, mask=p_ok, other=0)
+        second = tl.load(pair_neighbors_ptr + offs_p, mask=p_ok, other=0)
+        out_row = tl.where(mirrored, second, first).to(tl.int64)
+        in_row = tl.where(mirrored, first, second).to(tl.int64)
+        g = tl.load(grad_out_ptr + out_row[:, None] * M + offs_m[None, :],
+                    mask=p_ok[:, None] & m_ok[None, :], other=0.0)
+        a = tl.load(feats_ptr + in_row[:, None] * K + offs_k[None, :],
+                    mask=p_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(tl.trans(g), a, acc, input_precision=PRECISION)
+        if SUM_ROWS:
+            row_sum += tl.sum(g.to(tl.float32), axis=0)
+    return acc, row_sum
+
+
+@triton.jit
 def _submconv_weight_grad_kernel(
     feats_ptr,  # (N, K) forward input
     grad_out_ptr,  # (N, M) gradient of the forward output
     share_bounds_ptr,  # (14, splits + 1) int32 first pair of each share of taps 0..13
     pair_rows_ptr,  # (P,) int32 row i of each pair
     pair_neighbors_ptr,  # (P,) int32 its neighbour table[i, v]
-    partial_ptr,  # (splits, 27, M, K) fp32 per-split sums
-    K, M, splits,
+    out_ptr,  # share s writes its (M, 27, K) sum at out_ptr + s * share_stride
+    bias_out_ptr,  # share s writes its (M,) column sums of grad_out at bias_out_ptr + s * share_stride
+    K, M, splits, share_stride,
     CENTER: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
@@ -123,21 +158,51 @@ def _submconv_weight_grad_kernel(
     listed = tl.where(mirrored, 2 * CENTER - tap, tap)
     begin = tl.load(share_bounds_ptr + listed * (splits + 1) + split)
     end = tl.load(share_bounds_ptr + listed * (splits + 1) + split + 1)
-    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-    for p0 in range(begin, end, BLOCK_P):
-        offs_p = p0 + tl.arange(0, BLOCK_P)
-        p_ok = offs_p < end
-        first = tl.load(pair_rows_ptr + offs_p, mask=p_ok, other=0)
-        second = tl.load(pair_neighbors_ptr + offs_p, mask=p_ok, other=0)
-        out_row = tl.where(mirrored, second, first).to(tl.int64)
-        in_row = tl.where(mirrored, first, second).to(tl.int64)
-        g = tl.load(grad_out_ptr + out_row[:, None] * M + offs_m[None, :],
-                    mask=p_ok[:, None] & m_ok[None, :], other=0.0)
-        a = tl.load(feats_ptr + in_row[:, None] * K + offs_k[None, :],
-                    mask=p_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(tl.trans(g), a, acc, input_precision=PRECISION)
-    out = partial_ptr + ((split * 27 + tap) * M + offs_m[:, None]).to(tl.int64) * K + offs_k[None, :]
-    tl.store(out, acc, mask=m_ok[:, None] & k_ok[None, :])
+    share_base = split.to(tl.int64) * share_stride
+    # The centre tap pairs every row of the share with itself: its programs of the first K tile read each
+    # grad_out row of their M tile once, so they also sum them (the bias gradient). Their own loop, so that
+    # the other programs' loop stays as it was.
+    sums_rows = (tap == CENTER) & (pid % tiles_k == 0)
+    if HAS_BIAS:
+        if sums_rows:
+            acc, row_sum = _pair_products(feats_ptr, grad_out_ptr, pair_rows_ptr, pair_neighbors_ptr, begin, end,
+                                          mirrored, offs_m, offs_k, m_ok, k_ok, K, M, True, PRECISION,
+                                          BLOCK_P, BLOCK_K, BLOCK_M)
+            tl.store(bias_out_ptr + share_base + offs_m, row_sum.to(bias_out_ptr.dtype.element_ty), mask=m_ok)
+        else:
+            acc, row_sum = _pair_products(feats_ptr, grad_out_ptr, pair_rows_ptr, pair_neighbors_ptr, begin, end,
+                                          mirrored, offs_m, offs_k, m_ok, k_ok, K, M, False, PRECISION,
+                                          BLOCK_P, BLOCK_K, BLOCK_M)
+    else:
+        acc, row_sum = _pair_products(feats_ptr, grad_out_ptr, pair_rows_ptr, pair_neighbors_ptr, begin, end,
+                                      mirrored, offs_m, offs_k, m_ok, k_ok, K, M, False, PRECISION,
+                                      BLOCK_P, BLOCK_K, BLOCK_M)
+    # (M, 27, K): the layer's weight layout, so that one share writes the gradient as autograd wants it
+    out = out_ptr + share_base + (offs_m[:, None].to(tl.int64) * 27 + tap) * K + offs_k[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def _sum_shares_kernel(
+    partial_ptr,  # (splits, share_stride) fp32: each share's (M, 27, K) weight sums, then its (M,) bias sums
+    weight_out_ptr,  # (M, 27, K) in the weight dtype
+    bias_out_ptr,  # (M,) in the bias dtype, or dummy
+    weight_numel, share_stride, splits,
+    BLOCK: tl.constexpr,
+):
+    """Add the shares in share order (deterministic) and round once to the output dtypes."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < share_stride
+    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    share = partial_ptr + offs
+    for _ in range(splits):
+        total += tl.load(share, mask=ok, other=0.0)
+        share += share_stride
+    is_weight = offs < weight_numel
+    tl.store(weight_out_ptr + offs, total.to(weight_out_ptr.dtype.element_ty), mask=is_weight)
+    is_bias = ok & (offs >= weight_numel)
+    tl.store(bias_out_ptr + tl.where(is_bias, offs - weight_numel, 0), total.to(bias_out_ptr.dtype.element_ty),
+             mask=is_bias)
 
 
 @dataclass(frozen=True)
@@ -301,22 +366,28 @@ def weight_grad_tiles(k: int, m: int, dtype: torch.dtype,
 def implicit_gemm_triton(
     feats: torch.Tensor,  # (N, K)
     schedule: BlockSchedule,
-    weight: torch.Tensor,  # (27, K, M) contiguous
+    weight: torch.Tensor,  # the layer's (Co, 27, Ci) weight, contiguous
     bias: torch.Tensor | None,  # (M,)
     tiles: TileConfig,
+    mirrored: bool = False,
 ) -> torch.Tensor:
-    """``out[i] = bias + sum_v feats[table[i, v]] @ weight[v]`` (missing neighbours contribute 0).
+    """``out[i] = bias + sum_v feats[table[i, v]] @ B[v]`` (missing neighbours contribute 0), reading ``weight``
+    in place (no permuted copy).
 
-    This is the forward convolution with ``weight[v] = W[:, v, :].T``, and the input gradient with the
-    mirrored kernel ``weight[v] = W[:, 26 - v, :]``. ``tiles.block_rows`` must be the schedule's.
+    ``mirrored=False``: the forward convolution, ``B[v] = W[:, v, :].T`` (K = Ci, M = Co). ``mirrored=True``: the
+    input gradient, ``feats`` being ``grad_out`` and ``B[v] = W[:, 26 - v, :]`` (K = Co, M = Ci).
+    ``tiles.block_rows`` must be the schedule's.
 
     Returns:
         ``(N, M)`` in the dtype of ``feats``, accumulated in fp32.
     """
     n, k = feats.shape
-    m = weight.shape[2]
+    m = weight.shape[2] if mirrored else weight.shape[0]
+    if weight.shape[2 if not mirrored else 0] != k or weight.shape[1] != KERNEL_VOLUME:
+        raise ValueError(f"weight {tuple(weight.shape)} does not fit {k} input channels (mirrored={mirrored})")
     if tiles.block_rows != schedule.block_rows:
         raise ValueError(f"tiles.block_rows={tiles.block_rows} differs from the schedule's {schedule.block_rows}")
+    weight = weight.contiguous()
     out = torch.empty(n, m, dtype=feats.dtype, device=feats.device)
     if n == 0:
         return out
@@ -326,13 +397,74 @@ def implicit_gemm_triton(
             feats, schedule.order, schedule.slot_offsets, schedule.slot_taps, schedule.slot_neighbors,
             weight, bias if bias is not None else out, out,
             n, k, m,
-            HAS_BIAS=bias is not None, PRECISION=_precision(feats.dtype),
+            MIRRORED=mirrored, HAS_BIAS=bias is not None, PRECISION=_precision(feats.dtype),
             BLOCK_N=t.block_rows, BLOCK_K=t.block_k, BLOCK_M=t.block_m,
             num_warps=t.num_warps, num_stages=t.num_stages,
         )
 
     _launch_fitting(launch, tiles)
     return out
+
+
+# Elements per program of the kernel that adds the weight gradient's shares.
+_SUM_SHARES_BLOCK = 1024
+
+
+def weight_and_bias_grad_triton(
+    feats: torch.Tensor,  # (N, K)
+    grad_out: torch.Tensor,  # (N, M)
+    pairs: TapPairs,
+    tiles: TileConfig,
+    num_programs_target: int,
+    weight_dtype: torch.dtype,
+    bias_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``grad_w[:, v, :] = sum_i grad_out[i]^T feats[table[i, v]]`` as ``(M, 27, K)`` in ``weight_dtype``, and
+    with ``bias_dtype`` the bias gradient ``grad_out.sum(0)`` (else None), both summed in fp32 and rounded once.
+
+    The rows are cut into ``splits`` equal ranges (shares) so that about ``num_programs_target`` programs run.
+    One share writes straight into the outputs. Several write fp32 sums to their own slices of one buffer and a
+    second kernel adds them in share order and rounds (deterministic, no atomics). The bias gradient is summed
+    by the centre tap's programs, which read every row of ``grad_out`` once; ``pairs.centre_is_self`` must hold.
+    """
+    n, k = feats.shape
+    m = grad_out.shape[1]
+    if bias_dtype is not None and not pairs.centre_is_self:
+        raise ValueError("the bias gradient needs a neighbour map whose centre tap pairs every row with itself")
+    device = feats.device
+    grad_w = torch.empty(m, KERNEL_VOLUME, k, dtype=weight_dtype, device=device)
+    grad_b = torch.empty(m, dtype=bias_dtype, device=device) if bias_dtype is not None else None
+    if n == 0:
+        grad_w.zero_()
+        return grad_w, grad_b.zero_() if grad_b is not None else None
+    weight_numel = grad_w.numel()
+    share_numel = weight_numel + (m if grad_b is not None else 0)
+
+    def launch(t: TileConfig) -> None:
+        tiles_per_tap = triton.cdiv(m, t.block_m) * triton.cdiv(k, t.block_k)
+        # shares of equal row ranges; the centre tap (every row) gets >= 4 steps per share
+        splits = max(1, min(triton.cdiv(num_programs_target, KERNEL_VOLUME * tiles_per_tap),
+                            triton.cdiv(n, 4 * t.block_rows)))
+        if splits == 1:
+            out, bias_out = grad_w, grad_b if grad_b is not None else grad_w
+        else:
+            partial = torch.empty(splits, share_numel, dtype=torch.float32, device=device)
+            out, bias_out = partial, partial.view(-1)[weight_numel:]
+        _submconv_weight_grad_kernel[(KERNEL_VOLUME * tiles_per_tap, splits)](
+            feats, grad_out, pairs.share_bounds(splits, n), pairs.rows, pairs.neighbors, out, bias_out,
+            k, m, splits, share_numel,
+            CENTER=CENTER_TAP, HAS_BIAS=grad_b is not None, PRECISION=_precision(feats.dtype),
+            BLOCK_P=t.block_rows, BLOCK_K=t.block_k, BLOCK_M=t.block_m,
+            num_warps=t.num_warps, num_stages=t.num_stages,
+        )
+        if splits > 1:
+            _sum_shares_kernel[(triton.cdiv(share_numel, _SUM_SHARES_BLOCK),)](
+                partial, grad_w, grad_b if grad_b is not None else grad_w, weight_numel, share_numel, splits,
+                BLOCK=_SUM_SHARES_BLOCK, num_warps=4,
+            )
+
+    _launch_fitting(launch, tiles)
+    return grad_w, grad_b
 
 
 def weight_grad_triton(
@@ -342,32 +474,10 @@ def weight_grad_triton(
     tiles: TileConfig,
     num_programs_target: int,
 ) -> torch.Tensor:
-    """``grad_w[v] = sum_i grad_out[i]^T feats[table[i, v]]``, returned as ``(27, M, K) float32``.
-
-    The rows are cut into ``splits`` equal ranges (shares) so that about ``num_programs_target`` programs run;
-    each share's sum goes to its own buffer and the buffers are added (deterministic).
-    """
-    n, k = feats.shape
-    m = grad_out.shape[1]
-    if n == 0:
-        return torch.zeros(KERNEL_VOLUME, m, k, dtype=torch.float32, device=feats.device)
-    def launch(t: TileConfig) -> torch.Tensor:
-        tiles_per_tap = triton.cdiv(m, t.block_m) * triton.cdiv(k, t.block_k)
-        # shares of equal row ranges; the centre tap (every row) gets >= 4 steps per share
-        splits = max(1, min(triton.cdiv(num_programs_target, KERNEL_VOLUME * tiles_per_tap),
-                            triton.cdiv(n, 4 * t.block_rows)))
-        partial = torch.empty(splits, KERNEL_VOLUME, m, k, dtype=torch.float32, device=feats.device)
-        _submconv_weight_grad_kernel[(KERNEL_VOLUME * tiles_per_tap, splits)](
-            feats, grad_out, pairs.share_bounds(splits, n), pairs.rows, pairs.neighbors, partial,
-            k, m, splits,
-            CENTER=CENTER_TAP, PRECISION=_precision(feats.dtype),
-            BLOCK_P=t.block_rows, BLOCK_K=t.block_k, BLOCK_M=t.block_m,
-            num_warps=t.num_warps, num_stages=t.num_stages,
-        )
-        return partial
-
-    partial = _launch_fitting(launch, tiles)
-    return partial[0] if partial.shape[0] == 1 else partial.sum(0)
+    """``grad_w[v] = sum_i grad_out[i]^T feats[table[i, v]]`` as a ``(27, M, K) float32`` view (the split-K
+    building block of `weight_and_bias_grad_triton`, unrounded)."""
+    grad_w, _ = weight_and_bias_grad_triton(feats, grad_out, pairs, tiles, num_programs_target, torch.float32)
+    return grad_w.permute(1, 0, 2)
 
 
 # Rows are sorted by neighbour pattern over the whole set by default: on the H100 a global sort was fastest at
@@ -407,10 +517,49 @@ def submanifold_conv3d_triton(
     Returns:
         ``(N, Co)`` in the dtype of ``feats`` (fp32 accumulation, one rounding).
     """
-    weight_kio = weight.permute(1, 2, 0).contiguous()  # (27, Ci, Co)
     tiles, schedule = _forward_plan(feats, neighbor_map, weight.shape[0], sort_window, tiles)
-    return implicit_gemm_triton(feats.contiguous(), schedule, weight_kio,
+    return implicit_gemm_triton(feats.contiguous(), schedule, weight,
                                 bias.contiguous() if bias is not None else None, tiles)
+
+
+def submanifold_conv3d_gradients_triton(
+    grad_out: torch.Tensor,  # (N, Co)
+    feats: torch.Tensor,  # (N, Ci)
+    neighbor_map,
+    weight: torch.Tensor,  # (Co, 27, Ci)
+    needs_input_grad: bool = True,
+    needs_weight_grad: bool = True,
+    bias_dtype: torch.dtype | None = None,
+    sort_window: int = DEFAULT_SORT_WINDOW,
+    tiles: TileConfig | None = None,
+    weight_tiles: TileConfig | None = None,
+):
+    """Input, weight and bias gradients on CUDA: `submanifold_conv3d_backward_triton` plus, with ``bias_dtype``,
+    the bias gradient ``grad_out.sum(0)`` in that dtype (summed in fp32).
+
+    With the weight gradient the bias gradient comes out of the weight-gradient kernel (no extra pass over
+    ``grad_out``); without it, from one ``sum``.
+
+    Returns:
+        ``(grad_feats or None, grad_weight (Co, 27, Ci) contiguous or None, grad_bias (Co,) or None)``.
+    """
+    grad_out = grad_out.contiguous()
+    grad_in = grad_w = grad_b = None
+    if needs_input_grad:
+        tiles, schedule = _forward_plan(grad_out, neighbor_map, weight.shape[2], sort_window, tiles)
+        grad_in = implicit_gemm_triton(grad_out, schedule, weight, None, tiles, mirrored=True)
+    if needs_weight_grad:
+        pairs = _cached_tap_pairs(neighbor_map)
+        k, m = feats.shape[1], grad_out.shape[1]
+        if weight_tiles is None:
+            weight_tiles = weight_grad_tiles(k, m, feats.dtype, _shared_memory_limit(feats.device))
+        sms = torch.cuda.get_device_properties(feats.device).multi_processor_count if feats.is_cuda else 8
+        fused_bias = bias_dtype if pairs.centre_is_self else None
+        grad_w, grad_b = weight_and_bias_grad_triton(feats.contiguous(), grad_out, pairs, weight_tiles, 4 * sms,
+                                                     weight.dtype, fused_bias)
+    if bias_dtype is not None and grad_b is None:
+        grad_b = grad_out.sum(0, dtype=torch.float32).to(bias_dtype)
+    return grad_in, grad_w, grad_b
 
 
 def submanifold_conv3d_backward_triton(
@@ -430,18 +579,7 @@ def submanifold_conv3d_backward_triton(
     (``table[i, v] = j  <=>  table[j, 26 - v] = i``), ``grad_in[j] = sum_u grad_out[table[j, u]] @ W[:, 26 - u, :]``.
     ``tiles`` / ``weight_tiles`` override the rules for the input / weight gradient.
     """
-    grad_out = grad_out.contiguous()
-    grad_in = grad_w = None
-    if needs_input_grad:
-        mirrored = weight.flip(1).permute(1, 0, 2).contiguous()  # (27, Co, Ci)
-        tiles, schedule = _forward_plan(grad_out, neighbor_map, weight.shape[2], sort_window, tiles)
-        grad_in = implicit_gemm_triton(grad_out, schedule, mirrored, None, tiles)
-    if needs_weight_grad:
-        k, m = feats.shape[1], grad_out.shape[1]
-        if weight_tiles is None:
-            weight_tiles = weight_grad_tiles(k, m, feats.dtype, _shared_memory_limit(feats.device))
-        sms = torch.cuda.get_device_properties(feats.device).multi_processor_count if feats.is_cuda else 8
-        grad_w = weight_grad_triton(feats.contiguous(), grad_out, _cached_tap_pairs(neighbor_map), weight_tiles,
-                                    4 * sms)
-        grad_w = grad_w.permute(1, 0, 2).to(weight.dtype)  # (Co, 27, Ci)
+    grad_in, grad_w, _ = submanifold_conv3d_gradients_triton(
+        grad_out, feats, neighbor_map, weight, needs_input_grad, needs_weight_grad, None, sort_window, tiles,
+        weight_tiles)
     return grad_in, grad_w
