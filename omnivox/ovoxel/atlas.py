@@ -3,9 +3,10 @@
 Why not a general unwrapper (xatlas): a voxel surface is made of large, locally flat, axis-dominated pieces, so
 projecting each piece orthographically onto its axis plane is already a good parameterisation: angles are kept
 except for one stretch of ``1 / |n_axis|`` along the slope, and nothing has to be optimised. Every stage is a
-vectorised pass over faces or edges (torch, so the same code runs on CPU and CUDA; the two texel rasterisers, the
-connected components, the chart boxes and the placement of packed corners have a numba twin on the CPU with the same
-results, where torch's many small passes cost seconds); only the packer loops, once per shelf of charts.
+vectorised pass over faces or edges (torch, so the same code runs on CPU and CUDA; the texel rasterisers, the
+chart grouping and its connected components, the chart boxes, the halving and the placement of packed corners have
+a numba twin on the CPU with the same results: there torch's many small two-thread passes cost seconds, and several
+times that when the cores are shared); only the packer loops, once per shelf of charts.
 
 Method (``voxel_atlas``):
 
@@ -189,6 +190,19 @@ def _group_components(group: torch.Tensor, pair_a: torch.Tensor, pair_b: torch.T
 
     With ``chart`` (F,) and ``redo`` (C,) bool, only the faces of the ``redo`` charts are regrouped; every other
     chart stays whole (``group`` must not mix charts)."""
+    if group.device.type == "cpu":
+        has_redo = redo is not None
+        chart = chart if has_redo else group
+        redo = redo if has_redo else torch.ones(1, dtype=torch.bool)
+        return torch.from_numpy(_group_components_numba(group.numpy(), np.ascontiguousarray(pair_a.numpy()),
+                                                        np.ascontiguousarray(pair_b.numpy()), chart.numpy(),
+                                                        redo.numpy(), has_redo))
+    return _group_components_torch(group, pair_a, pair_b, chart, redo)
+
+
+def _group_components_torch(group: torch.Tensor, pair_a: torch.Tensor, pair_b: torch.Tensor,
+                            chart: Optional[torch.Tensor] = None, redo: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`_group_components` by torch passes (any device)."""
     same = group[pair_a] == group[pair_b]
     if redo is not None:
         same &= redo[chart[pair_a]]
@@ -199,6 +213,50 @@ def _group_components(group: torch.Tensor, pair_a: torch.Tensor, pair_b: torch.T
             0, chart, faces, reduce="amin")
         root = torch.where(redo[chart], root, first_face[chart])
     return _rank_of_roots(root)
+
+
+@numba.njit(cache=True)
+def _group_components_numba(group, pair_a, pair_b, chart, redo, has_redo):
+    """`_group_components` on the CPU in three passes: union-find over the pairs of equal group (of redone charts),
+    each face of a kept chart named by the chart's first face, roots ranked in index order."""
+    num_faces = group.shape[0]
+    parent = np.arange(num_faces)
+    for k in range(pair_a.shape[0]):
+        i, j = pair_a[k], pair_b[k]
+        if group[i] != group[j] or (has_redo and not redo[chart[i]]):
+            continue
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        while parent[j] != j:
+            parent[j] = parent[parent[j]]
+            j = parent[j]
+        if i < j:
+            parent[j] = i
+        elif j < i:
+            parent[i] = j
+    for i in range(num_faces):
+        parent[i] = parent[parent[i]]  # parents have smaller indices and already point at their roots
+    if has_redo:
+        first_face = np.full(redo.shape[0], num_faces, np.int64)
+        for f in range(num_faces):
+            if first_face[chart[f]] == num_faces:
+                first_face[chart[f]] = f
+        for f in range(num_faces):
+            if not redo[chart[f]]:
+                parent[f] = first_face[chart[f]]
+    is_root = np.zeros(num_faces, np.bool_)
+    for f in range(num_faces):
+        is_root[parent[f]] = True
+    rank = np.empty(num_faces, np.int64)
+    count = 0
+    for f in range(num_faces):
+        rank[f] = count
+        if is_root[f]:
+            count += 1
+    for f in range(num_faces):
+        parent[f] = rank[parent[f]]
+    return parent
 
 
 def _rank_of_roots(root: torch.Tensor) -> torch.Tensor:
@@ -421,16 +479,41 @@ def _placed_corners_numba(flat, chart, lo, hi, scale, origin, turned, texture_si
     return out
 
 
-def _overlapping_faces(pix: torch.Tensor, texture_size: int) -> torch.Tensor:
-    """(F,) bool: faces that share a texel centre strictly inside both with another face, in the packed layout
-    ``pix`` (F, 3, 2) (texel (i, j) centre at pixel coordinate (j, i))."""
-    if pix.device.type == "cpu":
-        return torch.from_numpy(_overlapping_faces_numba(np.ascontiguousarray(pix.numpy()), texture_size))
-    return _overlapping_faces_torch(pix, texture_size)
+def _overlapping_placed_faces(corner_uv: torch.Tensor, selected: torch.Tensor, texture_size: int) -> torch.Tensor:
+    """(F,) bool: `_overlapping_faces_torch` among the ``selected`` faces of the layout ``corner_uv`` (F, 3, 2),
+    seen as the baker sees it (float32 UVs, texel centres)."""
+    if corner_uv.device.type == "cpu":
+        return torch.from_numpy(_overlapping_placed_faces_numba(corner_uv.numpy(), selected.numpy(), texture_size))
+    return _overlapping_placed_faces_torch(corner_uv, selected, texture_size)
+
+
+def _overlapping_placed_faces_torch(corner_uv: torch.Tensor, selected: torch.Tensor, texture_size: int
+                                    ) -> torch.Tensor:
+    """`_overlapping_placed_faces` by torch passes (any device)."""
+    pix = corner_uv.to(torch.float32).to(torch.float64) * texture_size - 0.5
+    involved = torch.zeros(selected.numel(), dtype=torch.bool, device=corner_uv.device)
+    involved[selected] = _overlapping_faces_torch(pix[selected], texture_size)
+    return involved
+
+
+@numba.njit(cache=True)
+def _overlapping_placed_faces_numba(corner_uv, selected, texture_size):
+    """`_overlapping_placed_faces` on the CPU: the selected faces' pixel coordinates (the torch path's float32
+    rounding and arithmetic), then `_overlapping_faces_numba`."""
+    faces = np.nonzero(selected)[0]
+    pix = np.empty((faces.shape[0], 3, 2))
+    for i in range(faces.shape[0]):
+        for k in range(3):
+            for d in range(2):
+                pix[i, k, d] = np.float64(np.float32(corner_uv[faces[i], k, d])) * texture_size - 0.5
+    involved = np.zeros(selected.shape[0], np.bool_)
+    involved[faces] = _overlapping_faces_numba(pix, texture_size)
+    return involved
 
 
 def _overlapping_faces_torch(pix: torch.Tensor, texture_size: int) -> torch.Tensor:
-    """`_overlapping_faces` by sorting every (face, texel) claim (any device)."""
+    """(F,) bool: faces that share a texel centre strictly inside both with another face, in the packed layout
+    ``pix`` (F, 3, 2) (texel (i, j) centre at pixel coordinate (j, i)), by sorting every (face, texel) claim."""
     device = pix.device
     first = torch.ceil(pix.amin(dim=1)).clamp(0, texture_size - 1).long()
     last = torch.floor(pix.amax(dim=1)).clamp(0, texture_size - 1).long()
@@ -455,7 +538,7 @@ def _overlapping_faces_torch(pix: torch.Tensor, texture_size: int) -> torch.Tens
 
 @numba.njit(cache=True)
 def _overlapping_faces_numba(pix, texture_size):
-    """``_overlapping_faces`` on the CPU: the torch path's texel boxes and areas per face, then one owner image
+    """``_overlapping_faces_torch`` on the CPU: the torch path's texel boxes and areas per face, then one owner image
     instead of sorting claims (same arithmetic)."""
     owner = np.full(texture_size * texture_size, -1, np.int32)
     involved = np.zeros(pix.shape[0], np.bool_)
@@ -487,6 +570,14 @@ def _overlapping_faces_numba(pix, texture_size):
 def _split_in_two(chart: torch.Tensor, flagged: torch.Tensor, centroid: torch.Tensor, charts: int) -> torch.Tensor:
     """(F,) 0/1: the side of the middle of its chart's longest 3-D extent each face's centroid lies on (0 for
     faces of charts that are not ``flagged``)."""
+    if chart.device.type == "cpu":
+        return torch.from_numpy(_split_in_two_numba(chart.numpy(), flagged.numpy(), centroid.numpy(), charts))
+    return _split_in_two_torch(chart, flagged, centroid, charts)
+
+
+def _split_in_two_torch(chart: torch.Tensor, flagged: torch.Tensor, centroid: torch.Tensor, charts: int
+                        ) -> torch.Tensor:
+    """`_split_in_two` by torch passes (any device)."""
     index = chart.view(-1, 1).expand(-1, 3)
     lo = torch.full((charts, 3), math.inf, dtype=centroid.dtype, device=centroid.device)
     hi = torch.full((charts, 3), -math.inf, dtype=centroid.dtype, device=centroid.device)
@@ -496,6 +587,29 @@ def _split_in_two(chart: torch.Tensor, flagged: torch.Tensor, centroid: torch.Te
     middle = 0.5 * (lo + hi).gather(1, axis.view(-1, 1)).squeeze(1)
     side = centroid.gather(1, axis[chart].view(-1, 1)).squeeze(1) > middle[chart]
     return (side & flagged[chart]).long()
+
+
+@numba.njit(cache=True)
+def _split_in_two_numba(chart, flagged, centroid, charts):
+    """`_split_in_two` on the CPU: chart boxes of the centroids, the first longest axis (argmax's tie rule), sides."""
+    lo = np.full((charts, 3), np.inf)
+    hi = np.full((charts, 3), -np.inf)
+    for f in range(chart.shape[0]):
+        c = chart[f]
+        for d in range(3):
+            lo[c, d] = min(lo[c, d], centroid[f, d])
+            hi[c, d] = max(hi[c, d], centroid[f, d])
+    axis = np.zeros(charts, np.int64)
+    for c in range(charts):
+        for d in range(1, 3):
+            if hi[c, d] - lo[c, d] > hi[c, axis[c]] - lo[c, axis[c]]:
+                axis[c] = d
+    side = np.zeros(chart.shape[0], np.int64)
+    for f in range(chart.shape[0]):
+        c = chart[f]
+        if flagged[c] and centroid[f, axis[c]] > 0.5 * (lo[c, axis[c]] + hi[c, axis[c]]):
+            side[f] = 1
+    return side
 
 
 def _peel_layers(flat: torch.Tensor, chart: torch.Tensor, overlapping: torch.Tensor, leaving: torch.Tensor,
@@ -715,9 +829,7 @@ def _voxel_atlas(vertices, faces, texture_size, padding, device, normal_floor, s
         if new_scale != scale:
             unchecked = torch.ones(num_faces, dtype=torch.bool, device=device)
         scale = new_scale
-        pix = corner_uv.to(torch.float32).to(torch.float64) * texture_size - 0.5
-        involved = torch.zeros(num_faces, dtype=torch.bool, device=device)
-        involved[unchecked] = _overlapping_faces(pix[unchecked], int(texture_size))
+        involved = _overlapping_placed_faces(corner_uv, unchecked, int(texture_size))
         if not bool(involved.any()):
             break
         faces_in_chart = torch.bincount(chart, minlength=charts)

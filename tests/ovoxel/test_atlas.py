@@ -407,8 +407,8 @@ def test_real_asset_atlas_is_the_same_through_the_torch_passes(assets, monkeypat
     """voxel_atlas on a real asset on the CPU (numba twins) equals the atlas made with the torch passes there."""
     vertices, faces = real_asset_surface("gltf/Fox.glb", 96)
     with_numba = voxel_atlas(vertices, faces, TEXTURE)
-    monkeypatch.setattr(atlas_module, "_components", atlas_module._components_torch)
-    monkeypatch.setattr(atlas_module, "_chart_boxes", atlas_module._chart_boxes_torch)
+    for name in ("_components", "_chart_boxes", "_group_components", "_split_in_two", "_overlapping_placed_faces"):
+        monkeypatch.setattr(atlas_module, name, getattr(atlas_module, name + "_torch"))
 
     def placed_by_torch(flat, chart, lo, hi, scale, origin, turned, texture_size):
         return atlas_module._placed_corners_torch(torch.from_numpy(flat), torch.from_numpy(chart), torch.from_numpy(lo),
@@ -427,6 +427,34 @@ def test_numba_overlapping_faces_match_torch():
     size = 64
     pix = torch.from_numpy(rng.uniform(-8, size + 8, (600, 1, 2)) + rng.normal(0, 3, (600, 3, 2)))
     pix[:20, 2] = pix[:20, 1]  # no area
-    got = atlas_module._overlapping_faces(pix, size)
+    got = torch.from_numpy(atlas_module._overlapping_faces_numba(pix.numpy(), size))
     expected = atlas_module._overlapping_faces_torch(pix, size)
     assert torch.equal(got, expected) and 0 < int(expected.sum()) < 600
+    # From placed UVs (float32 rounding first), among selected faces only.
+    corner_uv = (pix + 0.5) / size
+    selected = torch.from_numpy(rng.random(600) < 0.7)
+    got = atlas_module._overlapping_placed_faces(corner_uv, selected, size)
+    expected = atlas_module._overlapping_placed_faces_torch(corner_uv, selected, size)
+    assert torch.equal(got, expected) and 0 < int(expected.sum()) and not bool(got[~selected].any())
+
+
+def test_numba_twins_of_grouping_and_halving_match_torch():
+    """Chart grouping (with and without charts to redo) and the split across the longest extent agree with the
+    torch passes on fresh random graphs."""
+    rng = np.random.default_rng()
+    faces, charts = 3000, 50
+    pair_a, pair_b = (torch.from_numpy(rng.integers(0, faces, 2000)) for _ in range(2))
+    chart = torch.from_numpy(rng.integers(0, charts, faces))
+    group = chart * 2 + torch.from_numpy(rng.integers(0, 2, faces))
+    redo = torch.from_numpy(rng.random(charts) < 0.5)
+    assert torch.equal(atlas_module._group_components(group, pair_a, pair_b),
+                       atlas_module._group_components_torch(group, pair_a, pair_b))
+    regrouped = atlas_module._group_components(group, pair_a, pair_b, chart, redo)
+    assert torch.equal(regrouped, atlas_module._group_components_torch(group, pair_a, pair_b, chart, redo))
+    assert charts < int(regrouped.max()) + 1 < faces
+    centroid = torch.from_numpy(rng.normal(size=(faces, 3)))
+    centroid[:100, 0] = centroid[:100, 1]  # ties between extents exist too
+    flagged = torch.from_numpy(rng.random(charts + 5) < 0.6)  # charts without faces as well
+    side = atlas_module._split_in_two(chart, flagged, centroid, charts + 5)
+    assert torch.equal(side, atlas_module._split_in_two_torch(chart, flagged, centroid, charts + 5))
+    assert 0 < int(side.sum()) < faces
