@@ -144,3 +144,21 @@ def test_conv_rejects_bad_arguments():
     dup = SparseTensor.from_coords(torch.tensor([[0, 1, 1, 1], [0, 1, 1, 1]], dtype=torch.int32), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="duplicate"):
         SF.submanifold_conv3d(dup, w)
+
+
+@pytest.mark.parametrize("needs", [(False, False, True), (False, True, False), (True, False, True)])
+def test_conv_gradients_asked_for_only(needs):
+    """Each pattern of needed gradients (torch path): the asked ones match dense autograd, the others stay None."""
+    g = torch.Generator().manual_seed(8)
+    x = random_sparse(g, channels=3, resolution=RES)
+    w, b = _weights(g, 4, 3)
+    cot = torch.randn(x.num_voxels, 4, generator=g, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_(need) for t, need in zip((x.feats, w, b), needs)]
+    (SF.submanifold_conv3d(x.replace(leaves[0]), leaves[1], leaves[2], backend="torch").feats * cot).sum().backward()
+    dense = [t.clone().requires_grad_(True) for t in (x.feats, w, b)]
+    (dense_conv_reference(x.replace(dense[0]), dense[1], dense[2], RES) * cot).sum().backward()
+    for leaf, need, ref in zip(leaves, needs, dense):
+        if need:
+            assert leaf.grad.dtype == torch.float64 and rel_err(leaf.grad, ref.grad) < 1e-12
+        else:
+            assert leaf.grad is None

@@ -207,3 +207,176 @@ def test_triton_explicit_tiles_match_float64_on_cuda(channels, tile_args):
                                                              weight.double())
     for name, a, b in (("out", out, ref), ("grad_in", gi, gi_ref), ("grad_w", gw, gw_ref)):
         assert rel_err(a, b) <= 1e-2, f"{name}: {rel_err(a, b):.3e}"
+
+
+# ---------------------------------------------------- backward: bias and weight gradients in one kernel
+def check_gradients_in_interpreter() -> int:
+    """Run in a subprocess with TRITON_INTERPRET=1 (see `test_fused_gradients_in_interpreter`); returns the number
+    of failed checks. fp32 and fp16 (the interpreter's bf16 dot product is wrong), against float64."""
+    from tests.sparse.kernels.triton_interpret_check import _patch_interpreter_scalar_index, random_coords
+
+    _patch_interpreter_scalar_index()
+    from omnivox.sparse.kernels import SubmanifoldConv3dFunction, reference as R, schedule as S
+    from omnivox.sparse.kernels.triton import submconv as T
+    from omnivox.sparse.maps import NeighborMap
+
+    failures = []
+
+    def check(label, got, want, dtype, tol):
+        err = rel_err(got, want)
+        ok = err <= tol and got.dtype == dtype and got.shape == want.shape and got.is_contiguous()
+        print(f"{label}: rel err {err:.2e} {got.dtype} {tuple(got.shape)}{'' if ok else '  FAILED'}")
+        if not ok:
+            failures.append(label)
+
+    g = torch.Generator().manual_seed(19)
+    nmap = NeighborMap(R.neighbor_map_reference(random_coords(g)))
+    n = nmap.num_voxels
+    tiny = T.TileConfig(block_rows=16, block_k=16, block_m=16, num_warps=4, num_stages=2)
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3}
+    pairs = S.tap_pairs(nmap.table)
+    # one share (straight into the outputs) and 3 shares of 64 rows (n = 171: the last one ragged) added by the
+    # second kernel; ragged K and M tiles (16 + 4 / 16 + 8, and 5 / 16 + 4); bias gradients in fp32 and fp16
+    cases = ((torch.float32, 20, 24, 1, torch.float32), (torch.float32, 20, 24, 1 << 20, torch.float32),
+             (torch.float32, 20, 24, 1 << 20, None), (torch.float16, 5, 20, 1, torch.float16),
+             (torch.float16, 5, 20, 1 << 20, torch.float32))
+    for dtype, c_in, c_out, target, bias_dtype in cases:
+        feats = torch.randn(n, c_in, generator=g).to(dtype)
+        grad_out = torch.randn(n, c_out, generator=g).to(dtype)
+        _, gw_ref = R.submanifold_conv3d_backward_reference(grad_out.double(), feats.double(), nmap.table,
+                                                            torch.zeros(c_out, 27, c_in, dtype=torch.float64),
+                                                            needs_input_grad=False)
+        label = f"{dtype} Ci={c_in} Co={c_out} programs={target} bias={bias_dtype}"
+        gw, gb = T.weight_and_bias_grad_triton(feats, grad_out, pairs, tiny, target, dtype, bias_dtype)
+        check(f"{label} grad_weight", gw, gw_ref, dtype, tolerance[dtype])
+        if bias_dtype is None:
+            if gb is not None:
+                failures.append(f"{label}: a bias gradient nobody asked for")
+            continue
+        check(f"{label} grad_bias", gb, grad_out.double().sum(0), bias_dtype, tolerance[dtype])
+        if target > 1 and dtype == torch.float32:
+            gw2, gb2 = T.weight_and_bias_grad_triton(feats, grad_out, pairs, tiny, target, dtype, bias_dtype)
+            if not (torch.equal(gw, gw2) and torch.equal(gb, gb2)):
+                failures.append(f"{label}: two runs differ")
+
+    # autograd through the Triton backend: every combination of the three gradients, with and without bias
+    dtype, c_in, c_out = torch.float32, 12, 20
+    feats = torch.randn(n, c_in, generator=g, dtype=torch.float64)
+    weight = torch.randn(c_out, 27, c_in, generator=g, dtype=torch.float64) / 9
+    bias = torch.randn(c_out, generator=g, dtype=torch.float64)
+    cot = torch.randn(n, c_out, generator=g, dtype=torch.float64)
+    gi_ref, gw_ref = R.submanifold_conv3d_backward_reference(cot, feats, nmap.table, weight)
+    combinations = [(True, needs) for needs in ((True, True, True), (False, True, False), (False, False, True),
+                                                (True, False, True))]
+    combinations += [(False, (True, True, False)), (False, (False, True, False))]
+    for with_bias, needs in combinations:
+        leaves = [t.to(dtype).requires_grad_(need) for t, need in zip((feats, weight, bias), needs)]
+        out = SubmanifoldConv3dFunction.apply(leaves[0], leaves[1], leaves[2] if with_bias else None, nmap,
+                                              "triton")
+        (out.double() * cot).sum().backward()
+        label = f"autograd bias={with_bias} needs={needs}"
+        for leaf, need, want, name in zip(leaves, needs, (gi_ref, gw_ref, cot.sum(0)), ("in", "w", "b")):
+            if name == "b" and not with_bias:
+                continue
+            if not need:
+                if leaf.grad is not None:
+                    failures.append(f"{label}: grad_{name} computed")
+                continue
+            check(f"{label} grad_{name}", leaf.grad, want, dtype, tolerance[dtype])
+
+    # a table whose centre is not the row itself: no fused bias sum, the launcher says why
+    table = nmap.table.clone()
+    table[0, 13] = -1
+    if S.tap_pairs(table).centre_is_self or not pairs.centre_is_self:
+        failures.append("centre_is_self")
+    try:
+        T.weight_and_bias_grad_triton(feats.float(), cot.float(), S.tap_pairs(table), tiny, 1, torch.float32,
+                                      torch.float32)
+        failures.append("no error for a bias gradient on a map without centre pairs")
+    except ValueError as error:
+        print("raised:", error)
+    # empty input: zeros of the right shapes and dtypes, no launch
+    empty = NeighborMap(torch.zeros(0, 27, dtype=torch.int32))
+    gw, gb = T.weight_and_bias_grad_triton(torch.zeros(0, 3), torch.zeros(0, 5), S.tap_pairs(empty.table), tiny,
+                                           1, torch.float16, torch.float32)
+    if gw.shape != (5, 27, 3) or gw.dtype != torch.float16 or gw.abs().sum() != 0 or gb.shape != (5,) \
+            or gb.abs().sum() != 0:
+        failures.append("empty input")
+    print("FAILURES", failures)
+    return len(failures)
+
+
+def test_fused_gradients_in_interpreter():
+    """Weight and bias gradients from one kernel (1 or 3 shares, ragged tiles, with / without bias, fp32 / fp16
+    outputs) against float64, bit-equal over two runs; the autograd glue for every needs_input_grad pattern."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    code = ("from tests.sparse.kernels.test_sparse_submconv_kernels import check_gradients_in_interpreter as c; "
+            "raise SystemExit(c())")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=HANG_GUARD_S)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("resolution,c_in,c_out", [(24, 16, 16), (20, 37, 130), (16, 256, 256), (12, 64, 1024)])
+def test_fused_gradients_match_float64_on_cuda(dtype, tol, resolution, c_in, c_out):
+    """Bias gradient from the weight-gradient kernel, weight gradient in its final layout and dtype: against
+    float64, for every pattern of needed gradients, with and without bias, bit-equal over two runs."""
+    g = torch.Generator(device="cuda").manual_seed(resolution * 7 + c_out)
+    coords = _shell_coords(resolution, 3, "cuda")
+    n = coords.shape[0]
+    feats = torch.randn(n, c_in, device="cuda", generator=g, dtype=torch.float64)
+    weight = torch.randn(c_out, 3, 3, 3, c_in, device="cuda", generator=g, dtype=torch.float64) / (27 * c_in) ** 0.5
+    bias = torch.randn(c_out, device="cuda", generator=g, dtype=torch.float64)
+    cot = torch.randn(n, c_out, device="cuda", generator=g, dtype=torch.float64)
+    # float64 reference on the rounded inputs
+    feats, weight, bias, cot = (t.to(dtype).double() for t in (feats, weight, bias, cot))
+    x64 = SparseTensor.from_coords(coords, feats.clone().requires_grad_(True), batch_size=3)
+    w64, b64 = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    (SF.submanifold_conv3d(x64, w64, b64, backend="torch").feats * cot).sum().backward()
+    want = {"in": x64.feats.grad, "w": w64.grad, "b": b64.grad}
+    for with_bias, needs in [(True, (True, True, True)), (True, (False, True, True)), (True, (True, False, True)),
+                             (False, (True, True, False)), (False, (False, True, False))]:
+        runs = []
+        for _ in range(2):
+            leaves = [t.to(dtype).requires_grad_(need) for t, need in zip((feats, weight, bias), needs)]
+            x = SparseTensor.from_coords(coords, leaves[0], batch_size=3)
+            out = SF.submanifold_conv3d(x, leaves[1], leaves[2] if with_bias else None, backend="triton")
+            out.feats.backward(cot.to(dtype))
+            runs.append([leaf.grad for leaf in leaves])
+        for name, need, got, again in zip(("in", "w", "b"), needs, *runs):
+            if not need or (name == "b" and not with_bias):
+                continue
+            label = f"bias={with_bias} needs={needs} grad_{name}"
+            assert got.dtype == dtype and got.shape == want[name].shape and got.is_contiguous(), label
+            assert rel_err(got, want[name]) <= tol, f"{label}: {rel_err(got, want[name]):.3e}"
+            assert torch.equal(got, again), f"{label}: two runs differ"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_and_bias_gradient_shares_on_cuda(dtype):
+    """Many shares (split-K far past the rule's) and a single one give the same sums, against float64."""
+    T = importlib.import_module("omnivox.sparse.kernels.triton.submconv")
+    R = importlib.import_module("omnivox.sparse.kernels.reference")
+    S = importlib.import_module("omnivox.sparse.kernels.schedule")
+    g = torch.Generator(device="cuda").manual_seed(3)
+    coords = _shell_coords(28, 2, "cuda")
+    nmap = SF.neighbor_map(SparseTensor.from_coords(coords, torch.zeros(coords.shape[0], 1, device="cuda")))
+    n, c_in, c_out = coords.shape[0], 48, 80
+    feats = torch.randn(n, c_in, device="cuda", generator=g).to(dtype)
+    grad_out = torch.randn(n, c_out, device="cuda", generator=g).to(dtype)
+    _, gw_ref = R.submanifold_conv3d_backward_reference(grad_out.double(), feats.double(), nmap.table,
+                                                        torch.zeros(c_out, 27, c_in, dtype=torch.float64,
+                                                                    device="cuda"), needs_input_grad=False)
+    gb_ref = grad_out.double().sum(0)
+    pairs = S.tap_pairs(nmap.table)
+    tiles = T.weight_grad_tiles(c_in, c_out, dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for target in (1, 1 << 14):
+        gw, gb = T.weight_and_bias_grad_triton(feats, grad_out, pairs, tiles, target, dtype, torch.float32)
+        assert rel_err(gw, gw_ref) <= tol and rel_err(gb, gb_ref) <= 1e-5, target
+        gw2, gb2 = T.weight_and_bias_grad_triton(feats, grad_out, pairs, tiles, target, dtype, torch.float32)
+        assert torch.equal(gw, gw2) and torch.equal(gb, gb2), target
