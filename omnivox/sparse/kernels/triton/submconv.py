@@ -111,7 +111,11 @@ def _pair_products(
     """``sum over pairs p of grad_out[out_row]^T feats[in_row]`` over pairs ``begin:end`` (one tile), and with
     SUM_ROWS the column sums of the ``grad_out`` rows it read (the bias gradient, on the centre tap)."""
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-    row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    # The column sums come from the tensor cores too, as grad_out^T @ ones (16 equal columns, products exact, fp32
+    # accumulation): a sum over the rows in registers would need a cross-thread reduction with barriers in the
+    # pipelined loop, or a (BLOCK_P, BLOCK_M) fp32 accumulator (on sm_90 that cost 64 more registers per thread
+    # and halved the programs per SM of the whole kernel).
+    rows_acc = tl.zeros((BLOCK_M, 16), dtype=tl.float32)
     for p0 in range(begin, end, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         p_ok = offs_p < end
@@ -125,8 +129,10 @@ def _pair_products(
                     mask=p_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(tl.trans(g), a, acc, input_precision=PRECISION)
         if SUM_ROWS:
-            row_sum += tl.sum(g.to(tl.float32), axis=0)
-    return acc, row_sum
+            ones = tl.full((BLOCK_P, 16), 1.0, dtype=g.dtype)
+            rows_acc = tl.dot(tl.trans(g), ones, rows_acc, input_precision=PRECISION)
+    first_column = tl.arange(0, 16)[None, :] == 0
+    return acc, tl.sum(tl.where(first_column, rows_acc, 0.0), axis=1)
 
 
 @triton.jit
