@@ -308,6 +308,12 @@ def bench_vs_flexgemm_level(coords, c, resolution, bench, device, flex_spconv, l
 
     row["ours_first_fwd_bwd_s"] = first(ours_fwd_bwd)
     row["ours_fwd_bwd_ms"] = bench(ours_fwd_bwd)
+
+    def ours_fwd_bwd_fresh():  # as after optimizer.zero_grad(): no accumulation into earlier gradients
+        xf.feats.grad = wr.grad = br.grad = None
+        ours_fwd_bwd()
+
+    row["ours_fwd_bwd_fresh_ms"] = bench(ours_fwd_bwd_fresh)
     if device == "cuda":  # where the backward time goes: input gradient (forward kernel) vs weight gradient
         from omnivox.sparse.kernels.triton import submconv as T
 
@@ -316,6 +322,10 @@ def bench_vs_flexgemm_level(coords, c, resolution, bench, device, flex_spconv, l
                                                                                       True, False))
         row["ours_bwd_weight_ms"] = bench(lambda: T.submanifold_conv3d_backward_triton(cot, feats, nmap, w27,
                                                                                        False, True))
+        # fwd+bwd (fresh gradients) less the forward, input-gradient and weight-gradient launches timed alone:
+        # what autograd and the bias gradient add
+        row["ours_outside_kernels_ms"] = row["ours_fwd_bwd_fresh_ms"] - (
+            row["ours_fwd_ms"] + row["ours_bwd_input_ms"] + row["ours_bwd_weight_ms"])
 
     if flex_spconv is not None:
         flex_spconv.set_algorithm(flex_spconv.Algorithm.MASKED_IMPLICIT_GEMM_SPLITK)  # their default/benchmark
@@ -347,6 +357,12 @@ def bench_vs_flexgemm_level(coords, c, resolution, bench, device, flex_spconv, l
 
         row["flex_first_fwd_bwd_s"] = first(flex_fwd_bwd)
         row["flex_fwd_bwd_ms"] = bench(flex_fwd_bwd)
+
+        def flex_fwd_bwd_fresh():
+            ff.grad = wf.grad = bf.grad = None
+            flex_fwd_bwd()
+
+        row["flex_fwd_bwd_fresh_ms"] = bench(flex_fwd_bwd_fresh)
         # gradients against ours (same cotangent)
         xf.feats.grad = None
         wr.grad = None
@@ -369,8 +385,9 @@ def markdown_vs_flexgemm(rows, device_name, flex_note) -> str:
              "rel err: ||out - ref|| / ||ref|| on 4096 random rows against a float64 reference.", "",
              "| N | C | nbrs/voxel | map ms ours / flex | fwd ms ours / flex | fwd+bwd ms ours / flex "
              "| first fwd s ours / flex | first fwd+bwd s ours / flex | rel err ours / flex | flex vs ours "
-             "(out, grad in, grad w) | ours bwd ms: grad in / grad w |",
-             "|" + "---|" * 11]
+             "(out, grad in, grad w) | ours bwd ms: grad in / grad w | fwd+bwd ms, fresh grads, ours / flex "
+             "| ours outside kernels ms |",
+             "|" + "---|" * 13]
     for r in rows:
         lines.append(
             f"| {r['N']:,} | {r['C']} | {r['ours_pairs_per_voxel']:.1f} | {f(r, 'ours_map_ms', '.2f')} / "
@@ -380,7 +397,12 @@ def markdown_vs_flexgemm(rows, device_name, flex_note) -> str:
             f"{f(r, 'ours_first_fwd_bwd_s', '.2f')} / {f(r, 'flex_first_fwd_bwd_s', '.2f')} | "
             f"{f(r, 'ours_rel_err_f64', '.1e')} / {f(r, 'flex_rel_err_f64', '.1e')} | "
             f"{f(r, 'flex_vs_ours_rel', '.1e')}, {f(r, 'grad_in_rel', '.1e')}, {f(r, 'grad_w_rel', '.1e')} | "
-            f"{f(r, 'ours_bwd_input_ms', '.3f')} / {f(r, 'ours_bwd_weight_ms', '.3f')} |")
+            f"{f(r, 'ours_bwd_input_ms', '.3f')} / {f(r, 'ours_bwd_weight_ms', '.3f')} | "
+            f"{f(r, 'ours_fwd_bwd_fresh_ms', '.3f')} / {f(r, 'flex_fwd_bwd_fresh_ms', '.3f')} | "
+            f"{f(r, 'ours_outside_kernels_ms', '.3f')} |")
+    lines += ["", "fwd+bwd: gradients accumulate into the previous step's (an add over feats, weight and bias per "
+              "step, both sides); fresh grads: set to None before each step, as after `zero_grad()`. Ours outside "
+              "kernels: fwd+bwd (fresh) less fwd, grad in and grad w timed alone."]
     return "\n".join(lines)
 
 

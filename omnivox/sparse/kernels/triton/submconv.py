@@ -17,8 +17,11 @@ Weight gradient: ``grad_W[v] = sum over pairs (i, j) of tap v of grad_out[i]^T f
 pair list of tap ``v`` (`TapPairs`: no rows without a neighbour, no branch). One program owns a
 ``(tap, Co tile, Ci tile)`` block and one share of the tap's pairs (split-K): the pairs whose row lies in one
 range of rows, the same range for all taps, so the programs of a share that run side by side gather the same
-rows. Each share writes its fp32 partial sum to its own buffer and one ``sum`` adds them, so the result is
-deterministic (no atomics).
+rows. One share writes the gradient straight in the weight's ``(Co, 27, Ci)`` layout and dtype; several write
+fp32 sums to their own slices and a second kernel adds them in share order and rounds once, so the result is
+deterministic (no atomics). The centre tap's programs also sum the ``grad_out`` rows they read (the bias
+gradient), so the backward makes no pass over ``grad_out`` of its own. The forward and the input gradient read
+the layer's weight in place (no permuted copy).
 
 All products accumulate in fp32; fp32 inputs use exact IEEE fp32 dot products (no TF32) so that the result
 matches the PyTorch path to ~1e-6.
