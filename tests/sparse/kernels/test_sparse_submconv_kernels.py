@@ -122,6 +122,53 @@ def test_rule_tiles_compile_for_h100_within_the_shared_memory_model(channels, mi
     assert compiled.asm["ttgir"].count("async_copy_global_to_local") >= 4
 
 
+def _registers_per_thread(compiled) -> int:
+    """Registers per thread of a compiled kernel, read from its cubin (``EIATTR_REGCOUNT`` in ``.nv.info``)."""
+    import struct
+
+    cubin = compiled.asm["cubin"]
+    shoff = struct.unpack_from("<Q", cubin, 0x28)[0]
+    entry_size, count, names_index = struct.unpack_from("<HHH", cubin, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", cubin, shoff + i * entry_size) for i in range(count)]
+    names = sections[names_index][4]
+    for section in sections:
+        name = cubin[names + section[0]:cubin.index(b"\0", names + section[0])]
+        if name != b".nv.info":
+            continue
+        data, i = cubin[section[4]:section[4] + section[5]], 0
+        while i < len(data):
+            form, attribute = data[i], data[i + 1]
+            if form == 4:  # sized value: (symbol, value) for the register count
+                size = struct.unpack_from("<H", data, i + 2)[0]
+                if attribute == 0x2F:
+                    return struct.unpack_from("<II", data, i + 4)[1]
+                i += 4 + size
+            else:
+                i += {3: 4, 2: 3}.get(form, 2)
+    raise AssertionError("no register count in the cubin")
+
+
+@pytest.mark.parametrize("channels", [128, 1024])
+@pytest.mark.parametrize("out_type", ["*fp32", "*bf16"])
+def test_weight_grad_kernel_with_bias_keeps_two_programs_per_sm(channels, out_type):
+    """The centre tap's bias sums must not raise the weight-gradient kernel's registers past what two programs
+    per SM allow (a (rows, Co) fp32 accumulator took it to 162 registers at 128 x 128 tiles with 8 warps), for
+    fp32 share sums and for the gradient written straight in bf16 (one share)."""
+    T = importlib.import_module("omnivox.sparse.kernels.triton.submconv")
+    wtiles = T.weight_grad_tiles(channels, channels, torch.bfloat16)
+    signature = {"feats_ptr": "*bf16", "grad_out_ptr": "*bf16", "share_bounds_ptr": "*i32", "pair_rows_ptr": "*i32",
+                 "pair_neighbors_ptr": "*i32", "out_ptr": out_type, "bias_out_ptr": out_type, "K": "i32", "M": "i32",
+                 "splits": "i32", "share_stride": "i32", "CENTER": "constexpr", "HAS_BIAS": "constexpr",
+                 "PRECISION": "constexpr", "BLOCK_P": "constexpr", "BLOCK_K": "constexpr", "BLOCK_M": "constexpr"}
+    constexprs = {"CENTER": 13, "HAS_BIAS": True, "PRECISION": "tf32", "BLOCK_P": wtiles.block_rows,
+                  "BLOCK_K": wtiles.block_k, "BLOCK_M": wtiles.block_m}
+    compiled = _compile_for_sm90(T._submconv_weight_grad_kernel, signature, constexprs, wtiles)
+    registers = _registers_per_thread(compiled)
+    threads = 32 * wtiles.num_warps
+    assert 2 * threads * registers <= 65536, (registers, wtiles)
+    assert 2 * compiled.metadata.shared <= T.DEFAULT_SHARED_MEMORY, compiled.metadata.shared
+
+
 # ------------------------------------------------------------------------------------------- CUDA
 def _shell_coords(resolution: int, batch: int, device) -> torch.Tensor:
     """One-voxel-thick sphere shells (surface-like, ~10 neighbours per voxel), one per batch item, plus an
