@@ -367,7 +367,7 @@ def test_fused_gradients_in_interpreter():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-@pytest.mark.parametrize("resolution,c_in,c_out", [(24, 16, 16), (20, 37, 130), (16, 256, 256), (12, 64, 1024)])
+@pytest.mark.parametrize("resolution,c_in,c_out", CUDA_CASES)  # the shapes above: their kernels are compiled
 def test_fused_gradients_match_float64_on_cuda(dtype, tol, resolution, c_in, c_out):
     """Bias gradient from the weight-gradient kernel, weight gradient in its final layout and dtype: against
     float64, for every pattern of needed gradients, with and without bias, bit-equal over two runs."""
