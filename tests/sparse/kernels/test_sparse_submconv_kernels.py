@@ -342,6 +342,9 @@ def check_gradients_in_interpreter() -> int:
         failures.append("no error for a bias gradient on a map without centre pairs")
     except ValueError as error:
         print("raised:", error)
+    _, _, gb = T.submanifold_conv3d_gradients_triton(cot.float(), feats.float(), NeighborMap(table),
+                                                     weight.float(), False, True, torch.float32)
+    check("bias gradient without centre pairs (one sum)", gb, cot.sum(0), torch.float32, 1e-5)
     # empty input: zeros of the right shapes and dtypes, no launch
     empty = NeighborMap(torch.zeros(0, 27, dtype=torch.int32))
     gw, gb = T.weight_and_bias_grad_triton(torch.zeros(0, 3), torch.zeros(0, 5), S.tap_pairs(empty.table), tiny,
