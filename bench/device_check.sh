@@ -99,6 +99,29 @@ verify)
   step ray $?
   grep -E "engine|Error" "$OUT/ray.log" | tail -14 | cut -c1-200
   ;;
+final)
+  # The session's last call (carry wheels, .shared, .shared_extra, pipeline_data): GPU tests of what changed after
+  # the 19:24-19:42 runs (pipeline budget, the sparse backward, the CPU clean-up kernels the GPU path shares), the
+  # sparse bench (ours; FlexGEMM's first calls take 24-69 s per level, more than this call has), image -> GLB again.
+  files="tests/pipelines/test_memory.py tests/pipelines/test_pipelines_gpu.py tests/ovoxel/test_export.py
+    tests/ovoxel/test_collapse.py tests/ovoxel/test_atlas.py"
+  skipif=$(grep -n -A2 "skipif(not torch.cuda.is_available()" $files | grep "def test" \
+           | sed 's/.*def \(test[a-z0-9_]*\).*/\1/' | sort -u | paste -sd' ' | sed 's/ / or /g')
+  TRITON_CACHE_DIR=/tmp/tc_tests timeout 150 python -m pytest -q -p no:cacheprovider -rs tests/sparse -m gpu \
+    > "$OUT/sparse_tests.log" 2>&1
+  step sparse_tests $?
+  timeout 120 python -m pytest -q -p no:cacheprovider -rs $files -k "gpu or $skipif" > "$OUT/gputests.log" 2>&1
+  step gputests $?
+  for log in sparse_tests gputests; do grep -E "FAILED|ERROR" "$OUT/$log.log" | head -10; tail -1 "$OUT/$log.log"; done
+  TRITON_CACHE_DIR=/tmp/tc_bench timeout 100 python bench/bench_sparse.py --vs-flexgemm --levels 5 \
+    --out "$OUT/bwd_overhead.md" > "$OUT/sparse_bench.log" 2>&1
+  step sparse_bench $?
+  grep -E '^\|' "$OUT/bwd_overhead.md" | cut -c1-400
+  timeout 110 python bench/bench_end_to_end.py run --out "$OUT/e2e" --types 512 1024_cascade --repeats 4 \
+    --skip-own > "$OUT/e2e.log" 2>&1
+  step e2e $?
+  grep -E "summary" "$OUT/e2e.log" | cut -c1-420
+  ;;
 reference)
   # The reference's to_glb against ours on the same 1024^3 (then 512^3) surface, same run (carry wheels, .shared,
   # .shared_extra, .refkit/reference_src.tar.xz, .refkit/inputs). The GPU tests of code changed since the last
@@ -122,7 +145,7 @@ reference)
   grep -E '^\||^#' "$OUT/reference_export.log" | cut -c1-400
   ;;
 *)
-  echo "usage: bash bench/device_check.sh tests|bench|sparse|verify|reference" >&2
+  echo "usage: bash bench/device_check.sh tests|bench|sparse|verify|reference|final" >&2
   exit 2
   ;;
 esac
