@@ -395,6 +395,19 @@ def _overlapping_charts(flat: torch.Tensor, chart: torch.Tensor, charts: int, lo
     faces that must leave their chart for it to overlap no more: every face that shares a texel centre with a face
     of lower rank of its chart (the lowest-ranked claimant of each texel stays, so the faces left behind claim
     every texel once; which faces stay does not depend on the device)."""
+    if flat.device.type == "cpu":
+        return_faces = rank is not None
+        overlapping, leaving = _overlapping_charts_numba(
+            flat.numpy(), chart.numpy(), charts, lo.numpy(), float(scale), selected.numpy(),
+            rank.numpy() if return_faces else np.zeros(1, np.int64), return_faces)
+        overlapping, leaving = torch.from_numpy(overlapping), torch.from_numpy(leaving)
+        return (overlapping, leaving) if return_faces else overlapping
+    return _overlapping_charts_torch(flat, chart, charts, lo, scale, selected, rank)
+
+
+def _overlapping_charts_torch(flat: torch.Tensor, chart: torch.Tensor, charts: int, lo: torch.Tensor,
+                              scale: float, selected: torch.Tensor, rank: Optional[torch.Tensor] = None):
+    """`_overlapping_charts` by torch passes (any device; the claims by `_strict_claims_numba` on the CPU)."""
     device = flat.device
     overlapping = torch.zeros(charts, dtype=torch.bool, device=device)
     leaving = torch.zeros(chart.numel(), dtype=torch.bool, device=device)
@@ -431,6 +444,62 @@ def _overlapping_charts(flat: torch.Tensor, chart: torch.Tensor, charts: int, lo
     twice = torch.nonzero(keys[1:] == keys[:-1]).squeeze(1)
     overlapping[torch.div(keys[twice], stride * stride, rounding_mode="floor")] = True
     leaving[selected_faces[claimant[twice + 1]]] = True
+    return overlapping, leaving
+
+
+@numba.njit(cache=True)
+def _overlapping_charts_numba(flat, chart, charts, lo, scale, selected, rank, with_rank):
+    """`_overlapping_charts` on the CPU: the torch path's pixel frames, texel boxes and areas, its claims
+    (`_strict_claims_numba`) and its orders (claims by key, then rank), in compiled loops. Returns (overlapping
+    (C,) bool, leaving (F,) bool; all False without ``with_rank``)."""
+    faces = np.nonzero(selected)[0]
+    count = faces.shape[0]
+    overlapping = np.zeros(charts, np.bool_)
+    leaving = np.zeros(selected.shape[0], np.bool_)
+    if count == 0:
+        return overlapping, leaving
+    pix = np.empty((count, 3, 2))
+    first = np.empty((count, 2), np.int64)
+    width = np.empty(count, np.int64)
+    texels = np.empty(count, np.int64)
+    twice_area = np.empty(count)
+    sub_chart = np.empty(count, np.int64)
+    largest = np.iinfo(np.int64).min
+    for i in range(count):
+        c = chart[faces[i]]
+        sub_chart[i] = c
+        for k in range(3):
+            for d in range(2):
+                pix[i, k, d] = (flat[faces[i], k, d] - lo[c, d]) * scale - 0.5
+        last = np.empty(2, np.int64)
+        for d in range(2):
+            first[i, d] = int(max(np.ceil(min(pix[i, 0, d], pix[i, 1, d], pix[i, 2, d])), 0.0))
+            last[d] = int(np.floor(max(pix[i, 0, d], pix[i, 1, d], pix[i, 2, d])))
+            largest = max(largest, last[d])
+        width[i] = max(last[0] - first[i, 0] + 1, 0)
+        height = max(last[1] - first[i, 1] + 1, 0)
+        twice_area[i] = ((pix[i, 1, 0] - pix[i, 0, 0]) * (pix[i, 2, 1] - pix[i, 0, 1])
+                         - (pix[i, 1, 1] - pix[i, 0, 1]) * (pix[i, 2, 0] - pix[i, 0, 0]))
+        texels[i] = width[i] * height if abs(twice_area[i]) > 0 else 0
+    stride = largest + 2
+    keys, claimant = _strict_claims_numba(pix, first, width, texels, twice_area, sub_chart, stride, texels.sum())
+    if not with_rank:
+        keys = np.sort(keys)
+        for j in range(1, keys.shape[0]):
+            if keys[j] == keys[j - 1]:
+                overlapping[keys[j] // (stride * stride)] = True
+        return overlapping, leaving
+    # Claims sorted by key, then rank: within one texel of one chart the lowest-ranked face comes first.
+    claim_rank = np.empty(keys.shape[0], np.int64)
+    for j in range(keys.shape[0]):
+        claim_rank[j] = rank[faces[claimant[j]]]
+    order = np.argsort(claim_rank, kind="mergesort")
+    sorted_keys = keys[order]
+    order = order[np.argsort(sorted_keys, kind="mergesort")]
+    for j in range(1, order.shape[0]):
+        if keys[order[j]] == keys[order[j - 1]]:
+            overlapping[keys[order[j]] // (stride * stride)] = True
+            leaving[faces[claimant[order[j]]]] = True
     return overlapping, leaving
 
 

@@ -407,7 +407,8 @@ def test_real_asset_atlas_is_the_same_through_the_torch_passes(assets, monkeypat
     """voxel_atlas on a real asset on the CPU (numba twins) equals the atlas made with the torch passes there."""
     vertices, faces = real_asset_surface("gltf/Fox.glb", 96)
     with_numba = voxel_atlas(vertices, faces, TEXTURE)
-    for name in ("_components", "_chart_boxes", "_group_components", "_split_in_two", "_overlapping_placed_faces"):
+    for name in ("_components", "_chart_boxes", "_group_components", "_split_in_two", "_overlapping_placed_faces",
+                 "_overlapping_charts"):
         monkeypatch.setattr(atlas_module, name, getattr(atlas_module, name + "_torch"))
 
     def placed_by_torch(flat, chart, lo, hi, scale, origin, turned, texture_size):
@@ -458,3 +459,22 @@ def test_numba_twins_of_grouping_and_halving_match_torch():
     side = atlas_module._split_in_two(chart, flagged, centroid, charts + 5)
     assert torch.equal(side, atlas_module._split_in_two_torch(chart, flagged, centroid, charts + 5))
     assert 0 < int(side.sum()) < faces
+
+
+def test_numba_chart_overlap_check_matches_torch():
+    """The coarse self-overlap check of charts (and the faces that leave them) agrees with the torch passes, on
+    fresh random triangles in three charts, some selected."""
+    rng = np.random.default_rng()
+    count, charts = 500, 3
+    flat = torch.from_numpy(rng.uniform(0, 1, (count, 1, 2)) + rng.normal(0, 0.05, (count, 3, 2)))
+    chart = torch.from_numpy(rng.integers(0, charts, count))
+    lo, _ = atlas_module._chart_boxes_torch(flat, chart, charts)
+    selected = torch.from_numpy(rng.random(count) < 0.8)
+    rank = torch.from_numpy(rng.permutation(count))
+    scale = float(rng.uniform(20, 60))
+    got = atlas_module._overlapping_charts(flat, chart, charts, lo, scale, selected)
+    assert torch.equal(got, atlas_module._overlapping_charts_torch(flat, chart, charts, lo, scale, selected))
+    got, leaving = atlas_module._overlapping_charts(flat, chart, charts, lo, scale, selected, rank)
+    expected, expected_leaving = atlas_module._overlapping_charts_torch(flat, chart, charts, lo, scale, selected, rank)
+    assert torch.equal(got, expected) and torch.equal(leaving, expected_leaving)
+    assert bool(got.any()) and 0 < int(leaving.sum()) < count
