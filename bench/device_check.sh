@@ -9,6 +9,13 @@
 #   bash bench/device_check.sh bench    # image -> GLB (issue 16), budgets + DINOv3 8-bit (23), Ray on one GPU (24)
 #   bash bench/device_check.sh sparse   # the new sparse-conv kernels against FlexGEMM (19)
 #   bash bench/device_check.sh verify   # after the first three: e2e, GPU tests of what changed since, Ray
+#   bash bench/device_check.sh reference  # the reference's to_glb built and timed beside ours (see the mode)
+#   bash bench/device_check.sh final    # GPU tests of the changes after 19:42 on 2026-12-07, sparse bench, e2e
+#
+# Helpers' uncommitted work travels with the working tree: run from a snapshot of HEAD, e.g. here
+#   git archive HEAD omnivox tests bench | tar -x -C .headsnap   (an ignored folder; carry it)
+# and start the device command with
+#   cp -r .headsnap/omnivox/. omnivox/ && cp -r .headsnap/tests/. tests/ && cp -r .headsnap/bench/. bench/
 #
 # Recreate the ignored inputs here first if they are gone: python bench/reference_kit.py wheels|ray|pack|shared,
 # python bench/bench_pipelines.py prepare, python bench/bench_data_ray.py prepare --root .refkit/rayroot --under mesh.
