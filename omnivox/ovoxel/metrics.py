@@ -120,6 +120,13 @@ def distance_to_surface(points: np.ndarray, vertices: np.ndarray, faces: np.ndar
     return SurfaceDistance(vertices, faces, len(points), rng, candidates).query(points)
 
 
+# A triangle with |ab x ac|^2 < DEGENERATE_SINE_SQUARED * |ab|^2 |ac|^2 (its angle at a has a sine below 1e-10)
+# counts as its three edges: the normal of three nearly collinear corners is rounding noise, and projecting onto
+# that "plane" gives an arbitrary distance (a point 1.09 away from such a segment measured 0.10). The edges are
+# then exact to within the triangle's height, under 1e-10 of its edge lengths.
+DEGENERATE_SINE_SQUARED = 1e-20
+
+
 def _point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
     """Exact Euclidean distance from points (P,3) to triangles (P,3,3), by clamping to the closest feature."""
     a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
@@ -137,7 +144,7 @@ def _point_triangle_distance(p: np.ndarray, tri: np.ndarray) -> np.ndarray:
         den = d00 * d11 - d01 * d01
         beta = (d11 * d20 - d01 * d21) / den
         gamma = (d00 * d21 - d01 * d20) / den
-    inside = (nn > 0) & (beta >= 0) & (gamma >= 0) & (beta + gamma <= 1)
+    inside = (nn > DEGENERATE_SINE_SQUARED * d00 * d11) & (beta >= 0) & (gamma >= 0) & (beta + gamma <= 1)
     best = np.where(inside, np.linalg.norm(p - q, axis=1), np.inf)
     for s, e in ((a, b), (b, c), (c, a)):
         d = e - s

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from omnivox.ovoxel.metrics import DEGENERATE_SINE_SQUARED
+
 # Points per slice of the reference's (points x triangles) distance table: bounds its memory, not its result.
 POINT_CHUNK = 64
 
@@ -22,6 +24,7 @@ def point_triangle_distance_reference(points: torch.Tensor, triangles: torch.Ten
     ab, ac = b - a, c - a
     normal = torch.linalg.cross(ab, ac)
     norm2 = (normal * normal).sum(1)
+    flat = norm2 > DEGENERATE_SINE_SQUARED * (ab * ab).sum(1) * (ac * ac).sum(1)  # else only its edges count
     best = []
     for start in range(0, len(p), POINT_CHUNK):
         q = p[start:start + POINT_CHUNK, None, :]  # (chunk, 1, 3) against (T, 3)
@@ -29,7 +32,7 @@ def point_triangle_distance_reference(points: torch.Tensor, triangles: torch.Ten
         # Barycentric coordinates of the projection, from the signed areas of its sub-triangles.
         beta = (torch.linalg.cross(ap, ac.expand_as(ap)) * normal).sum(-1)
         gamma = (torch.linalg.cross(ab.expand_as(ap), ap) * normal).sum(-1)
-        inside = (norm2 > 0) & (beta >= 0) & (gamma >= 0) & (beta + gamma <= norm2)
+        inside = flat & (beta >= 0) & (gamma >= 0) & (beta + gamma <= norm2)
         plane = (ap * normal).sum(-1).abs() / norm2.clamp_min(1e-300).sqrt()
         distance = torch.where(inside, plane, torch.full_like(plane, float("inf")))
         for s, e in ((a, b), (b, c), (c, a)):

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from omnivox.ovoxel.metrics import DEGENERATE_SINE_SQUARED
+
 # Rows of the per-triangle set-up (structure of arrays, one row per value; see _triangle_setup).
 SETUP_ROWS = 22
 
@@ -100,7 +102,7 @@ def _triangle_setup(triangles: torch.Tensor) -> torch.Tensor:
     a, ab, ac = t[:, 0], t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
     normal = torch.linalg.cross(ab, ac)
     norm2 = (normal * normal).sum(1, keepdim=True)
-    flat = norm2 > 0
+    flat = norm2 > DEGENERATE_SINE_SQUARED * (ab * ab).sum(1, keepdim=True) * (ac * ac).sum(1, keepdim=True)
     scale = torch.where(flat, 1 / norm2.clamp_min(1e-300), torch.zeros_like(norm2))
     unit = normal * scale.sqrt()
     beta = torch.linalg.cross(ac, normal) * scale
