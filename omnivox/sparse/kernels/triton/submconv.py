@@ -476,19 +476,6 @@ def weight_and_bias_grad_triton(
     return grad_w, grad_b
 
 
-def weight_grad_triton(
-    feats: torch.Tensor,  # (N, K)
-    grad_out: torch.Tensor,  # (N, M)
-    pairs: TapPairs,
-    tiles: TileConfig,
-    num_programs_target: int,
-) -> torch.Tensor:
-    """``grad_w[v] = sum_i grad_out[i]^T feats[table[i, v]]`` as a ``(27, M, K) float32`` view (the split-K
-    building block of `weight_and_bias_grad_triton`, unrounded)."""
-    grad_w, _ = weight_and_bias_grad_triton(feats, grad_out, pairs, tiles, num_programs_target, torch.float32)
-    return grad_w.permute(1, 0, 2)
-
-
 # Rows are sorted by neighbour pattern over the whole set by default: on the H100 a global sort was fastest at
 # every SC-VAE shape (docs/benchmarks/sparse.md, windows 1 / 512 / 4096 / all), because it skips the most
 # taps and the scattered gathers still move whole 128-byte rows.
