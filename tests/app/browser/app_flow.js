@@ -46,10 +46,39 @@ async function setSlider(page, id, value) {
   return Number(await page.locator(`${id} input[type=range]`).inputValue());
 }
 
+// Pixels of the viewer's canvas, below gradio's label row, that are not near white: the Python side's own measure
+// of "the viewer drew the model" (test_browser._assert_viewer_drew), computed on a screenshot decoded in the page.
+async function drawnPixels(page, viewer) {
+  const png = await page.locator(`${viewer} canvas`).screenshot();
+  return page.evaluate(async (data) => {
+    const image = new Image();
+    image.src = `data:image/png;base64,${data}`;
+    await image.decode();
+    const canvas = document.createElement('canvas');
+    canvas.width = image.width;
+    canvas.height = image.height;
+    const context = canvas.getContext('2d');
+    context.drawImage(image, 0, 0);
+    const rows = Math.max(image.height - 40, 0);
+    const px = rows ? context.getImageData(0, 40, image.width, rows).data : [];
+    let drawn = 0;
+    for (let i = 0; i < px.length; i += 4) {
+      if (Math.max(255 - px[i], 255 - px[i + 1], 255 - px[i + 2]) > 40) drawn++;
+    }
+    return drawn;
+  }, png.toString('base64'));
+}
+
 async function saveResult(page, prefix, viewer, button) {
   await page.locator(`${viewer} canvas`).waitFor({ state: 'visible', timeout: 60000 });
   await page.locator(button).waitFor({ state: 'visible', timeout: 30000 });
-  await page.waitForTimeout(3000); // let the viewer load the GLB and draw it
+  // The viewer fetches the GLB, parses it and draws it asynchronously: 1-3 s here, longer on a loaded machine (a
+  // fixed 3 s wait once caught it blank). Wait until it has drawn, then a moment more for the textures to settle.
+  const deadline = Date.now() + 45000;
+  while ((await drawnPixels(page, viewer)) <= 100 && Date.now() < deadline) {
+    await page.waitForTimeout(500);
+  }
+  await page.waitForTimeout(1000);
   await page.screenshot({ path: path.join(outDir, `${prefix}.png`), fullPage: true });
   await page.locator(`${viewer} canvas`).screenshot({ path: path.join(outDir, `${prefix}_viewer.png`) });
   const [download] = await Promise.all([page.waitForEvent('download'), page.locator(button).click()]);
