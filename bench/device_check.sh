@@ -28,12 +28,15 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 mkdir -p ../shared && cp -r .shared/* ../shared/ && { [ ! -d .shared_extra ] || cp -r .shared_extra/* ../shared/; }
 step() { echo "$1 rc=$2 t=$(( $(date +%s) - T0 ))" | tee -a "$OUT/steps.log"; }
+# A pytest -k expression selecting the GPU tests of these files: the `gpu` marker, or a skip without CUDA.
+gpu_tests() {
+  echo "gpu or $(grep -rn -A2 "skipif(not torch.cuda.is_available()" "$@" --include=*.py | grep "def test" \
+    | sed 's/.*def \(test[a-z0-9_]*\).*/\1/' | sort -u | paste -sd' ' | sed 's/ / or /g')"
+}
 
 case "${1:-tests}" in
 tests)
-  # Test functions that skip without CUDA through their own skipif (the rest carry the `gpu` marker).
-  skipif=$(grep -rn -A2 "skipif(not torch.cuda.is_available()" tests --include=*.py | grep "def test" \
-           | sed 's/.*def \(test[a-z0-9_]*\).*/\1/' | sort -u | paste -sd' ' | sed 's/ / or /g')
+  # Most recently changed first, so a call cut by its time limit has run those.
   files="tests/ovoxel/test_collapse.py tests/ovoxel/test_export.py tests/ovoxel/test_distance_kernel.py
     tests/sparse/kernels/test_sparse_submconv_kernels.py tests/pipelines/test_pipelines_gpu.py tests/ovoxel/test_game.py
     tests/pipelines/test_memory.py tests/pipelines/test_multiview.py tests/models/test_quantize.py
@@ -41,7 +44,7 @@ tests)
     tests/models/test_models_gpu.py tests/ovoxel/test_gpu.py tests/ovoxel/test_atlas.py tests/ovoxel/test_materials.py
     tests/ovoxel/test_serialize.py tests/ovoxel/test_reference_parity.py tests/render/test_rasterize.py
     tests/test_preview.py tests/data/test_gpu.py tests/train/test_trainer_gpu.py"
-  timeout 560 python -m pytest -v -rs -p no:cacheprovider $files -k "gpu or $skipif" > "$OUT/gputests.log" 2>&1
+  timeout 560 python -m pytest -v -rs -p no:cacheprovider $files -k "$(gpu_tests tests)" > "$OUT/gputests.log" 2>&1
   step gputests $?
   grep -E "FAILED|ERROR" "$OUT/gputests.log" | head -30
   echo "passed $(grep -c ' PASSED' "$OUT/gputests.log"), skipped $(grep -c ' SKIPPED' "$OUT/gputests.log")"
@@ -112,12 +115,10 @@ final)
   # sparse bench (ours; FlexGEMM's first calls take 24-69 s per level, more than this call has), image -> GLB again.
   files="tests/pipelines/test_memory.py tests/pipelines/test_pipelines_gpu.py tests/ovoxel/test_export.py
     tests/ovoxel/test_collapse.py tests/ovoxel/test_atlas.py"
-  skipif=$(grep -n -A2 "skipif(not torch.cuda.is_available()" $files | grep "def test" \
-           | sed 's/.*def \(test[a-z0-9_]*\).*/\1/' | sort -u | paste -sd' ' | sed 's/ / or /g')
   TRITON_CACHE_DIR=/tmp/tc_tests timeout 150 python -m pytest -q -p no:cacheprovider -rs tests/sparse -m gpu \
     > "$OUT/sparse_tests.log" 2>&1
   step sparse_tests $?
-  timeout 120 python -m pytest -q -p no:cacheprovider -rs $files -k "gpu or $skipif" > "$OUT/gputests.log" 2>&1
+  timeout 120 python -m pytest -q -p no:cacheprovider -rs $files -k "$(gpu_tests $files)" > "$OUT/gputests.log" 2>&1
   step gputests $?
   for log in sparse_tests gputests; do grep -E "FAILED|ERROR" "$OUT/$log.log" | head -10; tail -1 "$OUT/$log.log"; done
   TRITON_CACHE_DIR=/tmp/tc_bench timeout 100 python bench/bench_sparse.py --vs-flexgemm --levels 5 \
@@ -137,9 +138,7 @@ reference)
    step build $?) &
   files="tests/train/test_trainer_gpu.py tests/models/test_flow_fast.py tests/pipelines/test_memory.py
     tests/ovoxel/test_distance_kernel.py tests/ovoxel/test_atlas.py tests/ovoxel/test_game.py tests/models/test_models_gpu.py"
-  skipif=$(grep -n -A2 "skipif(not torch.cuda.is_available()" $files | grep "def test" \
-           | sed 's/.*def \(test[a-z0-9_]*\).*/\1/' | sort -u | paste -sd' ' | sed 's/ / or /g')
-  timeout 420 python -m pytest -q -p no:cacheprovider -rs $files -k "gpu or $skipif" > "$OUT/gputests.log" 2>&1
+  timeout 420 python -m pytest -q -p no:cacheprovider -rs $files -k "$(gpu_tests $files)" > "$OUT/gputests.log" 2>&1
   step gputests $?
   grep -E "FAILED|ERROR" "$OUT/gputests.log" | head -20; tail -1 "$OUT/gputests.log"
   wait

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from omnivox.ovoxel.bake import texel_barycentrics
+from omnivox.ovoxel.kernels.meshops_numba import join, labels_from_roots
 
 # A face may only take a label whose axis has n . axis above this (its projection is at most 1 / 0.4 = 2.5 times
 # squeezed along the slope); a face's own dominant axis always passes (>= 1 / sqrt(3)).
@@ -168,17 +169,7 @@ def _components_numba(num_nodes, a, b):
     component's smallest node (pointer jumping takes a dozen whole-graph passes per call there)."""
     parent = np.arange(num_nodes)
     for k in range(a.shape[0]):
-        i, j = a[k], b[k]
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        while parent[j] != j:
-            parent[j] = parent[parent[j]]
-            j = parent[j]
-        if i < j:
-            parent[j] = i
-        elif j < i:
-            parent[i] = j
+        join(parent, a[k], b[k])
     for i in range(num_nodes):
         parent[i] = parent[parent[i]]  # parents have smaller indices, so they already point at their roots
     return parent
@@ -217,7 +208,7 @@ def _group_components_torch(group: torch.Tensor, pair_a: torch.Tensor, pair_b: t
 
 @numba.njit(cache=True)
 def _group_components_numba(group, pair_a, pair_b, chart, redo, has_redo):
-    """`_group_components` on the CPU in three passes: union-find over the pairs of equal group (of redone charts),
+    """`_group_components` on the CPU: union-find over the pairs of equal group (of redone charts),
     each face of a kept chart named by the chart's first face, roots ranked in index order."""
     num_faces = group.shape[0]
     parent = np.arange(num_faces)
@@ -225,18 +216,7 @@ def _group_components_numba(group, pair_a, pair_b, chart, redo, has_redo):
         i, j = pair_a[k], pair_b[k]
         if group[i] != group[j] or (has_redo and not redo[chart[i]]):
             continue
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        while parent[j] != j:
-            parent[j] = parent[parent[j]]
-            j = parent[j]
-        if i < j:
-            parent[j] = i
-        elif j < i:
-            parent[i] = j
-    for i in range(num_faces):
-        parent[i] = parent[parent[i]]  # parents have smaller indices and already point at their roots
+        join(parent, i, j)
     if has_redo:
         first_face = np.full(redo.shape[0], num_faces, np.int64)
         for f in range(num_faces):
@@ -244,19 +224,8 @@ def _group_components_numba(group, pair_a, pair_b, chart, redo, has_redo):
                 first_face[chart[f]] = f
         for f in range(num_faces):
             if not redo[chart[f]]:
-                parent[f] = first_face[chart[f]]
-    is_root = np.zeros(num_faces, np.bool_)
-    for f in range(num_faces):
-        is_root[parent[f]] = True
-    rank = np.empty(num_faces, np.int64)
-    count = 0
-    for f in range(num_faces):
-        rank[f] = count
-        if is_root[f]:
-            count += 1
-    for f in range(num_faces):
-        parent[f] = rank[parent[f]]
-    return parent
+                parent[f] = first_face[chart[f]]  # the chart's smallest face: the root of a kept chart
+    return labels_from_roots(parent)
 
 
 def _rank_of_roots(root: torch.Tensor) -> torch.Tensor:

@@ -164,7 +164,7 @@ def first_of_duplicates(faces, num_vertices):
 
 
 @nb.njit(cache=True, inline="always")
-def _root(parent, i):
+def find_root(parent, i):
     while parent[i] != i:
         parent[i] = parent[parent[i]]  # path halving
         i = parent[i]
@@ -172,9 +172,9 @@ def _root(parent, i):
 
 
 @nb.njit(cache=True, inline="always")
-def _join(parent, i, j):
-    ri = _root(parent, i)
-    rj = _root(parent, j)
+def join(parent, i, j):
+    ri = find_root(parent, i)
+    rj = find_root(parent, j)
     if ri < rj:  # the smaller root stays: every root is its component's smallest node
         parent[rj] = ri
     elif rj < ri:
@@ -182,12 +182,12 @@ def _join(parent, i, j):
 
 
 @nb.njit(cache=True)
-def _labels_from_roots(parent):
+def labels_from_roots(parent):
     # Labels 0..K-1 in order of each component's smallest node (its root, which comes before its other nodes).
     label = np.empty(parent.shape[0], np.int64)
     count = 0
     for i in range(parent.shape[0]):
-        r = _root(parent, i)
+        r = find_root(parent, i)
         if r == i:
             label[i] = count
             count += 1
@@ -203,8 +203,21 @@ def face_components(num_faces, order, edge_of):
     parent = np.arange(num_faces)
     for k in range(1, order.shape[0]):
         if edge_of[order[k]] == edge_of[order[k - 1]]:
-            _join(parent, order[k - 1] // 3, order[k] // 3)
-    return _labels_from_roots(parent)
+            join(parent, order[k - 1] // 3, order[k] // 3)
+    return labels_from_roots(parent)
+
+
+@nb.njit(cache=True)
+def exclusive_ranks(mask):
+    """(n,) int64: how many of ``mask[:i]`` are set, for every i (the new index of a kept item), and that count
+    over the whole mask."""
+    rank = np.empty(mask.shape[0], np.int64)
+    count = 0
+    for i in range(mask.shape[0]):
+        rank[i] = count
+        if mask[i]:
+            count += 1
+    return rank, count
 
 
 @nb.njit(cache=True)
@@ -215,12 +228,7 @@ def compact_faces(num_vertices, faces):
     for f in range(faces.shape[0]):
         for c in range(3):
             used[faces[f, c]] = True
-    new_index = np.empty(num_vertices, np.int64)
-    count = 0
-    for v in range(num_vertices):
-        new_index[v] = count
-        if used[v]:
-            count += 1
+    new_index, _ = exclusive_ranks(used)
     remapped = np.empty_like(faces)
     for f in range(faces.shape[0]):
         for c in range(3):
@@ -233,13 +241,7 @@ def subset_edge_table(order, edge_of, face_count, keep):
     """``meshops.subset_edge_table``: the table of the faces ``keep`` (F,) bool, from the whole mesh's. One pass
     along ``order`` where the edge ids ascend along it (every table ``meshops`` makes), else by ranking the
     edges that keep a face."""
-    num_faces = keep.shape[0]
-    new_face = np.empty(num_faces, np.int64)
-    kept = 0
-    for f in range(num_faces):
-        new_face[f] = kept
-        if keep[f]:
-            kept += 1
+    new_face, kept = exclusive_ranks(keep)
     sub_order = np.empty(3 * kept, np.int64)
     sub_edge = np.empty(3 * kept, np.int64)
     sub_count = np.zeros(face_count.shape[0], np.int64)
@@ -381,12 +383,12 @@ def remove_fringes(order, edge_of, face_count, length, areas, width, rounds):
             if not looked[h // 3]:
                 continue
             if previous >= 0 and edge_of[previous] == edge_of[h] and count[edge_of[h]] == 2:
-                _join(parent, previous // 3, h // 3)
+                join(parent, previous // 3, h // 3)
             previous = h
         first_label = next_label
         for f in range(num_faces):
             if looked[f]:
-                r = _root(parent, f)
+                r = find_root(parent, f)
                 if r == f:
                     label_of_root[f] = next_label
                     next_label += 1
